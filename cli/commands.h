@@ -1,0 +1,24 @@
+// The hotforge command line: each subcommand registers itself on the app with a callback that runs
+// once its arguments parsed and stores the exit code. Commands hold no logic a library should own.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+#include <string>
+
+namespace hotforge::cli {
+
+// Stable exit codes, documented in docs/cli.md.
+enum ExitCode : int {
+  kExitOk = 0,
+  kExitError = 1,          // bad input, unreadable file, failed check
+  kExitUsage = 2,          // wrong arguments
+  kExitNeedsRestart = 3,   // some change cannot be hotpatched
+};
+
+void addInspectCommand(CLI::App &app, int &exitCode);
+
+// Prints "hotforge: error: MESSAGE" to stderr and returns kExitError.
+int reportError(const std::string &message);
+
+}  // namespace hotforge::cli

@@ -1,0 +1,44 @@
+#include "commands.h"
+
+#include <fmt/core.h>
+#include <llvm/Support/Signals.h>
+
+#include <cstdio>
+
+namespace hotforge::cli {
+
+int reportError(const std::string &message) {
+  fmt::print(stderr, "hotforge: error: {}\n", message);
+  return kExitError;
+}
+
+}  // namespace hotforge::cli
+
+int main(int argc, char **argv) {
+  using namespace hotforge::cli;
+  CLI::App app{"Hotforge authors hotpatches: it reads a baseline and a patched build of a binary "
+               "(ELF or PE, x64 or Arm64), finds the functions that changed, and emits a signed "
+               "patch that redirects them in a running process.\n\n"
+               "Exit codes: 0 ok, 1 error, 2 usage, 3 a change needs a restart.",
+               "hotforge"};
+  app.set_version_flag("--version", std::string("hotforge ") + HOTFORGE_VERSION);
+  app.require_subcommand(1);
+  app.fallthrough(false);
+
+  int exitCode = kExitOk;
+  addInspectCommand(app, exitCode);
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp &e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp &e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion &e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError &e) {
+    app.exit(e);
+    return kExitUsage;
+  }
+  return exitCode;
+}

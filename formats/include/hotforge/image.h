@@ -1,0 +1,190 @@
+// The Image model: everything Hotforge knows about one executable or shared library, read from
+// ELF64 or PE32+ for x64 and Arm64. Every later stage (differ, emitter, loader) works on this type
+// and never on the raw format, so a new format only has to fill an Image.
+#pragma once
+
+#include <llvm/ADT/ArrayRef.h>
+#include <llvm/Support/Error.h>
+#include <llvm/Support/MemoryBuffer.h>
+
+#include <array>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace hotforge {
+
+enum class Format { Elf, Pe };
+enum class Machine { X64, Arm64 };
+
+std::string_view formatName(Format format);    // "elf", "pe"
+std::string_view machineName(Machine machine);  // "x64", "arm64"
+
+// Where a function boundary or name came from. The enumerators are in precedence order: when two
+// sources describe the same start address, the earlier one decides the size and the name (see
+// docs/formats.md for why).
+enum class FunctionSource : uint8_t {
+  Symtab,     // ELF .symtab or COFF symbol table of the binary itself
+  DebugFile,  // .symtab of a separate debug file (--debug-file, .gnu_debuglink, build-id)
+  Pdb,        // S_GPROC32/S_LPROC32 records of the matching PDB
+  Dwarf,      // DW_TAG_subprogram with an address range
+  Dynsym,     // ELF .dynsym
+  Pdata,      // PE exception directory (RUNTIME_FUNCTION)
+  EhFrame,    // ELF .eh_frame FDE
+  Exports,    // PE export directory (start only; size inferred)
+};
+constexpr int kFunctionSourceCount = 8;
+std::string_view functionSourceName(FunctionSource source);
+
+struct Permissions {
+  bool read = false;
+  bool write = false;
+  bool execute = false;
+};
+
+struct AddressRange {
+  uint64_t rva = 0;
+  uint64_t size = 0;
+  uint64_t end() const { return rva + size; }
+  bool contains(uint64_t address) const { return address >= rva && address - rva < size; }
+};
+
+struct Section {
+  std::string name;
+  uint64_t rva = 0;   // relative to the image base; 0 for sections that are not loaded
+  uint64_t size = 0;  // size in memory
+  uint64_t fileOffset = 0;
+  uint64_t fileSize = 0;  // 0 for .bss-like sections
+  Permissions permissions;
+  bool loaded = false;  // part of the running image (ELF SHF_ALLOC; every PE section)
+};
+
+// ELF program headers; PE images have none.
+struct Segment {
+  std::string type;  // "LOAD", "TLS", "DYNAMIC", "GNU_RELRO", ...
+  uint64_t rva = 0;
+  uint64_t memorySize = 0;
+  uint64_t fileOffset = 0;
+  uint64_t fileSize = 0;
+  Permissions permissions;
+};
+
+struct CodeViewRecord {
+  std::string pdbPath;
+  std::array<uint8_t, 16> guid{};
+  uint32_t age = 0;
+};
+
+struct Identity {
+  std::array<uint8_t, 32> sha256{};  // of the whole file
+  std::vector<uint8_t> buildId;      // ELF NT_GNU_BUILD_ID; empty when absent or for PE
+  // PE only (zero for ELF).
+  uint32_t timeDateStamp = 0;
+  uint32_t checkSum = 0;
+  uint32_t sizeOfImage = 0;
+  std::optional<CodeViewRecord> codeView;
+};
+
+struct Function {
+  AddressRange range;
+  std::optional<std::string> name;  // nullopt when no source names it (stripped code)
+  FunctionSource source = FunctionSource::Symtab;  // the source that decided the boundary
+  uint32_t sourceMask = 0;  // every source that saw this start address (bit = FunctionSource)
+  // Split parts that unwind as part of this function (PE chained .pdata entries).
+  std::vector<AddressRange> parts;
+
+  bool seenBy(FunctionSource s) const { return sourceMask & (1u << static_cast<unsigned>(s)); }
+};
+
+enum class DataSource : uint8_t { Symtab, DebugFile, Pdb, Dynsym };
+std::string_view dataSourceName(DataSource source);
+
+struct DataObject {
+  std::string name;
+  AddressRange range;  // for thread-local objects: offset within the TLS template
+  bool threadLocal = false;
+  DataSource source = DataSource::Symtab;
+};
+
+enum class ImportKind : uint8_t { PltSlot, GotSlot, IatSlot };
+std::string_view importKindName(ImportKind kind);
+
+struct Import {
+  std::string name;     // symbol name, or "#ordinal" for PE imports by ordinal
+  std::string library;  // PE DLL name; ELF: the symbol's version/library when known, else empty
+  uint64_t slotRva = 0; // the GOT/IAT slot the loader fills with the symbol's address
+  ImportKind kind = ImportKind::GotSlot;
+};
+
+struct Relocation {
+  uint64_t rva = 0;
+  uint32_t type = 0;
+  std::string typeName;
+  std::optional<std::string> symbol;
+  int64_t addend = 0;
+};
+
+// The PE load configuration fields Hotforge relies on.
+struct LoadConfig {
+  uint32_t size = 0;
+  uint64_t securityCookie = 0;
+  uint64_t guardFlags = 0;
+  uint32_t hotPatchTableOffset = 0;
+};
+
+struct ImageReadOptions {
+  std::string pdbPath;    // PE: use this PDB instead of the one the CodeView record names
+  std::string debugFile;  // ELF: separate debug file
+  std::string debugDir;   // ELF: directory searched for .gnu_debuglink names and .build-id/xx/yyyy.debug
+};
+
+// An executable image with its file bytes. Move-only: the bytes are owned (memory-mapped).
+class Image {
+public:
+  Image() = default;
+  Image(Image &&) noexcept = default;
+  Image &operator=(Image &&) noexcept = default;
+
+  std::string path;
+  Format format = Format::Elf;
+  Machine machine = Machine::X64;
+  uint64_t imageBase = 0;  // preferred load address; ELF: lowest PT_LOAD address
+  uint64_t entryRva = 0;   // 0 when the image has no entry point
+  Identity identity;
+  std::vector<Section> sections;
+  std::vector<Segment> segments;
+  std::vector<Function> functions;  // sorted by rva, starts unique
+  std::vector<DataObject> dataObjects;  // sorted by (threadLocal, rva, name)
+  std::vector<Import> imports;
+  std::vector<Relocation> relocations;  // ELF dynamic relocations; PE base relocations
+  std::optional<LoadConfig> loadConfig;
+  std::string debugInfoPath;  // the PDB or separate debug file that was read, if any
+  std::vector<std::string> warnings;  // optional information that could not be read
+
+  // The file bytes that back [rva, rva+size), or an empty range when any part of it has no bytes
+  // in the file (unmapped or zero-fill).
+  llvm::ArrayRef<uint8_t> bytesAt(uint64_t rva, uint64_t size) const;
+  const Section *sectionAt(uint64_t rva) const;
+  const Function *functionAt(uint64_t rva) const;  // the function whose range holds rva
+  llvm::ArrayRef<uint8_t> fileBytes() const;
+
+  void adoptBuffer(std::unique_ptr<llvm::MemoryBuffer> buffer) { buffer_ = std::move(buffer); }
+
+private:
+  std::unique_ptr<llvm::MemoryBuffer> buffer_;
+};
+
+// Reads an ELF64 or PE32+ image for x64 or Arm64. Errors name the file and, where the format
+// tells it, the offending offset.
+llvm::Expected<Image> readImage(const std::string &path, const ImageReadOptions &options = {});
+
+// Same, from bytes already in memory (fuzzing, tests); `name` is used in messages.
+llvm::Expected<Image> readImage(std::unique_ptr<llvm::MemoryBuffer> buffer,
+                                const ImageReadOptions &options = {});
+
+std::string hexEncode(llvm::ArrayRef<uint8_t> bytes);  // lowercase, two digits a byte
+
+}  // namespace hotforge

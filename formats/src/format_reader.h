@@ -1,0 +1,62 @@
+// The format plug-in axis: one FormatReader per container format. Adding Mach-O means one new
+// reader file and one line in formatReaders(); nothing else in Hotforge changes.
+#pragma once
+
+#include "hotforge/image.h"
+
+#include <llvm/Object/ObjectFile.h>
+
+#include <map>
+
+namespace hotforge::detail {
+
+class FormatReader {
+public:
+  virtual ~FormatReader() = default;
+  // Whether this reader owns the object's format (it may still refuse it, e.g. a 32-bit variant).
+  virtual bool handles(const llvm::object::ObjectFile &object) const = 0;
+  // Fills everything but path, identity.sha256 and the buffer, which readImage sets.
+  virtual llvm::Error read(const llvm::object::ObjectFile &object, const ImageReadOptions &options,
+                           Image &image) const = 0;
+};
+
+const FormatReader &elfReader();
+const FormatReader &peReader();
+
+// Merges function starts seen by several sources into one table; see FunctionSource for the
+// precedence. Sizes that no source gives are inferred up to the next start or the section end.
+class FunctionTableBuilder {
+public:
+  void add(uint64_t rva, uint64_t size, std::optional<std::string> name, FunctionSource source,
+           bool preferredName = false);
+  void addPart(uint64_t parentRva, AddressRange part);
+  std::vector<Function> finish(const std::vector<Section> &sections);
+
+private:
+  struct Entry {
+    Function function;
+    bool hasSize = false;
+    bool nameFromPreferred = false;  // e.g. a global symbol rather than a local alias
+    std::optional<FunctionSource> nameSource;
+  };
+  std::map<uint64_t, Entry> entries_;
+};
+
+// Collects DW_TAG_subprogram ranges from the DWARF in `object` (ELF or mingw PE). Problems in the
+// debug info become warnings: they never make a readable image unreadable.
+void collectDwarfFunctions(const llvm::object::ObjectFile &object, uint64_t imageBase,
+                           FunctionSource source, FunctionTableBuilder &functions,
+                           std::vector<std::string> &warnings);
+
+// Reads functions and data objects from a PDB. The PDB must belong to the image (GUID and age of
+// its CodeView record), else an error names both.
+llvm::Error readPdb(const std::string &pdbPath, const CodeViewRecord &expected,
+                    FunctionTableBuilder &functions, std::vector<DataObject> &dataObjects);
+
+llvm::Error makeError(const llvm::Twine &message);
+std::string errorText(llvm::Error error);
+std::string hexOffset(uint64_t value);
+
+void sortAndDedupDataObjects(std::vector<DataObject> &objects);
+
+}  // namespace hotforge::detail

@@ -1,0 +1,231 @@
+// Format-independent parts of the reader: opening the file, dispatching to a FormatReader,
+// hashing, the merged function table and the Image accessors.
+#include "format_reader.h"
+
+#include <llvm/Object/Binary.h>
+#include <llvm/Object/COFF.h>
+#include <llvm/Object/ELFObjectFile.h>
+#include <llvm/Support/FileSystem.h>
+#include <openssl/evp.h>
+
+#include <algorithm>
+
+namespace hotforge {
+
+using namespace llvm;
+
+std::string_view formatName(Format format) { return format == Format::Elf ? "elf" : "pe"; }
+std::string_view machineName(Machine machine) { return machine == Machine::X64 ? "x64" : "arm64"; }
+
+std::string_view functionSourceName(FunctionSource source) {
+  switch (source) {
+  case FunctionSource::Symtab: return "symtab";
+  case FunctionSource::DebugFile: return "debug-file";
+  case FunctionSource::Pdb: return "pdb";
+  case FunctionSource::Dwarf: return "dwarf";
+  case FunctionSource::Dynsym: return "dynsym";
+  case FunctionSource::Pdata: return "pdata";
+  case FunctionSource::EhFrame: return "eh-frame";
+  case FunctionSource::Exports: return "exports";
+  }
+  return "unknown";
+}
+
+std::string_view dataSourceName(DataSource source) {
+  switch (source) {
+  case DataSource::Symtab: return "symtab";
+  case DataSource::DebugFile: return "debug-file";
+  case DataSource::Pdb: return "pdb";
+  case DataSource::Dynsym: return "dynsym";
+  }
+  return "unknown";
+}
+
+std::string_view importKindName(ImportKind kind) {
+  switch (kind) {
+  case ImportKind::PltSlot: return "plt";
+  case ImportKind::GotSlot: return "got";
+  case ImportKind::IatSlot: return "iat";
+  }
+  return "unknown";
+}
+
+std::string hexEncode(ArrayRef<uint8_t> bytes) {
+  static constexpr char digits[] = "0123456789abcdef";
+  std::string out;
+  out.reserve(bytes.size() * 2);
+  for (uint8_t b : bytes) {
+    out.push_back(digits[b >> 4]);
+    out.push_back(digits[b & 15]);
+  }
+  return out;
+}
+
+const Section *Image::sectionAt(uint64_t rva) const {
+  for (const Section &s : sections)
+    if (s.loaded && rva >= s.rva && rva - s.rva < s.size) return &s;
+  return nullptr;
+}
+
+ArrayRef<uint8_t> Image::bytesAt(uint64_t rva, uint64_t size) const {
+  const Section *s = sectionAt(rva);
+  if (!s || !buffer_) return {};
+  uint64_t offsetInSection = rva - s->rva;
+  if (offsetInSection > s->fileSize || s->fileSize - offsetInSection < size) return {};
+  uint64_t fileOffset = s->fileOffset + offsetInSection;
+  if (fileOffset > buffer_->getBufferSize() || buffer_->getBufferSize() - fileOffset < size) return {};
+  return {reinterpret_cast<const uint8_t *>(buffer_->getBufferStart()) + fileOffset, size};
+}
+
+const Function *Image::functionAt(uint64_t rva) const {
+  auto it = std::upper_bound(functions.begin(), functions.end(), rva,
+                             [](uint64_t a, const Function &f) { return a < f.range.rva; });
+  if (it == functions.begin()) return nullptr;
+  --it;
+  return it->range.contains(rva) ? &*it : nullptr;
+}
+
+ArrayRef<uint8_t> Image::fileBytes() const {
+  if (!buffer_) return {};
+  return {reinterpret_cast<const uint8_t *>(buffer_->getBufferStart()), buffer_->getBufferSize()};
+}
+
+namespace detail {
+
+Error makeError(const Twine &message) { return createStringError(inconvertibleErrorCode(), message); }
+
+std::string errorText(Error error) { return toString(std::move(error)); }
+
+std::string hexOffset(uint64_t value) {
+  char text[24];
+  snprintf(text, sizeof text, "0x%llx", static_cast<unsigned long long>(value));
+  return text;
+}
+
+void FunctionTableBuilder::add(uint64_t rva, uint64_t size, std::optional<std::string> name,
+                               FunctionSource source, bool preferredName) {
+  Entry &e = entries_[rva];
+  bool fresh = e.function.sourceMask == 0;
+  e.function.range.rva = rva;
+  e.function.sourceMask |= 1u << static_cast<unsigned>(source);
+  if (size && (!e.hasSize || source < e.function.source)) {
+    e.function.range.size = size;
+    e.function.source = source;
+    e.hasSize = true;
+  } else if (!e.hasSize && (fresh || source < e.function.source)) {
+    e.function.source = source;
+  }
+  if (name && !name->empty()) {
+    bool better = !e.nameSource || source < *e.nameSource ||
+                  (source == *e.nameSource &&
+                   (preferredName > e.nameFromPreferred ||
+                    (preferredName == e.nameFromPreferred && *name < *e.function.name)));
+    if (better) {
+      e.function.name = std::move(name);
+      e.nameSource = source;
+      e.nameFromPreferred = preferredName;
+    }
+  }
+}
+
+void FunctionTableBuilder::addPart(uint64_t parentRva, AddressRange part) {
+  auto it = entries_.find(parentRva);
+  if (it != entries_.end()) it->second.function.parts.push_back(part);
+}
+
+std::vector<Function> FunctionTableBuilder::finish(const std::vector<Section> &sections) {
+  std::vector<Function> out;
+  out.reserve(entries_.size());
+  for (auto &[rva, e] : entries_) out.push_back(std::move(e.function));
+  entries_.clear();
+  // Infer missing sizes: up to the next known start, but never past the end of the section.
+  for (size_t i = 0; i < out.size(); ++i) {
+    Function &f = out[i];
+    std::sort(f.parts.begin(), f.parts.end(),
+              [](const AddressRange &a, const AddressRange &b) { return a.rva < b.rva; });
+    if (f.range.size) continue;
+    uint64_t limit = 0;
+    for (const Section &s : sections)
+      if (s.loaded && s.permissions.execute && f.range.rva >= s.rva && f.range.rva < s.rva + s.size)
+        limit = s.rva + s.size;
+    if (i + 1 < out.size() && (limit == 0 || out[i + 1].range.rva < limit)) limit = out[i + 1].range.rva;
+    if (limit > f.range.rva) f.range.size = limit - f.range.rva;
+  }
+  return out;
+}
+
+void sortAndDedupDataObjects(std::vector<DataObject> &objects) {
+  std::sort(objects.begin(), objects.end(), [](const DataObject &a, const DataObject &b) {
+    return std::tie(a.threadLocal, a.range.rva, a.name, a.source) <
+           std::tie(b.threadLocal, b.range.rva, b.name, b.source);
+  });
+  // The same object seen by several sources keeps its best-ranked (first after sorting) record.
+  objects.erase(std::unique(objects.begin(), objects.end(),
+                            [](const DataObject &a, const DataObject &b) {
+                              return a.threadLocal == b.threadLocal && a.range.rva == b.range.rva &&
+                                     a.name == b.name;
+                            }),
+                objects.end());
+}
+
+namespace {
+
+const std::vector<const FormatReader *> &formatReaders() {
+  static const std::vector<const FormatReader *> readers = {&elfReader(), &peReader()};
+  return readers;
+}
+
+std::array<uint8_t, 32> sha256(ArrayRef<uint8_t> bytes) {
+  std::array<uint8_t, 32> digest{};
+  unsigned int length = 0;
+  EVP_Digest(bytes.data(), bytes.size(), digest.data(), &length, EVP_sha256(), nullptr);
+  return digest;
+}
+
+// A short description of what the first bytes look like, for "not a binary" errors.
+std::string describeMagic(StringRef bytes) {
+  if (bytes.empty()) return "the file is empty";
+  std::string hex = hexEncode(ArrayRef<uint8_t>(reinterpret_cast<const uint8_t *>(bytes.data()),
+                                            std::min<size_t>(bytes.size(), 4)));
+  return "offset 0x0: magic bytes " + hex + " are neither ELF (7f454c46) nor PE (4d5a)";
+}
+
+}  // namespace
+}  // namespace detail
+
+Expected<Image> readImage(std::unique_ptr<MemoryBuffer> buffer, const ImageReadOptions &options) {
+  std::string name = buffer->getBufferIdentifier().str();
+  auto fail = [&](const Twine &what) { return detail::makeError(name + ": " + what); };
+
+  Expected<std::unique_ptr<object::Binary>> binary = object::createBinary(buffer->getMemBufferRef());
+  if (!binary) {
+    std::string reason = detail::errorText(binary.takeError());
+    if (reason == "The file was not recognized as a valid object file")
+      reason = detail::describeMagic(buffer->getBuffer());
+    return fail(reason);
+  }
+  auto *object = dyn_cast<object::ObjectFile>(binary->get());
+  if (!object) return fail("an archive or container, not a single executable image");
+
+  for (const detail::FormatReader *reader : detail::formatReaders()) {
+    if (!reader->handles(*object)) continue;
+    Image image;
+    image.path = name;
+    if (Error e = reader->read(*object, options, image)) return fail(detail::errorText(std::move(e)));
+    image.identity.sha256 = detail::sha256(
+        ArrayRef<uint8_t>(reinterpret_cast<const uint8_t *>(buffer->getBufferStart()), buffer->getBufferSize()));
+    image.adoptBuffer(std::move(buffer));
+    return image;
+  }
+  return fail("format '" + object->getFileFormatName() + "' is not supported (ELF64 and PE32+ are)");
+}
+
+Expected<Image> readImage(const std::string &path, const ImageReadOptions &options) {
+  if (sys::fs::is_directory(path)) return detail::makeError(path + ": is a directory, not a binary");
+  ErrorOr<std::unique_ptr<MemoryBuffer>> buffer =
+      MemoryBuffer::getFile(path, /*IsText=*/false, /*RequiresNullTerminator=*/false);
+  if (!buffer) return detail::makeError(path + ": " + buffer.getError().message());
+  return readImage(std::move(*buffer), options);
+}
+
+}  // namespace hotforge

@@ -1,0 +1,106 @@
+// Functions and data objects from a PDB, read with LLVM's native PDB reader by walking the module
+// symbol streams (the IPDBSession enumeration API is not implemented for native PDBs in LLVM 19).
+#include "format_reader.h"
+
+#include <llvm/DebugInfo/CodeView/SymbolDeserializer.h>
+#include <llvm/DebugInfo/CodeView/SymbolRecord.h>
+#include <llvm/DebugInfo/MSF/MappedBlockStream.h>
+#include <llvm/DebugInfo/PDB/Native/DbiModuleDescriptor.h>
+#include <llvm/DebugInfo/PDB/Native/DbiModuleList.h>
+#include <llvm/DebugInfo/PDB/Native/DbiStream.h>
+#include <llvm/DebugInfo/PDB/Native/InfoStream.h>
+#include <llvm/DebugInfo/PDB/Native/ModuleDebugStream.h>
+#include <llvm/DebugInfo/PDB/Native/NativeSession.h>
+#include <llvm/DebugInfo/PDB/Native/PDBFile.h>
+#include <llvm/Object/COFF.h>
+
+namespace hotforge::detail {
+
+using namespace llvm;
+
+namespace {
+
+struct RecordVisitor {
+  FixedStreamArray<object::coff_section> sections;
+  FunctionTableBuilder &functions;
+  std::vector<DataObject> &dataObjects;
+
+  std::optional<uint64_t> rvaOf(uint16_t segment, uint32_t offset) const {
+    if (segment == 0 || segment > sections.size()) return std::nullopt;
+    return uint64_t(sections[segment - 1].VirtualAddress) + offset;
+  }
+
+  Error visit(const codeview::CVSymbol &symbol) {
+    using namespace codeview;
+    switch (symbol.kind()) {
+    case S_GPROC32:
+    case S_LPROC32:
+    case S_GPROC32_ID:
+    case S_LPROC32_ID: {
+      Expected<ProcSym> proc = SymbolDeserializer::deserializeAs<ProcSym>(symbol);
+      if (!proc) return proc.takeError();
+      if (std::optional<uint64_t> rva = rvaOf(proc->Segment, proc->CodeOffset))
+        functions.add(*rva, proc->CodeSize, proc->Name.str(), FunctionSource::Pdb,
+                      symbol.kind() == S_GPROC32 || symbol.kind() == S_GPROC32_ID);
+      break;
+    }
+    case S_GDATA32:
+    case S_LDATA32: {
+      Expected<DataSym> data = SymbolDeserializer::deserializeAs<DataSym>(symbol);
+      if (!data) return data.takeError();
+      if (std::optional<uint64_t> rva = rvaOf(data->Segment, data->DataOffset))
+        dataObjects.push_back({data->Name.str(), {*rva, 0}, false, DataSource::Pdb});
+      break;
+    }
+    case S_GTHREAD32:
+    case S_LTHREAD32: {
+      Expected<ThreadLocalDataSym> data = SymbolDeserializer::deserializeAs<ThreadLocalDataSym>(symbol);
+      if (!data) return data.takeError();
+      // TLS offsets are relative to the image's TLS template, like ELF STT_TLS values.
+      dataObjects.push_back({data->Name.str(), {data->DataOffset, 0}, true, DataSource::Pdb});
+      break;
+    }
+    default: break;
+    }
+    return Error::success();
+  }
+};
+
+}  // namespace
+
+Error readPdb(const std::string &pdbPath, const CodeViewRecord &expected, FunctionTableBuilder &functions,
+              std::vector<DataObject> &dataObjects) {
+  auto fail = [&](const Twine &what) { return makeError("PDB " + pdbPath + ": " + what); };
+  std::unique_ptr<pdb::IPDBSession> session;
+  if (Error e = pdb::NativeSession::createFromPdbPath(pdbPath, session)) return fail(errorText(std::move(e)));
+  pdb::PDBFile &file = static_cast<pdb::NativeSession &>(*session).getPDBFile();
+
+  Expected<pdb::InfoStream &> info = file.getPDBInfoStream();
+  if (!info) return fail(errorText(info.takeError()));
+  ArrayRef<uint8_t> guid(info->getGuid().Guid, 16);
+  if (!std::equal(guid.begin(), guid.end(), expected.guid.begin()) || info->getAge() != expected.age)
+    return fail("does not belong to the image: PDB has GUID " + hexEncode(guid) + " age " +
+                std::to_string(info->getAge()) + ", the image's CodeView record wants GUID " +
+                hexEncode(expected.guid) + " age " + std::to_string(expected.age));
+
+  Expected<pdb::DbiStream &> dbi = file.getPDBDbiStream();
+  if (!dbi) return fail(errorText(dbi.takeError()));
+  RecordVisitor visitor{dbi->getSectionHeaders(), functions, dataObjects};
+  const pdb::DbiModuleList &modules = dbi->modules();
+  for (uint32_t i = 0; i < modules.getModuleCount(); ++i) {
+    pdb::DbiModuleDescriptor descriptor = modules.getModuleDescriptor(i);
+    uint16_t streamIndex = descriptor.getModuleStreamIndex();
+    if (streamIndex == pdb::kInvalidStreamIndex) continue;
+    std::unique_ptr<msf::MappedBlockStream> stream = file.createIndexedStream(streamIndex);
+    if (!stream) return fail("module stream " + std::to_string(streamIndex) + " is missing");
+    pdb::ModuleDebugStreamRef module(descriptor, std::move(stream));
+    if (Error e = module.reload()) return fail("module " + descriptor.getModuleName() + ": " + errorText(std::move(e)));
+    bool hadError = false;
+    for (const codeview::CVSymbol &symbol : module.symbols(&hadError))
+      if (Error e = visitor.visit(symbol)) return fail(errorText(std::move(e)));
+    if (hadError) return fail("module " + descriptor.getModuleName() + ": malformed symbol stream");
+  }
+  return Error::success();
+}
+
+}  // namespace hotforge::detail

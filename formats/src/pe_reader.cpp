@@ -1,0 +1,326 @@
+// PE32+ reader (x64 and Arm64) over LLVM libObject.
+#include "format_reader.h"
+
+#include <llvm/BinaryFormat/COFF.h>
+#include <llvm/Object/COFF.h>
+#include <llvm/Support/Endian.h>
+#include <llvm/Support/FileSystem.h>
+#include <llvm/Support/Path.h>
+
+namespace hotforge::detail {
+namespace {
+
+using namespace llvm;
+using namespace llvm::object;
+using support::endian::read32le;
+
+// Reads `size` bytes at `rva`; an error names the RVA.
+Expected<ArrayRef<uint8_t>> bytesAtRva(const COFFObjectFile &coff, uint32_t rva, uint32_t size, StringRef what) {
+  ArrayRef<uint8_t> bytes;
+  if (Error e = coff.getRvaAndSizeAsBytes(rva, size, bytes))
+    return makeError(what + " at RVA " + hexOffset(rva) + " (size " + hexOffset(size) + "): " + errorText(std::move(e)));
+  return bytes;
+}
+
+constexpr uint8_t kUnwindFlagChainInfo = 0x4;
+
+// x64 .pdata: RUNTIME_FUNCTION {Begin, End, UnwindInfo}. An entry whose UNWIND_INFO is chained
+// describes a part of the function it chains to (hot/cold splitting, shrink-wrapping), so it is
+// folded into that function rather than listed as one of its own.
+Error readPdataX64(const COFFObjectFile &coff, ArrayRef<uint8_t> table, FunctionTableBuilder &functions) {
+  struct Entry {
+    uint32_t begin, end, parent;
+  };
+  std::vector<Entry> entries;
+  std::map<uint32_t, uint32_t> parentOf;
+  for (size_t i = 0; i + 12 <= table.size(); i += 12) {
+    uint32_t begin = read32le(table.data() + i), end = read32le(table.data() + i + 4);
+    uint32_t unwind = read32le(table.data() + i + 8);
+    if (end <= begin) return makeError(".pdata entry " + std::to_string(i / 12) + " has end " + hexOffset(end) +
+                                       " <= begin " + hexOffset(begin));
+    uint32_t parent = begin;
+    if (unwind & 1) {
+      // The low bit marks an indirect entry: UnwindData is the RVA of the parent RUNTIME_FUNCTION.
+      Expected<ArrayRef<uint8_t>> rf = bytesAtRva(coff, unwind & ~1u, 12, "chained RUNTIME_FUNCTION");
+      if (!rf) return rf.takeError();
+      parent = read32le(rf->data());
+    } else {
+      Expected<ArrayRef<uint8_t>> header = bytesAtRva(coff, unwind, 4, "UNWIND_INFO");
+      if (!header) return header.takeError();
+      if (((*header)[0] >> 3) & kUnwindFlagChainInfo) {
+        uint32_t codes = (*header)[2];
+        uint32_t chained = unwind + 4 + ((codes + 1) & ~1u) * 2;
+        Expected<ArrayRef<uint8_t>> rf = bytesAtRva(coff, chained, 12, "chained RUNTIME_FUNCTION");
+        if (!rf) return rf.takeError();
+        parent = read32le(rf->data());
+      }
+    }
+    entries.push_back({begin, end, parent});
+    parentOf[begin] = parent;
+  }
+  auto root = [&](uint32_t begin) {
+    for (int depth = 0; depth < 32; ++depth) {
+      auto it = parentOf.find(begin);
+      if (it == parentOf.end() || it->second == begin) break;
+      begin = it->second;
+    }
+    return begin;
+  };
+  for (const Entry &e : entries)
+    if (e.parent == e.begin) functions.add(e.begin, e.end - e.begin, std::nullopt, FunctionSource::Pdata);
+  for (const Entry &e : entries)
+    if (e.parent != e.begin) functions.addPart(root(e.begin), {e.begin, e.end - e.begin});
+  return Error::success();
+}
+
+// Arm64 .pdata: {Begin, UnwindData}. The low two bits of UnwindData say whether it is packed
+// (1: function, 2: fragment without prologue) with the length in bits 2..12, or the RVA of an
+// .xdata record whose first word holds the length in bits 0..17. Lengths count instructions.
+Error readPdataArm64(const COFFObjectFile &coff, ArrayRef<uint8_t> table, FunctionTableBuilder &functions) {
+  for (size_t i = 0; i + 8 <= table.size(); i += 8) {
+    uint32_t begin = read32le(table.data() + i), unwind = read32le(table.data() + i + 4);
+    uint32_t instructions = 0;
+    switch (unwind & 3) {
+    case 0: {
+      Expected<ArrayRef<uint8_t>> xdata = bytesAtRva(coff, unwind, 4, ".xdata record");
+      if (!xdata) return xdata.takeError();
+      instructions = read32le(xdata->data()) & 0x3ffff;
+      break;
+    }
+    case 1:
+    case 2: instructions = (unwind >> 2) & 0x7ff; break;
+    default:
+      return makeError(".pdata entry " + std::to_string(i / 8) + " uses reserved unwind flag 3");
+    }
+    functions.add(begin, uint64_t(instructions) * 4, std::nullopt, FunctionSource::Pdata);
+  }
+  return Error::success();
+}
+
+Error readExceptionDirectory(const COFFObjectFile &coff, Machine machine, FunctionTableBuilder &functions) {
+  const data_directory *directory = coff.getDataDirectory(COFF::EXCEPTION_TABLE);
+  if (!directory || !directory->Size) return Error::success();
+  Expected<ArrayRef<uint8_t>> table =
+      bytesAtRva(coff, directory->RelativeVirtualAddress, directory->Size, "exception directory (.pdata)");
+  if (!table) return table.takeError();
+  return machine == Machine::X64 ? readPdataX64(coff, *table, functions) : readPdataArm64(coff, *table, functions);
+}
+
+Error readExports(const COFFObjectFile &coff, FunctionTableBuilder &functions, std::vector<DataObject> &data,
+                  const std::vector<Section> &sections) {
+  const export_directory_table_entry *table = coff.getExportTable();
+  if (!table) return Error::success();
+  // A crafted count would make the walk below take hours; a real table fits in the file.
+  if (uint64_t(table->AddressTableEntries) * 4 > coff.getData().size())
+    return makeError("export directory claims " + std::to_string(uint32_t(table->AddressTableEntries)) +
+                     " entries, more than the file can hold");
+  for (const ExportDirectoryEntryRef &entry : coff.export_directories()) {
+    StringRef name;
+    uint32_t rva = 0;
+    bool forwarder = false;
+    if (Error e = entry.getExportRVA(rva)) return e;
+    if (Error e = entry.isForwarder(forwarder)) return e;
+    if (forwarder || rva == 0) continue;
+    if (Error e = entry.getSymbolName(name)) return e;
+    std::optional<std::string> exportName;
+    if (!name.empty()) exportName = name.str();
+    const Section *section = nullptr;
+    for (const Section &s : sections)
+      if (rva >= s.rva && rva - s.rva < s.size) section = &s;
+    if (section && section->permissions.execute)
+      functions.add(rva, 0, exportName, FunctionSource::Exports, true);
+    else if (section && exportName)
+      data.push_back({*exportName, {rva, 0}, false, DataSource::Symtab});
+  }
+  return Error::success();
+}
+
+Error readImports(const COFFObjectFile &coff, Image &image) {
+  for (const ImportDirectoryEntryRef &directory : coff.import_directories()) {
+    StringRef library;
+    uint32_t iat = 0;
+    if (Error e = directory.getName(library)) return e;
+    if (Error e = directory.getImportAddressTableRVA(iat)) return e;
+    uint32_t slot = iat;
+    size_t count = 0;
+    for (const ImportedSymbolRef &symbol : directory.imported_symbols()) {
+      if (++count > coff.getData().size() / 8) return makeError("import table of " + library + " does not end");
+      bool byOrdinal = false;
+      if (Error e = symbol.isOrdinal(byOrdinal)) return e;
+      std::string name;
+      if (byOrdinal) {
+        uint16_t ordinal = 0;
+        if (Error e = symbol.getOrdinal(ordinal)) return e;
+        name = "#" + std::to_string(ordinal);
+      } else {
+        StringRef symbolName;
+        if (Error e = symbol.getSymbolName(symbolName)) return e;
+        name = symbolName.str();
+      }
+      image.imports.push_back({std::move(name), library.str(), slot, ImportKind::IatSlot});
+      slot += 8;
+    }
+  }
+  return Error::success();
+}
+
+std::string baseRelocationTypeName(uint8_t type) {
+  switch (type) {
+  case COFF::IMAGE_REL_BASED_ABSOLUTE: return "IMAGE_REL_BASED_ABSOLUTE";
+  case COFF::IMAGE_REL_BASED_HIGH: return "IMAGE_REL_BASED_HIGH";
+  case COFF::IMAGE_REL_BASED_LOW: return "IMAGE_REL_BASED_LOW";
+  case COFF::IMAGE_REL_BASED_HIGHLOW: return "IMAGE_REL_BASED_HIGHLOW";
+  case COFF::IMAGE_REL_BASED_DIR64: return "IMAGE_REL_BASED_DIR64";
+  default: return "IMAGE_REL_BASED_" + std::to_string(type);
+  }
+}
+
+Error readBaseRelocations(const COFFObjectFile &coff, Image &image) {
+  for (const BaseRelocRef &relocation : coff.base_relocs()) {
+    uint8_t type = 0;
+    uint32_t rva = 0;
+    if (Error e = relocation.getType(type)) return e;
+    if (Error e = relocation.getRVA(rva)) return e;
+    if (type == COFF::IMAGE_REL_BASED_ABSOLUTE) continue;  // padding entries
+    image.relocations.push_back({rva, type, baseRelocationTypeName(type), std::nullopt, 0});
+  }
+  return Error::success();
+}
+
+// COFF symbol table: present in mingw images, absent from lld-link/link.exe images.
+void readCoffSymbols(const COFFObjectFile &coff, FunctionTableBuilder &functions, std::vector<DataObject> &data) {
+  for (const SymbolRef &ref : coff.symbols()) {
+    COFFSymbolRef symbol = coff.getCOFFSymbol(ref);
+    if (symbol.getSectionNumber() <= 0) continue;
+    Expected<const coff_section *> section = coff.getSection(symbol.getSectionNumber());
+    Expected<StringRef> name = coff.getSymbolName(symbol);
+    if (!section || !name) {
+      consumeError(section.takeError());
+      consumeError(name.takeError());
+      continue;
+    }
+    if (!symbol.isExternal() && symbol.getStorageClass() != COFF::IMAGE_SYM_CLASS_STATIC) continue;
+    if (symbol.isSectionDefinition() || name->starts_with(".")) continue;
+    uint64_t rva = uint64_t((*section)->VirtualAddress) + symbol.getValue();
+    if (symbol.isFunctionDefinition() || symbol.getComplexType() == COFF::IMAGE_SYM_DTYPE_FUNCTION)
+      functions.add(rva, 0, name->str(), FunctionSource::Symtab, symbol.isExternal());
+    else if (!((*section)->Characteristics & COFF::IMAGE_SCN_MEM_EXECUTE))
+      data.push_back({name->str(), {rva, 0}, false, DataSource::Symtab});
+  }
+}
+
+// The PDB named by --pdb, else the one the CodeView record names, else the same file name next to
+// the image. A PDB found by lookup that is absent is no error: the image is simply stripped.
+std::optional<std::string> locatePdb(const Image &image, const ImageReadOptions &options) {
+  if (!options.pdbPath.empty()) return options.pdbPath;
+  if (!image.identity.codeView || image.identity.codeView->pdbPath.empty()) return std::nullopt;
+  const std::string &recorded = image.identity.codeView->pdbPath;
+  if (sys::fs::is_regular_file(recorded)) return recorded;
+  // The recorded path is often a Windows path from the build machine.
+  std::string fileName = recorded.substr(recorded.find_last_of("/\\") + 1);
+  SmallString<256> beside(sys::path::parent_path(image.path));
+  sys::path::append(beside, fileName);
+  if (sys::fs::is_regular_file(beside)) return beside.str().str();
+  return std::nullopt;
+}
+
+class PeReader final : public FormatReader {
+public:
+  bool handles(const ObjectFile &object) const override { return object.isCOFF(); }
+
+  Error read(const ObjectFile &object, const ImageReadOptions &options, Image &image) const override {
+    const auto &coff = cast<COFFObjectFile>(object);
+    if (coff.getPE32Header())
+      return makeError("PE32 (32-bit) images are not supported; Hotforge reads PE32+ for x64 and Arm64");
+    const pe32plus_header *header = coff.getPE32PlusHeader();
+    if (!header) return makeError("a COFF object file, not a linked PE image");
+    image.format = Format::Pe;
+    switch (coff.getMachine()) {
+    case COFF::IMAGE_FILE_MACHINE_AMD64: image.machine = Machine::X64; break;
+    case COFF::IMAGE_FILE_MACHINE_ARM64: image.machine = Machine::Arm64; break;
+    case COFF::IMAGE_FILE_MACHINE_ARM64EC:
+    case COFF::IMAGE_FILE_MACHINE_ARM64X:
+      return makeError("hybrid ARM64EC/ARM64X (CHPE) images cannot be hotpatched");
+    default:
+      return makeError("PE machine " + hexOffset(coff.getMachine()) + " is not supported (x64 and Arm64 are)");
+    }
+    image.imageBase = header->ImageBase;
+    image.entryRva = header->AddressOfEntryPoint;
+    image.identity.timeDateStamp = coff.getTimeDateStamp();
+    image.identity.checkSum = header->CheckSum;
+    image.identity.sizeOfImage = header->SizeOfImage;
+
+    const codeview::DebugInfo *debugInfo = nullptr;
+    StringRef pdbName;
+    if (Error e = coff.getDebugPDBInfo(debugInfo, pdbName)) {
+      image.warnings.push_back("debug directory: " + errorText(std::move(e)));
+    } else if (debugInfo && debugInfo->Signature.CVSignature == OMF::Signature::PDB70) {
+      CodeViewRecord record;
+      record.pdbPath = pdbName.str();
+      std::copy(std::begin(debugInfo->PDB70.Signature), std::end(debugInfo->PDB70.Signature), record.guid.begin());
+      record.age = debugInfo->PDB70.Age;
+      image.identity.codeView = record;
+    }
+
+    for (const SectionRef &ref : coff.sections()) {
+      const coff_section *raw = coff.getCOFFSection(ref);
+      Expected<StringRef> name = coff.getSectionName(raw);
+      if (!name) return name.takeError();
+      Section s;
+      s.name = name->str();
+      s.loaded = true;
+      s.rva = raw->VirtualAddress;
+      s.size = raw->VirtualSize ? raw->VirtualSize : raw->SizeOfRawData;
+      s.fileOffset = raw->PointerToRawData;
+      s.fileSize = std::min<uint64_t>(raw->SizeOfRawData, s.size);
+      s.permissions = {(raw->Characteristics & COFF::IMAGE_SCN_MEM_READ) != 0,
+                       (raw->Characteristics & COFF::IMAGE_SCN_MEM_WRITE) != 0,
+                       (raw->Characteristics & COFF::IMAGE_SCN_MEM_EXECUTE) != 0};
+      if (s.fileSize && (s.fileOffset > coff.getData().size() || coff.getData().size() - s.fileOffset < s.fileSize))
+        return makeError("section " + s.name + " at file offset " + hexOffset(s.fileOffset) + " (size " +
+                         hexOffset(s.fileSize) + ") extends past the end of the file (" +
+                         hexOffset(coff.getData().size()) + " bytes)");
+      image.sections.push_back(std::move(s));
+    }
+
+    FunctionTableBuilder functions;
+    readCoffSymbols(coff, functions, image.dataObjects);
+    if (Error e = readExceptionDirectory(coff, image.machine, functions)) return e;
+    if (Error e = readExports(coff, functions, image.dataObjects, image.sections)) return e;
+    collectDwarfFunctions(coff, image.imageBase, FunctionSource::Dwarf, functions, image.warnings);
+    if (std::optional<std::string> pdb = locatePdb(image, options)) {
+      if (!image.identity.codeView)
+        return makeError("PDB " + *pdb + " was given, but the image has no CodeView record to match it against");
+      if (Error e = readPdb(*pdb, *image.identity.codeView, functions, image.dataObjects)) return e;
+      image.debugInfoPath = *pdb;
+    }
+    image.functions = functions.finish(image.sections);
+    sortAndDedupDataObjects(image.dataObjects);
+    if (Error e = readImports(coff, image)) return e;
+    if (Error e = readBaseRelocations(coff, image)) return e;
+
+    if (const data_directory *dir = coff.getDataDirectory(COFF::LOAD_CONFIG_TABLE); dir && dir->Size) {
+      const coff_load_configuration64 *config = coff.getLoadConfig64();
+      if (!config)
+        return makeError("load config directory at RVA " + hexOffset(dir->RelativeVirtualAddress) + " is unreadable");
+      LoadConfig lc;
+      lc.size = config->Size;
+      auto covers = [&](size_t fieldEnd) { return lc.size >= fieldEnd; };
+      if (covers(offsetof(coff_load_configuration64, SecurityCookie) + 8)) lc.securityCookie = config->SecurityCookie;
+      if (covers(offsetof(coff_load_configuration64, GuardFlags) + 4)) lc.guardFlags = config->GuardFlags;
+      if (covers(offsetof(coff_load_configuration64, HotPatchTableOffset) + 4))
+        lc.hotPatchTableOffset = config->HotPatchTableOffset;
+      image.loadConfig = lc;
+    }
+    return Error::success();
+  }
+};
+
+}  // namespace
+
+const FormatReader &peReader() {
+  static const PeReader reader;
+  return reader;
+}
+
+}  // namespace hotforge::detail
