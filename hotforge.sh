@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# One entry point for people and CI on a Debian 12 machine (run as root, or with sudo available):
+#   ./hotforge.sh demo    install what is missing, build, build the samples, show Hotforge at work
+#   ./hotforge.sh test    install what is missing, build, build the samples, run every test
+#   ./hotforge.sh build | setup | samples | bench | fuzz SECONDS | sanitize
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+build=${HOTFORGE_BUILD_DIR:-$root/build}
+samples_out=$build/samples
+
+# Debian packages, and why: see README.md ("Dependencies").
+packages=(
+  build-essential cmake ninja-build pkg-config python3
+  llvm-19-dev clang-19 lld-19 llvm-19 zlib1g-dev libclang-rt-19-dev
+  libzstd-dev zstd libfmt-dev libcli11-dev nlohmann-json3-dev libssl-dev openssl
+  libgtest-dev libgmock-dev libbenchmark-dev
+  gcc-aarch64-linux-gnu g++-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user
+  gcc-mingw-w64-x86-64-win32 g++-mingw-w64-x86-64-win32 wine64 libunicorn-dev
+  bsdiff xdelta3 binutils time
+)
+
+log() { printf '==> %s\n' "$*" >&2; }
+
+setup() {
+  local missing=()
+  for p in "${packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  log "installing ${#missing[@]} Debian packages: ${missing[*]}"
+  local sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo=sudo
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -qq
+  $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+}
+
+configure_and_build() {
+  local dir=$1; shift
+  cmake -S "$root" -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+    -DLLVM_DIR=/usr/lib/llvm-19/lib/cmake/llvm "$@" >/dev/null
+  cmake --build "$dir"
+}
+
+build() { setup; configure_and_build "$build"; }
+
+samples() { "$root/samples/build.sh" "$samples_out"; }
+
+demo() {
+  build
+  samples
+  local hf=$build/cli/hotforge
+  local s=$samples_out
+  log "hotforge inspect: a gcc-built x64 ELF sample"
+  "$hf" inspect "$s/elf-x64-gcc/core.base" --functions | head -n 40
+  log "hotforge inspect: the stripped build of the same binary (only .dynsym and .eh_frame)"
+  "$hf" inspect "$s/elf-x64-gcc/stripped/core.base" | tail -n 3
+  log "hotforge inspect: an Arm64 PE DLL with its PDB"
+  "$hf" inspect "$s/pe-a64/core.base.dll" --functions | head -n 30
+  log "hotforge inspect --json: the first function of the Arm64 ELF sample"
+  "$hf" inspect "$s/elf-a64-gcc/core.base" --json | python3 -c \
+    'import json,sys; d=json.load(sys.stdin); print(json.dumps({k: d[k] for k in ("format","machine","identity")}, indent=2)); print(json.dumps(d["functions"][0], indent=2))'
+}
+
+run_tests() {
+  build
+  samples
+  log "running the tests"
+  HOTFORGE_SAMPLES="$samples_out" ctest --test-dir "$build" --output-on-failure -j2
+}
+
+sanitize() {
+  setup
+  local dir=$root/build-asan
+  configure_and_build "$dir" -DCMAKE_C_COMPILER=clang-19 -DCMAKE_CXX_COMPILER=clang++-19 -DHOTFORGE_SANITIZE=ON -DHOTFORGE_BENCH=OFF
+  samples
+  HOTFORGE_SAMPLES="$samples_out" ctest --test-dir "$dir" --output-on-failure -j2
+}
+
+fuzz() {
+  setup
+  local seconds=${1:-60}
+  local dir=$root/build-fuzz
+  configure_and_build "$dir" -DCMAKE_C_COMPILER=clang-19 -DCMAKE_CXX_COMPILER=clang++-19 -DHOTFORGE_FUZZ=ON \
+    -DHOTFORGE_TESTS=OFF -DHOTFORGE_BENCH=OFF
+  samples
+  "$root/tests/fuzz/run.sh" "$dir" "$samples_out" "$seconds"
+}
+
+bench() {
+  build
+  samples
+  "$root/bench/run.sh" "$build" "$samples_out"
+}
+
+case "${1:-}" in
+  setup) setup ;;
+  build) build ;;
+  samples) setup; samples ;;
+  demo) demo ;;
+  test) run_tests ;;
+  sanitize) sanitize ;;
+  fuzz) shift; fuzz "$@" ;;
+  bench) bench ;;
+  *) sed -n '2,5p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+esac

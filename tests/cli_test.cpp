@@ -1,0 +1,156 @@
+// The hotforge executable as a user meets it: help, version, usage errors, and hostile input. Every
+// bad input must give exit code 1 and exactly one line naming the file; none may crash or hang.
+#include "test_support.h"
+
+#include <gtest/gtest.h>
+
+#include <random>
+
+namespace hotforge::test {
+namespace {
+
+CommandResult hotforge(std::vector<std::string> args) {
+  args.insert(args.begin(), {"timeout", "60", hotforgeBinary()});
+  return run(args);
+}
+
+void expectOneLineError(const CommandResult &r, const std::string &path, const std::string &needle) {
+  EXPECT_EQ(r.exitCode, 1) << r.err;
+  EXPECT_TRUE(r.out.empty()) << r.out;
+  ASSERT_FALSE(r.err.empty());
+  EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 1) << r.err;
+  EXPECT_EQ(r.err.rfind("hotforge: error: ", 0), 0u) << r.err;
+  EXPECT_NE(r.err.find(path), std::string::npos) << r.err;
+  EXPECT_NE(r.err.find(needle), std::string::npos) << r.err;
+}
+
+std::string anyElfSample() { return samples("elf-x64-gcc").front().path; }
+std::string anyPeSample() { return samples("pe-x64").front().path; }
+
+// Compiles a tiny C file for `target` and links it when `linker` is given.
+std::string buildForeign(const std::string &name, const std::vector<std::string> &compile,
+                         const std::vector<std::string> &link) {
+  std::string dir = tempDir();
+  writeFile(dir + "/foreign.c", "int answer(void) { return 42; }\n");
+  std::vector<std::string> cc = {"clang-19", "-c", dir + "/foreign.c", "-o", dir + "/" + name + ".o"};
+  cc.insert(cc.end(), compile.begin(), compile.end());
+  CommandResult r = run(cc);
+  EXPECT_EQ(r.exitCode, 0) << r.err;
+  if (link.empty()) return dir + "/" + name + ".o";
+  std::vector<std::string> ld = link;
+  ld.push_back(dir + "/" + name + ".o");
+  ld.push_back("/out:" + dir + "/" + name);
+  r = run(ld);
+  EXPECT_EQ(r.exitCode, 0) << r.err;
+  return dir + "/" + name;
+}
+
+TEST(Cli, HelpAndVersion) {
+  CommandResult r = hotforge({"--help"});
+  EXPECT_EQ(r.exitCode, 0);
+  EXPECT_NE(r.out.find("inspect"), std::string::npos);
+  EXPECT_NE(r.out.find("Exit codes"), std::string::npos);
+  r = hotforge({"inspect", "--help"});
+  EXPECT_EQ(r.exitCode, 0);
+  EXPECT_NE(r.out.find("--json"), std::string::npos);
+  EXPECT_NE(r.out.find("Example"), std::string::npos);
+  r = hotforge({"--version"});
+  EXPECT_EQ(r.exitCode, 0);
+  EXPECT_EQ(r.out.rfind("hotforge ", 0), 0u);
+}
+
+TEST(Cli, UsageErrorsExitTwo) {
+  EXPECT_EQ(hotforge({}).exitCode, 2);
+  EXPECT_EQ(hotforge({"no-such-command"}).exitCode, 2);
+  EXPECT_EQ(hotforge({"inspect"}).exitCode, 2);
+  EXPECT_EQ(hotforge({"inspect", "a", "--no-such-flag"}).exitCode, 2);
+}
+
+TEST(Cli, InspectJsonHasTheDocumentedFields) {
+  for (const std::string &path : {anyElfSample(), anyPeSample()}) {
+    CommandResult r = hotforge({"inspect", path, "--json"});
+    ASSERT_EQ(r.exitCode, 0) << r.err;
+    nlohmann::json doc = nlohmann::json::parse(r.out);
+    EXPECT_EQ(doc["schema"], "hotforge.inspect/1");
+    for (const char *key : {"format", "machine", "identity", "sections", "functions", "data_objects", "imports"})
+      EXPECT_TRUE(doc.contains(key)) << key;
+    ASSERT_FALSE(doc["functions"].empty());
+    for (const auto &f : doc["functions"]) {
+      EXPECT_TRUE(f["name"].is_string() || f["name"].is_null());
+      EXPECT_TRUE(f["rva"].is_number_unsigned());
+      EXPECT_TRUE(f["size"].is_number_unsigned());
+      EXPECT_TRUE(f["source"].is_string());
+    }
+    EXPECT_EQ(doc["identity"]["sha256"].get<std::string>().size(), 64u);
+  }
+}
+
+TEST(Cli, InspectIsDeterministic) {
+  std::string path = anyElfSample();
+  EXPECT_EQ(hotforge({"inspect", path, "--json"}).out, hotforge({"inspect", path, "--json"}).out);
+}
+
+TEST(Cli, MissingEmptyDirectoryTextAndRandomInputs) {
+  std::string dir = tempDir();
+  expectOneLineError(hotforge({"inspect", dir + "/absent"}), dir + "/absent", "No such file");
+  writeFile(dir + "/empty", "");
+  expectOneLineError(hotforge({"inspect", dir + "/empty"}), dir + "/empty", "empty");
+  expectOneLineError(hotforge({"inspect", dir}), dir, "directory");
+  writeFile(dir + "/notes.txt", "release notes\nnothing binary here\n");
+  expectOneLineError(hotforge({"inspect", dir + "/notes.txt"}), dir + "/notes.txt", "neither ELF");
+  std::mt19937 random(7);
+  std::string noise(4096, '\0');
+  for (char &c : noise) c = static_cast<char>(random());
+  writeFile(dir + "/random.bin", noise);
+  expectOneLineError(hotforge({"inspect", dir + "/random.bin"}), dir + "/random.bin", "");
+}
+
+TEST(Cli, ForeignBinariesAreRefusedWithTheReason) {
+  std::string elf32 = buildForeign("elf32.o", {"--target=i686-linux-gnu"}, {});
+  expectOneLineError(hotforge({"inspect", elf32}), elf32, "ELF32");
+  std::string bigEndian = buildForeign("be.o", {"--target=aarch64_be-linux-gnu"}, {});
+  expectOneLineError(hotforge({"inspect", bigEndian}), bigEndian, "big-endian");
+  std::string pe32 = buildForeign("pe32.dll", {"--target=i686-pc-windows-msvc", "-ffreestanding"},
+                                  {"lld-link-19", "/dll", "/noentry", "/nodefaultlib", "/machine:x86", "/export:answer"});
+  expectOneLineError(hotforge({"inspect", pe32}), pe32, "PE32 (32-bit)");
+  std::string object = buildForeign("x64.o", {"--target=x86_64-linux-gnu"}, {});
+  expectOneLineError(hotforge({"inspect", object}), object, "not an executable or shared object");
+}
+
+TEST(Cli, PdbOfAnotherImageIsRefused) {
+  std::vector<Sample> pe = samples("pe-x64");
+  std::string otherPdb;
+  for (const Sample &s : pe)
+    if (s.program != pe.front().program && !s.pdbPath.empty()) otherPdb = s.pdbPath;
+  ASSERT_FALSE(otherPdb.empty());
+  expectOneLineError(hotforge({"inspect", pe.front().path, "--pdb", otherPdb}), otherPdb, "does not belong");
+}
+
+// Truncations at many lengths, and random byte flips, of real ELF and PE samples: the reader may
+// accept or refuse, but it must never crash or hang.
+TEST(Cli, DamagedBinariesNeverCrash) {
+  std::string dir = tempDir();
+  std::mt19937 random(2024);
+  for (const std::string &path : {anyElfSample(), anyPeSample()}) {
+    std::string bytes = readFile(path);
+    ASSERT_GT(bytes.size(), 1024u);
+    std::string damaged = dir + "/damaged";
+    for (size_t cut : {size_t(16), size_t(64), size_t(200), bytes.size() / 8, bytes.size() / 3, bytes.size() / 2,
+                       bytes.size() - 1}) {
+      writeFile(damaged, bytes.substr(0, cut));
+      CommandResult r = hotforge({"inspect", damaged, "--json"});
+      EXPECT_TRUE(r.exitCode == 0 || r.exitCode == 1) << "cut at " << cut << ": exit " << r.exitCode << " " << r.err;
+      if (r.exitCode == 1) EXPECT_NE(r.err.find(damaged), std::string::npos);
+    }
+    for (int round = 0; round < 40; ++round) {
+      std::string copy = bytes;
+      for (int flips = 0; flips < 8; ++flips) copy[random() % std::min<size_t>(copy.size(), 4096)] ^= char(1 + random() % 255);
+      writeFile(damaged, copy);
+      CommandResult r = hotforge({"inspect", damaged, "--json"});
+      EXPECT_TRUE(r.exitCode == 0 || r.exitCode == 1) << "round " << round << ": exit " << r.exitCode << " " << r.err;
+    }
+  }
+}
+
+}  // namespace
+}  // namespace hotforge::test

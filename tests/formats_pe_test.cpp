@@ -1,0 +1,211 @@
+// The PE reader against llvm-readobj-19 and llvm-pdbutil-19 on every PE sample (clang/lld-link x64
+// and Arm64 DLLs with PDBs, mingw x64 executables with DWARF), with and without the PDB.
+#include "hotforge/image.h"
+#include "test_support.h"
+
+#include <gtest/gtest.h>
+
+#include <map>
+#include <regex>
+
+namespace hotforge::test {
+namespace {
+
+Image load(const std::string &path, const ImageReadOptions &options = {}) {
+  llvm::Expected<Image> image = readImage(path, options);
+  if (!image) {
+    ADD_FAILURE() << llvm::toString(image.takeError());
+    return Image();
+  }
+  return std::move(*image);
+}
+
+struct RuntimeFunction {
+  uint64_t start = 0, length = 0;
+};
+
+// RUNTIME_FUNCTION entries as llvm-readobj-19 --unwind prints them, as RVAs.
+std::vector<RuntimeFunction> readobjUnwind(const std::string &path, uint64_t imageBase) {
+  CommandResult r = run({"llvm-readobj-19", "--unwind", path});
+  EXPECT_EQ(r.exitCode, 0) << r.err;
+  std::vector<RuntimeFunction> out;
+  std::regex x64(R"(StartAddress: [^\n]*\(0x([0-9A-Fa-f]+)\)\s*\n\s*EndAddress: [^\n]*\(0x([0-9A-Fa-f]+)\))");
+  for (std::sregex_iterator it(r.out.begin(), r.out.end(), x64), end; it != end; ++it) {
+    uint64_t start = std::stoull((*it)[1], nullptr, 16), stop = std::stoull((*it)[2], nullptr, 16);
+    out.push_back({start - imageBase, stop - start});
+  }
+  std::regex arm64(R"(Function: [^\n]*?(?:0x)([0-9A-Fa-f]+)\)?\s*\n[\s\S]*?FunctionLength: (\d+))");
+  for (std::sregex_iterator it(r.out.begin(), r.out.end(), arm64), end; it != end; ++it)
+    out.push_back({std::stoull((*it)[1], nullptr, 16) - imageBase, std::stoull((*it)[2])});
+  return out;
+}
+
+struct PdbProc {
+  std::string name;
+  uint32_t segment = 0, offset = 0, size = 0;
+};
+
+std::vector<PdbProc> pdbProcs(const std::string &pdb) {
+  CommandResult r = run({"llvm-pdbutil-19", "dump", "--symbols", pdb});
+  EXPECT_EQ(r.exitCode, 0) << r.err;
+  std::vector<PdbProc> out;
+  std::regex proc(R"(S_[GL]PROC32(?:_ID)? \[size = \d+\] `([^`]+)`\s*\n\s*parent = \d+, end = \d+, addr = ([0-9]+):([0-9]+), code size = (\d+))");
+  for (std::sregex_iterator it(r.out.begin(), r.out.end(), proc), end; it != end; ++it)
+    out.push_back({(*it)[1], uint32_t(std::stoul((*it)[2])), uint32_t(std::stoul((*it)[3])), uint32_t(std::stoul((*it)[4]))});
+  return out;
+}
+
+std::string field(const std::string &text, const std::string &pattern) {
+  std::smatch m;
+  return std::regex_search(text, m, std::regex(pattern)) ? m[1].str() : std::string();
+}
+
+const Function *functionStartingAt(const Image &image, uint64_t rva) {
+  const Function *f = image.functionAt(rva);
+  return f && f->range.rva == rva ? f : nullptr;
+}
+
+TEST(PeReader, PdataMatchesReadobjUnwind) {
+  for (const Sample &sample : samples("")) {
+    if (sample.target.rfind("elf-", 0) == 0) continue;
+    SCOPED_TRACE(sample.path);
+    Image image = load(sample.path);
+    ASSERT_EQ(image.format, Format::Pe);
+    std::vector<RuntimeFunction> entries = readobjUnwind(sample.path, image.imageBase);
+    ASSERT_FALSE(entries.empty());
+    size_t parts = 0, pdataFunctions = 0;
+    for (const Function &f : image.functions) {
+      parts += f.parts.size();
+      pdataFunctions += f.seenBy(FunctionSource::Pdata);
+    }
+    EXPECT_EQ(pdataFunctions + parts, entries.size());
+    for (const RuntimeFunction &entry : entries) {
+      if (const Function *f = functionStartingAt(image, entry.start)) {
+        EXPECT_TRUE(f->seenBy(FunctionSource::Pdata));
+        if (f->source == FunctionSource::Pdata) EXPECT_EQ(f->range.size, entry.length);
+        continue;
+      }
+      bool isPart = std::any_of(image.functions.begin(), image.functions.end(), [&](const Function &f) {
+        return std::any_of(f.parts.begin(), f.parts.end(), [&](const AddressRange &p) { return p.rva == entry.start; });
+      });
+      EXPECT_TRUE(isPart) << "RUNTIME_FUNCTION at rva " << entry.start << " is neither a function nor a part";
+    }
+  }
+}
+
+TEST(PeReader, PdbFunctionsMatchPdbutil) {
+  for (const Sample &sample : samples("pe-")) {
+    if (sample.pdbPath.empty()) continue;
+    SCOPED_TRACE(sample.path);
+    Image image = load(sample.path);
+    EXPECT_EQ(image.debugInfoPath.empty(), false);
+    std::vector<PdbProc> procs = pdbProcs(sample.pdbPath);
+    ASSERT_GT(procs.size(), 3u);
+    for (const PdbProc &proc : procs) {
+      ASSERT_GE(proc.segment, 1u);
+      ASSERT_LE(proc.segment, image.sections.size());
+      uint64_t rva = image.sections[proc.segment - 1].rva + proc.offset;
+      const Function *f = functionStartingAt(image, rva);
+      ASSERT_NE(f, nullptr) << proc.name;
+      EXPECT_TRUE(f->seenBy(FunctionSource::Pdb)) << proc.name;
+      EXPECT_EQ(f->name.value_or(""), proc.name);
+      EXPECT_EQ(f->range.size, proc.size) << proc.name;
+    }
+  }
+}
+
+TEST(PeReader, IdentityLoadConfigImportsAndRelocationsMatchReadobj) {
+  for (const Sample &sample : samples("pe-")) {
+    SCOPED_TRACE(sample.path);
+    Image image = load(sample.path);
+    CommandResult headers = run({"llvm-readobj-19", "--file-headers", "--coff-debug-directory", "--coff-load-config",
+                                 "--coff-imports", "--coff-basereloc", sample.path});
+    ASSERT_EQ(headers.exitCode, 0) << headers.err;
+    EXPECT_EQ(image.identity.timeDateStamp, std::stoul(field(headers.out, R"(TimeDateStamp: .*\(0x([0-9A-F]+)\))"), nullptr, 16));
+    EXPECT_EQ(image.identity.checkSum, std::stoul(field(headers.out, R"(CheckSum: 0x([0-9A-F]+))"), nullptr, 16));
+    ASSERT_TRUE(image.identity.codeView.has_value());
+    EXPECT_EQ("{" + guidString(image.identity.codeView->guid) + "}", field(headers.out, R"(PDBGUID: (\{[0-9A-F-]+\}))"));
+    EXPECT_EQ(image.identity.codeView->age, std::stoul(field(headers.out, R"(PDBAge: (\d+))")));
+    ASSERT_TRUE(image.loadConfig.has_value());
+    EXPECT_EQ(image.loadConfig->hotPatchTableOffset,
+              std::stoul(field(headers.out, R"(HotPatchTableOffset: 0x([0-9A-F]+))"), nullptr, 16));
+
+    size_t relocations = 0;
+    std::regex entry(R"(Type: (\w+)\s*\n\s*Address: 0x([0-9A-F]+))");
+    for (std::sregex_iterator it(headers.out.begin(), headers.out.end(), entry), end; it != end; ++it) {
+      if ((*it)[1] == "ABSOLUTE") continue;
+      uint64_t rva = std::stoull((*it)[2], nullptr, 16);
+      EXPECT_TRUE(std::any_of(image.relocations.begin(), image.relocations.end(),
+                              [&](const Relocation &r) { return r.rva == rva; }));
+      ++relocations;
+    }
+    EXPECT_EQ(relocations, image.relocations.size());
+
+    std::regex import(R"(Import \{\s*\n\s*Name: (\S+)\s*\n\s*ImportLookupTableRVA: \S+\s*\n\s*ImportAddressTableRVA: 0x([0-9A-F]+)\s*\n\s*Symbol: (\w+))");
+    size_t imports = 0;
+    for (std::sregex_iterator it(headers.out.begin(), headers.out.end(), import), end; it != end; ++it) {
+      uint64_t slot = std::stoull((*it)[2], nullptr, 16);
+      EXPECT_TRUE(std::any_of(image.imports.begin(), image.imports.end(), [&](const Import &i) {
+        return i.library == (*it)[1].str() && i.slotRva == slot && i.name == (*it)[3].str() && i.kind == ImportKind::IatSlot;
+      })) << (*it)[3];
+      ++imports;
+    }
+    if (sample.program == "core") EXPECT_GT(imports, 0u) << "scenario 10 calls an import through the IAT";
+  }
+}
+
+TEST(PeReader, WithoutPdbFunctionsComeFromPdataAndExports) {
+  for (const Sample &sample : samples("pe-")) {
+    if (sample.strippedPath.empty()) continue;
+    SCOPED_TRACE(sample.strippedPath);
+    Image full = load(sample.path);
+    Image stripped = load(sample.strippedPath);
+    EXPECT_TRUE(stripped.debugInfoPath.empty());
+    std::map<uint64_t, const Function *> strippedByRva;
+    for (const Function &f : stripped.functions) strippedByRva[f.range.rva] = &f;
+    for (const Function &f : full.functions) {
+      if (!f.seenBy(FunctionSource::Pdata) && !f.seenBy(FunctionSource::Exports)) continue;
+      auto it = strippedByRva.find(f.range.rva);
+      ASSERT_NE(it, strippedByRva.end()) << f.name.value_or("?");
+      if (f.seenBy(FunctionSource::Pdata)) EXPECT_EQ(it->second->range.size, f.range.size);
+      if (f.seenBy(FunctionSource::Exports)) EXPECT_EQ(it->second->name, f.name);
+      else EXPECT_FALSE(it->second->name.has_value());
+    }
+  }
+}
+
+TEST(PeReader, PdbOfAnotherBuildIsRefused) {
+  const Sample *base = nullptr, *other = nullptr;
+  std::vector<Sample> all = samples("pe-");
+  for (const Sample &s : all) {
+    if (s.pdbPath.empty() || s.program != "core") continue;
+    if (s.variant == "base" && !base) base = &s;
+    if (s.variant != "base" && !other && base && s.target == base->target) other = &s;
+  }
+  ASSERT_TRUE(base && other);
+  llvm::Expected<Image> image = readImage(base->path, {other->pdbPath, "", ""});
+  ASSERT_FALSE(image);
+  std::string message = llvm::toString(image.takeError());
+  EXPECT_NE(message.find("does not belong"), std::string::npos) << message;
+  EXPECT_NE(message.find(other->pdbPath), std::string::npos) << message;
+}
+
+TEST(PeReader, MingwImagesNameFunctionsFromSymbolsAndDwarf) {
+  for (const Sample &sample : samples("mingw-")) {
+    SCOPED_TRACE(sample.path);
+    Image image = load(sample.path);
+    EXPECT_EQ(image.machine, Machine::X64);
+    size_t named = 0, fromSymbols = 0;
+    for (const Function &f : image.functions) {
+      named += f.name.has_value();
+      fromSymbols += f.seenBy(FunctionSource::Symtab);
+    }
+    EXPECT_GT(named, 20u);
+    EXPECT_GT(fromSymbols, 20u);
+    EXPECT_TRUE(std::any_of(image.functions.begin(), image.functions.end(),
+                            [](const Function &f) { return f.name == "main"; }));
+  }
+}
+
+}  // namespace
+}  // namespace hotforge::test
