@@ -30,7 +30,7 @@ void printText(const Image &image, const InspectOptions &options) {
     fmt::print("  timestamp   {:#010x}  checksum {:#010x}  size of image {:#x}\n", id.timeDateStamp, id.checkSum,
                id.sizeOfImage);
     if (id.codeView)
-      fmt::print("  codeview    {} guid {} age {}\n", id.codeView->pdbPath, hexEncode(id.codeView->guid), id.codeView->age);
+      fmt::print("  codeview    {} guid {} age {}\n", id.codeView->pdbPath, guidString(id.codeView->guid), id.codeView->age);
   }
   if (!image.debugInfoPath.empty()) fmt::print("  debug info  {}\n", image.debugInfoPath);
   if (image.loadConfig)
@@ -102,7 +102,7 @@ void addInspectCommand(CLI::App &app, int &exitCode) {
       return;
     }
     if (options->json)
-      fmt::print("{}\n", toJson(*image, {options->relocations}).dump(2));
+      fmt::print("{}\n", toJson(*image, {options->relocations}).dump(2, ' ', false, nlohmann::json::error_handler_t::replace));
     else
       printText(*image, *options);
     exitCode = kExitOk;

@@ -66,7 +66,7 @@ TEST(ElfReader, FunctionsMatchReadelfAndEhFrame) {
       ASSERT_TRUE(it->second->name.has_value()) << s.name;
       ++checked;
     }
-    EXPECT_GT(checked, 10u);
+    EXPECT_GT(checked, sample.program == "core" ? 14u : 1u);
     // Names: every function symbol's address carries one of the names readelf shows there.
     std::multimap<uint64_t, std::string> names;
     for (const ToolSymbol &s : readelfSymbols(sample.path, ".symtab"))

@@ -72,7 +72,7 @@ TEST(PeReader, PdataMatchesReadobjUnwind) {
     Image image = load(sample.path);
     ASSERT_EQ(image.format, Format::Pe);
     std::vector<RuntimeFunction> entries = readobjUnwind(sample.path, image.imageBase);
-    ASSERT_FALSE(entries.empty());
+    if (sample.program == "core") ASSERT_FALSE(entries.empty());  // leaf functions have no entry
     size_t parts = 0, pdataFunctions = 0;
     for (const Function &f : image.functions) {
       parts += f.parts.size();
@@ -100,7 +100,7 @@ TEST(PeReader, PdbFunctionsMatchPdbutil) {
     Image image = load(sample.path);
     EXPECT_EQ(image.debugInfoPath.empty(), false);
     std::vector<PdbProc> procs = pdbProcs(sample.pdbPath);
-    ASSERT_GT(procs.size(), 3u);
+    ASSERT_GT(procs.size(), sample.program == "core" ? 10u : 0u);
     for (const PdbProc &proc : procs) {
       ASSERT_GE(proc.segment, 1u);
       ASSERT_LE(proc.segment, image.sections.size());
