@@ -17,6 +17,7 @@ enum ExitCode : int {
 };
 
 void addInspectCommand(CLI::App &app, int &exitCode);
+void addDiffCommand(CLI::App &app, int &exitCode);
 
 // Prints "hotforge: error: MESSAGE" to stderr and returns kExitError.
 int reportError(const std::string &message);

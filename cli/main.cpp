@@ -27,6 +27,7 @@ int main(int argc, char **argv) {
 
   int exitCode = kExitOk;
   addInspectCommand(app, exitCode);
+  addDiffCommand(app, exitCode);
 
   try {
     app.parse(argc, argv);

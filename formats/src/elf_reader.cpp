@@ -294,7 +294,7 @@ public:
     }
 
     image.functions = functions.finish(image.sections);
-    sortAndDedupDataObjects(image.dataObjects);
+    sortAndDedupDataObjects(image.dataObjects, nullptr);  // ELF symbols carry their sizes
     collectDynamicRelocations(*elf, image);
     return Error::success();
   }

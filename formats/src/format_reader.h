@@ -2,6 +2,7 @@
 // reader file and one line in formatReaders(); nothing else in Hotforge changes.
 #pragma once
 
+#include "hotforge/error.h"
 #include "hotforge/image.h"
 
 #include <llvm/Object/ObjectFile.h>
@@ -53,10 +54,10 @@ void collectDwarfFunctions(const llvm::object::ObjectFile &object, uint64_t imag
 llvm::Error readPdb(const std::string &pdbPath, const CodeViewRecord &expected,
                     FunctionTableBuilder &functions, std::vector<DataObject> &dataObjects);
 
-llvm::Error makeError(const llvm::Twine &message);
-std::string errorText(llvm::Error error);
 std::string hexOffset(uint64_t value);
 
-void sortAndDedupDataObjects(std::vector<DataObject> &objects);
+// Sorts and drops records of one object seen by several sources; with sections, gives objects
+// without a size the room up to the next object or the end of their section.
+void sortAndDedupDataObjects(std::vector<DataObject> &objects, const std::vector<Section> *inferSizesWithin);
 
 }  // namespace hotforge::detail

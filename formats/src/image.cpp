@@ -61,6 +61,13 @@ std::string hexEncode(ArrayRef<uint8_t> bytes) {
   return out;
 }
 
+std::string guidString(const std::array<uint8_t, 16> &g) {
+  char text[40];
+  snprintf(text, sizeof text, "%02X%02X%02X%02X-%02X%02X-%02X%02X-%02X%02X-%02X%02X%02X%02X%02X%02X", g[3], g[2], g[1],
+           g[0], g[5], g[4], g[7], g[6], g[8], g[9], g[10], g[11], g[12], g[13], g[14], g[15]);
+  return text;
+}
+
 const Section *Image::sectionAt(uint64_t rva) const {
   for (const Section &s : sections)
     if (s.loaded && rva >= s.rva && rva - s.rva < s.size) return &s;
@@ -90,11 +97,11 @@ ArrayRef<uint8_t> Image::fileBytes() const {
   return {reinterpret_cast<const uint8_t *>(buffer_->getBufferStart()), buffer_->getBufferSize()};
 }
 
-namespace detail {
-
 Error makeError(const Twine &message) { return createStringError(inconvertibleErrorCode(), message); }
 
 std::string errorText(Error error) { return toString(std::move(error)); }
+
+namespace detail {
 
 std::string hexOffset(uint64_t value) {
   char text[24];
@@ -122,6 +129,7 @@ void FunctionTableBuilder::add(uint64_t rva, uint64_t size, std::optional<std::s
                     (preferredName == e.nameFromPreferred && *name < *e.function.name)));
     if (better) {
       e.function.name = std::move(name);
+      e.function.nameSource = source;
       e.nameSource = source;
       e.nameFromPreferred = preferredName;
     }
@@ -154,7 +162,7 @@ std::vector<Function> FunctionTableBuilder::finish(const std::vector<Section> &s
   return out;
 }
 
-void sortAndDedupDataObjects(std::vector<DataObject> &objects) {
+void sortAndDedupDataObjects(std::vector<DataObject> &objects, const std::vector<Section> *inferSizesWithin) {
   std::sort(objects.begin(), objects.end(), [](const DataObject &a, const DataObject &b) {
     return std::tie(a.threadLocal, a.range.rva, a.name, a.source) <
            std::tie(b.threadLocal, b.range.rva, b.name, b.source);
@@ -166,6 +174,22 @@ void sortAndDedupDataObjects(std::vector<DataObject> &objects) {
                                      a.name == b.name;
                             }),
                 objects.end());
+  if (!inferSizesWithin) return;
+  const std::vector<Section> &sections = *inferSizesWithin;
+  for (size_t i = 0; i < objects.size(); ++i) {
+    DataObject &d = objects[i];
+    if (d.range.size || d.threadLocal) continue;
+    uint64_t limit = 0;
+    for (const Section &s : sections)
+      if (s.loaded && d.range.rva >= s.rva && d.range.rva < s.rva + s.size) limit = s.rva + s.size;
+    for (size_t j = i + 1; j < objects.size(); ++j)
+      if (objects[j].range.rva > d.range.rva) {
+        if (!objects[j].threadLocal && (limit == 0 || objects[j].range.rva < limit)) limit = objects[j].range.rva;
+        break;
+      }
+    if (limit > d.range.rva) d.range.size = limit - d.range.rva;
+    d.sizeKnown = false;
+  }
 }
 
 namespace {
@@ -195,11 +219,11 @@ std::string describeMagic(StringRef bytes) {
 
 Expected<Image> readImage(std::unique_ptr<MemoryBuffer> buffer, const ImageReadOptions &options) {
   std::string name = buffer->getBufferIdentifier().str();
-  auto fail = [&](const Twine &what) { return detail::makeError(name + ": " + what); };
+  auto fail = [&](const Twine &what) { return makeError(name + ": " + what); };
 
   Expected<std::unique_ptr<object::Binary>> binary = object::createBinary(buffer->getMemBufferRef());
   if (!binary) {
-    std::string reason = detail::errorText(binary.takeError());
+    std::string reason = errorText(binary.takeError());
     if (reason == "The file was not recognized as a valid object file")
       reason = detail::describeMagic(buffer->getBuffer());
     return fail(reason);
@@ -211,7 +235,7 @@ Expected<Image> readImage(std::unique_ptr<MemoryBuffer> buffer, const ImageReadO
     if (!reader->handles(*object)) continue;
     Image image;
     image.path = name;
-    if (Error e = reader->read(*object, options, image)) return fail(detail::errorText(std::move(e)));
+    if (Error e = reader->read(*object, options, image)) return fail(errorText(std::move(e)));
     image.identity.sha256 = detail::sha256(
         ArrayRef<uint8_t>(reinterpret_cast<const uint8_t *>(buffer->getBufferStart()), buffer->getBufferSize()));
     image.adoptBuffer(std::move(buffer));
@@ -221,10 +245,10 @@ Expected<Image> readImage(std::unique_ptr<MemoryBuffer> buffer, const ImageReadO
 }
 
 Expected<Image> readImage(const std::string &path, const ImageReadOptions &options) {
-  if (sys::fs::is_directory(path)) return detail::makeError(path + ": is a directory, not a binary");
+  if (sys::fs::is_directory(path)) return makeError(path + ": is a directory, not a binary");
   ErrorOr<std::unique_ptr<MemoryBuffer>> buffer =
       MemoryBuffer::getFile(path, /*IsText=*/false, /*RequiresNullTerminator=*/false);
-  if (!buffer) return detail::makeError(path + ": " + buffer.getError().message());
+  if (!buffer) return makeError(path + ": " + buffer.getError().message());
   return readImage(std::move(*buffer), options);
 }
 

@@ -22,7 +22,7 @@ json identityJson(const Image &image) {
     out["check_sum"] = id.checkSum;
     out["size_of_image"] = id.sizeOfImage;
     if (id.codeView)
-      out["codeview"] = {{"pdb_path", id.codeView->pdbPath}, {"guid", hexEncode(id.codeView->guid)}, {"age", id.codeView->age}};
+      out["codeview"] = {{"pdb_path", id.codeView->pdbPath}, {"guid", guidString(id.codeView->guid)}, {"age", id.codeView->age}};
     else
       out["codeview"] = nullptr;
   }
@@ -74,6 +74,7 @@ json toJson(const Image &image, const ImageJsonOptions &options) {
                     {"rva", d.range.rva},
                     {"size", d.range.size},
                     {"thread_local", d.threadLocal},
+                    {"size_known", d.sizeKnown},
                     {"source", dataSourceName(d.source)}});
   json imports = json::array();
   for (const Import &i : image.imports)

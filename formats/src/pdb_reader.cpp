@@ -77,11 +77,13 @@ Error readPdb(const std::string &pdbPath, const CodeViewRecord &expected, Functi
 
   Expected<pdb::InfoStream &> info = file.getPDBInfoStream();
   if (!info) return fail(errorText(info.takeError()));
-  ArrayRef<uint8_t> guid(info->getGuid().Guid, 16);
-  if (!std::equal(guid.begin(), guid.end(), expected.guid.begin()) || info->getAge() != expected.age)
-    return fail("does not belong to the image: PDB has GUID " + hexEncode(guid) + " age " +
+  std::array<uint8_t, 16> guid;
+  codeview::GUID stored = info->getGuid();  // returned by value: keep the copy alive
+  std::copy(std::begin(stored.Guid), std::end(stored.Guid), guid.begin());
+  if (guid != expected.guid || info->getAge() != expected.age)
+    return fail("does not belong to the image: PDB has GUID " + guidString(guid) + " age " +
                 std::to_string(info->getAge()) + ", the image's CodeView record wants GUID " +
-                hexEncode(expected.guid) + " age " + std::to_string(expected.age));
+                guidString(expected.guid) + " age " + std::to_string(expected.age));
 
   Expected<pdb::DbiStream &> dbi = file.getPDBDbiStream();
   if (!dbi) return fail(errorText(dbi.takeError()));

@@ -200,7 +200,9 @@ void readCoffSymbols(const COFFObjectFile &coff, FunctionTableBuilder &functions
       continue;
     }
     if (!symbol.isExternal() && symbol.getStorageClass() != COFF::IMAGE_SYM_CLASS_STATIC) continue;
-    if (symbol.isSectionDefinition() || name->starts_with(".")) continue;
+    // Static dot-names are section symbols (.text, .rdata$zzz); external ones such as mingw's
+    // .refptr.X pointer slots are real objects.
+    if (symbol.isSectionDefinition() || (!symbol.isExternal() && name->starts_with("."))) continue;
     uint64_t rva = uint64_t((*section)->VirtualAddress) + symbol.getValue();
     if (symbol.isFunctionDefinition() || symbol.getComplexType() == COFF::IMAGE_SYM_DTYPE_FUNCTION)
       functions.add(rva, 0, name->str(), FunctionSource::Symtab, symbol.isExternal());
@@ -295,7 +297,8 @@ public:
       image.debugInfoPath = *pdb;
     }
     image.functions = functions.finish(image.sections);
-    sortAndDedupDataObjects(image.dataObjects);
+    // PDB records, COFF symbols and exports carry no sizes: up to the next object or section end.
+    sortAndDedupDataObjects(image.dataObjects, &image.sections);
     if (Error e = readImports(coff, image)) return e;
     if (Error e = readBaseRelocations(coff, image)) return e;
 

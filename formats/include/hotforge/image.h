@@ -92,6 +92,7 @@ struct Function {
   AddressRange range;
   std::optional<std::string> name;  // nullopt when no source names it (stripped code)
   FunctionSource source = FunctionSource::Symtab;  // the source that decided the boundary
+  FunctionSource nameSource = FunctionSource::Symtab;  // the source of `name`, when there is one
   uint32_t sourceMask = 0;  // every source that saw this start address (bit = FunctionSource)
   // Split parts that unwind as part of this function (PE chained .pdata entries).
   std::vector<AddressRange> parts;
@@ -107,6 +108,7 @@ struct DataObject {
   AddressRange range;  // for thread-local objects: offset within the TLS template
   bool threadLocal = false;
   DataSource source = DataSource::Symtab;
+  bool sizeKnown = true;  // false: the source gave no size; it reaches to the next object
 };
 
 enum class ImportKind : uint8_t { PltSlot, GotSlot, IatSlot };
@@ -186,5 +188,8 @@ llvm::Expected<Image> readImage(std::unique_ptr<llvm::MemoryBuffer> buffer,
                                 const ImageReadOptions &options = {});
 
 std::string hexEncode(llvm::ArrayRef<uint8_t> bytes);  // lowercase, two digits a byte
+// A GUID as Windows tools print it: "9445CF05-3459-08BF-4C4C-44205044422E" (first three fields
+// little-endian).
+std::string guidString(const std::array<uint8_t, 16> &guid);
 
 }  // namespace hotforge

@@ -1,0 +1,91 @@
+// hotforge diff: which functions and data changed, and whether each change can be hotpatched.
+#include "commands.h"
+#include "output.h"
+
+#include "hotforge/diff.h"
+
+#include <fmt/core.h>
+
+namespace hotforge::cli {
+namespace {
+
+struct DiffCommandOptions {
+  std::string base, patched, output;
+  ImageReadOptions baseRead, patchedRead;
+  bool json = false;
+  unsigned threads = 0;
+};
+
+std::string rangeText(const std::optional<AddressRange> &range) {
+  return range ? fmt::format("{:#x}+{}", range->rva, range->size) : std::string("-");
+}
+
+std::string renderText(const Diff &diff, const Image &base, const Image &patched) {
+  const DiffSummary &s = diff.summary;
+  std::string verdict = diff.changes.empty() ? "no change" : diff.needsRestart() ? "NEEDS RESTART" : "hotpatchable";
+  std::string out = fmt::format("{} -> {}: {} matched, {} changed, {} added, {} removed, {} need a restart: {}\n",
+                                base.path, patched.path, s.matched, s.changed, s.added, s.removed, s.needsRestart,
+                                verdict);
+  for (const Change &c : diff.changes) {
+    out += fmt::format("  {:<8} {:<13} {} {:<28} base {:<16} patched {:<16}", changeKindName(c.kind),
+                       verdictName(c.verdict), c.rule, c.name ? *c.name : "(unnamed)", rangeText(c.base),
+                       rangeText(c.patched));
+    if (c.match) out += fmt::format(" [{} {:.2f}]", matchStageName(c.match->stage), c.match->confidence);
+    out += "\n           " + c.reason + "\n";
+  }
+  return out;
+}
+
+}  // namespace
+
+void addDiffCommand(CLI::App &app, int &exitCode) {
+  auto options = std::make_shared<DiffCommandOptions>();
+  CLI::App *command = app.add_subcommand(
+      "diff",
+      "Compare a baseline and a patched build of one binary function by function. Code that only moved is "
+      "not a change: calls, branches, RIP-relative and ADRP-paired operands are compared by what they point "
+      "at. Every change gets a verdict (hotpatchable or needs-restart), a rule id and a reason.\n"
+      "Exit codes: 0 no change or all hotpatchable, 3 some change needs a restart, 1 error, 2 usage.\n"
+      "Example: hotforge diff app.base app.patched\n"
+      "         hotforge diff lib.dll lib.new.dll --pdb-base lib.pdb --pdb-patched lib.new.pdb --json -o diff.json");
+  command->add_option("base", options->base, "baseline build (ELF64 or PE32+, x64 or Arm64)")->required();
+  command->add_option("patched", options->patched, "patched build of the same binary")->required();
+  command->add_option("--pdb-base", options->baseRead.pdbPath, "PDB of the baseline (default: from its CodeView record)");
+  command->add_option("--pdb-patched", options->patchedRead.pdbPath, "PDB of the patched build");
+  command->add_option("--debug-dir", options->baseRead.debugDir,
+                      "ELF: directory with separate debug files (.build-id/xx/yyyy.debug or .gnu_debuglink names)");
+  command->add_flag("--json", options->json, "machine-readable output (schema in docs/diff-json.md)");
+  command->add_option("-o,--output", options->output, "write the report to this file instead of stdout");
+  command->add_option("-j,--jobs", options->threads, "worker threads (default: one per core)");
+  command->callback([options, &exitCode] {
+    options->patchedRead.debugDir = options->baseRead.debugDir;
+    llvm::Expected<Image> base = readImage(options->base, options->baseRead);
+    if (!base) {
+      exitCode = reportError(llvm::toString(base.takeError()));
+      return;
+    }
+    llvm::Expected<Image> patched = readImage(options->patched, options->patchedRead);
+    if (!patched) {
+      exitCode = reportError(llvm::toString(patched.takeError()));
+      return;
+    }
+    DiffOptions diffOptions;
+    diffOptions.threads = options->threads;
+    llvm::Expected<Diff> diff = diffImages(*base, *patched, diffOptions);
+    if (!diff) {
+      exitCode = reportError(llvm::toString(diff.takeError()));
+      return;
+    }
+    std::string report = options->json ? toJson(*diff, *base, *patched).dump(2, ' ', false,
+                                                                             nlohmann::json::error_handler_t::replace) +
+                                             "\n"
+                                       : renderText(*diff, *base, *patched);
+    if (llvm::Error e = writeOutput(options->output, report)) {
+      exitCode = reportError(llvm::toString(std::move(e)));
+      return;
+    }
+    exitCode = diff->needsRestart() ? kExitNeedsRestart : kExitOk;
+  });
+}
+
+}  // namespace hotforge::cli

@@ -1,0 +1,14 @@
+// Writing results: to stdout, or to a file that appears whole or not at all.
+#pragma once
+
+#include <llvm/Support/Error.h>
+
+#include <string>
+
+namespace hotforge::cli {
+
+// Writes `content` to `path` through a temporary file in the same directory and a rename, so an
+// interrupted run never leaves a half-written file. An empty path or "-" means stdout.
+llvm::Error writeOutput(const std::string &path, const std::string &content);
+
+}  // namespace hotforge::cli

@@ -1,0 +1,103 @@
+// The differ: which functions of a patched build changed against its baseline, which are new,
+// which data changed, and for each change whether it can be hotpatched. Addresses that only moved
+// are compared symbolically, so code that merely moved is not a change.
+#pragma once
+
+#include "hotforge/image.h"
+
+#include <llvm/Support/Error.h>
+#include <nlohmann/json.hpp>
+
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace hotforge {
+
+enum class ChangeKind { Changed, Added, Removed, Data };
+enum class Verdict { Hotpatchable, NeedsRestart };
+
+// How a base function was paired with a patched one, in the order the stages run.
+enum class MatchStage {
+  Name,           // equal symbol or export names, compiler suffixes (.isra.N, .cold, ...) normalised
+  DebugIdentity,  // equal names that only the PDB, DWARF or a debug file gives
+  Hash,           // a normalised body that is unique on both sides
+  Structure,      // a unique structural signature (instructions, calls, branches, references)
+  CallGraph,      // the n-th call of a matched pair targets an unmatched function on both sides
+};
+
+std::string_view changeKindName(ChangeKind kind);
+std::string_view verdictName(Verdict verdict);
+std::string_view matchStageName(MatchStage stage);
+
+struct MatchInfo {
+  MatchStage stage = MatchStage::Name;
+  double confidence = 1.0;
+};
+
+struct FunctionPair {
+  size_t base = 0;     // index into the base Image's functions
+  size_t patched = 0;  // index into the patched Image's functions
+  MatchInfo match;
+  bool changed = false;
+};
+
+// The first instruction where a changed function differs, on both sides, for people.
+struct FirstDifference {
+  uint32_t baseOffset = 0, patchedOffset = 0;
+  std::string baseInstruction, patchedInstruction;  // "(end of function)" past the end
+};
+
+struct Change {
+  ChangeKind kind = ChangeKind::Changed;
+  std::optional<std::string> name;
+  std::optional<AddressRange> base, patched;
+  Verdict verdict = Verdict::Hotpatchable;
+  std::string rule;    // stable id, e.g. "HF100"
+  std::string reason;  // one sentence naming the function or object
+  std::optional<MatchInfo> match;
+  std::optional<FirstDifference> firstDifference;
+  bool writable = false;  // data changes: the object lives in writable memory
+};
+
+struct DiffSummary {
+  size_t matched = 0, changed = 0, added = 0, removed = 0, needsRestart = 0;
+};
+
+struct Diff {
+  std::vector<FunctionPair> pairs;  // every matched pair, sorted by base index
+  std::vector<size_t> addedFunctions;    // patched indices with no base counterpart
+  std::vector<size_t> removedFunctions;  // base indices with no patched counterpart
+  std::vector<Change> changes;           // what a release engineer reads; sorted, deterministic
+  DiffSummary summary;
+  std::vector<std::string> log;  // one line per matching stage: how many pairs it found
+
+  bool needsRestart() const { return summary.needsRestart != 0; }
+};
+
+struct DiffOptions {
+  unsigned threads = 0;  // 0: one per core
+  // Below this share of matched functions the two binaries are taken to be unrelated programs.
+  double minimumMatchedShare = 0.5;
+};
+
+// Fails when the two images have different formats or machines, or look like unrelated programs.
+llvm::Expected<Diff> diffImages(const Image &base, const Image &patched, const DiffOptions &options = {});
+
+constexpr const char *kDiffSchema = "hotforge.diff/1";
+nlohmann::json toJson(const Diff &diff, const Image &base, const Image &patched);
+
+// Rule ids: stable, documented in docs/diff-json.md.
+namespace rules {
+inline constexpr const char *kFunctionChanged = "HF100";
+inline constexpr const char *kFunctionAdded = "HF101";
+inline constexpr const char *kFunctionRemoved = "HF102";
+inline constexpr const char *kReadOnlyDataChanged = "HF200";
+inline constexpr const char *kDataAdded = "HF201";
+inline constexpr const char *kDataRemoved = "HF202";
+inline constexpr const char *kWritableDataChanged = "HF210";
+inline constexpr const char *kDataSizeChanged = "HF211";
+inline constexpr const char *kTlsLayoutChanged = "HF212";
+}  // namespace rules
+
+}  // namespace hotforge

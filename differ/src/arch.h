@@ -1,0 +1,85 @@
+// The architecture plug-in axis (after lld's TargetInfo): everything the differ must know about an
+// instruction set lives behind InstructionDecoder, one implementation per architecture. Adding
+// RISC-V means one new file and one line in createInstructionDecoder().
+#pragma once
+
+#include "hotforge/image.h"
+
+#include <llvm/ADT/ArrayRef.h>
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace hotforge::differ {
+
+// How an instruction depends on an address. The decoder masks the address bits out of the
+// instruction's shape and reports the resolved target instead, so that moved code compares equal.
+enum class ReferenceKind : uint8_t {
+  Call,       // x64 call rel32; Arm64 BL
+  Branch,     // jmp/jcc rel8/rel32; B, B.cond, CBZ/CBNZ, TBZ/TBNZ
+  Memory,     // x64 RIP-relative operand; Arm64 ADRP paired with ADD/LDR/STR; LDR literal; ADR
+  Page,       // Arm64 ADRP whose consumer was not found: only the 4 KiB page is known
+  Absolute,   // a pointer-sized immediate covered by a relocation
+};
+
+struct CodeReference {
+  uint32_t instruction = 0;  // index of the referencing instruction within the function
+  ReferenceKind kind = ReferenceKind::Memory;
+  uint64_t target = 0;  // RVA
+};
+
+// One function reduced to what "unchanged" means: the shape (opcodes and every operand that does
+// not depend on an address, in order) and the address-dependent targets, in order. Padding
+// (NOP/int3 fill) and landing pads (endbr64, BTI) are left out of both.
+struct DecodedFunction {
+  uint64_t shape = 0;
+  uint32_t instructions = 0;  // counted without padding and landing pads
+  uint32_t calls = 0;
+  uint32_t branches = 0;
+  bool complete = true;  // false when some bytes did not decode
+  std::vector<CodeReference> references;
+  // Offset of every counted instruction, so that branch targets inside the function compare by
+  // instruction index rather than by byte offset.
+  std::vector<uint32_t> instructionOffsets;
+  // Shape of each counted instruction on its own; filled only when asked for (first differences).
+  std::vector<uint64_t> instructionShapes;
+};
+
+// One instruction for people: offset in the function, encoding and text.
+struct InstructionText {
+  uint32_t offset = 0;
+  std::string bytes;  // hex
+  std::string text;
+};
+
+// Absolute relocations of the image, sorted by RVA, so the decoder can tell which immediates are
+// pointers that move with the layout.
+struct RelocationIndex {
+  uint64_t imageBase = 0;  // pointer values are addresses: target RVA = value - imageBase
+  std::vector<uint64_t> rvas;
+  bool covers(uint64_t begin, uint64_t end) const;  // any relocation starting in [begin, end)
+};
+
+class InstructionDecoder {
+public:
+  virtual ~InstructionDecoder() = default;
+  virtual DecodedFunction decode(llvm::ArrayRef<uint8_t> code, uint64_t rva, const RelocationIndex &relocations,
+                                 bool perInstructionShapes = false) = 0;
+  // The counted instructions (same indexing as DecodedFunction) with their text.
+  virtual std::vector<InstructionText> disassemble(llvm::ArrayRef<uint8_t> code, uint64_t rva) = 0;
+};
+
+// A decoder is not thread-safe; each worker thread creates its own.
+llvm::Expected<std::unique_ptr<InstructionDecoder>> createInstructionDecoder(Machine machine);
+
+// Deterministic 64-bit mixing for shapes (llvm::hash_combine may be seeded per process).
+inline uint64_t mixHash(uint64_t h, uint64_t value) {
+  h ^= value + 0x9e3779b97f4a7c15ull + (h << 6) + (h >> 2);
+  h *= 0xff51afd7ed558ccdull;
+  return h ^ (h >> 32);
+}
+
+}  // namespace hotforge::differ

@@ -1,0 +1,148 @@
+// AArch64: B/BL imm26, B.cond/CBZ/CBNZ imm19, TBZ/TBNZ imm14, ADR, LDR literal, and ADRP paired
+// with the ADD/LDR/STR that consume its page, also when they are not adjacent.
+#include "mc_decoder.h"
+
+#include <unordered_map>
+
+namespace hotforge::differ {
+namespace {
+
+using namespace llvm;
+
+constexpr int64_t kHintNop = 0;
+bool isBtiHint(int64_t imm) { return imm == 32 || imm == 34 || imm == 36 || imm == 38; }
+
+class Arm64Decoder final : public McDecoder {
+public:
+  explicit Arm64Decoder(McToolkit toolkit) : McDecoder(std::move(toolkit)) {
+    // Unsigned-offset loads and stores scale their 12-bit immediate by the access size.
+    static const std::pair<const char *, unsigned> scaled[] = {
+        {"LDRBBui", 1}, {"LDRHHui", 2}, {"LDRWui", 4}, {"LDRXui", 8}, {"LDRSBWui", 1}, {"LDRSBXui", 1},
+        {"LDRSHWui", 2}, {"LDRSHXui", 2}, {"LDRSWui", 4}, {"LDRBui", 1}, {"LDRHui", 2}, {"LDRSui", 4},
+        {"LDRDui", 8}, {"LDRQui", 16}, {"STRBBui", 1}, {"STRHHui", 2}, {"STRWui", 4}, {"STRXui", 8},
+        {"STRBui", 1}, {"STRHui", 2}, {"STRSui", 4}, {"STRDui", 8}, {"STRQui", 16}, {"PRFMui", 8}};
+    std::unordered_map<std::string, unsigned> byName;
+    for (unsigned op = 0; op < mc_.instructions->getNumOpcodes(); ++op) byName[mc_.instructions->getName(op).str()] = op;
+    for (auto [name, scale] : scaled)
+      if (auto it = byName.find(name); it != byName.end()) accessScale_[it->second] = scale;
+    // Calls preserve x19-x28 (AAPCS64): addresses held there survive a call, the rest do not.
+    for (unsigned reg = 1; reg < mc_.registers->getNumRegs(); ++reg) {
+      StringRef name = mc_.registers->getName(reg);
+      unsigned number = 0;
+      if ((name.consume_front("X") || name.consume_front("W")) && !name.getAsInteger(10, number) && number <= 18)
+        callerSaved_.push_back(reg);
+    }
+    hint_ = byName["HINT"];
+    adr_ = byName["ADR"];
+    adrp_ = byName["ADRP"];
+    addImmediate_ = byName["ADDXri"];
+  }
+
+protected:
+  bool isLayoutNoise(const MCInst &inst) const override {
+    if (inst.getOpcode() != hint_ || !inst.getOperand(0).isImm()) return false;
+    int64_t imm = inst.getOperand(0).getImm();
+    return imm == kHintNop || isBtiHint(imm);
+  }
+  unsigned undecodableStep() const override { return 4; }
+  uint64_t printAddress(uint64_t pc, uint64_t) const override { return pc; }
+
+  void beginFunction() override {
+    known_.clear();
+    pendingPages_.clear();
+  }
+
+  void endFunction(DecodeState &state) override {
+    // An ADRP nobody consumed still depends on the layout, at page granularity.
+    for (auto &[instruction, page] : pendingPages_)
+      state.out.references.push_back({instruction, ReferenceKind::Page, page});
+  }
+
+  void analyze(const MCInst &inst, uint64_t pc, uint64_t size, uint32_t index, DecodeState &state) override {
+    const MCInstrDesc &desc = mc_.instructions->get(inst.getOpcode());
+    state.hash = mixHash(state.hash, inst.getOpcode());
+
+    int pcRelative = -1;
+    for (unsigned i = 0; i < inst.getNumOperands() && i < desc.getNumOperands(); ++i)
+      if (desc.operands()[i].OperandType == MCOI::OPERAND_PCREL && inst.getOperand(i).isImm()) pcRelative = int(i);
+    if (pcRelative >= 0) {
+      int64_t imm = inst.getOperand(pcRelative).getImm();
+      mixOperands(inst, state, pcRelative);
+      if (inst.getOpcode() == adrp_) {
+        uint64_t page = (pc & ~uint64_t(0xfff)) + uint64_t(imm) * 4096;
+        unsigned reg = inst.getOperand(0).getReg();
+        known_[reg] = {page, index, true};
+        pendingPages_[index] = page;
+        return;
+      }
+      uint64_t target = inst.getOpcode() == adr_ ? pc + uint64_t(imm) : pc + uint64_t(imm) * 4;
+      ReferenceKind kind = desc.isCall() ? ReferenceKind::Call
+                           : desc.isBranch() ? ReferenceKind::Branch
+                                             : ReferenceKind::Memory;
+      state.out.references.push_back({index, kind, target});
+      if (inst.getOpcode() == adr_) known_[inst.getOperand(0).getReg()] = {target, index, false};
+      else killDefinitions(inst, desc);
+      if (desc.isCall()) forgetCallerSaved();
+      return;
+    }
+
+    // A consumer of a known address: ADD Xd, Xn, #imm or LDR/STR Rt, [Xn, #imm].
+    auto scale = accessScale_.find(inst.getOpcode());
+    bool isAdd = inst.getOpcode() == addImmediate_;
+    if ((isAdd || scale != accessScale_.end()) && inst.getNumOperands() >= 3 && inst.getOperand(1).isReg() &&
+        inst.getOperand(2).isImm()) {
+      auto base = known_.find(inst.getOperand(1).getReg());
+      if (base != known_.end()) {
+        uint64_t imm = uint64_t(inst.getOperand(2).getImm());
+        uint64_t target = isAdd ? base->second.value + (imm << (inst.getNumOperands() > 3 ? inst.getOperand(3).getImm() : 0))
+                                : base->second.value + imm * scale->second;
+        if (base->second.isPage) pendingPages_.erase(base->second.instruction);
+        mixOperands(inst, state, 2);
+        state.out.references.push_back({index, ReferenceKind::Memory, target});
+        killDefinitions(inst, desc);
+        if (isAdd) known_[inst.getOperand(0).getReg()] = {target, index, false};
+        return;
+      }
+    }
+    mixOperands(inst, state);
+    if (desc.isCall()) forgetCallerSaved();
+    else killDefinitions(inst, desc);
+  }
+
+private:
+  struct KnownAddress {
+    uint64_t value = 0;
+    uint32_t instruction = 0;  // the ADRP or ADD that produced it
+    bool isPage = false;
+  };
+
+  void killDefinitions(const MCInst &inst, const MCInstrDesc &desc) {
+    for (unsigned i = 0; i < desc.getNumDefs() && i < inst.getNumOperands(); ++i) {
+      if (!inst.getOperand(i).isReg()) continue;
+      unsigned reg = inst.getOperand(i).getReg();
+      for (auto it = known_.begin(); it != known_.end();)
+        it = mc_.registers->regsOverlap(it->first, reg) ? known_.erase(it) : std::next(it);
+    }
+  }
+
+  void forgetCallerSaved() {
+    for (unsigned reg : callerSaved_) known_.erase(reg);
+  }
+
+  std::vector<unsigned> callerSaved_;
+  std::unordered_map<unsigned, unsigned> accessScale_;
+  unsigned hint_ = 0, adr_ = 0, adrp_ = 0, addImmediate_ = 0;
+  std::unordered_map<unsigned, KnownAddress> known_;
+  std::map<uint32_t, uint64_t> pendingPages_;  // ordered: deterministic output
+};
+
+}  // namespace
+
+Expected<std::unique_ptr<InstructionDecoder>> createArm64Decoder() {
+  // "+all" so that every extension decodes, as llvm-objdump does.
+  Expected<McToolkit> mc = McToolkit::create("aarch64-unknown-unknown", "+all");
+  if (!mc) return mc.takeError();
+  return std::make_unique<Arm64Decoder>(std::move(*mc));
+}
+
+}  // namespace hotforge::differ

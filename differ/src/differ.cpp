@@ -1,0 +1,628 @@
+// diffImages: decode both builds, pair their functions, compare every pair symbolically, look at
+// the data, and turn the result into verdicts.
+#include "hotforge/diff.h"
+#include "hotforge/error.h"
+#include "matcher.h"
+
+#include <fmt/core.h>
+#include <llvm/Support/xxhash.h>
+
+#include <algorithm>
+#include <map>
+#include <set>
+#include <thread>
+
+namespace hotforge {
+
+std::string_view changeKindName(ChangeKind kind) {
+  switch (kind) {
+  case ChangeKind::Changed: return "changed";
+  case ChangeKind::Added: return "added";
+  case ChangeKind::Removed: return "removed";
+  case ChangeKind::Data: return "data";
+  }
+  return "unknown";
+}
+
+std::string_view verdictName(Verdict verdict) {
+  return verdict == Verdict::Hotpatchable ? "hotpatchable" : "needs-restart";
+}
+
+std::string_view matchStageName(MatchStage stage) {
+  switch (stage) {
+  case MatchStage::Name: return "name";
+  case MatchStage::DebugIdentity: return "debug-identity";
+  case MatchStage::Hash: return "hash";
+  case MatchStage::Structure: return "structure";
+  case MatchStage::CallGraph: return "call-graph";
+  }
+  return "unknown";
+}
+
+namespace differ {
+namespace {
+
+constexpr uint64_t kUnmatched = 1ull << 62;
+
+// Sections the linker fills (GOT, dynamic table, init arrays, unwind tables): their bytes follow
+// the layout, never the program's state.
+bool isLinkerManaged(std::string_view section) {
+  for (std::string_view prefix : {".got", ".dynamic", ".init_array", ".fini_array", ".eh_frame", ".tm_clone_table",
+                                  ".note", ".interp", ".dyn", ".rela", ".gnu", ".plt", ".idata", ".pdata", ".xdata",
+                                  ".reloc", ".edata", ".CRT", ".tls"})
+    if (section.substr(0, prefix.size()) == prefix) return true;
+  return false;
+}
+
+std::string describeAddress(const Image &image, uint64_t rva) {
+  if (const Section *s = image.sectionAt(rva)) return fmt::format("{}+{:#x}", s->name, rva - s->rva);
+  return fmt::format("rva {:#x}", rva);
+}
+
+std::string preview(const Image &image, uint64_t rva, uint64_t size) {
+  llvm::ArrayRef<uint8_t> bytes = image.bytesAt(rva, size);
+  if (bytes.empty()) return fmt::format("{} zero bytes", size);
+  bool text = bytes.back() == 0 && std::all_of(bytes.begin(), bytes.end() - 1, [](uint8_t c) { return c >= 0x20 && c < 0x7f; });
+  if (text) {
+    std::string s(bytes.begin(), bytes.end() - 1);
+    if (s.size() > 40) s = s.substr(0, 37) + "...";
+    return "\"" + s + "\"";
+  }
+  return hexEncode(bytes.take_front(16)) + (bytes.size() > 16 ? "..." : "");
+}
+
+class Differ {
+public:
+  Differ(const Image &base, const Image &patched, const DiffOptions &options)
+      : base_(base), patched_(patched), options_(options) {
+    threads_ = options.threads ? options.threads : std::max(1u, std::thread::hardware_concurrency());
+  }
+
+  llvm::Expected<Diff> run() {
+    if (base_.image.format != patched_.image.format || base_.image.machine != patched_.image.machine)
+      return formatError("{} is {} {} but {} is {} {}: a patch needs two builds of the same binary", base_.image.path,
+                         formatName(base_.image.format), machineName(base_.image.machine), patched_.image.path,
+                         formatName(patched_.image.format), machineName(patched_.image.machine));
+    if (llvm::Error e = createDecoders()) return e;
+    decodeAll();
+    matching_ = matchFunctions(base_, patched_);
+    size_t baseCount = std::count(base_.diffable.begin(), base_.diffable.end(), true);
+    size_t patchedCount = std::count(patched_.diffable.begin(), patched_.diffable.end(), true);
+    size_t smaller = std::min(baseCount, patchedCount);
+    if (smaller && double(matching_.pairs) < options_.minimumMatchedShare * double(smaller))
+      return formatError("{} and {} look like unrelated programs: only {} of {} functions match", base_.image.path,
+                         patched_.image.path, matching_.pairs, smaller);
+    matchData();
+    hashConstants();
+    voteAnonymousData();
+    Diff diff;
+    diff.log = matching_.log;
+    compareFunctions(diff);
+    collectData(diff);
+    finish(diff);
+    return diff;
+  }
+
+private:
+  llvm::Error createDecoders() {
+    for (unsigned i = 0; i < threads_; ++i) {
+      llvm::Expected<std::unique_ptr<InstructionDecoder>> d = createInstructionDecoder(base_.image.machine);
+      if (!d) return d.takeError();
+      decoders_.push_back(std::move(*d));
+    }
+    return llvm::Error::success();
+  }
+
+  void decodeAll() {
+    std::vector<std::pair<Program *, size_t>> jobs;
+    for (Program *p : {&base_, &patched_})
+      for (size_t i = 0; i < p->decoded.size(); ++i)
+        if (p->diffable[i]) jobs.push_back({p, i});
+    parallelFor(jobs.size(), threads_, [&](unsigned worker, size_t job) {
+      auto [program, i] = jobs[job];
+      const Function &f = program->image.functions[i];
+      llvm::ArrayRef<uint8_t> code = program->image.bytesAt(f.range.rva, f.range.size);
+      program->decoded[i] = decoders_[worker]->decode(code, f.range.rva, program->relocations);
+    });
+    for (Program *p : {&base_, &patched_}) {
+      for (const DecodedFunction &d : p->decoded)
+        for (const CodeReference &r : d.references) p->referenced.push_back(r.target);
+      std::sort(p->referenced.begin(), p->referenced.end());
+      p->referenced.erase(std::unique(p->referenced.begin(), p->referenced.end()), p->referenced.end());
+    }
+  }
+
+  // Named objects pair by their normalised name when it is unique on both sides.
+  void matchData() {
+    std::map<std::string, std::pair<size_t, size_t>> baseNames, patchedNames;
+    for (size_t i = 0; i < base_.dataKeys.size(); ++i) {
+      auto &slot = baseNames[base_.dataKeys[i]];
+      ++slot.first;
+      slot.second = i;
+    }
+    for (size_t i = 0; i < patched_.dataKeys.size(); ++i) {
+      auto &slot = patchedNames[patched_.dataKeys[i]];
+      ++slot.first;
+      slot.second = i;
+    }
+    patchedDataToBase_.assign(patched_.data.size(), std::nullopt);
+    baseDataToPatched_.assign(base_.data.size(), std::nullopt);
+    for (auto &[name, b] : baseNames) {
+      auto p = patchedNames.find(name);
+      if (p == patchedNames.end() || b.first != p->second.first) continue;
+      if (b.first == 1) {
+        baseDataToPatched_[b.second] = p->second.second;
+        patchedDataToBase_[p->second.second] = b.second;
+        continue;
+      }
+      // Statics of one name in several units: a rebuild keeps their order.
+      std::vector<size_t> bs, ps;
+      for (size_t i = 0; i < base_.dataKeys.size(); ++i)
+        if (base_.dataKeys[i] == name) bs.push_back(i);
+      for (size_t i = 0; i < patched_.dataKeys.size(); ++i)
+        if (patched_.dataKeys[i] == name) ps.push_back(i);
+      for (size_t k = 0; k < bs.size(); ++k) {
+        baseDataToPatched_[bs[k]] = ps[k];
+        patchedDataToBase_[ps[k]] = bs[k];
+      }
+    }
+  }
+
+  uint64_t functionClass(bool patchedSide, size_t index) const {
+    if (!patchedSide) return index;
+    std::optional<size_t> b = matching_.patchedToBase[index];
+    return b ? *b : kUnmatched + index;
+  }
+
+  uint64_t dataClass(bool patchedSide, const DataObject *d) const {
+    const Program &p = patchedSide ? patched_ : base_;
+    size_t index = p.dataIndex(d);
+    if (!patchedSide) return index;
+    return patchedDataToBase_[index] ? *patchedDataToBase_[index] : kUnmatched + index;
+  }
+
+  // Content of every named read-only object, which a reference to it compares: a constant that
+  // changed makes the code that reads it change too.
+  void hashConstants() {
+    for (bool patchedSide : {false, true}) {
+      const Program &p = patchedSide ? patched_ : base_;
+      std::vector<uint64_t> &out = patchedSide ? patchedDataContent_ : baseDataContent_;
+      out.assign(p.data.size(), 0);
+      parallelFor(p.data.size(), threads_, [&](unsigned, size_t i) {
+        if (p.isReadOnly(p.data[i]->range.rva)) out[i] = objectContent(patchedSide, p.data[i]);
+      });
+    }
+  }
+
+  uint64_t objectContent(bool patchedSide, const DataObject *d) const {
+    const Program &p = patchedSide ? patched_ : base_;
+    uint64_t size = d->sizeKnown || !p.isReadOnly(d->range.rva) ? d->range.size : p.naturalExtent(d->range.rva);
+    return contentHashOf(patchedSide, d->range.rva, size, nullptr);
+  }
+
+  // Writable data without a name (stripped builds): the address it moved to is what most
+  // matched, identically shaped pairs agree on.
+  void voteAnonymousData() {
+    std::map<uint64_t, std::map<uint64_t, size_t>> votes;
+    for (size_t b = 0; b < base_.decoded.size(); ++b) {
+      if (!matching_.baseToPatched[b]) continue;
+      const DecodedFunction &db = base_.decoded[b], &dp = patched_.decoded[*matching_.baseToPatched[b]];
+      if (db.shape != dp.shape || db.references.size() != dp.references.size()) continue;
+      for (size_t i = 0; i < db.references.size(); ++i) {
+        const Function *f = nullptr;
+        const DataObject *o = nullptr;
+        if (base_.classify(db.references[i].target, &f, &o) != TargetClass::Writable) continue;
+        if (patched_.classify(dp.references[i].target, &f, &o) != TargetClass::Writable) continue;
+        ++votes[db.references[i].target][dp.references[i].target];
+      }
+    }
+    std::map<uint64_t, size_t> strength;
+    for (auto &[from, candidates] : votes) {
+      auto best = std::max_element(candidates.begin(), candidates.end(),
+                                   [](auto &a, auto &b) { return a.second < b.second; });
+      auto [it, inserted] = strength.try_emplace(best->first, best->second);
+      if (inserted || best->second > it->second) {
+        it->second = best->second;
+        anonymousToBase_[best->first] = from;
+      }
+    }
+    for (auto &[to, from] : anonymousToBase_) anonymousToPatched_[from] = to;
+  }
+
+  SymbolKey resolve(bool patchedSide, size_t function, uint64_t target, InstructionDecoder &decoder, int depth = 0) {
+    const Program &p = patchedSide ? patched_ : base_;
+    const Function *f = nullptr;
+    const DataObject *o = nullptr;
+    switch (p.classify(target, &f, &o)) {
+    case TargetClass::Function: {
+      size_t index = p.functionIndex(f);
+      uint64_t offset = target - f->range.rva;
+      if (index == function) {
+        const auto &offsets = p.decoded[index].instructionOffsets;
+        auto at = std::lower_bound(offsets.begin(), offsets.end(), uint32_t(offset));
+        bool boundary = at != offsets.end() && *at == offset;
+        return {SymbolKey::Intra, boundary ? uint64_t(at - offsets.begin()) : kUnmatched + offset, 0, 0};
+      }
+      return {SymbolKey::Function, functionClass(patchedSide, index), offset, 0};
+    }
+    case TargetClass::Stub: {
+      std::optional<uint64_t> slot = p.stubSlot(target, decoder);
+      if (slot && depth == 0) return resolve(patchedSide, function, *slot, decoder, depth + 1);
+      return {SymbolKey::Unknown, patchedSide ? kUnmatched + target : target, 0, 0};
+    }
+    case TargetClass::ImportSlot: {
+      const Import *i = p.importSlots.at(target);
+      return {SymbolKey::Import, llvm::xxh3_64bits(i->library + "!" + i->name), 0, 0};
+    }
+    case TargetClass::DataObject: {
+      uint64_t content = (patchedSide ? patchedDataContent_ : baseDataContent_)[p.dataIndex(o)];
+      SymbolKey key{SymbolKey::Data, dataClass(patchedSide, o), target - o->range.rva, content};
+      key.alias = key.a;
+      size_t index = p.dataIndex(o);
+      for (size_t i : {index - 1, index + 1})
+        if (i < p.data.size() && p.data[i]->range.rva == o->range.rva) key.alias = dataClass(patchedSide, p.data[i]);
+      return key;
+    }
+    case TargetClass::PointerSlot: {
+      const PointerTarget &pointer = p.pointers.at(target);
+      if (pointer.symbol) return {SymbolKey::Import, llvm::xxh3_64bits(*pointer.symbol), 1, 0};
+      if (depth > 0) return {SymbolKey::Unknown, patchedSide ? kUnmatched + target : target, 0, 0};
+      SymbolKey inner = resolve(patchedSide, function, pointer.rva, decoder, depth + 1);
+      inner.c = mixHash(inner.c, 0x51077);  // the address of it, not it
+      return inner;
+    }
+    case TargetClass::ReadOnly: {
+      const Function *within = &p.image.functions[function];
+      return {SymbolKey::Content, contentHashOf(patchedSide, target, p.naturalExtent(target), within), 0, 0};
+    }
+    case TargetClass::Writable: {
+      if (!patchedSide) return {SymbolKey::Anonymous, target, 0, 0};
+      auto it = anonymousToBase_.find(target);
+      return {SymbolKey::Anonymous, it != anonymousToBase_.end() ? it->second : kUnmatched + target, 0, 0};
+    }
+    case TargetClass::Unknown: break;
+    }
+    // Outside every section (the image headers, __ImageBase): such addresses do not move.
+    return {SymbolKey::Unknown, target, 0, 0};
+  }
+
+  uint64_t contentHashOf(bool patchedSide, uint64_t rva, uint64_t size, const Function *within) const {
+    const Program &p = patchedSide ? patched_ : base_;
+    return p.contentHash(rva, size, within, [&](uint64_t target) { return pointerClass(patchedSide, target); });
+  }
+
+  // What a pointer stored in data points at, one level deep (no content of the pointee's own
+  // pointers, so cycles end).
+  uint64_t pointerClass(bool patchedSide, uint64_t target) const {
+    const Program &p = patchedSide ? patched_ : base_;
+    const Function *f = nullptr;
+    const DataObject *o = nullptr;
+    switch (p.classify(target, &f, &o)) {
+    case TargetClass::Function: return mixHash(functionClass(patchedSide, p.functionIndex(f)), target - f->range.rva);
+    case TargetClass::DataObject: return mixHash(dataClass(patchedSide, o) ^ 0xda7a, target - o->range.rva);
+    case TargetClass::ImportSlot: return llvm::xxh3_64bits(p.importSlots.at(target)->name);
+    case TargetClass::ReadOnly:
+      // Pointers in data point into objects (a vtable + 16) more often than code does.
+      if (const DataObject *inside = p.containingObject(target))
+        return mixHash(dataClass(patchedSide, inside) ^ 0xda7a, target - inside->range.rva);
+      return llvm::xxh3_64bits(p.image.bytesAt(target, p.naturalExtent(target)));
+    case TargetClass::Writable: {
+      if (!patchedSide) return target;
+      auto it = anonymousToBase_.find(target);
+      return it != anonymousToBase_.end() ? it->second : kUnmatched + target;
+    }
+    case TargetClass::Unknown: return target;  // outside every section (headers): does not move
+    case TargetClass::PointerSlot:
+    case TargetClass::Stub: break;
+    }
+    return patchedSide ? kUnmatched + target : target;
+  }
+
+  // Compares one pair; on a difference, returns the index of the first differing instruction.
+  std::optional<uint32_t> firstDifference(size_t b, size_t p, InstructionDecoder &decoder) {
+    const DecodedFunction &db = base_.decoded[b], &dp = patched_.decoded[p];
+    bool sameShape = db.shape == dp.shape && db.references.size() == dp.references.size();
+    if (sameShape) {
+      bool same = true;
+      for (size_t i = 0; i < db.references.size() && same; ++i) {
+        const CodeReference &rb = db.references[i], &rp = dp.references[i];
+        same = rb.instruction == rp.instruction && rb.kind == rp.kind &&
+               resolve(false, b, rb.target, decoder) == resolve(true, p, rp.target, decoder);
+      }
+      if (same) return std::nullopt;
+    }
+    // Locate the first instruction that differs, decoding both again instruction by instruction.
+    const Function &fb = base_.image.functions[b], &fp = patched_.image.functions[p];
+    DecodedFunction xb = decoder.decode(base_.image.bytesAt(fb.range.rva, fb.range.size), fb.range.rva,
+                                        base_.relocations, true);
+    DecodedFunction xp = decoder.decode(patched_.image.bytesAt(fp.range.rva, fp.range.size), fp.range.rva,
+                                        patched_.relocations, true);
+    size_t n = std::min(xb.instructionShapes.size(), xp.instructionShapes.size());
+    size_t rb = 0, rp = 0;
+    for (uint32_t i = 0; i < n; ++i) {
+      if (xb.instructionShapes[i] != xp.instructionShapes[i]) return i;
+      while (rb < xb.references.size() && rp < xp.references.size() && xb.references[rb].instruction == i &&
+             xp.references[rp].instruction == i) {
+        if (resolve(false, b, xb.references[rb].target, decoder) != resolve(true, p, xp.references[rp].target, decoder))
+          return i;
+        ++rb;
+        ++rp;
+      }
+      bool moreBase = rb < xb.references.size() && xb.references[rb].instruction == i;
+      bool morePatched = rp < xp.references.size() && xp.references[rp].instruction == i;
+      if (moreBase != morePatched) return i;
+    }
+    return uint32_t(n);
+  }
+
+  void compareFunctions(Diff &diff) {
+    for (size_t b = 0; b < base_.decoded.size(); ++b)
+      if (matching_.baseToPatched[b]) diff.pairs.push_back({b, *matching_.baseToPatched[b], matching_.info[b], false});
+    std::vector<std::optional<uint32_t>> differences(diff.pairs.size());
+    parallelFor(diff.pairs.size(), threads_, [&](unsigned worker, size_t i) {
+      differences[i] = firstDifference(diff.pairs[i].base, diff.pairs[i].patched, *decoders_[worker]);
+    });
+    // A function and its split-off parts (.cold) change together.
+    std::map<std::string, std::vector<size_t>> families;
+    for (size_t i = 0; i < diff.pairs.size(); ++i) {
+      diff.pairs[i].changed = differences[i].has_value();
+      const std::string &key = base_.nameKeys[diff.pairs[i].base];
+      if (!key.empty()) families[key].push_back(i);
+    }
+    for (auto &[key, members] : families) {
+      if (members.size() < 2) continue;
+      bool any = std::any_of(members.begin(), members.end(), [&](size_t i) { return diff.pairs[i].changed; });
+      for (size_t i : members) diff.pairs[i].changed |= any;
+    }
+    for (size_t i = 0; i < diff.pairs.size(); ++i) {
+      if (!diff.pairs[i].changed) continue;
+      const FunctionPair &pair = diff.pairs[i];
+      Change c = functionChange(ChangeKind::Changed, &pair.base, &pair.patched);
+      c.match = pair.match;
+      if (differences[i]) {
+        c.firstDifference = describeDifference(pair.base, pair.patched, *differences[i]);
+        c.reason = fmt::format("code of {} changed; first difference at +{:#x}: `{}` became `{}`", displayName(c.name),
+                               c.firstDifference->baseOffset, c.firstDifference->baseInstruction,
+                               c.firstDifference->patchedInstruction);
+      } else {
+        c.reason = fmt::format("{} is a split-off part of `{}`, which changed: the parts travel together",
+                               displayName(c.name), base_.nameKeys[pair.base]);
+      }
+      diff.changes.push_back(std::move(c));
+      noteChangedConstants(pair.base, pair.patched, diff);
+    }
+    for (size_t p = 0; p < patched_.decoded.size(); ++p)
+      if (patched_.diffable[p] && !matching_.patchedToBase[p]) {
+        diff.addedFunctions.push_back(p);
+        Change c = functionChange(ChangeKind::Added, nullptr, &p);
+        c.reason = fmt::format("new function {}: it goes into the patch", displayName(c.name));
+        diff.changes.push_back(std::move(c));
+      }
+    for (size_t b = 0; b < base_.decoded.size(); ++b)
+      if (base_.diffable[b] && !matching_.baseToPatched[b]) {
+        diff.removedFunctions.push_back(b);
+        Change c = functionChange(ChangeKind::Removed, &b, nullptr);
+        c.reason = fmt::format("{} is gone from the patched build; its base copy stays, no longer called by "
+                               "patched code", displayName(c.name));
+        diff.changes.push_back(std::move(c));
+      }
+  }
+
+  static std::string displayName(const std::optional<std::string> &name) {
+    return name ? "`" + *name + "`" : "an unnamed function";
+  }
+
+  Change functionChange(ChangeKind kind, const size_t *b, const size_t *p) const {
+    Change c;
+    c.kind = kind;
+    c.rule = kind == ChangeKind::Changed ? rules::kFunctionChanged
+             : kind == ChangeKind::Added ? rules::kFunctionAdded
+                                         : rules::kFunctionRemoved;
+    if (b) c.base = base_.image.functions[*b].range;
+    if (p) c.patched = patched_.image.functions[*p].range;
+    if (p && patched_.image.functions[*p].name) c.name = patched_.image.functions[*p].name;
+    else if (b && base_.image.functions[*b].name) c.name = base_.image.functions[*b].name;
+    return c;
+  }
+
+  FirstDifference describeDifference(size_t b, size_t p, uint32_t index) {
+    InstructionDecoder &decoder = *decoders_[0];
+    const Function &fb = base_.image.functions[b], &fp = patched_.image.functions[p];
+    std::vector<InstructionText> tb = decoder.disassemble(base_.image.bytesAt(fb.range.rva, fb.range.size), fb.range.rva);
+    std::vector<InstructionText> tp =
+        decoder.disassemble(patched_.image.bytesAt(fp.range.rva, fp.range.size), fp.range.rva);
+    FirstDifference d;
+    d.baseOffset = index < tb.size() ? tb[index].offset : uint32_t(fb.range.size);
+    d.patchedOffset = index < tp.size() ? tp[index].offset : uint32_t(fp.range.size);
+    d.baseInstruction = index < tb.size() ? tb[index].text : "(end of function)";
+    d.patchedInstruction = index < tp.size() ? tp[index].text : "(end of function)";
+    return d;
+  }
+
+  // Constants without a name that a changed function reads and that changed too (a string
+  // literal, a table): they travel with the function.
+  void noteChangedConstants(size_t b, size_t p, Diff &diff) {
+    const DecodedFunction &db = base_.decoded[b], &dp = patched_.decoded[p];
+    if (db.references.size() != dp.references.size()) return;
+    InstructionDecoder &decoder = *decoders_[0];
+    for (size_t i = 0; i < db.references.size(); ++i) {
+      const Function *f = nullptr;
+      const DataObject *o = nullptr;
+      uint64_t tb = db.references[i].target, tp = dp.references[i].target;
+      if (base_.classify(tb, &f, &o) != TargetClass::ReadOnly || patched_.classify(tp, &f, &o) != TargetClass::ReadOnly)
+        continue;
+      if (resolve(false, b, tb, decoder) == resolve(true, p, tp, decoder) || !reportedConstants_.insert(tp).second)
+        continue;
+      Change c;
+      c.kind = ChangeKind::Data;
+      c.rule = rules::kReadOnlyDataChanged;
+      uint64_t sb = base_.naturalExtent(tb), sp = patched_.naturalExtent(tp);
+      c.base = AddressRange{tb, sb};
+      c.patched = AddressRange{tp, sp};
+      c.reason = fmt::format("read-only constant at {} used by changed code changed ({} -> {}); it travels with the "
+                             "patch", describeAddress(patched_.image, tp), preview(base_.image, tb, sb),
+                             preview(patched_.image, tp, sp));
+      diff.changes.push_back(std::move(c));
+    }
+  }
+
+  void collectData(Diff &diff) {
+    auto relevant = [](const Program &p, const DataObject *d) {
+      const Section *s = p.image.sectionAt(d->range.rva);
+      return s && !isLinkerManaged(s->name) && d->name.rfind("_GLOBAL_OFFSET_TABLE_", 0) != 0 &&
+             d->name.rfind("_DYNAMIC", 0) != 0;
+    };
+    for (size_t i = 0; i < base_.data.size(); ++i) {
+      const DataObject *db = base_.data[i];
+      if (!relevant(base_, db)) continue;
+      if (!baseDataToPatched_[i]) {
+        diff.changes.push_back(dataChange(db, nullptr, rules::kDataRemoved, Verdict::Hotpatchable,
+                                          fmt::format("`{}` is gone from the patched build; its base copy stays", db->name)));
+        continue;
+      }
+      const DataObject *dp = patched_.data[*baseDataToPatched_[i]];
+      bool writable = !base_.isReadOnly(db->range.rva);
+      if (db->range.size != dp->range.size && db->sizeKnown && dp->sizeKnown) {
+        diff.changes.push_back(dataChange(
+            db, dp, writable ? rules::kDataSizeChanged : rules::kReadOnlyDataChanged,
+            writable ? Verdict::NeedsRestart : Verdict::Hotpatchable,
+            writable ? fmt::format("`{}` changed size from {} to {} bytes: running code and state use the old layout",
+                                   db->name, db->range.size, dp->range.size)
+                     : fmt::format("read-only `{}` changed size from {} to {} bytes; it travels with the patch", db->name,
+                                   db->range.size, dp->range.size)));
+        continue;
+      }
+      if (objectContent(false, db) == objectContent(true, dp)) continue;
+      diff.changes.push_back(dataChange(
+          db, dp, writable ? rules::kWritableDataChanged : rules::kReadOnlyDataChanged,
+          writable ? Verdict::NeedsRestart : Verdict::Hotpatchable,
+          writable ? fmt::format("initial value of writable `{}` changed ({} -> {}): the running process keeps the old "
+                                 "value, so only a restart applies it",
+                                 db->name, preview(base_.image, db->range.rva, db->range.size),
+                                 preview(patched_.image, dp->range.rva, dp->range.size))
+                   : fmt::format("read-only `{}` changed; it travels with the patch", db->name)));
+    }
+    for (size_t i = 0; i < patched_.data.size(); ++i) {
+      const DataObject *dp = patched_.data[i];
+      if (patchedDataToBase_[i] || !relevant(patched_, dp)) continue;
+      diff.changes.push_back(dataChange(nullptr, dp, rules::kDataAdded, Verdict::Hotpatchable,
+                                        fmt::format("new {} `{}` ({} bytes): the patch brings it", 
+                                                    patched_.isReadOnly(dp->range.rva) ? "constant" : "variable",
+                                                    dp->name, dp->range.size)));
+    }
+    collectAnonymousData(diff);
+    collectThreadLocals(diff);
+  }
+
+  // Stripped builds: writable data reached only through code, paired by the vote.
+  void collectAnonymousData(Diff &diff) {
+    for (auto &[from, to] : anonymousToPatched_) {
+      uint64_t size = std::min(base_.naturalExtent(from), patched_.naturalExtent(to));
+      if (!size || base_.image.bytesAt(from, size) == patched_.image.bytesAt(to, size)) continue;
+      Change c;
+      c.kind = ChangeKind::Data;
+      c.rule = rules::kWritableDataChanged;
+      c.verdict = Verdict::NeedsRestart;
+      c.writable = true;
+      c.base = AddressRange{from, size};
+      c.patched = AddressRange{to, size};
+      c.reason = fmt::format("initial value of writable data at {} changed ({} -> {}): only a restart applies it",
+                             describeAddress(base_.image, from), preview(base_.image, from, size),
+                             preview(patched_.image, to, size));
+      diff.changes.push_back(std::move(c));
+    }
+    std::vector<bool> newCode(patched_.decoded.size(), false);
+    for (size_t p : diff.addedFunctions) newCode[p] = true;
+    for (const FunctionPair &pair : diff.pairs) newCode[pair.patched] = pair.changed;
+    std::set<uint64_t> added;
+    for (size_t p = 0; p < patched_.decoded.size(); ++p) {
+      if (!newCode[p]) continue;
+      for (const CodeReference &r : patched_.decoded[p].references) {
+        const Function *f = nullptr;
+        const DataObject *o = nullptr;
+        if (patched_.classify(r.target, &f, &o) != TargetClass::Writable || anonymousToBase_.count(r.target) ||
+            !added.insert(r.target).second)
+          continue;
+        Change c;
+        c.kind = ChangeKind::Data;
+        c.rule = rules::kDataAdded;
+        c.writable = true;
+        c.patched = AddressRange{r.target, patched_.naturalExtent(r.target)};
+        c.reason = fmt::format("writable data at {} has no counterpart in the base: the patch brings it",
+                               describeAddress(patched_.image, r.target));
+        diff.changes.push_back(std::move(c));
+      }
+    }
+  }
+
+  void collectThreadLocals(Diff &diff) {
+    std::map<std::string, const DataObject *> baseTls, patchedTls;
+    for (const DataObject &d : base_.image.dataObjects)
+      if (d.threadLocal) baseTls[normalizeDataName(d.name)] = &d;
+    for (const DataObject &d : patched_.image.dataObjects)
+      if (d.threadLocal) patchedTls[normalizeDataName(d.name)] = &d;
+    for (auto &[name, d] : patchedTls) {
+      auto it = baseTls.find(name);
+      if (it != baseTls.end() && it->second->range.rva == d->range.rva && it->second->range.size == d->range.size)
+        continue;
+      Change c;
+      c.kind = ChangeKind::Data;
+      c.rule = rules::kTlsLayoutChanged;
+      c.verdict = Verdict::NeedsRestart;
+      c.name = d->name;
+      c.writable = true;
+      c.patched = d->range;
+      if (it != baseTls.end()) c.base = it->second->range;
+      c.reason = it == baseTls.end()
+                     ? fmt::format("new thread-local `{}`: existing threads have no room for it", d->name)
+                     : fmt::format("thread-local `{}` moved or resized in the TLS block: existing threads keep the "
+                                   "old layout", d->name);
+      diff.changes.push_back(std::move(c));
+    }
+  }
+
+  Change dataChange(const DataObject *b, const DataObject *p, const char *rule, Verdict verdict, std::string reason) {
+    Change c;
+    c.kind = ChangeKind::Data;
+    c.rule = rule;
+    c.verdict = verdict;
+    c.reason = std::move(reason);
+    c.name = (p ? p : b)->name;
+    if (b) c.base = b->range;
+    if (p) c.patched = p->range;
+    c.writable = !(p ? patched_ : base_).isReadOnly((p ? p : b)->range.rva);
+    return c;
+  }
+
+  void finish(Diff &diff) {
+    auto order = [](const Change &c) {
+      return std::make_tuple(int(c.kind), c.base ? c.base->rva : ~0ull, c.patched ? c.patched->rva : ~0ull, c.rule);
+    };
+    std::stable_sort(diff.changes.begin(), diff.changes.end(),
+                     [&](const Change &a, const Change &b) { return order(a) < order(b); });
+    diff.summary.matched = diff.pairs.size();
+    for (const FunctionPair &p : diff.pairs) diff.summary.changed += p.changed;
+    diff.summary.added = diff.addedFunctions.size();
+    diff.summary.removed = diff.removedFunctions.size();
+    for (const Change &c : diff.changes) diff.summary.needsRestart += c.verdict == Verdict::NeedsRestart;
+  }
+
+  Program base_, patched_;
+  DiffOptions options_;
+  unsigned threads_ = 1;
+  std::vector<std::unique_ptr<InstructionDecoder>> decoders_;
+  Matching matching_;
+  std::vector<std::optional<size_t>> baseDataToPatched_, patchedDataToBase_;
+  std::vector<uint64_t> baseDataContent_, patchedDataContent_;
+  std::map<uint64_t, uint64_t> anonymousToBase_, anonymousToPatched_;
+  std::set<uint64_t> reportedConstants_;
+};
+
+}  // namespace
+}  // namespace differ
+
+llvm::Expected<Diff> diffImages(const Image &base, const Image &patched, const DiffOptions &options) {
+  return differ::Differ(base, patched, options).run();
+}
+
+}  // namespace hotforge

@@ -1,0 +1,165 @@
+#include "matcher.h"
+
+#include <fmt/core.h>
+
+#include <map>
+#include <tuple>
+
+namespace hotforge::differ {
+
+void Matching::pair(size_t base, size_t patched, MatchInfo how) {
+  baseToPatched[base] = patched;
+  patchedToBase[patched] = base;
+  info[base] = how;
+  ++pairs;
+}
+
+std::optional<size_t> callTarget(const Program &program, const CodeReference &reference) {
+  if (reference.kind != ReferenceKind::Call && reference.kind != ReferenceKind::Branch) return std::nullopt;
+  const Function *f = program.image.functionAt(reference.target);
+  if (!f || f->range.rva != reference.target) return std::nullopt;
+  size_t index = program.functionIndex(f);
+  return program.diffable[index] ? std::optional<size_t>(index) : std::nullopt;
+}
+
+namespace {
+
+bool nameFromDebugInfo(const Function &f) {
+  return f.nameSource == FunctionSource::Pdb || f.nameSource == FunctionSource::Dwarf ||
+         f.nameSource == FunctionSource::DebugFile;
+}
+
+// Pairs the unmatched functions whose key is unique on both sides.
+template <typename Key, typename KeyOf>
+size_t matchUniqueKeys(const Program &base, const Program &patched, Matching &m, KeyOf keyOf,
+                       const std::function<MatchInfo(size_t, size_t)> &how) {
+  std::map<Key, std::pair<size_t, size_t>> baseKeys, patchedKeys;  // key -> (count, index)
+  auto collect = [](const Program &p, const std::vector<std::optional<size_t>> &matched, auto &keys, auto keyOf) {
+    for (size_t i = 0; i < p.decoded.size(); ++i) {
+      if (!p.diffable[i] || matched[i]) continue;
+      std::optional<Key> key = keyOf(p, i);
+      if (!key) continue;
+      auto &slot = keys[*key];
+      ++slot.first;
+      slot.second = i;
+    }
+  };
+  collect(base, m.baseToPatched, baseKeys, keyOf);
+  collect(patched, m.patchedToBase, patchedKeys, keyOf);
+  size_t found = 0;
+  for (auto &[key, b] : baseKeys) {
+    auto p = patchedKeys.find(key);
+    if (b.first != 1 || p == patchedKeys.end() || p->second.first != 1) continue;
+    m.pair(b.second, p->second.second, how(b.second, p->second.second));
+    ++found;
+  }
+  return found;
+}
+
+// Unmatched functions sitting alone between the same two matched neighbours, in address order:
+// rebuilt code keeps its function order, so these are one function that changed.
+size_t matchLayoutGaps(const Program &base, const Program &patched, Matching &m) {
+  size_t found = 0;
+  std::optional<size_t> previousBase;
+  for (size_t b = 0; b <= base.decoded.size(); ++b) {
+    bool boundary = b == base.decoded.size() || (base.diffable[b] && m.baseToPatched[b]);
+    if (!boundary) continue;
+    size_t patchedBegin = previousBase ? *m.baseToPatched[*previousBase] + 1 : 0;
+    size_t patchedEnd = b == base.decoded.size() ? patched.decoded.size() : *m.baseToPatched[b];
+    size_t baseBegin = previousBase ? *previousBase + 1 : 0;
+    previousBase = b == base.decoded.size() ? previousBase : std::optional<size_t>(b);
+    if (patchedEnd < patchedBegin) continue;  // the neighbours swapped order
+    std::vector<size_t> baseGap, patchedGap;
+    for (size_t i = baseBegin; i < b; ++i)
+      if (base.diffable[i] && !m.baseToPatched[i]) baseGap.push_back(i);
+    for (size_t i = patchedBegin; i < patchedEnd; ++i)
+      if (patched.diffable[i] && !m.patchedToBase[i]) patchedGap.push_back(i);
+    if (baseGap.size() != 1 || patchedGap.size() != 1) continue;
+    // Names, when both have one, must agree: a renamed function is a removal and an addition.
+    const std::string &bn = base.nameKeys[baseGap[0]], &pn = patched.nameKeys[patchedGap[0]];
+    if (!bn.empty() && !pn.empty() && bn != pn) continue;
+    m.pair(baseGap[0], patchedGap[0], {MatchStage::Structure, 0.6});
+    ++found;
+  }
+  return found;
+}
+
+// The n-th call of a matched pair lands in an unmatched function on both sides: those match.
+size_t propagateThroughCalls(const Program &base, const Program &patched, Matching &m) {
+  size_t total = 0;
+  for (int round = 0; round < 16; ++round) {
+    size_t found = 0;
+    for (size_t b = 0; b < base.decoded.size(); ++b) {
+      if (!m.baseToPatched[b]) continue;
+      size_t p = *m.baseToPatched[b];
+      const auto &br = base.decoded[b].references, &pr = patched.decoded[p].references;
+      std::vector<std::optional<size_t>> bt, pt;
+      for (const CodeReference &r : br)
+        if (r.kind == ReferenceKind::Call) bt.push_back(callTarget(base, r));
+      for (const CodeReference &r : pr)
+        if (r.kind == ReferenceKind::Call) pt.push_back(callTarget(patched, r));
+      if (bt.size() != pt.size()) continue;
+      for (size_t i = 0; i < bt.size(); ++i) {
+        if (!bt[i] || !pt[i] || m.baseToPatched[*bt[i]] || m.patchedToBase[*pt[i]]) continue;
+        const std::string &bn = base.nameKeys[*bt[i]], &pn = patched.nameKeys[*pt[i]];
+        if (!bn.empty() && !pn.empty() && bn != pn) continue;
+        m.pair(*bt[i], *pt[i], {MatchStage::CallGraph, 0.8});
+        ++found;
+      }
+    }
+    total += found;
+    if (!found) break;
+  }
+  return total;
+}
+
+}  // namespace
+
+Matching matchFunctions(const Program &base, const Program &patched) {
+  Matching m;
+  m.baseToPatched.resize(base.decoded.size());
+  m.patchedToBase.resize(patched.decoded.size());
+  m.info.resize(base.decoded.size());
+
+  auto nameKey = [](bool debug) {
+    return [debug](const Program &p, size_t i) -> std::optional<std::string> {
+      const Function &f = p.image.functions[i];
+      if (p.nameKeys[i].empty() || nameFromDebugInfo(f) != debug) return std::nullopt;
+      return p.nameKeys[i] + (p.coldPart[i] ? "\x01cold" : "");
+    };
+  };
+  size_t byName = matchUniqueKeys<std::string>(base, patched, m, nameKey(false),
+                                               [](size_t, size_t) { return MatchInfo{MatchStage::Name, 1.0}; });
+  // Debug-info names may pair with a symbol name on the other side (one build stripped).
+  auto anyName = [](const Program &p, size_t i) -> std::optional<std::string> {
+    if (p.nameKeys[i].empty()) return std::nullopt;
+    return p.nameKeys[i] + (p.coldPart[i] ? "\x01cold" : "");
+  };
+  size_t byDebug = matchUniqueKeys<std::string>(base, patched, m, anyName,
+                                                [](size_t, size_t) { return MatchInfo{MatchStage::DebugIdentity, 1.0}; });
+  auto shapeKey = [](const Program &p, size_t i) -> std::optional<uint64_t> {
+    return p.decoded[i].instructions ? std::optional<uint64_t>(p.decoded[i].shape) : std::nullopt;
+  };
+  size_t byHash = matchUniqueKeys<uint64_t>(base, patched, m, shapeKey,
+                                            [](size_t, size_t) { return MatchInfo{MatchStage::Hash, 0.95}; });
+  size_t byCalls = propagateThroughCalls(base, patched, m);
+  using Signature = std::tuple<uint32_t, uint32_t, uint32_t, size_t>;
+  auto signature = [](const Program &p, size_t i) -> std::optional<Signature> {
+    const DecodedFunction &d = p.decoded[i];
+    if (d.instructions < 4) return std::nullopt;  // too little to tell functions apart
+    return Signature{d.instructions, d.calls, d.branches, d.references.size()};
+  };
+  size_t byStructure = matchUniqueKeys<Signature>(base, patched, m, signature,
+                                                  [](size_t, size_t) { return MatchInfo{MatchStage::Structure, 0.7}; });
+  byStructure += matchLayoutGaps(base, patched, m);
+  byCalls += propagateThroughCalls(base, patched, m);
+
+  m.log.push_back(fmt::format("name: {} pairs", byName));
+  m.log.push_back(fmt::format("debug-identity: {} pairs", byDebug));
+  m.log.push_back(fmt::format("hash: {} pairs", byHash));
+  m.log.push_back(fmt::format("call-graph: {} pairs", byCalls));
+  m.log.push_back(fmt::format("structure: {} pairs", byStructure));
+  return m;
+}
+
+}  // namespace hotforge::differ

@@ -1,0 +1,149 @@
+#include "mc_decoder.h"
+
+#include "hotforge/error.h"
+
+#include <llvm/MC/MCTargetOptions.h>
+#include <llvm/MC/TargetRegistry.h>
+#include <llvm/Support/TargetSelect.h>
+#include <llvm/Support/raw_ostream.h>
+
+#include <algorithm>
+#include <mutex>
+
+namespace hotforge::differ {
+
+using namespace llvm;
+
+bool RelocationIndex::covers(uint64_t begin, uint64_t end) const {
+  auto it = std::lower_bound(rvas.begin(), rvas.end(), begin);
+  return it != rvas.end() && *it < end;
+}
+
+Expected<McToolkit> McToolkit::create(const std::string &tripleName, const std::string &features) {
+  static std::once_flag initialized;
+  std::call_once(initialized, [] {
+    LLVMInitializeX86TargetInfo();
+    LLVMInitializeX86TargetMC();
+    LLVMInitializeX86Disassembler();
+    LLVMInitializeAArch64TargetInfo();
+    LLVMInitializeAArch64TargetMC();
+    LLVMInitializeAArch64Disassembler();
+  });
+  McToolkit mc;
+  mc.triple = Triple(tripleName);
+  std::string error;
+  const Target *target = TargetRegistry::lookupTarget(tripleName, error);
+  if (!target) return formatError("no LLVM target for {}: {}", tripleName, error);
+  mc.registers.reset(target->createMCRegInfo(tripleName));
+  MCTargetOptions options;
+  if (mc.registers) mc.asmInfo.reset(target->createMCAsmInfo(*mc.registers, tripleName, options));
+  mc.subtarget.reset(target->createMCSubtargetInfo(tripleName, "", features));
+  mc.instructions.reset(target->createMCInstrInfo());
+  if (!mc.registers || !mc.asmInfo || !mc.subtarget || !mc.instructions)
+    return formatError("LLVM MC could not be set up for {}", tripleName);
+  mc.analysis.reset(target->createMCInstrAnalysis(mc.instructions.get()));
+  mc.context = std::make_unique<MCContext>(mc.triple, mc.asmInfo.get(), mc.registers.get(), mc.subtarget.get());
+  mc.disassembler.reset(target->createMCDisassembler(*mc.subtarget, *mc.context));
+  unsigned dialect = mc.triple.isX86() ? 1 /* Intel */ : mc.asmInfo->getAssemblerDialect();
+  mc.printer.reset(target->createMCInstPrinter(mc.triple, dialect, *mc.asmInfo, *mc.instructions, *mc.registers));
+  if (!mc.analysis || !mc.disassembler || !mc.printer)
+    return formatError("LLVM MC disassembler could not be set up for {}", tripleName);
+  mc.printer->setPrintImmHex(true);
+  mc.printer->setPrintBranchImmAsAddress(true);
+  return mc;
+}
+
+void McDecoder::mixOperands(const MCInst &inst, DecodeState &state, int maskedA, int maskedB) const {
+  for (unsigned i = 0; i < inst.getNumOperands(); ++i) {
+    if (int(i) == maskedA || int(i) == maskedB) {
+      state.hash = mixHash(state.hash, 0xadd7e55);
+      continue;
+    }
+    const MCOperand &op = inst.getOperand(i);
+    if (op.isReg())
+      state.hash = mixHash(state.hash, 0x7e600000ull + op.getReg());
+    else if (op.isImm())
+      state.hash = mixHash(state.hash, uint64_t(op.getImm()));
+    else if (op.isDFPImm())
+      state.hash = mixHash(state.hash, op.getDFPImm());
+    else if (op.isSFPImm())
+      state.hash = mixHash(state.hash, op.getSFPImm());
+  }
+}
+
+DecodedFunction McDecoder::decode(ArrayRef<uint8_t> code, uint64_t rva, const RelocationIndex &relocations,
+                                  bool perInstructionShapes) {
+  DecodedFunction out;
+  DecodeState state{out, 0x484f54464f524745ull, relocations};
+  beginFunction();
+  uint64_t offset = 0;
+  MCInst inst;
+  while (offset < code.size()) {
+    uint64_t size = 0;
+    inst.clear();
+    if (mc_.disassembler->getInstruction(inst, size, code.slice(offset), rva + offset, nulls()) !=
+            MCDisassembler::Success ||
+        size == 0) {
+      // Undecodable bytes (data in code, or truncation) still count, by value.
+      out.complete = false;
+      size = std::min<uint64_t>(undecodableStep(), code.size() - offset);
+      for (uint64_t i = 0; i < size; ++i) state.hash = mixHash(state.hash, code[offset + i]);
+      offset += size;
+      continue;
+    }
+    if (!isLayoutNoise(inst)) {
+      uint32_t index = out.instructions++;
+      out.instructionOffsets.push_back(uint32_t(offset));
+      const MCInstrDesc &desc = mc_.instructions->get(inst.getOpcode());
+      out.calls += desc.isCall();
+      out.branches += desc.isBranch();
+      // Each instruction's shape is hashed on its own, then chained into the function's.
+      uint64_t chain = state.hash;
+      state.hash = 0;
+      analyze(inst, rva + offset, size, index, state);
+      if (perInstructionShapes) out.instructionShapes.push_back(state.hash);
+      state.hash = mixHash(chain, state.hash);
+    }
+    offset += size;
+  }
+  endFunction(state);
+  std::stable_sort(out.references.begin(), out.references.end(),
+                   [](const CodeReference &a, const CodeReference &b) { return a.instruction < b.instruction; });
+  out.shape = mixHash(state.hash, out.instructions);
+  return out;
+}
+
+std::vector<InstructionText> McDecoder::disassemble(ArrayRef<uint8_t> code, uint64_t rva) {
+  std::vector<InstructionText> out;
+  uint64_t offset = 0;
+  MCInst inst;
+  while (offset < code.size()) {
+    uint64_t size = 0;
+    inst.clear();
+    bool ok = mc_.disassembler->getInstruction(inst, size, code.slice(offset), rva + offset, nulls()) ==
+                  MCDisassembler::Success &&
+              size > 0;
+    if (!ok) size = std::min<uint64_t>(undecodableStep(), code.size() - offset);
+    if (ok && isLayoutNoise(inst)) {
+      offset += size;
+      continue;
+    }
+    InstructionText line;
+    line.offset = uint32_t(offset);
+    line.bytes = hexEncode(code.slice(offset, size));
+    if (ok) {
+      raw_string_ostream text(line.text);
+      mc_.printer->printInst(&inst, printAddress(rva + offset, size), "", *mc_.subtarget, text);
+      text.flush();
+      line.text.erase(0, line.text.find_first_not_of(" \t"));
+      std::replace(line.text.begin(), line.text.end(), '\t', ' ');
+    } else {
+      line.text = "(undecodable)";
+    }
+    out.push_back(std::move(line));
+    offset += size;
+  }
+  return out;
+}
+
+}  // namespace hotforge::differ

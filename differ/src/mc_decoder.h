@@ -1,0 +1,66 @@
+// The LLVM MC machinery shared by the per-architecture decoders: the decode loop, padding
+// handling and printing. Architectures supply only what differs (arch_x64.cpp, arch_arm64.cpp).
+#pragma once
+
+#include "arch.h"
+
+#include <llvm/MC/MCAsmInfo.h>
+#include <llvm/MC/MCContext.h>
+#include <llvm/MC/MCDisassembler/MCDisassembler.h>
+#include <llvm/MC/MCInst.h>
+#include <llvm/MC/MCInstPrinter.h>
+#include <llvm/MC/MCInstrAnalysis.h>
+#include <llvm/MC/MCInstrInfo.h>
+#include <llvm/MC/MCRegisterInfo.h>
+#include <llvm/MC/MCSubtargetInfo.h>
+#include <llvm/TargetParser/Triple.h>
+
+namespace hotforge::differ {
+
+struct McToolkit {
+  llvm::Triple triple;
+  std::unique_ptr<llvm::MCRegisterInfo> registers;
+  std::unique_ptr<llvm::MCAsmInfo> asmInfo;
+  std::unique_ptr<llvm::MCSubtargetInfo> subtarget;
+  std::unique_ptr<llvm::MCInstrInfo> instructions;
+  std::unique_ptr<llvm::MCInstrAnalysis> analysis;
+  std::unique_ptr<llvm::MCContext> context;
+  std::unique_ptr<llvm::MCDisassembler> disassembler;
+  std::unique_ptr<llvm::MCInstPrinter> printer;
+
+  static llvm::Expected<McToolkit> create(const std::string &triple, const std::string &features);
+  llvm::StringRef opcodeName(const llvm::MCInst &inst) const { return instructions->getName(inst.getOpcode()); }
+};
+
+// What an architecture hook sees and fills while one function is decoded.
+struct DecodeState {
+  DecodedFunction &out;
+  uint64_t hash = 0;
+  const RelocationIndex &relocations;
+};
+
+class McDecoder : public InstructionDecoder {
+public:
+  explicit McDecoder(McToolkit toolkit) : mc_(std::move(toolkit)) {}
+
+  DecodedFunction decode(llvm::ArrayRef<uint8_t> code, uint64_t rva, const RelocationIndex &relocations,
+                         bool perInstructionShapes) final;
+  std::vector<InstructionText> disassemble(llvm::ArrayRef<uint8_t> code, uint64_t rva) final;
+
+protected:
+  // Fill instructions and landing pads: left out of the shape and the instruction count.
+  virtual bool isLayoutNoise(const llvm::MCInst &inst) const = 0;
+  // Mixes the instruction's shape into state.hash and records its address-dependent targets.
+  virtual void analyze(const llvm::MCInst &inst, uint64_t pc, uint64_t size, uint32_t index, DecodeState &state) = 0;
+  virtual void beginFunction() {}
+  virtual void endFunction(DecodeState &state) {}
+  virtual unsigned undecodableStep() const = 0;   // bytes to skip over an undecodable instruction
+  virtual uint64_t printAddress(uint64_t pc, uint64_t size) const = 0;  // see LLVM 19 gotcha L5
+
+  // Shared hashing of plain operands: registers and immediates, skipping `masked`.
+  void mixOperands(const llvm::MCInst &inst, DecodeState &state, int maskedA = -1, int maskedB = -1) const;
+
+  McToolkit mc_;
+};
+
+}  // namespace hotforge::differ
