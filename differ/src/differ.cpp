@@ -88,10 +88,10 @@ public:
     matching_ = matchFunctions(base_, patched_);
     size_t baseCount = std::count(base_.diffable.begin(), base_.diffable.end(), true);
     size_t patchedCount = std::count(patched_.diffable.begin(), patched_.diffable.end(), true);
-    size_t smaller = std::min(baseCount, patchedCount);
-    if (smaller && double(matching_.pairs) < options_.minimumMatchedShare * double(smaller))
+    size_t larger = std::max(baseCount, patchedCount);
+    if (larger && double(matching_.pairs) < options_.minimumMatchedShare * double(larger))
       return formatError("{} and {} look like unrelated programs: only {} of {} functions match", base_.image.path,
-                         patched_.image.path, matching_.pairs, smaller);
+                         patched_.image.path, matching_.pairs, larger);
     matchData();
     hashConstants();
     voteAnonymousData();
@@ -127,6 +127,7 @@ private:
     for (Program *p : {&base_, &patched_}) {
       for (const DecodedFunction &d : p->decoded)
         for (const CodeReference &r : d.references) p->referenced.push_back(r.target);
+      p->findSplitParts();
       std::sort(p->referenced.begin(), p->referenced.end());
       p->referenced.erase(std::unique(p->referenced.begin(), p->referenced.end()), p->referenced.end());
     }
@@ -266,7 +267,7 @@ private:
     case TargetClass::PointerSlot: {
       const PointerTarget &pointer = p.pointers.at(target);
       if (pointer.symbol) return {SymbolKey::Import, llvm::xxh3_64bits(*pointer.symbol), 1, 0};
-      if (depth > 0) return {SymbolKey::Unknown, patchedSide ? kUnmatched + target : target, 0, 0};
+      if (depth > 0) return {SymbolKey::Unknown, 0x5107, 0, 0};  // a slot pointing at a slot (__dso_handle)
       SymbolKey inner = resolve(patchedSide, function, pointer.rva, decoder, depth + 1);
       inner.c = mixHash(inner.c, 0x51077);  // the address of it, not it
       return inner;
@@ -286,14 +287,15 @@ private:
     return {SymbolKey::Unknown, target, 0, 0};
   }
 
-  uint64_t contentHashOf(bool patchedSide, uint64_t rva, uint64_t size, const Function *within) const {
+  uint64_t contentHashOf(bool patchedSide, uint64_t rva, uint64_t size, const Function *within, int depth = 0) const {
     const Program &p = patchedSide ? patched_ : base_;
-    return p.contentHash(rva, size, within, [&](uint64_t target) { return pointerClass(patchedSide, target); });
+    return p.contentHash(rva, size, within,
+                         [&](uint64_t target) { return pointerClass(patchedSide, target, depth + 1); });
   }
 
-  // What a pointer stored in data points at, one level deep (no content of the pointee's own
-  // pointers, so cycles end).
-  uint64_t pointerClass(bool patchedSide, uint64_t target) const {
+  // What a pointer stored in data points at. Unnamed constants are compared by content, whose
+  // own pointers are followed two levels deep at most, so cycles end.
+  uint64_t pointerClass(bool patchedSide, uint64_t target, int depth) const {
     const Program &p = patchedSide ? patched_ : base_;
     const Function *f = nullptr;
     const DataObject *o = nullptr;
@@ -305,17 +307,22 @@ private:
       // Pointers in data point into objects (a vtable + 16) more often than code does.
       if (const DataObject *inside = p.containingObject(target))
         return mixHash(dataClass(patchedSide, inside) ^ 0xda7a, target - inside->range.rva);
+      if (depth < 2) return contentHashOf(patchedSide, target, p.naturalExtent(target), nullptr, depth);
       return llvm::xxh3_64bits(p.image.bytesAt(target, p.naturalExtent(target)));
-    case TargetClass::Writable: {
-      if (!patchedSide) return target;
-      auto it = anonymousToBase_.find(target);
-      return it != anonymousToBase_.end() ? it->second : kUnmatched + target;
-    }
-    case TargetClass::Unknown: return target;  // outside every section (headers): does not move
+    case TargetClass::Writable:
+      if (patchedSide)
+        if (auto it = anonymousToBase_.find(target); it != anonymousToBase_.end()) return it->second;
+      if (!patchedSide && anonymousToPatched_.count(target)) return target;
+      break;
     case TargetClass::PointerSlot:
+      if (const PointerTarget &slot = p.pointers.at(target); slot.symbol) return llvm::xxh3_64bits(*slot.symbol);
+      break;
+    case TargetClass::Unknown: return target;  // outside every section (headers): does not move
     case TargetClass::Stub: break;
     }
-    return patchedSide ? kUnmatched + target : target;
+    // Nothing pairs this address: assume its section kept its layout.
+    const Section *s = p.image.sectionAt(target);
+    return mixHash(llvm::xxh3_64bits(s->name), target - s->rva);
   }
 
   // Compares one pair; on a difference, returns the index of the first differing instruction.
@@ -363,11 +370,14 @@ private:
       differences[i] = firstDifference(diff.pairs[i].base, diff.pairs[i].patched, *decoders_[worker]);
     });
     // A function and its split-off parts (.cold) change together.
+    auto family = [&](size_t b) {
+      if (base_.partOf[b]) b = *base_.partOf[b];
+      return base_.nameKeys[b].empty() ? "#" + std::to_string(b) : base_.nameKeys[b];
+    };
     std::map<std::string, std::vector<size_t>> families;
     for (size_t i = 0; i < diff.pairs.size(); ++i) {
       diff.pairs[i].changed = differences[i].has_value();
-      const std::string &key = base_.nameKeys[diff.pairs[i].base];
-      if (!key.empty()) families[key].push_back(i);
+      families[family(diff.pairs[i].base)].push_back(i);
     }
     for (auto &[key, members] : families) {
       if (members.size() < 2) continue;
@@ -385,8 +395,8 @@ private:
                                c.firstDifference->baseOffset, c.firstDifference->baseInstruction,
                                c.firstDifference->patchedInstruction);
       } else {
-        c.reason = fmt::format("{} is a split-off part of `{}`, which changed: the parts travel together",
-                               displayName(c.name), base_.nameKeys[pair.base]);
+        c.reason = fmt::format("{} is a split-off part of a function that changed: the parts travel together",
+                               displayName(c.name));
       }
       diff.changes.push_back(std::move(c));
       noteChangedConstants(pair.base, pair.patched, diff);
@@ -516,9 +526,15 @@ private:
 
   // Stripped builds: writable data reached only through code, paired by the vote.
   void collectAnonymousData(Diff &diff) {
+    auto linkerManaged = [](const Program &p, uint64_t rva) {
+      const Section *s = p.image.sectionAt(rva);
+      return !s || isLinkerManaged(s->name);
+    };
     for (auto &[from, to] : anonymousToPatched_) {
       uint64_t size = std::min(base_.naturalExtent(from), patched_.naturalExtent(to));
-      if (!size || base_.image.bytesAt(from, size) == patched_.image.bytesAt(to, size)) continue;
+      if (!size || linkerManaged(base_, from) ||
+          contentHashOf(false, from, size, nullptr) == contentHashOf(true, to, size, nullptr))
+        continue;
       Change c;
       c.kind = ChangeKind::Data;
       c.rule = rules::kWritableDataChanged;
@@ -541,7 +557,7 @@ private:
         const Function *f = nullptr;
         const DataObject *o = nullptr;
         if (patched_.classify(r.target, &f, &o) != TargetClass::Writable || anonymousToBase_.count(r.target) ||
-            !added.insert(r.target).second)
+            linkerManaged(patched_, r.target) || !added.insert(r.target).second)
           continue;
         Change c;
         c.kind = ChangeKind::Data;

@@ -29,19 +29,17 @@ bool nameFromDebugInfo(const Function &f) {
          f.nameSource == FunctionSource::DebugFile;
 }
 
-// Pairs the unmatched functions whose key is unique on both sides.
+// Pairs the unmatched functions whose key is unique on both sides. With `inOrder`, a key held by
+// the same number of functions on both sides pairs them in address order too (static functions
+// of one name in several units, identical copies): a rebuild keeps their order.
 template <typename Key, typename KeyOf>
-size_t matchUniqueKeys(const Program &base, const Program &patched, Matching &m, KeyOf keyOf,
-                       const std::function<MatchInfo(size_t, size_t)> &how) {
-  std::map<Key, std::pair<size_t, size_t>> baseKeys, patchedKeys;  // key -> (count, index)
+size_t matchKeys(const Program &base, const Program &patched, Matching &m, KeyOf keyOf, MatchInfo unique,
+                 std::optional<MatchInfo> inOrder = std::nullopt) {
+  std::map<Key, std::vector<size_t>> baseKeys, patchedKeys;
   auto collect = [](const Program &p, const std::vector<std::optional<size_t>> &matched, auto &keys, auto keyOf) {
     for (size_t i = 0; i < p.decoded.size(); ++i) {
       if (!p.diffable[i] || matched[i]) continue;
-      std::optional<Key> key = keyOf(p, i);
-      if (!key) continue;
-      auto &slot = keys[*key];
-      ++slot.first;
-      slot.second = i;
+      if (std::optional<Key> key = keyOf(p, i)) keys[*key].push_back(i);
     }
   };
   collect(base, m.baseToPatched, baseKeys, keyOf);
@@ -49,9 +47,9 @@ size_t matchUniqueKeys(const Program &base, const Program &patched, Matching &m,
   size_t found = 0;
   for (auto &[key, b] : baseKeys) {
     auto p = patchedKeys.find(key);
-    if (b.first != 1 || p == patchedKeys.end() || p->second.first != 1) continue;
-    m.pair(b.second, p->second.second, how(b.second, p->second.second));
-    ++found;
+    if (p == patchedKeys.end() || p->second.size() != b.size() || (b.size() > 1 && !inOrder)) continue;
+    for (size_t k = 0; k < b.size(); ++k) m.pair(b[k], p->second[k], b.size() == 1 ? unique : *inOrder);
+    found += b.size();
   }
   return found;
 }
@@ -128,20 +126,19 @@ Matching matchFunctions(const Program &base, const Program &patched) {
       return p.nameKeys[i] + (p.coldPart[i] ? "\x01cold" : "");
     };
   };
-  size_t byName = matchUniqueKeys<std::string>(base, patched, m, nameKey(false),
-                                               [](size_t, size_t) { return MatchInfo{MatchStage::Name, 1.0}; });
+  size_t byName = matchKeys<std::string>(base, patched, m, nameKey(false), {MatchStage::Name, 1.0},
+                                         MatchInfo{MatchStage::Name, 0.9});
   // Debug-info names may pair with a symbol name on the other side (one build stripped).
   auto anyName = [](const Program &p, size_t i) -> std::optional<std::string> {
     if (p.nameKeys[i].empty()) return std::nullopt;
     return p.nameKeys[i] + (p.coldPart[i] ? "\x01cold" : "");
   };
-  size_t byDebug = matchUniqueKeys<std::string>(base, patched, m, anyName,
-                                                [](size_t, size_t) { return MatchInfo{MatchStage::DebugIdentity, 1.0}; });
+  size_t byDebug = matchKeys<std::string>(base, patched, m, anyName, {MatchStage::DebugIdentity, 1.0},
+                                          MatchInfo{MatchStage::DebugIdentity, 0.9});
   auto shapeKey = [](const Program &p, size_t i) -> std::optional<uint64_t> {
     return p.decoded[i].instructions ? std::optional<uint64_t>(p.decoded[i].shape) : std::nullopt;
   };
-  size_t byHash = matchUniqueKeys<uint64_t>(base, patched, m, shapeKey,
-                                            [](size_t, size_t) { return MatchInfo{MatchStage::Hash, 0.95}; });
+  size_t byHash = matchKeys<uint64_t>(base, patched, m, shapeKey, {MatchStage::Hash, 0.95});
   size_t byCalls = propagateThroughCalls(base, patched, m);
   using Signature = std::tuple<uint32_t, uint32_t, uint32_t, size_t>;
   auto signature = [](const Program &p, size_t i) -> std::optional<Signature> {
@@ -149,8 +146,9 @@ Matching matchFunctions(const Program &base, const Program &patched) {
     if (d.instructions < 4) return std::nullopt;  // too little to tell functions apart
     return Signature{d.instructions, d.calls, d.branches, d.references.size()};
   };
-  size_t byStructure = matchUniqueKeys<Signature>(base, patched, m, signature,
-                                                  [](size_t, size_t) { return MatchInfo{MatchStage::Structure, 0.7}; });
+  size_t byStructure = matchKeys<Signature>(base, patched, m, signature, {MatchStage::Structure, 0.7});
+  // Identical bodies left over (copies of one helper): in address order.
+  byHash += matchKeys<uint64_t>(base, patched, m, shapeKey, {MatchStage::Hash, 0.95}, MatchInfo{MatchStage::Hash, 0.8});
   byStructure += matchLayoutGaps(base, patched, m);
   byCalls += propagateThroughCalls(base, patched, m);
 

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cctype>
+#include <set>
 #include <thread>
 
 namespace hotforge::differ {
@@ -118,6 +119,24 @@ Program::Program(const Image &img) : image(img) {
     }
 }
 
+void Program::findSplitParts() {
+  std::vector<std::set<size_t>> enteredFrom(decoded.size());
+  std::vector<bool> called(decoded.size(), false);
+  for (size_t f = 0; f < decoded.size(); ++f) {
+    for (const CodeReference &r : decoded[f].references) {
+      const Function *target = image.functionAt(r.target);
+      if (!target || target->range.rva != r.target) continue;
+      size_t t = functionIndex(target);
+      if (r.kind == ReferenceKind::Call) called[t] = true;
+      else if (r.kind == ReferenceKind::Branch && t != f) enteredFrom[t].insert(f);
+    }
+  }
+  partOf.assign(decoded.size(), std::nullopt);
+  for (size_t t = 0; t < decoded.size(); ++t)
+    if (diffable[t] && nameKeys[t].empty() && !called[t] && enteredFrom[t].size() == 1)
+      partOf[t] = *enteredFrom[t].begin();
+}
+
 bool Program::isReadOnly(uint64_t rva) const {
   for (const Segment &s : image.segments)
     if (s.type == "GNU_RELRO" && rva >= s.rva && rva - s.rva < s.memorySize) return true;
@@ -179,10 +198,10 @@ uint64_t Program::naturalExtent(uint64_t rva) const {
   llvm::ArrayRef<uint8_t> bytes = image.bytesAt(rva, std::min(kStringScanLimit, section->rva + section->fileSize > rva
                                                                                     ? section->rva + section->fileSize - rva
                                                                                     : 0));
+  // Text: printable ASCII, white space, or UTF-8 bytes (0xf8 and above never occur in UTF-8).
+  auto isText = [](uint8_t c) { return (c >= 0x20 && c != 0x7f && c < 0xf8) || c == '\n' || c == '\t' || c == '\r'; };
   size_t length = 0;
-  while (length < bytes.size() && bytes[length] &&
-         (bytes[length] >= 0x20 || bytes[length] == '\n' || bytes[length] == '\t' || bytes[length] == '\r'))
-    ++length;
+  while (length < bytes.size() && isText(bytes[length])) ++length;
   if (length > 0 && length < bytes.size() && bytes[length] == 0) return length + 1;
   uint64_t end = std::min(sectionEnd, rva + kConstantExtentLimit);
   auto next = std::upper_bound(referenced.begin(), referenced.end(), rva);

@@ -40,6 +40,9 @@ struct Program {
   std::vector<DecodedFunction> decoded;   // per function
   std::vector<std::string> nameKeys;      // per function: normalised name, empty when unnamed
   std::vector<bool> coldPart;             // per function: a split-off part (.cold)
+  // Per function: the function it was split off from, for unnamed parts that only that function
+  // branches into (stripped .cold parts). Named parts are told by their names.
+  std::vector<std::optional<size_t>> partOf;
   RelocationIndex relocations;
   std::unordered_map<uint64_t, PointerTarget> pointers;
   std::unordered_map<uint64_t, const Import *> importSlots;
@@ -60,6 +63,7 @@ struct Program {
   uint64_t contentHash(uint64_t rva, uint64_t size, const Function *within,
                        const std::function<uint64_t(uint64_t)> &pointerClass) const;
   uint64_t naturalExtent(uint64_t rva) const;
+  void findSplitParts();  // after decoding
 
 private:
   std::vector<std::pair<uint64_t, uint64_t>> stubRanges_;

@@ -178,7 +178,7 @@ void sortAndDedupDataObjects(std::vector<DataObject> &objects, const std::vector
   const std::vector<Section> &sections = *inferSizesWithin;
   for (size_t i = 0; i < objects.size(); ++i) {
     DataObject &d = objects[i];
-    if (d.range.size || d.threadLocal) continue;
+    if (d.sizeKnown || d.threadLocal) continue;
     uint64_t limit = 0;
     for (const Section &s : sections)
       if (s.loaded && d.range.rva >= s.rva && d.range.rva < s.rva + s.size) limit = s.rva + s.size;

@@ -2,8 +2,11 @@
 // symbol streams (the IPDBSession enumeration API is not implemented for native PDBs in LLVM 19).
 #include "format_reader.h"
 
+#include <llvm/DebugInfo/CodeView/LazyRandomTypeCollection.h>
 #include <llvm/DebugInfo/CodeView/SymbolDeserializer.h>
 #include <llvm/DebugInfo/CodeView/SymbolRecord.h>
+#include <llvm/DebugInfo/CodeView/TypeDeserializer.h>
+#include <llvm/DebugInfo/CodeView/TypeRecord.h>
 #include <llvm/DebugInfo/MSF/MappedBlockStream.h>
 #include <llvm/DebugInfo/PDB/Native/DbiModuleDescriptor.h>
 #include <llvm/DebugInfo/PDB/Native/DbiModuleList.h>
@@ -12,6 +15,8 @@
 #include <llvm/DebugInfo/PDB/Native/ModuleDebugStream.h>
 #include <llvm/DebugInfo/PDB/Native/NativeSession.h>
 #include <llvm/DebugInfo/PDB/Native/PDBFile.h>
+#include <llvm/DebugInfo/PDB/Native/SymbolStream.h>
+#include <llvm/DebugInfo/PDB/Native/TpiStream.h>
 #include <llvm/Object/COFF.h>
 
 namespace hotforge::detail {
@@ -20,10 +25,79 @@ using namespace llvm;
 
 namespace {
 
+// The size in bytes of a CodeView type, or 0 when it cannot be told (forward references, types
+// the TPI stream does not hold).
+uint64_t typeSize(codeview::TypeIndex index, codeview::LazyRandomTypeCollection *types, int depth = 0) {
+  using namespace codeview;
+  if (index.isSimple()) {
+    if (index.getSimpleMode() != SimpleTypeMode::Direct) return 8;  // a pointer on a 64-bit target
+    switch (index.getSimpleKind()) {
+    case SimpleTypeKind::SignedCharacter: case SimpleTypeKind::UnsignedCharacter:
+    case SimpleTypeKind::NarrowCharacter: case SimpleTypeKind::Character8: case SimpleTypeKind::SByte:
+    case SimpleTypeKind::Byte: case SimpleTypeKind::Boolean8: return 1;
+    case SimpleTypeKind::Int16Short: case SimpleTypeKind::UInt16Short: case SimpleTypeKind::Int16:
+    case SimpleTypeKind::UInt16: case SimpleTypeKind::WideCharacter: case SimpleTypeKind::Character16:
+    case SimpleTypeKind::Boolean16: case SimpleTypeKind::Float16: return 2;
+    case SimpleTypeKind::Int32Long: case SimpleTypeKind::UInt32Long: case SimpleTypeKind::Int32:
+    case SimpleTypeKind::UInt32: case SimpleTypeKind::Float32: case SimpleTypeKind::Boolean32:
+    case SimpleTypeKind::Character32: case SimpleTypeKind::HResult: return 4;
+    case SimpleTypeKind::Int64Quad: case SimpleTypeKind::UInt64Quad: case SimpleTypeKind::Int64:
+    case SimpleTypeKind::UInt64: case SimpleTypeKind::Float64: case SimpleTypeKind::Boolean64: return 8;
+    case SimpleTypeKind::Float80: return 10;
+    case SimpleTypeKind::Int128Oct: case SimpleTypeKind::UInt128Oct: case SimpleTypeKind::Int128:
+    case SimpleTypeKind::UInt128: case SimpleTypeKind::Float128: case SimpleTypeKind::Boolean128: return 16;
+    default: return 0;
+    }
+  }
+  if (!types || depth > 8) return 0;
+  std::optional<CVType> type = types->tryGetType(index);
+  if (!type) return 0;
+  auto sizeOf = [&](auto record) -> uint64_t {
+    if (Error e = TypeDeserializer::deserializeAs(*type, record)) {
+      consumeError(std::move(e));
+      return 0;
+    }
+    return record.getSize();
+  };
+  switch (type->kind()) {
+  case LF_ARRAY: return sizeOf(ArrayRecord(TypeRecordKind::Array));
+  case LF_STRUCTURE:
+  case LF_CLASS: return sizeOf(ClassRecord(TypeRecordKind(type->kind())));
+  case LF_UNION: return sizeOf(UnionRecord(TypeRecordKind::Union));
+  case LF_POINTER: return sizeOf(PointerRecord(TypeRecordKind::Pointer));
+  case LF_MODIFIER: {
+    ModifierRecord modifier(TypeRecordKind::Modifier);
+    if (Error e = TypeDeserializer::deserializeAs(*type, modifier)) {
+      consumeError(std::move(e));
+      return 0;
+    }
+    return typeSize(modifier.getModifiedType(), types, depth + 1);
+  }
+  case LF_ENUM: {
+    EnumRecord record(TypeRecordKind::Enum);
+    if (Error e = TypeDeserializer::deserializeAs(*type, record)) {
+      consumeError(std::move(e));
+      return 0;
+    }
+    return typeSize(record.getUnderlyingType(), types, depth + 1);
+  }
+  default: return 0;
+  }
+}
+
 struct RecordVisitor {
   FixedStreamArray<object::coff_section> sections;
   FunctionTableBuilder &functions;
   std::vector<DataObject> &dataObjects;
+  codeview::LazyRandomTypeCollection *types;
+
+  void addData(std::string name, AddressRange range, bool threadLocal, codeview::TypeIndex type) {
+    range.size = typeSize(type, types);
+    DataObject d{std::move(name), range, threadLocal, DataSource::Pdb};
+    // Without a size the object reaches to the next one (inferred later).
+    d.sizeKnown = range.size != 0;
+    dataObjects.push_back(std::move(d));
+  }
 
   std::optional<uint64_t> rvaOf(uint16_t segment, uint32_t offset) const {
     if (segment == 0 || segment > sections.size()) return std::nullopt;
@@ -49,7 +123,7 @@ struct RecordVisitor {
       Expected<DataSym> data = SymbolDeserializer::deserializeAs<DataSym>(symbol);
       if (!data) return data.takeError();
       if (std::optional<uint64_t> rva = rvaOf(data->Segment, data->DataOffset))
-        dataObjects.push_back({data->Name.str(), {*rva, 0}, false, DataSource::Pdb});
+        addData(data->Name.str(), {*rva, 0}, false, data->Type);
       break;
     }
     case S_GTHREAD32:
@@ -57,7 +131,7 @@ struct RecordVisitor {
       Expected<ThreadLocalDataSym> data = SymbolDeserializer::deserializeAs<ThreadLocalDataSym>(symbol);
       if (!data) return data.takeError();
       // TLS offsets are relative to the image's TLS template, like ELF STT_TLS values.
-      dataObjects.push_back({data->Name.str(), {data->DataOffset, 0}, true, DataSource::Pdb});
+      addData(data->Name.str(), {data->DataOffset, 0}, true, data->Type);
       break;
     }
     default: break;
@@ -87,7 +161,16 @@ Error readPdb(const std::string &pdbPath, const CodeViewRecord &expected, Functi
 
   Expected<pdb::DbiStream &> dbi = file.getPDBDbiStream();
   if (!dbi) return fail(errorText(dbi.takeError()));
-  RecordVisitor visitor{dbi->getSectionHeaders(), functions, dataObjects};
+  Expected<pdb::TpiStream &> tpi = file.getPDBTpiStream();
+  if (!tpi) return fail(errorText(tpi.takeError()));
+  RecordVisitor visitor{dbi->getSectionHeaders(), functions, dataObjects, &tpi->typeCollection()};
+  // Globals (S_GDATA32, S_GTHREAD32) live in the symbol record stream, statics in module streams.
+  if (dbi->getGlobalSymbolStreamIndex() != pdb::kInvalidStreamIndex) {
+    Expected<pdb::SymbolStream &> globals = file.getPDBSymbolStream();
+    if (!globals) return fail(errorText(globals.takeError()));
+    for (const codeview::CVSymbol &symbol : globals->getSymbolArray())
+      if (Error e = visitor.visit(symbol)) return fail(errorText(std::move(e)));
+  }
   const pdb::DbiModuleList &modules = dbi->modules();
   for (uint32_t i = 0; i < modules.getModuleCount(); ++i) {
     pdb::DbiModuleDescriptor descriptor = modules.getModuleDescriptor(i);

@@ -130,7 +130,7 @@ Error readExports(const COFFObjectFile &coff, FunctionTableBuilder &functions, s
     if (section && section->permissions.execute)
       functions.add(rva, 0, exportName, FunctionSource::Exports, true);
     else if (section && exportName)
-      data.push_back({*exportName, {rva, 0}, false, DataSource::Symtab});
+      data.push_back({*exportName, {rva, 0}, false, DataSource::Symtab, /*sizeKnown=*/false});
   }
   return Error::success();
 }
@@ -207,7 +207,7 @@ void readCoffSymbols(const COFFObjectFile &coff, FunctionTableBuilder &functions
     if (symbol.isFunctionDefinition() || symbol.getComplexType() == COFF::IMAGE_SYM_DTYPE_FUNCTION)
       functions.add(rva, 0, name->str(), FunctionSource::Symtab, symbol.isExternal());
     else if (!((*section)->Characteristics & COFF::IMAGE_SCN_MEM_EXECUTE))
-      data.push_back({name->str(), {rva, 0}, false, DataSource::Symtab});
+      data.push_back({name->str(), {rva, 0}, false, DataSource::Symtab, /*sizeKnown=*/false});
   }
 }
 

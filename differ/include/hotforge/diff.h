@@ -77,7 +77,8 @@ struct Diff {
 
 struct DiffOptions {
   unsigned threads = 0;  // 0: one per core
-  // Below this share of matched functions the two binaries are taken to be unrelated programs.
+  // Below this share of matched functions (of the larger side) the two binaries are taken to be
+  // unrelated programs.
   double minimumMatchedShare = 0.5;
 };
 

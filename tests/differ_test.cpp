@@ -1,0 +1,239 @@
+// The differ on every sample scenario of every target: the changed, added and data sets and the
+// verdict must be exactly what samples/README.md expects, stripped or not.
+#include "hotforge/diff.h"
+#include "test_support.h"
+
+#include <gtest/gtest.h>
+
+#include <map>
+#include <set>
+
+namespace hotforge::test {
+namespace {
+
+Image load(const std::string &path, const ImageReadOptions &options = {}) {
+  llvm::Expected<Image> image = readImage(path, options);
+  if (!image) {
+    ADD_FAILURE() << llvm::toString(image.takeError());
+    return Image();
+  }
+  return std::move(*image);
+}
+
+Diff diff(const Image &base, const Image &patched) {
+  llvm::Expected<Diff> d = diffImages(base, patched);
+  if (!d) {
+    ADD_FAILURE() << llvm::toString(d.takeError());
+    return Diff();
+  }
+  return std::move(*d);
+}
+
+std::set<std::string> strings(const nlohmann::json &list) {
+  std::set<std::string> out;
+  for (const auto &s : list) out.insert(s.get<std::string>());
+  return out;
+}
+
+// Split parts travel with their function: `op_apply.cold` counts as `op_apply`.
+std::string withoutParts(std::string name) {
+  for (const char *suffix : {".cold"})
+    if (auto at = name.find(suffix); at != std::string::npos) name.resize(at);
+  return name;
+}
+
+std::set<std::string> namesOf(const Diff &d, ChangeKind kind) {
+  std::set<std::string> out;
+  for (const Change &c : d.changes)
+    if (c.kind == kind) out.insert(c.name ? withoutParts(*c.name) : "(unnamed)");
+  return out;
+}
+
+const Sample *find(const std::vector<Sample> &all, const std::string &target, const std::string &program,
+                   const std::string &variant) {
+  for (const Sample &s : all)
+    if (s.target == target && s.program == program && s.variant == variant) return &s;
+  return nullptr;
+}
+
+struct Scenario {
+  int number;
+  std::string program, variant;
+  nlohmann::json expected;
+};
+
+std::vector<Scenario> scenarios() {
+  std::vector<Scenario> out;
+  for (const auto &s : samplesManifest()["scenarios"])
+    out.push_back({s["scenario"].get<int>(), s["program"], s["variant"], s["expected"]});
+  return out;
+}
+
+std::vector<std::string> targets() {
+  std::vector<std::string> out;
+  for (const auto &t : samplesManifest()["targets"]) out.push_back(t["name"]);
+  return out;
+}
+
+TEST(Differ, EveryScenarioGivesItsExpectedChangesOnEveryTarget) {
+  std::vector<Sample> all = samples();
+  size_t checked = 0;
+  for (const std::string &target : targets()) {
+    for (const Scenario &scenario : scenarios()) {
+      const Sample *base = find(all, target, scenario.program, "base");
+      const Sample *patched = find(all, target, scenario.program, scenario.variant);
+      if (!base || !patched) continue;  // skipped for this target (samples.json says why)
+      SCOPED_TRACE(target + " scenario " + std::to_string(scenario.number) + " " + patched->path);
+      Image b = load(base->path), p = load(patched->path);
+      Diff d = diff(b, p);
+      const nlohmann::json &e = scenario.expected;
+      EXPECT_EQ(namesOf(d, ChangeKind::Changed), strings(e["changed"]));
+      EXPECT_EQ(namesOf(d, ChangeKind::Added), strings(e["added"]));
+      EXPECT_EQ(namesOf(d, ChangeKind::Removed), strings(e["removed"]));
+      EXPECT_EQ(d.needsRestart(), e["verdict"] == "needs-restart");
+      for (const std::string &moved : strings(e["moved_unchanged"])) {
+        EXPECT_EQ(namesOf(d, ChangeKind::Changed).count(moved), 0u) << moved;
+        bool moves = false;
+        for (const FunctionPair &pair : d.pairs)
+          if (b.functions[pair.base].name == moved)
+            moves = b.functions[pair.base].range.rva != p.functions[pair.patched].range.rva;
+        EXPECT_TRUE(moves) << moved << " should have moved in this scenario";
+      }
+      // Data: scenario 4's literal travels with the code, 5 adds a variable, 6 needs a restart.
+      std::set<std::string> dataRules;
+      for (const Change &c : d.changes)
+        if (c.kind == ChangeKind::Data) dataRules.insert(c.rule);
+      if (scenario.number == 4) EXPECT_TRUE(dataRules.count(rules::kReadOnlyDataChanged));
+      if (scenario.number == 5) EXPECT_TRUE(namesOf(d, ChangeKind::Data).count("g_rejected"));
+      if (scenario.number == 6) {
+        EXPECT_EQ(dataRules, std::set<std::string>{rules::kWritableDataChanged});
+        EXPECT_TRUE(namesOf(d, ChangeKind::Data).count("g_limit"));
+      }
+      if (e["verdict"] == "hotpatchable")
+        for (const Change &c : d.changes) EXPECT_EQ(c.verdict, Verdict::Hotpatchable) << c.reason;
+      for (const Change &c : d.changes) {
+        EXPECT_FALSE(c.reason.empty());
+        if (c.kind == ChangeKind::Changed && c.firstDifference)
+          EXPECT_NE(c.firstDifference->baseInstruction + c.firstDifference->patchedInstruction, "");
+      }
+      ++checked;
+    }
+  }
+  EXPECT_GT(checked, 80u);
+}
+
+TEST(Differ, ABinaryAgainstItselfHasNoChanges) {
+  for (const Sample &s : samples()) {
+    SCOPED_TRACE(s.path);
+    Image a = load(s.path), b = load(s.path);
+    Diff d = diff(a, b);
+    EXPECT_TRUE(d.changes.empty()) << (d.changes.empty() ? "" : d.changes.front().reason);
+    EXPECT_GT(d.summary.matched, 0u);
+  }
+}
+
+// Stripped builds (ELF: .dynsym + .eh_frame only; PE: .pdata + exports, no PDB) give the same
+// changed set as unstripped ones, by address, with names unknown.
+TEST(Differ, StrippedBuildsGiveTheSameChangedFunctions) {
+  std::vector<Sample> all = samples();
+  size_t checked = 0;
+  for (const std::string &target : targets()) {
+    for (const Scenario &scenario : scenarios()) {
+      const Sample *base = find(all, target, scenario.program, "base");
+      const Sample *patched = find(all, target, scenario.program, scenario.variant);
+      if (!base || !patched || base->strippedPath.empty() || patched->strippedPath.empty()) continue;
+      // A stripped mingw executable keeps only .pdata: its CRT's unnamed constants and pointer
+      // slots are not yet told apart (a known limit, docs/differ.md).
+      if (target.rfind("mingw-", 0) == 0) continue;
+      SCOPED_TRACE(target + " scenario " + std::to_string(scenario.number));
+      Image fb = load(base->path), fp = load(patched->path);
+      Image sb = load(base->strippedPath), sp = load(patched->strippedPath);
+      Diff full = diff(fb, fp), stripped = diff(sb, sp);
+      auto changedRvas = [](const Diff &d) {
+        std::set<uint64_t> out;
+        for (const Change &c : d.changes)
+          if (c.kind == ChangeKind::Changed || c.kind == ChangeKind::Added) out.insert(c.patched->rva);
+        return out;
+      };
+      // A stripped image has no boundaries for leaf functions that nothing describes (PE leaf
+      // functions have no .pdata), so compare on the functions the stripped build can see.
+      std::set<uint64_t> visible;
+      for (const Function &f : sp.functions) visible.insert(f.range.rva);
+      std::set<uint64_t> expected;
+      for (uint64_t rva : changedRvas(full))
+        if (visible.count(rva)) expected.insert(rva);
+      EXPECT_EQ(changedRvas(stripped), expected);
+      EXPECT_EQ(stripped.needsRestart(), full.needsRestart());
+      ++checked;
+    }
+  }
+  EXPECT_GT(checked, 40u);
+}
+
+TEST(Differ, DifferentMachinesAndUnrelatedProgramsAreRefused) {
+  std::vector<Sample> all = samples();
+  const Sample *x64 = find(all, "elf-x64-gcc", "core", "base");
+  const Sample *a64 = find(all, "elf-a64-gcc", "core", "base");
+  const Sample *pe = find(all, "pe-x64", "core", "base");
+  const Sample *other = find(all, "elf-x64-gcc", "live", "base");
+  ASSERT_TRUE(x64 && a64 && pe && other);
+  Image x = load(x64->path), a = load(a64->path), p = load(pe->path), o = load(other->path);
+  for (const Image *second : {&a, &p}) {
+    llvm::Expected<Diff> d = diffImages(x, *second);
+    ASSERT_FALSE(d);
+    EXPECT_NE(llvm::toString(d.takeError()).find("same binary"), std::string::npos);
+  }
+  llvm::Expected<Diff> unrelated = diffImages(x, o);
+  ASSERT_FALSE(unrelated);
+  EXPECT_NE(llvm::toString(unrelated.takeError()).find("unrelated"), std::string::npos);
+}
+
+// The same objects linked in another function order: nothing changed, everything moved.
+TEST(Differ, AnotherFunctionOrderIsNoChange) {
+  const char *source = std::getenv("HOTFORGE_SOURCE_DIR");
+  ASSERT_NE(source, nullptr);
+  std::string src = std::string(source) + "/samples/src", dir = tempDir();
+  for (const char *arch : {"x86_64", "aarch64"}) {
+    SCOPED_TRACE(arch);
+    std::vector<std::string> outputs;
+    for (const char *seed : {"1", "2"}) {
+      std::string out = dir + "/shuffled_" + arch + "_" + seed;
+      CommandResult r = run({"clang-19", std::string("--target=") + arch + "-linux-gnu", "-O2", "-fPIE", "-pie",
+                             "-ffunction-sections", "-fuse-ld=lld", "-I" + src, src + "/core.c", src + "/core_main.c",
+                             std::string("-Wl,--shuffle-sections=.text.*=") + seed, "-o", out});
+      ASSERT_EQ(r.exitCode, 0) << r.err;
+      outputs.push_back(out);
+    }
+    Image a = load(outputs[0]), b = load(outputs[1]);
+    size_t moved = 0;
+    Diff d = diff(a, b);
+    for (const FunctionPair &pair : d.pairs)
+      moved += a.functions[pair.base].range.rva != b.functions[pair.patched].range.rva;
+    EXPECT_GT(moved, 5u) << "the shuffle should move functions";
+    EXPECT_TRUE(d.changes.empty()) << (d.changes.empty() ? "" : d.changes.front().reason);
+  }
+}
+
+TEST(Differ, JsonHasTheDocumentedFields) {
+  std::vector<Sample> all = samples();
+  const Sample *base = find(all, "elf-x64-gcc", "core", "base");
+  const Sample *fix = find(all, "elf-x64-gcc", "core", "fix3");
+  ASSERT_TRUE(base && fix);
+  Image b = load(base->path), p = load(fix->path);
+  nlohmann::json j = toJson(diff(b, p), b, p);
+  EXPECT_EQ(j["schema"], kDiffSchema);
+  for (const char *key : {"matched", "changed", "added", "removed", "needs_restart"})
+    EXPECT_TRUE(j["summary"].contains(key)) << key;
+  ASSERT_FALSE(j["changes"].empty());
+  for (const auto &c : j["changes"]) {
+    for (const char *key : {"kind", "name", "base", "patched", "verdict", "rule", "reason", "match"})
+      EXPECT_TRUE(c.contains(key)) << key;
+    if (c["kind"] == "changed") {
+      EXPECT_TRUE(c["match"]["stage"].is_string());
+      EXPECT_TRUE(c.contains("first_difference"));
+    }
+  }
+}
+
+}  // namespace
+}  // namespace hotforge::test
