@@ -24,8 +24,12 @@ void expectOneLineError(const CommandResult &r, const std::string &path, const s
   EXPECT_NE(r.err.find(needle), std::string::npos) << r.err;
 }
 
-std::string anyElfSample() { return samples("elf-x64-gcc").front().path; }
-std::string anyPeSample() { return samples("pe-x64").front().path; }
+std::string firstSample(const std::string &target) {
+  std::vector<Sample> all = samples(target);
+  return all.empty() ? std::string("(no sample for " + target + ")") : all.front().path;
+}
+std::string anyElfSample() { return firstSample("elf-x64-gcc"); }
+std::string anyPeSample() { return firstSample("pe-x64"); }
 
 // Compiles a tiny C file for `target` and links it when `linker` is given.
 std::string buildForeign(const std::string &name, const std::vector<std::string> &compile,
@@ -119,6 +123,7 @@ TEST(Cli, ForeignBinariesAreRefusedWithTheReason) {
 
 TEST(Cli, PdbOfAnotherImageIsRefused) {
   std::vector<Sample> pe = samples("pe-x64");
+  ASSERT_FALSE(pe.empty());
   std::string otherPdb;
   for (const Sample &s : pe)
     if (s.program != pe.front().program && !s.pdbPath.empty()) otherPdb = s.pdbPath;

@@ -190,9 +190,7 @@ TEST(Differ, DifferentMachinesAndUnrelatedProgramsAreRefused) {
 
 // The same objects linked in another function order: nothing changed, everything moved.
 TEST(Differ, AnotherFunctionOrderIsNoChange) {
-  const char *source = std::getenv("HOTFORGE_SOURCE_DIR");
-  ASSERT_NE(source, nullptr);
-  std::string src = std::string(source) + "/samples/src", dir = tempDir();
+  std::string src = std::string(HOTFORGE_SOURCE_DIR) + "/samples/src", dir = tempDir();
   for (const char *arch : {"x86_64", "aarch64"}) {
     SCOPED_TRACE(arch);
     std::vector<std::string> outputs;

@@ -2,6 +2,9 @@
 // with the ADD/LDR/STR that consume its page, also when they are not adjacent.
 #include "mc_decoder.h"
 
+#include <llvm/ADT/bit.h>
+
+#include <map>
 #include <unordered_map>
 
 namespace hotforge::differ {
@@ -25,6 +28,19 @@ public:
     for (unsigned op = 0; op < mc_.instructions->getNumOpcodes(); ++op) byName[mc_.instructions->getName(op).str()] = op;
     for (auto [name, scale] : scaled)
       if (auto it = byName.find(name); it != byName.end()) accessScale_[it->second] = scale;
+    static const std::pair<const char *, FieldEncoding> pcRelative[] = {
+        {"B", FieldEncoding::A64Branch26},      {"BL", FieldEncoding::A64Branch26},
+        {"Bcc", FieldEncoding::A64Branch19},    {"BCcc", FieldEncoding::A64Branch19},
+        {"CBZW", FieldEncoding::A64Branch19},   {"CBZX", FieldEncoding::A64Branch19},
+        {"CBNZW", FieldEncoding::A64Branch19},  {"CBNZX", FieldEncoding::A64Branch19},
+        {"TBZW", FieldEncoding::A64Branch14},   {"TBZX", FieldEncoding::A64Branch14},
+        {"TBNZW", FieldEncoding::A64Branch14},  {"TBNZX", FieldEncoding::A64Branch14},
+        {"ADR", FieldEncoding::A64Adr21},       {"LDRWl", FieldEncoding::A64Literal19},
+        {"LDRXl", FieldEncoding::A64Literal19}, {"LDRSl", FieldEncoding::A64Literal19},
+        {"LDRDl", FieldEncoding::A64Literal19}, {"LDRQl", FieldEncoding::A64Literal19},
+        {"LDRSWl", FieldEncoding::A64Literal19}, {"PRFMl", FieldEncoding::A64Literal19}};
+    for (auto [name, encoding] : pcRelative)
+      if (auto it = byName.find(name); it != byName.end()) pcRelativeEncoding_[it->second] = encoding;
     // Calls preserve x19-x28 (AAPCS64): addresses held there survive a call, the rest do not.
     for (unsigned reg = 1; reg < mc_.registers->getNumRegs(); ++reg) {
       StringRef name = mc_.registers->getName(reg);
@@ -54,8 +70,9 @@ protected:
 
   void endFunction(DecodeState &state) override {
     // An ADRP nobody consumed still depends on the layout, at page granularity.
-    for (auto &[instruction, page] : pendingPages_)
-      state.out.references.push_back({instruction, ReferenceKind::Page, page});
+    for (auto &[instruction, adrp] : pendingPages_)
+      state.out.references.push_back(
+          {instruction, ReferenceKind::Page, adrp.value, adrp.offset, 4, 0, 0, FieldEncoding::A64AdrPage21});
   }
 
   void analyze(const MCInst &inst, uint64_t pc, uint64_t size, uint32_t index, DecodeState &state) override {
@@ -71,16 +88,17 @@ protected:
       if (inst.getOpcode() == adrp_) {
         uint64_t page = (pc & ~uint64_t(0xfff)) + uint64_t(imm) * 4096;
         unsigned reg = inst.getOperand(0).getReg();
-        known_[reg] = {page, index, true};
-        pendingPages_[index] = page;
+        known_[reg] = {page, index, state.offset, true};
+        pendingPages_[index] = known_[reg];
         return;
       }
       uint64_t target = inst.getOpcode() == adr_ ? pc + uint64_t(imm) : pc + uint64_t(imm) * 4;
       ReferenceKind kind = desc.isCall() ? ReferenceKind::Call
                            : desc.isBranch() ? ReferenceKind::Branch
                                              : ReferenceKind::Memory;
-      state.out.references.push_back({index, kind, target});
-      if (inst.getOpcode() == adr_) known_[inst.getOperand(0).getReg()] = {target, index, false};
+      auto encoding = pcRelativeEncoding_.find(inst.getOpcode());
+      state.add(index, kind, target, encoding != pcRelativeEncoding_.end() ? encoding->second : FieldEncoding::None);
+      if (inst.getOpcode() == adr_) known_[inst.getOperand(0).getReg()] = {target, index, state.offset, false};
       else killDefinitions(inst, desc);
       if (desc.isCall()) forgetCallerSaved();
       return;
@@ -96,11 +114,22 @@ protected:
         uint64_t imm = uint64_t(inst.getOperand(2).getImm());
         uint64_t target = isAdd ? base->second.value + (imm << (inst.getNumOperands() > 3 ? inst.getOperand(3).getImm() : 0))
                                 : base->second.value + imm * scale->second;
-        if (base->second.isPage) pendingPages_.erase(base->second.instruction);
+        const KnownAddress producer = base->second;
         mixOperands(inst, state, 2);
-        state.out.references.push_back({index, ReferenceKind::Memory, target});
+        if (producer.isPage) {
+          // The ADRP is re-aimed at this consumer's target too (one reference per consumer).
+          pendingPages_.erase(producer.instruction);
+          state.out.references.push_back({producer.instruction, ReferenceKind::Memory, target, producer.offset, 4, 0, 0,
+                                          FieldEncoding::A64AdrPage21});
+          state.add(index, ReferenceKind::Memory, target,
+                    isAdd ? FieldEncoding::A64AddLo12 : FieldEncoding::A64LdStLo12, 0,
+                    isAdd ? 0 : uint8_t(llvm::countr_zero(scale->second)));
+        } else {
+          // An offset from an address an earlier ADD formed: follows from that reference.
+          state.add(index, ReferenceKind::Memory, target, FieldEncoding::None);
+        }
         killDefinitions(inst, desc);
-        if (isAdd) known_[inst.getOperand(0).getReg()] = {target, index, false};
+        if (isAdd) known_[inst.getOperand(0).getReg()] = {target, index, state.offset, false};
         return;
       }
     }
@@ -113,6 +142,7 @@ private:
   struct KnownAddress {
     uint64_t value = 0;
     uint32_t instruction = 0;  // the ADRP or ADD that produced it
+    uint32_t offset = 0;       // its byte offset in the function
     bool isPage = false;
   };
 
@@ -133,7 +163,8 @@ private:
   std::unordered_map<unsigned, unsigned> accessScale_;
   unsigned hint_ = 0, adr_ = 0, adrp_ = 0, addImmediate_ = 0;
   std::unordered_map<unsigned, KnownAddress> known_;
-  std::map<uint32_t, uint64_t> pendingPages_;  // ordered: deterministic output
+  std::map<uint32_t, KnownAddress> pendingPages_;  // ADRPs not consumed yet; ordered: deterministic
+  std::unordered_map<unsigned, FieldEncoding> pcRelativeEncoding_;
 };
 
 }  // namespace

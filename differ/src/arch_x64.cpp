@@ -2,6 +2,10 @@
 // included, since the operand form is the same), and relocated absolute immediates.
 #include "mc_decoder.h"
 
+#include <llvm/MC/MCCodeEmitter.h>
+#include <llvm/MC/MCExpr.h>
+#include <llvm/MC/MCFixup.h>
+
 #include <unordered_map>
 #include <unordered_set>
 
@@ -22,6 +26,10 @@ public:
       byName[name.str()] = op;
     }
     // Short and near forms of a branch are one shape: the assembler picks by distance.
+    shortJmp_ = byName["JMP_1"];
+    shortJcc_ = byName["JCC_1"];
+    emitter_.reset(mc_.target->createMCCodeEmitter(*mc_.instructions, *mc_.context));
+    marker_ = mc_.context->createTempSymbol();
     for (const char *family : {"JMP", "JCC"})
       for (const char *width : {"_1", "_2", "_4"})
         if (auto it = byName.find(std::string(family) + width); it != byName.end())
@@ -41,7 +49,9 @@ protected:
       auto canonical = canonicalBranch_.find(inst.getOpcode());
       state.hash = mixHash(state.hash, canonical != canonicalBranch_.end() ? canonical->second : inst.getOpcode());
       mixOperands(inst, state, 0);
-      state.out.references.push_back({index, desc.isCall() ? ReferenceKind::Call : ReferenceKind::Branch, target});
+      bool rel8 = inst.getOpcode() == shortJmp_ || inst.getOpcode() == shortJcc_;
+      state.add(index, desc.isCall() ? ReferenceKind::Call : ReferenceKind::Branch, target,
+                rel8 ? FieldEncoding::X64Rel8 : FieldEncoding::X64Rel32, uint8_t(size - (rel8 ? 1 : 4)));
       return;
     }
     state.hash = mixHash(state.hash, inst.getOpcode());
@@ -55,8 +65,9 @@ protected:
         if (op.isImm() && int(i) != displacement && uint64_t(op.getImm()) >= state.relocations.imageBase &&
             uint64_t(op.getImm()) - state.relocations.imageBase < (1ull << 32)) {
           absolute = int(i);
-          state.out.references.push_back(
-              {index, ReferenceKind::Absolute, uint64_t(op.getImm()) - state.relocations.imageBase});
+          // movabs: the 8-byte immediate ends the instruction.
+          state.add(index, ReferenceKind::Absolute, uint64_t(op.getImm()) - state.relocations.imageBase,
+                    FieldEncoding::X64Abs64, uint8_t(size - 8));
         }
       }
     }
@@ -64,11 +75,29 @@ protected:
     if (displacement >= 0) {
       if (std::optional<uint64_t> address =
               mc_.analysis->evaluateMemoryOperandAddress(inst, mc_.subtarget.get(), pc, size))
-        state.out.references.push_back({index, ReferenceKind::Memory, *address});
+        state.add(index, ReferenceKind::Memory, *address, FieldEncoding::X64Rel32,
+                  state.exactFields ? displacementOffset(inst, displacement, size) : 0);
     }
   }
 
 private:
+  // Where disp32 sits in a RIP-relative instruction: re-encode it with the displacement as a
+  // symbol and read the fixup's offset. Measured from the end, since an immediate may follow and
+  // the re-encoding may choose other prefixes.
+  uint8_t displacementOffset(const MCInst &inst, int displacement, uint64_t size) {
+    MCInst copy = inst;
+    copy.getOperand(displacement) = MCOperand::createExpr(MCSymbolRefExpr::create(marker_, *mc_.context));
+    SmallVector<char, 16> bytes;
+    SmallVector<MCFixup, 2> fixups;
+    emitter_->encodeInstruction(copy, bytes, fixups, *mc_.subtarget);
+    for (const MCFixup &f : fixups)
+      if (f.getOffset() + 4 <= bytes.size()) return uint8_t(size - (bytes.size() - f.getOffset()));
+    return uint8_t(size - 4);
+  }
+
+  std::unique_ptr<MCCodeEmitter> emitter_;
+  MCSymbol *marker_ = nullptr;
+  unsigned shortJmp_ = 0, shortJcc_ = 0;
   unsigned rip_ = 0;
   std::unordered_set<unsigned> noise_;
   std::unordered_map<unsigned, unsigned> canonicalBranch_;

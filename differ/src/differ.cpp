@@ -28,6 +28,19 @@ std::string_view verdictName(Verdict verdict) {
   return verdict == Verdict::Hotpatchable ? "hotpatchable" : "needs-restart";
 }
 
+std::string_view bindingKindName(Binding::Kind kind) {
+  switch (kind) {
+  case Binding::Kind::Local: return "local";
+  case Binding::Kind::Function: return "function";
+  case Binding::Kind::Base: return "base";
+  case Binding::Kind::Constant: return "constant";
+  case Binding::Kind::JumpTable: return "jump-table";
+  case Binding::Kind::NewData: return "new-data";
+  case Binding::Kind::Unbound: return "unbound";
+  }
+  return "unknown";
+}
+
 std::string_view matchStageName(MatchStage stage) {
   switch (stage) {
   case MatchStage::Name: return "name";
@@ -99,6 +112,7 @@ public:
     diff.log = matching_.log;
     compareFunctions(diff);
     collectData(diff);
+    bindPatchCode(diff);
     finish(diff);
     return diff;
   }
@@ -597,6 +611,134 @@ private:
     }
   }
 
+  // Where every reference of the code the patch carries must point once loaded.
+  void bindPatchCode(Diff &diff) {
+    carried_.assign(patched_.decoded.size(), false);
+    for (size_t p : diff.addedFunctions) carried_[p] = true;
+    for (const FunctionPair &pair : diff.pairs) carried_[pair.patched] = pair.changed;
+    indexBaseSlots();
+    InstructionDecoder &decoder = *decoders_[0];
+    for (size_t p = 0; p < patched_.decoded.size(); ++p) {
+      if (!carried_[p]) continue;
+      FunctionBindings fb;
+      fb.patched = p;
+      fb.base = matching_.patchedToBase[p];
+      for (const CodeReference &r : patched_.decoded[p].references) {
+        Binding b = bind(p, r, decoder);
+        if (b.kind == Binding::Kind::Unbound) {
+          Change c = functionChange(fb.base ? ChangeKind::Changed : ChangeKind::Added, fb.base ? &*fb.base : nullptr, &p);
+          c.kind = ChangeKind::Data;
+          c.rule = rules::kUnboundReference;
+          c.verdict = Verdict::NeedsRestart;
+          c.reason = fmt::format("{} at +{:#x} refers to {}: {}", displayName(c.name), r.offset,
+                                 describeAddress(patched_.image, r.target), b.note);
+          diff.changes.push_back(std::move(c));
+        }
+        fb.references.push_back(std::move(b));
+      }
+      diff.bindings.push_back(std::move(fb));
+    }
+  }
+
+  void indexBaseSlots() {
+    for (auto &[begin, end] : base_.stubRanges())
+      for (uint64_t rva = begin; rva + 16 <= end; rva += 16)
+        if (std::optional<uint64_t> slot = base_.stubSlot(rva, *decoders_[0]))
+          if (auto it = base_.pointers.find(*slot); it != base_.pointers.end() && it->second.symbol)
+            baseStubs_.try_emplace(*it->second.symbol, rva);
+    for (auto &[slot, pointer] : base_.pointers) {
+      if (pointer.symbol) baseSymbolSlots_.try_emplace(*pointer.symbol, slot);
+      else basePointeeSlots_.try_emplace(pointer.rva, slot);
+    }
+    for (auto &[slot, import] : base_.importSlots) baseImportSlots_.try_emplace(import->library + "!" + import->name, slot);
+  }
+
+  // The base address that holds what `target` (a patched address) holds, if any.
+  std::optional<uint64_t> baseCounterpart(uint64_t target) const {
+    const Function *f = nullptr;
+    const DataObject *o = nullptr;
+    switch (patched_.classify(target, &f, &o)) {
+    case TargetClass::Function:
+      if (auto b = matching_.patchedToBase[patched_.functionIndex(f)])
+        return base_.image.functions[*b].range.rva + (target - f->range.rva);
+      return std::nullopt;
+    case TargetClass::DataObject:
+      if (auto b = patchedDataToBase_[patched_.dataIndex(o)]) return base_.data[*b]->range.rva + (target - o->range.rva);
+      return std::nullopt;
+    case TargetClass::Writable:
+      if (auto it = anonymousToBase_.find(target); it != anonymousToBase_.end()) return it->second;
+      return std::nullopt;
+    default: return std::nullopt;
+    }
+  }
+
+  Binding bind(size_t p, const CodeReference &r, InstructionDecoder &decoder) {
+    using Kind = Binding::Kind;
+    const Function *f = nullptr;
+    const DataObject *o = nullptr;
+    uint64_t target = r.target;
+    if (r.kind == ReferenceKind::Page)
+      return {Kind::Unbound, target, 0, "an ADRP whose use could not be followed"};
+    switch (patched_.classify(target, &f, &o)) {
+    case TargetClass::Function: {
+      size_t index = patched_.functionIndex(f);
+      if (index == p) return {Kind::Local, target, 0, {}};
+      bool direct = r.kind == ReferenceKind::Call || r.kind == ReferenceKind::Branch;
+      // Calls go straight to carried code; a taken address stays the base's, whose entry is
+      // redirected, so function pointers compare equal across old and new code.
+      if (carried_[index] && (direct || !matching_.patchedToBase[index])) return {Kind::Function, target, 0, {}};
+      if (std::optional<uint64_t> b = baseCounterpart(target)) return {Kind::Base, *b, 0, {}};
+      return {Kind::Unbound, target, 0, "a function with no counterpart in the base"};
+    }
+    case TargetClass::Stub: {
+      std::optional<uint64_t> slot = patched_.stubSlot(target, decoder);
+      auto pointer = slot ? patched_.pointers.find(*slot) : patched_.pointers.end();
+      if (pointer == patched_.pointers.end() || !pointer->second.symbol)
+        return {Kind::Unbound, target, 0, "a stub whose import could not be read"};
+      if (auto it = baseStubs_.find(*pointer->second.symbol); it != baseStubs_.end()) return {Kind::Base, it->second, 0, {}};
+      return {Kind::Unbound, target, 0, "`" + *pointer->second.symbol + "`, which the base does not import"};
+    }
+    case TargetClass::ImportSlot: {
+      const Import *i = patched_.importSlots.at(target);
+      if (auto it = baseImportSlots_.find(i->library + "!" + i->name); it != baseImportSlots_.end())
+        return {Kind::Base, it->second, 0, {}};
+      return {Kind::Unbound, target, 0, "import `" + i->name + "`, which the base does not have"};
+    }
+    case TargetClass::DataObject: {
+      size_t index = patched_.dataIndex(o);
+      std::optional<size_t> b = patchedDataToBase_[index];
+      bool readOnly = patched_.isReadOnly(o->range.rva);
+      // Existing variables stay the base's (their running values are the state); constants that
+      // changed travel with the code.
+      if (b && (!readOnly || patchedDataContent_[index] == baseDataContent_[*b]))
+        return {Kind::Base, base_.data[*b]->range.rva + (target - o->range.rva), 0, {}};
+      uint64_t size = o->sizeKnown || !readOnly ? o->range.size : patched_.naturalExtent(o->range.rva);
+      return {readOnly ? Kind::Constant : Kind::NewData, o->range.rva, size, {}};
+    }
+    case TargetClass::PointerSlot: {
+      const PointerTarget &pointer = patched_.pointers.at(target);
+      if (pointer.symbol) {
+        if (auto it = baseSymbolSlots_.find(*pointer.symbol); it != baseSymbolSlots_.end())
+          return {Kind::Base, it->second, 0, {}};
+        return {Kind::Unbound, target, 0, "a slot for `" + *pointer.symbol + "`, which the base does not have"};
+      }
+      if (std::optional<uint64_t> pointee = baseCounterpart(pointer.rva))
+        if (auto it = basePointeeSlots_.find(*pointee); it != basePointeeSlots_.end()) return {Kind::Base, it->second, 0, {}};
+      return {Kind::Unbound, target, 0, "a pointer slot with no counterpart in the base"};
+    }
+    case TargetClass::ReadOnly: {
+      uint64_t entries = patched_.relativeTableEntries(target, patched_.image.functions[p]);
+      if (entries >= 2) return {Kind::JumpTable, target, entries * 4, {}};
+      return {Kind::Constant, target, patched_.naturalExtent(target), {}};
+    }
+    case TargetClass::Writable:
+      if (std::optional<uint64_t> b = baseCounterpart(target)) return {Kind::Base, *b, 0, {}};
+      return {Kind::NewData, target, patched_.naturalExtent(target), {}};
+    case TargetClass::Unknown: break;
+    }
+    return {Kind::Unbound, target, 0, "an address outside every section"};
+  }
+
   Change dataChange(const DataObject *b, const DataObject *p, const char *rule, Verdict verdict, std::string reason) {
     Change c;
     c.kind = ChangeKind::Data;
@@ -632,6 +774,9 @@ private:
   std::vector<uint64_t> baseDataContent_, patchedDataContent_;
   std::map<uint64_t, uint64_t> anonymousToBase_, anonymousToPatched_;
   std::set<uint64_t> reportedConstants_;
+  std::vector<bool> carried_;  // per patched function: the patch carries it
+  std::map<std::string, uint64_t> baseStubs_, baseSymbolSlots_, baseImportSlots_;
+  std::map<uint64_t, uint64_t> basePointeeSlots_;
 };
 
 }  // namespace

@@ -34,6 +34,7 @@ Expected<McToolkit> McToolkit::create(const std::string &tripleName, const std::
   std::string error;
   const Target *target = TargetRegistry::lookupTarget(tripleName, error);
   if (!target) return formatError("no LLVM target for {}: {}", tripleName, error);
+  mc.target = target;
   mc.registers.reset(target->createMCRegInfo(tripleName));
   MCTargetOptions options;
   if (mc.registers) mc.asmInfo.reset(target->createMCAsmInfo(*mc.registers, tripleName, options));
@@ -74,7 +75,7 @@ void McDecoder::mixOperands(const MCInst &inst, DecodeState &state, int maskedA,
 DecodedFunction McDecoder::decode(ArrayRef<uint8_t> code, uint64_t rva, const RelocationIndex &relocations,
                                   bool perInstructionShapes) {
   DecodedFunction out;
-  DecodeState state{out, 0x484f54464f524745ull, relocations};
+  DecodeState state{out, 0x484f54464f524745ull, relocations, perInstructionShapes};
   beginFunction();
   uint64_t offset = 0;
   MCInst inst;
@@ -100,6 +101,8 @@ DecodedFunction McDecoder::decode(ArrayRef<uint8_t> code, uint64_t rva, const Re
       // Each instruction's shape is hashed on its own, then chained into the function's.
       uint64_t chain = state.hash;
       state.hash = 0;
+      state.offset = uint32_t(offset);
+      state.size = uint8_t(size);
       analyze(inst, rva + offset, size, index, state);
       if (perInstructionShapes) out.instructionShapes.push_back(state.hash);
       state.hash = mixHash(chain, state.hash);

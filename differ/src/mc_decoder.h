@@ -2,7 +2,7 @@
 // handling and printing. Architectures supply only what differs (arch_x64.cpp, arch_arm64.cpp).
 #pragma once
 
-#include "arch.h"
+#include "hotforge/arch.h"
 
 #include <llvm/MC/MCAsmInfo.h>
 #include <llvm/MC/MCContext.h>
@@ -13,12 +13,14 @@
 #include <llvm/MC/MCInstrInfo.h>
 #include <llvm/MC/MCRegisterInfo.h>
 #include <llvm/MC/MCSubtargetInfo.h>
+#include <llvm/MC/TargetRegistry.h>
 #include <llvm/TargetParser/Triple.h>
 
 namespace hotforge::differ {
 
 struct McToolkit {
   llvm::Triple triple;
+  const llvm::Target *target = nullptr;
   std::unique_ptr<llvm::MCRegisterInfo> registers;
   std::unique_ptr<llvm::MCAsmInfo> asmInfo;
   std::unique_ptr<llvm::MCSubtargetInfo> subtarget;
@@ -37,6 +39,15 @@ struct DecodeState {
   DecodedFunction &out;
   uint64_t hash = 0;
   const RelocationIndex &relocations;
+  bool exactFields = false;  // find exact field offsets (the emitter needs them, the differ does not)
+  uint32_t offset = 0;       // of the instruction being analysed, within the function
+  uint8_t size = 0;
+
+  // A reference of the instruction being analysed.
+  void add(uint32_t index, ReferenceKind kind, uint64_t target, FieldEncoding encoding, uint8_t fieldOffset = 0,
+           uint8_t scale = 0) {
+    out.references.push_back({index, kind, target, offset, size, fieldOffset, scale, encoding});
+  }
 };
 
 class McDecoder : public InstructionDecoder {

@@ -212,6 +212,15 @@ uint64_t Program::naturalExtent(uint64_t rva) const {
   return end - rva;
 }
 
+uint64_t Program::relativeTableEntries(uint64_t rva, const Function &within) const {
+  uint64_t entries = 0;
+  for (;; ++entries) {
+    llvm::ArrayRef<uint8_t> word = image.bytesAt(rva + entries * 4, 4);
+    if (word.size() != 4 || !within.range.contains(rva + int64_t(int32_t(llvm::support::endian::read32le(word.data())))))
+      return entries;
+  }
+}
+
 uint64_t Program::contentHash(uint64_t rva, uint64_t size, const Function *within,
                               const std::function<uint64_t(uint64_t)> &pointerClass) const {
   // A table of 32-bit offsets from its own start into the function that uses it (x64 switch

@@ -3,7 +3,7 @@
 // a named object, the content of a constant).
 #pragma once
 
-#include "arch.h"
+#include "hotforge/arch.h"
 
 #include <functional>
 #include <unordered_map>
@@ -63,7 +63,11 @@ struct Program {
   uint64_t contentHash(uint64_t rva, uint64_t size, const Function *within,
                        const std::function<uint64_t(uint64_t)> &pointerClass) const;
   uint64_t naturalExtent(uint64_t rva) const;
+  // How many 32-bit entries from `rva` on, read as offsets from `rva`, land inside `within` (an
+  // x64 switch table): 0 or 1 means it is no such table.
+  uint64_t relativeTableEntries(uint64_t rva, const Function &within) const;
   void findSplitParts();  // after decoding
+  const std::vector<std::pair<uint64_t, uint64_t>> &stubRanges() const { return stubRanges_; }
 
 private:
   std::vector<std::pair<uint64_t, uint64_t>> stubRanges_;

@@ -60,6 +60,32 @@ struct Change {
   bool writable = false;  // data changes: the object lives in writable memory
 };
 
+// Where one reference of patch code must point once the patch is loaded: the emitter's input.
+struct Binding {
+  enum class Kind : uint8_t {
+    Local,      // inside the same function: the copied bytes already agree
+    Function,   // a function the patch carries (changed or added): `address` is its patched RVA
+    Base,       // something that stays in the running base: `address` is a base RVA
+    Constant,   // read-only bytes the patch carries a copy of: patched RVA and size
+    JumpTable,  // a table of 32-bit offsets from its start into the function: patched RVA, size
+    NewData,    // writable data the patch brings: patched RVA and size
+    Unbound,    // nothing to bind to: the function needs a restart (`note` says why)
+  };
+  Kind kind = Kind::Unbound;
+  uint64_t address = 0;
+  uint64_t size = 0;
+  std::string note;
+};
+std::string_view bindingKindName(Binding::Kind kind);
+
+// Bindings of one function the patch carries, parallel to the references the architecture's
+// decoder reports for it.
+struct FunctionBindings {
+  size_t patched = 0;  // index into the patched Image's functions
+  std::optional<size_t> base;  // its base counterpart, for changed functions
+  std::vector<Binding> references;
+};
+
 struct DiffSummary {
   size_t matched = 0, changed = 0, added = 0, removed = 0, needsRestart = 0;
 };
@@ -69,6 +95,7 @@ struct Diff {
   std::vector<size_t> addedFunctions;    // patched indices with no base counterpart
   std::vector<size_t> removedFunctions;  // base indices with no patched counterpart
   std::vector<Change> changes;           // what a release engineer reads; sorted, deterministic
+  std::vector<FunctionBindings> bindings;  // every changed and added function (with its parts)
   DiffSummary summary;
   std::vector<std::string> log;  // one line per matching stage: how many pairs it found
 
@@ -99,6 +126,7 @@ inline constexpr const char *kDataRemoved = "HF202";
 inline constexpr const char *kWritableDataChanged = "HF210";
 inline constexpr const char *kDataSizeChanged = "HF211";
 inline constexpr const char *kTlsLayoutChanged = "HF212";
+inline constexpr const char *kUnboundReference = "HF300";
 }  // namespace rules
 
 }  // namespace hotforge

@@ -25,10 +25,32 @@ enum class ReferenceKind : uint8_t {
   Absolute,   // a pointer-sized immediate covered by a relocation
 };
 
+// How the address is encoded in the instruction, so the emitter can re-aim it.
+enum class FieldEncoding : uint8_t {
+  None,          // nothing to rewrite: the address follows from another reference (an ADD's result)
+  X64Rel8,       // 8-bit displacement from the end of the instruction
+  X64Rel32,      // 32-bit displacement from the end of the instruction (branches, RIP-relative)
+  X64Abs64,      // absolute pointer-sized immediate (covered by a relocation)
+  A64Branch26,   // B, BL
+  A64Branch19,   // B.cond, CBZ, CBNZ
+  A64Branch14,   // TBZ, TBNZ
+  A64Literal19,  // LDR (literal)
+  A64Adr21,      // ADR
+  A64AdrPage21,  // ADRP: the 4 KiB page of the target
+  A64AddLo12,    // ADD Xd, Xn, #:lo12:target
+  A64LdStLo12,   // LDR/STR [Xn, #:lo12:target], immediate scaled by the access size
+};
+std::string_view fieldEncodingName(FieldEncoding encoding);
+
 struct CodeReference {
   uint32_t instruction = 0;  // index of the referencing instruction within the function
   ReferenceKind kind = ReferenceKind::Memory;
   uint64_t target = 0;  // RVA
+  uint32_t offset = 0;  // byte offset of the instruction within the function
+  uint8_t size = 0;     // instruction size in bytes
+  uint8_t fieldOffset = 0;  // x64: where the address field starts within the instruction
+  uint8_t scale = 0;        // A64LdStLo12: log2 of the access size
+  FieldEncoding encoding = FieldEncoding::None;
 };
 
 // One function reduced to what "unchanged" means: the shape (opcodes and every operand that does
@@ -66,6 +88,8 @@ struct RelocationIndex {
 class InstructionDecoder {
 public:
   virtual ~InstructionDecoder() = default;
+  // With `perInstructionShapes`, also fills instructionShapes and, on x64, the exact fieldOffset
+  // of RIP-relative operands (which costs a re-encoding per such instruction).
   virtual DecodedFunction decode(llvm::ArrayRef<uint8_t> code, uint64_t rva, const RelocationIndex &relocations,
                                  bool perInstructionShapes = false) = 0;
   // The counted instructions (same indexing as DecodedFunction) with their text.
