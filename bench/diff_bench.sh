@@ -24,34 +24,42 @@ for tool in "$hf" bsdiff bspatch xdelta3 zstd /usr/bin/time; do
   command -v "$tool" >/dev/null || { echo "diff_bench.sh: $tool not found" >&2; exit 1; }
 done
 
-# run NAME OUTPUT COMMAND...: runs once, records "seconds KiB cpu% status" in $work/NAME.time.
+# run NAME OUTPUT COMMAND...: runs HOTFORGE_BENCH_REPEAT times (default once) and keeps the fastest
+# run's "seconds KiB cpu% user sys status output" in $work/NAME.result.
+repeat=${HOTFORGE_BENCH_REPEAT:-1}
 run() {
   local name=$1 output=$2; shift 2
-  local status=0
-  /usr/bin/time -f "%e %M %P" -o "$work/$name.time" "$@" >"$work/$name.stdout" 2>"$work/$name.stderr" || status=$?
-  local line
-  line=$(tail -n 1 "$work/$name.time")  # after "Command exited with non-zero status N", if any
-  echo "$line $status $output" >"$work/$name.result"
-  echo "  $name: ${line%% *}s (exit $status)" >&2
+  local best="" i
+  for ((i = 0; i < repeat; i++)); do
+    local status=0 line
+    /usr/bin/time -f "%e %M %P %U %S" -o "$work/$name.time" "$@" >"$work/$name.stdout" 2>"$work/$name.stderr" ||
+      status=$?
+    line="$(tail -n 1 "$work/$name.time") $status $output"  # the last line follows "Command exited with ..."
+    echo "  $name: ${line%% *}s (exit $status)" >&2
+    if [ -z "$best" ] || awk -v a="${line%% *}" -v b="${best%% *}" 'BEGIN { exit !(a < b) }'; then best=$line; fi
+  done
+  echo "$best" >"$work/$name.result"
 }
 
 size() { stat -c %s "$1"; }
 base_size=$(size "$base")
 patched_size=$(size "$patched")
+echo "== diff: hotforge $hf (built $(date -u -r "$hf" +%FT%TZ), sha256 $(sha256sum "$hf" | cut -c1-12)); load average" \
+  "$(cut -d' ' -f1-3 /proc/loadavg)"
 echo "== diff: $(nproc) cores; inputs base.elf $base_size bytes ($((base_size / 1048576)) MiB), patched.elf" \
   "$patched_size bytes ($((patched_size / 1048576)) MiB)"
 
-echo "running each tool once (bsdiff capped at ${bsdiff_timeout}s):" >&2
+echo "running each tool $repeat time(s), keeping the fastest (bsdiff once, capped at ${bsdiff_timeout}s):" >&2
 # hotforge exits 3 when a change needs a restart: not a failure.
 run hotforge "$work/out.json" "$hf" diff "$base" "$patched" --json -o "$work/out.json"
-run bsdiff "$work/p.bsdiff" timeout "$bsdiff_timeout" bsdiff "$base" "$patched" "$work/p.bsdiff"
+repeat=1 run bsdiff "$work/p.bsdiff" timeout "$bsdiff_timeout" bsdiff "$base" "$patched" "$work/p.bsdiff"
 run xdelta3 "$work/p.xd3" xdelta3 -9 -e -f -s "$base" "$patched" "$work/p.xd3"
 run zstd "$work/p.zst" zstd -q -f --patch-from="$base" "$patched" -o "$work/p.zst"
 
 # Each patch must rebuild patched.elf (not timed).
 verify() {
   local name=$1; shift
-  if [ ! -s "$work/$name.result" ] || [ "$(cut -d' ' -f4 "$work/$name.result")" != 0 ]; then
+  if [ ! -s "$work/$name.result" ] || [ "$(cut -d' ' -f6 "$work/$name.result")" != 0 ]; then
     echo "failed" >"$work/$name.verify"
   elif "$@" >/dev/null 2>&1 && cmp -s "$work/$name.rebuilt" "$patched"; then
     echo "ok" >"$work/$name.verify"
@@ -63,7 +71,7 @@ verify() {
 verify bsdiff bspatch "$base" "$work/bsdiff.rebuilt" "$work/p.bsdiff"
 verify xdelta3 xdelta3 -d -f -s "$base" "$work/p.xd3" "$work/xdelta3.rebuilt"
 verify zstd zstd -q -d -f --patch-from="$base" "$work/p.zst" -o "$work/zstd.rebuilt"
-hf_status=$(cut -d' ' -f4 "$work/hotforge.result")
+hf_status=$(cut -d' ' -f6 "$work/hotforge.result")
 if [ "$hf_status" = 0 ] || [ "$hf_status" = 3 ]; then echo "report" >"$work/hotforge.verify"; else echo "failed" >"$work/hotforge.verify"; fi
 # What zstd chose: its frame header gives the window it needs to decompress.
 zstd -lv "$work/p.zst" >"$work/zstd.info" 2>&1 || true
@@ -75,24 +83,25 @@ work, base_size, patched_size, expected_path, cores = sys.argv[1], int(sys.argv[
 MiB = 1048576
 rows = {}
 for tool in ("hotforge", "bsdiff", "xdelta3", "zstd"):
-    seconds, kib, cpu, status, output = open(os.path.join(work, tool + ".result")).read().split()
+    seconds, kib, cpu, user, system, status, output = open(os.path.join(work, tool + ".result")).read().split()
     size = os.path.getsize(output) if os.path.exists(output) else None
     verdict = open(os.path.join(work, tool + ".verify")).read().strip()
     if tool == "bsdiff" and status == "124":
         verdict = "TIMEOUT"
-    rows[tool] = dict(seconds=float(seconds), mib=int(kib) / 1024, cpu=cpu, status=int(status), size=size,
+    rows[tool] = dict(seconds=float(seconds), mib=int(kib) / 1024, cpu=cpu, cpus=float(user) + float(system),
+                      status=int(status), size=size,
                       verdict=verdict)
 
 hf = rows["hotforge"]
-print("%-9s %9s %9s %6s %13s %9s %9s  %s" % ("tool", "seconds", "peak MiB", "CPU", "output bytes",
-                                              "time/hf", "mem/hf", "result"))
+print("%-9s %8s %8s %9s %6s %13s %8s %8s  %s" % ("tool", "seconds", "CPU s", "peak MiB", "CPU", "output bytes",
+                                                  "time/hf", "mem/hf", "result"))
 for tool, r in rows.items():
-    print("%-9s %9.2f %9.1f %6s %13s %9s %9s  %s" % (
-        tool, r["seconds"], r["mib"], r["cpu"], r["size"] if r["size"] is not None else "-",
-        "%.1fx" % (r["seconds"] / hf["seconds"]) if hf["seconds"] > 0 else "-",
+    print("%-9s %8.2f %8.2f %9.1f %6s %13s %8s %8s  %s" % (
+        tool, r["seconds"], r["cpus"], r["mib"], r["cpu"], r["size"] if r["size"] is not None else "-",
+        "%.2fx" % (r["seconds"] / hf["seconds"]) if hf["seconds"] > 0 else "-",
         "%.2fx" % (r["mib"] / hf["mib"]) if hf["mib"] > 0 else "-", r["verdict"]))
-print("(hotforge's output is its JSON report, not a patch; the others' outputs are byte patches, checked by "
-      "rebuilding patched.elf)")
+print("(seconds: wall; CPU s: user + system; CPU: %P of one core. hotforge's output is its JSON report, not a "
+      "patch; the others' outputs are byte patches, checked by rebuilding patched.elf)")
 zinfo = open(os.path.join(work, "zstd.info")).read()
 m = re.search(r"Window Size:\s*(.*)", zinfo)
 if m:
@@ -117,10 +126,12 @@ if rows["bsdiff"]["verdict"] == "TIMEOUT":
         "met" if rows["bsdiff"]["seconds"] >= 10 * hf["seconds"] else "unknown"))
 else:
     r = rows["bsdiff"]["seconds"] / hf["seconds"]
-    print("target >= 10x faster than bsdiff: %.1fx: %s" % (r, "met" if r >= 10 else "MISSED"))
+    print("target >= 10x faster than bsdiff: %.1fx wall (%.1fx in CPU seconds): %s" % (
+        r, rows["bsdiff"]["cpus"] / max(hf["cpus"], 0.01), "met" if r >= 10 else "MISSED"))
     ok_targets &= r >= 10
 r = hf["seconds"] / rows["zstd"]["seconds"] if rows["zstd"]["seconds"] > 0 else float("inf")
-print("target <= 3x the time of zstd --patch-from: %.2fx: %s" % (r, "met" if r <= 3 else "MISSED"))
+print("target <= 3x the time of zstd --patch-from: %.2fx wall (%.2fx in CPU seconds): %s" % (
+    r, hf["cpus"] / max(rows["zstd"]["cpus"], 0.01), "met" if r <= 3 else "MISSED"))
 ok_targets &= r <= 3
 print("target peak memory <= %.1f MiB: %s" % (budget, "met" if hf["mib"] <= budget else "MISSED"))
 ok_targets &= hf["mib"] <= budget

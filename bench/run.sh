@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # run.sh BUILD_DIR SAMPLES_DIR: the benchmarks, with figures to paste into a closing note.
 set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 build=$1
 large=/usr/lib/x86_64-linux-gnu/libLLVM.so.19.1
 echo "== inspect: time (Google Benchmark, in-process readImage)"
@@ -13,3 +14,17 @@ for mode in "" "--json"; do
   printf 'hotforge inspect %-7s %s (%d MiB): %ss, peak RSS %d MiB\n' "$mode" "$(basename "$large")" \
     $((size / 1048576)) "$seconds" $((kib / 1024))
 done
+
+# The large-program diff: a generated C program (HOTFORGE_BENCH_FUNCTIONS functions, default 100000)
+# built twice with gcc -O2, diffed by hotforge and by byte-level delta tools. Generation and build
+# are cached in BUILD_DIR/bench-large.
+large_dir=$build/bench-large
+echo "== diff: generate and build the large program (cached in $large_dir)"
+python3 "$here/gen_large_program.py" "$large_dir" --functions "${HOTFORGE_BENCH_FUNCTIONS:-100000}" \
+  --seed "${HOTFORGE_BENCH_SEED:-1}"
+"$here/build_large.sh" "$large_dir"
+"$here/diff_bench.sh" "$build" "$large_dir"
+
+# Delivery units: pack/verify throughput against plain zstd, unit sizes against bsdiff and
+# zstd --patch-from (packager/README.md).
+"$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/pack_bench.sh" "$build" "$2"

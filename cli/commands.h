@@ -18,6 +18,8 @@ enum ExitCode : int {
 
 void addInspectCommand(CLI::App &app, int &exitCode);
 void addDiffCommand(CLI::App &app, int &exitCode);
+void addBuildCommand(CLI::App &app, int &exitCode);
+void addPackagerCommands(CLI::App &app, int &exitCode);  // keygen, pack, verify
 
 // Prints "hotforge: error: MESSAGE" to stderr and returns kExitError.
 int reportError(const std::string &message);

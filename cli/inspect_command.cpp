@@ -3,6 +3,9 @@
 
 #include "hotforge/image.h"
 #include "hotforge/image_json.h"
+#include "hotforge/patch_image.h"
+
+#include <llvm/Support/FileSystem.h>
 
 #include <fmt/core.h>
 
@@ -75,6 +78,28 @@ void printText(const Image &image, const InspectOptions &options) {
   }
 }
 
+void printPatchImage(const PatchImage &p, const std::string &path) {
+  const PatchBaseline &b = p.baseline;
+  fmt::print("{}: hotpatch image (format {}), {} {}, sequence {}, {} bytes mapped\n", path, kPatchFormatVersion,
+             formatName(p.format), machineName(p.machine), p.sequence, p.imageSize);
+  fmt::print("  baseline   {} sha256 {}\n", b.fileName, hexEncode(b.sha256));
+  if (!b.buildId.empty()) fmt::print("             build-id {}\n", hexEncode(b.buildId));
+  if (p.format == Format::Pe)
+    fmt::print("             timestamp {:#010x} checksum {:#010x}\n", b.timeDateStamp, b.checkSum);
+  fmt::print("redirects ({}):\n", p.redirects.size());
+  for (const PatchRedirect &r : p.redirects)
+    fmt::print("  {:<28} base {:#x}+{} -> image {:#x} by {} at +{} (stub {:#x}), expects {}\n", r.name.value_or("?"),
+               r.baseRva, r.baseSize, r.patchRva, redirectKindName(r.kind), r.entryOffset, r.stubRva, hexEncode(r.expected));
+  fmt::print("functions ({}):\n", p.functions.size());
+  for (const PatchFunction &f : p.functions)
+    fmt::print("  {:<28} image {:#x}+{} from patched {:#x}{}\n", f.name.value_or("?"), f.rva, f.size, f.patchedRva,
+               f.added ? " (new)" : "");
+  fmt::print("fixups ({}):\n", p.fixups.size());
+  for (const PatchFixup &f : p.fixups)
+    fmt::print("  {:#8x} {:<16} -> {} {:#x}{}\n", f.site, fixupKindName(f.kind), f.toBase ? "base " : "image", f.target,
+               f.veneer ? fmt::format(" (veneer {:#x})", f.veneer) : "");
+}
+
 }  // namespace
 
 void addInspectCommand(CLI::App &app, int &exitCode) {
@@ -96,6 +121,17 @@ void addInspectCommand(CLI::App &app, int &exitCode) {
   command->add_flag("--functions", options->functions, "list every function (text output)");
   command->add_flag("--relocations", options->relocations, "list every relocation");
   command->callback([options, &exitCode] {
+    // A hotpatch image is shown as its records.
+    if (auto file = llvm::MemoryBuffer::getFile(options->input, false, false); file && !llvm::sys::fs::is_directory(options->input)) {
+      llvm::ArrayRef<uint8_t> bytes(reinterpret_cast<const uint8_t *>((*file)->getBufferStart()), (*file)->getBufferSize());
+      if (looksLikePatchImage(bytes)) {
+        llvm::Expected<PatchImage> patch = readPatchImage(bytes);
+        if (!patch) return void(exitCode = reportError(options->input + ": " + llvm::toString(patch.takeError())));
+        if (options->json) fmt::print("{}\n", toJson(*patch).dump(2, ' ', false, nlohmann::json::error_handler_t::replace));
+        else printPatchImage(*patch, options->input);
+        return void(exitCode = kExitOk);
+      }
+    }
     llvm::Expected<Image> image = readImage(options->input, options->read);
     if (!image) {
       exitCode = reportError(llvm::toString(image.takeError()));

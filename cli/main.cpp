@@ -28,6 +28,8 @@ int main(int argc, char **argv) {
   int exitCode = kExitOk;
   addInspectCommand(app, exitCode);
   addDiffCommand(app, exitCode);
+  addBuildCommand(app, exitCode);
+  addPackagerCommands(app, exitCode);
 
   try {
     app.parse(argc, argv);

@@ -63,9 +63,56 @@ protected:
   unsigned undecodableStep() const override { return 4; }
   uint64_t printAddress(uint64_t pc, uint64_t) const override { return pc; }
 
-  void beginFunction() override {
+  // Which offsets forward branches enter, and from where: at those join points an address is
+  // known only if every way in agrees (back edges are not followed; compilers keep a hoisted ADRP
+  // live around loops).
+  void beginFunction(ArrayRef<uint8_t> code, uint64_t rva) override {
     known_.clear();
     pendingPages_.clear();
+    joins_.clear();
+    barrier_ = false;
+    MCInst inst;
+    for (uint64_t offset = 0; offset + 4 <= code.size(); offset += 4) {
+      uint64_t size = 0, target = 0;
+      inst.clear();
+      if (mc_.disassembler->getInstruction(inst, size, code.slice(offset), rva + offset, nulls()) !=
+          MCDisassembler::Success)
+        continue;
+      const MCInstrDesc &desc = mc_.instructions->get(inst.getOpcode());
+      if (desc.isBranch() && !desc.isIndirectBranch() && mc_.analysis->evaluateBranch(inst, rva + offset, 4, target) &&
+          target > rva + offset && target < rva + code.size())
+        joins_[uint32_t(target - rva)].pending = true;
+    }
+  }
+
+  // Entering instruction `offset`: merge what forward branches to it carried.
+  void enterInstruction(uint32_t offset) {
+    auto join = joins_.find(offset);
+    if (join == joins_.end()) {
+      if (barrier_) known_.clear();
+      barrier_ = false;
+      return;
+    }
+    std::vector<const std::unordered_map<unsigned, KnownAddress> *> ways;
+    if (!barrier_) ways.push_back(&known_);
+    for (const auto &incoming : join->second.incoming) ways.push_back(&incoming);
+    std::unordered_map<unsigned, KnownAddress> merged;
+    if (!ways.empty()) merged = *ways.front();  // no way in seen: an indirect target, nothing known
+    for (size_t w = 1; w < ways.size(); ++w)
+      for (auto it = merged.begin(); it != merged.end();) {
+        auto other = ways[w]->find(it->first);
+        bool same = other != ways[w]->end() && other->second.value == it->second.value &&
+                    other->second.isPage == it->second.isPage;
+        it = same ? std::next(it) : merged.erase(it);
+      }
+    known_ = std::move(merged);
+    barrier_ = false;
+  }
+
+  void recordBranch(uint64_t pc, uint64_t target, uint64_t rva) {
+    if (target <= pc) return;
+    auto join = joins_.find(uint32_t(target - rva));
+    if (join != joins_.end()) join->second.incoming.push_back(known_);
   }
 
   void endFunction(DecodeState &state) override {
@@ -77,6 +124,7 @@ protected:
 
   void analyze(const MCInst &inst, uint64_t pc, uint64_t size, uint32_t index, DecodeState &state) override {
     const MCInstrDesc &desc = mc_.instructions->get(inst.getOpcode());
+    enterInstruction(state.offset);
     state.hash = mixHash(state.hash, inst.getOpcode());
 
     int pcRelative = -1;
@@ -93,6 +141,7 @@ protected:
         return;
       }
       uint64_t target = inst.getOpcode() == adr_ ? pc + uint64_t(imm) : pc + uint64_t(imm) * 4;
+      if (desc.isBranch()) recordBranch(pc, target, pc - state.offset);
       ReferenceKind kind = desc.isCall() ? ReferenceKind::Call
                            : desc.isBranch() ? ReferenceKind::Branch
                                              : ReferenceKind::Memory;
@@ -101,6 +150,7 @@ protected:
       if (inst.getOpcode() == adr_) known_[inst.getOperand(0).getReg()] = {target, index, state.offset, false};
       else killDefinitions(inst, desc);
       if (desc.isCall()) forgetCallerSaved();
+      else if (desc.isBranch() && !desc.isConditionalBranch()) barrier_ = true;
       return;
     }
 
@@ -136,6 +186,8 @@ protected:
     mixOperands(inst, state);
     if (desc.isCall()) forgetCallerSaved();
     else killDefinitions(inst, desc);
+    // After ret, br or an unconditional b, the next instruction is reached only by branches.
+    if (desc.isReturn() || (desc.isBranch() && !desc.isConditionalBranch())) barrier_ = true;
   }
 
 private:
@@ -163,7 +215,13 @@ private:
   std::unordered_map<unsigned, unsigned> accessScale_;
   unsigned hint_ = 0, adr_ = 0, adrp_ = 0, addImmediate_ = 0;
   std::unordered_map<unsigned, KnownAddress> known_;
-  std::map<uint32_t, KnownAddress> pendingPages_;  // ADRPs not consumed yet; ordered: deterministic
+  std::map<uint32_t, KnownAddress> pendingPages_;
+  struct Join {
+    bool pending = false;
+    std::vector<std::unordered_map<unsigned, KnownAddress>> incoming;  // states of forward branches here
+  };
+  std::map<uint32_t, Join> joins_;
+  bool barrier_ = false;  // the previous instruction does not fall through  // ADRPs not consumed yet; ordered: deterministic
   std::unordered_map<unsigned, FieldEncoding> pcRelativeEncoding_;
 };
 

@@ -617,12 +617,19 @@ private:
     for (size_t p : diff.addedFunctions) carried_[p] = true;
     for (const FunctionPair &pair : diff.pairs) carried_[pair.patched] = pair.changed;
     indexBaseSlots();
+    for (size_t i = 0; i < patched_.data.size(); ++i)
+      if (patchedDataToBase_[i])
+        diff.dataPairs.push_back({patched_.data[i]->range, base_.data[*patchedDataToBase_[i]]->range.rva});
+    for (auto &[to, from] : anonymousToBase_) diff.dataPairs.push_back({{to, 1}, from});
+    std::sort(diff.dataPairs.begin(), diff.dataPairs.end(),
+              [](const Diff::DataPair &a, const Diff::DataPair &b) { return a.patched.rva < b.patched.rva; });
     InstructionDecoder &decoder = *decoders_[0];
     for (size_t p = 0; p < patched_.decoded.size(); ++p) {
       if (!carried_[p]) continue;
       FunctionBindings fb;
       fb.patched = p;
       fb.base = matching_.patchedToBase[p];
+      fb.splitPart = patched_.coldPart[p] || patched_.partOf[p].has_value();
       for (const CodeReference &r : patched_.decoded[p].references) {
         Binding b = bind(p, r, decoder);
         if (b.kind == Binding::Kind::Unbound) {

@@ -76,7 +76,7 @@ DecodedFunction McDecoder::decode(ArrayRef<uint8_t> code, uint64_t rva, const Re
                                   bool perInstructionShapes) {
   DecodedFunction out;
   DecodeState state{out, 0x484f54464f524745ull, relocations, perInstructionShapes};
-  beginFunction();
+  beginFunction(code, rva);
   uint64_t offset = 0;
   MCInst inst;
   while (offset < code.size()) {

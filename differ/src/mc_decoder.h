@@ -63,7 +63,7 @@ protected:
   virtual bool isLayoutNoise(const llvm::MCInst &inst) const = 0;
   // Mixes the instruction's shape into state.hash and records its address-dependent targets.
   virtual void analyze(const llvm::MCInst &inst, uint64_t pc, uint64_t size, uint32_t index, DecodeState &state) = 0;
-  virtual void beginFunction() {}
+  virtual void beginFunction(llvm::ArrayRef<uint8_t> code, uint64_t rva) {}
   virtual void endFunction(DecodeState &state) {}
   virtual unsigned undecodableStep() const = 0;   // bytes to skip over an undecodable instruction
   virtual uint64_t printAddress(uint64_t pc, uint64_t size) const = 0;  // see LLVM 19 gotcha L5

@@ -207,9 +207,11 @@ void collectDynamicRelocations(const ELFObjectFileBase &elf, Image &image) {
         undefinedSymbol = defined && *defined == elf.section_end();
         if (!defined) consumeError(defined.takeError());
       }
-      // Relocation type names end in _JUMP_SLOT for lazily bound calls on every ELF machine.
+      // On every ELF machine the type names end in _JUMP_SLOT (lazily bound calls) and _GLOB_DAT
+      // (GOT entries); other symbolic relocations fill pointers inside data (vtables).
       bool jumpSlot = StringRef(r.typeName).ends_with("_JUMP_SLOT");
-      if (r.symbol && (jumpSlot || undefinedSymbol))
+      bool gotSlot = StringRef(r.typeName).ends_with("_GLOB_DAT");
+      if (r.symbol && (jumpSlot || (gotSlot && undefinedSymbol)))
         image.imports.push_back({*r.symbol, "", r.rva, jumpSlot ? ImportKind::PltSlot : ImportKind::GotSlot});
       image.relocations.push_back(std::move(r));
     }

@@ -83,6 +83,7 @@ std::string_view bindingKindName(Binding::Kind kind);
 struct FunctionBindings {
   size_t patched = 0;  // index into the patched Image's functions
   std::optional<size_t> base;  // its base counterpart, for changed functions
+  bool splitPart = false;      // a part (.cold) entered only from its function: never redirected
   std::vector<Binding> references;
 };
 
@@ -96,6 +97,12 @@ struct Diff {
   std::vector<size_t> removedFunctions;  // base indices with no patched counterpart
   std::vector<Change> changes;           // what a release engineer reads; sorted, deterministic
   std::vector<FunctionBindings> bindings;  // every changed and added function (with its parts)
+  // Data the two builds share: a patched object (or an unnamed address) and where the base has it.
+  struct DataPair {
+    AddressRange patched;
+    uint64_t baseRva = 0;
+  };
+  std::vector<DataPair> dataPairs;  // sorted by patched RVA
   DiffSummary summary;
   std::vector<std::string> log;  // one line per matching stage: how many pairs it found
 

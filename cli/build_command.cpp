@@ -1,0 +1,71 @@
+// hotforge build: diff, then emit a hotpatch image.
+#include "commands.h"
+#include "output.h"
+
+#include "hotforge/patch_image.h"
+
+#include <fmt/core.h>
+
+namespace hotforge::cli {
+namespace {
+
+struct BuildCommandOptions {
+  std::string base, patched, output;
+  ImageReadOptions baseRead, patchedRead;
+  uint32_t sequence = 1;
+  bool json = false;
+};
+
+}  // namespace
+
+void addBuildCommand(CLI::App &app, int &exitCode) {
+  auto options = std::make_shared<BuildCommandOptions>();
+  CLI::App *command = app.add_subcommand(
+      "build",
+      "Diff a baseline and a patched build, then write a hotpatch image: only the changed and new code and "
+      "data, fixups that bind it to the running baseline, the redirection of every changed function, unwind "
+      "data, and the identity of the exact baseline (build-id or TimeDateStamp+CheckSum, SHA-256).\n"
+      "Refuses, with every reason, when a change needs a restart (exit 3); never writes a partial image.\n"
+      "Example: hotforge build app.base app.patched -o app.hfpatch --sequence 2");
+  command->add_option("base", options->base, "baseline build (ELF64 or PE32+, x64 or Arm64)")->required();
+  command->add_option("patched", options->patched, "patched build of the same binary")->required();
+  command->add_option("-o,--output", options->output, "the hotpatch image to write")->required();
+  command->add_option("--sequence", options->sequence, "position of this patch in its baseline's series (default 1)")
+      ->check(CLI::Range(1u, 0xffffffffu));
+  command->add_option("--pdb-base", options->baseRead.pdbPath, "PDB of the baseline");
+  command->add_option("--pdb-patched", options->patchedRead.pdbPath, "PDB of the patched build");
+  command->add_option("--debug-dir", options->baseRead.debugDir, "ELF: directory with separate debug files");
+  command->add_flag("--json", options->json, "print the image's records as JSON (docs/format.md)");
+  command->callback([options, &exitCode] {
+    options->patchedRead.debugDir = options->baseRead.debugDir;
+    llvm::Expected<Image> base = readImage(options->base, options->baseRead);
+    if (!base) return void(exitCode = reportError(llvm::toString(base.takeError())));
+    llvm::Expected<Image> patched = readImage(options->patched, options->patchedRead);
+    if (!patched) return void(exitCode = reportError(llvm::toString(patched.takeError())));
+    llvm::Expected<Diff> diff = diffImages(*base, *patched);
+    if (!diff) return void(exitCode = reportError(llvm::toString(diff.takeError())));
+    if (diff->changes.empty()) return void(exitCode = reportError("no change between the two builds: nothing to patch"));
+    BuildOptions buildOptions;
+    buildOptions.sequence = options->sequence;
+    llvm::Expected<PatchImage> image = buildPatchImage(*base, *patched, *diff, buildOptions);
+    if (!image) {
+      std::string reason = llvm::toString(image.takeError());
+      fmt::print(stderr, "hotforge: {}\n", reason);
+      exitCode = kExitNeedsRestart;
+      return;
+    }
+    std::string bytes(image->file.begin(), image->file.end());
+    if (llvm::Error e = writeOutput(options->output, bytes)) return void(exitCode = reportError(llvm::toString(std::move(e))));
+    if (options->json) {
+      fmt::print("{}\n", toJson(*image).dump(2, ' ', false, nlohmann::json::error_handler_t::replace));
+    } else {
+      fmt::print("{}: {} functions ({} redirected), {} fixups; code {} bytes, data {} bytes, metadata {} bytes, "
+                 "file {} bytes\n",
+                 options->output, image->functions.size(), image->redirects.size(), image->fixups.size(),
+                 image->sizes.code, image->sizes.data, image->sizes.metadata, image->sizes.file);
+    }
+    exitCode = kExitOk;
+  });
+}
+
+}  // namespace hotforge::cli

@@ -1,0 +1,348 @@
+// Ed25519 keys and signers (OpenSSL 3), and the SHA-256 and hex helpers the packager shares.
+#include "unit_internal.h"
+
+#include "hotforge/error.h"
+
+#include <llvm/Support/Path.h>
+#include <openssl/bio.h>
+#include <openssl/crypto.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <fcntl.h>
+#include <spawn.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+extern char **environ;
+
+namespace hotforge {
+namespace unit_detail {
+
+std::array<uint8_t, 32> sha256(llvm::ArrayRef<uint8_t> bytes) {
+  std::array<uint8_t, 32> digest{};
+  unsigned length = 0;
+  // EVP_Digest fails only when OpenSSL cannot allocate; the zero digest then matches nothing real.
+  if (EVP_Digest(bytes.data(), bytes.size(), digest.data(), &length, EVP_sha256(), nullptr) != 1) digest.fill(0);
+  return digest;
+}
+
+std::string hex(llvm::ArrayRef<uint8_t> bytes) {
+  static const char digits[] = "0123456789abcdef";
+  std::string out;
+  out.reserve(bytes.size() * 2);
+  for (uint8_t b : bytes) {
+    out += digits[b >> 4];
+    out += digits[b & 15];
+  }
+  return out;
+}
+
+bool isLowerHex(const std::string &text, size_t length) {
+  if (text.size() != length) return false;
+  for (char c : text)
+    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return false;
+  return true;
+}
+
+}  // namespace unit_detail
+
+namespace {
+
+using unit_detail::hex;
+
+struct PkeyFree {
+  void operator()(EVP_PKEY *key) const { EVP_PKEY_free(key); }
+};
+using Pkey = std::unique_ptr<EVP_PKEY, PkeyFree>;
+struct BioFree {
+  void operator()(BIO *bio) const { BIO_free(bio); }
+};
+using Bio = std::unique_ptr<BIO, BioFree>;
+struct MdCtxFree {
+  void operator()(EVP_MD_CTX *ctx) const { EVP_MD_CTX_free(ctx); }
+};
+using MdCtx = std::unique_ptr<EVP_MD_CTX, MdCtxFree>;
+
+// The newest OpenSSL error, and an empty queue afterwards.
+std::string opensslError() {
+  unsigned long code = ERR_peek_last_error();
+  std::string text = "unknown OpenSSL error";
+  if (code != 0) {
+    char buffer[256];
+    ERR_error_string_n(code, buffer, sizeof(buffer));
+    text = buffer;
+  }
+  ERR_clear_error();
+  return text;
+}
+
+// Never prompt for a passphrase: an encrypted key fails to load instead.
+int noPassphrase(char *, int, int, void *) { return -1; }
+
+llvm::Expected<PublicKey> rawPublicKey(EVP_PKEY *key, const std::string &name) {
+  if (EVP_PKEY_get_id(key) != EVP_PKEY_ED25519)
+    return formatError("{}: the key is {}, not Ed25519 (make one with `hotforge keygen` or `openssl genpkey "
+                       "-algorithm ed25519`)",
+                       name, OBJ_nid2sn(EVP_PKEY_get_id(key)) ? OBJ_nid2sn(EVP_PKEY_get_id(key)) : "of an unknown type");
+  PublicKey out;
+  size_t length = out.raw.size();
+  if (EVP_PKEY_get_raw_public_key(key, out.raw.data(), &length) != 1 || length != out.raw.size())
+    return formatError("{}: cannot read the raw public key: {}", name, opensslError());
+  return out;
+}
+
+bool looksEncrypted(llvm::StringRef pem) { return pem.contains("ENCRYPTED"); }
+
+llvm::Expected<Pkey> parsePrivateKeyPem(llvm::StringRef pem, const std::string &name) {
+  if (pem.size() > (1u << 20)) return formatError("{}: too large for a PEM key file", name);
+  Bio bio(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
+  if (!bio) return formatError("{}: {}", name, opensslError());
+  Pkey key(PEM_read_bio_PrivateKey(bio.get(), nullptr, noPassphrase, nullptr));
+  if (!key) {
+    ERR_clear_error();
+    if (looksEncrypted(pem))
+      return formatError("{}: the private key is encrypted; Hotforge does not ask for passphrases. Decrypt a copy "
+                         "(`openssl pkey -in KEY -out PLAIN.pem`) or sign through --sign-cmd",
+                         name);
+    if (pem.contains("BEGIN PUBLIC KEY"))
+      return formatError("{}: this is a public key; signing needs the private key (NAME.pem, not NAME.pub.pem)", name);
+    return formatError("{}: not a PEM private key (expected \"BEGIN PRIVATE KEY\", as `openssl genpkey -algorithm "
+                       "ed25519` and `hotforge keygen` write)",
+                       name);
+  }
+  if (llvm::Expected<PublicKey> check = rawPublicKey(key.get(), name); !check) return check.takeError();
+  return key;
+}
+
+llvm::Expected<std::array<uint8_t, 64>> signWith(EVP_PKEY *key, llvm::ArrayRef<uint8_t> message) {
+  MdCtx ctx(EVP_MD_CTX_new());
+  std::array<uint8_t, 64> signature{};
+  size_t length = signature.size();
+  if (!ctx || EVP_DigestSignInit(ctx.get(), nullptr, nullptr, nullptr, key) != 1 ||
+      EVP_DigestSign(ctx.get(), signature.data(), &length, message.data(), message.size()) != 1 ||
+      length != signature.size())
+    return formatError("Ed25519 signing failed: {}", opensslError());
+  return signature;
+}
+
+class KeySigner final : public Signer {
+public:
+  KeySigner(Pkey key, PublicKey publicKey) : key_(std::move(key)), public_(publicKey) {}
+  const PublicKey &publicKey() const override { return public_; }
+  llvm::Expected<std::array<uint8_t, 64>> sign(llvm::ArrayRef<uint8_t> message) override {
+    return signWith(key_.get(), message);
+  }
+
+private:
+  Pkey key_;
+  PublicKey public_;
+};
+
+llvm::Expected<std::unique_ptr<Signer>> signerFromKey(Pkey key, const std::string &name) {
+  llvm::Expected<PublicKey> publicKey = rawPublicKey(key.get(), name);
+  if (!publicKey) return publicKey.takeError();
+  return std::make_unique<KeySigner>(std::move(key), *publicKey);
+}
+
+// Runs `command` via /bin/sh -c: stdin from a regular file holding `input` (so `openssl pkeyutl
+// -rawin -in /dev/stdin` can learn its size), stdout captured, stderr passed through.
+struct CommandOutput {
+  std::string head;  // the first 4 KiB of stdout
+  size_t total = 0;  // how many bytes it wrote in all
+};
+
+llvm::Expected<CommandOutput> runWithInput(const std::string &command, llvm::ArrayRef<uint8_t> input) {
+  const char *tmp = std::getenv("TMPDIR");
+  std::string pattern = std::string(tmp && *tmp ? tmp : "/tmp") + "/hotforge-sign-XXXXXX";
+  std::vector<char> path(pattern.begin(), pattern.end());
+  path.push_back(0);
+  int in = mkostemp(path.data(), O_CLOEXEC);
+  if (in < 0) return formatError("--sign-cmd: cannot create a temporary file in {}: {}", pattern, std::strerror(errno));
+  unlink(path.data());  // the descriptor keeps it alive; nothing is left behind
+  for (size_t done = 0; done < input.size();) {
+    ssize_t n = write(in, input.data() + done, input.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      int saved = errno;
+      close(in);
+      return formatError("--sign-cmd: cannot write the message to sign: {}", std::strerror(saved));
+    }
+    done += static_cast<size_t>(n);
+  }
+  lseek(in, 0, SEEK_SET);
+  int out[2];
+  if (pipe2(out, O_CLOEXEC) != 0) {
+    int saved = errno;
+    close(in);
+    return formatError("--sign-cmd: pipe: {}", std::strerror(saved));
+  }
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_adddup2(&actions, in, 0);
+  posix_spawn_file_actions_adddup2(&actions, out[1], 1);
+  std::string shell = "/bin/sh", dashC = "-c", script = command;
+  char *argv[] = {shell.data(), dashC.data(), script.data(), nullptr};
+  pid_t pid = 0;
+  int spawned = posix_spawn(&pid, "/bin/sh", &actions, nullptr, argv, environ);
+  posix_spawn_file_actions_destroy(&actions);
+  close(in);
+  close(out[1]);
+  if (spawned != 0) {
+    close(out[0]);
+    return formatError("--sign-cmd: cannot run /bin/sh: {}", std::strerror(spawned));
+  }
+  CommandOutput output;
+  constexpr size_t kKeep = 4096;  // a signature is 64 bytes; drain the rest so the child can finish
+  char buffer[4096];
+  for (;;) {
+    ssize_t n = read(out[0], buffer, sizeof(buffer));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    output.total += static_cast<size_t>(n);
+    if (output.head.size() < kKeep)
+      output.head.append(buffer, std::min<size_t>(static_cast<size_t>(n), kKeep - output.head.size()));
+  }
+  close(out[0]);
+  int status = 0;
+  while (waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  if (WIFSIGNALED(status)) return formatError("--sign-cmd was killed by signal {}", WTERMSIG(status));
+  if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
+    return formatError("--sign-cmd failed with exit code {}", WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+  return output;
+}
+
+class CommandSigner final : public Signer {
+public:
+  CommandSigner(std::string command, PublicKey key) : command_(std::move(command)), public_(key) {}
+  const PublicKey &publicKey() const override { return public_; }
+  llvm::Expected<std::array<uint8_t, 64>> sign(llvm::ArrayRef<uint8_t> message) override {
+    llvm::Expected<CommandOutput> output = runWithInput(command_, message);
+    if (!output) return output.takeError();
+    std::array<uint8_t, 64> signature{};
+    if (output->total != signature.size())
+      return formatError("--sign-cmd wrote {} bytes to stdout; it must write exactly the raw 64-byte Ed25519 "
+                         "signature (e.g. `openssl pkeyutl -sign -inkey KEY.pem -rawin -in /dev/stdin`)",
+                         output->total);
+    std::memcpy(signature.data(), output->head.data(), signature.size());
+    if (!verifySignature(public_, message, signature))
+      return formatError("--sign-cmd returned a signature that does not verify with the public key {} (wrong key, or "
+                         "a faulty signer); nothing was written",
+                         public_.fingerprint());
+    return signature;
+  }
+
+private:
+  std::string command_;
+  PublicKey public_;
+};
+
+}  // namespace
+
+std::string PublicKey::fingerprint() const { return hex(unit_detail::sha256(raw)); }
+
+llvm::Expected<PublicKey> parsePublicKeyPem(llvm::StringRef pem, const std::string &name) {
+  if (pem.size() > (1u << 20)) return formatError("{}: too large for a PEM key file", name);
+  Bio bio(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
+  if (!bio) return formatError("{}: {}", name, opensslError());
+  Pkey key(PEM_read_bio_PUBKEY(bio.get(), nullptr, noPassphrase, nullptr));
+  if (!key) {
+    ERR_clear_error();
+    if (pem.contains("PRIVATE KEY"))
+      return formatError("{}: this is a private key; give the public key instead (NAME.pub.pem from `hotforge "
+                         "keygen`, or `openssl pkey -in KEY.pem -pubout`)",
+                         name);
+    return formatError("{}: not a PEM public key (expected \"BEGIN PUBLIC KEY\", as `openssl pkey -pubout` and "
+                       "`hotforge keygen` write)",
+                       name);
+  }
+  return rawPublicKey(key.get(), name);
+}
+
+llvm::Expected<PublicKey> readPublicKeyFile(const std::string &path) {
+  llvm::Expected<std::vector<uint8_t>> bytes = readFileBytes(path);
+  if (!bytes) return bytes.takeError();
+  return parsePublicKeyPem(llvm::StringRef(reinterpret_cast<const char *>(bytes->data()), bytes->size()), path);
+}
+
+bool verifySignature(const PublicKey &key, llvm::ArrayRef<uint8_t> message, llvm::ArrayRef<uint8_t> signature) {
+  if (signature.size() != 64) return false;
+  Pkey pkey(EVP_PKEY_new_raw_public_key(EVP_PKEY_ED25519, nullptr, key.raw.data(), key.raw.size()));
+  MdCtx ctx(EVP_MD_CTX_new());
+  bool ok = pkey && ctx && EVP_DigestVerifyInit(ctx.get(), nullptr, nullptr, nullptr, pkey.get()) == 1 &&
+            EVP_DigestVerify(ctx.get(), signature.data(), signature.size(), message.data(), message.size()) == 1;
+  ERR_clear_error();
+  return ok;
+}
+
+llvm::Expected<std::unique_ptr<Signer>> makeKeyFileSigner(const std::string &path) {
+  llvm::Expected<std::vector<uint8_t>> bytes = readFileBytes(path);
+  if (!bytes) return bytes.takeError();
+  llvm::Expected<Pkey> key =
+      parsePrivateKeyPem(llvm::StringRef(reinterpret_cast<const char *>(bytes->data()), bytes->size()), path);
+  OPENSSL_cleanse(bytes->data(), bytes->size());
+  if (!key) return key.takeError();
+  return signerFromKey(std::move(*key), path);
+}
+
+llvm::Expected<std::unique_ptr<Signer>> makeSeedSigner(const std::array<uint8_t, 32> &seed) {
+  Pkey key(EVP_PKEY_new_raw_private_key(EVP_PKEY_ED25519, nullptr, seed.data(), seed.size()));
+  if (!key) return formatError("Ed25519 key from seed: {}", opensslError());
+  return signerFromKey(std::move(key), "seed key");
+}
+
+std::unique_ptr<Signer> makeCommandSigner(std::string command, PublicKey expectedKey) {
+  return std::make_unique<CommandSigner>(std::move(command), expectedKey);
+}
+
+llvm::Expected<KeyFiles> generateKeyFiles(const std::string &name) {
+  if (name.empty()) return makeError("keygen: the key name is empty");
+  KeyFiles files;
+  files.privatePath = name + ".pem";
+  files.publicPath = name + ".pub.pem";
+  for (const std::string &path : {files.privatePath, files.publicPath}) {
+    struct stat st;
+    if (lstat(path.c_str(), &st) == 0)
+      return formatError("{} already exists; Hotforge never overwrites a key (choose another name or move it away)",
+                         path);
+  }
+  Pkey key(EVP_PKEY_Q_keygen(nullptr, nullptr, "ED25519"));
+  if (!key) return formatError("keygen: {}", opensslError());
+  llvm::Expected<PublicKey> publicKey = rawPublicKey(key.get(), "generated key");
+  if (!publicKey) return publicKey.takeError();
+  files.publicKey = *publicKey;
+
+  auto pemOf = [](EVP_PKEY *k, bool isPrivate) -> llvm::Expected<std::vector<uint8_t>> {
+    Bio bio(BIO_new(BIO_s_mem()));
+    int ok = bio ? (isPrivate ? PEM_write_bio_PKCS8PrivateKey(bio.get(), k, nullptr, nullptr, 0, nullptr, nullptr)
+                              : PEM_write_bio_PUBKEY(bio.get(), k))
+                 : 0;
+    if (ok != 1) return formatError("keygen: cannot encode the key: {}", opensslError());
+    char *data = nullptr;
+    long length = BIO_get_mem_data(bio.get(), &data);
+    std::vector<uint8_t> out(data, data + length);
+    if (isPrivate) OPENSSL_cleanse(data, static_cast<size_t>(length));
+    return out;
+  };
+  llvm::Expected<std::vector<uint8_t>> privatePem = pemOf(key.get(), true);
+  if (!privatePem) return privatePem.takeError();
+  llvm::Expected<std::vector<uint8_t>> publicPem = pemOf(key.get(), false);
+  if (!publicPem) return publicPem.takeError();
+
+  llvm::Error written = writeFileAtomically(files.privatePath, *privatePem, 0600, /*replace=*/false);
+  OPENSSL_cleanse(privatePem->data(), privatePem->size());
+  if (written) return written;
+  if (llvm::Error e = writeFileAtomically(files.publicPath, *publicPem, 0644, /*replace=*/false)) {
+    unlink(files.privatePath.c_str());  // we made it a moment ago: no half key pair
+    return e;
+  }
+  return files;
+}
+
+}  // namespace hotforge

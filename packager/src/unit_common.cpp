@@ -1,0 +1,148 @@
+// Rules that packing and verifying share: entry names, what the manifest records from an entry's
+// info, JSON nesting, and little-endian fields.
+#include "unit_internal.h"
+
+#include "hotforge/error.h"
+
+#include <cstdlib>
+
+namespace hotforge::unit_detail {
+
+std::string jsonQuoted(const std::string &text) {
+  return nlohmann::json(text).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+}
+
+namespace {
+
+// Well-formed UTF-8 (no overlongs, no surrogates, nothing above U+10FFFF).
+bool isUtf8(const std::string &text) {
+  const auto *s = reinterpret_cast<const unsigned char *>(text.data());
+  size_t i = 0, n = text.size();
+  while (i < n) {
+    unsigned char c = s[i];
+    size_t extra = 0;
+    uint32_t cp = 0, min = 0;
+    if (c < 0x80) {
+      ++i;
+      continue;
+    } else if ((c & 0xe0) == 0xc0) {
+      extra = 1, cp = c & 0x1f, min = 0x80;
+    } else if ((c & 0xf0) == 0xe0) {
+      extra = 2, cp = c & 0x0f, min = 0x800;
+    } else if ((c & 0xf8) == 0xf0) {
+      extra = 3, cp = c & 0x07, min = 0x10000;
+    } else {
+      return false;
+    }
+    if (n - i <= extra) return false;
+    for (size_t k = 1; k <= extra; ++k) {
+      if ((s[i + k] & 0xc0) != 0x80) return false;
+      cp = (cp << 6) | (s[i + k] & 0x3f);
+    }
+    if (cp < min || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff)) return false;
+    i += extra + 1;
+  }
+  return true;
+}
+
+}  // namespace
+
+llvm::Error checkEntryName(const std::string &name) {
+  if (name.empty()) return makeError("an entry name is empty");
+  std::string q = jsonQuoted(name);
+  if (name.size() > 255) return formatError("entry name {} is longer than 255 bytes", q);
+  if (!isUtf8(name)) return formatError("entry name {} is not valid UTF-8", q);
+  if (name == "." || name == "..") return formatError("entry name {} is a path component, not a file name", q);
+  if (name[0] == '/' || name[0] == '\\') return formatError("entry name {} is an absolute path", q);
+  for (size_t start = 0; start <= name.size();) {
+    size_t end = name.find_first_of("/\\", start);
+    if (end == std::string::npos) end = name.size();
+    if (name.compare(start, end - start, "..") == 0)
+      return formatError("entry name {} has a \"..\" component that climbs out of the target directory", q);
+    start = end + 1;
+  }
+  if (name.find_first_of("/\\") != std::string::npos)
+    return formatError("entry name {} contains a path separator; entry names are plain file names", q);
+  if (name.find(':') != std::string::npos)
+    return formatError("entry name {} contains ':' (a Windows drive or stream name)", q);
+  for (unsigned char c : name)
+    if (c < 0x20 || c == 0x7f) return formatError("entry name {} contains a control character", q);
+  if (name.back() == '.' || name.back() == ' ')
+    return formatError("entry name {} ends with '.' or ' ', which Windows drops from file names", q);
+  return llvm::Error::success();
+}
+
+std::string foldCase(const std::string &name) {
+  std::string out = name;
+  for (char &c : out)
+    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
+  return out;
+}
+
+llvm::Expected<nlohmann::json> recordedFromInfo(const nlohmann::json &info) {
+  nlohmann::json out = nlohmann::json::object();
+  if (!info.is_object()) return makeError("info must be a JSON object");
+  auto baseline = info.find("baseline");
+  if (baseline != info.end()) {
+    if (!baseline->is_object()) return makeError("info.baseline must be an object (the baseline's identity)");
+    out["baseline"] = *baseline;
+  }
+  auto sequence = info.find("sequence");
+  if (sequence != info.end()) {
+    if (!sequence->is_number_integer() || (sequence->is_number_unsigned() ? sequence->get<uint64_t>() == 0
+                                                                           : sequence->get<int64_t>() < 1))
+      return makeError("info.sequence must be a positive integer");
+    if (baseline == info.end())
+      return makeError("info.sequence needs info.baseline: a sequence counts the patches of one baseline");
+    uint64_t value = sequence->get<uint64_t>();
+    if (value > (uint64_t(1) << 53)) return makeError("info.sequence is too large");
+    out["sequence"] = value;
+    out["supersedes"] = value - 1;  // sequence N replaces every sequence below it for this baseline
+  }
+  return out;
+}
+
+size_t jsonDepth(llvm::StringRef text, size_t limit) {
+  size_t depth = 0, deepest = 0;
+  bool inString = false, escaped = false;
+  for (char c : text) {
+    if (inString) {
+      if (escaped) escaped = false;
+      else if (c == '\\') escaped = true;
+      else if (c == '"') inString = false;
+      continue;
+    }
+    if (c == '"') {
+      inString = true;
+    } else if (c == '[' || c == '{') {
+      if (++depth > deepest) deepest = depth;
+      if (deepest > limit) return deepest;
+    } else if ((c == ']' || c == '}') && depth > 0) {
+      --depth;
+    }
+  }
+  return deepest;
+}
+
+void writeLe16(uint8_t *at, uint16_t value) {
+  for (int i = 0; i < 2; ++i) at[i] = static_cast<uint8_t>(value >> (8 * i));
+}
+void writeLe32(uint8_t *at, uint32_t value) {
+  for (int i = 0; i < 4; ++i) at[i] = static_cast<uint8_t>(value >> (8 * i));
+}
+void writeLe64(uint8_t *at, uint64_t value) {
+  for (int i = 0; i < 8; ++i) at[i] = static_cast<uint8_t>(value >> (8 * i));
+}
+uint16_t readLe16(const uint8_t *at) { return static_cast<uint16_t>(at[0] | (at[1] << 8)); }
+uint32_t readLe32(const uint8_t *at) {
+  uint32_t v = 0;
+  for (int i = 3; i >= 0; --i) v = (v << 8) | at[i];
+  return v;
+}
+uint64_t readLe64(const uint8_t *at) {
+  uint64_t v = 0;
+  for (int i = 7; i >= 0; --i) v = (v << 8) | at[i];
+  return v;
+}
+
+}  // namespace hotforge::unit_detail
