@@ -38,9 +38,11 @@ void addBuildCommand(CLI::App &app, int &exitCode) {
   command->add_flag("--json", options->json, "print the image's records as JSON (docs/format.md)");
   command->callback([options, &exitCode] {
     options->patchedRead.debugDir = options->baseRead.debugDir;
-    llvm::Expected<Image> base = readImage(options->base, options->baseRead);
-    if (!base) return void(exitCode = reportError(llvm::toString(base.takeError())));
-    llvm::Expected<Image> patched = readImage(options->patched, options->patchedRead);
+    auto [base, patched] = readBoth(options->base, options->baseRead, options->patched, options->patchedRead);
+    if (!base) {
+      llvm::consumeError(patched.takeError());
+      return void(exitCode = reportError(llvm::toString(base.takeError())));
+    }
     if (!patched) return void(exitCode = reportError(llvm::toString(patched.takeError())));
     llvm::Expected<Diff> diff = diffImages(*base, *patched);
     if (!diff) return void(exitCode = reportError(llvm::toString(diff.takeError())));

@@ -2,6 +2,8 @@
 // once its arguments parsed and stores the exit code. Commands hold no logic a library should own.
 #pragma once
 
+#include "hotforge/image.h"
+
 #include <CLI/CLI.hpp>
 
 #include <string>
@@ -20,6 +22,11 @@ void addInspectCommand(CLI::App &app, int &exitCode);
 void addDiffCommand(CLI::App &app, int &exitCode);
 void addBuildCommand(CLI::App &app, int &exitCode);
 void addPackagerCommands(CLI::App &app, int &exitCode);  // keygen, pack, verify
+
+// Reads a baseline and a patched build at the same time (one thread each).
+std::pair<llvm::Expected<Image>, llvm::Expected<Image>> readBoth(const std::string &base, const ImageReadOptions &baseOptions,
+                                                                 const std::string &patched,
+                                                                 const ImageReadOptions &patchedOptions);
 
 // Prints "hotforge: error: MESSAGE" to stderr and returns kExitError.
 int reportError(const std::string &message);

@@ -59,12 +59,12 @@ void addDiffCommand(CLI::App &app, int &exitCode) {
   command->add_option("-j,--jobs", options->threads, "worker threads (default: one per core)");
   command->callback([options, &exitCode] {
     options->patchedRead.debugDir = options->baseRead.debugDir;
-    llvm::Expected<Image> base = readImage(options->base, options->baseRead);
+    auto [base, patched] = readBoth(options->base, options->baseRead, options->patched, options->patchedRead);
     if (!base) {
       exitCode = reportError(llvm::toString(base.takeError()));
+      llvm::consumeError(patched.takeError());
       return;
     }
-    llvm::Expected<Image> patched = readImage(options->patched, options->patchedRead);
     if (!patched) {
       exitCode = reportError(llvm::toString(patched.takeError()));
       return;

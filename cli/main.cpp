@@ -4,8 +4,20 @@
 #include <llvm/Support/Signals.h>
 
 #include <cstdio>
+#include <optional>
+#include <thread>
 
 namespace hotforge::cli {
+
+std::pair<llvm::Expected<Image>, llvm::Expected<Image>> readBoth(const std::string &base, const ImageReadOptions &baseOptions,
+                                                                 const std::string &patched,
+                                                                 const ImageReadOptions &patchedOptions) {
+  std::optional<llvm::Expected<Image>> other;
+  std::thread reader([&] { other.emplace(readImage(patched, patchedOptions)); });
+  llvm::Expected<Image> first = readImage(base, baseOptions);
+  reader.join();
+  return {std::move(first), std::move(*other)};
+}
 
 int reportError(const std::string &message) {
   fmt::print(stderr, "hotforge: error: {}\n", message);

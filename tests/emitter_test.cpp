@@ -79,6 +79,20 @@ std::string describe(const Image &image, uint64_t rva) {
   return "";
 }
 
+// The .pdata entries of the patched build that start inside a function the image carries, read
+// with llvm-readobj.
+size_t unwindEntriesOf(const Image &patched, const PatchImage &image) {
+  CommandResult r = run({"llvm-readobj-19", "--unwind", patched.path});
+  size_t n = 0;
+  for (const std::string key : {"StartAddress: (0x", "Function: 0x"})
+    for (size_t at = r.out.find(key); at != std::string::npos; at = r.out.find(key, at + 1)) {
+      uint64_t rva = std::stoull(r.out.substr(at + key.size(), 16), nullptr, 16) - patched.imageBase;
+      for (const PatchFunction &f : image.functions)
+        if (rva >= f.patchedRva && rva < f.patchedRva + f.size) ++n;
+    }
+  return n;
+}
+
 // Checks one laid-out image against the patched build.
 void checkInstructionByInstruction(const Built &b, uint64_t baseAddress, uint64_t imageAddress) {
   const PatchImage &image = *b.image;
@@ -166,7 +180,8 @@ TEST(Emitter, EveryScenarioBuildsAnImageThatIsThePatchedCode) {
   size_t built = 0;
   for (const auto &target : samplesManifest()["targets"]) {
     std::string name = target["name"];
-    if (name.rfind("elf-", 0) != 0) continue;
+    bool pe = name == "pe-x64" || name == "pe-a64";
+    if (name.rfind("elf-", 0) != 0 && !pe) continue;
     for (auto [number, program] : scenarios()) {
       const Sample *base = find(all, name, program, "base");
       const Sample *patched = find(all, name, program, "fix" + std::to_string(number));
@@ -198,11 +213,31 @@ TEST(Emitter, EveryScenarioBuildsAnImageThatIsThePatchedCode) {
       // Readable by the LLVM tools, and its records round-trip.
       std::string file = tempDir() + "/image.hfpatch";
       writeFile(file, std::string(image.file.begin(), image.file.end()));
-      CommandResult readelf = run({"llvm-readelf-19", "-a", "--wide", file});
-      EXPECT_EQ(readelf.exitCode, 0) << readelf.err;
-      EXPECT_EQ(readelf.err.find("warning"), std::string::npos) << readelf.err;
+      if (pe) {
+        CommandResult readobj = run({"llvm-readobj-19", "--coff-load-config", "--unwind", "--sections", "--file-headers",
+                                     "--coff-basereloc", file});
+        EXPECT_EQ(readobj.exitCode, 0) << readobj.err;
+        EXPECT_EQ(readobj.err.find("warning"), std::string::npos) << readobj.err;
+        EXPECT_EQ(readobj.out.find("HotPatchTableOffset: 0x0\n"), std::string::npos);
+        EXPECT_NE(readobj.out.find("HotPatchTableOffset: 0x"), std::string::npos);
+        // Every carried function that has unwind data in the patched build has a RUNTIME_FUNCTION.
+        size_t shown = 0;
+        for (size_t at = readobj.out.find("RuntimeFunction {"); at != std::string::npos;
+             at = readobj.out.find("RuntimeFunction {", at + 1))
+          ++shown;
+        EXPECT_EQ(shown, unwindEntriesOf(b.patched, image));
+      } else {
+        CommandResult readelf = run({"llvm-readelf-19", "-a", "--wide", file});
+        EXPECT_EQ(readelf.exitCode, 0) << readelf.err;
+        EXPECT_EQ(readelf.err.find("warning"), std::string::npos) << readelf.err;
+      }
       llvm::Expected<PatchImage> back = readPatchImage(image.file);
       ASSERT_TRUE(bool(back)) << llvm::toString(back.takeError());
+      for (const PatchSection &s : image.sections) {  // every section where the planner put it
+        auto same = std::find_if(back->sections.begin(), back->sections.end(),
+                                 [&](const PatchSection &t) { return t.name == s.name && t.rva == s.rva; });
+        EXPECT_NE(same, back->sections.end()) << s.name << " at " << s.rva;
+      }
       EXPECT_EQ(back->fixups.size(), image.fixups.size());
       EXPECT_EQ(back->redirects.size(), image.redirects.size());
       EXPECT_EQ(back->functions.size(), image.functions.size());
@@ -213,12 +248,12 @@ TEST(Emitter, EveryScenarioBuildsAnImageThatIsThePatchedCode) {
       checkInstructionByInstruction(b, baseAddress, baseAddress + 0x20000000);
     }
   }
-  EXPECT_GT(built, 40u);
+  EXPECT_GT(built, 60u);
 }
 
 TEST(Emitter, ImagesAreDeterministic) {
   std::vector<Sample> all = samples();
-  for (const char *target : {"elf-x64-gcc", "elf-a64-clang"}) {
+  for (const char *target : {"elf-x64-gcc", "elf-a64-clang", "pe-x64", "pe-a64"}) {
     const Sample *base = find(all, target, "core", "base"), *fix = find(all, target, "core", "fix9");
     ASSERT_TRUE(base && fix);
     Built one = build(base->path, fix->path), two = build(base->path, fix->path);

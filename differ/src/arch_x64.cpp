@@ -5,6 +5,7 @@
 #include <llvm/MC/MCCodeEmitter.h>
 #include <llvm/MC/MCExpr.h>
 #include <llvm/MC/MCFixup.h>
+#include <llvm/Support/Endian.h>
 
 #include <unordered_map>
 #include <unordered_set>
@@ -76,22 +77,31 @@ protected:
       if (std::optional<uint64_t> address =
               mc_.analysis->evaluateMemoryOperandAddress(inst, mc_.subtarget.get(), pc, size))
         state.add(index, ReferenceKind::Memory, *address, FieldEncoding::X64Rel32,
-                  state.exactFields ? displacementOffset(inst, displacement, size) : 0);
+                  displacementOffset(inst, displacement, size, state.bytes));
     }
   }
 
 private:
-  // Where disp32 sits in a RIP-relative instruction: re-encode it with the displacement as a
-  // symbol and read the fixup's offset. Measured from the end, since an immediate may follow and
-  // the re-encoding may choose other prefixes.
-  uint8_t displacementOffset(const MCInst &inst, int displacement, uint64_t size) {
+  // Where disp32 sits in a RIP-relative instruction: right before an immediate of 0, 1, 2 or 4
+  // bytes. When the displacement's value appears at more than one of those places, re-encode the
+  // instruction with the displacement as a symbol and read the fixup's offset (measured from the
+  // end, since the re-encoding may choose other prefixes).
+  uint8_t displacementOffset(const MCInst &inst, int displacement, uint64_t size, const uint8_t *bytes) {
+    uint32_t value = uint32_t(inst.getOperand(displacement).getImm());
+    int found = -1, matches = 0;
+    for (unsigned tail : {0u, 1u, 2u, 4u}) {
+      if (size < 4 + tail + 2) continue;
+      unsigned at = unsigned(size) - 4 - tail;
+      if (llvm::support::endian::read32le(bytes + at) == value) found = int(at), ++matches;
+    }
+    if (matches == 1) return uint8_t(found);
     MCInst copy = inst;
     copy.getOperand(displacement) = MCOperand::createExpr(MCSymbolRefExpr::create(marker_, *mc_.context));
-    SmallVector<char, 16> bytes;
+    SmallVector<char, 16> encoded;
     SmallVector<MCFixup, 2> fixups;
-    emitter_->encodeInstruction(copy, bytes, fixups, *mc_.subtarget);
+    emitter_->encodeInstruction(copy, encoded, fixups, *mc_.subtarget);
     for (const MCFixup &f : fixups)
-      if (f.getOffset() + 4 <= bytes.size()) return uint8_t(size - (bytes.size() - f.getOffset()));
+      if (f.getOffset() + 4 <= encoded.size()) return uint8_t(size - (encoded.size() - f.getOffset()));
     return uint8_t(size - 4);
   }
 

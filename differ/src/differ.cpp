@@ -5,12 +5,14 @@
 #include "matcher.h"
 
 #include <fmt/core.h>
+#include <llvm/Support/Endian.h>
 #include <llvm/Support/xxhash.h>
 
 #include <algorithm>
 #include <map>
 #include <set>
 #include <thread>
+#include <unordered_map>
 
 namespace hotforge {
 
@@ -127,16 +129,39 @@ private:
     return llvm::Error::success();
   }
 
+  // Decodes every function. A patched function with the name and size of a base function is
+  // usually the same code moved: when its bytes equal the base's everywhere but in the address
+  // fields of the base's references, its references are read from those fields instead of
+  // decoding it again (ADRP pairs need their neighbours and are always decoded).
   void decodeAll() {
+    std::unordered_map<std::string_view, std::pair<size_t, size_t>> baseNames;  // name -> (count, index)
+    for (size_t i = 0; i < base_.decoded.size(); ++i)
+      if (base_.diffable[i] && !base_.nameKeys[i].empty()) {
+        auto &slot = baseNames[base_.nameKeys[i]];
+        ++slot.first;
+        slot.second = i;
+      }
+    std::vector<std::optional<size_t>> candidate(patched_.decoded.size());
+    for (size_t i = 0; i < patched_.decoded.size(); ++i) {
+      if (!patched_.diffable[i] || patched_.nameKeys[i].empty()) continue;
+      auto it = baseNames.find(patched_.nameKeys[i]);
+      if (it != baseNames.end() && it->second.first == 1 &&
+          base_.image.functions[it->second.second].range.size == patched_.image.functions[i].range.size)
+        candidate[i] = it->second.second;
+    }
+    auto decode = [&](unsigned worker, Program &program, size_t i) {
+      const Function &f = program.image.functions[i];
+      program.decoded[i] =
+          decoders_[worker]->decode(program.image.bytesAt(f.range.rva, f.range.size), f.range.rva, program.relocations);
+    };
     std::vector<std::pair<Program *, size_t>> jobs;
-    for (Program *p : {&base_, &patched_})
-      for (size_t i = 0; i < p->decoded.size(); ++i)
-        if (p->diffable[i]) jobs.push_back({p, i});
-    parallelFor(jobs.size(), threads_, [&](unsigned worker, size_t job) {
-      auto [program, i] = jobs[job];
-      const Function &f = program->image.functions[i];
-      llvm::ArrayRef<uint8_t> code = program->image.bytesAt(f.range.rva, f.range.size);
-      program->decoded[i] = decoders_[worker]->decode(code, f.range.rva, program->relocations);
+    for (size_t i = 0; i < base_.decoded.size(); ++i)
+      if (base_.diffable[i]) jobs.push_back({&base_, i});
+    for (size_t i = 0; i < patched_.decoded.size(); ++i)
+      if (patched_.diffable[i] && !candidate[i]) jobs.push_back({&patched_, i});
+    parallelFor(jobs.size(), threads_, [&](unsigned worker, size_t job) { decode(worker, *jobs[job].first, jobs[job].second); });
+    parallelFor(candidate.size(), threads_, [&](unsigned worker, size_t i) {
+      if (candidate[i] && !deriveFromBase(i, *candidate[i])) decode(worker, patched_, i);
     });
     for (Program *p : {&base_, &patched_}) {
       for (const DecodedFunction &d : p->decoded)
@@ -145,6 +170,33 @@ private:
       std::sort(p->referenced.begin(), p->referenced.end());
       p->referenced.erase(std::unique(p->referenced.begin(), p->referenced.end()), p->referenced.end());
     }
+  }
+
+  bool deriveFromBase(size_t p, size_t b) {
+    const DecodedFunction &from = base_.decoded[b];
+    const Function &fb = base_.image.functions[b], &fp = patched_.image.functions[p];
+    llvm::ArrayRef<uint8_t> baseBytes = base_.image.bytesAt(fb.range.rva, fb.range.size);
+    llvm::ArrayRef<uint8_t> patchedBytes = patched_.image.bytesAt(fp.range.rva, fp.range.size);
+    if (baseBytes.size() != patchedBytes.size() || baseBytes.empty() || !from.complete) return false;
+    uint32_t compared = 0;
+    for (const CodeReference &r : from.references) {
+      std::optional<FieldSpan> span = fieldSpan(r);
+      if (!span || span->begin < compared || span->end > baseBytes.size()) return false;
+      if (!std::equal(baseBytes.begin() + compared, baseBytes.begin() + span->begin, patchedBytes.begin() + compared))
+        return false;
+      if (span->mask) {
+        uint32_t wb = llvm::support::endian::read32le(&baseBytes[span->begin]);
+        uint32_t wp = llvm::support::endian::read32le(&patchedBytes[span->begin]);
+        if ((wb & ~span->mask) != (wp & ~span->mask)) return false;
+      }
+      compared = span->end;
+    }
+    if (!std::equal(baseBytes.begin() + compared, baseBytes.end(), patchedBytes.begin() + compared)) return false;
+    DecodedFunction derived = from;
+    for (CodeReference &r : derived.references)
+      r.target = retarget(r, patchedBytes, fp.range.rva, patched_.relocations.imageBase);
+    patched_.decoded[p] = std::move(derived);
+    return true;
   }
 
   // Named objects pair by their normalised name when it is unique on both sides.
@@ -224,6 +276,7 @@ private:
       const DecodedFunction &db = base_.decoded[b], &dp = patched_.decoded[*matching_.baseToPatched[b]];
       if (db.shape != dp.shape || db.references.size() != dp.references.size()) continue;
       for (size_t i = 0; i < db.references.size(); ++i) {
+        if (db.references[i].kind != ReferenceKind::Memory) continue;  // calls and branches land in code
         const Function *f = nullptr;
         const DataObject *o = nullptr;
         if (base_.classify(db.references[i].target, &f, &o) != TargetClass::Writable) continue;

@@ -35,7 +35,7 @@ bool nameFromDebugInfo(const Function &f) {
 template <typename Key, typename KeyOf>
 size_t matchKeys(const Program &base, const Program &patched, Matching &m, KeyOf keyOf, MatchInfo unique,
                  std::optional<MatchInfo> inOrder = std::nullopt) {
-  std::map<Key, std::vector<size_t>> baseKeys, patchedKeys;
+  std::map<Key, std::vector<size_t>> baseKeys, patchedKeys;  // ordered: pairs come out deterministic
   auto collect = [](const Program &p, const std::vector<std::optional<size_t>> &matched, auto &keys, auto keyOf) {
     for (size_t i = 0; i < p.decoded.size(); ++i) {
       if (!p.diffable[i] || matched[i]) continue;
@@ -135,6 +135,17 @@ Matching matchFunctions(const Program &base, const Program &patched) {
   };
   size_t byDebug = matchKeys<std::string>(base, patched, m, anyName, {MatchStage::DebugIdentity, 1.0},
                                           MatchInfo{MatchStage::DebugIdentity, 0.9});
+  // Later stages pair what names left over; with nothing left on one side they have nothing to do.
+  auto leftOver = [&](const Program &p, const std::vector<std::optional<size_t>> &matched) {
+    for (size_t i = 0; i < p.decoded.size(); ++i)
+      if (p.diffable[i] && !matched[i]) return true;
+    return false;
+  };
+  if (!leftOver(base, m.baseToPatched) || !leftOver(patched, m.patchedToBase)) {
+    m.log.push_back(fmt::format("name: {} pairs", byName));
+    m.log.push_back(fmt::format("debug-identity: {} pairs", byDebug));
+    return m;
+  }
   auto shapeKey = [](const Program &p, size_t i) -> std::optional<uint64_t> {
     return p.decoded[i].instructions ? std::optional<uint64_t>(p.decoded[i].shape) : std::nullopt;
   };

@@ -75,7 +75,7 @@ void McDecoder::mixOperands(const MCInst &inst, DecodeState &state, int maskedA,
 DecodedFunction McDecoder::decode(ArrayRef<uint8_t> code, uint64_t rva, const RelocationIndex &relocations,
                                   bool perInstructionShapes) {
   DecodedFunction out;
-  DecodeState state{out, 0x484f54464f524745ull, relocations, perInstructionShapes};
+  DecodeState state{out, 0x484f54464f524745ull, relocations};
   beginFunction(code, rva);
   uint64_t offset = 0;
   MCInst inst;
@@ -103,6 +103,7 @@ DecodedFunction McDecoder::decode(ArrayRef<uint8_t> code, uint64_t rva, const Re
       state.hash = 0;
       state.offset = uint32_t(offset);
       state.size = uint8_t(size);
+      state.bytes = code.data() + offset;
       analyze(inst, rva + offset, size, index, state);
       if (perInstructionShapes) out.instructionShapes.push_back(state.hash);
       state.hash = mixHash(chain, state.hash);

@@ -39,9 +39,9 @@ struct DecodeState {
   DecodedFunction &out;
   uint64_t hash = 0;
   const RelocationIndex &relocations;
-  bool exactFields = false;  // find exact field offsets (the emitter needs them, the differ does not)
   uint32_t offset = 0;       // of the instruction being analysed, within the function
   uint8_t size = 0;
+  const uint8_t *bytes = nullptr;  // its encoding
 
   // A reference of the instruction being analysed.
   void add(uint32_t index, ReferenceKind kind, uint64_t target, FieldEncoding encoding, uint8_t fieldOffset = 0,

@@ -95,6 +95,8 @@ Program::Program(const Image &img) : image(img) {
     }
   }
 
+  for (const Segment &s : image.segments)
+    if (s.type == "GNU_RELRO") relro_.push_back({s.rva, s.memorySize});
   relocations.imageBase = image.imageBase;
   for (const Relocation &r : image.relocations) {
     relocations.rvas.push_back(r.rva);
@@ -138,8 +140,8 @@ void Program::findSplitParts() {
 }
 
 bool Program::isReadOnly(uint64_t rva) const {
-  for (const Segment &s : image.segments)
-    if (s.type == "GNU_RELRO" && rva >= s.rva && rva - s.rva < s.memorySize) return true;
+  for (const AddressRange &r : relro_)
+    if (r.contains(rva)) return true;
   const Section *section = image.sectionAt(rva);
   return section && !section->permissions.write;
 }

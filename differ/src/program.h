@@ -71,7 +71,8 @@ struct Program {
 
 private:
   std::vector<std::pair<uint64_t, uint64_t>> stubRanges_;
-  std::vector<size_t> dataSlots_;  // per image data object: its index in `data`  // .plt-like sections
+  std::vector<size_t> dataSlots_;  // per image data object: its index in `data`
+  std::vector<AddressRange> relro_;  // read-only after relocation (ELF PT_GNU_RELRO)  // .plt-like sections
 };
 
 // Strips compiler suffixes (.isra.N, .constprop.N, .part.N, .lto_priv.N, .llvm.N, .cold[.N]).

@@ -5,6 +5,7 @@
 #include "hotforge/patch_image.h"
 
 #include <cstring>
+#include <map>
 
 namespace hotforge::emitter {
 
@@ -42,7 +43,13 @@ llvm::Error decodeRecords(llvm::ArrayRef<uint8_t> records, PatchImage &image);
 
 // Container writers: fill image.file (and image.sizes.file) from the sections and records.
 llvm::Error writeElfContainer(PatchImage &image);
-llvm::Error writePeContainer(PatchImage &image);
+// The PE writer also needs the builds: the base for its hashes and first bytes, the patched build
+// for the unwind data of the carried functions.
+struct PeContainerInput {
+  const Image *base = nullptr, *patched = nullptr;
+  std::map<uint64_t, uint32_t> handlerStubs;  // patched RVA of an exception handler -> its stub in .text
+};
+llvm::Error writePeContainer(PatchImage &image, const PeContainerInput &input);
 
 // The record section inside a container file.
 llvm::Expected<llvm::ArrayRef<uint8_t>> findRecordSection(llvm::ArrayRef<uint8_t> file);

@@ -1,6 +1,7 @@
 // buildPatchImage: lays out the carried code and data, turns every binding into a fixup, chooses
 // each redirection, and hands the result to the container writer of the base's format.
 #include "emitter_internal.h"
+#include "pe_unwind.h"
 
 #include "hotforge/arch.h"
 
@@ -121,13 +122,16 @@ public:
     layOutCode();
     if (llvm::Error e = bindReferences()) return e;
     if (llvm::Error e = chooseRedirects()) return e;
+    if (image_.format == Format::Pe) addHandlerStubs();
     if (!problems_.empty()) {
       std::string all;
       for (const std::string &p : problems_) all += (all.empty() ? "" : "; ") + p;
       return formatError("cannot build a safe patch: {}", all);
     }
     if (llvm::Error e = finishSections()) return e;
-    llvm::Error written = image_.format == Format::Elf ? writeElfContainer(image_) : writePeContainer(image_);
+    llvm::Error written = image_.format == Format::Elf
+                              ? writeElfContainer(image_)
+                              : writePeContainer(image_, {&base_, &patched_, std::move(handlerStubs_)});
     if (written) return written;
     return std::move(image_);  // a member: not moved implicitly
   }
@@ -401,6 +405,23 @@ private:
     return llvm::Error::success();
   }
 
+  // PE: an exception handler that the carried unwind data names and that stays in the base is
+  // reached through a stub in .text (UNWIND_INFO holds an RVA of this image).
+  void addHandlerStubs() {
+    llvm::Expected<PeUnwindSource> source = peUnwindSourceFor(patched_);
+    if (!source) return problems_.push_back(errorText(source.takeError()));
+    std::vector<CarriedCode> carried;
+    for (const PatchFunction &f : image_.functions) carried.push_back({f.patchedRva, f.size, f.rva, f.name});
+    llvm::Expected<std::vector<uint64_t>> handlers = peUnwindHandlers(*source, carried);
+    if (!handlers) return problems_.push_back(errorText(handlers.takeError()));
+    for (uint64_t handler : *handlers) {
+      std::optional<uint64_t> inBase = baseCounterpart(handler, 0);
+      if (!inBase)
+        problems_.push_back(fmt::format("the exception handler at patched rva {:#x} has no counterpart in the base", handler));
+      else handlerStubs_[handler] = addAbsoluteJump(*inBase, true);
+    }
+  }
+
   // The lowest offset inside the function that its own branches jump to (after the entry).
   uint64_t internalBranchFloor(const Function &f, llvm::ArrayRef<uint8_t> code) {
     differ::RelocationIndex none;
@@ -603,6 +624,7 @@ private:
   std::vector<JumpTableEntry> jumpTableEntries_;
   std::vector<PatchFixup> pending_, scratchFixups_;
   std::vector<std::string> problems_;
+  std::map<uint64_t, uint32_t> handlerStubs_;  // PE: patched handler rva -> stub image rva
 };
 
 }  // namespace

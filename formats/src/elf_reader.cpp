@@ -3,12 +3,15 @@
 
 #include <llvm/BinaryFormat/ELF.h>
 #include <llvm/DebugInfo/DWARF/DWARFContext.h>
-#include <llvm/DebugInfo/DWARF/DWARFDebugFrame.h>
 #include <llvm/Object/Binary.h>
 #include <llvm/Object/BuildID.h>
 #include <llvm/Object/ELFObjectFile.h>
 #include <llvm/Support/FileSystem.h>
+#include <llvm/Support/Endian.h>
 #include <llvm/Support/Path.h>
+
+#include <functional>
+#include <map>
 
 namespace hotforge::detail {
 namespace {
@@ -74,29 +77,115 @@ void collectSymbols(const ELFObjectFileBase &elf, ELFObjectFileBase::elf_symbol_
   }
 }
 
-// .eh_frame FDEs: the only function boundaries a stripped distribution library still has.
+// .eh_frame FDEs: the only function boundaries a stripped distribution library still has. Only
+// the FDE headers are read (LLVM's DWARFDebugFrame would also expand every CFI program, which
+// costs hundreds of megabytes on large binaries).
+class EhFrameWalker {
+public:
+  EhFrameWalker(ArrayRef<uint8_t> bytes, uint64_t address) : bytes_(bytes), address_(address) {}
+
+  // Calls found(start, size) for every FDE; returns a description of the first malformed entry.
+  std::optional<std::string> walk(const std::function<void(uint64_t, uint64_t)> &found) {
+    std::map<uint64_t, uint8_t> cieEncodings;
+    uint64_t offset = 0;
+    while (offset + 4 <= bytes_.size()) {
+      uint64_t length = read32(offset);
+      if (length == 0) break;
+      if (length == 0xffffffff) return "64-bit entry at offset " + hexOffset(offset) + " is not supported";
+      uint64_t body = offset + 4, end = body + length;
+      if (end > bytes_.size() || length < 4) return "entry at offset " + hexOffset(offset) + " runs past the section";
+      uint32_t id = read32(body);
+      position_ = body + 4;
+      if (id == 0) {
+        uint8_t encoding = 0;  // DW_EH_PE_absptr unless the augmentation says otherwise
+        ++position_;           // version
+        std::string augmentation;
+        while (position_ < end && bytes_[position_]) augmentation.push_back(char(bytes_[position_++]));
+        ++position_;
+        uleb(), uleb(), uleb();  // alignment factors and return register
+        if (!augmentation.empty() && augmentation[0] == 'z') {
+          uleb();
+          for (char c : augmentation.substr(1)) {
+            if (c == 'R') encoding = byte();
+            else if (c == 'L') byte();
+            else if (c == 'P') pointer(byte());
+          }
+        }
+        if (position_ > end) return "CIE at offset " + hexOffset(offset) + " is malformed";
+        cieEncodings[offset] = encoding;
+      } else {
+        auto cie = cieEncodings.find(body - id);
+        if (cie == cieEncodings.end()) return "FDE at offset " + hexOffset(offset) + " names no CIE";
+        uint64_t start = pointer(cie->second);
+        uint64_t size = pointer(cie->second & 0x0f);
+        if (position_ > end) return "FDE at offset " + hexOffset(offset) + " is malformed";
+        if (size) found(start, size);
+      }
+      offset = end;
+    }
+    return std::nullopt;
+  }
+
+private:
+  uint32_t read32(uint64_t at) const { return support::endian::read32le(&bytes_[at]); }
+  uint8_t byte() { return position_ < bytes_.size() ? bytes_[position_++] : (position_ = bytes_.size() + 1, 0); }
+  uint64_t uleb() {
+    uint64_t value = 0;
+    for (unsigned shift = 0; shift < 64; shift += 7) {
+      uint8_t b = byte();
+      value |= uint64_t(b & 0x7f) << shift;
+      if (!(b & 0x80)) break;
+    }
+    return value;
+  }
+  // A DW_EH_PE-encoded pointer: 0x0f selects the format, 0x70 the base (0x10: pc-relative).
+  uint64_t pointer(uint8_t encoding) {
+    uint64_t field = address_ + position_, value = 0;
+    auto fixed = [&](unsigned n, bool sign) {
+      if (position_ + n > bytes_.size()) return position_ = bytes_.size() + 1, uint64_t(0);
+      uint64_t v = 0;
+      for (unsigned i = 0; i < n; ++i) v |= uint64_t(bytes_[position_ + i]) << (8 * i);
+      position_ += n;
+      if (sign && n < 8 && (v >> (8 * n - 1)) & 1) v |= ~uint64_t(0) << (8 * n);
+      return v;
+    };
+    switch (encoding & 0x0f) {
+    case 0x00: case 0x04: case 0x0c: value = fixed(8, false); break;
+    case 0x01: value = uleb(); break;
+    case 0x02: value = fixed(2, false); break;
+    case 0x03: value = fixed(4, false); break;
+    case 0x0a: value = fixed(2, true); break;
+    case 0x0b: value = fixed(4, true); break;
+    default: position_ = bytes_.size() + 1; return 0;
+    }
+    return (encoding & 0x70) == 0x10 ? value + field : value;
+  }
+
+  ArrayRef<uint8_t> bytes_;
+  uint64_t address_;
+  uint64_t position_ = 0;
+};
+
 void collectEhFrame(const ELFObjectFileBase &elf, uint64_t imageBase, FunctionTableBuilder &functions,
                     std::vector<std::string> &warnings) {
-  bool hasEhFrame = false;
   for (const SectionRef &s : elf.sections()) {
     Expected<StringRef> name = s.getName();
-    if (name && *name == ".eh_frame") hasEhFrame = true;
-    if (!name) consumeError(name.takeError());
-  }
-  if (!hasEhFrame) return;
-  auto onError = [&](Error e) { warnings.push_back(".eh_frame: " + errorText(std::move(e))); };
-  std::unique_ptr<DWARFContext> context =
-      DWARFContext::create(elf, DWARFContext::ProcessDebugRelocations::Ignore, nullptr, "", onError, onError);
-  Expected<const DWARFDebugFrame *> frames = context->getEHFrame();
-  if (!frames) {
-    warnings.push_back(".eh_frame ignored: " + errorText(frames.takeError()));
+    if (!name) {
+      consumeError(name.takeError());
+      continue;
+    }
+    if (*name != ".eh_frame" || ELFSectionRef(s).getType() == ELF::SHT_NOBITS) continue;
+    Expected<StringRef> contents = s.getContents();
+    if (!contents) {
+      warnings.push_back(".eh_frame ignored: " + errorText(contents.takeError()));
+      return;
+    }
+    EhFrameWalker walker(arrayRefFromStringRef(*contents), s.getAddress());
+    std::optional<std::string> problem = walker.walk([&](uint64_t start, uint64_t size) {
+      if (start >= imageBase) functions.add(start - imageBase, size, std::nullopt, FunctionSource::EhFrame);
+    });
+    if (problem) warnings.push_back(".eh_frame: " + *problem + "; the entries after it were not read");
     return;
-  }
-  for (const dwarf::FrameEntry &entry : (*frames)->entries()) {
-    const auto *fde = dyn_cast<dwarf::FDE>(&entry);
-    if (!fde || fde->getAddressRange() == 0 || fde->getInitialLocation() < imageBase) continue;
-    functions.add(fde->getInitialLocation() - imageBase, fde->getAddressRange(), std::nullopt,
-                  FunctionSource::EhFrame);
   }
 }
 
@@ -263,7 +352,9 @@ public:
       if (!name) return name.takeError();
       Section s;
       s.name = name->str();
-      s.loaded = (section.getFlags() & ELF::SHF_ALLOC) != 0;
+      // A .tbss takes no room in the address space: it only sizes each thread's TLS block.
+      s.loaded = (section.getFlags() & ELF::SHF_ALLOC) != 0 &&
+                 !((section.getFlags() & ELF::SHF_TLS) && section.getType() == ELF::SHT_NOBITS);
       s.rva = s.loaded && section.getAddress() >= image.imageBase ? section.getAddress() - image.imageBase : 0;
       s.size = section.getSize();
       s.fileOffset = section.getOffset();

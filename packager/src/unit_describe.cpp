@@ -51,8 +51,10 @@ std::string describeUnitText(const UnitDescription &unit, const std::string &pat
   }
   std::string out = fmt::format("{}: hotforge delivery unit (format {}), {} image{}, {}\n", path, unit.header.version,
                                 entries.size(), entries.size() == 1 ? "" : "s",
-                                unit.verified ? "signature verified"
-                                              : "NOT VERIFIED (check it with: hotforge verify UNIT --pubkey KEY.pub.pem)");
+                                unit.verified ? std::string("signature verified")
+                                              : fmt::format("NOT VERIFIED (check it with: hotforge verify {} --pubkey "
+                                                            "KEY.pub.pem)",
+                                                            path));
   std::string release = str(m, "release");
   out += fmt::format("  release     {}\n", release.empty() ? "(none)" : jsonQuoted(release));
   const nlohmann::json *created = m.is_object() && m.contains("created") ? &m["created"] : nullptr;

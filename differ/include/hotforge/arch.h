@@ -88,13 +88,24 @@ struct RelocationIndex {
 class InstructionDecoder {
 public:
   virtual ~InstructionDecoder() = default;
-  // With `perInstructionShapes`, also fills instructionShapes and, on x64, the exact fieldOffset
-  // of RIP-relative operands (which costs a re-encoding per such instruction).
+  // With `perInstructionShapes`, also fills instructionShapes (for showing first differences).
   virtual DecodedFunction decode(llvm::ArrayRef<uint8_t> code, uint64_t rva, const RelocationIndex &relocations,
                                  bool perInstructionShapes = false) = 0;
   // The counted instructions (same indexing as DecodedFunction) with their text.
   virtual std::vector<InstructionText> disassemble(llvm::ArrayRef<uint8_t> code, uint64_t rva) = 0;
 };
+
+// Where a reference's address lives in the function's bytes: bytes [begin, end), of which only
+// the bits in `mask` (per little-endian 32-bit word; all bits when 0) hold the address.
+struct FieldSpan {
+  uint32_t begin = 0, end = 0;
+  uint32_t mask = 0;
+};
+// For references whose target follows from their own field alone (not ADRP pairs).
+std::optional<FieldSpan> fieldSpan(const CodeReference &reference);
+// The target the same reference has in `function` placed at `functionRva`.
+uint64_t retarget(const CodeReference &reference, llvm::ArrayRef<uint8_t> function, uint64_t functionRva,
+                  uint64_t imageBase);
 
 // A decoder is not thread-safe; each worker thread creates its own.
 llvm::Expected<std::unique_ptr<InstructionDecoder>> createInstructionDecoder(Machine machine);

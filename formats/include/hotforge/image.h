@@ -174,9 +174,12 @@ public:
   llvm::ArrayRef<uint8_t> fileBytes() const;
 
   void adoptBuffer(std::unique_ptr<llvm::MemoryBuffer> buffer) { buffer_ = std::move(buffer); }
+  // Builds the address index sectionAt uses; readImage calls it once the sections are final.
+  void indexSections();
 
 private:
   std::unique_ptr<llvm::MemoryBuffer> buffer_;
+  std::vector<uint32_t> sectionsByRva_;  // loaded sections, by start address
 };
 
 // Reads an ELF64 or PE32+ image for x64 or Arm64. Errors name the file and, where the format

@@ -1,0 +1,436 @@
+// PE unwind data for a patch image. Every .pdata entry of the patched build that starts inside a
+// carried function is copied with its begin (and x64 end) moved to the image RVA; its unwind
+// record is copied into the image's .xdata. What holds RVAs is re-aimed:
+//   x64 chained UNWIND_INFO: the trailing RUNTIME_FUNCTION becomes the parent's new entry;
+//   x64 indirect entries (UnwindData | 1): the RVA of the parent's new entry;
+//   exception handler RVAs (x64 EHANDLER/UHANDLER, Arm64 X bit): the handler's image RVA when the
+//     image carries it, else a stub in .text that jumps to the base's handler;
+//   the handler's own data, for the handlers whose data format is public (__C_specific_handler
+//     scope tables, __GSHandlerCheck, __GSHandlerCheck_SEH); any other handler is refused.
+// Arm64 packed entries need no .xdata and are copied with the new begin only.
+#include "pe_unwind.h"
+
+#include "hotforge/error.h"
+
+#include <fmt/core.h>
+#include <llvm/Object/COFF.h>
+#include <llvm/Support/Endian.h>
+
+#include <algorithm>
+#include <set>
+
+namespace hotforge::emitter {
+
+using llvm::support::endian::read32le;
+using llvm::support::endian::write32le;
+
+namespace {
+
+constexpr uint8_t kUnwEHandler = 1, kUnwUHandler = 2, kUnwChainInfo = 4;
+constexpr size_t kX64EntrySize = 12, kA64EntrySize = 8;
+constexpr uint32_t kMaxScopes = 0x10000;
+
+llvm::Expected<size_t> unwindRecordSize(llvm::ArrayRef<uint8_t> record, bool x64, bool checkLength);
+
+std::string describe(const CarriedCode &c) {
+  return c.name ? *c.name : fmt::format("the function at patched rva {:#x}", c.patchedRva);
+}
+
+// Where patched RVAs inside carried code land in the image.
+class Locator {
+public:
+  explicit Locator(llvm::ArrayRef<CarriedCode> carried) : carried_(carried.begin(), carried.end()) {
+    std::sort(carried_.begin(), carried_.end(),
+              [](const CarriedCode &a, const CarriedCode &b) { return a.patchedRva < b.patchedRva; });
+  }
+  const CarriedCode *owner(uint64_t rva) const {
+    auto it = std::upper_bound(carried_.begin(), carried_.end(), rva,
+                               [](uint64_t r, const CarriedCode &c) { return r < c.patchedRva; });
+    if (it == carried_.begin()) return nullptr;
+    --it;
+    return rva - it->patchedRva < it->size ? &*it : nullptr;
+  }
+  std::optional<uint32_t> map(uint64_t rva) const {
+    const CarriedCode *c = owner(rva);
+    if (!c) return std::nullopt;
+    return uint32_t(c->imageRva + (rva - c->patchedRva));
+  }
+
+private:
+  std::vector<CarriedCode> carried_;
+};
+
+// Handlers whose data (after the handler RVA) has a public format.
+enum class HandlerData { ScopeTable, GsCheck, GsCheckSeh };
+
+std::optional<HandlerData> handlerDataFor(std::string name) {
+  if (name.rfind("__imp_", 0) == 0) name.erase(0, 6);
+  name.erase(0, name.find_first_not_of('_'));
+  if (name == "C_specific_handler") return HandlerData::ScopeTable;
+  if (name == "GSHandlerCheck") return HandlerData::GsCheck;
+  if (name == "GSHandlerCheck_SEH") return HandlerData::GsCheckSeh;
+  return std::nullopt;
+}
+
+// One unwind record (an x64 UNWIND_INFO or an Arm64 .xdata record) to copy.
+struct UnwindRecord {
+  uint64_t patchedRva = 0;
+  size_t fixedSize = 0;  // through the handler RVA or the chained RUNTIME_FUNCTION
+  std::vector<uint8_t> bytes;  // the whole record, with the handler's data
+  bool chained = false;  // x64: a RUNTIME_FUNCTION follows the codes
+  std::optional<uint64_t> handler;  // patched RVA of the exception handler
+  std::optional<HandlerData> handlerData;
+  uint32_t offset = 0;  // in the new .xdata
+  const CarriedCode *function = nullptr;
+};
+
+// One .pdata entry to copy.
+struct Entry {
+  uint32_t begin = 0, end = 0, unwind = 0;  // patched build
+  uint32_t newBegin = 0, newEnd = 0;
+  const CarriedCode *function = nullptr;
+};
+
+class Copier {
+public:
+  Copier(const PeUnwindSource &source, llvm::ArrayRef<CarriedCode> carried) : source_(source), locator_(carried) {}
+
+  llvm::Error collect() {
+    bool x64 = source_.machine == Machine::X64;
+    size_t entrySize = x64 ? kX64EntrySize : kA64EntrySize;
+    llvm::ArrayRef<uint8_t> table = source_.exceptionDirectory;
+    for (size_t at = 0; at + entrySize <= table.size(); at += entrySize) {
+      Entry e;
+      e.begin = read32le(&table[at]);
+      e.unwind = read32le(&table[at + entrySize - 4]);
+      e.function = locator_.owner(e.begin);
+      if (!e.function) continue;
+      std::string who = describe(*e.function);
+      if (x64) {
+        e.end = read32le(&table[at + 4]);
+      } else {
+        llvm::Expected<uint32_t> length = arm64Length(e.unwind, who);
+        if (!length) return length.takeError();
+        e.end = e.begin + *length;
+      }
+      if (e.end <= e.begin || e.end - e.function->patchedRva > e.function->size)
+        return formatError("{}: its unwind entry [{:#x}, {:#x}) does not lie inside the function [{:#x}, {:#x})", who,
+                           e.begin, e.end, e.function->patchedRva, e.function->patchedRva + e.function->size);
+      e.newBegin = *locator_.map(e.begin);
+      e.newEnd = e.newBegin + (e.end - e.begin);
+      entries_.push_back(e);
+      if (x64 && (e.unwind & 1)) continue;        // indirect: points at another entry
+      if (!x64 && (e.unwind & 3) != 0) continue;  // packed: no .xdata
+      if (llvm::Error err = addRecord(e.unwind, *e.function)) return err;
+    }
+    std::sort(entries_.begin(), entries_.end(), [](const Entry &a, const Entry &b) { return a.newBegin < b.newBegin; });
+    for (size_t i = 1; i < entries_.size(); ++i)
+      if (entries_[i].newBegin < entries_[i - 1].newEnd)
+        return formatError("{}: unwind entries at patched rva {:#x} and {:#x} overlap", describe(*entries_[i].function),
+                           entries_[i - 1].begin, entries_[i].begin);
+    return llvm::Error::success();
+  }
+
+  std::vector<uint64_t> handlersOutside() const {
+    std::set<uint64_t> out;
+    for (const auto &[rva, record] : records_)
+      if (record.handler && !locator_.map(*record.handler)) out.insert(*record.handler);
+    return {out.begin(), out.end()};
+  }
+
+  llvm::Expected<PeUnwindTables> emit(uint32_t pdataRva, uint32_t xdataRva, const std::map<uint64_t, uint32_t> &stubs) {
+    bool x64 = source_.machine == Machine::X64;
+    PeUnwindTables out;
+    // .xdata: every record once, 4-aligned, in patched-address order.
+    for (auto &[rva, record] : records_) {
+      out.xdata.resize((out.xdata.size() + 3) & ~size_t(3));
+      record.offset = uint32_t(out.xdata.size());
+      out.xdata.insert(out.xdata.end(), record.bytes.begin(), record.bytes.end());
+    }
+    out.xdata.resize((out.xdata.size() + 3) & ~size_t(3));
+    std::map<uint32_t, size_t> entryAt;  // patched begin -> index in entries_
+    for (size_t i = 0; i < entries_.size(); ++i) entryAt[entries_[i].begin] = i;
+    auto newUnwind = [&](const Entry &e) -> llvm::Expected<uint32_t> {
+      if (!x64 && (e.unwind & 3) != 0) return e.unwind;
+      if (x64 && (e.unwind & 1)) {
+        // The parent RUNTIME_FUNCTION of the patched build's table, by its position.
+        uint64_t parentAt = (e.unwind & ~1u) - source_.exceptionDirectoryRva;
+        llvm::ArrayRef<uint8_t> table = source_.exceptionDirectory;
+        if ((e.unwind & ~1u) < source_.exceptionDirectoryRva || parentAt % kX64EntrySize ||
+            parentAt + kX64EntrySize > table.size())
+          return formatError("{}: its indirect unwind entry points at {:#x}, not at an entry of .pdata",
+                             describe(*e.function), e.unwind & ~1u);
+        auto parent = entryAt.find(read32le(&table[parentAt]));
+        if (parent == entryAt.end())
+          return formatError("{}: its unwind entry chains to the function at patched rva {:#x}, which the patch does "
+                             "not carry", describe(*e.function), read32le(&table[parentAt]));
+        return uint32_t(pdataRva + parent->second * kX64EntrySize) | 1u;
+      }
+      return xdataRva + records_.at(e.unwind).offset;
+    };
+    std::vector<uint32_t> unwinds;
+    for (const Entry &e : entries_) {
+      llvm::Expected<uint32_t> u = newUnwind(e);
+      if (!u) return u.takeError();
+      unwinds.push_back(*u);
+    }
+    // Re-aim what the records hold.
+    for (auto &[rva, record] : records_) {
+      uint8_t *p = &out.xdata[record.offset];
+      std::string who = describe(*record.function);
+      if (record.chained) {
+        uint8_t *chain = p + record.fixedSize - kX64EntrySize;
+        uint32_t parentBegin = read32le(chain);
+        auto parent = entryAt.find(parentBegin);
+        if (parent == entryAt.end())
+          return formatError("{}: its unwind info chains to the function at patched rva {:#x}, which the patch does "
+                             "not carry", who, parentBegin);
+        write32le(chain, entries_[parent->second].newBegin);
+        write32le(chain + 4, entries_[parent->second].newEnd);
+        write32le(chain + 8, unwinds[parent->second]);
+      }
+      if (record.handler) {
+        std::optional<uint32_t> handler = locator_.map(*record.handler);
+        if (!handler) {
+          auto stub = stubs.find(*record.handler);
+          if (stub == stubs.end())
+            return formatError("{}: no stub for its exception handler at patched rva {:#x}", who, *record.handler);
+          handler = stub->second;
+        }
+        write32le(p + record.fixedSize - 4, *handler);
+        llvm::MutableArrayRef<uint8_t> data(p + record.fixedSize, record.bytes.size() - record.fixedSize);
+        if (llvm::Error err = rewriteHandlerData(*record.handlerData, data, who)) return err;
+      }
+    }
+    for (size_t i = 0; i < entries_.size(); ++i) {
+      uint8_t word[4];
+      auto put = [&](uint32_t v) {
+        write32le(word, v);
+        out.pdata.insert(out.pdata.end(), word, word + 4);
+      };
+      put(entries_[i].newBegin);
+      if (x64) put(entries_[i].newEnd);
+      put(unwinds[i]);
+    }
+    out.entries = entries_.size();
+    return out;
+  }
+
+private:
+  llvm::Expected<uint32_t> arm64Length(uint32_t unwind, const std::string &who) {
+    switch (unwind & 3) {
+    case 1:
+    case 2: return ((unwind >> 2) & 0x7ff) * 4;
+    case 0: {
+      llvm::ArrayRef<uint8_t> header = source_.bytesAt(unwind, 4);
+      if (header.size() != 4) return formatError("{}: its .xdata record at {:#x} is outside the file", who, unwind);
+      return (read32le(header.data()) & 0x3ffff) * 4;
+    }
+    default: return formatError("{}: its .pdata entry uses the reserved unwind flag 3", who);
+    }
+  }
+
+  llvm::Error addRecord(uint32_t rva, const CarriedCode &function) {
+    if (records_.count(rva)) return llvm::Error::success();
+    std::string who = describe(function);
+    UnwindRecord record;
+    record.patchedRva = rva;
+    record.function = &function;  // owned by locator_
+    // The header says how long the record is; an Arm64 extended header takes a second word.
+    llvm::ArrayRef<uint8_t> head = source_.bytesAt(rva, 4);
+    if (head.size() == 4 && source_.machine == Machine::Arm64 && (read32le(head.data()) >> 22) == 0)
+      head = source_.bytesAt(rva, 8);
+    if (head.size() < 4) return formatError("{}: its unwind record at patched rva {:#x} is outside the file", who, rva);
+    llvm::Expected<size_t> fixed = source_.machine == Machine::X64 ? unwindRecordSize(head, true, false)
+                                                                   : unwindRecordSize(head, false, false);
+    if (!fixed) return formatError("{}: its unwind record at patched rva {:#x}: {}", who, rva, errorText(fixed.takeError()));
+    record.fixedSize = *fixed;
+    llvm::ArrayRef<uint8_t> bytes = source_.bytesAt(rva, record.fixedSize);
+    if (bytes.size() != record.fixedSize)
+      return formatError("{}: its unwind record at patched rva {:#x} is outside the file", who, rva);
+    bool hasHandler = false;
+    if (source_.machine == Machine::X64) {
+      uint8_t flags = bytes[0] >> 3;
+      record.chained = flags & kUnwChainInfo;
+      hasHandler = !record.chained && (flags & (kUnwEHandler | kUnwUHandler));
+    } else {
+      hasHandler = (read32le(bytes.data()) >> 20) & 1;
+    }
+    record.bytes.assign(bytes.begin(), bytes.end());
+    if (hasHandler) {
+      uint32_t handler = read32le(&bytes[record.fixedSize - 4]);
+      record.handler = handler;
+      std::optional<std::string> name = source_.nameAt ? source_.nameAt(handler) : std::nullopt;
+      std::optional<HandlerData> kind = name ? handlerDataFor(*name) : std::nullopt;
+      if (!kind)
+        return formatError("{} has an exception handler ({} at patched rva {:#x}) whose data Hotforge cannot re-aim: "
+                           "only __C_specific_handler scope tables and __GSHandlerCheck data are understood (needs "
+                           "restart)", who, name.value_or("unnamed"), handler);
+      record.handlerData = *kind;
+      llvm::Expected<size_t> dataSize = handlerDataSize(*kind, rva + record.fixedSize, who);
+      if (!dataSize) return dataSize.takeError();
+      llvm::ArrayRef<uint8_t> data = source_.bytesAt(rva + record.fixedSize, *dataSize);
+      if (data.size() != *dataSize)
+        return formatError("{}: the data of its exception handler is outside the file", who);
+      record.bytes.insert(record.bytes.end(), data.begin(), data.end());
+      // Check now that every RVA in it can be re-aimed, so a refusal comes before the layout.
+      std::vector<uint8_t> scratch(data.begin(), data.end());
+      if (llvm::Error err = rewriteHandlerData(*kind, scratch, who)) return err;
+    }
+    records_.emplace(rva, std::move(record));
+    return llvm::Error::success();
+  }
+
+  llvm::Expected<size_t> handlerDataSize(HandlerData kind, uint64_t at, const std::string &who) {
+    size_t size = 0;
+    if (kind == HandlerData::ScopeTable || kind == HandlerData::GsCheckSeh) {
+      llvm::ArrayRef<uint8_t> count = source_.bytesAt(at, 4);
+      if (count.size() != 4) return formatError("{}: its scope table is outside the file", who);
+      uint32_t scopes = read32le(count.data());
+      if (scopes > kMaxScopes) return formatError("{}: its scope table claims {} scopes", who, scopes);
+      size = 4 + size_t(scopes) * 16;
+    }
+    if (kind == HandlerData::GsCheck || kind == HandlerData::GsCheckSeh) {
+      llvm::ArrayRef<uint8_t> gs = source_.bytesAt(at + size, 4);
+      if (gs.size() != 4) return formatError("{}: its /GS handler data is outside the file", who);
+      size += (read32le(gs.data()) & 4) ? 12 : 4;  // HasAlignment adds AlignedBaseOffset and Alignment
+    }
+    return size;
+  }
+
+  // Scope tables hold RVAs of the try range, the filter (or 1: EXCEPTION_EXECUTE_HANDLER) and the
+  // target (0 for a __finally, whose handler field is the termination handler).
+  llvm::Error rewriteHandlerData(HandlerData kind, llvm::MutableArrayRef<uint8_t> data, const std::string &who) {
+    if (kind == HandlerData::GsCheck) return llvm::Error::success();  // frame offsets only
+    uint32_t scopes = read32le(data.data());
+    for (uint32_t i = 0; i < scopes; ++i) {
+      uint8_t *scope = &data[4 + size_t(i) * 16];
+      uint32_t begin = read32le(scope), end = read32le(scope + 4), filter = read32le(scope + 8),
+               target = read32le(scope + 12);
+      auto inside = [&](uint32_t rva, bool isEnd) -> std::optional<uint32_t> {
+        std::optional<uint32_t> mapped = locator_.map(isEnd ? rva - 1 : rva);
+        return mapped ? std::optional<uint32_t>(*mapped + (isEnd ? 1 : 0)) : std::nullopt;
+      };
+      std::optional<uint32_t> newBegin = inside(begin, false), newEnd = end ? inside(end, true) : std::nullopt;
+      std::optional<uint32_t> newFilter = filter <= 1 || filter == 0xffffffff ? std::optional<uint32_t>(filter)
+                                                                              : inside(filter, false);
+      std::optional<uint32_t> newTarget = target == 0 ? std::optional<uint32_t>(0) : inside(target, false);
+      if (!newBegin || !newEnd || !newFilter || !newTarget)
+        return formatError("{}: scope {} of its exception handler names code outside the patch (try [{:#x}, {:#x}), "
+                           "handler {:#x}, target {:#x}) (needs restart)", who, i, begin, end, filter, target);
+      write32le(scope, *newBegin);
+      write32le(scope + 4, *newEnd);
+      write32le(scope + 8, *newFilter);
+      write32le(scope + 12, *newTarget);
+    }
+    return llvm::Error::success();
+  }
+
+  const PeUnwindSource &source_;
+  Locator locator_;
+  std::vector<Entry> entries_;
+  std::map<uint64_t, UnwindRecord> records_;  // by patched RVA
+};
+
+}  // namespace
+
+namespace {
+
+// The record size its header gives; `checkLength`: the buffer must hold all of it.
+llvm::Expected<size_t> unwindRecordSize(llvm::ArrayRef<uint8_t> record, bool x64, bool checkLength) {
+  size_t size = 0;
+  if (x64) {
+    if (record.size() < 4) return makeError("UNWIND_INFO is truncated (needs 4 header bytes)");
+    unsigned version = record[0] & 7, flags = record[0] >> 3;
+    if (version != 1 && version != 2) return formatError("UNWIND_INFO version {} is not 1 or 2", version);
+    size = 4 + 2 * ((size_t(record[2]) + 1) & ~size_t(1));  // codes, padded to an even count
+    if (flags & kUnwChainInfo) size += kX64EntrySize;
+    else if (flags & (kUnwEHandler | kUnwUHandler)) size += 4;
+  } else {
+    if (record.size() < 4) return makeError(".xdata record is truncated (needs a 4-byte header)");
+    uint32_t w0 = read32le(record.data());
+    if ((w0 >> 18) & 3) return formatError(".xdata record version {} is not 0", (w0 >> 18) & 3);
+    bool exception = (w0 >> 20) & 1, singleEpilog = (w0 >> 21) & 1;
+    size_t epilogs = (w0 >> 22) & 0x1f, codeWords = (w0 >> 27) & 0x1f;
+    size = 4;
+    if (epilogs == 0 && codeWords == 0) {  // extended header: a second word holds both counts
+      if (record.size() < 8) return makeError(".xdata record is truncated (needs an 8-byte extended header)");
+      uint32_t w1 = read32le(record.data() + 4);
+      epilogs = w1 & 0xffff;
+      codeWords = (w1 >> 16) & 0xff;
+      size = 8;
+    }
+    if (!singleEpilog) size += epilogs * 4;  // E: the count field is a code index and no scopes follow
+    size += codeWords * 4;
+    if (exception) size += 4;  // the exception handler RVA
+  }
+  if (checkLength && record.size() < size)
+    return formatError("{} is truncated ({} of {} bytes)", x64 ? "UNWIND_INFO" : ".xdata record", record.size(), size);
+  return size;
+}
+
+}  // namespace
+
+llvm::Expected<size_t> x64UnwindInfoSize(llvm::ArrayRef<uint8_t> info) { return unwindRecordSize(info, true, true); }
+
+llvm::Expected<size_t> arm64XdataSize(llvm::ArrayRef<uint8_t> record) { return unwindRecordSize(record, false, true); }
+
+llvm::Expected<PeUnwindSource> peUnwindSourceFor(const Image &patched) {
+  PeUnwindSource source;
+  source.machine = patched.machine;
+  llvm::ArrayRef<uint8_t> file = patched.fileBytes();
+  llvm::MemoryBufferRef buffer(llvm::StringRef(reinterpret_cast<const char *>(file.data()), file.size()), patched.path);
+  llvm::Expected<std::unique_ptr<llvm::object::COFFObjectFile>> coff = llvm::object::COFFObjectFile::create(buffer);
+  if (!coff) return formatError("{}: {}", patched.path, errorText(coff.takeError()));
+  if (const llvm::object::data_directory *d = (*coff)->getDataDirectory(llvm::COFF::EXCEPTION_TABLE); d && d->Size) {
+    source.exceptionDirectoryRva = d->RelativeVirtualAddress;
+    source.exceptionDirectory = patched.bytesAt(d->RelativeVirtualAddress, d->Size);
+    if (source.exceptionDirectory.empty())
+      return formatError("{}: the exception directory at rva {:#x} is outside the file", patched.path,
+                         uint32_t(d->RelativeVirtualAddress));
+  }
+  const Image *image = &patched;
+  source.bytesAt = [image](uint64_t rva, uint64_t size) { return image->bytesAt(rva, size); };
+  source.nameAt = [image](uint64_t rva) -> std::optional<std::string> {
+    if (const Function *f = image->functionAt(rva); f && f->range.rva == rva && f->name) return f->name;
+    // An import thunk: jmp [rip+disp32] (x64) or adrp x16; ldr x16, [x16, #lo]; br x16 (Arm64).
+    std::optional<uint64_t> slot;
+    if (image->machine == Machine::X64) {
+      llvm::ArrayRef<uint8_t> code = image->bytesAt(rva, 6);
+      if (code.size() == 6 && code[0] == 0xff && code[1] == 0x25)
+        slot = rva + 6 + int64_t(int32_t(read32le(&code[2])));
+    } else {
+      llvm::ArrayRef<uint8_t> code = image->bytesAt(rva, 12);
+      if (code.size() == 12) {
+        uint32_t adrp = read32le(&code[0]), ldr = read32le(&code[4]), br = read32le(&code[8]);
+        if ((adrp & 0x9f00001f) == 0x90000010 && (ldr & 0xffc003ff) == 0xf9400210 && br == 0xd61f0200) {
+          int64_t pages = int64_t(((adrp >> 29) & 3) | ((adrp >> 3) & 0x1ffffc));
+          pages = (pages << 43) >> 43;  // sign-extend 21 bits
+          slot = (rva & ~uint64_t(0xfff)) + uint64_t(pages << 12) + ((ldr >> 10) & 0xfff) * 8;
+        }
+      }
+    }
+    if (slot)
+      for (const Import &i : image->imports)
+        if (i.slotRva == *slot) return i.name;
+    return std::nullopt;
+  };
+  return source;
+}
+
+llvm::Expected<std::vector<uint64_t>> peUnwindHandlers(const PeUnwindSource &source,
+                                                       llvm::ArrayRef<CarriedCode> carried) {
+  Copier copier(source, carried);
+  if (llvm::Error e = copier.collect()) return e;
+  return copier.handlersOutside();
+}
+
+llvm::Expected<PeUnwindTables> buildPeUnwind(const PeUnwindSource &source, llvm::ArrayRef<CarriedCode> carried,
+                                             uint32_t pdataRva, uint32_t xdataRva,
+                                             const std::map<uint64_t, uint32_t> &handlerStubs) {
+  Copier copier(source, carried);
+  if (llvm::Error e = copier.collect()) return e;
+  return copier.emit(pdataRva, xdataRva, handlerStubs);
+}
+
+}  // namespace hotforge::emitter

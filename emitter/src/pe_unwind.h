@@ -1,0 +1,69 @@
+// PE unwind data for the functions a patch image carries: x64 RUNTIME_FUNCTION + UNWIND_INFO and
+// Arm64 .pdata + .xdata, copied from the patched build and re-aimed at the image's RVAs
+// (docs/format.md, "PE container").
+#pragma once
+
+#include "hotforge/image.h"
+
+#include <llvm/ADT/ArrayRef.h>
+#include <llvm/Support/Error.h>
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace hotforge::emitter {
+
+// A function the image carries: where the patched build has it and where the image has it.
+struct CarriedCode {
+  uint64_t patchedRva = 0, size = 0;
+  uint32_t imageRva = 0;
+  std::optional<std::string> name;
+};
+
+// The patched build, as the unwind copier reads it.
+struct PeUnwindSource {
+  Machine machine = Machine::X64;
+  llvm::ArrayRef<uint8_t> exceptionDirectory;  // the patched build's .pdata entries
+  uint64_t exceptionDirectoryRva = 0;          // where they are (x64 indirect entries point into them)
+  // The patched build's bytes at [rva, rva+size), empty when they are not all in the file.
+  std::function<llvm::ArrayRef<uint8_t>(uint64_t rva, uint64_t size)> bytesAt;
+  // The name of the routine at `rva` (a function starting there, or the import an import thunk
+  // there jumps to), for recognising exception handlers.
+  std::function<std::optional<std::string>(uint64_t rva)> nameAt;
+};
+
+// Reads the exception directory, names and bytes from a patched PE image.
+llvm::Expected<PeUnwindSource> peUnwindSourceFor(const Image &patched);
+
+// The exception handlers (patched RVAs) that the unwind data of the carried functions names and
+// that lie outside the carried code: each needs a stub in the image that jumps to the base's
+// handler. Fails, with the function and the reason, for unwind data the copier cannot re-aim.
+llvm::Expected<std::vector<uint64_t>> peUnwindHandlers(const PeUnwindSource &source,
+                                                       llvm::ArrayRef<CarriedCode> carried);
+
+struct PeUnwindTables {
+  std::vector<uint8_t> pdata;  // sorted by begin address; placed at pdataRva
+  std::vector<uint8_t> xdata;  // UNWIND_INFO (x64) / .xdata records (Arm64); placed at xdataRva
+  size_t entries = 0;          // RUNTIME_FUNCTION entries in pdata
+};
+
+// Copies the unwind entries of every carried function. `handlerStubs` maps each handler that
+// peUnwindHandlers returned to the image RVA of its stub.
+llvm::Expected<PeUnwindTables> buildPeUnwind(const PeUnwindSource &source, llvm::ArrayRef<CarriedCode> carried,
+                                             uint32_t pdataRva, uint32_t xdataRva,
+                                             const std::map<uint64_t, uint32_t> &handlerStubs);
+
+// The size in bytes of the Arm64 .xdata record that starts with `record`, up to and including
+// the exception handler RVA when there is one (the handler's data follows, in its own format).
+// Fails when the record is truncated or uses an unknown version.
+llvm::Expected<size_t> arm64XdataSize(llvm::ArrayRef<uint8_t> record);
+
+// The same for an x64 UNWIND_INFO: header, unwind codes (padded to an even count), and the
+// chained RUNTIME_FUNCTION or the exception handler RVA.
+llvm::Expected<size_t> x64UnwindInfoSize(llvm::ArrayRef<uint8_t> info);
+
+}  // namespace hotforge::emitter
