@@ -116,8 +116,10 @@ print("inputs: base.elf %.1f MiB + patched.elf %.1f MiB = %.1f MiB" % (base_size
 print("peak memory budget = 2 x inputs + 100 MiB = %.1f MiB; hotforge peak %.1f MiB: %s" % (
     budget, hf["mib"], "within" if hf["mib"] <= budget else "OVER"))
 cpu = int(hf["cpu"].rstrip("%")) if hf["cpu"].rstrip("%").isdigit() else 0
-print("hotforge CPU %s of %d cores: %s" % (
-    hf["cpu"], cores, "more than one core busy" if cpu > 100 else "effectively one core"))
+print("hotforge CPU %s of %d cores (%.2f CPU s in %.2f s): %s" % (
+    hf["cpu"], cores, hf["cpus"], hf["seconds"],
+    "more than one core busy" if cpu > 100 else
+    "no more than one core's worth (also the case when other processes hold the cores: see the load average)"))
 
 ok_targets = True
 if rows["bsdiff"]["verdict"] == "TIMEOUT":

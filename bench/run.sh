@@ -23,8 +23,14 @@ echo "== diff: generate and build the large program (cached in $large_dir)"
 python3 "$here/gen_large_program.py" "$large_dir" --functions "${HOTFORGE_BENCH_FUNCTIONS:-100000}" \
   --seed "${HOTFORGE_BENCH_SEED:-1}"
 "$here/build_large.sh" "$large_dir"
-"$here/diff_bench.sh" "$build" "$large_dir"
+# A hotforge failure or a function set that differs from expected.json fails run.sh, after the rest ran.
+diff_status=0
+"$here/diff_bench.sh" "$build" "$large_dir" || diff_status=$?
 
 # Delivery units: pack/verify throughput against plain zstd, unit sizes against bsdiff and
 # zstd --patch-from (packager/README.md).
 "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/pack_bench.sh" "$build" "$2"
+if [ "$diff_status" -ne 0 ]; then
+  echo "run.sh: the large-program diff benchmark failed (diff_bench.sh exit $diff_status)" >&2
+  exit "$diff_status"
+fi

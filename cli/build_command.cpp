@@ -10,8 +10,8 @@ namespace hotforge::cli {
 namespace {
 
 struct BuildCommandOptions {
-  std::string base, patched, output;
-  ImageReadOptions baseRead, patchedRead;
+  BuildPair pair;
+  std::string output;
   uint32_t sequence = 1;
   bool json = false;
 };
@@ -27,18 +27,13 @@ void addBuildCommand(CLI::App &app, int &exitCode) {
       "data, and the identity of the exact baseline (build-id or TimeDateStamp+CheckSum, SHA-256).\n"
       "Refuses, with every reason, when a change needs a restart (exit 3); never writes a partial image.\n"
       "Example: hotforge build app.base app.patched -o app.hfpatch --sequence 2");
-  command->add_option("base", options->base, "baseline build (ELF64 or PE32+, x64 or Arm64)")->required();
-  command->add_option("patched", options->patched, "patched build of the same binary")->required();
+  addBuildPairOptions(*command, options->pair);
   command->add_option("-o,--output", options->output, "the hotpatch image to write")->required();
   command->add_option("--sequence", options->sequence, "position of this patch in its baseline's series (default 1)")
       ->check(CLI::Range(1u, 0xffffffffu));
-  command->add_option("--pdb-base", options->baseRead.pdbPath, "PDB of the baseline");
-  command->add_option("--pdb-patched", options->patchedRead.pdbPath, "PDB of the patched build");
-  command->add_option("--debug-dir", options->baseRead.debugDir, "ELF: directory with separate debug files");
   command->add_flag("--json", options->json, "print the image's records as JSON (docs/format.md)");
   command->callback([options, &exitCode] {
-    options->patchedRead.debugDir = options->baseRead.debugDir;
-    auto [base, patched] = readBoth(options->base, options->baseRead, options->patched, options->patchedRead);
+    auto [base, patched] = readBoth(options->pair);
     if (!base) {
       llvm::consumeError(patched.takeError());
       return void(exitCode = reportError(llvm::toString(base.takeError())));

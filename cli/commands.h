@@ -23,10 +23,15 @@ void addDiffCommand(CLI::App &app, int &exitCode);
 void addBuildCommand(CLI::App &app, int &exitCode);
 void addPackagerCommands(CLI::App &app, int &exitCode);  // keygen, pack, verify
 
-// Reads a baseline and a patched build at the same time (one thread each).
-std::pair<llvm::Expected<Image>, llvm::Expected<Image>> readBoth(const std::string &base, const ImageReadOptions &baseOptions,
-                                                                 const std::string &patched,
-                                                                 const ImageReadOptions &patchedOptions);
+// The two builds a diff or a patch starts from, and where their debug information is.
+struct BuildPair {
+  std::string base, patched;
+  ImageReadOptions baseRead, patchedRead;
+};
+// Adds the positional BASE PATCHED and --pdb-base, --pdb-patched, --debug-dir.
+void addBuildPairOptions(CLI::App &command, BuildPair &pair);
+// Reads both builds at the same time (one thread each).
+std::pair<llvm::Expected<Image>, llvm::Expected<Image>> readBoth(const BuildPair &pair);
 
 // Prints "hotforge: error: MESSAGE" to stderr and returns kExitError.
 int reportError(const std::string &message);

@@ -10,8 +10,8 @@ namespace hotforge::cli {
 namespace {
 
 struct DiffCommandOptions {
-  std::string base, patched, output;
-  ImageReadOptions baseRead, patchedRead;
+  BuildPair pair;
+  std::string output;
   bool json = false;
   unsigned threads = 0;
 };
@@ -48,18 +48,12 @@ void addDiffCommand(CLI::App &app, int &exitCode) {
       "Exit codes: 0 no change or all hotpatchable, 3 some change needs a restart, 1 error, 2 usage.\n"
       "Example: hotforge diff app.base app.patched\n"
       "         hotforge diff lib.dll lib.new.dll --pdb-base lib.pdb --pdb-patched lib.new.pdb --json -o diff.json");
-  command->add_option("base", options->base, "baseline build (ELF64 or PE32+, x64 or Arm64)")->required();
-  command->add_option("patched", options->patched, "patched build of the same binary")->required();
-  command->add_option("--pdb-base", options->baseRead.pdbPath, "PDB of the baseline (default: from its CodeView record)");
-  command->add_option("--pdb-patched", options->patchedRead.pdbPath, "PDB of the patched build");
-  command->add_option("--debug-dir", options->baseRead.debugDir,
-                      "ELF: directory with separate debug files (.build-id/xx/yyyy.debug or .gnu_debuglink names)");
+  addBuildPairOptions(*command, options->pair);
   command->add_flag("--json", options->json, "machine-readable output (schema in docs/diff-json.md)");
   command->add_option("-o,--output", options->output, "write the report to this file instead of stdout");
   command->add_option("-j,--jobs", options->threads, "worker threads (default: one per core)");
   command->callback([options, &exitCode] {
-    options->patchedRead.debugDir = options->baseRead.debugDir;
-    auto [base, patched] = readBoth(options->base, options->baseRead, options->patched, options->patchedRead);
+    auto [base, patched] = readBoth(options->pair);
     if (!base) {
       exitCode = reportError(llvm::toString(base.takeError()));
       llvm::consumeError(patched.takeError());

@@ -9,12 +9,21 @@
 
 namespace hotforge::cli {
 
-std::pair<llvm::Expected<Image>, llvm::Expected<Image>> readBoth(const std::string &base, const ImageReadOptions &baseOptions,
-                                                                 const std::string &patched,
-                                                                 const ImageReadOptions &patchedOptions) {
+void addBuildPairOptions(CLI::App &command, BuildPair &pair) {
+  command.add_option("base", pair.base, "baseline build (ELF64 or PE32+, x64 or Arm64)")->required();
+  command.add_option("patched", pair.patched, "patched build of the same binary")->required();
+  command.add_option("--pdb-base", pair.baseRead.pdbPath, "PDB of the baseline (default: from its CodeView record)");
+  command.add_option("--pdb-patched", pair.patchedRead.pdbPath, "PDB of the patched build");
+  command.add_option("--debug-dir", pair.baseRead.debugDir,
+                     "ELF: directory with separate debug files (.build-id/xx/yyyy.debug or .gnu_debuglink names)");
+}
+
+std::pair<llvm::Expected<Image>, llvm::Expected<Image>> readBoth(const BuildPair &pair) {
+  ImageReadOptions patchedRead = pair.patchedRead;
+  patchedRead.debugDir = pair.baseRead.debugDir;
   std::optional<llvm::Expected<Image>> other;
-  std::thread reader([&] { other.emplace(readImage(patched, patchedOptions)); });
-  llvm::Expected<Image> first = readImage(base, baseOptions);
+  std::thread reader([&] { other.emplace(readImage(pair.patched, patchedRead)); });
+  llvm::Expected<Image> first = readImage(pair.base, pair.baseRead);
   reader.join();
   return {std::move(first), std::move(*other)};
 }

@@ -5,6 +5,7 @@
 #include "hotforge/unit.h"
 
 #include <fmt/core.h>
+#include <llvm/Support/MemoryBuffer.h>
 #include <llvm/Support/Path.h>
 
 #include <map>
@@ -139,9 +140,11 @@ std::string baselineSha256(const nlohmann::json &info) {
 int runVerify(const VerifyCommandOptions &options) {
   llvm::Expected<PublicKey> key = readPublicKeyFile(options.publicKey);
   if (!key) return reportError(llvm::toString(key.takeError()));
-  llvm::Expected<std::vector<uint8_t>> bytes = readFileBytes(options.unit);
-  if (!bytes) return reportError(llvm::toString(bytes.takeError()));
-  llvm::Expected<VerifiedUnit> unit = verifyUnit(*bytes, *key);
+  llvm::ErrorOr<std::unique_ptr<llvm::MemoryBuffer>> file =
+      llvm::MemoryBuffer::getFile(options.unit, /*IsText=*/false, /*RequiresNullTerminator=*/false);
+  if (!file) return reportError(fmt::format("{}: cannot read: {}", options.unit, file.getError().message()));
+  llvm::ArrayRef<uint8_t> bytes(reinterpret_cast<const uint8_t *>((*file)->getBufferStart()), (*file)->getBufferSize());
+  llvm::Expected<VerifiedUnit> unit = verifyUnit(bytes, *key);
   if (!unit) return reportError(fmt::format("{}: {}", options.unit, llvm::toString(unit.takeError())));
 
   // --base: every given binary must be the baseline of some entry (info.baseline.sha256).

@@ -11,15 +11,6 @@
 namespace hotforge::test {
 namespace {
 
-Image load(const std::string &path, const ImageReadOptions &options = {}) {
-  llvm::Expected<Image> image = readImage(path, options);
-  if (!image) {
-    ADD_FAILURE() << llvm::toString(image.takeError());
-    return Image();
-  }
-  return std::move(*image);
-}
-
 Diff diff(const Image &base, const Image &patched) {
   llvm::Expected<Diff> d = diffImages(base, patched);
   if (!d) {
@@ -84,7 +75,7 @@ TEST(Differ, EveryScenarioGivesItsExpectedChangesOnEveryTarget) {
       const Sample *patched = find(all, target, scenario.program, scenario.variant);
       if (!base || !patched) continue;  // skipped for this target (samples.json says why)
       SCOPED_TRACE(target + " scenario " + std::to_string(scenario.number) + " " + patched->path);
-      Image b = load(base->path), p = load(patched->path);
+      Image b = loadImage(base->path), p = loadImage(patched->path);
       Diff d = diff(b, p);
       const nlohmann::json &e = scenario.expected;
       EXPECT_EQ(namesOf(d, ChangeKind::Changed), strings(e["changed"]));
@@ -125,7 +116,7 @@ TEST(Differ, EveryScenarioGivesItsExpectedChangesOnEveryTarget) {
 TEST(Differ, ABinaryAgainstItselfHasNoChanges) {
   for (const Sample &s : samples()) {
     SCOPED_TRACE(s.path);
-    Image a = load(s.path), b = load(s.path);
+    Image a = loadImage(s.path), b = loadImage(s.path);
     Diff d = diff(a, b);
     EXPECT_TRUE(d.changes.empty()) << (d.changes.empty() ? "" : d.changes.front().reason);
     EXPECT_GT(d.summary.matched, 0u);
@@ -146,8 +137,8 @@ TEST(Differ, StrippedBuildsGiveTheSameChangedFunctions) {
       // slots are not yet told apart (a known limit, docs/differ.md).
       if (target.rfind("mingw-", 0) == 0) continue;
       SCOPED_TRACE(target + " scenario " + std::to_string(scenario.number));
-      Image fb = load(base->path), fp = load(patched->path);
-      Image sb = load(base->strippedPath), sp = load(patched->strippedPath);
+      Image fb = loadImage(base->path), fp = loadImage(patched->path);
+      Image sb = loadImage(base->strippedPath), sp = loadImage(patched->strippedPath);
       Diff full = diff(fb, fp), stripped = diff(sb, sp);
       auto changedRvas = [](const Diff &d) {
         std::set<uint64_t> out;
@@ -177,7 +168,7 @@ TEST(Differ, DifferentMachinesAndUnrelatedProgramsAreRefused) {
   const Sample *pe = find(all, "pe-x64", "core", "base");
   const Sample *other = find(all, "elf-x64-gcc", "live", "base");
   ASSERT_TRUE(x64 && a64 && pe && other);
-  Image x = load(x64->path), a = load(a64->path), p = load(pe->path), o = load(other->path);
+  Image x = loadImage(x64->path), a = loadImage(a64->path), p = loadImage(pe->path), o = loadImage(other->path);
   for (const Image *second : {&a, &p}) {
     llvm::Expected<Diff> d = diffImages(x, *second);
     ASSERT_FALSE(d);
@@ -202,7 +193,7 @@ TEST(Differ, AnotherFunctionOrderIsNoChange) {
       ASSERT_EQ(r.exitCode, 0) << r.err;
       outputs.push_back(out);
     }
-    Image a = load(outputs[0]), b = load(outputs[1]);
+    Image a = loadImage(outputs[0]), b = loadImage(outputs[1]);
     size_t moved = 0;
     Diff d = diff(a, b);
     for (const FunctionPair &pair : d.pairs)
@@ -217,7 +208,7 @@ TEST(Differ, JsonHasTheDocumentedFields) {
   const Sample *base = find(all, "elf-x64-gcc", "core", "base");
   const Sample *fix = find(all, "elf-x64-gcc", "core", "fix3");
   ASSERT_TRUE(base && fix);
-  Image b = load(base->path), p = load(fix->path);
+  Image b = loadImage(base->path), p = loadImage(fix->path);
   nlohmann::json j = toJson(diff(b, p), b, p);
   EXPECT_EQ(j["schema"], kDiffSchema);
   for (const char *key : {"matched", "changed", "added", "removed", "needs_restart"})

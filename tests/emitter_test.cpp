@@ -5,24 +5,21 @@
 #include "hotforge/arch.h"
 #include "hotforge/patch_image.h"
 #include "test_support.h"
+// The PE writer's internals, for tests that feed them crafted input.
+#include "../emitter/src/emitter_internal.h"
+#include "../emitter/src/pe_unwind.h"
 
 #include <gtest/gtest.h>
 #include <llvm/Support/Endian.h>
+#include <llvm/Support/SHA1.h>
 
+#include <array>
+#include <cstring>
 #include <map>
 #include <set>
 
 namespace hotforge::test {
 namespace {
-
-Image load(const std::string &path) {
-  llvm::Expected<Image> image = readImage(path);
-  if (!image) {
-    ADD_FAILURE() << llvm::toString(image.takeError());
-    return Image();
-  }
-  return std::move(*image);
-}
 
 struct Built {
   Image base, patched;
@@ -32,7 +29,7 @@ struct Built {
 };
 
 Built build(const std::string &basePath, const std::string &patchedPath, uint32_t sequence = 1) {
-  Built b{load(basePath), load(patchedPath), {}, std::nullopt, {}};
+  Built b{loadImage(basePath), loadImage(patchedPath), {}, std::nullopt, {}};
   llvm::Expected<Diff> diff = diffImages(b.base, b.patched);
   if (!diff) {
     b.error = llvm::toString(diff.takeError());
@@ -66,16 +63,19 @@ std::string normalized(std::string name) {
   return name;
 }
 
-// What an address of one build is, for comparing across builds: "f:name+off", "d:name+off", or
-// empty when nothing names it.
+// What an address of one build is, for comparing across builds: "f:name+off", "i:import",
+// "d:name+off", or empty when nothing names it. Import slots come before data objects: on PE an
+// object whose size the PDB does not give (sizeKnown false) reaches over the IAT that follows it.
+// Objects with a known size come before those without.
 std::string describe(const Image &image, uint64_t rva) {
   if (const Function *f = image.functionAt(rva); f && f->name)
     return "f:" + normalized(*f->name) + "+" + std::to_string(rva - f->range.rva);
-  for (const DataObject &d : image.dataObjects)
-    if (!d.threadLocal && (d.range.contains(rva) || d.range.rva == rva) && d.range.size)
-      return "d:" + normalized(d.name) + "+" + std::to_string(rva - d.range.rva);
   for (const Import &i : image.imports)
     if (i.slotRva == rva) return "i:" + i.name;
+  for (bool sized : {true, false})
+    for (const DataObject &d : image.dataObjects)
+      if (!d.threadLocal && d.sizeKnown == sized && (d.range.contains(rva) || d.range.rva == rva) && d.range.size)
+        return "d:" + normalized(d.name) + "+" + std::to_string(rva - d.range.rva);
   return "";
 }
 
@@ -248,7 +248,7 @@ TEST(Emitter, EveryScenarioBuildsAnImageThatIsThePatchedCode) {
       checkInstructionByInstruction(b, baseAddress, baseAddress + 0x20000000);
     }
   }
-  EXPECT_GT(built, 60u);
+  EXPECT_GT(built, 70u);  // 4 ELF targets x 13, 2 PE targets x 12
 }
 
 TEST(Emitter, ImagesAreDeterministic) {
@@ -279,6 +279,439 @@ TEST(Emitter, BuildCommandRefusesRestartsAndWritesNothing) {
   nlohmann::json doc = nlohmann::json::parse(inspect.out);
   EXPECT_EQ(doc["schema"], kPatchImageSchema);
   EXPECT_EQ(doc["redirects"][0]["name"], "table_get");
+  // The same for a PE base: a DLL the command writes and inspect reads back.
+  const Sample *dll = find(all, "pe-a64", "core", "base"), *dllFix = find(all, "pe-a64", "core", "fix1");
+  ASSERT_TRUE(dll && dllFix);
+  r = run({hotforgeBinary(), "build", dll->path, dllFix->path, "-o", out});
+  EXPECT_EQ(r.exitCode, 0) << r.err;
+  EXPECT_EQ(readFile(out).substr(0, 2), "MZ");
+  inspect = run({hotforgeBinary(), "inspect", out, "--json"});
+  ASSERT_EQ(inspect.exitCode, 0) << inspect.err;
+  doc = nlohmann::json::parse(inspect.out);
+  EXPECT_EQ(doc["format"], "pe");
+  EXPECT_EQ(doc["machine"], "arm64");
+  EXPECT_EQ(doc["redirects"][0]["name"], "table_get");
+}
+
+// A PE32+ image read by hand, as a loader would: headers, sections, bytes at an RVA.
+struct PeView {
+  struct Section {
+    std::string name;
+    uint32_t virtualSize = 0, rva = 0, rawSize = 0, rawAt = 0, characteristics = 0;
+  };
+  llvm::ArrayRef<uint8_t> file;
+  uint16_t machine = 0, characteristics = 0, dllCharacteristics = 0;
+  uint32_t timeDateStamp = 0, entry = 0, sectionAlignment = 0, fileAlignment = 0, sizeOfImage = 0;
+  uint64_t imageBase = 0;
+  std::vector<std::pair<uint32_t, uint32_t>> directories;
+  std::vector<Section> sections;
+
+  static std::optional<PeView> parse(llvm::ArrayRef<uint8_t> file) {
+    using llvm::support::endian::read16le, llvm::support::endian::read32le, llvm::support::endian::read64le;
+    PeView v;
+    v.file = file;
+    if (file.size() < 0x40 || file[0] != 'M' || file[1] != 'Z') return std::nullopt;
+    uint32_t pe = read32le(&file[0x3c]);
+    if (pe + 24 + 240 > file.size() || std::memcmp(&file[pe], "PE\0\0", 4) != 0) return std::nullopt;
+    const uint8_t *coff = &file[pe + 4], *opt = coff + 20;
+    v.machine = read16le(coff);
+    uint16_t sections = read16le(coff + 2);
+    v.timeDateStamp = read32le(coff + 4);
+    uint32_t strings = read32le(coff + 8) + read32le(coff + 12) * 18;
+    v.characteristics = read16le(coff + 18);
+    if (read16le(opt) != 0x20b) return std::nullopt;
+    v.entry = read32le(opt + 16);
+    v.imageBase = read64le(opt + 24);
+    v.sectionAlignment = read32le(opt + 32);
+    v.fileAlignment = read32le(opt + 36);
+    v.sizeOfImage = read32le(opt + 56);
+    v.dllCharacteristics = read16le(opt + 70);
+    for (uint32_t d = 0; d < read32le(opt + 108); ++d) v.directories.push_back({read32le(opt + 112 + 8 * d), read32le(opt + 116 + 8 * d)});
+    const uint8_t *h = opt + read16le(coff + 16);
+    for (uint16_t i = 0; i < sections; ++i, h += 40) {
+      Section s;
+      s.name.assign(reinterpret_cast<const char *>(h), strnlen(reinterpret_cast<const char *>(h), 8));
+      if (s.name[0] == '/') s.name = reinterpret_cast<const char *>(&file[strings + std::stoul(s.name.substr(1))]);
+      s.virtualSize = read32le(h + 8);
+      s.rva = read32le(h + 12);
+      s.rawSize = read32le(h + 16);
+      s.rawAt = read32le(h + 20);
+      s.characteristics = read32le(h + 36);
+      v.sections.push_back(s);
+    }
+    return v;
+  }
+  const Section *sectionAt(uint32_t rva) const {
+    for (const Section &s : sections)
+      if (rva >= s.rva && rva - s.rva < s.virtualSize) return &s;
+    return nullptr;
+  }
+  uint32_t u32(uint32_t rva) const {
+    const Section *s = sectionAt(rva);
+    if (!s || rva - s->rva + 4 > s->rawSize) return 0xdeadbeef;
+    return llvm::support::endian::read32le(&file[s->rawAt + rva - s->rva]);
+  }
+  llvm::ArrayRef<uint8_t> bytes(uint32_t rva, uint32_t size) const {
+    const Section *s = sectionAt(rva);
+    if (!s || rva - s->rva + size > s->rawSize) return {};
+    return file.slice(s->rawAt + rva - s->rva, size);
+  }
+};
+
+struct HotPatchTableEntry {
+  uint32_t header, source, target, extra;
+};
+
+// IMAGE_HOT_PATCH_INFO, its one base and the patch table, checked for shape on the way.
+struct HotPatchView {
+  uint32_t infoRva = 0, version = 0, size = 0, sequence = 0, baseCount = 0, extraPatchSize = 0;
+  uint32_t baseSequence = 0, baseFlags = 0, timeDateStamp = 0, checkSum = 0, hashesSize = 0;
+  std::vector<uint8_t> sha256, sha1;
+  std::vector<HotPatchTableEntry> entries;
+  std::vector<uint32_t> headers;
+};
+
+HotPatchView readHotPatchInfo(const PeView &pe) {
+  HotPatchView h;
+  EXPECT_GT(pe.directories.size(), 10u);
+  uint32_t loadConfig = pe.directories[10].first;
+  EXPECT_NE(loadConfig, 0u);
+  EXPECT_GE(pe.u32(loadConfig), 0xF4u);  // Size covers HotPatchTableOffset
+  h.infoRva = pe.u32(loadConfig + 0xF0);
+  uint32_t i = h.infoRva;
+  h.version = pe.u32(i);
+  h.size = pe.u32(i + 4);
+  h.sequence = pe.u32(i + 8);
+  uint32_t baseList = pe.u32(i + 12);
+  h.baseCount = pe.u32(i + 16);
+  h.extraPatchSize = pe.u32(i + 24);
+  uint32_t base = i + pe.u32(i + baseList);
+  h.baseSequence = pe.u32(base);
+  h.baseFlags = pe.u32(base + 4);
+  h.timeDateStamp = pe.u32(base + 8);
+  h.checkSum = pe.u32(base + 12);
+  uint32_t hashes = i + pe.u32(base + 16);
+  h.hashesSize = pe.u32(base + 20);
+  llvm::ArrayRef<uint8_t> digest = pe.bytes(hashes, 52);
+  if (digest.size() == 52) {
+    h.sha256.assign(digest.begin(), digest.begin() + 32);
+    h.sha1.assign(digest.begin() + 32, digest.end());
+  }
+  uint32_t at = i + pe.u32(base + 24);
+  for (int guard = 0; guard < 100; ++guard) {
+    uint32_t header = pe.u32(at);
+    at += 4;
+    if (header == 0) break;
+    h.headers.push_back(header);
+    for (uint32_t n = 0; n < (header & 0xfff); ++n, at += 4 * (2 + h.extraPatchSize))
+      h.entries.push_back({header & ~0xfffu, pe.u32(at), pe.u32(at + 4), pe.u32(at + 8)});
+  }
+  EXPECT_LE(at, i + h.size) << "the patch table runs past IMAGE_HOT_PATCH_INFO.Size";
+  return h;
+}
+
+TEST(Emitter, PeImagesCarryTheLoadConfigAndHotPatchInfo) {
+  std::vector<Sample> all = samples();
+  size_t checked = 0;
+  for (const char *target : {"pe-x64", "pe-a64"}) {
+    for (auto [number, program] : scenarios()) {
+      const Sample *base = find(all, target, program, "base");
+      const Sample *patched = find(all, target, program, "fix" + std::to_string(number));
+      if (!base || !patched || number == 6) continue;
+      SCOPED_TRACE(std::string(target) + " scenario " + std::to_string(number));
+      Built b = build(base->path, patched->path, 7);
+      ASSERT_TRUE(b.image.has_value()) << b.error;
+      const PatchImage &image = *b.image;
+      std::optional<PeView> pe = PeView::parse(image.file);
+      ASSERT_TRUE(pe.has_value());
+      ++checked;
+      bool x64 = image.machine == Machine::X64;
+      EXPECT_EQ(pe->machine, x64 ? 0x8664 : 0xaa64);
+      EXPECT_TRUE(pe->characteristics & 0x2000);  // IMAGE_FILE_DLL
+      EXPECT_EQ(pe->entry, 0u);
+      EXPECT_EQ(pe->sectionAlignment, 0x1000u);
+      EXPECT_EQ(pe->fileAlignment, 0x200u);
+      EXPECT_TRUE(pe->dllCharacteristics & 0x100);  // NX compatible
+      EXPECT_EQ(pe->sizeOfImage, image.imageSize);
+      EXPECT_EQ(image.sizes.file, image.file.size());
+      // The planner's sections where it put them (.text first, at 0x1000), back to back.
+      ASSERT_FALSE(pe->sections.empty());
+      EXPECT_EQ(pe->sections[0].name, ".text");
+      EXPECT_EQ(pe->sections[0].rva, 0x1000u);
+      for (size_t i = 0; i + 1 < pe->sections.size(); ++i)
+        EXPECT_EQ((pe->sections[i].rva + pe->sections[i].virtualSize + 0xfffu) & ~0xfffu, pe->sections[i + 1].rva);
+      for (const PatchSection &s : image.sections) {
+        const PeView::Section *h = pe->sectionAt(s.rva);
+        ASSERT_NE(h, nullptr) << s.name;
+        EXPECT_EQ(h->name, s.name);
+        EXPECT_EQ(h->rva, s.rva);
+      }
+      EXPECT_EQ(pe->sections.back().name, ".hotpatch");
+
+      HotPatchView h = readHotPatchInfo(*pe);
+      const PeView::Section *holder = pe->sectionAt(h.infoRva);
+      ASSERT_NE(holder, nullptr);
+      EXPECT_EQ(holder->name, ".rdata");
+      EXPECT_EQ(h.version, 3u);
+      EXPECT_EQ(h.sequence, 7u);
+      EXPECT_EQ(h.baseCount, 1u);
+      EXPECT_EQ(h.extraPatchSize, 1u);
+      EXPECT_EQ(h.baseSequence, 7u);
+      EXPECT_EQ(h.baseFlags, 0x2u | (x64 ? 0x10u : 0x8u));  // CAN_ROLL_BACK | machine
+      EXPECT_EQ(h.timeDateStamp, b.base.identity.timeDateStamp);
+      EXPECT_EQ(h.checkSum, b.base.identity.checkSum);
+      EXPECT_NE(h.checkSum, 0u);
+      EXPECT_EQ(h.hashesSize, 52u);
+      EXPECT_EQ(h.sha256, std::vector<uint8_t>(b.base.identity.sha256.begin(), b.base.identity.sha256.end()));
+      std::array<uint8_t, 20> sha1 = llvm::SHA1::hash(b.base.fileBytes());
+      EXPECT_EQ(h.sha1, std::vector<uint8_t>(sha1.begin(), sha1.end()));
+
+      // One FUNCTION entry per redirect: base RVA, patch RVA, the base's first four bytes.
+      std::map<uint32_t, HotPatchTableEntry> functions;
+      std::vector<HotPatchTableEntry> rel32, absolute;
+      for (const HotPatchTableEntry &e : h.entries) {
+        if (e.header == 0x1C000) functions[e.source] = e;
+        else if (e.header == (0x80000000u | 0x3C000)) rel32.push_back(e);
+        else if (e.header == (0x80000000u | 0x2C000)) absolute.push_back(e);
+        else ADD_FAILURE() << "unexpected record header " << e.header;
+      }
+      EXPECT_EQ(functions.size(), image.redirects.size());
+      for (const PatchRedirect &r : image.redirects) {
+        ASSERT_TRUE(functions.count(r.baseRva)) << r.name.value_or("?");
+        EXPECT_EQ(functions[r.baseRva].target, r.patchRva);
+        EXPECT_EQ(functions[r.baseRva].extra, llvm::support::endian::read32le(b.base.bytesAt(r.baseRva, 4).data()));
+      }
+      // Inverse records: exactly the references into the base that Windows has a record type for,
+      // and each one, applied as Windows would, gives what the fixups give.
+      size_t wantRel32 = 0, wantAbsolute = 0;
+      for (const PatchFixup &f : image.fixups) {
+        if (!f.toBase) continue;
+        wantRel32 += f.kind == FixupKind::X64Rel32;
+        wantAbsolute += f.kind == FixupKind::X64Abs64 || f.kind == FixupKind::Data64;
+      }
+      EXPECT_EQ(rel32.size(), wantRel32);
+      EXPECT_EQ(absolute.size(), wantAbsolute);
+      if (!x64) EXPECT_TRUE(rel32.empty());
+      uint64_t baseAddress = 0x7ff600000000, imageAddress = baseAddress + 0x10000000;
+      std::vector<uint8_t> memory = layOut(image);
+      ASSERT_FALSE(bool(applyFixups(image, baseAddress, imageAddress, memory)));
+      for (const HotPatchTableEntry &e : rel32)
+        EXPECT_EQ(int32_t(llvm::support::endian::read32le(&memory[e.source])),
+                  int64_t(baseAddress + e.target) - int64_t(imageAddress + e.source + 4));
+      for (const HotPatchTableEntry &e : absolute)
+        EXPECT_EQ(llvm::support::endian::read64le(&memory[e.source]), baseAddress + e.target);
+      // The exception directory lists the image's RUNTIME_FUNCTIONs, inside .pdata.
+      if (pe->directories[3].second) EXPECT_EQ(pe->sectionAt(pe->directories[3].first)->name, ".pdata");
+    }
+  }
+  EXPECT_GE(checked, 20u);
+}
+
+// More entries than a 12-bit count holds: the writer splits them over several headers. And the
+// inverse records the samples never need: an 8-byte pointer into the base (ABSOLUTE), and a rel32
+// field followed by an immediate (REL32 counts from the field's end, the fixup from the
+// instruction's).
+TEST(Emitter, PePatchTableSplitsEvery4095EntriesAndMirrorsFixupsIntoTheBase) {
+  std::vector<Sample> all = samples();
+  const Sample *base = find(all, "pe-x64", "core", "base"), *fix = find(all, "pe-x64", "core", "fix1");
+  ASSERT_TRUE(base && fix);
+  Built b = build(base->path, fix->path);
+  ASSERT_TRUE(b.image.has_value()) << b.error;
+  // Back to what the planner handed the writer: its sections only, and many redirects.
+  PatchImage image = *b.image;
+  std::optional<PeView> first = PeView::parse(image.file);
+  ASSERT_TRUE(first.has_value());
+  uint32_t plannerEnd = first->directories[10].first;  // the metadata .rdata comes first after them
+  std::erase_if(image.sections, [&](const PatchSection &s) { return s.rva >= plannerEnd; });
+  for (PatchSection &s : image.sections)
+    if (s.name == ".rdata") s.name = ".rodata";
+  image.imageSize = plannerEnd;
+  image.sizes = b.image->sizes;
+  image.sizes.metadata = 0;
+  PatchRedirect one = image.redirects.at(0);
+  image.redirects.clear();
+  for (uint32_t i = 0; i < 5000; ++i) {
+    image.redirects.push_back(one);
+    image.redirects.back().patchRva = one.patchRva + i;
+  }
+  PatchFixup pointer, rel32;
+  pointer.site = 0x1000;
+  pointer.kind = FixupKind::Data64;
+  pointer.target = 0x2345;
+  rel32.site = 0x1010;  // e.g. cmp dword [rip+disp32], imm8: field at +2, 7 bytes
+  rel32.kind = FixupKind::X64Rel32;
+  rel32.fieldOffset = 2;
+  rel32.instructionSize = 7;
+  rel32.target = 0x3000;
+  image.fixups = {pointer, rel32};
+  llvm::Error e = emitter::writePeContainer(image, {&b.base, &b.patched, {}});
+  ASSERT_FALSE(bool(e)) << llvm::toString(std::move(e));
+  std::optional<PeView> pe = PeView::parse(image.file);
+  ASSERT_TRUE(pe.has_value());
+  HotPatchView h = readHotPatchInfo(*pe);
+  std::vector<uint32_t> functionHeaders;
+  for (uint32_t header : h.headers)
+    if ((header & ~0xfffu) == 0x1C000) functionHeaders.push_back(header & 0xfff);
+  EXPECT_EQ(functionHeaders, (std::vector<uint32_t>{4095, 905}));
+  size_t functions = 0;
+  for (const HotPatchTableEntry &entry : h.entries) functions += entry.header == 0x1C000;
+  EXPECT_EQ(functions, 5000u);
+  llvm::Expected<PatchImage> back = readPatchImage(image.file);
+  ASSERT_TRUE(bool(back)) << llvm::toString(back.takeError());
+  EXPECT_EQ(back->redirects.size(), 5000u);
+  std::vector<std::array<uint32_t, 3>> inverse;
+  for (const HotPatchTableEntry &entry : h.entries)
+    if (entry.header & 0x80000000u) inverse.push_back({entry.header, entry.source, entry.target});
+  EXPECT_EQ(inverse, (std::vector<std::array<uint32_t, 3>>{{0x8003c000u, 0x1012, 0x2fff}, {0x8002c000u, 0x1000, 0x2345}}));
+  uint64_t baseAddress = 0x7ff600000000, imageAddress = baseAddress - 0x40000000;
+  std::vector<uint8_t> memory = layOut(image);
+  ASSERT_FALSE(bool(applyFixups(image, baseAddress, imageAddress, memory)));
+  EXPECT_EQ(int32_t(llvm::support::endian::read32le(&memory[0x1012])),
+            int64_t(baseAddress + 0x2fff) - int64_t(imageAddress + 0x1012 + 4));
+  EXPECT_EQ(llvm::support::endian::read64le(&memory[0x1000]), baseAddress + 0x2345);
+}
+
+// Crafted unwind data: a patched build whose bytes live in a map of RVA -> bytes.
+struct FakeBuild {
+  std::map<uint64_t, std::vector<uint8_t>> blobs;
+  std::map<uint64_t, std::string> names;
+  std::vector<uint8_t> pdata;
+
+  void put(uint64_t rva, std::vector<uint32_t> words) {
+    std::vector<uint8_t> bytes;
+    for (uint32_t w : words)
+      for (int i = 0; i < 4; ++i) bytes.push_back(uint8_t(w >> (8 * i)));
+    blobs[rva] = bytes;
+  }
+  void entry(std::vector<uint32_t> words) {
+    for (uint32_t w : words)
+      for (int i = 0; i < 4; ++i) pdata.push_back(uint8_t(w >> (8 * i)));
+  }
+  emitter::PeUnwindSource source(Machine machine) const {
+    emitter::PeUnwindSource s;
+    s.machine = machine;
+    s.exceptionDirectory = pdata;
+    s.exceptionDirectoryRva = 0x8000;
+    s.bytesAt = [this](uint64_t rva, uint64_t size) -> llvm::ArrayRef<uint8_t> {
+      auto it = blobs.upper_bound(rva);
+      if (it == blobs.begin()) return {};
+      --it;
+      if (rva - it->first + size > it->second.size()) return {};
+      return llvm::ArrayRef<uint8_t>(it->second).slice(rva - it->first, size);
+    };
+    s.nameAt = [this](uint64_t rva) -> std::optional<std::string> {
+      auto it = names.find(rva);
+      return it == names.end() ? std::nullopt : std::optional<std::string>(it->second);
+    };
+    return s;
+  }
+};
+
+std::vector<uint32_t> words(llvm::ArrayRef<uint8_t> bytes) {
+  std::vector<uint32_t> out;
+  for (size_t i = 0; i + 4 <= bytes.size(); i += 4) out.push_back(llvm::support::endian::read32le(&bytes[i]));
+  return out;
+}
+
+TEST(Emitter, PeUnwindX64ReaimsChainsIndirectEntriesHandlersAndScopeTables) {
+  FakeBuild f;
+  // A at 0x1000 (handler: __C_specific_handler, one scope), B at 0x3000 chained to A, C at 0x4000
+  // an indirect entry naming A's RUNTIME_FUNCTION, D at 0x5000 not carried.
+  f.entry({0x1000, 0x1100, 0x9000});
+  f.entry({0x3000, 0x3040, 0x9100});
+  f.entry({0x4000, 0x4020, 0x8000 | 1});
+  f.entry({0x5000, 0x5010, 0x9200});
+  f.put(0x9000, {1u | 1u << 3 | 0x04u << 8 | 2u << 16,  // version 1, EHANDLER, prolog 4 bytes, 2 codes
+                 0x00003204, 0x6000, /*scopes*/ 1, 0x1010, 0x1050, 1, 0x1060});
+  f.put(0x9100, {1u | 4u << 3 | 0u << 8 | 1u << 16, 0x00000000, 0x1000, 0x1100, 0x9000});
+  f.put(0x9200, {1u, 0});
+  f.names[0x6000] = "__C_specific_handler";
+  std::vector<emitter::CarriedCode> carried = {
+      {0x1000, 0x100, 0x2000, "A"}, {0x3000, 0x40, 0x2200, "B"}, {0x4000, 0x20, 0x2300, "C"}};
+  emitter::PeUnwindSource source = f.source(Machine::X64);
+  llvm::Expected<std::vector<uint64_t>> handlers = emitter::peUnwindHandlers(source, carried);
+  ASSERT_TRUE(bool(handlers)) << llvm::toString(handlers.takeError());
+  EXPECT_EQ(*handlers, std::vector<uint64_t>{0x6000});
+  llvm::Expected<emitter::PeUnwindTables> t = emitter::buildPeUnwind(source, carried, 0x5000, 0x4000, {{0x6000, 0x2400}});
+  ASSERT_TRUE(bool(t)) << llvm::toString(t.takeError());
+  EXPECT_EQ(t->entries, 3u);
+  EXPECT_EQ(words(t->pdata), (std::vector<uint32_t>{0x2000, 0x2100, 0x4000,  //
+                                                    0x2200, 0x2240, 0x4020,  //
+                                                    0x2300, 0x2320, 0x5000 | 1}));
+  std::vector<uint32_t> x = words(t->xdata);
+  ASSERT_EQ(x.size(), 8u + 5u);
+  // A: header and codes as they were, the handler at its stub, the scope in image RVAs.
+  EXPECT_EQ(x[0], llvm::support::endian::read32le(f.blobs[0x9000].data()));
+  EXPECT_EQ(std::vector<uint32_t>(x.begin() + 2, x.begin() + 8),
+            (std::vector<uint32_t>{0x2400, 1, 0x2010, 0x2050, 1, 0x2060}));
+  // B: its chained RUNTIME_FUNCTION is A's new entry.
+  EXPECT_EQ(std::vector<uint32_t>(x.begin() + 10, x.end()), (std::vector<uint32_t>{0x2000, 0x2100, 0x4000}));
+
+  // Refused, with the reason: a handler whose data is private, a parent the patch does not carry.
+  f.names[0x6000] = "__CxxFrameHandler4";
+  llvm::Expected<std::vector<uint64_t>> refused = emitter::peUnwindHandlers(f.source(Machine::X64), carried);
+  ASSERT_FALSE(bool(refused));
+  std::string why = llvm::toString(refused.takeError());
+  EXPECT_NE(why.find("__CxxFrameHandler4"), std::string::npos) << why;
+  EXPECT_NE(why.find("needs restart"), std::string::npos) << why;
+  f.names[0x6000] = "__C_specific_handler";
+  for (emitter::CarriedCode child : {emitter::CarriedCode{0x3000, 0x40, 0x2200, "B"}, {0x4000, 0x20, 0x2300, "C"}}) {
+    llvm::Expected<std::vector<uint64_t>> orphan = emitter::peUnwindHandlers(f.source(Machine::X64), {child});
+    ASSERT_FALSE(bool(orphan));
+    EXPECT_NE(llvm::toString(orphan.takeError()).find("does not carry"), std::string::npos);
+  }
+  // A scope whose code stays behind cannot be re-aimed.
+  f.put(0x9000, {1u | 1u << 3 | 0x04u << 8 | 2u << 16, 0x00003204, 0x6000, 1, 0x1010, 0x1050, 0x7000, 0x1060});
+  llvm::Expected<std::vector<uint64_t>> scope = emitter::peUnwindHandlers(f.source(Machine::X64), carried);
+  ASSERT_FALSE(bool(scope));
+  EXPECT_NE(llvm::toString(scope.takeError()).find("scope 0"), std::string::npos);
+
+  // Sizes from the header alone.
+  EXPECT_EQ(*emitter::x64UnwindInfoSize(std::vector<uint8_t>{1, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0}), 12u);
+  EXPECT_FALSE(bool(emitter::x64UnwindInfoSize(std::vector<uint8_t>{1, 0, 3, 0, 0, 0})));  // truncated
+  llvm::Expected<size_t> v3 = emitter::x64UnwindInfoSize(std::vector<uint8_t>{3, 0, 0, 0});
+  EXPECT_FALSE(bool(v3));
+  llvm::consumeError(v3.takeError());
+}
+
+TEST(Emitter, PeUnwindArm64SizesXdataFromItsHeaderAndCopiesPackedEntries) {
+  auto size = [](std::vector<uint32_t> w) -> size_t {
+    std::vector<uint8_t> bytes(64 * 4 + 256 * 4, 0);
+    for (size_t i = 0; i < w.size(); ++i) llvm::support::endian::write32le(&bytes[i * 4], w[i]);
+    llvm::Expected<size_t> s = emitter::arm64XdataSize(bytes);
+    if (!s) {
+      llvm::consumeError(s.takeError());
+      return 0;
+    }
+    return *s;
+  };
+  EXPECT_EQ(size({0x10 | 2u << 22 | 3u << 27}), 4u + 2 * 4 + 3 * 4);            // two epilog scopes, three code words
+  EXPECT_EQ(size({0x10 | 1u << 21 | 5u << 22 | 1u << 27}), 4u + 4);             // E: one epilog, no scopes
+  EXPECT_EQ(size({0x10 | 1u << 20 | 1u << 22 | 1u << 27}), 4u + 4 + 4 + 4);     // X: the handler RVA
+  EXPECT_EQ(size({0x10, 3u | 40u << 16}), 8u + 3 * 4 + 40 * 4);                 // extended header
+  EXPECT_EQ(size({0x10 | 1u << 18 | 1u << 27}), 0u);                            // version 1
+  llvm::Expected<size_t> truncated = emitter::arm64XdataSize(std::vector<uint8_t>{0x10, 0, 0, 0x18});
+  EXPECT_FALSE(bool(truncated));
+  llvm::consumeError(truncated.takeError());
+
+  FakeBuild f;
+  // A: packed (16 instructions); B: .xdata with one epilog scope, one code word, and a /GS handler.
+  f.entry({0x1000, 1u | 16u << 2 | 0x00abc000u});
+  f.entry({0x2000, 0x9000});
+  f.entry({0x3000, 1u | 4u << 2});  // not carried
+  f.put(0x9000, {0x40 | 1u << 20 | 1u << 22 | 1u << 27, 0x00000030, 0xe4e3e2e1, 0x6000, /*GS data*/ 0x58});
+  f.names[0x6000] = "__GSHandlerCheck";
+  std::vector<emitter::CarriedCode> carried = {{0x1000, 0x40, 0x5000, "A"}, {0x2000, 0x100, 0x5100, "B"}};
+  llvm::Expected<emitter::PeUnwindTables> t =
+      emitter::buildPeUnwind(f.source(Machine::Arm64), carried, 0x8000, 0x7000, {{0x6000, 0x5400}});
+  ASSERT_TRUE(bool(t)) << llvm::toString(t.takeError());
+  EXPECT_EQ(words(t->pdata), (std::vector<uint32_t>{0x5000, 1u | 16u << 2 | 0x00abc000u, 0x5100, 0x7000}));
+  EXPECT_EQ(words(t->xdata), (std::vector<uint32_t>{0x40 | 1u << 20 | 1u << 22 | 1u << 27, 0x30, 0xe4e3e2e1, 0x5400, 0x58}));
+  // An entry longer than its function is refused.
+  llvm::Expected<emitter::PeUnwindTables> tooLong =
+      emitter::buildPeUnwind(f.source(Machine::Arm64), {{0x1000, 0x20, 0x5000, "A"}}, 0x8000, 0x7000, {});
+  ASSERT_FALSE(bool(tooLong));
+  EXPECT_NE(llvm::toString(tooLong.takeError()).find("does not lie inside"), std::string::npos);
 }
 
 }  // namespace

@@ -11,15 +11,6 @@
 namespace hotforge::test {
 namespace {
 
-Image load(const std::string &path, const ImageReadOptions &options = {}) {
-  llvm::Expected<Image> image = readImage(path, options);
-  if (!image) {
-    ADD_FAILURE() << llvm::toString(image.takeError());
-    return Image();
-  }
-  return std::move(*image);
-}
-
 std::map<uint64_t, const Function *> byRva(const Image &image) {
   std::map<uint64_t, const Function *> out;
   for (const Function &f : image.functions) out[f.range.rva] = &f;
@@ -50,7 +41,7 @@ std::set<uint64_t> ourStarts(const Image &image) {
 TEST(ElfReader, FunctionsMatchReadelfAndEhFrame) {
   for (const Sample &sample : samples("elf-")) {
     SCOPED_TRACE(sample.path);
-    Image image = load(sample.path);
+    Image image = loadImage(sample.path);
     ASSERT_EQ(image.format, Format::Elf);
     EXPECT_EQ(image.machine, sample.target.find("a64") != std::string::npos ? Machine::Arm64 : Machine::X64);
     EXPECT_EQ(ourStarts(image), toolFunctionStarts(sample.path, image.imageBase, true));
@@ -85,7 +76,7 @@ TEST(ElfReader, StrippedBinariesKeepEveryFdeFunction) {
   for (const Sample &sample : samples("elf-")) {
     if (sample.strippedPath.empty()) continue;
     SCOPED_TRACE(sample.strippedPath);
-    Image image = load(sample.strippedPath);
+    Image image = loadImage(sample.strippedPath);
     EXPECT_EQ(ourStarts(image), toolFunctionStarts(sample.strippedPath, image.imageBase, false));
     auto functions = byRva(image);
     for (auto [begin, end] : ehFrameRanges(sample.strippedPath)) {
@@ -106,11 +97,11 @@ TEST(ElfReader, DebugFileRestoresNamesOfStrippedBinary) {
   for (const Sample &sample : samples("elf-")) {
     if (sample.strippedPath.empty() || sample.debugPath.empty()) continue;
     SCOPED_TRACE(sample.strippedPath);
-    Image full = load(sample.path);
+    Image full = loadImage(sample.path);
     std::string debugDir = sample.debugPath.substr(0, sample.debugPath.rfind('/'));
     for (const ImageReadOptions &options :
          {ImageReadOptions{"", sample.debugPath, ""}, ImageReadOptions{"", "", debugDir}}) {
-      Image stripped = load(sample.strippedPath, options);
+      Image stripped = loadImage(sample.strippedPath, options);
       EXPECT_FALSE(stripped.debugInfoPath.empty());
       auto strippedFunctions = byRva(stripped);
       for (const Function &f : full.functions) {
@@ -143,7 +134,7 @@ TEST(ElfReader, DebugFileOfAnotherBuildIsRefused) {
 TEST(ElfReader, IdentitySectionsAndImportsMatchTools) {
   for (const Sample &sample : samples("elf-")) {
     SCOPED_TRACE(sample.path);
-    Image image = load(sample.path);
+    Image image = loadImage(sample.path);
     CommandResult notes = run({"llvm-readelf-19", "-n", sample.path});
     std::smatch m;
     ASSERT_TRUE(std::regex_search(notes.out, m, std::regex("Build ID: ([0-9a-f]+)")));
@@ -185,7 +176,7 @@ TEST(ElfReader, IdentitySectionsAndImportsMatchTools) {
 TEST(ElfReader, DataObjectsIncludeGlobalsAndThreadLocals) {
   for (const Sample &sample : samples("elf-")) {
     SCOPED_TRACE(sample.path);
-    Image image = load(sample.path);
+    Image image = loadImage(sample.path);
     size_t objects = 0, tls = 0;
     for (const ToolSymbol &s : readelfSymbols(sample.path, ".symtab")) {
       if (!s.defined || (s.type != "OBJECT" && s.type != "TLS")) continue;

@@ -11,15 +11,6 @@
 namespace hotforge::test {
 namespace {
 
-Image load(const std::string &path, const ImageReadOptions &options = {}) {
-  llvm::Expected<Image> image = readImage(path, options);
-  if (!image) {
-    ADD_FAILURE() << llvm::toString(image.takeError());
-    return Image();
-  }
-  return std::move(*image);
-}
-
 struct RuntimeFunction {
   uint64_t start = 0, length = 0;
 };
@@ -69,7 +60,7 @@ TEST(PeReader, PdataMatchesReadobjUnwind) {
   for (const Sample &sample : samples("")) {
     if (sample.target.rfind("elf-", 0) == 0) continue;
     SCOPED_TRACE(sample.path);
-    Image image = load(sample.path);
+    Image image = loadImage(sample.path);
     ASSERT_EQ(image.format, Format::Pe);
     std::vector<RuntimeFunction> entries = readobjUnwind(sample.path, image.imageBase);
     if (sample.program == "core") ASSERT_FALSE(entries.empty());  // leaf functions have no entry
@@ -97,7 +88,7 @@ TEST(PeReader, PdbFunctionsMatchPdbutil) {
   for (const Sample &sample : samples("pe-")) {
     if (sample.pdbPath.empty()) continue;
     SCOPED_TRACE(sample.path);
-    Image image = load(sample.path);
+    Image image = loadImage(sample.path);
     EXPECT_EQ(image.debugInfoPath.empty(), false);
     std::vector<PdbProc> procs = pdbProcs(sample.pdbPath);
     ASSERT_GT(procs.size(), sample.program == "core" ? 10u : 0u);
@@ -117,7 +108,7 @@ TEST(PeReader, PdbFunctionsMatchPdbutil) {
 TEST(PeReader, IdentityLoadConfigImportsAndRelocationsMatchReadobj) {
   for (const Sample &sample : samples("pe-")) {
     SCOPED_TRACE(sample.path);
-    Image image = load(sample.path);
+    Image image = loadImage(sample.path);
     CommandResult headers = run({"llvm-readobj-19", "--file-headers", "--coff-debug-directory", "--coff-load-config",
                                  "--coff-imports", "--coff-basereloc", sample.path});
     ASSERT_EQ(headers.exitCode, 0) << headers.err;
@@ -158,8 +149,8 @@ TEST(PeReader, WithoutPdbFunctionsComeFromPdataAndExports) {
   for (const Sample &sample : samples("pe-")) {
     if (sample.strippedPath.empty()) continue;
     SCOPED_TRACE(sample.strippedPath);
-    Image full = load(sample.path);
-    Image stripped = load(sample.strippedPath);
+    Image full = loadImage(sample.path);
+    Image stripped = loadImage(sample.strippedPath);
     EXPECT_TRUE(stripped.debugInfoPath.empty());
     std::map<uint64_t, const Function *> strippedByRva;
     for (const Function &f : stripped.functions) strippedByRva[f.range.rva] = &f;
@@ -193,7 +184,7 @@ TEST(PeReader, PdbOfAnotherBuildIsRefused) {
 TEST(PeReader, MingwImagesNameFunctionsFromSymbolsAndDwarf) {
   for (const Sample &sample : samples("mingw-")) {
     SCOPED_TRACE(sample.path);
-    Image image = load(sample.path);
+    Image image = loadImage(sample.path);
     EXPECT_EQ(image.machine, Machine::X64);
     size_t named = 0, fromSymbols = 0;
     for (const Function &f : image.functions) {

@@ -110,6 +110,15 @@ std::vector<Sample> samples(const std::string &targetPrefix) {
   return out;
 }
 
+Image loadImage(const std::string &path, const ImageReadOptions &options) {
+  llvm::Expected<Image> image = readImage(path, options);
+  if (!image) {
+    ADD_FAILURE() << llvm::toString(image.takeError());
+    return Image();
+  }
+  return std::move(*image);
+}
+
 std::string hotforgeBinary() {
   const char *bin = std::getenv("HOTFORGE_BIN");
   return bin ? bin : "hotforge";

@@ -2,6 +2,8 @@
 // running external tools, and parsing what the LLVM tools print.
 #pragma once
 
+#include "hotforge/image.h"
+
 #include <nlohmann/json.hpp>
 
 #include <cstdint>
@@ -31,6 +33,9 @@ struct Sample {
 };
 // Every built sample, optionally only those of one target prefix ("elf-", "pe-", "mingw-").
 std::vector<Sample> samples(const std::string &targetPrefix = "");
+
+// Reads an image; a failure fails the test and returns an empty Image.
+Image loadImage(const std::string &path, const ImageReadOptions &options = {});
 
 // The path of the hotforge executable under test (HOTFORGE_BIN, set by CTest).
 std::string hotforgeBinary();

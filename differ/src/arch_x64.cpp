@@ -23,7 +23,7 @@ public:
     std::unordered_map<std::string, unsigned> byName;
     for (unsigned op = 0; op < mc_.instructions->getNumOpcodes(); ++op) {
       StringRef name = mc_.instructions->getName(op);
-      if (name.starts_with("NOOP") || name == "INT3" || name == "ENDBR64" || name == "ENDBR32") noise_.insert(op);
+      noise_.push_back(name.starts_with("NOOP") || name == "INT3" || name == "ENDBR64" || name == "ENDBR32");
       byName[name.str()] = op;
     }
     // Short and near forms of a branch are one shape: the assembler picks by distance.
@@ -38,7 +38,7 @@ public:
   }
 
 protected:
-  bool isLayoutNoise(const MCInst &inst) const override { return noise_.count(inst.getOpcode()) != 0; }
+  bool isLayoutNoise(const MCInst &inst) const override { return noise_[inst.getOpcode()]; }
   unsigned undecodableStep() const override { return 1; }
   uint64_t printAddress(uint64_t pc, uint64_t size) const override { return pc + size; }
 
@@ -109,7 +109,7 @@ private:
   MCSymbol *marker_ = nullptr;
   unsigned shortJmp_ = 0, shortJcc_ = 0;
   unsigned rip_ = 0;
-  std::unordered_set<unsigned> noise_;
+  std::vector<bool> noise_;  // by opcode
   std::unordered_map<unsigned, unsigned> canonicalBranch_;
 };
 

@@ -306,6 +306,7 @@ private:
       size_t index = p.functionIndex(f);
       uint64_t offset = target - f->range.rva;
       if (index == function) {
+        // By instruction index: alignment NOPs inside a function change with its placement.
         const auto &offsets = p.decoded[index].instructionOffsets;
         auto at = std::lower_bound(offsets.begin(), offsets.end(), uint32_t(offset));
         bool boundary = at != offsets.end() && *at == offset;

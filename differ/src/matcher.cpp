@@ -2,7 +2,10 @@
 
 #include <fmt/core.h>
 
+#include <llvm/Support/xxhash.h>
+
 #include <map>
+#include <unordered_map>
 #include <tuple>
 
 namespace hotforge::differ {
@@ -31,23 +34,30 @@ bool nameFromDebugInfo(const Function &f) {
 
 // Pairs the unmatched functions whose key is unique on both sides. With `inOrder`, a key held by
 // the same number of functions on both sides pairs them in address order too (static functions
-// of one name in several units, identical copies): a rebuild keeps their order.
-template <typename Key, typename KeyOf>
+// of one name in several units, identical copies): a rebuild keeps their order. Keys are 64-bit
+// digests; base functions are visited in address order, so the result is deterministic.
+template <typename KeyOf>
 size_t matchKeys(const Program &base, const Program &patched, Matching &m, KeyOf keyOf, MatchInfo unique,
                  std::optional<MatchInfo> inOrder = std::nullopt) {
-  std::map<Key, std::vector<size_t>> baseKeys, patchedKeys;  // ordered: pairs come out deterministic
+  std::unordered_map<uint64_t, std::vector<size_t>> baseKeys, patchedKeys;
   auto collect = [](const Program &p, const std::vector<std::optional<size_t>> &matched, auto &keys, auto keyOf) {
+    keys.reserve(p.decoded.size());
     for (size_t i = 0; i < p.decoded.size(); ++i) {
       if (!p.diffable[i] || matched[i]) continue;
-      if (std::optional<Key> key = keyOf(p, i)) keys[*key].push_back(i);
+      if (std::optional<uint64_t> key = keyOf(p, i)) keys[*key].push_back(i);
     }
   };
   collect(base, m.baseToPatched, baseKeys, keyOf);
   collect(patched, m.patchedToBase, patchedKeys, keyOf);
   size_t found = 0;
-  for (auto &[key, b] : baseKeys) {
-    auto p = patchedKeys.find(key);
-    if (p == patchedKeys.end() || p->second.size() != b.size() || (b.size() > 1 && !inOrder)) continue;
+  for (size_t i = 0; i < base.decoded.size(); ++i) {
+    if (!base.diffable[i] || m.baseToPatched[i]) continue;
+    std::optional<uint64_t> key = keyOf(base, i);
+    if (!key) continue;
+    const std::vector<size_t> &b = baseKeys[*key];
+    auto p = patchedKeys.find(*key);
+    if (b.front() != i || p == patchedKeys.end() || p->second.size() != b.size() || (b.size() > 1 && !inOrder))
+      continue;
     for (size_t k = 0; k < b.size(); ++k) m.pair(b[k], p->second[k], b.size() == 1 ? unique : *inOrder);
     found += b.size();
   }
@@ -119,22 +129,23 @@ Matching matchFunctions(const Program &base, const Program &patched) {
   m.patchedToBase.resize(patched.decoded.size());
   m.info.resize(base.decoded.size());
 
-  auto nameKey = [](bool debug) {
-    return [debug](const Program &p, size_t i) -> std::optional<std::string> {
-      const Function &f = p.image.functions[i];
-      if (p.nameKeys[i].empty() || nameFromDebugInfo(f) != debug) return std::nullopt;
-      return p.nameKeys[i] + (p.coldPart[i] ? "\x01cold" : "");
+  auto nameDigest = [](const Program &p, size_t i) {
+    return mixHash(llvm::xxh3_64bits(p.nameKeys[i]), p.coldPart[i]);
+  };
+  auto nameKey = [&](bool debug) {
+    return [debug, nameDigest](const Program &p, size_t i) -> std::optional<uint64_t> {
+      if (p.nameKeys[i].empty() || nameFromDebugInfo(p.image.functions[i]) != debug) return std::nullopt;
+      return nameDigest(p, i);
     };
   };
-  size_t byName = matchKeys<std::string>(base, patched, m, nameKey(false), {MatchStage::Name, 1.0},
-                                         MatchInfo{MatchStage::Name, 0.9});
+  size_t byName = matchKeys(base, patched, m, nameKey(false), {MatchStage::Name, 1.0}, MatchInfo{MatchStage::Name, 0.9});
   // Debug-info names may pair with a symbol name on the other side (one build stripped).
-  auto anyName = [](const Program &p, size_t i) -> std::optional<std::string> {
+  auto anyName = [&](const Program &p, size_t i) -> std::optional<uint64_t> {
     if (p.nameKeys[i].empty()) return std::nullopt;
-    return p.nameKeys[i] + (p.coldPart[i] ? "\x01cold" : "");
+    return nameDigest(p, i);
   };
-  size_t byDebug = matchKeys<std::string>(base, patched, m, anyName, {MatchStage::DebugIdentity, 1.0},
-                                          MatchInfo{MatchStage::DebugIdentity, 0.9});
+  size_t byDebug = matchKeys(base, patched, m, anyName, {MatchStage::DebugIdentity, 1.0},
+                             MatchInfo{MatchStage::DebugIdentity, 0.9});
   // Later stages pair what names left over; with nothing left on one side they have nothing to do.
   auto leftOver = [&](const Program &p, const std::vector<std::optional<size_t>> &matched) {
     for (size_t i = 0; i < p.decoded.size(); ++i)
@@ -149,17 +160,16 @@ Matching matchFunctions(const Program &base, const Program &patched) {
   auto shapeKey = [](const Program &p, size_t i) -> std::optional<uint64_t> {
     return p.decoded[i].instructions ? std::optional<uint64_t>(p.decoded[i].shape) : std::nullopt;
   };
-  size_t byHash = matchKeys<uint64_t>(base, patched, m, shapeKey, {MatchStage::Hash, 0.95});
+  size_t byHash = matchKeys(base, patched, m, shapeKey, {MatchStage::Hash, 0.95});
   size_t byCalls = propagateThroughCalls(base, patched, m);
-  using Signature = std::tuple<uint32_t, uint32_t, uint32_t, size_t>;
-  auto signature = [](const Program &p, size_t i) -> std::optional<Signature> {
+  auto signature = [](const Program &p, size_t i) -> std::optional<uint64_t> {
     const DecodedFunction &d = p.decoded[i];
     if (d.instructions < 4) return std::nullopt;  // too little to tell functions apart
-    return Signature{d.instructions, d.calls, d.branches, d.references.size()};
+    return mixHash(mixHash(mixHash(d.instructions, d.calls), d.branches), d.references.size());
   };
-  size_t byStructure = matchKeys<Signature>(base, patched, m, signature, {MatchStage::Structure, 0.7});
+  size_t byStructure = matchKeys(base, patched, m, signature, {MatchStage::Structure, 0.7});
   // Identical bodies left over (copies of one helper): in address order.
-  byHash += matchKeys<uint64_t>(base, patched, m, shapeKey, {MatchStage::Hash, 0.95}, MatchInfo{MatchStage::Hash, 0.8});
+  byHash += matchKeys(base, patched, m, shapeKey, {MatchStage::Hash, 0.95}, MatchInfo{MatchStage::Hash, 0.8});
   byStructure += matchLayoutGaps(base, patched, m);
   byCalls += propagateThroughCalls(base, patched, m);
 

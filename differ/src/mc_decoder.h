@@ -46,7 +46,8 @@ struct DecodeState {
   // A reference of the instruction being analysed.
   void add(uint32_t index, ReferenceKind kind, uint64_t target, FieldEncoding encoding, uint8_t fieldOffset = 0,
            uint8_t scale = 0) {
-    out.references.push_back({index, kind, target, offset, size, fieldOffset, scale, encoding});
+    out.references.push_back({.instruction = index, .kind = kind, .size = size, .fieldOffset = fieldOffset,
+                              .scale = scale, .target = target, .offset = offset, .encoding = encoding});
   }
 };
 

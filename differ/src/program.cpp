@@ -211,6 +211,12 @@ uint64_t Program::naturalExtent(uint64_t rva) const {
   auto object = std::upper_bound(data.begin(), data.end(), rva,
                                  [](uint64_t a, const DataObject *d) { return a < d->range.rva; });
   if (object != data.end() && (*object)->range.rva < end) end = (*object)->range.rva;
+  // Zeros right before an aligned next item are alignment padding, which differs between builds
+  // as the items around it move: leave them out (keeping at least one byte).
+  if (end % 16 == 0) {
+    llvm::ArrayRef<uint8_t> content = image.bytesAt(rva, end - rva);
+    while (content.size() > 1 && content.back() == 0 && end - 1 > rva) content = content.drop_back(), --end;
+  }
   return end - rva;
 }
 

@@ -128,6 +128,20 @@ public:
       if (entries_[i].newBegin < entries_[i - 1].newEnd)
         return formatError("{}: unwind entries at patched rva {:#x} and {:#x} overlap", describe(*entries_[i].function),
                            entries_[i - 1].begin, entries_[i].begin);
+    // A chain must end at an entry the image has, so refusals come before the layout.
+    std::set<uint32_t> begins;
+    for (const Entry &e : entries_) begins.insert(e.begin);
+    for (const Entry &e : entries_) {
+      if (!x64 || !(e.unwind & 1)) continue;
+      llvm::Expected<uint32_t> parent = indirectParent(e);
+      if (!parent) return parent.takeError();
+      if (!begins.count(*parent)) return notCarried(*e.function, *parent);
+    }
+    for (const auto &[rva, record] : records_)
+      if (record.chained) {
+        uint32_t parent = read32le(&record.bytes[record.fixedSize - kX64EntrySize]);
+        if (!begins.count(parent)) return notCarried(*record.function, parent);
+      }
     return llvm::Error::success();
   }
 
@@ -153,17 +167,10 @@ public:
     auto newUnwind = [&](const Entry &e) -> llvm::Expected<uint32_t> {
       if (!x64 && (e.unwind & 3) != 0) return e.unwind;
       if (x64 && (e.unwind & 1)) {
-        // The parent RUNTIME_FUNCTION of the patched build's table, by its position.
-        uint64_t parentAt = (e.unwind & ~1u) - source_.exceptionDirectoryRva;
-        llvm::ArrayRef<uint8_t> table = source_.exceptionDirectory;
-        if ((e.unwind & ~1u) < source_.exceptionDirectoryRva || parentAt % kX64EntrySize ||
-            parentAt + kX64EntrySize > table.size())
-          return formatError("{}: its indirect unwind entry points at {:#x}, not at an entry of .pdata",
-                             describe(*e.function), e.unwind & ~1u);
-        auto parent = entryAt.find(read32le(&table[parentAt]));
-        if (parent == entryAt.end())
-          return formatError("{}: its unwind entry chains to the function at patched rva {:#x}, which the patch does "
-                             "not carry", describe(*e.function), read32le(&table[parentAt]));
+        llvm::Expected<uint32_t> parentBegin = indirectParent(e);
+        if (!parentBegin) return parentBegin.takeError();
+        auto parent = entryAt.find(*parentBegin);
+        if (parent == entryAt.end()) return notCarried(*e.function, *parentBegin);
         return uint32_t(pdataRva + parent->second * kX64EntrySize) | 1u;
       }
       return xdataRva + records_.at(e.unwind).offset;
@@ -182,9 +189,7 @@ public:
         uint8_t *chain = p + record.fixedSize - kX64EntrySize;
         uint32_t parentBegin = read32le(chain);
         auto parent = entryAt.find(parentBegin);
-        if (parent == entryAt.end())
-          return formatError("{}: its unwind info chains to the function at patched rva {:#x}, which the patch does "
-                             "not carry", who, parentBegin);
+        if (parent == entryAt.end()) return notCarried(*record.function, parentBegin);
         write32le(chain, entries_[parent->second].newBegin);
         write32le(chain + 4, entries_[parent->second].newEnd);
         write32le(chain + 8, unwinds[parent->second]);
@@ -217,6 +222,23 @@ public:
   }
 
 private:
+  // The begin address of the entry an x64 indirect entry (UnwindData | 1) names, found by its
+  // position in the patched build's .pdata.
+  llvm::Expected<uint32_t> indirectParent(const Entry &e) const {
+    uint32_t at = e.unwind & ~1u;
+    uint64_t offset = uint64_t(at) - source_.exceptionDirectoryRva;
+    if (at < source_.exceptionDirectoryRva || offset % kX64EntrySize ||
+        offset + kX64EntrySize > source_.exceptionDirectory.size())
+      return formatError("{}: its indirect unwind entry points at {:#x}, not at an entry of .pdata",
+                         describe(*e.function), at);
+    return read32le(&source_.exceptionDirectory[offset]);
+  }
+
+  static llvm::Error notCarried(const CarriedCode &function, uint32_t parent) {
+    return formatError("{}: its unwind data chains to the function at patched rva {:#x}, which the patch does not "
+                       "carry (needs restart)", describe(function), parent);
+  }
+
   llvm::Expected<uint32_t> arm64Length(uint32_t unwind, const std::string &who) {
     switch (unwind & 3) {
     case 1:

@@ -34,13 +34,15 @@ public:
   std::vector<Function> finish(const std::vector<Section> &sections);
 
 private:
-  struct Entry {
-    Function function;
-    bool hasSize = false;
-    bool nameFromPreferred = false;  // e.g. a global symbol rather than a local alias
-    std::optional<FunctionSource> nameSource;
+  struct Sighting {
+    uint64_t rva, size;
+    std::optional<std::string> name;
+    FunctionSource source;
+    bool preferredName;  // e.g. a global symbol rather than a local alias
   };
-  std::map<uint64_t, Entry> entries_;
+  // Collected first, merged once in finish(): far cheaper than a map kept ordered on every add.
+  std::vector<Sighting> sightings_;
+  std::vector<std::pair<uint64_t, AddressRange>> parts_;
 };
 
 // Collects DW_TAG_subprogram ranges from the DWARF in `object` (ELF or mingw PE). Problems in the

@@ -109,43 +109,53 @@ std::string hexOffset(uint64_t value) {
   return text;
 }
 
-void FunctionTableBuilder::add(uint64_t rva, uint64_t size, std::optional<std::string> name,
-                               FunctionSource source, bool preferredName) {
-  Entry &e = entries_[rva];
-  bool fresh = e.function.sourceMask == 0;
-  e.function.range.rva = rva;
-  e.function.sourceMask |= 1u << static_cast<unsigned>(source);
-  if (size && (!e.hasSize || source < e.function.source)) {
-    e.function.range.size = size;
-    e.function.source = source;
-    e.hasSize = true;
-  } else if (!e.hasSize && (fresh || source < e.function.source)) {
-    e.function.source = source;
-  }
-  if (name && !name->empty()) {
-    bool better = !e.nameSource || source < *e.nameSource ||
-                  (source == *e.nameSource &&
-                   (preferredName > e.nameFromPreferred ||
-                    (preferredName == e.nameFromPreferred && *name < *e.function.name)));
-    if (better) {
-      e.function.name = std::move(name);
-      e.function.nameSource = source;
-      e.nameSource = source;
-      e.nameFromPreferred = preferredName;
-    }
-  }
+void FunctionTableBuilder::add(uint64_t rva, uint64_t size, std::optional<std::string> name, FunctionSource source,
+                               bool preferredName) {
+  sightings_.push_back({rva, size, std::move(name), source, preferredName});
 }
 
-void FunctionTableBuilder::addPart(uint64_t parentRva, AddressRange part) {
-  auto it = entries_.find(parentRva);
-  if (it != entries_.end()) it->second.function.parts.push_back(part);
-}
+void FunctionTableBuilder::addPart(uint64_t parentRva, AddressRange part) { parts_.push_back({parentRva, part}); }
 
 std::vector<Function> FunctionTableBuilder::finish(const std::vector<Section> &sections) {
+  std::stable_sort(sightings_.begin(), sightings_.end(), [](const Sighting &a, const Sighting &b) { return a.rva < b.rva; });
   std::vector<Function> out;
-  out.reserve(entries_.size());
-  for (auto &[rva, e] : entries_) out.push_back(std::move(e.function));
-  entries_.clear();
+  for (size_t i = 0; i < sightings_.size();) {
+    Function f;
+    f.range.rva = sightings_[i].rva;
+    bool hasSize = false, nameFromPreferred = false, first = true;
+    std::optional<FunctionSource> nameSource;
+    for (; i < sightings_.size() && sightings_[i].rva == f.range.rva; ++i) {
+      Sighting &s = sightings_[i];
+      f.sourceMask |= 1u << static_cast<unsigned>(s.source);
+      // The size (and so the boundary) comes from the best source that has one.
+      if (s.size && (!hasSize || s.source < f.source)) {
+        f.range.size = s.size;
+        f.source = s.source;
+        hasSize = true;
+      } else if (!hasSize && (first || s.source < f.source)) {
+        f.source = s.source;
+      }
+      first = false;
+      if (s.name && !s.name->empty()) {
+        bool better = !nameSource || s.source < *nameSource ||
+                      (s.source == *nameSource && (s.preferredName > nameFromPreferred ||
+                                                   (s.preferredName == nameFromPreferred && *s.name < *f.name)));
+        if (better) {
+          f.name = std::move(s.name);
+          f.nameSource = s.source;
+          nameSource = s.source;
+          nameFromPreferred = s.preferredName;
+        }
+      }
+    }
+    out.push_back(std::move(f));
+  }
+  sightings_.clear();
+  for (auto &[parent, part] : parts_) {
+    auto it = std::lower_bound(out.begin(), out.end(), parent, [](const Function &f, uint64_t a) { return f.range.rva < a; });
+    if (it != out.end() && it->range.rva == parent) it->parts.push_back(part);
+  }
+  parts_.clear();
   // Infer missing sizes: up to the next known start, but never past the end of the section.
   for (size_t i = 0; i < out.size(); ++i) {
     Function &f = out[i];

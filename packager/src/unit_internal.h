@@ -56,6 +56,9 @@ struct Manifest {
 
 // Magic, version, flags, and every offset and size against the file size. Reads nothing else.
 llvm::Expected<UnitHeader> parseHeader(llvm::ArrayRef<uint8_t> unit);
+// Same, reading the header from `unit` (at least its first 64 bytes) for a file of `fileSize` bytes.
+llvm::Expected<UnitHeader> parseHeader(llvm::ArrayRef<uint8_t> unit, uint64_t fileSize);
+bool sameHeader(const UnitHeader &a, const UnitHeader &b);
 // The manifest text: canonical JSON, schema, every field's type, names, limits, and that the
 // entries' payloads tile the payload area of `payloadSize` bytes exactly.
 llvm::Expected<Manifest> parseManifest(llvm::StringRef text, uint64_t payloadSize);

@@ -37,26 +37,24 @@ llvm::Expected<std::vector<uint8_t>> compress(llvm::ArrayRef<uint8_t> input, int
     return makeError("zstd: this libzstd has no multi-threading support, which deterministic units need");
   if (ZSTD_isError(ZSTD_CCtx_setPledgedSrcSize(cctx.get(), input.size())))
     return makeError("zstd: cannot set the content size");
-  std::vector<uint8_t> out(ZSTD_compressBound(input.size()));
+  // Output goes through a fixed staging buffer and is appended, so memory follows the compressed
+  // size instead of compressBound(input) (which would be touched in full by a zero-filled vector).
+  std::vector<uint8_t> out, staging(ZSTD_CStreamOutSize() * 8);
   ZSTD_inBuffer in{input.data(), input.size(), 0};
-  ZSTD_outBuffer o{out.data(), out.size(), 0};
-  auto grow = [&] {
-    out.resize(out.size() * 2 + 4096);
-    o.dst = out.data();
-    o.size = out.size();
-  };
-  while (in.pos < in.size) {
-    size_t r = ZSTD_compressStream2(cctx.get(), &o, &in, ZSTD_e_continue);
+  auto step = [&](ZSTD_EndDirective mode) -> llvm::Expected<size_t> {
+    ZSTD_outBuffer o{staging.data(), staging.size(), 0};
+    size_t r = ZSTD_compressStream2(cctx.get(), &o, &in, mode);
     if (ZSTD_isError(r)) return formatError("zstd: {}", ZSTD_getErrorName(r));
-    if (o.pos == o.size) grow();
-  }
+    out.insert(out.end(), staging.begin(), staging.begin() + static_cast<std::ptrdiff_t>(o.pos));
+    return r;
+  };
+  while (in.pos < in.size)
+    if (llvm::Expected<size_t> r = step(ZSTD_e_continue); !r) return r.takeError();
   for (;;) {
-    size_t remaining = ZSTD_compressStream2(cctx.get(), &o, &in, ZSTD_e_end);
-    if (ZSTD_isError(remaining)) return formatError("zstd: {}", ZSTD_getErrorName(remaining));
-    if (remaining == 0) break;
-    if (o.pos == o.size) grow();
+    llvm::Expected<size_t> remaining = step(ZSTD_e_end);
+    if (!remaining) return remaining.takeError();
+    if (*remaining == 0) break;
   }
-  out.resize(o.pos);
   return out;
 }
 

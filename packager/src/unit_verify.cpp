@@ -7,6 +7,7 @@
 
 #include <zstd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <set>
 
@@ -52,12 +53,13 @@ llvm::Error onlyKeys(const nlohmann::json &object, const std::set<std::string> &
 
 }  // namespace
 
-llvm::Expected<UnitHeader> parseHeader(llvm::ArrayRef<uint8_t> unit) {
-  const uint64_t fileSize = unit.size();
+llvm::Expected<UnitHeader> parseHeader(llvm::ArrayRef<uint8_t> unit) { return parseHeader(unit, unit.size()); }
+
+llvm::Expected<UnitHeader> parseHeader(llvm::ArrayRef<uint8_t> unit, uint64_t fileSize) {
   size_t magicBytes = std::min<size_t>(unit.size(), sizeof(kUnitMagic));
-  if (fileSize == 0 || std::memcmp(unit.data(), kUnitMagic, magicBytes) != 0)
+  if (unit.empty() || std::memcmp(unit.data(), kUnitMagic, magicBytes) != 0)
     return makeError("not a hotforge delivery unit (no HFUNIT magic)");
-  if (fileSize < kUnitHeaderSize)
+  if (unit.size() < kUnitHeaderSize || fileSize < kUnitHeaderSize)
     return formatError("truncated: {} bytes, shorter than the {}-byte unit header", fileSize, kUnitHeaderSize);
   const uint8_t *h = unit.data();
   UnitHeader header;
@@ -304,6 +306,12 @@ std::string claimedSigner(llvm::StringRef text) {
 
 }  // namespace
 
+bool unit_detail::sameHeader(const UnitHeader &a, const UnitHeader &b) {
+  return a.version == b.version && a.flags == b.flags && a.manifestOffset == b.manifestOffset &&
+         a.manifestSize == b.manifestSize && a.payloadOffset == b.payloadOffset && a.payloadSize == b.payloadSize &&
+         a.signatureOffset == b.signatureOffset && a.signatureSize == b.signatureSize;
+}
+
 bool looksLikeUnit(llvm::ArrayRef<uint8_t> bytes) {
   return bytes.size() >= sizeof(kUnitMagic) && std::memcmp(bytes.data(), kUnitMagic, sizeof(kUnitMagic)) == 0;
 }
@@ -311,10 +319,20 @@ bool looksLikeUnit(llvm::ArrayRef<uint8_t> bytes) {
 llvm::Expected<VerifiedUnit> verifyUnit(llvm::ArrayRef<uint8_t> unit, const PublicKey &key) {
   llvm::Expected<UnitHeader> header = parseHeader(unit);
   if (!header) return header.takeError();
-  llvm::ArrayRef<uint8_t> signedBytes = unit.take_front(header->payloadOffset);  // header + manifest
-  llvm::ArrayRef<uint8_t> signature = unit.slice(header->signatureOffset, header->signatureSize);
+  // Header and manifest are copied once and everything after this reads the copy, so a unit in
+  // shared or mapped memory cannot change between the signature check and the parse. (Payloads
+  // are read twice, hashed and then decompressed, but the decompressed image is hashed again.)
+  std::vector<uint8_t> signedBytes(unit.begin(), unit.begin() + header->payloadOffset);  // header + manifest
+  std::array<uint8_t, kUnitSignatureSize> signature{};
+  std::copy_n(unit.begin() + header->signatureOffset, kUnitSignatureSize, signature.begin());
+  llvm::Expected<UnitHeader> copied = parseHeader(
+      llvm::ArrayRef<uint8_t>(signedBytes).take_front(kUnitHeaderSize), unit.size());
+  if (!copied || !sameHeader(*copied, *header)) {
+    if (!copied) llvm::consumeError(copied.takeError());
+    return makeError("the unit changed while it was being read");
+  }
   if (!verifySignature(key, signedBytes, signature)) {
-    std::string claimed = claimedSigner(manifestText(unit, *header));
+    std::string claimed = claimedSigner(manifestText(signedBytes, *header));
     if (!claimed.empty() && claimed != key.fingerprint())
       return formatError("signature check failed: the unit names signer key {}, but the given public key is {} "
                          "(wrong key, or a modified manifest)",
@@ -323,7 +341,7 @@ llvm::Expected<VerifiedUnit> verifyUnit(llvm::ArrayRef<uint8_t> unit, const Publ
                        "is damaged",
                        key.fingerprint());
   }
-  llvm::Expected<Manifest> manifest = parseManifest(manifestText(unit, *header), header->payloadSize);
+  llvm::Expected<Manifest> manifest = parseManifest(manifestText(signedBytes, *header), header->payloadSize);
   if (!manifest) return manifest.takeError();
   if (manifest->signerFingerprint != key.fingerprint())
     return formatError("the manifest names signer key {}, but the signature was made with key {}",

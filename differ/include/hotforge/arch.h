@@ -45,11 +45,11 @@ std::string_view fieldEncodingName(FieldEncoding encoding);
 struct CodeReference {
   uint32_t instruction = 0;  // index of the referencing instruction within the function
   ReferenceKind kind = ReferenceKind::Memory;
-  uint64_t target = 0;  // RVA
-  uint32_t offset = 0;  // byte offset of the instruction within the function
-  uint8_t size = 0;     // instruction size in bytes
-  uint8_t fieldOffset = 0;  // x64: where the address field starts within the instruction
-  uint8_t scale = 0;        // A64LdStLo12: log2 of the access size
+  uint8_t size = 0;          // instruction size in bytes
+  uint8_t fieldOffset = 0;   // x64: where the address field starts within the instruction
+  uint8_t scale = 0;         // A64LdStLo12: log2 of the access size
+  uint64_t target = 0;       // RVA, or an address when decoding code at its run-time address
+  uint32_t offset = 0;       // byte offset of the instruction within the function
   FieldEncoding encoding = FieldEncoding::None;
 };
 
@@ -64,7 +64,7 @@ struct DecodedFunction {
   bool complete = true;  // false when some bytes did not decode
   std::vector<CodeReference> references;
   // Offset of every counted instruction, so that branch targets inside the function compare by
-  // instruction index rather than by byte offset.
+  // instruction index: alignment NOPs inside a function change with where it is placed.
   std::vector<uint32_t> instructionOffsets;
   // Shape of each counted instruction on its own; filled only when asked for (first differences).
   std::vector<uint64_t> instructionShapes;
