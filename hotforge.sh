@@ -36,16 +36,28 @@ setup() {
   $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
-configure_and_build() {
+configure_and_build() {  # configure_and_build DIR [CMAKE_ARGS...] [-- TARGETS...]
   local dir=$1; shift
+  local args=() targets=()
+  while [ $# -gt 0 ] && [ "$1" != "--" ]; do args+=("$1"); shift; done
+  [ $# -gt 0 ] && shift && targets=("$@")
   cmake -S "$root" -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=Release \
-    -DLLVM_DIR=/usr/lib/llvm-19/lib/cmake/llvm "$@" >/dev/null
-  cmake --build "$dir"
+    -DLLVM_DIR=/usr/lib/llvm-19/lib/cmake/llvm "${args[@]}" >/dev/null
+  if [ ${#targets[@]} -gt 0 ]; then cmake --build "$dir" --target "${targets[@]}"; else cmake --build "$dir"; fi
 }
 
 build() { setup; configure_and_build "$build"; }
 
-samples() { "$root/samples/build.sh" "$samples_out"; }
+# Builds the samples unless they were built from exactly the sources there now.
+samples() {
+  local stamp
+  stamp=$(cd "$root" && find samples -type f ! -name '*.pyc' -print0 | sort -z | xargs -0 sha256sum | sha256sum)
+  if [ -f "$samples_out/samples.json" ] && [ "$(cat "$samples_out/.stamp" 2>/dev/null)" = "$stamp" ]; then
+    return 0
+  fi
+  "$root/samples/build.sh" "$samples_out"
+  echo "$stamp" >"$samples_out/.stamp"
+}
 
 demo() {
   build
@@ -83,7 +95,7 @@ fuzz() {
   local seconds=${1:-60}
   local dir=$root/build-fuzz
   configure_and_build "$dir" -DCMAKE_C_COMPILER=clang-19 -DCMAKE_CXX_COMPILER=clang++-19 -DHOTFORGE_FUZZ=ON \
-    -DHOTFORGE_TESTS=OFF -DHOTFORGE_BENCH=OFF
+    -DHOTFORGE_TESTS=OFF -DHOTFORGE_BENCH=OFF -- fuzz_read_image fuzz_unit
   samples
   "$root/tests/fuzz/run.sh" "$dir" "$samples_out" "$seconds"
 }

@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include <filesystem>
 #include <random>
 
 namespace hotforge::test {
@@ -129,6 +130,17 @@ TEST(Cli, PdbOfAnotherImageIsRefused) {
     if (s.program != pe.front().program && !s.pdbPath.empty()) otherPdb = s.pdbPath;
   ASSERT_FALSE(otherPdb.empty());
   expectOneLineError(hotforge({"inspect", pe.front().path, "--pdb", otherPdb}), otherPdb, "does not belong");
+}
+
+// Inputs that once crashed a parser (found by the fuzzers): each must now read or be refused.
+TEST(Cli, InputsFoundByFuzzingAreHandled) {
+  size_t checked = 0;
+  for (const auto &entry : std::filesystem::directory_iterator(std::string(HOTFORGE_SOURCE_DIR) + "/tests/corpus")) {
+    CommandResult r = hotforge({"inspect", entry.path().string(), "--json"});
+    EXPECT_TRUE(r.exitCode == 0 || r.exitCode == 1) << entry.path() << ": exit " << r.exitCode << " " << r.err;
+    ++checked;
+  }
+  EXPECT_GT(checked, 0u);
 }
 
 // Truncations at many lengths, and random byte flips, of real ELF and PE samples: the reader may

@@ -63,14 +63,15 @@ llvm::Expected<PatchImage> readPatchImage(llvm::ArrayRef<uint8_t> file) {
     PatchSection section;
     section.name = name->str();
     section.rva = uint32_t(s.getAddress() - imageBase);
-    section.memorySize = uint32_t(s.getSize());
+    // COFF: SectionRef's size is the raw size; the loaded size is VirtualSize.
+    section.memorySize = coff ? uint32_t(coff->getCOFFSection(s)->VirtualSize) : uint32_t(s.getSize());
     bool writable = coff ? (coff->getCOFFSection(s)->Characteristics & llvm::COFF::IMAGE_SCN_MEM_WRITE) != 0
                          : (llvm::object::ELFSectionRef(s).getFlags() & llvm::ELF::SHF_WRITE) != 0;
     section.permissions = {true, writable, s.isText()};
     if (!s.isBSS()) {
       llvm::Expected<llvm::StringRef> contents = s.getContents();
       if (!contents) return contents.takeError();
-      section.bytes.assign(contents->begin(), contents->end());
+      section.bytes.assign(contents->begin(), contents->begin() + std::min<size_t>(contents->size(), section.memorySize));
     }
     if (uint64_t(section.rva) + section.memorySize > image.imageSize)
       return formatError("section {} at rva {:#x} lies outside the image size {:#x}", section.name, section.rva,

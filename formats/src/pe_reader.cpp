@@ -175,14 +175,27 @@ std::string baseRelocationTypeName(uint8_t type) {
   }
 }
 
+// Base relocations, read from the directory's bytes: LLVM's iterator trusts the block sizes it
+// finds, which a crafted image can make point past the end (found by fuzzing).
 Error readBaseRelocations(const COFFObjectFile &coff, Image &image) {
-  for (const BaseRelocRef &relocation : coff.base_relocs()) {
-    uint8_t type = 0;
-    uint32_t rva = 0;
-    if (Error e = relocation.getType(type)) return e;
-    if (Error e = relocation.getRVA(rva)) return e;
-    if (type == COFF::IMAGE_REL_BASED_ABSOLUTE) continue;  // padding entries
-    image.relocations.push_back({rva, type, baseRelocationTypeName(type), std::nullopt, 0});
+  const data_directory *directory = coff.getDataDirectory(COFF::BASE_RELOCATION_TABLE);
+  if (!directory || !directory->Size) return Error::success();
+  Expected<ArrayRef<uint8_t>> table =
+      bytesAtRva(coff, directory->RelativeVirtualAddress, directory->Size, "base relocation directory");
+  if (!table) return table.takeError();
+  for (size_t at = 0; at + 8 <= table->size();) {
+    uint32_t page = read32le(table->data() + at), blockSize = read32le(table->data() + at + 4);
+    if (page == 0 && blockSize == 0) break;  // zero padding after the last block
+    if (blockSize < 8 || blockSize > table->size() - at)
+      return makeError("base relocation block at directory offset " + hexOffset(at) + " claims " +
+                       hexOffset(blockSize) + " bytes, which the directory does not hold");
+    for (size_t entry = at + 8; entry + 2 <= at + blockSize; entry += 2) {
+      uint16_t value = support::endian::read16le(table->data() + entry);
+      uint8_t type = uint8_t(value >> 12);
+      if (type == COFF::IMAGE_REL_BASED_ABSOLUTE) continue;  // padding entries
+      image.relocations.push_back({uint64_t(page) + (value & 0xfff), type, baseRelocationTypeName(type), std::nullopt, 0});
+    }
+    at += blockSize;
   }
   return Error::success();
 }
