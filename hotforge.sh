@@ -62,17 +62,26 @@ samples() {
 demo() {
   build
   samples
-  local hf=$build/cli/hotforge
-  local s=$samples_out
-  log "hotforge inspect: a gcc-built x64 ELF sample"
-  "$hf" inspect "$s/elf-x64-gcc/core.base" --functions | head -n 40
-  log "hotforge inspect: the stripped build of the same binary (only .dynsym and .eh_frame)"
-  "$hf" inspect "$s/elf-x64-gcc/stripped/core.base" | tail -n 3
-  log "hotforge inspect: an Arm64 PE DLL with its PDB"
-  "$hf" inspect "$s/pe-a64/core.base.dll" --functions | head -n 30
-  log "hotforge inspect --json: the first function of the Arm64 ELF sample"
-  "$hf" inspect "$s/elf-a64-gcc/core.base" --json | python3 -c \
-    'import json,sys; d=json.load(sys.stdin); print(json.dumps({k: d[k] for k in ("format","machine","identity")}, indent=2)); print(json.dumps(d["functions"][0], indent=2))'
+  local hf=$build/cli/hotforge s=$samples_out work
+  work=$(mktemp -d)
+  log "hotforge inspect: a gcc-built x64 ELF sample, and its stripped copy (only .dynsym and .eh_frame)"
+  "$hf" inspect "$s/elf-x64-gcc/core.base" | head -n 12
+  "$hf" inspect "$s/elf-x64-gcc/stripped/core.base" | tail -n 2
+  log "hotforge diff: a bounds-check fix (scenario 1) on x64, a new helper (scenario 3) on Arm64"
+  "$hf" diff "$s/elf-x64-gcc/core.base" "$s/elf-x64-gcc/core.fix1"
+  "$hf" diff "$s/elf-a64-clang/core.base" "$s/elf-a64-clang/core.fix3"
+  log "hotforge diff: a changed initial value of a global needs a restart (exit 3)"
+  "$hf" diff "$s/pe-x64/initval.base.dll" "$s/pe-x64/initval.fix6.dll" || true
+  log "hotforge build: hotpatch images for ELF x64 and PE Arm64"
+  "$hf" build "$s/elf-x64-gcc/core.base" "$s/elf-x64-gcc/core.fix1" -o "$work/core-x64.hfpatch" --sequence 2
+  "$hf" build "$s/pe-a64/core.base.dll" "$s/pe-a64/core.fix3.dll" -o "$work/core-a64.hfpatch" --sequence 2
+  "$hf" inspect "$work/core-x64.hfpatch"
+  log "hotforge keygen, pack, verify: one signed, compressed delivery unit for both"
+  "$hf" keygen -o "$work/release"
+  SOURCE_DATE_EPOCH=1700000000 "$hf" pack "$work/core-x64.hfpatch" "$work/core-a64.hfpatch" -o "$work/2026-11.hfu" \
+    --key "$work/release.pem" --release 2026-11
+  "$hf" verify "$work/2026-11.hfu" --pubkey "$work/release.pub.pem" --base "$s/elf-x64-gcc/core.base"
+  rm -rf "$work"
 }
 
 run_tests() {

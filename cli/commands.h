@@ -22,6 +22,7 @@ void addInspectCommand(CLI::App &app, int &exitCode);
 void addDiffCommand(CLI::App &app, int &exitCode);
 void addBuildCommand(CLI::App &app, int &exitCode);
 void addPackagerCommands(CLI::App &app, int &exitCode);  // keygen, pack, verify
+void addReleaseCommand(CLI::App &app, int &exitCode);
 
 // The two builds a diff or a patch starts from, and where their debug information is.
 struct BuildPair {

@@ -4,6 +4,7 @@
 #include "hotforge/image.h"
 #include "hotforge/image_json.h"
 #include "hotforge/patch_image.h"
+#include "hotforge/unit.h"
 
 #include <llvm/Support/FileSystem.h>
 
@@ -124,6 +125,14 @@ void addInspectCommand(CLI::App &app, int &exitCode) {
     // A hotpatch image is shown as its records.
     if (auto file = llvm::MemoryBuffer::getFile(options->input, false, false); file && !llvm::sys::fs::is_directory(options->input)) {
       llvm::ArrayRef<uint8_t> bytes(reinterpret_cast<const uint8_t *>((*file)->getBufferStart()), (*file)->getBufferSize());
+      if (looksLikeUnit(bytes)) {  // a delivery unit: header and manifest, unverified
+        llvm::Expected<UnitDescription> unit = inspectUnit(bytes);
+        if (!unit) return void(exitCode = reportError(options->input + ": " + llvm::toString(unit.takeError())));
+        fmt::print("{}", options->json ? describeUnitJson(*unit, options->input)
+                                                 .dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n"
+                                       : describeUnitText(*unit, options->input));
+        return void(exitCode = kExitOk);
+      }
       if (looksLikePatchImage(bytes)) {
         llvm::Expected<PatchImage> patch = readPatchImage(bytes);
         if (!patch) return void(exitCode = reportError(options->input + ": " + llvm::toString(patch.takeError())));

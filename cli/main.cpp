@@ -51,6 +51,7 @@ int main(int argc, char **argv) {
   addDiffCommand(app, exitCode);
   addBuildCommand(app, exitCode);
   addPackagerCommands(app, exitCode);
+  addReleaseCommand(app, exitCode);
 
   try {
     app.parse(argc, argv);

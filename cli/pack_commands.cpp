@@ -2,6 +2,7 @@
 #include "commands.h"
 
 #include "hotforge/image.h"
+#include "hotforge/patch_image.h"
 #include "hotforge/unit.h"
 
 #include <fmt/core.h>
@@ -20,7 +21,31 @@ namespace hotforge::cli {
 // supersedes sequences 1..sequence-1 of that baseline; `hotforge verify --base` matches
 // info.baseline.sha256 against the given binaries.
 nlohmann::json describeImageForUnit(llvm::ArrayRef<uint8_t> bytes, const std::string &name) {
-  return {{"file", name}, {"size", bytes.size()}};
+  nlohmann::json info = {{"file", name}, {"size", bytes.size()}};
+  if (!looksLikePatchImage(bytes)) return info;
+  llvm::Expected<PatchImage> image = readPatchImage(bytes);
+  if (!image) {
+    llvm::consumeError(image.takeError());
+    return info;
+  }
+  // A hotpatch image: the manifest names the baseline it fits and what it changes.
+  const PatchBaseline &b = image->baseline;
+  info["kind"] = "hotpatch-image";
+  info["format"] = formatName(image->format);
+  info["machine"] = machineName(image->machine);
+  info["sequence"] = image->sequence;
+  info["baseline"] = {{"file", b.fileName},
+                      {"sha256", hexEncode(b.sha256)},
+                      {"build_id", b.buildId.empty() ? nlohmann::json(nullptr) : nlohmann::json(hexEncode(b.buildId))},
+                      {"time_date_stamp", b.timeDateStamp},
+                      {"check_sum", b.checkSum}};
+  nlohmann::json changes = nlohmann::json::array();
+  for (const PatchFunction &f : image->functions)
+    changes.push_back({{"name", f.name ? nlohmann::json(*f.name) : nlohmann::json(nullptr)},
+                       {"kind", f.added ? "added" : "changed"},
+                       {"verdict", "hotpatchable"}});
+  info["changes"] = std::move(changes);
+  return info;
 }
 
 namespace {

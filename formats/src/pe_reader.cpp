@@ -19,6 +19,11 @@ Expected<ArrayRef<uint8_t>> bytesAtRva(const COFFObjectFile &coff, uint32_t rva,
   ArrayRef<uint8_t> bytes;
   if (Error e = coff.getRvaAndSizeAsBytes(rva, size, bytes))
     return makeError(what + " at RVA " + hexOffset(rva) + " (size " + hexOffset(size) + "): " + errorText(std::move(e)));
+  // LLVM checks the section's virtual size, not that its raw data holds the range (found by fuzzing).
+  StringRef file = coff.getData();
+  const uint8_t *begin = reinterpret_cast<const uint8_t *>(file.data());
+  if (bytes.data() < begin || bytes.data() > begin + file.size() || size_t(begin + file.size() - bytes.data()) < size)
+    return makeError(what + " at RVA " + hexOffset(rva) + " (size " + hexOffset(size) + ") lies beyond the file's data");
   return bytes;
 }
 
@@ -135,30 +140,52 @@ Error readExports(const COFFObjectFile &coff, FunctionTableBuilder &functions, s
   return Error::success();
 }
 
+// A NUL-terminated name at `rva`, bounded by the raw data of its section.
+Expected<std::string> nameAtRva(const COFFObjectFile &coff, uint32_t rva, StringRef what) {
+  for (const SectionRef &ref : coff.sections()) {
+    const coff_section *s = coff.getCOFFSection(ref);
+    uint32_t raw = std::min<uint32_t>(s->SizeOfRawData, s->VirtualSize ? uint32_t(s->VirtualSize) : uint32_t(s->SizeOfRawData));
+    if (rva < s->VirtualAddress || rva - s->VirtualAddress >= raw) continue;
+    Expected<ArrayRef<uint8_t>> bytes = bytesAtRva(coff, rva, raw - (rva - s->VirtualAddress), what);
+    if (!bytes) return bytes.takeError();
+    auto end = std::find(bytes->begin(), bytes->end(), 0);
+    if (end == bytes->end()) return makeError(what + " at RVA " + hexOffset(rva) + " is not terminated");
+    return std::string(bytes->begin(), end);
+  }
+  return makeError(what + " at RVA " + hexOffset(rva) + " is outside every section's data");
+}
+
+// The import directory, read from its bytes with every RVA checked: LLVM's iterator follows the
+// lookup tables without bounds (found by fuzzing).
 Error readImports(const COFFObjectFile &coff, Image &image) {
-  for (const ImportDirectoryEntryRef &directory : coff.import_directories()) {
-    StringRef library;
-    uint32_t iat = 0;
-    if (Error e = directory.getName(library)) return e;
-    if (Error e = directory.getImportAddressTableRVA(iat)) return e;
-    uint32_t slot = iat;
-    size_t count = 0;
-    for (const ImportedSymbolRef &symbol : directory.imported_symbols()) {
-      if (++count > coff.getData().size() / 8) return makeError("import table of " + library + " does not end");
-      bool byOrdinal = false;
-      if (Error e = symbol.isOrdinal(byOrdinal)) return e;
+  const data_directory *directory = coff.getDataDirectory(COFF::IMPORT_TABLE);
+  if (!directory || !directory->Size) return Error::success();
+  constexpr uint32_t kDescriptorSize = 20;
+  for (uint32_t index = 0;; ++index) {
+    Expected<ArrayRef<uint8_t>> descriptor = bytesAtRva(coff, directory->RelativeVirtualAddress + index * kDescriptorSize,
+                                                        kDescriptorSize, "import descriptor");
+    if (!descriptor) return descriptor.takeError();
+    uint32_t lookup = read32le(descriptor->data()), nameRva = read32le(descriptor->data() + 12),
+             iat = read32le(descriptor->data() + 16);
+    if (!lookup && !nameRva && !iat) break;
+    Expected<std::string> library = nameAtRva(coff, nameRva, "import library name");
+    if (!library) return library.takeError();
+    uint32_t table = lookup ? lookup : iat;
+    for (uint32_t slot = 0;; ++slot) {
+      if (slot > coff.getData().size() / 8) return makeError("import table of " + *library + " does not end");
+      Expected<ArrayRef<uint8_t>> entry = bytesAtRva(coff, table + slot * 8, 8, "import lookup entry");
+      if (!entry) return entry.takeError();
+      uint64_t value = support::endian::read64le(entry->data());
+      if (!value) break;
       std::string name;
-      if (byOrdinal) {
-        uint16_t ordinal = 0;
-        if (Error e = symbol.getOrdinal(ordinal)) return e;
-        name = "#" + std::to_string(ordinal);
+      if (value >> 63) {
+        name = "#" + std::to_string(value & 0xffff);
       } else {
-        StringRef symbolName;
-        if (Error e = symbol.getSymbolName(symbolName)) return e;
-        name = symbolName.str();
+        Expected<std::string> symbol = nameAtRva(coff, uint32_t(value) + 2, "imported symbol name");
+        if (!symbol) return symbol.takeError();
+        name = std::move(*symbol);
       }
-      image.imports.push_back({std::move(name), library.str(), slot, ImportKind::IatSlot});
-      slot += 8;
+      image.imports.push_back({std::move(name), *library, uint64_t(iat) + slot * 8, ImportKind::IatSlot});
     }
   }
   return Error::success();
