@@ -27,6 +27,10 @@ python3 "$here/gen_large_program.py" "$large_dir" --functions "${HOTFORGE_BENCH_
 diff_status=0
 "$here/diff_bench.sh" "$build" "$large_dir" || diff_status=$?
 
+# Hotpatch images of the samples and of the large pair, next to byte-level patches.
+echo "== build: hotpatch image sizes"
+"$here/image_size_bench.sh" "$build" "$2" "$large_dir"
+
 # Delivery units: pack/verify throughput against plain zstd, unit sizes against bsdiff and
 # zstd --patch-from (packager/README.md).
 "$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/pack_bench.sh" "$build" "$2"

@@ -38,8 +38,8 @@ int reportError(const std::string &message) {
 int main(int argc, char **argv) {
   using namespace hotforge::cli;
   CLI::App app{"Hotforge authors hotpatches: it reads a baseline and a patched build of a binary "
-               "(ELF or PE, x64 or Arm64), finds the functions that changed, and emits a signed "
-               "patch that redirects them in a running process.\n\n"
+               "(ELF or PE, x64 or Arm64), finds the functions that changed, and emits hotpatch "
+               "images and signed delivery units that redirect them in a running process.\n\n"
                "Exit codes: 0 ok, 1 error, 2 usage, 3 a change needs a restart.",
                "hotforge"};
   app.set_version_flag("--version", std::string("hotforge ") + HOTFORGE_VERSION);

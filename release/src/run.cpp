@@ -12,10 +12,15 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cerrno>
 #include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <fcntl.h>
 #include <mutex>
 #include <regex>
 #include <thread>
+#include <unistd.h>
 
 namespace hotforge {
 using namespace release_detail;
@@ -181,6 +186,32 @@ std::optional<PairOutcome> cacheLoad(const std::string &dir, const std::string &
   }
 }
 
+// Cache files are written through a temporary file and a rename, like every output, but without
+// fsync: a cache entry lost or torn by a crash is only a miss (its JSON or its image hash no
+// longer checks out), and syncing two files per pair would cost more than most pairs' diff.
+llvm::Error writeCacheFile(const std::string &path, llvm::ArrayRef<uint8_t> bytes) {
+  std::string temp = fmt::format("{}.tmp-{}-{:x}", path, getpid(), std::hash<std::thread::id>()(std::this_thread::get_id()));
+  int fd = open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
+  if (fd < 0) return formatError("{}: cannot create: {}", temp, std::strerror(errno));
+  for (size_t done = 0; done < bytes.size();) {
+    ssize_t n = write(fd, bytes.data() + done, bytes.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      int error = n < 0 ? errno : EIO;
+      close(fd);
+      unlink(temp.c_str());
+      return formatError("{}: write failed: {}", temp, std::strerror(error));
+    }
+    done += static_cast<size_t>(n);
+  }
+  if (close(fd) != 0 || rename(temp.c_str(), path.c_str()) != 0) {
+    int error = errno;
+    unlink(temp.c_str());
+    return formatError("{}: cannot write: {}", path, std::strerror(error));
+  }
+  return llvm::Error::success();
+}
+
 llvm::Error cacheStore(const std::string &dir, const std::string &key, const std::string &pairName,
                        const PairOutcome &outcome, const nlohmann::json &debugInputs) {
   llvm::SmallString<256> sub(dir);
@@ -188,13 +219,15 @@ llvm::Error cacheStore(const std::string &dir, const std::string &key, const std
   if (std::error_code ec = llvm::sys::fs::create_directories(sub))
     return formatError("{}: cannot create: {}", std::string(sub), ec.message());
   if (!outcome.image.empty())
-    if (llvm::Error e = writeFileAtomically(cachePath(dir, key, ".hfpatch"), outcome.image, 0666, true)) return e;
+    if (llvm::Error e = writeCacheFile(cachePath(dir, key, ".hfpatch"), outcome.image)) return e;
   nlohmann::json doc = {{"schema", kCacheSchema},
                         {"key", key},
                         {"pair", pairName},
                         {"debug_inputs", debugInputs},
                         {"result", outcome.result}};
-  return writeTextAtomically(cachePath(dir, key, ".json"), jsonText(doc));
+  std::string text = jsonText(doc);
+  return writeCacheFile(cachePath(dir, key, ".json"),
+                        llvm::ArrayRef<uint8_t>(reinterpret_cast<const uint8_t *>(text.data()), text.size()));
 }
 
 // ---- one pair ----
