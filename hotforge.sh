@@ -13,7 +13,7 @@ samples_out=$build/samples
 packages=(
   build-essential cmake ninja-build pkg-config python3
   llvm-19-dev clang-19 lld-19 llvm-19 zlib1g-dev libclang-rt-19-dev
-  libzstd-dev zstd libfmt-dev libcli11-dev nlohmann-json3-dev libssl-dev openssl
+  libzstd-dev zstd libfmt-dev libcli11-dev nlohmann-json3-dev libssl-dev openssl libtomlplusplus-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   gcc-aarch64-linux-gnu g++-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user
   gcc-mingw-w64-x86-64-win32 g++-mingw-w64-x86-64-win32 wine64 libunicorn-dev

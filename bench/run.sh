@@ -38,3 +38,7 @@ if [ "$diff_status" -ne 0 ]; then
   echo "run.sh: the large-program diff benchmark failed (diff_bench.sh exit $diff_status)" >&2
   exit "$diff_status"
 fi
+
+# Release batches: `hotforge release` on a generated release of >= 200 pairs with --jobs 1, --jobs 2
+# and the cached rerun (docs/release.md, "Benchmark").
+"$here/release_bench.sh" "$build" "$2"

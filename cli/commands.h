@@ -21,6 +21,7 @@ enum ExitCode : int {
 void addInspectCommand(CLI::App &app, int &exitCode);
 void addDiffCommand(CLI::App &app, int &exitCode);
 void addBuildCommand(CLI::App &app, int &exitCode);
+void addLoaderCommands(CLI::App &app, int &exitCode);  // apply, revert, status
 void addPackagerCommands(CLI::App &app, int &exitCode);  // keygen, pack, verify
 void addReleaseCommand(CLI::App &app, int &exitCode);
 

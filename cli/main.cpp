@@ -50,6 +50,7 @@ int main(int argc, char **argv) {
   addInspectCommand(app, exitCode);
   addDiffCommand(app, exitCode);
   addBuildCommand(app, exitCode);
+  addLoaderCommands(app, exitCode);
   addPackagerCommands(app, exitCode);
   addReleaseCommand(app, exitCode);
 

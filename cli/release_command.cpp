@@ -201,7 +201,8 @@ void addReleaseCommand(CLI::App &app, int &exitCode) {
       ->check(CLI::Range(1u, 0xffffffffu));
   command->add_option("--grouping", o->grouping, "with --baseline-dir: machine (default), format-machine or single")
       ->check(CLI::IsMember({"machine", "format-machine", "single"}));
-  command->add_option("--exclude", o->exclude, "with --baseline-dir: glob of relative paths to skip (repeatable)");
+  command->add_option("--exclude", o->exclude, "with --baseline-dir: glob of relative paths to skip (repeatable)")
+      ->allow_extra_args(false);
   command->add_option("--debug-dir", o->debugDir, "with --baseline-dir: ELF separate debug files for both trees");
   command->add_option("--merge", o->merge, "join the outputs of every --shard run (directories)")->expected(1, -1);
   command->add_option("-o,--output", o->output, "output directory")->required();

@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <map>
 #include <set>
+#include <tuple>
 
 namespace hotforge::test {
 namespace {
@@ -469,6 +470,34 @@ TEST(Release, BadManifestsAndUsage) {
   CommandResult shard = hotforge({"release", manifest, "-o", dir + "/out", "--shard", "3/2"});
   EXPECT_EQ(shard.exitCode, 1);
   EXPECT_NE(shard.err.find("1 <= I <= N"), std::string::npos) << shard.err;
+}
+
+// samples/release-example.json and .toml are the same release.
+TEST(Release, ExampleManifests) {
+  llvm::Expected<ReleasePlan> fromJson = loadReleaseManifest(HOTFORGE_SOURCE_DIR "/samples/release-example.json");
+  ASSERT_TRUE(static_cast<bool>(fromJson)) << llvm::toString(fromJson.takeError());
+  EXPECT_EQ(fromJson->release, "2026-11");
+  EXPECT_EQ(fromJson->baseline, "2026-10-ga");
+  EXPECT_EQ(fromJson->sequence, 2u);
+  ASSERT_EQ(fromJson->pairs.size(), 5u);
+  EXPECT_EQ(fromJson->pairs[0].name, "Program Files/Core/core.dll");  // sorted by name
+  EXPECT_EQ(fromJson->pairs[0].entry, "Program%20Files__Core__core.dll.hfpatch");
+  EXPECT_EQ(fromJson->pairs[0].pdbBase, HOTFORGE_SOURCE_DIR "/samples/../build/samples/pe-x64/core.base.pdb");
+  llvm::Expected<ReleasePlan> fromToml = loadReleaseManifest(HOTFORGE_SOURCE_DIR "/samples/release-example.toml");
+  if (!fromToml) {
+    std::string error = llvm::toString(fromToml.takeError());
+    if (error.find("without TOML support") != std::string::npos) GTEST_SKIP() << error;
+    FAIL() << error;
+  }
+  ASSERT_EQ(fromToml->pairs.size(), fromJson->pairs.size());
+  for (size_t i = 0; i < fromJson->pairs.size(); ++i) {
+    const ReleasePair &a = fromJson->pairs[i], &b = fromToml->pairs[i];
+    EXPECT_EQ(std::tie(a.name, a.entry, a.base, a.patched, a.pdbBase, a.pdbPatched, a.debugDir, a.sequence),
+              std::tie(b.name, b.entry, b.base, b.patched, b.pdbBase, b.pdbPatched, b.debugDir, b.sequence));
+  }
+  EXPECT_EQ(fromToml->release, fromJson->release);
+  EXPECT_EQ(fromToml->baseline, fromJson->baseline);
+  EXPECT_EQ(fromToml->sequence, fromJson->sequence);
 }
 
 TEST(Release, EntryNamesAndShards) {

@@ -5,6 +5,7 @@
 
 #include <llvm/Support/FileSystem.h>
 #include <llvm/Support/GlobPattern.h>
+#include <llvm/Support/JSON.h>
 #include <llvm/Support/Path.h>
 
 #include <algorithm>
@@ -109,6 +110,9 @@ void finishPairs(ReleasePlan &plan) {
   for (size_t i = 0; i < plan.pairs.size(); ++i) {
     ReleasePair &p = plan.pairs[i];
     p.entry = releaseEntryName(p.name);
+    // Names travel through JSON (records, summary), which would replace bytes that are not UTF-8.
+    if (!llvm::json::isUTF8(p.name) && p.problem.empty())
+      p.problem = "its name is not valid UTF-8; give the pair a UTF-8 name in a manifest";
     if (p.entry.size() > 255 && p.problem.empty())
       p.problem = fmt::format("its entry name is {} bytes long, above the 255 a unit allows; use a shorter pair name",
                               p.entry.size());

@@ -425,10 +425,11 @@ llvm::Expected<ReleaseShard> runReleaseShard(const ReleasePlan &plan, const Rele
     if (llvm::sys::fs::file_size(plan.pairs[i].base, size)) size = 0;
     order.push_back({size, i});
   }
-  std::stable_sort(order.begin(), order.end(), [](const auto &a, const auto &b) { return a.first > b.first; });
+  std::sort(order.begin(), order.end(),
+            [](const auto &a, const auto &b) { return a.first != b.first ? a.first > b.first : a.second < b.second; });
 
   unsigned cores = std::max(1u, std::thread::hardware_concurrency());
-  unsigned jobs = options.jobs ? options.jobs : cores;
+  unsigned jobs = std::min(options.jobs ? options.jobs : cores, 256u);
   unsigned workers = static_cast<unsigned>(std::max<size_t>(1, std::min<size_t>(jobs, mine.size())));
   Context ctx{options, std::max(1u, jobs / workers)};
 

@@ -1,0 +1,52 @@
+// The reference loader: applies hotpatch images to a running Linux process with ptrace, and
+// takes them back out. It proves that what the emitter writes works on live code.
+#pragma once
+
+#include "hotforge/patch_image.h"
+
+#include <llvm/Support/Error.h>
+#include <nlohmann/json.hpp>
+
+#include <chrono>
+#include <string>
+#include <vector>
+
+namespace hotforge {
+
+struct ApplyOptions {
+  std::string unitName;  // for the state record and messages
+  std::chrono::milliseconds patience{2000};  // how long to retry while a thread sits in bytes to overwrite
+};
+
+struct AppliedRedirect {
+  std::string name;
+  uint64_t address = 0;  // where the jump was written
+  std::vector<uint8_t> original, written;
+};
+
+struct ApplyReport {
+  int pid = 0;
+  std::string baselinePath;  // the mapped file the image fits
+  uint64_t baseAddress = 0, imageAddress = 0, imageSize = 0;
+  uint32_t sequence = 0;
+  std::vector<AppliedRedirect> redirects;
+  std::chrono::microseconds pause{0};  // how long the process's threads were stopped
+  unsigned attempts = 0;               // stop-the-world attempts until no thread was in the way
+};
+
+// Finds the image's baseline among the files mapped into `pid` (by SHA-256), stops every thread,
+// maps the image near the base, applies its fixups, checks the expected bytes, writes the
+// redirections, and resumes. Refuses, leaving the process unchanged, when anything does not fit.
+llvm::Expected<ApplyReport> applyImage(int pid, const PatchImage &image, const ApplyOptions &options);
+
+// Writes the original bytes back (the image stays mapped: a thread may still run in it).
+llvm::Error revertRedirects(int pid, const std::vector<AppliedRedirect> &redirects);
+
+// What is applied to a process, kept in a state file so that revert and status work later.
+std::string stateFilePath(int pid);
+llvm::Expected<nlohmann::json> readState(int pid);  // an empty object when nothing is applied
+llvm::Error writeState(int pid, const nlohmann::json &state);
+nlohmann::json toJson(const ApplyReport &report, const std::string &unitName);
+std::vector<AppliedRedirect> redirectsFromJson(const nlohmann::json &applied);
+
+}  // namespace hotforge

@@ -1,0 +1,393 @@
+// Applying a hotpatch image to a running x86-64 Linux process from the outside, with ptrace:
+// every thread is stopped, an mmap is run inside the target to get memory near the base, the
+// image is written there with its fixups applied for that address, and each changed function's
+// entry gets a jump. /proc/PID/mem writes reach read-only code pages of a traced process.
+#include "hotforge/loader.h"
+
+#include "hotforge/error.h"
+
+#include <fmt/core.h>
+#include <llvm/Support/Path.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <dirent.h>
+#include <fcntl.h>
+#include <fstream>
+#include <map>
+#include <set>
+#include <sstream>
+#include <sys/mman.h>
+#include <sys/ptrace.h>
+#include <sys/stat.h>
+#include <sys/user.h>
+#include <sys/wait.h>
+#include <thread>
+#include <unistd.h>
+
+namespace hotforge {
+namespace {
+
+#if defined(__x86_64__)
+
+struct Mapping {
+  uint64_t start = 0, end = 0, offset = 0;
+  std::string permissions, path;
+};
+
+std::vector<Mapping> readMaps(int pid) {
+  std::vector<Mapping> maps;
+  std::ifstream in("/proc/" + std::to_string(pid) + "/maps");
+  for (std::string line; std::getline(in, line);) {
+    Mapping m;
+    unsigned long long start = 0, end = 0, offset = 0;
+    char permissions[8] = {}, device[16] = {};
+    unsigned long inode = 0;
+    int consumed = 0;
+    if (sscanf(line.c_str(), "%llx-%llx %7s %llx %15s %lu %n", &start, &end, permissions, &offset, device, &inode,
+               &consumed) < 6)
+      continue;
+    m.start = start, m.end = end, m.offset = offset, m.permissions = permissions;
+    m.path = line.substr(std::min<size_t>(size_t(consumed), line.size()));
+    maps.push_back(std::move(m));
+  }
+  return maps;
+}
+
+std::vector<int> threadsOf(int pid) {
+  std::vector<int> tids;
+  if (DIR *dir = opendir(("/proc/" + std::to_string(pid) + "/task").c_str())) {
+    while (dirent *e = readdir(dir))
+      if (e->d_name[0] != '.') tids.push_back(atoi(e->d_name));
+    closedir(dir);
+  }
+  std::sort(tids.begin(), tids.end());
+  return tids;
+}
+
+// Every thread of a process, stopped while this object lives.
+class StoppedProcess {
+public:
+  explicit StoppedProcess(int pid) : pid_(pid) {}
+  ~StoppedProcess() {
+    for (int tid : stopped_) ptrace(PTRACE_DETACH, tid, nullptr, nullptr);
+  }
+
+  llvm::Error stop() {
+    // Threads may start while we attach: repeat until the set is stable.
+    for (int round = 0; round < 16; ++round) {
+      bool added = false;
+      for (int tid : threadsOf(pid_)) {
+        if (std::count(stopped_.begin(), stopped_.end(), tid)) continue;
+        if (ptrace(PTRACE_SEIZE, tid, nullptr, nullptr) != 0) {
+          if (errno == ESRCH) continue;  // exited meanwhile
+          return formatError("cannot trace thread {} of process {}: {}", tid, pid_, strerror(errno));
+        }
+        ptrace(PTRACE_INTERRUPT, tid, nullptr, nullptr);
+        int status = 0;
+        if (waitpid(tid, &status, __WALL) != tid)
+          return formatError("thread {} of process {} did not stop: {}", tid, pid_, strerror(errno));
+        stopped_.push_back(tid);
+        added = true;
+      }
+      if (!added) break;
+    }
+    if (stopped_.empty()) return formatError("process {} has vanished", pid_);
+    return llvm::Error::success();
+  }
+
+  const std::vector<int> &threads() const { return stopped_; }
+
+private:
+  int pid_;
+  std::vector<int> stopped_;
+};
+
+class ProcessMemory {
+public:
+  explicit ProcessMemory(int pid) : fd_(open(("/proc/" + std::to_string(pid) + "/mem").c_str(), O_RDWR)) {}
+  ~ProcessMemory() {
+    if (fd_ >= 0) close(fd_);
+  }
+  bool ok() const { return fd_ >= 0; }
+  bool read(uint64_t address, void *out, size_t size) const {
+    return pread(fd_, out, size, off_t(address)) == ssize_t(size);
+  }
+  bool write(uint64_t address, const void *data, size_t size) const {
+    return pwrite(fd_, data, size, off_t(address)) == ssize_t(size);
+  }
+
+private:
+  int fd_;
+};
+
+// Runs one system call in a stopped thread and puts the thread back as it was.
+llvm::Expected<int64_t> injectSyscall(int tid, const ProcessMemory &memory, const std::vector<Mapping> &maps,
+                                      long number, std::array<uint64_t, 6> args) {
+  user_regs_struct saved{};
+  if (ptrace(PTRACE_GETREGS, tid, nullptr, &saved) != 0)
+    return formatError("cannot read the registers of thread {}: {}", tid, strerror(errno));
+  // A `syscall` instruction to execute: where the thread sleeps in one, or one in libc.
+  uint64_t site = 0;
+  uint8_t pair[2] = {};
+  if (memory.read(saved.rip - 2, pair, 2) && pair[0] == 0x0f && pair[1] == 0x05) site = saved.rip - 2;
+  for (const Mapping &m : maps) {
+    if (site || m.permissions.find('x') == std::string::npos || m.path.find("libc") == std::string::npos) continue;
+    std::vector<uint8_t> code(std::min<uint64_t>(m.end - m.start, 1 << 20));
+    if (!memory.read(m.start, code.data(), code.size())) continue;
+    for (size_t i = 0; i + 1 < code.size() && !site; ++i)
+      if (code[i] == 0x0f && code[i + 1] == 0x05) site = m.start + i;
+  }
+  if (!site) return makeError("found no syscall instruction to run mmap in the target");
+  user_regs_struct regs = saved;
+  regs.rax = uint64_t(number);
+  regs.orig_rax = uint64_t(-1);  // not a syscall to restart
+  regs.rdi = args[0], regs.rsi = args[1], regs.rdx = args[2], regs.r10 = args[3], regs.r8 = args[4], regs.r9 = args[5];
+  regs.rip = site;
+  int status = 0;
+  if (ptrace(PTRACE_SETREGS, tid, nullptr, &regs) != 0 || ptrace(PTRACE_SINGLESTEP, tid, nullptr, nullptr) != 0 ||
+      waitpid(tid, &status, __WALL) != tid || ptrace(PTRACE_GETREGS, tid, nullptr, &regs) != 0) {
+    ptrace(PTRACE_SETREGS, tid, nullptr, &saved);
+    return formatError("running a system call in thread {} failed: {}", tid, strerror(errno));
+  }
+  ptrace(PTRACE_SETREGS, tid, nullptr, &saved);
+  return int64_t(regs.rax);
+}
+
+// Where the baseline is mapped: the file whose SHA-256 is the image's baseline.
+llvm::Expected<std::pair<std::string, uint64_t>> findBaseline(int pid, const PatchImage &image,
+                                                              const std::vector<Mapping> &maps) {
+  std::map<std::string, uint64_t> loadAddress;  // path -> start of its offset-0 mapping
+  for (const Mapping &m : maps)
+    if (!m.path.empty() && m.path[0] == '/' && m.offset == 0 && !loadAddress.count(m.path)) loadAddress[m.path] = m.start;
+  std::vector<std::string> candidates;
+  for (auto &[path, start] : loadAddress)
+    if (llvm::sys::path::filename(path) == image.baseline.fileName) candidates.insert(candidates.begin(), path);
+    else candidates.push_back(path);
+  std::vector<std::string> seen;
+  for (const std::string &path : candidates) {
+    llvm::Expected<Image> mapped = readImage(path);
+    if (!mapped) {
+      llvm::consumeError(mapped.takeError());
+      continue;
+    }
+    if (mapped->identity.sha256 == image.baseline.sha256)
+      return std::make_pair(path, loadAddress[path]);  // where RVA 0 is: the file's first mapping
+    if (llvm::sys::path::filename(path) == image.baseline.fileName) seen.push_back(path + " (sha256 " + hexEncode(mapped->identity.sha256) + ")");
+  }
+  std::string found = seen.empty() ? "no file of that name is mapped" : "mapped: " + seen.front();
+  return formatError("process {} does not run the baseline this patch fits ({} sha256 {}); {}", pid,
+                     image.baseline.fileName, hexEncode(image.baseline.sha256), found);
+}
+
+std::vector<uint8_t> jumpBytes(const PatchRedirect &r, uint64_t base, uint64_t imageAddress, uint64_t &writeAt) {
+  uint64_t entry = base + r.baseRva + r.entryOffset;
+  auto rel32 = [](uint64_t from, uint64_t to) {
+    int64_t distance = int64_t(to - from);
+    uint32_t v = uint32_t(int32_t(distance));
+    return std::vector<uint8_t>{0xe9, uint8_t(v), uint8_t(v >> 8), uint8_t(v >> 16), uint8_t(v >> 24)};
+  };
+  uint64_t target = imageAddress + r.patchRva;
+  int64_t distance = int64_t(target - (entry + 5));
+  if (distance != int64_t(int32_t(distance))) target = imageAddress + r.stubRva;
+  if (r.kind == RedirectKind::X64ShortJump) {
+    writeAt = base + r.baseRva - r.paddingBefore;
+    std::vector<uint8_t> bytes = rel32(writeAt + 5, target);
+    bytes.resize(r.paddingBefore + r.entryOffset, 0);
+    for (size_t i = 0; i < r.entryOffset; ++i) bytes[r.paddingBefore + i] = r.expected[r.paddingBefore + i];
+    bytes.push_back(0xeb);
+    bytes.push_back(uint8_t(int8_t(int64_t(writeAt) - int64_t(entry + 2))));
+    return bytes;
+  }
+  writeAt = entry;
+  return rel32(entry + 5, target);
+}
+
+#endif  // __x86_64__
+
+}  // namespace
+
+llvm::Expected<ApplyReport> applyImage(int pid, const PatchImage &image, const ApplyOptions &options) {
+#if !defined(__x86_64__)
+  return makeError("the ptrace loader runs on x86-64 Linux; on other machines use the in-process agent");
+#else
+  if (image.format != Format::Elf || image.machine != Machine::X64)
+    return formatError("this loader applies ELF x64 images; the image is {} {}", formatName(image.format),
+                       machineName(image.machine));
+  if (kill(pid, 0) != 0) return formatError("process {} does not exist", pid);
+  std::vector<Mapping> maps = readMaps(pid);
+  llvm::Expected<std::pair<std::string, uint64_t>> baseline = findBaseline(pid, image, maps);
+  if (!baseline) return baseline.takeError();
+  ApplyReport report;
+  report.pid = pid;
+  report.baselinePath = baseline->first;
+  report.baseAddress = baseline->second;
+  report.imageSize = image.imageSize;
+  report.sequence = image.sequence;
+  ProcessMemory memory(pid);
+  if (!memory.ok()) return formatError("cannot open the memory of process {}: {}", pid, strerror(errno));
+
+  auto deadline = std::chrono::steady_clock::now() + options.patience;
+  while (true) {
+    ++report.attempts;
+    auto stoppedAt = std::chrono::steady_clock::now();
+    StoppedProcess process(pid);
+    if (llvm::Error e = process.stop()) return e;
+    // Check every entry first: expected bytes, and no thread in the bytes to overwrite.
+    std::vector<std::pair<uint64_t, std::vector<uint8_t>>> writes;
+    std::vector<std::string> busy;
+    for (const PatchRedirect &r : image.redirects) {
+      uint64_t from = report.baseAddress + r.baseRva - r.paddingBefore;
+      std::vector<uint8_t> found(r.expected.size());
+      if (!memory.read(from, found.data(), found.size()) || found != r.expected)
+        return formatError("{} at {:#x} does not hold the bytes this patch expects ({} instead of {}): another patch "
+                           "or another build", r.name.value_or("a function"), from, hexEncode(found),
+                           hexEncode(r.expected));
+    }
+    for (int tid : process.threads()) {
+      user_regs_struct regs{};
+      if (ptrace(PTRACE_GETREGS, tid, nullptr, &regs) != 0) continue;
+      for (const PatchRedirect &r : image.redirects) {
+        uint64_t from = report.baseAddress + r.baseRva - r.paddingBefore;
+        uint64_t to = report.baseAddress + r.baseRva + r.entryOffset + redirectSize(r.kind);
+        if (regs.rip > from && regs.rip < to)
+          busy.push_back(fmt::format("thread {} is at {:#x} inside {}", tid, regs.rip, r.name.value_or("a function")));
+      }
+    }
+    if (!busy.empty()) {
+      if (std::chrono::steady_clock::now() < deadline) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));  // resume the threads and try again
+        continue;
+      }
+      std::string all;
+      for (const std::string &b : busy) all += (all.empty() ? "" : "; ") + b;
+      return formatError("gave up after {} attempts: {}", report.attempts, all);
+    }
+    // Memory near the base, so rel32 fixups and jumps reach: the free gaps of the address space
+    // nearest to it, within 1 GiB.
+    uint64_t size = (uint64_t(image.imageSize) + 0xffff) & ~uint64_t(0xffff);
+    std::vector<uint64_t> hints;
+    std::vector<Mapping> now = readMaps(pid);
+    for (size_t i = 0; i + 1 < now.size(); ++i) {
+      uint64_t gapStart = (now[i].end + 0xffff) & ~uint64_t(0xffff), gapEnd = now[i + 1].start & ~uint64_t(0xffff);
+      if (gapEnd < gapStart + size + 0x20000) continue;
+      hints.push_back(gapEnd - size - 0x10000);  // the top of a gap below, or
+      hints.push_back(gapStart + 0x10000);       // the bottom of a gap above
+    }
+    auto distance = [&](uint64_t a) { return a > report.baseAddress ? a - report.baseAddress : report.baseAddress - a; };
+    std::sort(hints.begin(), hints.end(), [&](uint64_t a, uint64_t b) { return distance(a) < distance(b); });
+    int64_t mapped = -1;
+    for (size_t attempt = 0; attempt < hints.size() && attempt < 16 && mapped < 0; ++attempt) {
+      uint64_t hint = hints[attempt];
+      if (distance(hint) > (1ull << 30)) break;
+      llvm::Expected<int64_t> r = injectSyscall(pid, memory, maps, 9 /* mmap */,
+                                                {hint, size, PROT_READ | PROT_WRITE | PROT_EXEC,
+                                                 MAP_PRIVATE | MAP_ANONYMOUS | 0x100000 /* MAP_FIXED_NOREPLACE */,
+                                                 uint64_t(-1), 0});
+      if (!r) return r.takeError();
+      if (*r > 0 && uint64_t(*r) == hint) mapped = *r;
+    }
+    if (mapped < 0) return makeError("found no free memory within reach of the base for the patch");
+    report.imageAddress = uint64_t(mapped);
+    std::vector<uint8_t> laidOut = layOut(image);
+    if (llvm::Error e = applyFixups(image, report.baseAddress, report.imageAddress, laidOut)) return e;
+    if (!memory.write(report.imageAddress, laidOut.data(), laidOut.size()))
+      return formatError("cannot write the patch into process {}: {}", pid, strerror(errno));
+    for (const PatchRedirect &r : image.redirects) {
+      uint64_t at = 0;
+      std::vector<uint8_t> bytes = jumpBytes(r, report.baseAddress, report.imageAddress, at);
+      AppliedRedirect applied;
+      applied.name = r.name.value_or("");
+      applied.address = at;
+      applied.original.resize(bytes.size());
+      memory.read(at, applied.original.data(), bytes.size());
+      applied.written = bytes;
+      report.redirects.push_back(std::move(applied));
+    }
+    // The jumps go in last, each one write; x86 keeps instruction fetch coherent with stores.
+    for (const AppliedRedirect &r : report.redirects)
+      if (!memory.write(r.address, r.written.data(), r.written.size()))
+        return formatError("cannot write the jump at {:#x}: {}", r.address, strerror(errno));
+    report.pause = std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - stoppedAt);
+    return report;
+  }
+#endif
+}
+
+llvm::Error revertRedirects(int pid, const std::vector<AppliedRedirect> &redirects) {
+#if !defined(__x86_64__)
+  return makeError("the ptrace loader runs on x86-64 Linux");
+#else
+  if (kill(pid, 0) != 0) return formatError("process {} does not exist", pid);
+  StoppedProcess process(pid);
+  if (llvm::Error e = process.stop()) return e;
+  ProcessMemory memory(pid);
+  for (const AppliedRedirect &r : redirects) {
+    std::vector<uint8_t> now(r.written.size());
+    if (!memory.read(r.address, now.data(), now.size()) || now != r.written)
+      return formatError("the jump at {:#x} ({}) was changed by someone else; nothing reverted", r.address, r.name);
+  }
+  for (const AppliedRedirect &r : redirects)
+    if (!memory.write(r.address, r.original.data(), r.original.size()))
+      return formatError("cannot restore {:#x}: {}", r.address, strerror(errno));
+  return llvm::Error::success();
+#endif
+}
+
+std::string stateFilePath(int pid) {
+  const char *dir = getenv("HOTFORGE_STATE_DIR");
+  return std::string(dir ? dir : "/tmp/hotforge-state") + "/" + std::to_string(pid) + ".json";
+}
+
+llvm::Expected<nlohmann::json> readState(int pid) {
+  std::ifstream in(stateFilePath(pid));
+  if (!in) return nlohmann::json::object();
+  nlohmann::json state = nlohmann::json::parse(in, nullptr, false);
+  if (state.is_discarded()) return formatError("{} is damaged", stateFilePath(pid));
+  return state;
+}
+
+llvm::Error writeState(int pid, const nlohmann::json &state) {
+  std::string path = stateFilePath(pid);
+  mkdir(llvm::sys::path::parent_path(path).str().c_str(), 0700);
+  std::string temp = path + ".tmp";
+  {
+    std::ofstream out(temp, std::ios::trunc);
+    out << state.dump(2);
+    if (!out) return formatError("cannot write {}", temp);
+  }
+  if (rename(temp.c_str(), path.c_str()) != 0) return formatError("cannot write {}: {}", path, strerror(errno));
+  return llvm::Error::success();
+}
+
+nlohmann::json toJson(const ApplyReport &report, const std::string &unitName) {
+  nlohmann::json redirects = nlohmann::json::array();
+  for (const AppliedRedirect &r : report.redirects)
+    redirects.push_back({{"name", r.name}, {"address", r.address}, {"original", hexEncode(r.original)},
+                         {"written", hexEncode(r.written)}});
+  return {{"unit", unitName},
+          {"baseline", report.baselinePath},
+          {"sequence", report.sequence},
+          {"base_address", report.baseAddress},
+          {"image_address", report.imageAddress},
+          {"image_size", report.imageSize},
+          {"pause_us", report.pause.count()},
+          {"attempts", report.attempts},
+          {"redirects", std::move(redirects)}};
+}
+
+std::vector<AppliedRedirect> redirectsFromJson(const nlohmann::json &applied) {
+  auto bytes = [](const std::string &hex) {
+    std::vector<uint8_t> out;
+    for (size_t i = 0; i + 1 < hex.size(); i += 2) out.push_back(uint8_t(std::stoul(hex.substr(i, 2), nullptr, 16)));
+    return out;
+  };
+  std::vector<AppliedRedirect> out;
+  for (const auto &r : applied.value("redirects", nlohmann::json::array()))
+    out.push_back({r.value("name", ""), r.value("address", uint64_t(0)), bytes(r.value("original", "")),
+                   bytes(r.value("written", ""))});
+  return out;
+}
+
+}  // namespace hotforge
