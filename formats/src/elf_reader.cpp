@@ -272,29 +272,44 @@ Error readDebugFile(const std::string &path, bool explicitlyNamed, uint16_t mach
   return Error::success();
 }
 
-void collectDynamicRelocations(const ELFObjectFileBase &elf, Image &image) {
-  for (const SectionRef &section : elf.dynamic_relocation_sections()) {
-    for (const RelocationRef &relocation : section.relocations()) {
+// Dynamic relocations, read through ELFFile, whose accessors report malformed tables as errors
+// (ELFObjectFile's relocation iterator aborts the process on them, found by fuzzing).
+Error collectDynamicRelocations(const ELF64LEObjectFile &elf, Image &image) {
+  const ELFFile<ELF64LE> &file = elf.getELFFile();
+  Expected<ArrayRef<ELF64LE::Shdr>> sections = file.sections();
+  if (!sections) return sections.takeError();
+  for (const ELF64LE::Shdr &section : *sections) {
+    if (section.sh_type != ELF::SHT_RELA || !(section.sh_flags & ELF::SHF_ALLOC)) continue;
+    Expected<ELF64LE::RelaRange> relas = file.relas(section);
+    if (!relas) return relas.takeError();
+    const ELF64LE::Shdr *symbolTable = nullptr;
+    StringRef strings;
+    if (section.sh_link) {
+      Expected<const ELF64LE::Shdr *> table = file.getSection(section.sh_link);
+      if (!table) return table.takeError();
+      symbolTable = *table;
+      Expected<StringRef> names = file.getStringTableForSymtab(*symbolTable);
+      if (!names) return names.takeError();
+      strings = *names;
+    }
+    for (const ELF64LE::Rela &rela : *relas) {
       Relocation r;
-      r.rva = relocation.getOffset() - image.imageBase;
-      r.type = static_cast<uint32_t>(relocation.getType());
+      r.rva = rela.r_offset >= image.imageBase ? rela.r_offset - image.imageBase : 0;
+      r.type = rela.getType(false);
+      r.addend = rela.r_addend;
       SmallString<32> typeName;
-      relocation.getTypeName(typeName);
+      file.getRelocationTypeName(r.type, typeName);
       r.typeName = typeName.str().str();
-      Expected<int64_t> addend = ELFRelocationRef(relocation).getAddend();
-      if (addend)
-        r.addend = *addend;
-      else
-        consumeError(addend.takeError());
       bool undefinedSymbol = false;
-      symbol_iterator symbol = relocation.getSymbol();
-      if (symbol != elf.symbol_end()) {
-        Expected<StringRef> name = symbol->getName();
-        if (name && !name->empty()) r.symbol = name->str();
-        if (!name) consumeError(name.takeError());
-        Expected<section_iterator> defined = symbol->getSection();
-        undefinedSymbol = defined && *defined == elf.section_end();
-        if (!defined) consumeError(defined.takeError());
+      if (symbolTable && rela.getSymbol(false)) {
+        Expected<const ELF64LE::Sym *> symbol = file.getRelocationSymbol(rela, symbolTable);
+        if (!symbol) return symbol.takeError();
+        if (*symbol) {
+          Expected<StringRef> name = (*symbol)->getName(strings);
+          if (!name) return name.takeError();
+          if (!name->empty()) r.symbol = name->str();
+          undefinedSymbol = (*symbol)->st_shndx == ELF::SHN_UNDEF;
+        }
       }
       // On every ELF machine the type names end in _JUMP_SLOT (lazily bound calls) and _GLOB_DAT
       // (GOT entries); other symbolic relocations fill pointers inside data (vtables).
@@ -305,6 +320,7 @@ void collectDynamicRelocations(const ELFObjectFileBase &elf, Image &image) {
       image.relocations.push_back(std::move(r));
     }
   }
+  return Error::success();
 }
 
 class ElfReader final : public FormatReader {
@@ -388,8 +404,7 @@ public:
 
     image.functions = functions.finish(image.sections);
     sortAndDedupDataObjects(image.dataObjects, nullptr);  // ELF symbols carry their sizes
-    collectDynamicRelocations(*elf, image);
-    return Error::success();
+    return collectDynamicRelocations(*elf, image);
   }
 };
 
