@@ -18,6 +18,7 @@
 #include <cstring>
 #include <fcntl.h>
 #include <mutex>
+#include <random>
 #include <regex>
 #include <thread>
 #include <unistd.h>
@@ -190,7 +191,8 @@ std::optional<PairOutcome> cacheLoad(const std::string &dir, const std::string &
 // fsync: a cache entry lost or torn by a crash is only a miss (its JSON or its image hash no
 // longer checks out), and syncing two files per pair would cost more than most pairs' diff.
 llvm::Error writeCacheFile(const std::string &path, llvm::ArrayRef<uint8_t> bytes) {
-  std::string temp = fmt::format("{}.tmp-{}-{:x}", path, getpid(), std::hash<std::thread::id>()(std::this_thread::get_id()));
+  std::random_device random;  // shards on other hosts may share the cache directory
+  std::string temp = fmt::format("{}.tmp-{}-{:08x}{:08x}", path, getpid(), random(), random());
   int fd = open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
   if (fd < 0) return formatError("{}: cannot create: {}", temp, std::strerror(errno));
   for (size_t done = 0; done < bytes.size();) {
