@@ -7,6 +7,8 @@
 #include <llvm/Support/FileSystem.h>
 #include <llvm/Support/Path.h>
 
+#include <cstring>
+
 namespace hotforge::detail {
 namespace {
 
@@ -191,6 +193,32 @@ Error readImports(const COFFObjectFile &coff, Image &image) {
   return Error::success();
 }
 
+// The CodeView (RSDS) record of the debug directory, read with every size checked: LLVM's reader
+// trusts the record's size (found by fuzzing).
+Error readCodeView(const COFFObjectFile &coff, Image &image) {
+  const data_directory *directory = coff.getDataDirectory(COFF::DEBUG_DIRECTORY);
+  if (!directory || !directory->Size) return Error::success();
+  constexpr uint32_t kEntrySize = 28, kCodeView = 2, kRsdsHeader = 24;
+  for (uint32_t at = 0; at + kEntrySize <= directory->Size; at += kEntrySize) {
+    Expected<ArrayRef<uint8_t>> entry = bytesAtRva(coff, directory->RelativeVirtualAddress + at, kEntrySize, "debug directory entry");
+    if (!entry) return entry.takeError();
+    uint32_t type = read32le(entry->data() + 12), size = read32le(entry->data() + 16), rva = read32le(entry->data() + 20);
+    if (type != kCodeView) continue;
+    if (size < kRsdsHeader) return makeError("CodeView record at RVA " + hexOffset(rva) + " is too short");
+    Expected<ArrayRef<uint8_t>> record = bytesAtRva(coff, rva, size, "CodeView record");
+    if (!record) return record.takeError();
+    if (std::memcmp(record->data(), "RSDS", 4) != 0) continue;  // an older NB10 record: no GUID to match
+    CodeViewRecord cv;
+    std::copy(record->begin() + 4, record->begin() + 20, cv.guid.begin());
+    cv.age = read32le(record->data() + 20);
+    auto path = record->drop_front(kRsdsHeader);
+    cv.pdbPath.assign(path.begin(), std::find(path.begin(), path.end(), 0));
+    image.identity.codeView = std::move(cv);
+    return Error::success();
+  }
+  return Error::success();
+}
+
 std::string baseRelocationTypeName(uint8_t type) {
   switch (type) {
   case COFF::IMAGE_REL_BASED_ABSOLUTE: return "IMAGE_REL_BASED_ABSOLUTE";
@@ -292,17 +320,7 @@ public:
     image.identity.checkSum = header->CheckSum;
     image.identity.sizeOfImage = header->SizeOfImage;
 
-    const codeview::DebugInfo *debugInfo = nullptr;
-    StringRef pdbName;
-    if (Error e = coff.getDebugPDBInfo(debugInfo, pdbName)) {
-      image.warnings.push_back("debug directory: " + errorText(std::move(e)));
-    } else if (debugInfo && debugInfo->Signature.CVSignature == OMF::Signature::PDB70) {
-      CodeViewRecord record;
-      record.pdbPath = pdbName.str();
-      std::copy(std::begin(debugInfo->PDB70.Signature), std::end(debugInfo->PDB70.Signature), record.guid.begin());
-      record.age = debugInfo->PDB70.Age;
-      image.identity.codeView = record;
-    }
+    if (Error e = readCodeView(coff, image)) image.warnings.push_back("debug directory: " + errorText(std::move(e)));
 
     for (const SectionRef &ref : coff.sections()) {
       const coff_section *raw = coff.getCOFFSection(ref);
