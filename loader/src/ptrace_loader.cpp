@@ -294,6 +294,21 @@ llvm::Expected<ApplyReport> applyImage(int pid, const PatchImage &image, const A
     if (llvm::Error e = applyFixups(image, report.baseAddress, report.imageAddress, laidOut)) return e;
     if (!memory.write(report.imageAddress, laidOut.data(), laidOut.size()))
       return formatError("cannot write the patch into process {}: {}", pid, strerror(errno));
+    // Written: the whole mapping becomes read-only, then each section gets only the access it
+    // needs (code is never writable).
+    llvm::Expected<int64_t> sealed = injectSyscall(pid, memory, maps, 10 /* mprotect */,
+                                                   {report.imageAddress, size, PROT_READ, 0, 0, 0});
+    if (!sealed) return sealed.takeError();
+    for (const PatchSection &section : image.sections) {
+      uint64_t begin = report.imageAddress + (section.rva & ~uint64_t(0xfff));
+      uint64_t end = report.imageAddress + ((uint64_t(section.rva) + section.memorySize + 0xfff) & ~uint64_t(0xfff));
+      if (end <= begin) continue;
+      int protection = PROT_READ | (section.permissions.write ? PROT_WRITE : 0) | (section.permissions.execute ? PROT_EXEC : 0);
+      llvm::Expected<int64_t> r = injectSyscall(pid, memory, maps, 10 /* mprotect */,
+                                                {begin, end - begin, uint64_t(protection), 0, 0, 0});
+      if (!r) return r.takeError();
+      if (*r != 0) return formatError("cannot protect the patch's {} in process {} (error {})", section.name, pid, -*r);
+    }
     for (const PatchRedirect &r : image.redirects) {
       uint64_t at = 0;
       std::vector<uint8_t> bytes = jumpBytes(r, report.baseAddress, report.imageAddress, at);
