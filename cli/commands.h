@@ -5,6 +5,7 @@
 #include "hotforge/image.h"
 
 #include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
 
 #include <string>
 
@@ -34,6 +35,10 @@ struct BuildPair {
 void addBuildPairOptions(CLI::App &command, BuildPair &pair);
 // Reads both builds at the same time (one thread each).
 std::pair<llvm::Expected<Image>, llvm::Expected<Image>> readBoth(const BuildPair &pair);
+
+// What a unit's manifest says about an image (pack and release): its baseline, sequence and
+// changes when it is a hotpatch image.
+nlohmann::json describeImageForUnit(llvm::ArrayRef<uint8_t> bytes, const std::string &name);
 
 // Prints "hotforge: error: MESSAGE" to stderr and returns kExitError.
 int reportError(const std::string &message);

@@ -16,7 +16,6 @@
 namespace hotforge::cli {
 
 // pack's hook (pack_commands.cpp): extra info for an entry, added where the release's own has none.
-nlohmann::json describeImageForUnit(llvm::ArrayRef<uint8_t> bytes, const std::string &name);
 
 namespace {
 

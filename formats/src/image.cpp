@@ -50,6 +50,14 @@ std::string_view importKindName(ImportKind kind) {
   return "unknown";
 }
 
+std::array<uint8_t, 32> sha256(ArrayRef<uint8_t> bytes) {
+  std::array<uint8_t, 32> digest{};
+  unsigned int length = 0;
+  // EVP_Digest fails only when OpenSSL cannot allocate; the zero digest then matches nothing real.
+  if (EVP_Digest(bytes.data(), bytes.size(), digest.data(), &length, EVP_sha256(), nullptr) != 1) digest.fill(0);
+  return digest;
+}
+
 std::string hexEncode(ArrayRef<uint8_t> bytes) {
   static constexpr char digits[] = "0123456789abcdef";
   std::string out;
@@ -209,12 +217,6 @@ const std::vector<const FormatReader *> &formatReaders() {
   return readers;
 }
 
-std::array<uint8_t, 32> sha256(ArrayRef<uint8_t> bytes) {
-  std::array<uint8_t, 32> digest{};
-  unsigned int length = 0;
-  EVP_Digest(bytes.data(), bytes.size(), digest.data(), &length, EVP_sha256(), nullptr);
-  return digest;
-}
 
 // A short description of what the first bytes look like, for "not a binary" errors.
 std::string describeMagic(StringRef bytes) {
@@ -246,7 +248,7 @@ Expected<Image> readImage(std::unique_ptr<MemoryBuffer> buffer, const ImageReadO
     Image image;
     image.path = name;
     if (Error e = reader->read(*object, options, image)) return fail(errorText(std::move(e)));
-    image.identity.sha256 = detail::sha256(
+    image.identity.sha256 = sha256(
         ArrayRef<uint8_t>(reinterpret_cast<const uint8_t *>(buffer->getBufferStart()), buffer->getBufferSize()));
     image.adoptBuffer(std::move(buffer));
     return image;

@@ -24,24 +24,6 @@ extern char **environ;
 namespace hotforge {
 namespace unit_detail {
 
-std::array<uint8_t, 32> sha256(llvm::ArrayRef<uint8_t> bytes) {
-  std::array<uint8_t, 32> digest{};
-  unsigned length = 0;
-  // EVP_Digest fails only when OpenSSL cannot allocate; the zero digest then matches nothing real.
-  if (EVP_Digest(bytes.data(), bytes.size(), digest.data(), &length, EVP_sha256(), nullptr) != 1) digest.fill(0);
-  return digest;
-}
-
-std::string hex(llvm::ArrayRef<uint8_t> bytes) {
-  static const char digits[] = "0123456789abcdef";
-  std::string out;
-  out.reserve(bytes.size() * 2);
-  for (uint8_t b : bytes) {
-    out += digits[b >> 4];
-    out += digits[b & 15];
-  }
-  return out;
-}
 
 bool isLowerHex(const std::string &text, size_t length) {
   if (text.size() != length) return false;
@@ -53,8 +35,6 @@ bool isLowerHex(const std::string &text, size_t length) {
 }  // namespace unit_detail
 
 namespace {
-
-using unit_detail::hex;
 
 struct PkeyFree {
   void operator()(EVP_PKEY *key) const { EVP_PKEY_free(key); }
@@ -245,7 +225,7 @@ private:
 
 }  // namespace
 
-std::string PublicKey::fingerprint() const { return hex(unit_detail::sha256(raw)); }
+std::string PublicKey::fingerprint() const { return hexEncode(sha256(raw)); }
 
 llvm::Expected<PublicKey> parsePublicKeyPem(llvm::StringRef pem, const std::string &name) {
   if (pem.size() > (1u << 20)) return formatError("{}: too large for a PEM key file", name);

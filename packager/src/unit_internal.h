@@ -2,6 +2,8 @@
 // Not installed; nothing outside packager/ and tests/fuzz/ includes this.
 #pragma once
 
+#include "hotforge/image.h"  // sha256, hexEncode
+
 #include "hotforge/unit.h"
 
 #include <array>
@@ -11,8 +13,6 @@
 
 namespace hotforge::unit_detail {
 
-std::array<uint8_t, 32> sha256(llvm::ArrayRef<uint8_t> bytes);
-std::string hex(llvm::ArrayRef<uint8_t> bytes);
 bool isLowerHex(const std::string &text, size_t length);
 
 // A string quoted for messages: JSON escapes, invalid UTF-8 replaced.

@@ -128,8 +128,8 @@ llvm::Expected<std::vector<uint8_t>> packUnit(const std::vector<UnitEntry> &inpu
     item["offset"] = offset;
     item["size"] = static_cast<uint64_t>(e.bytes.size());
     item["compressed_size"] = static_cast<uint64_t>(packed->size());
-    item["sha256"] = hex(sha256(e.bytes));
-    item["compressed_sha256"] = hex(sha256(*packed));
+    item["sha256"] = hexEncode(sha256(e.bytes));
+    item["compressed_sha256"] = hexEncode(sha256(*packed));
     item["info"] = e.info;
     list.push_back(std::move(item));
     offset += packed->size();

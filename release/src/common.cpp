@@ -33,23 +33,6 @@ Digest Sha256::finish() {
   return out;
 }
 
-Digest sha256(llvm::ArrayRef<uint8_t> bytes) {
-  Sha256 h;
-  h.update(bytes);
-  return h.finish();
-}
-
-std::string hex(const Digest &digest) {
-  static const char *digits = "0123456789abcdef";
-  std::string out;
-  out.reserve(64);
-  for (uint8_t b : digest) {
-    out += digits[b >> 4];
-    out += digits[b & 15];
-  }
-  return out;
-}
-
 llvm::Expected<Digest> sha256File(const std::string &path) {
   llvm::ErrorOr<std::unique_ptr<llvm::MemoryBuffer>> file =
       llvm::MemoryBuffer::getFile(path, /*IsText=*/false, /*RequiresNullTerminator=*/false);
@@ -144,7 +127,7 @@ std::string releaseToolIdentity(llvm::StringRef version) {
     llvm::consumeError(d.takeError());
     return identity;
   }
-  return identity + " " + release_detail::hex(*d);
+  return identity + " " + hexEncode(*d);
 }
 
 llvm::Expected<ShardSpec> parseShardSpec(llvm::StringRef text) {
@@ -163,7 +146,7 @@ llvm::Expected<ShardSpec> parseShardSpec(llvm::StringRef text) {
 
 unsigned shardOfPair(llvm::StringRef name, unsigned count) {
   if (count <= 1) return 1;
-  release_detail::Digest d = release_detail::sha256(llvm::ArrayRef<uint8_t>(
+  release_detail::Digest d = sha256(llvm::ArrayRef<uint8_t>(
       reinterpret_cast<const uint8_t *>(name.data()), name.size()));
   uint64_t value = 0;
   for (int i = 0; i < 8; ++i) value = (value << 8) | d[i];

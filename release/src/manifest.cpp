@@ -289,7 +289,7 @@ std::string planDigest(const ReleasePlan &plan) {
                         {"pairs", planPairsJson(plan)},
                         {"ignored", ignored}};
   std::string text = doc.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
-  return hex(sha256(llvm::ArrayRef<uint8_t>(reinterpret_cast<const uint8_t *>(text.data()), text.size())));
+  return hexEncode(sha256(llvm::ArrayRef<uint8_t>(reinterpret_cast<const uint8_t *>(text.data()), text.size())));
 }
 
 nlohmann::json planPairsJson(const ReleasePlan &plan) {

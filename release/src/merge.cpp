@@ -252,7 +252,7 @@ llvm::Expected<ReleaseResult> merge(const std::vector<ReleaseShard> &shards, con
                      {"entries", entryNames},
                      {"images_size", imagesSize},
                      {"size", bytes->size()},
-                     {"sha256", hex(sha256(*bytes))}});
+                     {"sha256", hexEncode(sha256(*bytes))}});
     result.units.push_back({file, std::move(*bytes)});
   }
   double packSeconds = std::chrono::duration<double>(Clock::now() - packStart).count();

@@ -1,6 +1,8 @@
 // Helpers shared by the release sources.
 #pragma once
 
+#include "hotforge/image.h"  // sha256, hexEncode
+
 #include "hotforge/release.h"
 
 #include <llvm/ADT/StringRef.h>
@@ -37,8 +39,6 @@ private:
   void *context_;
 };
 
-Digest sha256(llvm::ArrayRef<uint8_t> bytes);
-std::string hex(const Digest &digest);
 // SHA-256 of a file's bytes, read through a mapping.
 llvm::Expected<Digest> sha256File(const std::string &path);
 

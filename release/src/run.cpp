@@ -166,7 +166,7 @@ std::optional<PairOutcome> cacheLoad(const std::string &dir, const std::string &
         llvm::consumeError(d.takeError());
         return std::nullopt;
       }
-      if (hex(*d) != input["sha256"].get<std::string>()) return std::nullopt;
+      if (hexEncode(*d) != input["sha256"].get<std::string>()) return std::nullopt;
     }
     PairOutcome out;
     out.result = (*doc)["result"];
@@ -177,7 +177,7 @@ std::optional<PairOutcome> cacheLoad(const std::string &dir, const std::string &
         llvm::consumeError(image.takeError());
         return std::nullopt;
       }
-      if (hex(sha256(*image)) != out.result["image"]["sha256"].get<std::string>()) return std::nullopt;
+      if (hexEncode(sha256(*image)) != out.result["image"]["sha256"].get<std::string>()) return std::nullopt;
       out.image = std::move(*image);
     }
     out.cached = true;
@@ -257,8 +257,8 @@ PairOutcome processPair(const ReleasePair &pair, const Context &ctx) {
   key.field(llvm::sys::path::filename(pair.base));
   key.field(llvm::sys::path::filename(pair.patched));
   key.field(std::to_string(pair.sequence));
-  key.field(hex(*baseSha));
-  key.field(hex(*patchedSha));
+  key.field(hexEncode(*baseSha));
+  key.field(hexEncode(*patchedSha));
   for (const std::string *pdb : {&pair.pdbBase, &pair.pdbPatched}) {
     if (pdb->empty()) {
       key.field("");
@@ -266,10 +266,10 @@ PairOutcome processPair(const ReleasePair &pair, const Context &ctx) {
     }
     llvm::Expected<Digest> d = sha256File(*pdb);
     if (!d) return failed(std::move(out), errorText(d.takeError()));
-    key.field(hex(*d));
+    key.field(hexEncode(*d));
   }
   key.field(pair.debugDir);
-  std::string cacheKey = hex(key.finish());
+  std::string cacheKey = hexEncode(key.finish());
   out.times.hash = lap.next();
   if (*baseSha == *patchedSha) {
     out.result = {{"status", "unchanged"}, {"identical", true}};
@@ -321,7 +321,7 @@ PairOutcome processPair(const ReleasePair &pair, const Context &ctx) {
     } else {
       out.result["status"] = "hotpatched";
       out.image = std::move(image->file);
-      out.result["image"] = {{"sha256", hex(sha256(out.image))},
+      out.result["image"] = {{"sha256", hexEncode(sha256(out.image))},
                              {"size", out.image.size()},
                              {"code", image->sizes.code},
                              {"data", image->sizes.data},
@@ -341,7 +341,7 @@ PairOutcome processPair(const ReleasePair &pair, const Context &ctx) {
         llvm::consumeError(d.takeError());
         continue;
       }
-      debugInputs.push_back({{"path", image->debugInfoPath}, {"sha256", hex(*d)}});
+      debugInputs.push_back({{"path", image->debugInfoPath}, {"sha256", hexEncode(*d)}});
     }
     if (llvm::Error e = cacheStore(cacheDir, cacheKey, pair.name, out, debugInputs))
       out.note = fmt::format("{}: not cached: {}", pair.name, errorText(std::move(e)));
@@ -546,7 +546,7 @@ llvm::Expected<std::vector<ReleaseShard>> readReleaseShards(const std::vector<st
           llvm::sys::path::append(path, "images", entry);
           llvm::Expected<std::vector<uint8_t>> bytes = readFileBytes(std::string(path));
           if (!bytes) return bytes.takeError();
-          if (hex(sha256(*bytes)) != r.at("image").at("sha256").get<std::string>())
+          if (hexEncode(sha256(*bytes)) != r.at("image").at("sha256").get<std::string>())
             return formatError("{}: SHA-256 differs from the one {} records for pair {}", std::string(path), file, name);
           shard.images[entry] = std::move(*bytes);
         }

@@ -191,6 +191,7 @@ llvm::Expected<Image> readImage(std::unique_ptr<llvm::MemoryBuffer> buffer,
                                 const ImageReadOptions &options = {});
 
 std::string hexEncode(llvm::ArrayRef<uint8_t> bytes);  // lowercase, two digits a byte
+std::array<uint8_t, 32> sha256(llvm::ArrayRef<uint8_t> bytes);
 // A GUID as Windows tools print it: "9445CF05-3459-08BF-4C4C-44205044422E" (first three fields
 // little-endian).
 std::string guidString(const std::array<uint8_t, 16> &guid);
