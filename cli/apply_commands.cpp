@@ -1,6 +1,7 @@
 // hotforge apply / revert / status: the reference loader on a running Linux process.
 #include "commands.h"
 
+#include "hotforge/error.h"
 #include "hotforge/loader.h"
 #include "hotforge/patch_image.h"
 #include "hotforge/unit.h"
@@ -31,7 +32,7 @@ int applyUnit(const ApplyCommandOptions &options) {
   nlohmann::json applied = state->value("applied", nlohmann::json::array());
   size_t count = 0;
   for (const UnitEntry &entry : unit->entries) {
-    llvm::Expected<PatchImage> image = readPatchImage(entry.bytes);
+    llvm::Expected<PatchImage> image = lift(readPatchImage(entry.bytes));
     if (!image) return reportError(options.unit + ": " + entry.name + ": " + llvm::toString(image.takeError()));
     std::string baseline = hexEncode(image->baseline.sha256);
     // A later sequence for the same baseline replaces the earlier one; an earlier one is refused.

@@ -1,6 +1,7 @@
 // hotforge inspect: what Hotforge reads from a binary.
 #include "commands.h"
 
+#include "hotforge/error.h"
 #include "hotforge/image.h"
 #include "hotforge/image_json.h"
 #include "hotforge/patch_image.h"
@@ -134,7 +135,7 @@ void addInspectCommand(CLI::App &app, int &exitCode) {
         return void(exitCode = kExitOk);
       }
       if (looksLikePatchImage(bytes)) {
-        llvm::Expected<PatchImage> patch = readPatchImage(bytes);
+        llvm::Expected<PatchImage> patch = lift(readPatchImage(bytes));
         if (!patch) return void(exitCode = reportError(options->input + ": " + llvm::toString(patch.takeError())));
         if (options->json) fmt::print("{}\n", toJson(*patch).dump(2, ' ', false, nlohmann::json::error_handler_t::replace));
         else printPatchImage(*patch, options->input);

@@ -1,6 +1,7 @@
 // hotforge keygen, pack and verify: delivery units (packager/README.md, packager/FORMAT.md).
 #include "commands.h"
 
+#include "hotforge/error.h"
 #include "hotforge/image.h"
 #include "hotforge/patch_image.h"
 #include "hotforge/unit.h"
@@ -23,7 +24,7 @@ namespace hotforge::cli {
 nlohmann::json describeImageForUnit(llvm::ArrayRef<uint8_t> bytes, const std::string &name) {
   nlohmann::json info = {{"file", name}, {"size", bytes.size()}};
   if (!looksLikePatchImage(bytes)) return info;
-  llvm::Expected<PatchImage> image = readPatchImage(bytes);
+  llvm::Expected<PatchImage> image = lift(readPatchImage(bytes));
   if (!image) {
     llvm::consumeError(image.takeError());
     return info;

@@ -3,6 +3,7 @@
 
 #include "hotforge/error.h"
 #include "hotforge/patch_image.h"
+#include "hotforge/runtime/bytes.h"
 
 #include <cstring>
 #include <map>
@@ -10,36 +11,6 @@
 namespace hotforge::emitter {
 
 constexpr uint32_t kPageSize = 0x1000;
-constexpr char kRecordSectionName[] = ".hotpatch";
-
-inline uint64_t alignTo(uint64_t value, uint64_t alignment) { return (value + alignment - 1) / alignment * alignment; }
-
-// Little-endian byte buffer writer.
-class ByteWriter {
-public:
-  std::vector<uint8_t> bytes;
-  void u8(uint8_t v) { bytes.push_back(v); }
-  void u16(uint16_t v) { put(v, 2); }
-  void u32(uint32_t v) { put(v, 4); }
-  void u64(uint64_t v) { put(v, 8); }
-  void raw(llvm::ArrayRef<uint8_t> data) { bytes.insert(bytes.end(), data.begin(), data.end()); }
-  void zeros(size_t n) { bytes.insert(bytes.end(), n, 0); }
-  void padTo(size_t alignment) { zeros(alignTo(bytes.size(), alignment) - bytes.size()); }
-  size_t size() const { return bytes.size(); }
-  void patch32(size_t at, uint32_t v) {
-    for (int i = 0; i < 4; ++i) bytes[at + i] = uint8_t(v >> (8 * i));
-  }
-
-private:
-  void put(uint64_t v, int n) {
-    for (int i = 0; i < n; ++i) bytes.push_back(uint8_t(v >> (8 * i)));
-  }
-};
-
-// The .hotpatch record section: identity, redirects, fixups, functions (docs/format.md).
-std::vector<uint8_t> encodeRecords(const PatchImage &image);
-// Fills identity, redirects, fixups and functions of `image` from a record section.
-llvm::Error decodeRecords(llvm::ArrayRef<uint8_t> records, PatchImage &image);
 
 // Container writers: fill image.file (and image.sizes.file) from the sections and records.
 llvm::Error writeElfContainer(PatchImage &image);
@@ -50,9 +21,6 @@ struct PeContainerInput {
   std::map<uint64_t, uint32_t> handlerStubs;  // patched RVA of an exception handler -> its stub in .text
 };
 llvm::Error writePeContainer(PatchImage &image, const PeContainerInput &input);
-
-// The record section inside a container file.
-llvm::Expected<llvm::ArrayRef<uint8_t>> findRecordSection(llvm::ArrayRef<uint8_t> file);
 
 // Copies the unwind entries (CIE/FDE, with LSDAs) of the carried functions from the patched
 // build's .eh_frame into a new .eh_frame placed at `sectionRva`. `imageRvaOf` maps a patched RVA

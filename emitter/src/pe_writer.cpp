@@ -201,7 +201,7 @@ llvm::Expected<std::vector<uint32_t>> resolveInternalFixups(PatchImage &image) {
     if (f.kind == FixupKind::X64Abs64) relocated.push_back(f.site + f.fieldOffset);
   }
   std::vector<uint8_t> memory = layOut(local);
-  if (llvm::Error e = applyFixups(local, 0, kImageBase, memory)) return e;
+  if (llvm::Error e = lift(applyFixups(local, 0, kImageBase, memory))) return e;
   for (PatchSection &s : image.sections)
     if (!s.bytes.empty()) std::copy(memory.begin() + s.rva, memory.begin() + s.rva + s.bytes.size(), s.bytes.begin());
   return relocated;

@@ -6,7 +6,6 @@
 #include <llvm/Object/COFF.h>
 #include <llvm/Object/ELFObjectFile.h>
 #include <llvm/Support/FileSystem.h>
-#include <openssl/evp.h>
 
 #include <algorithm>
 
@@ -14,8 +13,6 @@ namespace hotforge {
 
 using namespace llvm;
 
-std::string_view formatName(Format format) { return format == Format::Elf ? "elf" : "pe"; }
-std::string_view machineName(Machine machine) { return machine == Machine::X64 ? "x64" : "arm64"; }
 
 std::string_view functionSourceName(FunctionSource source) {
   switch (source) {
@@ -48,25 +45,6 @@ std::string_view importKindName(ImportKind kind) {
   case ImportKind::IatSlot: return "iat";
   }
   return "unknown";
-}
-
-std::array<uint8_t, 32> sha256(ArrayRef<uint8_t> bytes) {
-  std::array<uint8_t, 32> digest{};
-  unsigned int length = 0;
-  // EVP_Digest fails only when OpenSSL cannot allocate; the zero digest then matches nothing real.
-  if (EVP_Digest(bytes.data(), bytes.size(), digest.data(), &length, EVP_sha256(), nullptr) != 1) digest.fill(0);
-  return digest;
-}
-
-std::string hexEncode(ArrayRef<uint8_t> bytes) {
-  static constexpr char digits[] = "0123456789abcdef";
-  std::string out;
-  out.reserve(bytes.size() * 2);
-  for (uint8_t b : bytes) {
-    out.push_back(digits[b >> 4]);
-    out.push_back(digits[b & 15]);
-  }
-  return out;
 }
 
 std::string guidString(const std::array<uint8_t, 16> &g) {

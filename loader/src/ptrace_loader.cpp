@@ -181,29 +181,6 @@ llvm::Expected<std::pair<std::string, uint64_t>> findBaseline(int pid, const Pat
                      image.baseline.fileName, hexEncode(image.baseline.sha256), found);
 }
 
-std::vector<uint8_t> jumpBytes(const PatchRedirect &r, uint64_t base, uint64_t imageAddress, uint64_t &writeAt) {
-  uint64_t entry = base + r.baseRva + r.entryOffset;
-  auto rel32 = [](uint64_t from, uint64_t to) {
-    int64_t distance = int64_t(to - from);
-    uint32_t v = uint32_t(int32_t(distance));
-    return std::vector<uint8_t>{0xe9, uint8_t(v), uint8_t(v >> 8), uint8_t(v >> 16), uint8_t(v >> 24)};
-  };
-  uint64_t target = imageAddress + r.patchRva;
-  int64_t distance = int64_t(target - (entry + 5));
-  if (distance != int64_t(int32_t(distance))) target = imageAddress + r.stubRva;
-  if (r.kind == RedirectKind::X64ShortJump) {
-    writeAt = base + r.baseRva - r.paddingBefore;
-    std::vector<uint8_t> bytes = rel32(writeAt + 5, target);
-    bytes.resize(r.paddingBefore + r.entryOffset, 0);
-    for (size_t i = 0; i < r.entryOffset; ++i) bytes[r.paddingBefore + i] = r.expected[r.paddingBefore + i];
-    bytes.push_back(0xeb);
-    bytes.push_back(uint8_t(int8_t(int64_t(writeAt) - int64_t(entry + 2))));
-    return bytes;
-  }
-  writeAt = entry;
-  return rel32(entry + 5, target);
-}
-
 #endif  // __x86_64__
 
 }  // namespace
@@ -234,8 +211,8 @@ llvm::Expected<ApplyReport> applyImage(int pid, const PatchImage &image, const A
     auto stoppedAt = std::chrono::steady_clock::now();
     StoppedProcess process(pid);
     if (llvm::Error e = process.stop()) return e;
-    // Check every entry first: expected bytes, and no thread in the bytes to overwrite.
-    std::vector<std::pair<uint64_t, std::vector<uint8_t>>> writes;
+    // Check every entry first: expected bytes, and no thread in the bytes to overwrite. The
+    // writes are computed for the nearest possible image address only to learn the busy ranges.
     std::vector<std::string> busy;
     for (const PatchRedirect &r : image.redirects) {
       uint64_t from = report.baseAddress + r.baseRva - r.paddingBefore;
@@ -249,9 +226,9 @@ llvm::Expected<ApplyReport> applyImage(int pid, const PatchImage &image, const A
       user_regs_struct regs{};
       if (ptrace(PTRACE_GETREGS, tid, nullptr, &regs) != 0) continue;
       for (const PatchRedirect &r : image.redirects) {
-        uint64_t from = report.baseAddress + r.baseRva - r.paddingBefore;
-        uint64_t to = report.baseAddress + r.baseRva + r.entryOffset + redirectSize(r.kind);
-        if (regs.rip > from && regs.rip < to)
+        llvm::Expected<EntryWrite> w = lift(entryWrite(r, image.machine, report.baseAddress, report.baseAddress));
+        if (!w) return w.takeError();
+        if (regs.rip > w->busyBegin && regs.rip < w->busyEnd)
           busy.push_back(fmt::format("thread {} is at {:#x} inside {}", tid, regs.rip, r.name.value_or("a function")));
       }
     }
@@ -291,7 +268,7 @@ llvm::Expected<ApplyReport> applyImage(int pid, const PatchImage &image, const A
     if (mapped < 0) return makeError("found no free memory within reach of the base for the patch");
     report.imageAddress = uint64_t(mapped);
     std::vector<uint8_t> laidOut = layOut(image);
-    if (llvm::Error e = applyFixups(image, report.baseAddress, report.imageAddress, laidOut)) return e;
+    if (llvm::Error e = lift(applyFixups(image, report.baseAddress, report.imageAddress, laidOut))) return e;
     if (!memory.write(report.imageAddress, laidOut.data(), laidOut.size()))
       return formatError("cannot write the patch into process {}: {}", pid, strerror(errno));
     // Written: the whole mapping becomes read-only, then each section gets only the access it
@@ -310,14 +287,14 @@ llvm::Expected<ApplyReport> applyImage(int pid, const PatchImage &image, const A
       if (*r != 0) return formatError("cannot protect the patch's {} in process {} (error {})", section.name, pid, -*r);
     }
     for (const PatchRedirect &r : image.redirects) {
-      uint64_t at = 0;
-      std::vector<uint8_t> bytes = jumpBytes(r, report.baseAddress, report.imageAddress, at);
+      llvm::Expected<EntryWrite> w = lift(entryWrite(r, image.machine, report.baseAddress, report.imageAddress));
+      if (!w) return w.takeError();
       AppliedRedirect applied;
       applied.name = r.name.value_or("");
-      applied.address = at;
-      applied.original.resize(bytes.size());
-      memory.read(at, applied.original.data(), bytes.size());
-      applied.written = bytes;
+      applied.address = w->address;
+      applied.original.resize(w->bytes.size());
+      memory.read(w->address, applied.original.data(), w->bytes.size());
+      applied.written = std::move(w->bytes);
       report.redirects.push_back(std::move(applied));
     }
     // The jumps go in last, each one write; x86 keeps instruction fetch coherent with stores.

@@ -124,25 +124,4 @@ size_t jsonDepth(llvm::StringRef text, size_t limit) {
   return deepest;
 }
 
-void writeLe16(uint8_t *at, uint16_t value) {
-  for (int i = 0; i < 2; ++i) at[i] = static_cast<uint8_t>(value >> (8 * i));
-}
-void writeLe32(uint8_t *at, uint32_t value) {
-  for (int i = 0; i < 4; ++i) at[i] = static_cast<uint8_t>(value >> (8 * i));
-}
-void writeLe64(uint8_t *at, uint64_t value) {
-  for (int i = 0; i < 8; ++i) at[i] = static_cast<uint8_t>(value >> (8 * i));
-}
-uint16_t readLe16(const uint8_t *at) { return static_cast<uint16_t>(at[0] | (at[1] << 8)); }
-uint32_t readLe32(const uint8_t *at) {
-  uint32_t v = 0;
-  for (int i = 3; i >= 0; --i) v = (v << 8) | at[i];
-  return v;
-}
-uint64_t readLe64(const uint8_t *at) {
-  uint64_t v = 0;
-  for (int i = 7; i >= 0; --i) v = (v << 8) | at[i];
-  return v;
-}
-
 }  // namespace hotforge::unit_detail

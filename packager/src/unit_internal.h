@@ -29,13 +29,6 @@ llvm::Expected<nlohmann::json> recordedFromInfo(const nlohmann::json &info);
 // Deepest nesting of arrays and objects in JSON text (strings skipped); stops counting past `limit`.
 size_t jsonDepth(llvm::StringRef text, size_t limit);
 
-void writeLe16(uint8_t *at, uint16_t value);
-void writeLe32(uint8_t *at, uint32_t value);
-void writeLe64(uint8_t *at, uint64_t value);
-uint16_t readLe16(const uint8_t *at);
-uint32_t readLe32(const uint8_t *at);
-uint64_t readLe64(const uint8_t *at);
-
 // Header byte offsets (FORMAT.md).
 inline constexpr size_t kOffVersion = 6, kOffFlags = 8, kOffHeaderSize = 10, kOffReserved = 12,
                         kOffManifestOffset = 16, kOffManifestSize = 24, kOffPayloadOffset = 32,

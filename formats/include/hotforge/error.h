@@ -1,6 +1,8 @@
 // Errors in every Hotforge library are llvm::Error / llvm::Expected; these build them.
 #pragma once
 
+#include "hotforge/runtime/outcome.h"
+
 #include <fmt/core.h>
 #include <llvm/ADT/Twine.h>
 #include <llvm/Support/Error.h>
@@ -13,6 +15,13 @@ template <typename... Args>
 llvm::Error formatError(fmt::format_string<Args...> format, Args &&...args) {
   return makeError(fmt::format(format, std::forward<Args>(args)...));
 }
+
+// A runtime Outcome (hotforge/runtime/outcome.h) as llvm::Expected / llvm::Error.
+template <typename T> llvm::Expected<T> lift(Outcome<T> outcome) {
+  if (!outcome) return makeError(outcome.error());
+  return std::move(*outcome);
+}
+inline llvm::Error lift(Status status) { return status ? llvm::Error::success() : makeError(status.error()); }
 
 // The message of an error, consuming it.
 std::string errorText(llvm::Error error);

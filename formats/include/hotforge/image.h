@@ -3,6 +3,9 @@
 // and never on the raw format, so a new format only has to fill an Image.
 #pragma once
 
+#include "hotforge/runtime/bytes.h"   // hexEncode, sha256
+#include "hotforge/runtime/target.h"  // Format, Machine, Permissions
+
 #include <llvm/ADT/ArrayRef.h>
 #include <llvm/Support/Error.h>
 #include <llvm/Support/MemoryBuffer.h>
@@ -17,11 +20,6 @@
 
 namespace hotforge {
 
-enum class Format { Elf, Pe };
-enum class Machine { X64, Arm64 };
-
-std::string_view formatName(Format format);    // "elf", "pe"
-std::string_view machineName(Machine machine);  // "x64", "arm64"
 
 // Where a function boundary or name came from. The enumerators are in precedence order: when two
 // sources describe the same start address, the earlier one decides the size and the name (see
@@ -38,12 +36,6 @@ enum class FunctionSource : uint8_t {
 };
 constexpr int kFunctionSourceCount = 8;
 std::string_view functionSourceName(FunctionSource source);
-
-struct Permissions {
-  bool read = false;
-  bool write = false;
-  bool execute = false;
-};
 
 struct AddressRange {
   uint64_t rva = 0;
@@ -190,8 +182,6 @@ llvm::Expected<Image> readImage(const std::string &path, const ImageReadOptions 
 llvm::Expected<Image> readImage(std::unique_ptr<llvm::MemoryBuffer> buffer,
                                 const ImageReadOptions &options = {});
 
-std::string hexEncode(llvm::ArrayRef<uint8_t> bytes);  // lowercase, two digits a byte
-std::array<uint8_t, 32> sha256(llvm::ArrayRef<uint8_t> bytes);
 // A GUID as Windows tools print it: "9445CF05-3459-08BF-4C4C-44205044422E" (first three fields
 // little-endian).
 std::string guidString(const std::array<uint8_t, 16> &guid);

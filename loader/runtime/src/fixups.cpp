@@ -1,14 +1,9 @@
 // Applying fixups: what a loader does once it knows where the base and the image are mapped.
 // Tests use it to check an image against the patched build instruction by instruction.
-#include "emitter_internal.h"
-
-#include <llvm/Support/Endian.h>
+#include "hotforge/runtime/bytes.h"
+#include "hotforge/runtime/patch_format.h"
 
 namespace hotforge {
-
-using llvm::support::endian::read32le;
-using llvm::support::endian::write32le;
-using llvm::support::endian::write64le;
 
 std::vector<uint8_t> layOut(const PatchImage &image) {
   std::vector<uint8_t> memory(image.imageSize, 0);
@@ -35,42 +30,41 @@ uint32_t setAdrImmediate(uint32_t instruction, int64_t value) {
 
 }  // namespace
 
-llvm::Error applyFixups(const PatchImage &image, uint64_t baseAddress, uint64_t imageAddress,
-                        llvm::MutableArrayRef<uint8_t> memory) {
+Status applyFixups(const PatchImage &image, uint64_t baseAddress, uint64_t imageAddress, std::span<uint8_t> memory) {
   for (const PatchFixup &f : image.fixups) {
     uint64_t target = (f.toBase ? baseAddress : imageAddress) + f.target;
     uint64_t site = imageAddress + f.site;
     size_t width = f.kind == FixupKind::Data64 || f.kind == FixupKind::X64Abs64 || f.kind == FixupKind::Data64PcRel ? 8 : 4;
     size_t field = f.site + (f.kind == FixupKind::X64Rel32 || f.kind == FixupKind::X64Abs64 ? f.fieldOffset : 0);
     if (field + width > memory.size())
-      return formatError("fixup at image rva {:#x} lies outside the image ({} bytes)", f.site, memory.size());
+      return fail("fixup at image rva ", hexAddress(f.site), " lies outside the image (", memory.size(), " bytes)");
     uint8_t *at = &memory[field];
-    auto reach = [&](int64_t distance, unsigned bits, unsigned shift) -> llvm::Expected<int64_t> {
+    auto reach = [&](int64_t distance, unsigned bits, unsigned shift) -> Outcome<int64_t> {
       if ((distance & ((int64_t(1) << shift) - 1)) == 0 && fitsSigned(distance >> shift, bits)) return distance >> shift;
       if (f.veneer) {
         int64_t viaVeneer = int64_t(imageAddress + f.veneer - site);
         if (fitsSigned(viaVeneer >> shift, bits)) return viaVeneer >> shift;
       }
-      return formatError("fixup {} at image rva {:#x} cannot reach its target ({:#x} bytes away)", fixupKindName(f.kind),
-                         f.site, distance);
+      return fail("fixup ", fixupKindName(f.kind), " at image rva ", hexAddress(f.site), " cannot reach its target (",
+                  hexAddress(uint64_t(distance)), " bytes away)");
     };
-    uint32_t instruction = width == 4 ? read32le(at) : 0;
+    uint32_t instruction = width == 4 ? readLe32(at) : 0;
     switch (f.kind) {
     case FixupKind::X64Rel32: {
-      llvm::Expected<int64_t> v = reach(int64_t(target - (site + f.instructionSize)), 32, 0);
-      if (!v) return v.takeError();
+      Outcome<int64_t> v = reach(int64_t(target - (site + f.instructionSize)), 32, 0);
+      if (!v) return std::move(v).failure();
       if (f.veneer && *v != int64_t(target - (site + f.instructionSize)))
         *v = int64_t(imageAddress + f.veneer - (site + f.instructionSize));
-      write32le(at, uint32_t(*v));
+      writeLe32(at, uint32_t(*v));
       break;
     }
     case FixupKind::X64Abs64:
-    case FixupKind::Data64: write64le(at, target); break;
-    case FixupKind::Data64PcRel: write64le(at, target - site); break;
+    case FixupKind::Data64: writeLe64(at, target); break;
+    case FixupKind::Data64PcRel: writeLe64(at, target - site); break;
     case FixupKind::Data32PcRel: {
       int64_t v = int64_t(target - site);
-      if (!fitsSigned(v, 32)) return formatError("data fixup at image rva {:#x} cannot reach its target", f.site);
-      write32le(at, uint32_t(v));
+      if (!fitsSigned(v, 32)) return fail("data fixup at image rva ", hexAddress(f.site), " cannot reach its target");
+      writeLe32(at, uint32_t(v));
       break;
     }
     case FixupKind::A64Branch26:
@@ -78,34 +72,35 @@ llvm::Error applyFixups(const PatchImage &image, uint64_t baseAddress, uint64_t 
     case FixupKind::A64Branch14:
     case FixupKind::A64Literal19: {
       unsigned bits = f.kind == FixupKind::A64Branch26 ? 26 : f.kind == FixupKind::A64Branch14 ? 14 : 19;
-      llvm::Expected<int64_t> v = reach(int64_t(target - site), bits, 2);
-      if (!v) return v.takeError();
-      write32le(at, bits == 26 ? setBits(instruction, 0, 26, uint64_t(*v)) : setBits(instruction, 5, bits, uint64_t(*v)));
+      Outcome<int64_t> v = reach(int64_t(target - site), bits, 2);
+      if (!v) return std::move(v).failure();
+      writeLe32(at, bits == 26 ? setBits(instruction, 0, 26, uint64_t(*v)) : setBits(instruction, 5, bits, uint64_t(*v)));
       break;
     }
     case FixupKind::A64Adr21: {
-      llvm::Expected<int64_t> v = reach(int64_t(target - site), 21, 0);
-      if (!v) return v.takeError();
-      write32le(at, setAdrImmediate(instruction, *v));
+      Outcome<int64_t> v = reach(int64_t(target - site), 21, 0);
+      if (!v) return std::move(v).failure();
+      writeLe32(at, setAdrImmediate(instruction, *v));
       break;
     }
     case FixupKind::A64AdrPage21: {
       int64_t pages = (int64_t(target & ~uint64_t(0xfff)) - int64_t(site & ~uint64_t(0xfff))) >> 12;
       if (!fitsSigned(pages, 21))
-        return formatError("ADRP at image rva {:#x} cannot reach its target (more than 4 GiB away)", f.site);
-      write32le(at, setAdrImmediate(instruction, pages));
+        return fail("ADRP at image rva ", hexAddress(f.site), " cannot reach its target (more than 4 GiB away)");
+      writeLe32(at, setAdrImmediate(instruction, pages));
       break;
     }
-    case FixupKind::A64AddLo12: write32le(at, setBits(instruction, 10, 12, target & 0xfff)); break;
+    case FixupKind::A64AddLo12: writeLe32(at, setBits(instruction, 10, 12, target & 0xfff)); break;
     case FixupKind::A64LdStLo12: {
       if (target & ((uint64_t(1) << f.scale) - 1))
-        return formatError("load/store at image rva {:#x}: target {:#x} is not aligned to its access size", f.site, target);
-      write32le(at, setBits(instruction, 10, 12, (target & 0xfff) >> f.scale));
+        return fail("load/store at image rva ", hexAddress(f.site), ": target ", hexAddress(target),
+                    " is not aligned to its access size");
+      writeLe32(at, setBits(instruction, 10, 12, (target & 0xfff) >> f.scale));
       break;
     }
     }
   }
-  return llvm::Error::success();
+  return success();
 }
 
 }  // namespace hotforge

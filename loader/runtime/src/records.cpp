@@ -1,16 +1,14 @@
 // The .hotpatch record section, the same in both containers (docs/format.md):
 //   header (64 bytes), baseline identity (112 bytes), redirects (64 bytes each),
 //   fixups (24 bytes each), functions (24 bytes each), string table.
-#include "emitter_internal.h"
+#include "hotforge/runtime/bytes.h"
+#include "hotforge/runtime/patch_format.h"
 
-#include <llvm/Support/Endian.h>
+#include <algorithm>
+#include <cstring>
 
-namespace hotforge::emitter {
+namespace hotforge {
 namespace {
-
-using llvm::support::endian::read16le;
-using llvm::support::endian::read32le;
-using llvm::support::endian::read64le;
 
 constexpr char kMagic[8] = {'H', 'F', 'P', 'A', 'T', 'C', 'H', 0};
 constexpr size_t kHeaderSize = 64, kBaselineSize = 112, kRedirectSize = 64, kFixupSize = 24, kFunctionSize = 24;
@@ -23,7 +21,7 @@ public:
   uint32_t add(const std::optional<std::string> &s) {
     if (!s) return kNoName;
     uint32_t at = uint32_t(table.size());
-    table.raw(llvm::ArrayRef<uint8_t>(reinterpret_cast<const uint8_t *>(s->data()), s->size()));
+    table.raw(std::span<const uint8_t>(reinterpret_cast<const uint8_t *>(s->data()), s->size()));
     table.u8(0);
     return at;
   }
@@ -34,7 +32,7 @@ public:
 std::vector<uint8_t> encodeRecords(const PatchImage &image) {
   Strings strings;
   ByteWriter w;
-  w.raw(llvm::ArrayRef<uint8_t>(reinterpret_cast<const uint8_t *>(kMagic), 8));
+  w.raw(std::span<const uint8_t>(reinterpret_cast<const uint8_t *>(kMagic), 8));
   w.u32(kPatchFormatVersion);
   w.u16(image.format == Format::Elf ? 1 : 2);
   w.u16(image.machine == Machine::X64 ? 1 : 2);
@@ -72,7 +70,7 @@ std::vector<uint8_t> encodeRecords(const PatchImage &image) {
     w.u8(r.paddingBefore);
     uint8_t expected = uint8_t(std::min(r.expected.size(), kMaxExpected));
     w.u8(expected);
-    w.raw(llvm::ArrayRef<uint8_t>(r.expected).take_front(expected));
+    w.raw(std::span<const uint8_t>(r.expected).first(expected));
     w.zeros(start + kRedirectSize - w.size());
   }
   for (const PatchFixup &f : image.fixups) {
@@ -97,58 +95,58 @@ std::vector<uint8_t> encodeRecords(const PatchImage &image) {
   return std::move(w.bytes);
 }
 
-llvm::Error decodeRecords(llvm::ArrayRef<uint8_t> r, PatchImage &image) {
+Status decodeRecords(std::span<const uint8_t> r, PatchImage &image) {
   if (r.size() < kHeaderSize + kBaselineSize || std::memcmp(r.data(), kMagic, 8) != 0)
-    return makeError("no Hotforge patch records (bad magic or too small)");
-  uint32_t version = read32le(&r[8]);
+    return fail("no Hotforge patch records (bad magic or too small)");
+  uint32_t version = readLe32(&r[8]);
   if (version != kPatchFormatVersion)
-    return formatError("patch format version {} is not supported (this hotforge reads {})", version, kPatchFormatVersion);
-  uint16_t format = read16le(&r[12]), machine = read16le(&r[14]);
+    return fail("patch format version ", version, " is not supported (this hotforge reads ", kPatchFormatVersion, ")");
+  uint16_t format = readLe16(&r[12]), machine = readLe16(&r[14]);
   if ((format != 1 && format != 2) || (machine != 1 && machine != 2))
-    return formatError("offset 0xc: unknown format {} or machine {}", format, machine);
+    return fail("offset 0xc: unknown format ", format, " or machine ", machine);
   image.format = format == 1 ? Format::Elf : Format::Pe;
   image.machine = machine == 1 ? Machine::X64 : Machine::Arm64;
-  image.sequence = read32le(&r[16]);
-  image.imageSize = read32le(&r[20]);
-  uint64_t redirects = read32le(&r[24]), fixups = read32le(&r[28]), functions = read32le(&r[32]),
-           stringSize = read32le(&r[36]);
+  image.sequence = readLe32(&r[16]);
+  image.imageSize = readLe32(&r[20]);
+  uint64_t redirects = readLe32(&r[24]), fixups = readLe32(&r[28]), functions = readLe32(&r[32]),
+           stringSize = readLe32(&r[36]);
   uint64_t stringsAt = kHeaderSize + kBaselineSize + redirects * kRedirectSize + fixups * kFixupSize +
                        functions * kFunctionSize;
   if (stringsAt + stringSize > r.size())
-    return formatError("records claim {} redirects, {} fixups, {} functions and {} string bytes: more than the {} "
-                       "bytes present", redirects, fixups, functions, stringSize, r.size());
-  llvm::ArrayRef<uint8_t> strings = r.slice(stringsAt, stringSize);
-  auto name = [&](uint32_t at) -> llvm::Expected<std::optional<std::string>> {
-    if (at == kNoName) return std::nullopt;
-    if (at >= strings.size()) return formatError("string offset {:#x} is outside the string table", at);
+    return fail("records claim ", redirects, " redirects, ", fixups, " fixups, ", functions, " functions and ", stringSize,
+                " string bytes: more than the ", r.size(), " bytes present");
+  std::span<const uint8_t> strings = r.subspan(stringsAt, stringSize);
+  auto name = [&](uint32_t at) -> Outcome<std::optional<std::string>> {
+    if (at == kNoName) return std::optional<std::string>();
+    if (at >= strings.size()) return fail("string offset ", hexAddress(at), " is outside the string table");
     size_t end = at;
     while (end < strings.size() && strings[end]) ++end;
-    if (end == strings.size()) return formatError("string at {:#x} is not terminated", at);
-    return std::string(reinterpret_cast<const char *>(&strings[at]), end - at);
+    if (end == strings.size()) return fail("string at ", hexAddress(at), " is not terminated");
+    return std::optional<std::string>(std::string(reinterpret_cast<const char *>(&strings[at]), end - at));
   };
 
   const uint8_t *b = &r[kHeaderSize];
   std::copy(b, b + 32, image.baseline.sha256.begin());
   uint8_t idSize = std::min<uint8_t>(b[32], kMaxBuildId);
   image.baseline.buildId.assign(b + 33, b + 33 + idSize);
-  image.baseline.timeDateStamp = read32le(b + 68);
-  image.baseline.checkSum = read32le(b + 72);
-  image.baseline.sizeOfImage = read32le(b + 76);
-  llvm::Expected<std::optional<std::string>> file = name(read32le(b + 80));
-  if (!file) return file.takeError();
+  image.baseline.timeDateStamp = readLe32(b + 68);
+  image.baseline.checkSum = readLe32(b + 72);
+  image.baseline.sizeOfImage = readLe32(b + 76);
+  Outcome<std::optional<std::string>> file = name(readLe32(b + 80));
+  if (!file) return std::move(file).failure();
   image.baseline.fileName = file->value_or("");
 
   const uint8_t *p = &r[kHeaderSize + kBaselineSize];
   for (uint64_t i = 0; i < redirects; ++i, p += kRedirectSize) {
     PatchRedirect d;
-    d.baseRva = read32le(p);
-    d.baseSize = read32le(p + 4);
-    d.patchRva = read32le(p + 8);
-    d.stubRva = read32le(p + 12);
-    llvm::Expected<std::optional<std::string>> n = name(read32le(p + 16));
-    if (!n) return n.takeError();
+    d.baseRva = readLe32(p);
+    d.baseSize = readLe32(p + 4);
+    d.patchRva = readLe32(p + 8);
+    d.stubRva = readLe32(p + 12);
+    Outcome<std::optional<std::string>> n = name(readLe32(p + 16));
+    if (!n) return std::move(n).failure();
     d.name = *n;
-    if (p[20] < 1 || p[20] > 5) return formatError("redirect {} has unknown kind {}", i, p[20]);
+    if (p[20] < 1 || p[20] > 5) return fail("redirect ", i, " has unknown kind ", p[20]);
     d.kind = RedirectKind(p[20]);
     d.entryOffset = p[21];
     d.paddingBefore = p[22];
@@ -157,29 +155,29 @@ llvm::Error decodeRecords(llvm::ArrayRef<uint8_t> r, PatchImage &image) {
   }
   for (uint64_t i = 0; i < fixups; ++i, p += kFixupSize) {
     PatchFixup f;
-    f.site = read32le(p);
-    if (p[4] < 1 || p[4] > 13) return formatError("fixup {} has unknown kind {}", i, p[4]);
+    f.site = readLe32(p);
+    if (p[4] < 1 || p[4] > 13) return fail("fixup ", i, " has unknown kind ", p[4]);
     f.kind = FixupKind(p[4]);
     f.fieldOffset = p[5];
     f.instructionSize = p[6];
     f.toBase = p[7] & 1;
     f.scale = p[7] >> 4;
-    f.target = read64le(p + 8);
-    f.veneer = read32le(p + 16);
+    f.target = readLe64(p + 8);
+    f.veneer = readLe32(p + 16);
     image.fixups.push_back(f);
   }
   for (uint64_t i = 0; i < functions; ++i, p += kFunctionSize) {
     PatchFunction f;
-    f.rva = read32le(p);
-    f.size = read32le(p + 4);
-    f.patchedRva = read64le(p + 8);
-    llvm::Expected<std::optional<std::string>> n = name(read32le(p + 16));
-    if (!n) return n.takeError();
+    f.rva = readLe32(p);
+    f.size = readLe32(p + 4);
+    f.patchedRva = readLe64(p + 8);
+    Outcome<std::optional<std::string>> n = name(readLe32(p + 16));
+    if (!n) return std::move(n).failure();
     f.name = *n;
-    f.added = read32le(p + 20) & 1;
+    f.added = readLe32(p + 20) & 1;
     image.functions.push_back(std::move(f));
   }
-  return llvm::Error::success();
+  return success();
 }
 
-}  // namespace hotforge::emitter
+}  // namespace hotforge

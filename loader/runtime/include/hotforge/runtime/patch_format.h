@@ -1,0 +1,148 @@
+// The hotpatch image format as a loader sees it: the records (docs/format.md), the container
+// around them (an ELF shared object or a PE32+ DLL), the fixups and the entry redirections. This
+// is the part of Hotforge that runs on target hosts and inside patched processes, so it needs
+// nothing but the C++ standard library.
+#pragma once
+
+#include "hotforge/runtime/outcome.h"
+#include "hotforge/runtime/target.h"
+
+#include <array>
+#include <cstdint>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace hotforge {
+
+// Never reused: a reader refuses versions it does not know.
+constexpr uint32_t kPatchFormatVersion = 1;
+
+// What the loader writes at the entry of a base function.
+enum class RedirectKind : uint8_t {
+  X64Jump32 = 1,    // E9 rel32 (5 bytes) to the new function, or to its stub when out of reach
+  X64ShortJump = 2, // EB rel8 (2 bytes) into an E9 rel32 written in the padding before the entry
+  X64Absolute = 3,  // FF 25 00000000 + 8-byte address (14 bytes)
+  A64Branch = 4,    // B imm26 (4 bytes) to the new function, or to its stub when out of reach
+  A64Absolute = 5,  // LDR x16, #8; BR x16; .quad address (16 bytes)
+};
+std::string_view redirectKindName(RedirectKind kind);
+unsigned redirectSize(RedirectKind kind);
+
+// How a fixup field is written. The instruction kinds are the differ's FieldEncoding values; the
+// data kinds are for pointers in copied data and unwind tables.
+enum class FixupKind : uint8_t {
+  X64Rel32 = 1,      // instruction field: target - end of instruction
+  X64Abs64 = 2,      // instruction field: absolute address
+  A64Branch26 = 3,
+  A64Branch19 = 4,
+  A64Branch14 = 5,
+  A64Literal19 = 6,
+  A64Adr21 = 7,
+  A64AdrPage21 = 8,
+  A64AddLo12 = 9,
+  A64LdStLo12 = 10,
+  Data64 = 11,       // 8-byte absolute address in data
+  Data32PcRel = 12,  // 4-byte target - site in data (.eh_frame, exception tables)
+  Data64PcRel = 13,  // 8-byte target - site in data
+};
+std::string_view fixupKindName(FixupKind kind);
+
+struct PatchFixup {
+  uint32_t site = 0;             // image RVA of the instruction (instruction kinds) or of the field
+  FixupKind kind = FixupKind::X64Rel32;
+  uint8_t fieldOffset = 0;       // x64: the field's position within the instruction
+  uint8_t instructionSize = 0;   // x64: so rel32 is measured from the instruction's end
+  uint8_t scale = 0;             // A64LdStLo12: log2 of the access size
+  bool toBase = true;            // target is a base RVA (else an RVA in this image)
+  uint64_t target = 0;
+  uint32_t veneer = 0;           // image RVA of a veneer for a branch that cannot reach (0: none)
+};
+
+struct PatchRedirect {
+  std::optional<std::string> name;
+  uint32_t baseRva = 0, baseSize = 0;
+  uint32_t patchRva = 0;       // the new function in this image
+  uint32_t stubRva = 0;        // an absolute jump in this image to the new function
+  uint8_t entryOffset = 0;     // bytes kept at the entry (endbr64, BTI landing pad)
+  RedirectKind kind = RedirectKind::X64Jump32;
+  std::vector<uint8_t> expected;  // base bytes from baseRva - padding, as the loader must find them
+  uint8_t paddingBefore = 0;   // X64ShortJump: bytes before the entry that are part of `expected`
+};
+
+struct PatchSection {
+  std::string name;
+  uint32_t rva = 0;
+  std::vector<uint8_t> bytes;
+  uint32_t memorySize = 0;  // >= bytes.size(); the rest is zero-filled
+  Permissions permissions;
+};
+
+struct PatchFunction {
+  std::optional<std::string> name;
+  uint32_t rva = 0, size = 0;  // in this image
+  uint64_t patchedRva = 0;     // where the patched build has it
+  bool added = false;
+};
+
+struct PatchBaseline {
+  std::string fileName;
+  std::array<uint8_t, 32> sha256{};
+  std::vector<uint8_t> buildId;
+  uint32_t timeDateStamp = 0, checkSum = 0, sizeOfImage = 0;
+};
+
+struct PatchSizes {
+  uint64_t code = 0, data = 0, metadata = 0, file = 0;
+};
+
+struct PatchImage {
+  Format format = Format::Elf;
+  Machine machine = Machine::X64;
+  PatchBaseline baseline;
+  uint32_t sequence = 1;
+  uint32_t imageSize = 0;  // bytes to map, page aligned
+  std::vector<PatchSection> sections;
+  std::vector<PatchFunction> functions;
+  std::vector<PatchRedirect> redirects;
+  std::vector<PatchFixup> fixups;
+  PatchSizes sizes;
+  std::vector<uint8_t> file;  // the container, ready to write
+};
+
+// The .hotpatch record section: identity, redirects, fixups, functions.
+std::vector<uint8_t> encodeRecords(const PatchImage &image);
+// Fills identity, redirects, fixups and functions of `image` from a record section.
+Status decodeRecords(std::span<const uint8_t> records, PatchImage &image);
+
+inline constexpr char kRecordSectionName[] = ".hotpatch";
+
+// The records of a patch image file (either container), checked against the file's bounds.
+bool looksLikePatchImage(std::span<const uint8_t> file);
+Outcome<PatchImage> readPatchImage(std::span<const uint8_t> file);
+
+// Applies every fixup for a base loaded at `baseAddress` and this image at `imageAddress`, into
+// `memory` (the image's sections laid out at their RVAs, imageSize bytes). Fails when a field
+// cannot hold its value and no veneer is given.
+Status applyFixups(const PatchImage &image, uint64_t baseAddress, uint64_t imageAddress,
+                        std::span<uint8_t> memory);
+
+// The image's sections laid out at their RVAs (imageSize bytes, zero-filled between).
+std::vector<uint8_t> layOut(const PatchImage &image);
+
+// What a loader writes for one redirect: `bytes` at `address`, once the memory at
+// `expectedAddress` holds `redirect.expected`. While a thread's program counter is strictly
+// inside (busyBegin, busyEnd) the write would tear an instruction under it, so the loader waits.
+struct EntryWrite {
+  uint64_t address = 0, expectedAddress = 0;
+  std::vector<uint8_t> bytes;
+  uint64_t busyBegin = 0, busyEnd = 0;
+};
+// The write for `redirect` with the base at `baseAddress` and the image at `imageAddress`; fails
+// when the jump cannot reach the new function or its stub.
+Outcome<EntryWrite> entryWrite(const PatchRedirect &redirect, Machine machine, uint64_t baseAddress,
+                               uint64_t imageAddress);
+
+}  // namespace hotforge

@@ -1,0 +1,83 @@
+// The bytes a loader writes at the entry of a changed base function (docs/format.md, "Redirects").
+#include "hotforge/runtime/bytes.h"
+#include "hotforge/runtime/patch_format.h"
+
+namespace hotforge {
+namespace {
+
+bool fitsSigned(int64_t value, unsigned bits) {
+  return value >= -(int64_t(1) << (bits - 1)) && value < (int64_t(1) << (bits - 1));
+}
+
+std::vector<uint8_t> x64Jump32(uint64_t from, uint64_t to) {
+  std::vector<uint8_t> bytes{0xe9, 0, 0, 0, 0};
+  writeLe32(&bytes[1], uint32_t(to - (from + 5)));
+  return bytes;
+}
+
+}  // namespace
+
+Outcome<EntryWrite> entryWrite(const PatchRedirect &r, Machine machine, uint64_t baseAddress, uint64_t imageAddress) {
+  uint64_t entry = baseAddress + r.baseRva + r.entryOffset;
+  uint64_t function = imageAddress + r.patchRva, stub = imageAddress + r.stubRva;
+  EntryWrite w;
+  w.address = entry;
+  w.expectedAddress = baseAddress + r.baseRva - r.paddingBefore;
+  // A thread whose next instruction starts inside the overwritten bytes (not at their start,
+  // which is still an instruction boundary after the write) would execute half a jump.
+  w.busyBegin = entry;
+  w.busyEnd = entry + redirectSize(r.kind);
+  auto reachable = [&](uint64_t from, unsigned bits, unsigned shift) -> Outcome<uint64_t> {
+    for (uint64_t to : {function, stub})
+      if ((to != stub || r.stubRva) && fitsSigned(int64_t(to - from) >> shift, bits)) return to;
+    return fail(r.name.value_or("a function"), " at ", hexAddress(entry), ": the patch at ", hexAddress(function),
+                " is out of reach of a ", redirectKindName(r.kind), " jump");
+  };
+  bool wantsArm64 = r.kind == RedirectKind::A64Branch || r.kind == RedirectKind::A64Absolute;
+  if (wantsArm64 != (machine == Machine::Arm64))
+    return fail("redirect kind ", redirectKindName(r.kind), " does not fit a ", machineName(machine), " image");
+  switch (r.kind) {
+  case RedirectKind::X64Jump32: {
+    Outcome<uint64_t> to = reachable(entry + 5, 32, 0);
+    if (!to) return std::move(to).failure();
+    w.bytes = x64Jump32(entry, *to);
+    break;
+  }
+  case RedirectKind::X64ShortJump: {
+    // E9 rel32 in the padding before the entry, then EB rel8 back to it at the entry; bytes kept
+    // at the entry (endbr64) are written unchanged.
+    if (r.expected.size() < size_t(r.paddingBefore) + r.entryOffset + 2 || r.paddingBefore < 5)
+      return fail(r.name.value_or("a function"), ": the short-jump redirect lacks its expected bytes");
+    uint64_t jumpAt = baseAddress + r.baseRva - r.paddingBefore;
+    Outcome<uint64_t> to = reachable(jumpAt + 5, 32, 0);
+    if (!to) return std::move(to).failure();
+    w.address = w.busyBegin = jumpAt;
+    w.bytes = x64Jump32(jumpAt, *to);
+    w.bytes.resize(r.paddingBefore);
+    w.bytes.insert(w.bytes.end(), r.expected.begin() + r.paddingBefore, r.expected.begin() + r.paddingBefore + r.entryOffset);
+    w.bytes.push_back(0xeb);
+    w.bytes.push_back(uint8_t(int8_t(int64_t(jumpAt) - int64_t(entry + 2))));
+    break;
+  }
+  case RedirectKind::X64Absolute:
+    w.bytes = {0xff, 0x25, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};  // jmp [rip+0]; .quad function
+    writeLe64(&w.bytes[6], function);
+    break;
+  case RedirectKind::A64Branch: {
+    Outcome<uint64_t> to = reachable(entry, 26, 2);
+    if (!to) return std::move(to).failure();
+    w.bytes.resize(4);
+    writeLe32(w.bytes.data(), 0x14000000u | (uint32_t(int64_t(*to - entry) >> 2) & 0x3ffffff));
+    break;
+  }
+  case RedirectKind::A64Absolute:
+    w.bytes.resize(16);
+    writeLe32(&w.bytes[0], 0x58000050u);  // ldr x16, #8
+    writeLe32(&w.bytes[4], 0xd61f0200u);  // br x16
+    writeLe64(&w.bytes[8], function);
+    break;
+  }
+  return w;
+}
+
+}  // namespace hotforge
