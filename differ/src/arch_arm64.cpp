@@ -118,9 +118,9 @@ protected:
   void endFunction(DecodeState &state) override {
     // An ADRP nobody consumed still depends on the layout, at page granularity.
     for (auto &[instruction, adrp] : pendingPages_)
-      state.out.references.push_back({.instruction = instruction, .kind = ReferenceKind::Page, .size = 4,
-                                      .target = adrp.value, .offset = adrp.offset,
-                                      .encoding = FieldEncoding::A64AdrPage21});
+      state.references.push_back({.instruction = instruction, .kind = ReferenceKind::Page, .size = 4,
+                                  .target = adrp.value, .offset = adrp.offset,
+                                  .encoding = FieldEncoding::A64AdrPage21});
   }
 
   void analyze(const MCInst &inst, uint64_t pc, uint64_t size, uint32_t index, DecodeState &state) override {
@@ -170,9 +170,9 @@ protected:
         if (producer.isPage) {
           // The ADRP is re-aimed at this consumer's target too (one reference per consumer).
           pendingPages_.erase(producer.instruction);
-          state.out.references.push_back({.instruction = producer.instruction, .kind = ReferenceKind::Memory,
-                                          .size = 4, .target = target, .offset = producer.offset,
-                                          .encoding = FieldEncoding::A64AdrPage21});
+          state.references.push_back({.instruction = producer.instruction, .kind = ReferenceKind::Memory,
+                                      .size = 4, .target = target, .offset = producer.offset,
+                                      .encoding = FieldEncoding::A64AdrPage21});
           state.add(index, ReferenceKind::Memory, target,
                     isAdd ? FieldEncoding::A64AddLo12 : FieldEncoding::A64LdStLo12, 0,
                     isAdd ? 0 : uint8_t(llvm::countr_zero(scale->second)));

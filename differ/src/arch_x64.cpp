@@ -60,7 +60,7 @@ protected:
     for (unsigned i = 0; i + 3 < inst.getNumOperands(); ++i)
       if (inst.getOperand(i).isReg() && inst.getOperand(i).getReg() == rip_) displacement = int(i) + 3;
     int absolute = -1;
-    if (state.relocations.covers(pc, pc + size)) {
+    if (state.relocated(pc, pc + size)) {
       for (unsigned i = 0; i < inst.getNumOperands(); ++i) {
         const MCOperand &op = inst.getOperand(i);
         if (op.isImm() && int(i) != displacement && uint64_t(op.getImm()) >= state.relocations.imageBase &&

@@ -5,6 +5,7 @@
 #include "matcher.h"
 
 #include <fmt/core.h>
+#include <llvm/ADT/DenseMap.h>
 #include <llvm/Support/Endian.h>
 #include <llvm/Support/xxhash.h>
 
@@ -86,12 +87,24 @@ std::string preview(const Image &image, uint64_t rva, uint64_t size) {
   return hexEncode(bytes.take_front(16)) + (bytes.size() > 16 ? "..." : "");
 }
 
+unsigned workerCount(const DiffOptions &options) {
+  return options.threads ? options.threads : std::max(1u, std::thread::hardware_concurrency());
+}
+
+// Both sides' Programs at once: each indexes a whole image.
+std::pair<Program, Program> buildPrograms(const Image &base, const Image &patched, unsigned threads) {
+  if (threads < 2) return {Program(base), Program(patched)};
+  std::optional<Program> other;
+  std::thread builder([&] { other.emplace(patched); });
+  Program first(base);
+  builder.join();
+  return {std::move(first), std::move(*other)};
+}
+
 class Differ {
 public:
   Differ(const Image &base, const Image &patched, const DiffOptions &options)
-      : base_(base), patched_(patched), options_(options) {
-    threads_ = options.threads ? options.threads : std::max(1u, std::thread::hardware_concurrency());
-  }
+      : Differ(buildPrograms(base, patched, workerCount(options)), options) {}
 
   llvm::Expected<Diff> run() {
     if (base_.image.format != patched_.image.format || base_.image.machine != patched_.image.machine)
@@ -120,6 +133,10 @@ public:
   }
 
 private:
+  Differ(std::pair<Program, Program> programs, const DiffOptions &options)
+      : base_(std::move(programs.first)), patched_(std::move(programs.second)), options_(options),
+        threads_(workerCount(options)) {}
+
   llvm::Error createDecoders() {
     for (unsigned i = 0; i < threads_; ++i) {
       llvm::Expected<std::unique_ptr<InstructionDecoder>> d = createInstructionDecoder(base_.image.machine);
@@ -130,78 +147,30 @@ private:
   }
 
   // Decodes every function. A patched function with the name and size of a base function is
-  // usually the same code moved: when its bytes equal the base's everywhere but in the address
-  // fields of the base's references, its references are read from those fields instead of
-  // decoding it again (ADRP pairs need their neighbours and are always decoded).
+  // usually the same code moved: Program::decode tries to read its references from its fields.
   void decodeAll() {
     std::unordered_map<std::string_view, std::pair<size_t, size_t>> baseNames;  // name -> (count, index)
-    for (size_t i = 0; i < base_.decoded.size(); ++i)
+    for (size_t i = 0; i < base_.image.functions.size(); ++i)
       if (base_.diffable[i] && !base_.nameKeys[i].empty()) {
         auto &slot = baseNames[base_.nameKeys[i]];
         ++slot.first;
         slot.second = i;
       }
-    std::vector<std::optional<size_t>> candidate(patched_.decoded.size());
-    for (size_t i = 0; i < patched_.decoded.size(); ++i) {
+    std::vector<std::optional<size_t>> movedFrom(patched_.image.functions.size());
+    for (size_t i = 0; i < movedFrom.size(); ++i) {
       if (!patched_.diffable[i] || patched_.nameKeys[i].empty()) continue;
       auto it = baseNames.find(patched_.nameKeys[i]);
       if (it != baseNames.end() && it->second.first == 1 &&
           base_.image.functions[it->second.second].range.size == patched_.image.functions[i].range.size)
-        candidate[i] = it->second.second;
+        movedFrom[i] = it->second.second;
     }
-    auto decode = [&](unsigned worker, Program &program, size_t i) {
-      const Function &f = program.image.functions[i];
-      program.decoded[i] =
-          decoders_[worker]->decode(program.image.bytesAt(f.range.rva, f.range.size), f.range.rva, program.relocations);
-    };
-    std::vector<std::pair<Program *, size_t>> jobs;
-    for (size_t i = 0; i < base_.decoded.size(); ++i)
-      if (base_.diffable[i]) jobs.push_back({&base_, i});
-    for (size_t i = 0; i < patched_.decoded.size(); ++i)
-      if (patched_.diffable[i] && !candidate[i]) jobs.push_back({&patched_, i});
-    parallelFor(jobs.size(), threads_, [&](unsigned worker, size_t job) { decode(worker, *jobs[job].first, jobs[job].second); });
-    parallelFor(candidate.size(), threads_, [&](unsigned worker, size_t i) {
-      if (candidate[i] && !deriveFromBase(i, *candidate[i])) decode(worker, patched_, i);
-    });
-    for (Program *p : {&base_, &patched_}) {
-      for (const DecodedFunction &d : p->decoded)
-        for (const CodeReference &r : d.references) p->referenced.push_back(r.target);
-      p->findSplitParts();
-      std::sort(p->referenced.begin(), p->referenced.end());
-      p->referenced.erase(std::unique(p->referenced.begin(), p->referenced.end()), p->referenced.end());
-    }
-  }
-
-  bool deriveFromBase(size_t p, size_t b) {
-    const DecodedFunction &from = base_.decoded[b];
-    const Function &fb = base_.image.functions[b], &fp = patched_.image.functions[p];
-    llvm::ArrayRef<uint8_t> baseBytes = base_.image.bytesAt(fb.range.rva, fb.range.size);
-    llvm::ArrayRef<uint8_t> patchedBytes = patched_.image.bytesAt(fp.range.rva, fp.range.size);
-    if (baseBytes.size() != patchedBytes.size() || baseBytes.empty() || !from.complete) return false;
-    uint32_t compared = 0;
-    for (const CodeReference &r : from.references) {
-      std::optional<FieldSpan> span = fieldSpan(r);
-      if (!span || span->begin < compared || span->end > baseBytes.size()) return false;
-      if (!std::equal(baseBytes.begin() + compared, baseBytes.begin() + span->begin, patchedBytes.begin() + compared))
-        return false;
-      if (span->mask) {
-        uint32_t wb = llvm::support::endian::read32le(&baseBytes[span->begin]);
-        uint32_t wp = llvm::support::endian::read32le(&patchedBytes[span->begin]);
-        if ((wb & ~span->mask) != (wp & ~span->mask)) return false;
-      }
-      compared = span->end;
-    }
-    if (!std::equal(baseBytes.begin() + compared, baseBytes.end(), patchedBytes.begin() + compared)) return false;
-    DecodedFunction derived = from;
-    for (CodeReference &r : derived.references)
-      r.target = retarget(r, patchedBytes, fp.range.rva, patched_.relocations.imageBase);
-    patched_.decoded[p] = std::move(derived);
-    return true;
+    base_.decode(decoders_);
+    patched_.decode(decoders_, &base_, movedFrom);
   }
 
   // Named objects pair by their normalised name when it is unique on both sides.
   void matchData() {
-    std::map<std::string, std::pair<size_t, size_t>> baseNames, patchedNames;
+    std::map<std::string_view, std::pair<size_t, size_t>> baseNames, patchedNames;
     for (size_t i = 0; i < base_.dataKeys.size(); ++i) {
       auto &slot = baseNames[base_.dataKeys[i]];
       ++slot.first;
@@ -271,17 +240,18 @@ private:
   // matched, identically shaped pairs agree on.
   void voteAnonymousData() {
     std::map<uint64_t, std::map<uint64_t, size_t>> votes;
-    for (size_t b = 0; b < base_.decoded.size(); ++b) {
+    for (size_t b = 0; b < base_.code.size(); ++b) {
       if (!matching_.baseToPatched[b]) continue;
-      const DecodedFunction &db = base_.decoded[b], &dp = patched_.decoded[*matching_.baseToPatched[b]];
-      if (db.shape != dp.shape || db.references.size() != dp.references.size()) continue;
-      for (size_t i = 0; i < db.references.size(); ++i) {
-        if (db.references[i].kind != ReferenceKind::Memory) continue;  // calls and branches land in code
+      size_t p = *matching_.baseToPatched[b];
+      llvm::ArrayRef<CodeReference> rb = base_.references(b), rp = patched_.references(p);
+      if (base_.code[b].shape != patched_.code[p].shape || rb.size() != rp.size()) continue;
+      for (size_t i = 0; i < rb.size(); ++i) {
+        if (rb[i].kind != ReferenceKind::Memory) continue;  // calls and branches land in code
         const Function *f = nullptr;
         const DataObject *o = nullptr;
-        if (base_.classify(db.references[i].target, &f, &o) != TargetClass::Writable) continue;
-        if (patched_.classify(dp.references[i].target, &f, &o) != TargetClass::Writable) continue;
-        ++votes[db.references[i].target][dp.references[i].target];
+        if (base_.classify(rb[i].target, &f, &o) != TargetClass::Writable) continue;
+        if (patched_.classify(rp[i].target, &f, &o) != TargetClass::Writable) continue;
+        ++votes[rb[i].target][rp[i].target];
       }
     }
     std::map<uint64_t, size_t> strength;
@@ -307,10 +277,8 @@ private:
       uint64_t offset = target - f->range.rva;
       if (index == function) {
         // By instruction index: alignment NOPs inside a function change with its placement.
-        const auto &offsets = p.decoded[index].instructionOffsets;
-        auto at = std::lower_bound(offsets.begin(), offsets.end(), uint32_t(offset));
-        bool boundary = at != offsets.end() && *at == offset;
-        return {SymbolKey::Intra, boundary ? uint64_t(at - offsets.begin()) : kUnmatched + offset, 0, 0};
+        std::optional<uint32_t> instruction = p.instructionAt(index, offset);
+        return {SymbolKey::Intra, instruction ? uint64_t(*instruction) : kUnmatched + offset, 0, 0};
       }
       return {SymbolKey::Function, functionClass(patchedSide, index), offset, 0};
     }
@@ -395,12 +363,12 @@ private:
 
   // Compares one pair; on a difference, returns the index of the first differing instruction.
   std::optional<uint32_t> firstDifference(size_t b, size_t p, InstructionDecoder &decoder) {
-    const DecodedFunction &db = base_.decoded[b], &dp = patched_.decoded[p];
-    bool sameShape = db.shape == dp.shape && db.references.size() == dp.references.size();
+    llvm::ArrayRef<CodeReference> referencesB = base_.references(b), referencesP = patched_.references(p);
+    bool sameShape = base_.code[b].shape == patched_.code[p].shape && referencesB.size() == referencesP.size();
     if (sameShape) {
       bool same = true;
-      for (size_t i = 0; i < db.references.size() && same; ++i) {
-        const CodeReference &rb = db.references[i], &rp = dp.references[i];
+      for (size_t i = 0; i < referencesB.size() && same; ++i) {
+        const CodeReference &rb = referencesB[i], &rp = referencesP[i];
         same = rb.instruction == rp.instruction && rb.kind == rp.kind &&
                resolve(false, b, rb.target, decoder) == resolve(true, p, rp.target, decoder);
       }
@@ -431,27 +399,25 @@ private:
   }
 
   void compareFunctions(Diff &diff) {
-    for (size_t b = 0; b < base_.decoded.size(); ++b)
+    for (size_t b = 0; b < base_.code.size(); ++b)
       if (matching_.baseToPatched[b]) diff.pairs.push_back({b, *matching_.baseToPatched[b], matching_.info[b], false});
     std::vector<std::optional<uint32_t>> differences(diff.pairs.size());
     parallelFor(diff.pairs.size(), threads_, [&](unsigned worker, size_t i) {
       differences[i] = firstDifference(diff.pairs[i].base, diff.pairs[i].patched, *decoders_[worker]);
     });
-    // A function and its split-off parts (.cold) change together.
-    auto family = [&](size_t b) {
-      if (base_.partOf[b]) b = *base_.partOf[b];
-      return base_.nameKeys[b].empty() ? "#" + std::to_string(b) : base_.nameKeys[b];
-    };
-    std::map<std::string, std::vector<size_t>> families;
+    // A function and its split-off parts (.cold) change together. A family is named by its
+    // normalised name, or, when unnamed, is the function the parts were split from; it is
+    // represented by its first base function.
+    llvm::DenseMap<llvm::StringRef, size_t> firstOfName;
+    std::vector<size_t> familyOf(diff.pairs.size());
+    std::vector<bool> familyChanged(base_.code.size(), false);
     for (size_t i = 0; i < diff.pairs.size(); ++i) {
-      diff.pairs[i].changed = differences[i].has_value();
-      families[family(diff.pairs[i].base)].push_back(i);
+      size_t head = base_.partOf[diff.pairs[i].base].value_or(diff.pairs[i].base);
+      std::string_view name = base_.nameKeys[head];
+      familyOf[i] = name.empty() ? head : firstOfName.try_emplace(name, head).first->second;
+      if (differences[i]) familyChanged[familyOf[i]] = true;
     }
-    for (auto &[key, members] : families) {
-      if (members.size() < 2) continue;
-      bool any = std::any_of(members.begin(), members.end(), [&](size_t i) { return diff.pairs[i].changed; });
-      for (size_t i : members) diff.pairs[i].changed |= any;
-    }
+    for (size_t i = 0; i < diff.pairs.size(); ++i) diff.pairs[i].changed = familyChanged[familyOf[i]];
     for (size_t i = 0; i < diff.pairs.size(); ++i) {
       if (!diff.pairs[i].changed) continue;
       const FunctionPair &pair = diff.pairs[i];
@@ -469,14 +435,14 @@ private:
       diff.changes.push_back(std::move(c));
       noteChangedConstants(pair.base, pair.patched, diff);
     }
-    for (size_t p = 0; p < patched_.decoded.size(); ++p)
+    for (size_t p = 0; p < patched_.code.size(); ++p)
       if (patched_.diffable[p] && !matching_.patchedToBase[p]) {
         diff.addedFunctions.push_back(p);
         Change c = functionChange(ChangeKind::Added, nullptr, &p);
         c.reason = fmt::format("new function {}: it goes into the patch", displayName(c.name));
         diff.changes.push_back(std::move(c));
       }
-    for (size_t b = 0; b < base_.decoded.size(); ++b)
+    for (size_t b = 0; b < base_.code.size(); ++b)
       if (base_.diffable[b] && !matching_.baseToPatched[b]) {
         diff.removedFunctions.push_back(b);
         Change c = functionChange(ChangeKind::Removed, &b, nullptr);
@@ -520,13 +486,13 @@ private:
   // Constants without a name that a changed function reads and that changed too (a string
   // literal, a table): they travel with the function.
   void noteChangedConstants(size_t b, size_t p, Diff &diff) {
-    const DecodedFunction &db = base_.decoded[b], &dp = patched_.decoded[p];
-    if (db.references.size() != dp.references.size()) return;
+    llvm::ArrayRef<CodeReference> referencesB = base_.references(b), referencesP = patched_.references(p);
+    if (referencesB.size() != referencesP.size()) return;
     InstructionDecoder &decoder = *decoders_[0];
-    for (size_t i = 0; i < db.references.size(); ++i) {
+    for (size_t i = 0; i < referencesB.size(); ++i) {
       const Function *f = nullptr;
       const DataObject *o = nullptr;
-      uint64_t tb = db.references[i].target, tp = dp.references[i].target;
+      uint64_t tb = referencesB[i].target, tp = referencesP[i].target;
       if (base_.classify(tb, &f, &o) != TargetClass::ReadOnly || patched_.classify(tp, &f, &o) != TargetClass::ReadOnly)
         continue;
       if (resolve(false, b, tb, decoder) == resolve(true, p, tp, decoder) || !reportedConstants_.insert(tp).second)
@@ -615,13 +581,13 @@ private:
                              preview(patched_.image, to, size));
       diff.changes.push_back(std::move(c));
     }
-    std::vector<bool> newCode(patched_.decoded.size(), false);
+    std::vector<bool> newCode(patched_.code.size(), false);
     for (size_t p : diff.addedFunctions) newCode[p] = true;
     for (const FunctionPair &pair : diff.pairs) newCode[pair.patched] = pair.changed;
     std::set<uint64_t> added;
-    for (size_t p = 0; p < patched_.decoded.size(); ++p) {
+    for (size_t p = 0; p < patched_.code.size(); ++p) {
       if (!newCode[p]) continue;
-      for (const CodeReference &r : patched_.decoded[p].references) {
+      for (const CodeReference &r : patched_.references(p)) {
         const Function *f = nullptr;
         const DataObject *o = nullptr;
         if (patched_.classify(r.target, &f, &o) != TargetClass::Writable || anonymousToBase_.count(r.target) ||
@@ -640,7 +606,7 @@ private:
   }
 
   void collectThreadLocals(Diff &diff) {
-    std::map<std::string, const DataObject *> baseTls, patchedTls;
+    std::map<std::string_view, const DataObject *> baseTls, patchedTls;
     for (const DataObject &d : base_.image.dataObjects)
       if (d.threadLocal) baseTls[normalizeDataName(d.name)] = &d;
     for (const DataObject &d : patched_.image.dataObjects)
@@ -667,7 +633,7 @@ private:
 
   // Where every reference of the code the patch carries must point once loaded.
   void bindPatchCode(Diff &diff) {
-    carried_.assign(patched_.decoded.size(), false);
+    carried_.assign(patched_.code.size(), false);
     for (size_t p : diff.addedFunctions) carried_[p] = true;
     for (const FunctionPair &pair : diff.pairs) carried_[pair.patched] = pair.changed;
     indexBaseSlots();
@@ -678,13 +644,13 @@ private:
     std::sort(diff.dataPairs.begin(), diff.dataPairs.end(),
               [](const Diff::DataPair &a, const Diff::DataPair &b) { return a.patched.rva < b.patched.rva; });
     InstructionDecoder &decoder = *decoders_[0];
-    for (size_t p = 0; p < patched_.decoded.size(); ++p) {
+    for (size_t p = 0; p < patched_.code.size(); ++p) {
       if (!carried_[p]) continue;
       FunctionBindings fb;
       fb.patched = p;
       fb.base = matching_.patchedToBase[p];
       fb.splitPart = patched_.coldPart[p] || patched_.partOf[p].has_value();
-      for (const CodeReference &r : patched_.decoded[p].references) {
+      for (const CodeReference &r : patched_.references(p)) {
         Binding b = bind(p, r, decoder);
         if (b.kind == Binding::Kind::Unbound) {
           Change c = functionChange(fb.base ? ChangeKind::Changed : ChangeKind::Added, fb.base ? &*fb.base : nullptr, &p);

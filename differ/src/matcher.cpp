@@ -2,11 +2,7 @@
 
 #include <fmt/core.h>
 
-#include <llvm/Support/xxhash.h>
-
-#include <map>
-#include <unordered_map>
-#include <tuple>
+#include <algorithm>
 
 namespace hotforge::differ {
 
@@ -19,7 +15,7 @@ void Matching::pair(size_t base, size_t patched, MatchInfo how) {
 
 std::optional<size_t> callTarget(const Program &program, const CodeReference &reference) {
   if (reference.kind != ReferenceKind::Call && reference.kind != ReferenceKind::Branch) return std::nullopt;
-  const Function *f = program.image.functionAt(reference.target);
+  const Function *f = program.functionAt(reference.target);
   if (!f || f->range.rva != reference.target) return std::nullopt;
   size_t index = program.functionIndex(f);
   return program.diffable[index] ? std::optional<size_t>(index) : std::nullopt;
@@ -35,31 +31,38 @@ bool nameFromDebugInfo(const Function &f) {
 // Pairs the unmatched functions whose key is unique on both sides. With `inOrder`, a key held by
 // the same number of functions on both sides pairs them in address order too (static functions
 // of one name in several units, identical copies): a rebuild keeps their order. Keys are 64-bit
-// digests; base functions are visited in address order, so the result is deterministic.
+// digests; sorted (key, function) lists put each key's functions side by side in address order.
 template <typename KeyOf>
 size_t matchKeys(const Program &base, const Program &patched, Matching &m, KeyOf keyOf, MatchInfo unique,
                  std::optional<MatchInfo> inOrder = std::nullopt) {
-  std::unordered_map<uint64_t, std::vector<size_t>> baseKeys, patchedKeys;
-  auto collect = [](const Program &p, const std::vector<std::optional<size_t>> &matched, auto &keys, auto keyOf) {
-    keys.reserve(p.decoded.size());
-    for (size_t i = 0; i < p.decoded.size(); ++i) {
-      if (!p.diffable[i] || matched[i]) continue;
-      if (std::optional<uint64_t> key = keyOf(p, i)) keys[*key].push_back(i);
-    }
+  auto collect = [&](const Program &p, const std::vector<std::optional<size_t>> &matched) {
+    std::vector<std::pair<uint64_t, size_t>> keys;
+    for (size_t i = 0; i < p.code.size(); ++i)
+      if (p.diffable[i] && !matched[i])
+        if (std::optional<uint64_t> key = keyOf(p, i)) keys.push_back({*key, i});
+    std::sort(keys.begin(), keys.end());
+    return keys;
   };
-  collect(base, m.baseToPatched, baseKeys, keyOf);
-  collect(patched, m.patchedToBase, patchedKeys, keyOf);
+  std::vector<std::pair<uint64_t, size_t>> baseKeys = collect(base, m.baseToPatched);
+  std::vector<std::pair<uint64_t, size_t>> patchedKeys = collect(patched, m.patchedToBase);
+  auto groupEnd = [](const std::vector<std::pair<uint64_t, size_t>> &keys, size_t begin, uint64_t key) {
+    while (begin < keys.size() && keys[begin].first == key) ++begin;
+    return begin;
+  };
   size_t found = 0;
-  for (size_t i = 0; i < base.decoded.size(); ++i) {
-    if (!base.diffable[i] || m.baseToPatched[i]) continue;
-    std::optional<uint64_t> key = keyOf(base, i);
-    if (!key) continue;
-    const std::vector<size_t> &b = baseKeys[*key];
-    auto p = patchedKeys.find(*key);
-    if (b.front() != i || p == patchedKeys.end() || p->second.size() != b.size() || (b.size() > 1 && !inOrder))
-      continue;
-    for (size_t k = 0; k < b.size(); ++k) m.pair(b[k], p->second[k], b.size() == 1 ? unique : *inOrder);
-    found += b.size();
+  for (size_t b = 0, p = 0; b < baseKeys.size();) {
+    uint64_t key = baseKeys[b].first;
+    size_t bEnd = groupEnd(baseKeys, b, key);
+    while (p < patchedKeys.size() && patchedKeys[p].first < key) ++p;
+    size_t pEnd = groupEnd(patchedKeys, p, key);
+    size_t count = bEnd - b;
+    if (count == pEnd - p && (count == 1 || inOrder)) {
+      for (size_t k = 0; k < count; ++k)
+        m.pair(baseKeys[b + k].second, patchedKeys[p + k].second, count == 1 ? unique : *inOrder);
+      found += count;
+    }
+    b = bEnd;
+    p = pEnd;
   }
   return found;
 }
@@ -69,13 +72,13 @@ size_t matchKeys(const Program &base, const Program &patched, Matching &m, KeyOf
 size_t matchLayoutGaps(const Program &base, const Program &patched, Matching &m) {
   size_t found = 0;
   std::optional<size_t> previousBase;
-  for (size_t b = 0; b <= base.decoded.size(); ++b) {
-    bool boundary = b == base.decoded.size() || (base.diffable[b] && m.baseToPatched[b]);
+  for (size_t b = 0; b <= base.code.size(); ++b) {
+    bool boundary = b == base.code.size() || (base.diffable[b] && m.baseToPatched[b]);
     if (!boundary) continue;
     size_t patchedBegin = previousBase ? *m.baseToPatched[*previousBase] + 1 : 0;
-    size_t patchedEnd = b == base.decoded.size() ? patched.decoded.size() : *m.baseToPatched[b];
+    size_t patchedEnd = b == base.code.size() ? patched.code.size() : *m.baseToPatched[b];
     size_t baseBegin = previousBase ? *previousBase + 1 : 0;
-    previousBase = b == base.decoded.size() ? previousBase : std::optional<size_t>(b);
+    previousBase = b == base.code.size() ? previousBase : std::optional<size_t>(b);
     if (patchedEnd < patchedBegin) continue;  // the neighbours swapped order
     std::vector<size_t> baseGap, patchedGap;
     for (size_t i = baseBegin; i < b; ++i)
@@ -84,7 +87,7 @@ size_t matchLayoutGaps(const Program &base, const Program &patched, Matching &m)
       if (patched.diffable[i] && !m.patchedToBase[i]) patchedGap.push_back(i);
     if (baseGap.size() != 1 || patchedGap.size() != 1) continue;
     // Names, when both have one, must agree: a renamed function is a removal and an addition.
-    const std::string &bn = base.nameKeys[baseGap[0]], &pn = patched.nameKeys[patchedGap[0]];
+    std::string_view bn = base.nameKeys[baseGap[0]], pn = patched.nameKeys[patchedGap[0]];
     if (!bn.empty() && !pn.empty() && bn != pn) continue;
     m.pair(baseGap[0], patchedGap[0], {MatchStage::Structure, 0.6});
     ++found;
@@ -95,13 +98,15 @@ size_t matchLayoutGaps(const Program &base, const Program &patched, Matching &m)
 // The n-th call of a matched pair lands in an unmatched function on both sides: those match.
 size_t propagateThroughCalls(const Program &base, const Program &patched, Matching &m) {
   size_t total = 0;
+  std::vector<std::optional<size_t>> bt, pt;  // call targets of one pair
   for (int round = 0; round < 16; ++round) {
     size_t found = 0;
-    for (size_t b = 0; b < base.decoded.size(); ++b) {
+    for (size_t b = 0; b < base.code.size(); ++b) {
       if (!m.baseToPatched[b]) continue;
       size_t p = *m.baseToPatched[b];
-      const auto &br = base.decoded[b].references, &pr = patched.decoded[p].references;
-      std::vector<std::optional<size_t>> bt, pt;
+      llvm::ArrayRef<CodeReference> br = base.references(b), pr = patched.references(p);
+      bt.clear();
+      pt.clear();
       for (const CodeReference &r : br)
         if (r.kind == ReferenceKind::Call) bt.push_back(callTarget(base, r));
       for (const CodeReference &r : pr)
@@ -109,7 +114,7 @@ size_t propagateThroughCalls(const Program &base, const Program &patched, Matchi
       if (bt.size() != pt.size()) continue;
       for (size_t i = 0; i < bt.size(); ++i) {
         if (!bt[i] || !pt[i] || m.baseToPatched[*bt[i]] || m.patchedToBase[*pt[i]]) continue;
-        const std::string &bn = base.nameKeys[*bt[i]], &pn = patched.nameKeys[*pt[i]];
+        std::string_view bn = base.nameKeys[*bt[i]], pn = patched.nameKeys[*pt[i]];
         if (!bn.empty() && !pn.empty() && bn != pn) continue;
         m.pair(*bt[i], *pt[i], {MatchStage::CallGraph, 0.8});
         ++found;
@@ -125,30 +130,27 @@ size_t propagateThroughCalls(const Program &base, const Program &patched, Matchi
 
 Matching matchFunctions(const Program &base, const Program &patched) {
   Matching m;
-  m.baseToPatched.resize(base.decoded.size());
-  m.patchedToBase.resize(patched.decoded.size());
-  m.info.resize(base.decoded.size());
+  m.baseToPatched.resize(base.code.size());
+  m.patchedToBase.resize(patched.code.size());
+  m.info.resize(base.code.size());
 
-  auto nameDigest = [](const Program &p, size_t i) {
-    return mixHash(llvm::xxh3_64bits(p.nameKeys[i]), p.coldPart[i]);
-  };
   auto nameKey = [&](bool debug) {
-    return [debug, nameDigest](const Program &p, size_t i) -> std::optional<uint64_t> {
+    return [debug](const Program &p, size_t i) -> std::optional<uint64_t> {
       if (p.nameKeys[i].empty() || nameFromDebugInfo(p.image.functions[i]) != debug) return std::nullopt;
-      return nameDigest(p, i);
+      return p.nameDigests[i];
     };
   };
   size_t byName = matchKeys(base, patched, m, nameKey(false), {MatchStage::Name, 1.0}, MatchInfo{MatchStage::Name, 0.9});
   // Debug-info names may pair with a symbol name on the other side (one build stripped).
   auto anyName = [&](const Program &p, size_t i) -> std::optional<uint64_t> {
     if (p.nameKeys[i].empty()) return std::nullopt;
-    return nameDigest(p, i);
+    return p.nameDigests[i];
   };
   size_t byDebug = matchKeys(base, patched, m, anyName, {MatchStage::DebugIdentity, 1.0},
                              MatchInfo{MatchStage::DebugIdentity, 0.9});
   // Later stages pair what names left over; with nothing left on one side they have nothing to do.
   auto leftOver = [&](const Program &p, const std::vector<std::optional<size_t>> &matched) {
-    for (size_t i = 0; i < p.decoded.size(); ++i)
+    for (size_t i = 0; i < p.code.size(); ++i)
       if (p.diffable[i] && !matched[i]) return true;
     return false;
   };
@@ -158,14 +160,14 @@ Matching matchFunctions(const Program &base, const Program &patched) {
     return m;
   }
   auto shapeKey = [](const Program &p, size_t i) -> std::optional<uint64_t> {
-    return p.decoded[i].instructions ? std::optional<uint64_t>(p.decoded[i].shape) : std::nullopt;
+    return p.code[i].instructions ? std::optional<uint64_t>(p.code[i].shape) : std::nullopt;
   };
   size_t byHash = matchKeys(base, patched, m, shapeKey, {MatchStage::Hash, 0.95});
   size_t byCalls = propagateThroughCalls(base, patched, m);
   auto signature = [](const Program &p, size_t i) -> std::optional<uint64_t> {
-    const DecodedFunction &d = p.decoded[i];
+    const FunctionCode &d = p.code[i];
     if (d.instructions < 4) return std::nullopt;  // too little to tell functions apart
-    return mixHash(mixHash(mixHash(d.instructions, d.calls), d.branches), d.references.size());
+    return mixHash(mixHash(mixHash(d.instructions, d.calls), d.branches), d.referenceCount);
   };
   size_t byStructure = matchKeys(base, patched, m, signature, {MatchStage::Structure, 0.7});
   // Identical bodies left over (copies of one helper): in address order.

@@ -14,11 +14,6 @@ namespace hotforge::differ {
 
 using namespace llvm;
 
-bool RelocationIndex::covers(uint64_t begin, uint64_t end) const {
-  auto it = std::lower_bound(rvas.begin(), rvas.end(), begin);
-  return it != rvas.end() && *it < end;
-}
-
 Expected<McToolkit> McToolkit::create(const std::string &tripleName, const std::string &features) {
   static std::once_flag initialized;
   std::call_once(initialized, [] {
@@ -73,9 +68,29 @@ void McDecoder::mixOperands(const MCInst &inst, DecodeState &state, int maskedA,
 }
 
 DecodedFunction McDecoder::decode(ArrayRef<uint8_t> code, uint64_t rva, const RelocationIndex &relocations,
-                                  bool perInstructionShapes) {
+                                  bool perInstruction) {
   DecodedFunction out;
-  DecodeState state{out, 0x484f54464f524745ull, relocations};
+  Outputs outputs{out.references, {}};
+  if (perInstruction) {
+    outputs.instructionOffsets = &out.instructionOffsets;
+    outputs.instructionShapes = &out.instructionShapes;
+  }
+  static_cast<CodeSummary &>(out) = decodeLoop(code, rva, relocations, outputs);
+  return out;
+}
+
+CodeSummary McDecoder::decodeInto(ArrayRef<uint8_t> code, uint64_t rva, const RelocationIndex &relocations,
+                                  std::vector<CodeReference> &references, MutableArrayRef<uint64_t> instructionStarts) {
+  return decodeLoop(code, rva, relocations, {references, instructionStarts});
+}
+
+CodeSummary McDecoder::decodeLoop(ArrayRef<uint8_t> code, uint64_t rva, const RelocationIndex &relocations,
+                                  const Outputs &outputs) {
+  CodeSummary out;
+  size_t firstReference = outputs.references.size();
+  const std::vector<uint64_t> &relocated = relocations.rvas;
+  DecodeState state{outputs.references, 0x484f54464f524745ull, relocations,
+                    relocated.data() + (std::lower_bound(relocated.begin(), relocated.end(), rva) - relocated.begin())};
   beginFunction(code, rva);
   uint64_t offset = 0;
   MCInst inst;
@@ -94,7 +109,8 @@ DecodedFunction McDecoder::decode(ArrayRef<uint8_t> code, uint64_t rva, const Re
     }
     if (!isLayoutNoise(inst)) {
       uint32_t index = out.instructions++;
-      out.instructionOffsets.push_back(uint32_t(offset));
+      if (!outputs.instructionStarts.empty()) outputs.instructionStarts[offset / 64] |= 1ull << (offset % 64);
+      if (outputs.instructionOffsets) outputs.instructionOffsets->push_back(uint32_t(offset));
       const MCInstrDesc &desc = mc_.instructions->get(inst.getOpcode());
       out.calls += desc.isCall();
       out.branches += desc.isBranch();
@@ -105,13 +121,13 @@ DecodedFunction McDecoder::decode(ArrayRef<uint8_t> code, uint64_t rva, const Re
       state.size = uint8_t(size);
       state.bytes = code.data() + offset;
       analyze(inst, rva + offset, size, index, state);
-      if (perInstructionShapes) out.instructionShapes.push_back(state.hash);
+      if (outputs.instructionShapes) outputs.instructionShapes->push_back(state.hash);
       state.hash = mixHash(chain, state.hash);
     }
     offset += size;
   }
   endFunction(state);
-  std::stable_sort(out.references.begin(), out.references.end(),
+  std::stable_sort(outputs.references.begin() + firstReference, outputs.references.end(),
                    [](const CodeReference &a, const CodeReference &b) { return a.instruction < b.instruction; });
   out.shape = mixHash(state.hash, out.instructions);
   return out;

@@ -36,9 +36,10 @@ struct McToolkit {
 
 // What an architecture hook sees and fills while one function is decoded.
 struct DecodeState {
-  DecodedFunction &out;
+  std::vector<CodeReference> &references;  // appended to
   uint64_t hash = 0;
   const RelocationIndex &relocations;
+  const uint64_t *nextRelocation = nullptr;  // first relocation not before the instruction analysed
   uint32_t offset = 0;       // of the instruction being analysed, within the function
   uint8_t size = 0;
   const uint8_t *bytes = nullptr;  // its encoding
@@ -46,8 +47,15 @@ struct DecodeState {
   // A reference of the instruction being analysed.
   void add(uint32_t index, ReferenceKind kind, uint64_t target, FieldEncoding encoding, uint8_t fieldOffset = 0,
            uint8_t scale = 0) {
-    out.references.push_back({.instruction = index, .kind = kind, .size = size, .fieldOffset = fieldOffset,
-                              .scale = scale, .target = target, .offset = offset, .encoding = encoding});
+    references.push_back({.instruction = index, .kind = kind, .size = size, .fieldOffset = fieldOffset,
+                          .scale = scale, .target = target, .offset = offset, .encoding = encoding});
+  }
+  // Whether a relocation starts in [begin, end). Instructions are analysed in address order, so
+  // one cursor walks the sorted relocations instead of a search per instruction.
+  bool relocated(uint64_t begin, uint64_t end) {
+    const uint64_t *last = relocations.rvas.data() + relocations.rvas.size();
+    while (nextRelocation != last && *nextRelocation < begin) ++nextRelocation;
+    return nextRelocation != last && *nextRelocation < end;
   }
 };
 
@@ -56,7 +64,9 @@ public:
   explicit McDecoder(McToolkit toolkit) : mc_(std::move(toolkit)) {}
 
   DecodedFunction decode(llvm::ArrayRef<uint8_t> code, uint64_t rva, const RelocationIndex &relocations,
-                         bool perInstructionShapes) final;
+                         bool perInstruction) final;
+  CodeSummary decodeInto(llvm::ArrayRef<uint8_t> code, uint64_t rva, const RelocationIndex &relocations,
+                         std::vector<CodeReference> &references, llvm::MutableArrayRef<uint64_t> instructionStarts) final;
   std::vector<InstructionText> disassemble(llvm::ArrayRef<uint8_t> code, uint64_t rva) final;
 
 protected:
@@ -73,6 +83,17 @@ protected:
   void mixOperands(const llvm::MCInst &inst, DecodeState &state, int maskedA = -1, int maskedB = -1) const;
 
   McToolkit mc_;
+
+private:
+  // Where the decode loop puts what it finds besides the summary; null members are not wanted.
+  struct Outputs {
+    std::vector<CodeReference> &references;
+    llvm::MutableArrayRef<uint64_t> instructionStarts;
+    std::vector<uint32_t> *instructionOffsets = nullptr;
+    std::vector<uint64_t> *instructionShapes = nullptr;
+  };
+  CodeSummary decodeLoop(llvm::ArrayRef<uint8_t> code, uint64_t rva, const RelocationIndex &relocations,
+                         const Outputs &outputs);
 };
 
 }  // namespace hotforge::differ

@@ -1,12 +1,13 @@
 #include "program.h"
 
+#include <llvm/ADT/bit.h>
 #include <llvm/Support/Endian.h>
 #include <llvm/Support/xxhash.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <cctype>
-#include <set>
 #include <thread>
 
 namespace hotforge::differ {
@@ -26,51 +27,88 @@ constexpr uint64_t kConstantExtentLimit = 64;
 
 }  // namespace
 
-std::string normalizeFunctionName(std::string_view name, bool &coldPart) {
+std::string_view normalizeFunctionName(std::string_view name, bool &coldPart) {
   static constexpr std::string_view kNumberedSuffixes[] = {"isra", "constprop", "part", "lto_priv", "llvm", "cold"};
-  std::string s(name);
+  std::string_view s = name;
   coldPart = false;
   while (true) {
     size_t dot = s.rfind('.');
     if (dot == std::string::npos || dot == 0) break;
-    std::string_view last = std::string_view(s).substr(dot + 1);
+    std::string_view last = s.substr(dot + 1);
     if (last == "cold") {
       coldPart = true;
-      s.resize(dot);
+      s = s.substr(0, dot);
       continue;
     }
     if (!allDigits(last)) break;
     size_t previous = s.rfind('.', dot - 1);
     if (previous == std::string::npos) break;
-    std::string_view word = std::string_view(s).substr(previous + 1, dot - previous - 1);
+    std::string_view word = s.substr(previous + 1, dot - previous - 1);
     if (std::find(std::begin(kNumberedSuffixes), std::end(kNumberedSuffixes), word) == std::end(kNumberedSuffixes))
       break;
     coldPart |= word == "cold";
-    s.resize(previous);
+    s = s.substr(0, previous);
   }
   return s;
 }
 
-std::string normalizeDataName(std::string_view name) {
+std::string_view normalizeDataName(std::string_view name) {
   bool cold = false;
-  std::string s = normalizeFunctionName(name, cold);
+  std::string_view s = normalizeFunctionName(name, cold);
   size_t dot = s.rfind('.');
-  if (dot != std::string::npos && dot > 0 && allDigits(std::string_view(s).substr(dot + 1))) s.resize(dot);
+  if (dot != std::string::npos && dot > 0 && allDigits(s.substr(dot + 1))) s = s.substr(0, dot);
   return s;
 }
 
-void parallelFor(size_t count, unsigned threads, const std::function<void(unsigned, size_t)> &fn) {
-  if (threads <= 1 || count < 64) {
+StartIndex::StartIndex(std::vector<uint64_t> sortedStarts) : starts_(std::move(sortedStarts)) {
+  if (starts_.empty()) return;
+  first_ = starts_.front();
+  // About one start per bucket.
+  while (((starts_.back() - first_) >> shift_) >= starts_.size()) ++shift_;
+  size_t buckets = size_t((starts_.back() - first_) >> shift_) + 1;
+  bucketBegin_.resize(buckets + 1);
+  size_t position = 0;
+  for (size_t bucket = 0; bucket <= buckets; ++bucket) {
+    while (position < starts_.size() && ((starts_[position] - first_) >> shift_) < bucket) ++position;
+    bucketBegin_[bucket] = uint32_t(position);
+  }
+}
+
+size_t StartIndex::countAtOrBefore(uint64_t rva) const {
+  if (starts_.empty() || rva < first_) return 0;
+  uint64_t bucket = (rva - first_) >> shift_;
+  if (bucket + 1 >= bucketBegin_.size()) return starts_.size();
+  return size_t(std::upper_bound(starts_.begin() + bucketBegin_[bucket], starts_.begin() + bucketBegin_[bucket + 1], rva) -
+                starts_.begin());
+}
+
+void sortUnique(std::vector<uint64_t> &values) {
+  uint64_t anyBits = 0, allBits = ~0ull;
+  for (uint64_t v : values) anyBits |= v, allBits &= v;
+  std::vector<uint64_t> sorted(values.size());
+  for (unsigned shift = 0; shift < 64; shift += 8) {
+    if (!(((anyBits ^ allBits) >> shift) & 0xff)) continue;  // every value has this byte
+    std::array<size_t, 257> position{};
+    for (uint64_t v : values) ++position[((v >> shift) & 0xff) + 1];
+    for (size_t digit = 1; digit < position.size(); ++digit) position[digit] += position[digit - 1];
+    for (uint64_t v : values) sorted[position[(v >> shift) & 0xff]++] = v;
+    values.swap(sorted);
+  }
+  values.erase(std::unique(values.begin(), values.end()), values.end());
+  values.shrink_to_fit();
+}
+
+void parallelFor(size_t count, unsigned threads, const std::function<void(unsigned, size_t)> &fn, size_t grain) {
+  if (threads <= 1 || count < 2 * grain) {
     for (size_t i = 0; i < count; ++i) fn(0, i);
     return;
   }
   std::atomic<size_t> next{0};
-  constexpr size_t kChunk = 32;
   std::vector<std::thread> workers;
   for (unsigned worker = 0; worker < threads; ++worker)
     workers.emplace_back([&, worker] {
-      for (size_t begin; (begin = next.fetch_add(kChunk)) < count;)
-        for (size_t i = begin; i < std::min(count, begin + kChunk); ++i) fn(worker, i);
+      for (size_t begin; (begin = next.fetch_add(grain)) < count;)
+        for (size_t i = begin; i < std::min(count, begin + grain); ++i) fn(worker, i);
     });
   for (std::thread &t : workers) t.join();
 }
@@ -81,19 +119,23 @@ Program::Program(const Image &img) : image(img) {
 
   size_t n = image.functions.size();
   diffable.assign(n, false);
-  decoded.resize(n);
   nameKeys.resize(n);
   coldPart.assign(n, false);
+  nameDigests.assign(n, 0);
+  std::vector<uint64_t> functionStarts(n);
   for (size_t i = 0; i < n; ++i) {
     const Function &f = image.functions[i];
+    functionStarts[i] = f.range.rva;
     const Section *section = image.sectionAt(f.range.rva);
     diffable[i] = f.range.size && section && section->permissions.execute && !isStubSection(section->name);
     if (f.name) {
       bool cold = false;
       nameKeys[i] = normalizeFunctionName(*f.name, cold);
       coldPart[i] = cold;
+      nameDigests[i] = mixHash(llvm::xxh3_64bits(nameKeys[i]), cold);
     }
   }
+  functionStarts_ = StartIndex(std::move(functionStarts));
 
   for (const Segment &s : image.segments)
     if (s.type == "GNU_RELRO") relro_.push_back({s.rva, s.memorySize});
@@ -113,30 +155,148 @@ Program::Program(const Image &img) : image(img) {
   std::sort(relocations.rvas.begin(), relocations.rvas.end());
   for (const Import &i : image.imports) importSlots[i.slotRva] = &i;
   dataSlots_.assign(image.dataObjects.size(), 0);
+  std::vector<uint64_t> dataStarts;
   for (const DataObject &d : image.dataObjects)
     if (!d.threadLocal) {
       dataSlots_[size_t(&d - image.dataObjects.data())] = data.size();
       data.push_back(&d);
+      dataStarts.push_back(d.range.rva);
       dataKeys.push_back(normalizeDataName(d.name));
     }
+  dataStarts_ = StartIndex(std::move(dataStarts));
 }
 
+void Program::decode(std::vector<std::unique_ptr<InstructionDecoder>> &decoders, const Program *other,
+                     const std::vector<std::optional<size_t>> &movedFrom) {
+  size_t n = image.functions.size();
+  code.assign(n, {});
+  chunks_.assign((n + kFunctionsPerChunk - 1) / kFunctionsPerChunk, {});
+  auto words = [&](size_t i) { return (image.functions[i].range.size + 63) / 64; };
+  parallelFor(chunks_.size(), unsigned(decoders.size()), [&](unsigned worker, size_t c) {
+    CodeChunk &chunk = chunks_[c];
+    size_t begin = c * kFunctionsPerChunk, end = std::min(n, begin + kFunctionsPerChunk);
+    size_t totalWords = 0;
+    for (size_t i = begin; i < end; ++i) totalWords += diffable[i] ? words(i) : 0;
+    chunk.starts.reserve(totalWords);
+    chunk.startsBefore.reserve(totalWords);
+    for (size_t i = begin; i < end; ++i) {
+      if (!diffable[i]) continue;
+      FunctionCode &f = code[i];
+      f.firstReference = uint32_t(chunk.references.size());
+      f.firstStartWord = uint32_t(chunk.starts.size());
+      if (!other || !movedFrom[i] || !copyMovedCode(i, *other, *movedFrom[i], chunk)) {
+        const Function &function = image.functions[i];
+        chunk.starts.resize(chunk.starts.size() + words(i));
+        static_cast<CodeSummary &>(f) = decoders[worker]->decodeInto(
+            image.bytesAt(function.range.rva, function.range.size), function.range.rva, relocations, chunk.references,
+            llvm::MutableArrayRef<uint64_t>(chunk.starts).drop_front(f.firstStartWord));
+        uint32_t before = 0;
+        for (size_t w = f.firstStartWord; w < chunk.starts.size(); ++w) {
+          chunk.startsBefore.push_back(before);
+          before += uint32_t(llvm::popcount(chunk.starts[w]));
+        }
+      }
+      f.referenceCount = uint32_t(chunk.references.size() - f.firstReference);
+    }
+    chunk.references.shrink_to_fit();
+  }, 1);
+  // naturalExtent looks for targets within a section only: the rest need not be sorted.
+  uint64_t sectionsEnd = 0;
+  for (const Section &s : image.sections)
+    if (s.loaded) sectionsEnd = std::max(sectionsEnd, s.rva + s.size);
+  size_t total = 0;
+  for (const CodeChunk &chunk : chunks_) total += chunk.references.size();
+  referenced.reserve(total);
+  for (const CodeChunk &chunk : chunks_)
+    for (const CodeReference &r : chunk.references)
+      if (r.target < sectionsEnd) referenced.push_back(r.target);
+  sortUnique(referenced);
+  findSplitParts();
+}
+
+bool Program::copyMovedCode(size_t p, const Program &other, size_t b, CodeChunk &chunk) {
+  const FunctionCode &from = other.code[b];
+  const Function &fb = other.image.functions[b], &fp = image.functions[p];
+  llvm::ArrayRef<uint8_t> baseBytes = other.image.bytesAt(fb.range.rva, fb.range.size);
+  llvm::ArrayRef<uint8_t> patchedBytes = image.bytesAt(fp.range.rva, fp.range.size);
+  if (baseBytes.size() != patchedBytes.size() || baseBytes.empty() || !from.complete) return false;
+  llvm::ArrayRef<CodeReference> fromReferences = other.references(b);
+  uint32_t compared = 0;
+  for (const CodeReference &r : fromReferences) {
+    std::optional<FieldSpan> span = fieldSpan(r);
+    if (!span || span->begin < compared || span->end > baseBytes.size()) return false;
+    if (!std::equal(baseBytes.begin() + compared, baseBytes.begin() + span->begin, patchedBytes.begin() + compared))
+      return false;
+    if (span->mask) {
+      uint32_t wb = llvm::support::endian::read32le(&baseBytes[span->begin]);
+      uint32_t wp = llvm::support::endian::read32le(&patchedBytes[span->begin]);
+      if ((wb & ~span->mask) != (wp & ~span->mask)) return false;
+    }
+    compared = span->end;
+  }
+  if (!std::equal(baseBytes.begin() + compared, baseBytes.end(), patchedBytes.begin() + compared)) return false;
+  static_cast<CodeSummary &>(code[p]) = from;
+  for (const CodeReference &r : fromReferences) {
+    chunk.references.push_back(r);
+    chunk.references.back().target = retarget(r, patchedBytes, fp.range.rva, relocations.imageBase);
+  }
+  const CodeChunk &source = other.chunks_[b / kFunctionsPerChunk];
+  size_t words = (fb.range.size + 63) / 64;
+  chunk.starts.insert(chunk.starts.end(), source.starts.begin() + from.firstStartWord,
+                      source.starts.begin() + from.firstStartWord + words);
+  chunk.startsBefore.insert(chunk.startsBefore.end(), source.startsBefore.begin() + from.firstStartWord,
+                            source.startsBefore.begin() + from.firstStartWord + words);
+  return true;
+}
+
+llvm::ArrayRef<CodeReference> Program::references(size_t function) const {
+  const FunctionCode &f = code[function];
+  return llvm::ArrayRef(chunks_[function / kFunctionsPerChunk].references).slice(f.firstReference, f.referenceCount);
+}
+
+std::optional<uint32_t> Program::instructionAt(size_t function, uint64_t offset) const {
+  if (!diffable[function] || offset >= image.functions[function].range.size) return std::nullopt;
+  const CodeChunk &chunk = chunks_[function / kFunctionsPerChunk];
+  size_t word = code[function].firstStartWord + offset / 64;
+  uint64_t bit = 1ull << (offset % 64);
+  if (!(chunk.starts[word] & bit)) return std::nullopt;
+  return chunk.startsBefore[word] + uint32_t(llvm::popcount(chunk.starts[word] & (bit - 1)));
+}
+
+// An unnamed function that no code calls and that exactly one other function branches into.
 void Program::findSplitParts() {
-  std::vector<std::set<size_t>> enteredFrom(decoded.size());
-  std::vector<bool> called(decoded.size(), false);
-  for (size_t f = 0; f < decoded.size(); ++f) {
-    for (const CodeReference &r : decoded[f].references) {
-      const Function *target = image.functionAt(r.target);
-      if (!target || target->range.rva != r.target) continue;
-      size_t t = functionIndex(target);
+  partOf.assign(code.size(), std::nullopt);
+  // Only unnamed functions can be such parts: references elsewhere need no lookup.
+  std::unordered_map<uint64_t, size_t> unnamedStarts;
+  for (size_t t = 0; t < code.size(); ++t)
+    if (diffable[t] && nameKeys[t].empty()) unnamedStarts.emplace(image.functions[t].range.rva, t);
+  if (unnamedStarts.empty()) return;
+  constexpr uint32_t kNone = ~0u, kSeveral = ~0u - 1;
+  std::vector<uint32_t> enteredFrom(code.size(), kNone);
+  std::vector<bool> called(code.size(), false);
+  for (size_t f = 0; f < code.size(); ++f) {
+    for (const CodeReference &r : references(f)) {
+      auto target = unnamedStarts.find(r.target);
+      if (target == unnamedStarts.end()) continue;
+      size_t t = target->second;
       if (r.kind == ReferenceKind::Call) called[t] = true;
-      else if (r.kind == ReferenceKind::Branch && t != f) enteredFrom[t].insert(f);
+      else if (r.kind == ReferenceKind::Branch && t != f && enteredFrom[t] != uint32_t(f))
+        enteredFrom[t] = enteredFrom[t] == kNone ? uint32_t(f) : kSeveral;
     }
   }
-  partOf.assign(decoded.size(), std::nullopt);
-  for (size_t t = 0; t < decoded.size(); ++t)
-    if (diffable[t] && nameKeys[t].empty() && !called[t] && enteredFrom[t].size() == 1)
-      partOf[t] = *enteredFrom[t].begin();
+  for (auto [start, t] : unnamedStarts)
+    if (!called[t] && enteredFrom[t] != kNone && enteredFrom[t] != kSeveral) partOf[t] = enteredFrom[t];
+}
+
+const Function *Program::functionAt(uint64_t rva) const {
+  size_t count = functionStarts_.countAtOrBefore(rva);
+  if (count == 0) return nullptr;
+  const Function &f = image.functions[count - 1];
+  return f.range.contains(rva) ? &f : nullptr;
+}
+
+std::vector<const DataObject *>::const_iterator Program::dataAfter(uint64_t rva) const {
+  return data.begin() + ptrdiff_t(dataStarts_.countAtOrBefore(rva));
 }
 
 bool Program::isReadOnly(uint64_t rva) const {
@@ -147,8 +307,7 @@ bool Program::isReadOnly(uint64_t rva) const {
 }
 
 const DataObject *Program::containingObject(uint64_t rva) const {
-  auto it = std::upper_bound(data.begin(), data.end(), rva,
-                             [](uint64_t a, const DataObject *d) { return a < d->range.rva; });
+  auto it = dataAfter(rva);
   if (it == data.begin()) return nullptr;
   const DataObject *d = *std::prev(it);
   return d->range.contains(rva) || d->range.rva == rva ? d : nullptr;
@@ -157,10 +316,9 @@ const DataObject *Program::containingObject(uint64_t rva) const {
 TargetClass Program::classify(uint64_t rva, const Function **function, const DataObject **object) const {
   for (auto [begin, end] : stubRanges_)
     if (rva >= begin && rva < end) return TargetClass::Stub;
-  auto it = std::upper_bound(data.begin(), data.end(), rva,
-                             [](uint64_t a, const DataObject *d) { return a < d->range.rva; });
+  auto it = dataAfter(rva);
   const DataObject *containing = it != data.begin() ? *std::prev(it) : nullptr;
-  const Function *f = image.functionAt(rva);
+  const Function *f = functionAt(rva);
   if (f && diffable[functionIndex(f)] && (f->range.rva == rva || !containing || containing->range.rva != rva)) {
     *function = f;
     return TargetClass::Function;
@@ -208,8 +366,7 @@ uint64_t Program::naturalExtent(uint64_t rva) const {
   uint64_t end = std::min(sectionEnd, rva + kConstantExtentLimit);
   auto next = std::upper_bound(referenced.begin(), referenced.end(), rva);
   if (next != referenced.end() && *next < end) end = *next;
-  auto object = std::upper_bound(data.begin(), data.end(), rva,
-                                 [](uint64_t a, const DataObject *d) { return a < d->range.rva; });
+  auto object = dataAfter(rva);
   if (object != data.end() && (*object)->range.rva < end) end = (*object)->range.rva;
   // Zeros right before an aligned next item are alignment padding, which differs between builds
   // as the items around it move: leave them out (keeping at least one byte).
@@ -234,18 +391,15 @@ uint64_t Program::contentHash(uint64_t rva, uint64_t size, const Function *withi
   // A table of 32-bit offsets from its own start into the function that uses it (x64 switch
   // tables) moves with the function: compare the instruction each entry selects.
   if (within) {
-    const DecodedFunction &code = decoded[functionIndex(within)];
+    size_t function = functionIndex(within);
     uint64_t hash = 0x7ab1e5, entries = 0;
     for (uint64_t offset = 0;; offset += 4) {
       llvm::ArrayRef<uint8_t> word = image.bytesAt(rva + offset, 4);
       if (word.size() != 4) break;
       uint64_t target = rva + int64_t(int32_t(llvm::support::endian::read32le(word.data())));
       if (!within->range.contains(target)) break;
-      auto at = std::lower_bound(code.instructionOffsets.begin(), code.instructionOffsets.end(),
-                                 uint32_t(target - within->range.rva));
-      hash = mixHash(hash, at != code.instructionOffsets.end() && *at == target - within->range.rva
-                               ? uint64_t(at - code.instructionOffsets.begin())
-                               : (1ull << 40) + target - within->range.rva);
+      std::optional<uint32_t> instruction = instructionAt(function, target - within->range.rva);
+      hash = mixHash(hash, instruction ? uint64_t(*instruction) : (1ull << 40) + target - within->range.rva);
       ++entries;
     }
     if (entries >= 2) return hash;  // the table's extent is where its entries end, not `size`
@@ -253,8 +407,14 @@ uint64_t Program::contentHash(uint64_t rva, uint64_t size, const Function *withi
   uint64_t hash = mixHash(0xc0457a47, size);
   llvm::ArrayRef<uint8_t> bytes = image.bytesAt(rva, size);
   if (bytes.size() != size) return 0x2e80f111;  // zero-fill (.bss): sizes are compared on their own
+  // Pointer slots are relocated: walk the sorted relocations alongside rather than looking up
+  // every byte.
+  auto nextRelocation = std::lower_bound(relocations.rvas.begin(), relocations.rvas.end(), rva);
   for (uint64_t offset = 0; offset < size;) {
-    auto pointer = pointers.find(rva + offset);
+    while (nextRelocation != relocations.rvas.end() && *nextRelocation < rva + offset) ++nextRelocation;
+    auto pointer = nextRelocation != relocations.rvas.end() && *nextRelocation == rva + offset
+                       ? pointers.find(rva + offset)
+                       : pointers.end();
     if (pointer != pointers.end() && offset + 8 <= size) {
       const PointerTarget &p = pointer->second;
       hash = mixHash(hash, p.symbol ? llvm::xxh3_64bits(*p.symbol) : pointerClass(p.rva));

@@ -32,13 +32,38 @@ struct PointerTarget {
 
 enum class TargetClass : uint8_t { Stub, Function, ImportSlot, DataObject, PointerSlot, ReadOnly, Writable, Unknown };
 
+// Sorted start addresses with a coarse table over them: finding the last start at or before an
+// address then touches a few cache lines instead of a whole binary search (lookups of call and
+// data targets are a large share of a diff).
+class StartIndex {
+public:
+  StartIndex() = default;
+  explicit StartIndex(std::vector<uint64_t> sortedStarts);
+  // How many starts are at or before rva (the position std::upper_bound gives).
+  size_t countAtOrBefore(uint64_t rva) const;
+
+private:
+  std::vector<uint64_t> starts_;
+  std::vector<uint32_t> bucketBegin_;  // per bucket of 2^shift_ bytes from first_: starts before it
+  uint64_t first_ = 0;
+  unsigned shift_ = 0;
+};
+
+// What the differ keeps of one decoded function. Its references and instruction starts live in
+// the Program's chunk of consecutive functions, not in allocations of their own.
+struct FunctionCode : CodeSummary {
+  uint32_t firstReference = 0, referenceCount = 0;  // in the chunk's references
+  uint32_t firstStartWord = 0;                      // in the chunk's instruction-start words
+};
+
 struct Program {
   explicit Program(const Image &image);
 
   const Image &image;
   std::vector<bool> diffable;             // per function: code Hotforge compares (not PLT stubs)
-  std::vector<DecodedFunction> decoded;   // per function
-  std::vector<std::string> nameKeys;      // per function: normalised name, empty when unnamed
+  std::vector<FunctionCode> code;         // per function, filled by decode()
+  std::vector<std::string_view> nameKeys; // per function: normalised name, empty when unnamed
+  std::vector<uint64_t> nameDigests;      // per function: digest of its name key and coldPart
   std::vector<bool> coldPart;             // per function: a split-off part (.cold)
   // Per function: the function it was split off from, for unnamed parts that only that function
   // branches into (stripped .cold parts). Named parts are told by their names.
@@ -47,10 +72,23 @@ struct Program {
   std::unordered_map<uint64_t, PointerTarget> pointers;
   std::unordered_map<uint64_t, const Import *> importSlots;
   std::vector<const DataObject *> data;   // non-TLS objects by rva
-  std::vector<std::string> dataKeys;      // parallel to data: normalised name
-  std::vector<uint64_t> referenced;       // sorted unique targets of every reference (extents of constants)
+  std::vector<std::string_view> dataKeys; // parallel to data: normalised name
+  std::vector<uint64_t> referenced;       // sorted unique targets in the sections (extents of constants)
+
+  // Decodes every diffable function on one decoder per worker. A function whose `movedFrom` entry
+  // names a function of `other` is first tried as that function's code moved: when its bytes equal
+  // the other's everywhere but in the address fields of the other's references, the references
+  // are read from its own fields instead of decoding it (ADRP pairs need their neighbours and are
+  // always decoded). Then finds the split parts and the referenced addresses.
+  void decode(std::vector<std::unique_ptr<InstructionDecoder>> &decoders, const Program *other = nullptr,
+              const std::vector<std::optional<size_t>> &movedFrom = {});
+  llvm::ArrayRef<CodeReference> references(size_t function) const;
+  // The index of the counted instruction that starts `offset` bytes into the function, if one does.
+  std::optional<uint32_t> instructionAt(size_t function, uint64_t offset) const;
 
   TargetClass classify(uint64_t rva, const Function **function, const DataObject **object) const;
+  // The function whose range holds rva (as Image::functionAt, over a compact index).
+  const Function *functionAt(uint64_t rva) const;
   // The named object whose range holds rva, whether or not its size was given.
   const DataObject *containingObject(uint64_t rva) const;
   bool isReadOnly(uint64_t rva) const;
@@ -66,21 +104,42 @@ struct Program {
   // How many 32-bit entries from `rva` on, read as offsets from `rva`, land inside `within` (an
   // x64 switch table): 0 or 1 means it is no such table.
   uint64_t relativeTableEntries(uint64_t rva, const Function &within) const;
-  void findSplitParts();  // after decoding
   const std::vector<std::pair<uint64_t, uint64_t>> &stubRanges() const { return stubRanges_; }
 
 private:
-  std::vector<std::pair<uint64_t, uint64_t>> stubRanges_;
+  // The decoded code of consecutive functions, decoded by one worker.
+  struct CodeChunk {
+    std::vector<CodeReference> references;
+    std::vector<uint64_t> starts;        // one bit per code byte: a counted instruction starts there
+    std::vector<uint32_t> startsBefore;  // per word of `starts`: instructions in the function's earlier words
+  };
+  static constexpr size_t kFunctionsPerChunk = 256;
+
+  bool copyMovedCode(size_t function, const Program &other, size_t from, CodeChunk &chunk);
+  void findSplitParts();
+  // Iterator over `data` of the first object that starts after rva.
+  std::vector<const DataObject *>::const_iterator dataAfter(uint64_t rva) const;
+
+  std::vector<CodeChunk> chunks_;
+  StartIndex functionStarts_;  // of image.functions
+  StartIndex dataStarts_;      // of data
+  std::vector<std::pair<uint64_t, uint64_t>> stubRanges_;  // .plt-like sections
   std::vector<size_t> dataSlots_;  // per image data object: its index in `data`
-  std::vector<AddressRange> relro_;  // read-only after relocation (ELF PT_GNU_RELRO)  // .plt-like sections
+  std::vector<AddressRange> relro_;  // read-only after relocation (ELF PT_GNU_RELRO)
 };
 
 // Strips compiler suffixes (.isra.N, .constprop.N, .part.N, .lto_priv.N, .llvm.N, .cold[.N]).
-std::string normalizeFunctionName(std::string_view name, bool &coldPart);
+// Normalised names are prefixes of the name.
+std::string_view normalizeFunctionName(std::string_view name, bool &coldPart);
 // Static locals get numbered (counter.0, counter.3) by position: strip that number.
-std::string normalizeDataName(std::string_view name);
+std::string_view normalizeDataName(std::string_view name);
 
-// Runs fn(worker, index) for index in [0, count) on `threads` workers.
-void parallelFor(size_t count, unsigned threads, const std::function<void(unsigned, size_t)> &fn);
+// Sorts and deduplicates, in linear time (a radix sort): half a million reference targets are
+// sorted per build, on the one thread that merges the decoders' work.
+void sortUnique(std::vector<uint64_t> &values);
+
+// Runs fn(worker, index) for index in [0, count) on `threads` workers, which take `grain`
+// consecutive indexes at a time; fewer than two grains run on the calling thread.
+void parallelFor(size_t count, unsigned threads, const std::function<void(unsigned, size_t)> &fn, size_t grain = 32);
 
 }  // namespace hotforge::differ

@@ -56,17 +56,19 @@ struct CodeReference {
 // One function reduced to what "unchanged" means: the shape (opcodes and every operand that does
 // not depend on an address, in order) and the address-dependent targets, in order. Padding
 // (NOP/int3 fill) and landing pads (endbr64, BTI) are left out of both.
-struct DecodedFunction {
+struct CodeSummary {
   uint64_t shape = 0;
   uint32_t instructions = 0;  // counted without padding and landing pads
   uint32_t calls = 0;
   uint32_t branches = 0;
   bool complete = true;  // false when some bytes did not decode
+};
+
+struct DecodedFunction : CodeSummary {
   std::vector<CodeReference> references;
-  // Offset of every counted instruction, so that branch targets inside the function compare by
-  // instruction index: alignment NOPs inside a function change with where it is placed.
+  // Filled only when asked for (first differences, tests): the offset and the shape of each
+  // counted instruction on its own.
   std::vector<uint32_t> instructionOffsets;
-  // Shape of each counted instruction on its own; filled only when asked for (first differences).
   std::vector<uint64_t> instructionShapes;
 };
 
@@ -82,15 +84,20 @@ struct InstructionText {
 struct RelocationIndex {
   uint64_t imageBase = 0;  // pointer values are addresses: target RVA = value - imageBase
   std::vector<uint64_t> rvas;
-  bool covers(uint64_t begin, uint64_t end) const;  // any relocation starting in [begin, end)
 };
 
 class InstructionDecoder {
 public:
   virtual ~InstructionDecoder() = default;
-  // With `perInstructionShapes`, also fills instructionShapes (for showing first differences).
+  // With `perInstruction`, also fills instructionOffsets and instructionShapes.
   virtual DecodedFunction decode(llvm::ArrayRef<uint8_t> code, uint64_t rva, const RelocationIndex &relocations,
-                                 bool perInstructionShapes = false) = 0;
+                                 bool perInstruction = false) = 0;
+  // The compact form for whole programs: appends the references to `references` and sets, in
+  // `instructionStarts` (one bit per byte of `code`, zero on entry), the bit of the first byte of
+  // every counted instruction.
+  virtual CodeSummary decodeInto(llvm::ArrayRef<uint8_t> code, uint64_t rva, const RelocationIndex &relocations,
+                                 std::vector<CodeReference> &references,
+                                 llvm::MutableArrayRef<uint64_t> instructionStarts) = 0;
   // The counted instructions (same indexing as DecodedFunction) with their text.
   virtual std::vector<InstructionText> disassemble(llvm::ArrayRef<uint8_t> code, uint64_t rva) = 0;
 };
