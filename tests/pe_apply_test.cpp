@@ -2,8 +2,8 @@
 // and pe-a64, an image is built with the CLI and applied to the base DLL, natively under wine64
 // (hotforge-pe-apply.exe) or in Unicorn (hotforge-pe-emulate). The calls must return the base
 // DLL's own results before, exactly the patched DLL's own results while the patch is in place,
-// and the base's again after revert. The oracles are the DLLs themselves, run by the same tool
-// without an image; nothing is hard-coded but the calls.
+// and the base's again after revert; applied to another DLL, the image is refused. The oracles
+// are the DLLs themselves, run by the same tool without an image; only the calls are written here.
 #include "test_support.h"
 
 #include <gtest/gtest.h>
@@ -120,6 +120,11 @@ public:
       std::vector<std::string> expected =
           concat(concat(prefixed("before ", before), prefixed("patched ", whilePatched)), prefixed("reverted ", reverted));
       EXPECT_EQ(run(base, image, c.calls), expected);
+      // Any other DLL than the image's baseline is refused before anything is called or written.
+      CommandResult refused = test::run(concat(concat(command_, {patched, image}), c.calls));
+      EXPECT_EQ(refused.exitCode, 1);
+      EXPECT_NE(refused.err.find("is not the image's baseline"), std::string::npos) << refused.err;
+      EXPECT_EQ(refused.out, "");
       ++checked;
     }
     EXPECT_GE(checked, 12) << "fewer scenarios than samples/README.md lists for " << target;
