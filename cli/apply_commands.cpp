@@ -22,10 +22,10 @@ struct ApplyCommandOptions {
 int applyUnit(const ApplyCommandOptions &options) {
   llvm::ErrorOr<std::unique_ptr<llvm::MemoryBuffer>> file = llvm::MemoryBuffer::getFile(options.unit, false, false);
   if (!file) return reportError(options.unit + ": " + file.getError().message());
-  llvm::Expected<PublicKey> key = readPublicKeyFile(options.publicKey);
+  llvm::Expected<PublicKey> key = lift(readPublicKeyFile(options.publicKey));
   if (!key) return reportError(llvm::toString(key.takeError()));
   llvm::ArrayRef<uint8_t> bytes(reinterpret_cast<const uint8_t *>((*file)->getBufferStart()), (*file)->getBufferSize());
-  llvm::Expected<VerifiedUnit> unit = verifyUnit(bytes, *key);
+  llvm::Expected<VerifiedUnit> unit = lift(verifyUnit(bytes, *key));
   if (!unit) return reportError(options.unit + ": " + llvm::toString(unit.takeError()));
   llvm::Expected<nlohmann::json> state = readState(options.pid);
   if (!state) return reportError(llvm::toString(state.takeError()));

@@ -102,7 +102,7 @@ int runPack(const PackCommandOptions &options) {
   }
   std::vector<UnitEntry> entries;
   for (const std::string &path : options.images) {
-    llvm::Expected<std::vector<uint8_t>> bytes = readFileBytes(path);
+    llvm::Expected<std::vector<uint8_t>> bytes = lift(readFileBytes(path));
     if (!bytes) return reportError(llvm::toString(bytes.takeError()));
     UnitEntry entry;
     entry.name = llvm::sys::path::filename(path).str();
@@ -116,7 +116,7 @@ int runPack(const PackCommandOptions &options) {
     if (!s) return reportError(llvm::toString(s.takeError()));
     signer = std::move(*s);
   } else {
-    llvm::Expected<PublicKey> key = readPublicKeyFile(options.publicKey);
+    llvm::Expected<PublicKey> key = lift(readPublicKeyFile(options.publicKey));
     if (!key) return reportError(llvm::toString(key.takeError()));
     signer = makeCommandSigner(options.signCommand, *key);
   }
@@ -164,13 +164,13 @@ std::string baselineSha256(const nlohmann::json &info) {
 }
 
 int runVerify(const VerifyCommandOptions &options) {
-  llvm::Expected<PublicKey> key = readPublicKeyFile(options.publicKey);
+  llvm::Expected<PublicKey> key = lift(readPublicKeyFile(options.publicKey));
   if (!key) return reportError(llvm::toString(key.takeError()));
   llvm::ErrorOr<std::unique_ptr<llvm::MemoryBuffer>> file =
       llvm::MemoryBuffer::getFile(options.unit, /*IsText=*/false, /*RequiresNullTerminator=*/false);
   if (!file) return reportError(fmt::format("{}: cannot read: {}", options.unit, file.getError().message()));
   llvm::ArrayRef<uint8_t> bytes(reinterpret_cast<const uint8_t *>((*file)->getBufferStart()), (*file)->getBufferSize());
-  llvm::Expected<VerifiedUnit> unit = verifyUnit(bytes, *key);
+  llvm::Expected<VerifiedUnit> unit = lift(verifyUnit(bytes, *key));
   if (!unit) return reportError(fmt::format("{}: {}", options.unit, llvm::toString(unit.takeError())));
 
   // --base: every given binary must be the baseline of some entry (info.baseline.sha256).

@@ -1,6 +1,7 @@
 // hotforge release: a whole release in one command (docs/release.md).
 #include "commands.h"
 
+#include "hotforge/error.h"
 #include "hotforge/release.h"
 #include "hotforge/unit.h"
 
@@ -70,7 +71,7 @@ private:
 
 llvm::Expected<std::unique_ptr<Signer>> makeSigner(const ReleaseCommandOptions &o) {
   if (!o.key.empty()) return makeKeyFileSigner(o.key);
-  llvm::Expected<PublicKey> key = readPublicKeyFile(o.publicKey);
+  llvm::Expected<PublicKey> key = lift(readPublicKeyFile(o.publicKey));
   if (!key) return key.takeError();
   return makeCommandSigner(o.signCommand, *key);
 }

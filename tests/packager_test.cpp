@@ -1,6 +1,7 @@
 // Delivery units: round trips, determinism, and a reader that refuses every damaged, truncated,
 // forged or malicious unit with a clear message. Malicious units are built here by hand from
 // packager/FORMAT.md and signed with the test key, so verify's own checks are what refuses them.
+#include "hotforge/error.h"
 #include "hotforge/unit.h"
 #include "test_support.h"
 
@@ -65,7 +66,7 @@ Bytes pack(const std::vector<UnitEntry> &entries, PackOptions options = {}) {
 
 // The error verifyUnit reports, or "" when the unit verifies.
 std::string verifyError(const Bytes &unit, const PublicKey &key) {
-  llvm::Expected<VerifiedUnit> verified = verifyUnit(unit, key);
+  llvm::Expected<VerifiedUnit> verified = lift(verifyUnit(unit, key));
   if (verified) return "";
   return llvm::toString(verified.takeError());
 }
@@ -166,7 +167,7 @@ TEST(Unit, RoundTrip) {
   Bytes unit = pack(entries, options);
   ASSERT_FALSE(unit.empty());
   EXPECT_TRUE(looksLikeUnit(unit));
-  llvm::Expected<VerifiedUnit> verified = verifyUnit(unit, testSigner().publicKey());
+  llvm::Expected<VerifiedUnit> verified = lift(verifyUnit(unit, testSigner().publicKey()));
   ASSERT_TRUE(static_cast<bool>(verified)) << llvm::toString(verified.takeError());
   ASSERT_EQ(verified->entries.size(), 3u);
   // Stored sorted by name.
@@ -552,7 +553,7 @@ TEST(Keys, OpenSslKeysWorkEverywhere) {
   ASSERT_EQ(run({"openssl", "pkey", "-in", key, "-pubout", "-out", pub}).exitCode, 0);
   llvm::Expected<std::unique_ptr<Signer>> signer = makeKeyFileSigner(key);
   ASSERT_TRUE(static_cast<bool>(signer)) << llvm::toString(signer.takeError());
-  llvm::Expected<PublicKey> publicKey = readPublicKeyFile(pub);
+  llvm::Expected<PublicKey> publicKey = lift(readPublicKeyFile(pub));
   ASSERT_TRUE(static_cast<bool>(publicKey)) << llvm::toString(publicKey.takeError());
   EXPECT_EQ((*signer)->publicKey(), *publicKey);
 

@@ -1,4 +1,4 @@
-// Reading whole files, and writing files that appear whole or not at all.
+// Writing files that appear whole or not at all.
 #include "hotforge/error.h"
 #include "hotforge/unit.h"
 
@@ -13,38 +13,6 @@
 #include <unistd.h>
 
 namespace hotforge {
-
-llvm::Expected<std::vector<uint8_t>> readFileBytes(const std::string &path) {
-  // read(), not a mapping: the bytes are copied anyway, and a mapping would double the memory.
-  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return formatError("{}: cannot read: {}", path, std::strerror(errno));
-  struct stat st;
-  if (fstat(fd, &st) != 0) {
-    int error = errno;
-    close(fd);
-    return formatError("{}: cannot read: {}", path, std::strerror(error));
-  }
-  if (S_ISDIR(st.st_mode)) {
-    close(fd);
-    return formatError("{}: cannot read: it is a directory", path);
-  }
-  std::vector<uint8_t> bytes;
-  if (S_ISREG(st.st_mode)) bytes.reserve(static_cast<size_t>(st.st_size));  // pipes (e.g. <(...)) read to EOF
-  uint8_t buffer[1 << 16];
-  for (;;) {
-    ssize_t n = read(fd, buffer, sizeof(buffer));
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) {
-      int error = errno;
-      close(fd);
-      return formatError("{}: cannot read: {}", path, std::strerror(error));
-    }
-    if (n == 0) break;
-    bytes.insert(bytes.end(), buffer, buffer + n);
-  }
-  close(fd);
-  return bytes;
-}
 
 llvm::Error writeFileAtomically(const std::string &path, llvm::ArrayRef<uint8_t> bytes, unsigned mode, bool replace) {
   if (path.empty()) return makeError("no output path given");

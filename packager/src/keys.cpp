@@ -1,10 +1,9 @@
-// Ed25519 keys and signers (OpenSSL 3), and the SHA-256 and hex helpers the packager shares.
-#include "unit_internal.h"
-
+// Ed25519 private keys and signers (OpenSSL 3), and key generation. Public keys are read by the
+// runtime (hotforge/runtime/unit_reader.h).
 #include "hotforge/error.h"
+#include "hotforge/runtime/openssl_keys.h"
+#include "hotforge/unit.h"
 
-#include <llvm/Support/Path.h>
-#include <openssl/bio.h>
 #include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
@@ -22,68 +21,19 @@
 extern char **environ;
 
 namespace hotforge {
-namespace unit_detail {
-
-
-bool isLowerHex(const std::string &text, size_t length) {
-  if (text.size() != length) return false;
-  for (char c : text)
-    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return false;
-  return true;
-}
-
-}  // namespace unit_detail
-
 namespace {
 
-struct PkeyFree {
-  void operator()(EVP_PKEY *key) const { EVP_PKEY_free(key); }
-};
-using Pkey = std::unique_ptr<EVP_PKEY, PkeyFree>;
-struct BioFree {
-  void operator()(BIO *bio) const { BIO_free(bio); }
-};
-using Bio = std::unique_ptr<BIO, BioFree>;
-struct MdCtxFree {
-  void operator()(EVP_MD_CTX *ctx) const { EVP_MD_CTX_free(ctx); }
-};
-using MdCtx = std::unique_ptr<EVP_MD_CTX, MdCtxFree>;
-
-// The newest OpenSSL error, and an empty queue afterwards.
-std::string opensslError() {
-  unsigned long code = ERR_peek_last_error();
-  std::string text = "unknown OpenSSL error";
-  if (code != 0) {
-    char buffer[256];
-    ERR_error_string_n(code, buffer, sizeof(buffer));
-    text = buffer;
-  }
-  ERR_clear_error();
-  return text;
-}
-
-// Never prompt for a passphrase: an encrypted key fails to load instead.
-int noPassphrase(char *, int, int, void *) { return -1; }
-
-llvm::Expected<PublicKey> rawPublicKey(EVP_PKEY *key, const std::string &name) {
-  if (EVP_PKEY_get_id(key) != EVP_PKEY_ED25519)
-    return formatError("{}: the key is {}, not Ed25519 (make one with `hotforge keygen` or `openssl genpkey "
-                       "-algorithm ed25519`)",
-                       name, OBJ_nid2sn(EVP_PKEY_get_id(key)) ? OBJ_nid2sn(EVP_PKEY_get_id(key)) : "of an unknown type");
-  PublicKey out;
-  size_t length = out.raw.size();
-  if (EVP_PKEY_get_raw_public_key(key, out.raw.data(), &length) != 1 || length != out.raw.size())
-    return formatError("{}: cannot read the raw public key: {}", name, opensslError());
-  return out;
-}
+using openssl::Bio;
+using openssl::MdCtx;
+using openssl::Pkey;
 
 bool looksEncrypted(llvm::StringRef pem) { return pem.contains("ENCRYPTED"); }
 
 llvm::Expected<Pkey> parsePrivateKeyPem(llvm::StringRef pem, const std::string &name) {
-  if (pem.size() > (1u << 20)) return formatError("{}: too large for a PEM key file", name);
+  if (pem.size() > openssl::kMaxPemSize) return formatError("{}: too large for a PEM key file", name);
   Bio bio(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
-  if (!bio) return formatError("{}: {}", name, opensslError());
-  Pkey key(PEM_read_bio_PrivateKey(bio.get(), nullptr, noPassphrase, nullptr));
+  if (!bio) return formatError("{}: {}", name, openssl::lastError());
+  Pkey key(PEM_read_bio_PrivateKey(bio.get(), nullptr, openssl::noPassphrase, nullptr));
   if (!key) {
     ERR_clear_error();
     if (looksEncrypted(pem))
@@ -96,7 +46,7 @@ llvm::Expected<Pkey> parsePrivateKeyPem(llvm::StringRef pem, const std::string &
                        "ed25519` and `hotforge keygen` write)",
                        name);
   }
-  if (llvm::Expected<PublicKey> check = rawPublicKey(key.get(), name); !check) return check.takeError();
+  if (Outcome<PublicKey> check = openssl::rawPublicKey(key.get(), name); !check) return makeError(check.error());
   return key;
 }
 
@@ -107,7 +57,7 @@ llvm::Expected<std::array<uint8_t, 64>> signWith(EVP_PKEY *key, llvm::ArrayRef<u
   if (!ctx || EVP_DigestSignInit(ctx.get(), nullptr, nullptr, nullptr, key) != 1 ||
       EVP_DigestSign(ctx.get(), signature.data(), &length, message.data(), message.size()) != 1 ||
       length != signature.size())
-    return formatError("Ed25519 signing failed: {}", opensslError());
+    return formatError("Ed25519 signing failed: {}", openssl::lastError());
   return signature;
 }
 
@@ -125,7 +75,7 @@ private:
 };
 
 llvm::Expected<std::unique_ptr<Signer>> signerFromKey(Pkey key, const std::string &name) {
-  llvm::Expected<PublicKey> publicKey = rawPublicKey(key.get(), name);
+  llvm::Expected<PublicKey> publicKey = lift(openssl::rawPublicKey(key.get(), name));
   if (!publicKey) return publicKey.takeError();
   return std::make_unique<KeySigner>(std::move(key), *publicKey);
 }
@@ -225,44 +175,8 @@ private:
 
 }  // namespace
 
-std::string PublicKey::fingerprint() const { return hexEncode(sha256(raw)); }
-
-llvm::Expected<PublicKey> parsePublicKeyPem(llvm::StringRef pem, const std::string &name) {
-  if (pem.size() > (1u << 20)) return formatError("{}: too large for a PEM key file", name);
-  Bio bio(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
-  if (!bio) return formatError("{}: {}", name, opensslError());
-  Pkey key(PEM_read_bio_PUBKEY(bio.get(), nullptr, noPassphrase, nullptr));
-  if (!key) {
-    ERR_clear_error();
-    if (pem.contains("PRIVATE KEY"))
-      return formatError("{}: this is a private key; give the public key instead (NAME.pub.pem from `hotforge "
-                         "keygen`, or `openssl pkey -in KEY.pem -pubout`)",
-                         name);
-    return formatError("{}: not a PEM public key (expected \"BEGIN PUBLIC KEY\", as `openssl pkey -pubout` and "
-                       "`hotforge keygen` write)",
-                       name);
-  }
-  return rawPublicKey(key.get(), name);
-}
-
-llvm::Expected<PublicKey> readPublicKeyFile(const std::string &path) {
-  llvm::Expected<std::vector<uint8_t>> bytes = readFileBytes(path);
-  if (!bytes) return bytes.takeError();
-  return parsePublicKeyPem(llvm::StringRef(reinterpret_cast<const char *>(bytes->data()), bytes->size()), path);
-}
-
-bool verifySignature(const PublicKey &key, llvm::ArrayRef<uint8_t> message, llvm::ArrayRef<uint8_t> signature) {
-  if (signature.size() != 64) return false;
-  Pkey pkey(EVP_PKEY_new_raw_public_key(EVP_PKEY_ED25519, nullptr, key.raw.data(), key.raw.size()));
-  MdCtx ctx(EVP_MD_CTX_new());
-  bool ok = pkey && ctx && EVP_DigestVerifyInit(ctx.get(), nullptr, nullptr, nullptr, pkey.get()) == 1 &&
-            EVP_DigestVerify(ctx.get(), signature.data(), signature.size(), message.data(), message.size()) == 1;
-  ERR_clear_error();
-  return ok;
-}
-
 llvm::Expected<std::unique_ptr<Signer>> makeKeyFileSigner(const std::string &path) {
-  llvm::Expected<std::vector<uint8_t>> bytes = readFileBytes(path);
+  llvm::Expected<std::vector<uint8_t>> bytes = lift(readFileBytes(path));
   if (!bytes) return bytes.takeError();
   llvm::Expected<Pkey> key =
       parsePrivateKeyPem(llvm::StringRef(reinterpret_cast<const char *>(bytes->data()), bytes->size()), path);
@@ -273,7 +187,7 @@ llvm::Expected<std::unique_ptr<Signer>> makeKeyFileSigner(const std::string &pat
 
 llvm::Expected<std::unique_ptr<Signer>> makeSeedSigner(const std::array<uint8_t, 32> &seed) {
   Pkey key(EVP_PKEY_new_raw_private_key(EVP_PKEY_ED25519, nullptr, seed.data(), seed.size()));
-  if (!key) return formatError("Ed25519 key from seed: {}", opensslError());
+  if (!key) return formatError("Ed25519 key from seed: {}", openssl::lastError());
   return signerFromKey(std::move(key), "seed key");
 }
 
@@ -293,8 +207,8 @@ llvm::Expected<KeyFiles> generateKeyFiles(const std::string &name) {
                          path);
   }
   Pkey key(EVP_PKEY_Q_keygen(nullptr, nullptr, "ED25519"));
-  if (!key) return formatError("keygen: {}", opensslError());
-  llvm::Expected<PublicKey> publicKey = rawPublicKey(key.get(), "generated key");
+  if (!key) return formatError("keygen: {}", openssl::lastError());
+  llvm::Expected<PublicKey> publicKey = lift(openssl::rawPublicKey(key.get(), "generated key"));
   if (!publicKey) return publicKey.takeError();
   files.publicKey = *publicKey;
 
@@ -303,7 +217,7 @@ llvm::Expected<KeyFiles> generateKeyFiles(const std::string &name) {
     int ok = bio ? (isPrivate ? PEM_write_bio_PKCS8PrivateKey(bio.get(), k, nullptr, nullptr, 0, nullptr, nullptr)
                               : PEM_write_bio_PUBKEY(bio.get(), k))
                  : 0;
-    if (ok != 1) return formatError("keygen: cannot encode the key: {}", opensslError());
+    if (ok != 1) return formatError("keygen: cannot encode the key: {}", openssl::lastError());
     char *data = nullptr;
     long length = BIO_get_mem_data(bio.get(), &data);
     std::vector<uint8_t> out(data, data + length);

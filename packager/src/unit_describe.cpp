@@ -1,8 +1,8 @@
 // Showing a unit without a key: what `hotforge inspect UNIT` prints. The description comes from an
 // unverified manifest, so every field is read defensively and the output says it is unverified.
-#include "unit_internal.h"
-
 #include "hotforge/error.h"
+#include "hotforge/runtime/unit_checks.h"
+#include "hotforge/unit.h"
 
 #include <fmt/core.h>
 
@@ -40,6 +40,20 @@ const nlohmann::json &entriesOf(const nlohmann::json &manifest) {
 }
 
 }  // namespace
+
+llvm::Expected<UnitDescription> inspectUnit(llvm::ArrayRef<uint8_t> unit) {
+  llvm::Expected<UnitHeader> header = lift(unit_detail::parseHeader(unit));
+  if (!header) return header.takeError();
+  llvm::Expected<unit_detail::Manifest> manifest =
+      lift(unit_detail::parseManifest(unit_detail::manifestText(unit, *header), header->payloadSize));
+  if (!manifest) return manifest.takeError();
+  UnitDescription out;
+  out.header = *header;
+  out.manifest = std::move(manifest->json);
+  out.fileSize = unit.size();
+  out.verified = false;
+  return out;
+}
 
 std::string describeUnitText(const UnitDescription &unit, const std::string &path) {
   const nlohmann::json &m = unit.manifest;
@@ -105,11 +119,11 @@ bool fileLooksLikeUnit(const std::string &path) {
   uint8_t magic[sizeof(kUnitMagic)] = {};
   size_t got = std::fread(magic, 1, sizeof(magic), file);
   std::fclose(file);
-  return looksLikeUnit(llvm::ArrayRef<uint8_t>(magic, got));
+  return looksLikeUnit(std::span<const uint8_t>(magic, got));
 }
 
 llvm::Expected<std::string> describeUnitFile(const std::string &path, bool json) {
-  llvm::Expected<std::vector<uint8_t>> bytes = readFileBytes(path);
+  llvm::Expected<std::vector<uint8_t>> bytes = lift(readFileBytes(path));
   if (!bytes) return bytes.takeError();
   llvm::Expected<UnitDescription> unit = inspectUnit(*bytes);
   if (!unit) return formatError("{}: {}", path, errorText(unit.takeError()));

@@ -1,8 +1,9 @@
 // packUnit: compress each image (zstd, multi-threaded mode, whose output does not depend on the
 // number of workers), write the canonical manifest, sign header and manifest, assemble the file.
-#include "unit_internal.h"
-
 #include "hotforge/error.h"
+#include "hotforge/runtime/bytes.h"
+#include "hotforge/runtime/unit_checks.h"
+#include "hotforge/unit.h"
 
 #include <zstd.h>
 
@@ -89,7 +90,7 @@ llvm::Expected<std::vector<uint8_t>> packUnit(const std::vector<UnitEntry> &inpu
   std::vector<nlohmann::json> recorded(input.size());
   uint64_t total = 0;
   for (const UnitEntry &e : input) {
-    if (llvm::Error error = checkEntryName(e.name)) return error;
+    if (llvm::Error error = lift(checkEntryName(e.name))) return error;
     if (e.bytes.size() > kUnitMaxImageSize)
       return formatError("image {} has {} bytes, above the {} GiB limit of one image", jsonQuoted(e.name), e.bytes.size(),
                          kUnitMaxImageSize >> 30);
@@ -104,8 +105,8 @@ llvm::Expected<std::vector<uint8_t>> packUnit(const std::vector<UnitEntry> &inpu
     const UnitEntry &e = *entries[i];
     if (!folded.insert(foldCase(e.name)).second)
       return formatError("duplicate entry name {} (names must differ in more than letter case)", jsonQuoted(e.name));
-    llvm::Expected<nlohmann::json> r = recordedFromInfo(e.info);
-    if (!r) return formatError("image {}: {}", jsonQuoted(e.name), errorText(r.takeError()));
+    Outcome<nlohmann::json> r = recordedFromInfo(e.info);
+    if (!r) return formatError("image {}: {}", jsonQuoted(e.name), r.error());
     if (r->contains("baseline") &&
         !baselines.insert((*r)["baseline"].dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)).second)
       return formatError("image {}: another image in this unit patches the same baseline (patches are cumulative: "
@@ -152,8 +153,8 @@ llvm::Expected<std::vector<uint8_t>> packUnit(const std::vector<UnitEntry> &inpu
   }
   uint64_t payloadSize = offset;
   // Never write a unit that verify would refuse.
-  if (llvm::Expected<Manifest> check = parseManifest(text, payloadSize); !check)
-    return formatError("the manifest would not verify: {}", errorText(check.takeError()));
+  if (Outcome<Manifest> check = parseManifest(text, payloadSize); !check)
+    return formatError("the manifest would not verify: {}", check.error());
 
   std::vector<uint8_t> unit(kUnitHeaderSize);
   std::memcpy(unit.data(), kUnitMagic, sizeof(kUnitMagic));

@@ -46,7 +46,7 @@ std::string jsonText(const nlohmann::json &doc) {
 }
 
 llvm::Expected<nlohmann::json> readJsonFile(const std::string &path) {
-  llvm::Expected<std::vector<uint8_t>> bytes = readFileBytes(path);
+  llvm::Expected<std::vector<uint8_t>> bytes = lift(readFileBytes(path));
   if (!bytes) return bytes.takeError();
   nlohmann::json doc = nlohmann::json::parse(bytes->begin(), bytes->end(), nullptr, /*allow_exceptions=*/false);
   if (doc.is_discarded()) return formatError("{}: not valid JSON", path);

@@ -303,7 +303,7 @@ nlohmann::json planPairsJson(const ReleasePlan &plan) {
 using namespace release_detail;
 
 llvm::Expected<ReleasePlan> loadReleaseManifest(const std::string &path) {
-  llvm::Expected<std::vector<uint8_t>> bytes = readFileBytes(path);
+  llvm::Expected<std::vector<uint8_t>> bytes = lift(readFileBytes(path));
   if (!bytes) return bytes.takeError();
   llvm::StringRef text(reinterpret_cast<const char *>(bytes->data()), bytes->size());
   nlohmann::json doc;

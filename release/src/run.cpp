@@ -172,7 +172,7 @@ std::optional<PairOutcome> cacheLoad(const std::string &dir, const std::string &
     out.result = (*doc)["result"];
     if (!validResult(out.result) || out.result["status"] == "failed") return std::nullopt;
     if (out.result.value("status", "") == "hotpatched") {
-      llvm::Expected<std::vector<uint8_t>> image = readFileBytes(cachePath(dir, key, ".hfpatch"));
+      llvm::Expected<std::vector<uint8_t>> image = lift(readFileBytes(cachePath(dir, key, ".hfpatch")));
       if (!image) {
         llvm::consumeError(image.takeError());
         return std::nullopt;
@@ -544,7 +544,7 @@ llvm::Expected<std::vector<ReleaseShard>> readReleaseShards(const std::vector<st
           if (r.at("status").get<std::string>() != "hotpatched") continue;
           llvm::SmallString<256> path(dir);
           llvm::sys::path::append(path, "images", entry);
-          llvm::Expected<std::vector<uint8_t>> bytes = readFileBytes(std::string(path));
+          llvm::Expected<std::vector<uint8_t>> bytes = lift(readFileBytes(std::string(path)));
           if (!bytes) return bytes.takeError();
           if (hexEncode(sha256(*bytes)) != r.at("image").at("sha256").get<std::string>())
             return formatError("{}: SHA-256 differs from the one {} records for pair {}", std::string(path), file, name);

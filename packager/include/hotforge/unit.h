@@ -2,12 +2,14 @@
 // with Ed25519. The byte layout is in packager/FORMAT.md; how to use it is in packager/README.md.
 //
 // packUnit() is deterministic: the same entries, options and key give a byte-identical unit.
-// verifyUnit() trusts nothing before the signature checks out, and bounds every size it reads.
 // inspectUnit() shows a unit without a key and says that what it shows is unverified.
+// Reading and verifying (verifyUnit, public keys, readFileBytes) is the runtime's
+// (hotforge/runtime/unit_reader.h), shared with the agent; call it through lift().
 #pragma once
 
+#include "hotforge/runtime/unit_reader.h"
+
 #include <llvm/ADT/ArrayRef.h>
-#include <llvm/ADT/StringRef.h>
 #include <llvm/Support/Error.h>
 #include <nlohmann/json.hpp>
 
@@ -20,37 +22,12 @@
 
 namespace hotforge {
 
-// ---- format constants (FORMAT.md) ----
-inline constexpr char kUnitMagic[6] = {'H', 'F', 'U', 'N', 'I', 'T'};
-inline constexpr uint16_t kUnitFormatVersion = 1;
-inline constexpr uint64_t kUnitHeaderSize = 64;
-inline constexpr uint64_t kUnitSignatureSize = 64;
-inline constexpr const char *kUnitSchema = "hotforge.unit/1";
-// Limits a reader enforces before it allocates anything.
-inline constexpr uint64_t kUnitMaxImageSize = uint64_t(2) << 30;       // one uncompressed image: 2 GiB
-inline constexpr uint64_t kUnitMaxTotalImageSize = uint64_t(8) << 30;  // all images of one unit: 8 GiB
-inline constexpr uint64_t kUnitMaxManifestSize = uint64_t(64) << 20;   // 64 MiB
-inline constexpr size_t kUnitMaxEntries = 4096;
-inline constexpr size_t kUnitMaxJsonDepth = 64;
 // zstd level when none is given: a unit is packed once and fetched by many hosts, and zstd
 // decompresses about equally fast at every level, so the default buys size with pack time. 19 is
 // the highest level that needs no "ultra" window (levels 20..22 are accepted too).
 inline constexpr int kUnitDefaultLevel = 19;
 
-// ---- keys and signing ----
-struct PublicKey {
-  std::array<uint8_t, 32> raw{};            // the raw Ed25519 public key
-  std::string fingerprint() const;          // hex SHA-256 of `raw`
-  bool operator==(const PublicKey &) const = default;
-};
-
-// An Ed25519 public key from a PEM file or text: SubjectPublicKeyInfo ("BEGIN PUBLIC KEY", what
-// `openssl pkey -pubout` and `hotforge keygen` write).
-llvm::Expected<PublicKey> readPublicKeyFile(const std::string &path);
-llvm::Expected<PublicKey> parsePublicKeyPem(llvm::StringRef pem, const std::string &nameForMessages);
-
-bool verifySignature(const PublicKey &key, llvm::ArrayRef<uint8_t> message, llvm::ArrayRef<uint8_t> signature);
-
+// ---- signing ----
 class Signer {
 public:
   virtual ~Signer() = default;
@@ -77,12 +54,6 @@ struct KeyFiles {
 llvm::Expected<KeyFiles> generateKeyFiles(const std::string &name);
 
 // ---- packing ----
-struct UnitEntry {
-  std::string name;            // plain file name: no path, no "..", unique (ASCII case-insensitively)
-  std::vector<uint8_t> bytes;  // the image
-  nlohmann::json info = nlohmann::json::object();  // embedded verbatim in the manifest
-};
-
 struct PackOptions {
   std::string release;                 // release id, may be empty
   int level = kUnitDefaultLevel;       // zstd level, 1..22
@@ -97,28 +68,7 @@ llvm::Expected<std::optional<int64_t>> sourceDateEpoch();
 // Entries are stored sorted by name, so their order does not change the unit.
 llvm::Expected<std::vector<uint8_t>> packUnit(const std::vector<UnitEntry> &entries, const PackOptions &options);
 
-// ---- reading ----
-struct UnitHeader {
-  uint16_t version = 0;
-  uint16_t flags = 0;
-  uint64_t manifestOffset = 0, manifestSize = 0;
-  uint64_t payloadOffset = 0, payloadSize = 0;
-  uint64_t signatureOffset = 0, signatureSize = 0;
-};
-
-struct VerifiedUnit {
-  UnitHeader header;
-  nlohmann::json manifest;         // the signed manifest
-  std::vector<UnitEntry> entries;  // decompressed images, every hash checked; info as packed
-  std::string signerFingerprint;
-};
-
-// Checks, in this order: magic, version, flags and every offset and size against the file size;
-// the signature over header and manifest; the manifest (schema, names, limits, layout of the
-// payloads); each compressed payload's SHA-256; decompression bounded by the declared size; each
-// image's SHA-256.
-llvm::Expected<VerifiedUnit> verifyUnit(llvm::ArrayRef<uint8_t> unit, const PublicKey &key);
-
+// ---- inspecting ----
 struct UnitDescription {
   UnitHeader header;
   nlohmann::json manifest;
@@ -126,7 +76,6 @@ struct UnitDescription {
   bool verified = false;  // inspectUnit never checks the signature
 };
 
-bool looksLikeUnit(llvm::ArrayRef<uint8_t> bytes);  // starts with the magic
 llvm::Expected<UnitDescription> inspectUnit(llvm::ArrayRef<uint8_t> unit);
 std::string describeUnitText(const UnitDescription &unit, const std::string &path);
 nlohmann::json describeUnitJson(const UnitDescription &unit, const std::string &path);
@@ -136,7 +85,6 @@ bool fileLooksLikeUnit(const std::string &path);
 llvm::Expected<std::string> describeUnitFile(const std::string &path, bool json);
 
 // ---- files ----
-llvm::Expected<std::vector<uint8_t>> readFileBytes(const std::string &path);
 // Writes through a temporary file in the same directory and a rename. With `replace` false an
 // existing file is never replaced (the final step is an atomic no-clobber link).
 llvm::Error writeFileAtomically(const std::string &path, llvm::ArrayRef<uint8_t> bytes, unsigned mode,

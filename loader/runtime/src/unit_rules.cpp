@@ -1,12 +1,15 @@
 // Rules that packing and verifying share: entry names, what the manifest records from an entry's
-// info, JSON nesting, and little-endian fields.
-#include "unit_internal.h"
-
-#include "hotforge/error.h"
-
-#include <cstdlib>
+// info, hex fields and JSON nesting.
+#include "hotforge/runtime/unit_checks.h"
 
 namespace hotforge::unit_detail {
+
+bool isLowerHex(const std::string &text, size_t length) {
+  if (text.size() != length) return false;
+  for (char c : text)
+    if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'))) return false;
+  return true;
+}
 
 std::string jsonQuoted(const std::string &text) {
   return nlohmann::json(text).dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
@@ -47,29 +50,28 @@ bool isUtf8(const std::string &text) {
 
 }  // namespace
 
-llvm::Error checkEntryName(const std::string &name) {
-  if (name.empty()) return makeError("an entry name is empty");
-  std::string q = jsonQuoted(name);
-  if (name.size() > 255) return formatError("entry name {} is longer than 255 bytes", q);
-  if (!isUtf8(name)) return formatError("entry name {} is not valid UTF-8", q);
-  if (name == "." || name == "..") return formatError("entry name {} is a path component, not a file name", q);
-  if (name[0] == '/' || name[0] == '\\') return formatError("entry name {} is an absolute path", q);
+Status checkEntryName(const std::string &name) {
+  if (name.empty()) return fail("an entry name is empty");
+  std::string q = "entry name " + jsonQuoted(name);
+  if (name.size() > 255) return fail(q, " is longer than 255 bytes");
+  if (!isUtf8(name)) return fail(q, " is not valid UTF-8");
+  if (name == "." || name == "..") return fail(q, " is a path component, not a file name");
+  if (name[0] == '/' || name[0] == '\\') return fail(q, " is an absolute path");
   for (size_t start = 0; start <= name.size();) {
     size_t end = name.find_first_of("/\\", start);
     if (end == std::string::npos) end = name.size();
     if (name.compare(start, end - start, "..") == 0)
-      return formatError("entry name {} has a \"..\" component that climbs out of the target directory", q);
+      return fail(q, " has a \"..\" component that climbs out of the target directory");
     start = end + 1;
   }
   if (name.find_first_of("/\\") != std::string::npos)
-    return formatError("entry name {} contains a path separator; entry names are plain file names", q);
-  if (name.find(':') != std::string::npos)
-    return formatError("entry name {} contains ':' (a Windows drive or stream name)", q);
+    return fail(q, " contains a path separator; entry names are plain file names");
+  if (name.find(':') != std::string::npos) return fail(q, " contains ':' (a Windows drive or stream name)");
   for (unsigned char c : name)
-    if (c < 0x20 || c == 0x7f) return formatError("entry name {} contains a control character", q);
+    if (c < 0x20 || c == 0x7f) return fail(q, " contains a control character");
   if (name.back() == '.' || name.back() == ' ')
-    return formatError("entry name {} ends with '.' or ' ', which Windows drops from file names", q);
-  return llvm::Error::success();
+    return fail(q, " ends with '.' or ' ', which Windows drops from file names");
+  return success();
 }
 
 std::string foldCase(const std::string &name) {
@@ -79,30 +81,30 @@ std::string foldCase(const std::string &name) {
   return out;
 }
 
-llvm::Expected<nlohmann::json> recordedFromInfo(const nlohmann::json &info) {
+Outcome<nlohmann::json> recordedFromInfo(const nlohmann::json &info) {
   nlohmann::json out = nlohmann::json::object();
-  if (!info.is_object()) return makeError("info must be a JSON object");
+  if (!info.is_object()) return fail("info must be a JSON object");
   auto baseline = info.find("baseline");
   if (baseline != info.end()) {
-    if (!baseline->is_object()) return makeError("info.baseline must be an object (the baseline's identity)");
+    if (!baseline->is_object()) return fail("info.baseline must be an object (the baseline's identity)");
     out["baseline"] = *baseline;
   }
   auto sequence = info.find("sequence");
   if (sequence != info.end()) {
     if (!sequence->is_number_integer() || (sequence->is_number_unsigned() ? sequence->get<uint64_t>() == 0
                                                                            : sequence->get<int64_t>() < 1))
-      return makeError("info.sequence must be a positive integer");
+      return fail("info.sequence must be a positive integer");
     if (baseline == info.end())
-      return makeError("info.sequence needs info.baseline: a sequence counts the patches of one baseline");
+      return fail("info.sequence needs info.baseline: a sequence counts the patches of one baseline");
     uint64_t value = sequence->get<uint64_t>();
-    if (value > (uint64_t(1) << 53)) return makeError("info.sequence is too large");
+    if (value > (uint64_t(1) << 53)) return fail("info.sequence is too large");
     out["sequence"] = value;
     out["supersedes"] = value - 1;  // sequence N replaces every sequence below it for this baseline
   }
   return out;
 }
 
-size_t jsonDepth(llvm::StringRef text, size_t limit) {
+size_t jsonDepth(std::string_view text, size_t limit) {
   size_t depth = 0, deepest = 0;
   bool inString = false, escaped = false;
   for (char c : text) {
