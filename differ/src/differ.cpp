@@ -5,7 +5,6 @@
 #include "matcher.h"
 
 #include <fmt/core.h>
-#include <llvm/ADT/DenseMap.h>
 #include <llvm/Support/Endian.h>
 #include <llvm/Support/xxhash.h>
 
@@ -166,6 +165,7 @@ private:
     }
     base_.decode(decoders_);
     patched_.decode(decoders_, &base_, movedFrom);
+    parallelFor(2, threads_, [&](unsigned, size_t side) { (side ? patched_ : base_).indexReferences(); }, 1);
   }
 
   // Named objects pair by their normalised name when it is unique on both sides.
@@ -243,7 +243,7 @@ private:
     for (size_t b = 0; b < base_.code.size(); ++b) {
       if (!matching_.baseToPatched[b]) continue;
       size_t p = *matching_.baseToPatched[b];
-      llvm::ArrayRef<CodeReference> rb = base_.references(b), rp = patched_.references(p);
+      ReferenceList rb = base_.references(b), rp = patched_.references(p);
       if (base_.code[b].shape != patched_.code[p].shape || rb.size() != rp.size()) continue;
       for (size_t i = 0; i < rb.size(); ++i) {
         if (rb[i].kind != ReferenceKind::Memory) continue;  // calls and branches land in code
@@ -363,7 +363,7 @@ private:
 
   // Compares one pair; on a difference, returns the index of the first differing instruction.
   std::optional<uint32_t> firstDifference(size_t b, size_t p, InstructionDecoder &decoder) {
-    llvm::ArrayRef<CodeReference> referencesB = base_.references(b), referencesP = patched_.references(p);
+    ReferenceList referencesB = base_.references(b), referencesP = patched_.references(p);
     bool sameShape = base_.code[b].shape == patched_.code[p].shape && referencesB.size() == referencesP.size();
     if (sameShape) {
       bool same = true;
@@ -405,18 +405,12 @@ private:
     parallelFor(diff.pairs.size(), threads_, [&](unsigned worker, size_t i) {
       differences[i] = firstDifference(diff.pairs[i].base, diff.pairs[i].patched, *decoders_[worker]);
     });
-    // A function and its split-off parts (.cold) change together. A family is named by its
-    // normalised name, or, when unnamed, is the function the parts were split from; it is
-    // represented by its first base function.
-    llvm::DenseMap<llvm::StringRef, size_t> firstOfName;
-    std::vector<size_t> familyOf(diff.pairs.size());
+    // A function and its split-off parts (.cold) change together: pairs whose base functions
+    // share a normalised name, or are a part and the function it was split from, form a family.
+    std::vector<size_t> familyOf = familyHeads(diff.pairs);
     std::vector<bool> familyChanged(base_.code.size(), false);
-    for (size_t i = 0; i < diff.pairs.size(); ++i) {
-      size_t head = base_.partOf[diff.pairs[i].base].value_or(diff.pairs[i].base);
-      std::string_view name = base_.nameKeys[head];
-      familyOf[i] = name.empty() ? head : firstOfName.try_emplace(name, head).first->second;
+    for (size_t i = 0; i < diff.pairs.size(); ++i)
       if (differences[i]) familyChanged[familyOf[i]] = true;
-    }
     for (size_t i = 0; i < diff.pairs.size(); ++i) diff.pairs[i].changed = familyChanged[familyOf[i]];
     for (size_t i = 0; i < diff.pairs.size(); ++i) {
       if (!diff.pairs[i].changed) continue;
@@ -450,6 +444,29 @@ private:
                                "patched code", displayName(c.name));
         diff.changes.push_back(std::move(c));
       }
+  }
+
+  // Per pair: a base function that stands for its family. Names are grouped by their digests,
+  // then compared, so that no map of every name is built.
+  std::vector<size_t> familyHeads(const std::vector<FunctionPair> &pairs) const {
+    std::vector<size_t> familyOf(pairs.size());
+    std::vector<std::pair<uint64_t, size_t>> named;  // (digest of the head's name, pair)
+    for (size_t i = 0; i < pairs.size(); ++i) {
+      familyOf[i] = base_.partOf[pairs[i].base].value_or(pairs[i].base);
+      if (!base_.nameKeys[familyOf[i]].empty()) named.push_back({base_.nameDigests[familyOf[i]], i});
+    }
+    std::sort(named.begin(), named.end());
+    for (size_t begin = 0, end; begin < named.size(); begin = end) {
+      for (end = begin + 1; end < named.size() && named[end].first == named[begin].first; ++end) {
+        size_t i = named[end].second;
+        for (size_t earlier = begin; earlier < end; ++earlier)
+          if (base_.nameKeys[familyOf[named[earlier].second]] == base_.nameKeys[familyOf[i]]) {
+            familyOf[i] = familyOf[named[earlier].second];
+            break;
+          }
+      }
+    }
+    return familyOf;
   }
 
   static std::string displayName(const std::optional<std::string> &name) {
@@ -486,7 +503,7 @@ private:
   // Constants without a name that a changed function reads and that changed too (a string
   // literal, a table): they travel with the function.
   void noteChangedConstants(size_t b, size_t p, Diff &diff) {
-    llvm::ArrayRef<CodeReference> referencesB = base_.references(b), referencesP = patched_.references(p);
+    ReferenceList referencesB = base_.references(b), referencesP = patched_.references(p);
     if (referencesB.size() != referencesP.size()) return;
     InstructionDecoder &decoder = *decoders_[0];
     for (size_t i = 0; i < referencesB.size(); ++i) {
@@ -516,6 +533,12 @@ private:
       return s && !isLinkerManaged(s->name) && d->name.rfind("_GLOBAL_OFFSET_TABLE_", 0) != 0 &&
              d->name.rfind("_DYNAMIC", 0) != 0;
     };
+    // Each comparison hashes two objects: all of them first, in parallel.
+    std::vector<uint8_t> contentChanged(base_.data.size(), false);
+    parallelFor(base_.data.size(), threads_, [&](unsigned, size_t i) {
+      if (baseDataToPatched_[i])
+        contentChanged[i] = objectContent(false, base_.data[i]) != objectContent(true, patched_.data[*baseDataToPatched_[i]]);
+    });
     for (size_t i = 0; i < base_.data.size(); ++i) {
       const DataObject *db = base_.data[i];
       if (!relevant(base_, db)) continue;
@@ -536,7 +559,7 @@ private:
                                    db->range.size, dp->range.size)));
         continue;
       }
-      if (objectContent(false, db) == objectContent(true, dp)) continue;
+      if (!contentChanged[i]) continue;
       diff.changes.push_back(dataChange(
           db, dp, writable ? rules::kWritableDataChanged : rules::kReadOnlyDataChanged,
           writable ? Verdict::NeedsRestart : Verdict::Hotpatchable,

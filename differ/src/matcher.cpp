@@ -104,7 +104,7 @@ size_t propagateThroughCalls(const Program &base, const Program &patched, Matchi
     for (size_t b = 0; b < base.code.size(); ++b) {
       if (!m.baseToPatched[b]) continue;
       size_t p = *m.baseToPatched[b];
-      llvm::ArrayRef<CodeReference> br = base.references(b), pr = patched.references(p);
+      ReferenceList br = base.references(b), pr = patched.references(p);
       bt.clear();
       pt.clear();
       for (const CodeReference &r : br)
@@ -134,17 +134,19 @@ Matching matchFunctions(const Program &base, const Program &patched) {
   m.patchedToBase.resize(patched.code.size());
   m.info.resize(base.code.size());
 
+  // A part (.cold) pairs only with a part.
+  auto nameDigest = [](const Program &p, size_t i) { return mixHash(p.nameDigests[i], p.coldPart[i]); };
   auto nameKey = [&](bool debug) {
-    return [debug](const Program &p, size_t i) -> std::optional<uint64_t> {
+    return [debug, nameDigest](const Program &p, size_t i) -> std::optional<uint64_t> {
       if (p.nameKeys[i].empty() || nameFromDebugInfo(p.image.functions[i]) != debug) return std::nullopt;
-      return p.nameDigests[i];
+      return nameDigest(p, i);
     };
   };
   size_t byName = matchKeys(base, patched, m, nameKey(false), {MatchStage::Name, 1.0}, MatchInfo{MatchStage::Name, 0.9});
   // Debug-info names may pair with a symbol name on the other side (one build stripped).
   auto anyName = [&](const Program &p, size_t i) -> std::optional<uint64_t> {
     if (p.nameKeys[i].empty()) return std::nullopt;
-    return p.nameDigests[i];
+    return nameDigest(p, i);
   };
   size_t byDebug = matchKeys(base, patched, m, anyName, {MatchStage::DebugIdentity, 1.0},
                              MatchInfo{MatchStage::DebugIdentity, 0.9});

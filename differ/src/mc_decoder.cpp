@@ -127,8 +127,12 @@ CodeSummary McDecoder::decodeLoop(ArrayRef<uint8_t> code, uint64_t rva, const Re
     offset += size;
   }
   endFunction(state);
-  std::stable_sort(outputs.references.begin() + firstReference, outputs.references.end(),
-                   [](const CodeReference &a, const CodeReference &b) { return a.instruction < b.instruction; });
+  // Only references found after their instruction (Arm64 ADRPs at their consumers) are out of
+  // order; sorting allocates, so it is skipped for the usual ordered case.
+  auto byInstruction = [](const CodeReference &a, const CodeReference &b) { return a.instruction < b.instruction; };
+  auto ownReferences = outputs.references.begin() + ptrdiff_t(firstReference);
+  if (!std::is_sorted(ownReferences, outputs.references.end(), byInstruction))
+    std::stable_sort(ownReferences, outputs.references.end(), byInstruction);
   out.shape = mixHash(state.hash, out.instructions);
   return out;
 }

@@ -5,7 +5,6 @@
 #include <llvm/Support/xxhash.h>
 
 #include <algorithm>
-#include <array>
 #include <atomic>
 #include <cctype>
 #include <thread>
@@ -82,20 +81,30 @@ size_t StartIndex::countAtOrBefore(uint64_t rva) const {
                 starts_.begin());
 }
 
-void sortUnique(std::vector<uint64_t> &values) {
-  uint64_t anyBits = 0, allBits = ~0ull;
-  for (uint64_t v : values) anyBits |= v, allBits &= v;
-  std::vector<uint64_t> sorted(values.size());
-  for (unsigned shift = 0; shift < 64; shift += 8) {
-    if (!(((anyBits ^ allBits) >> shift) & 0xff)) continue;  // every value has this byte
-    std::array<size_t, 257> position{};
-    for (uint64_t v : values) ++position[((v >> shift) & 0xff) + 1];
-    for (size_t digit = 1; digit < position.size(); ++digit) position[digit] += position[digit - 1];
-    for (uint64_t v : values) sorted[position[(v >> shift) & 0xff]++] = v;
-    values.swap(sorted);
+void AddressSet::add(uint64_t address) {
+  size_t block = size_t(address >> kBlockShift);
+  if (block >= blocks_.size()) blocks_.resize(block + 1);
+  if (!blocks_[block]) blocks_[block] = std::make_unique<uint64_t[]>(size_t(1) << (kBlockShift - 6));
+  uint64_t bit = address & ((uint64_t(1) << kBlockShift) - 1);
+  blocks_[block][bit / 64] |= uint64_t(1) << (bit % 64);
+}
+
+std::optional<uint64_t> AddressSet::firstBetween(uint64_t after, uint64_t before) const {
+  for (uint64_t address = after + 1; address < before;) {
+    size_t block = size_t(address >> kBlockShift);
+    if (block >= blocks_.size()) return std::nullopt;
+    if (!blocks_[block]) {
+      address = uint64_t(block + 1) << kBlockShift;
+      continue;
+    }
+    uint64_t bit = address & ((uint64_t(1) << kBlockShift) - 1);
+    if (uint64_t word = blocks_[block][bit / 64] >> (bit % 64)) {
+      uint64_t found = address + uint64_t(llvm::countr_zero(word));
+      return found < before ? std::optional<uint64_t>(found) : std::nullopt;
+    }
+    address = (address | 63) + 1;
   }
-  values.erase(std::unique(values.begin(), values.end()), values.end());
-  values.shrink_to_fit();
+  return std::nullopt;
 }
 
 void parallelFor(size_t count, unsigned threads, const std::function<void(unsigned, size_t)> &fn, size_t grain) {
@@ -132,7 +141,7 @@ Program::Program(const Image &img) : image(img) {
       bool cold = false;
       nameKeys[i] = normalizeFunctionName(*f.name, cold);
       coldPart[i] = cold;
-      nameDigests[i] = mixHash(llvm::xxh3_64bits(nameKeys[i]), cold);
+      nameDigests[i] = llvm::xxh3_64bits(nameKeys[i]);
     }
   }
   functionStarts_ = StartIndex(std::move(functionStarts));
@@ -170,57 +179,62 @@ void Program::decode(std::vector<std::unique_ptr<InstructionDecoder>> &decoders,
                      const std::vector<std::optional<size_t>> &movedFrom) {
   size_t n = image.functions.size();
   code.assign(n, {});
+  copiedFrom_ = other;
   chunks_.assign((n + kFunctionsPerChunk - 1) / kFunctionsPerChunk, {});
   auto words = [&](size_t i) { return (image.functions[i].range.size + 63) / 64; };
+  // Each worker fills its own scratch chunk, then the chunk gets an exact copy: vectors that grew
+  // in small steps on two threads would leave the heap fragmented.
+  std::vector<CodeChunk> scratch(decoders.size());
   parallelFor(chunks_.size(), unsigned(decoders.size()), [&](unsigned worker, size_t c) {
-    CodeChunk &chunk = chunks_[c];
+    CodeChunk &work = scratch[worker];
+    work.references.clear();
+    work.targets.clear();
+    work.starts.clear();
+    work.startsBefore.clear();
     size_t begin = c * kFunctionsPerChunk, end = std::min(n, begin + kFunctionsPerChunk);
-    size_t totalWords = 0;
-    for (size_t i = begin; i < end; ++i) totalWords += diffable[i] ? words(i) : 0;
-    chunk.starts.reserve(totalWords);
-    chunk.startsBefore.reserve(totalWords);
     for (size_t i = begin; i < end; ++i) {
       if (!diffable[i]) continue;
+      if (other && movedFrom[i] && copyMovedCode(i, *movedFrom[i], work)) continue;
+      const Function &function = image.functions[i];
       FunctionCode &f = code[i];
-      f.firstReference = uint32_t(chunk.references.size());
-      f.firstStartWord = uint32_t(chunk.starts.size());
-      if (!other || !movedFrom[i] || !copyMovedCode(i, *other, *movedFrom[i], chunk)) {
-        const Function &function = image.functions[i];
-        chunk.starts.resize(chunk.starts.size() + words(i));
-        static_cast<CodeSummary &>(f) = decoders[worker]->decodeInto(
-            image.bytesAt(function.range.rva, function.range.size), function.range.rva, relocations, chunk.references,
-            llvm::MutableArrayRef<uint64_t>(chunk.starts).drop_front(f.firstStartWord));
-        uint32_t before = 0;
-        for (size_t w = f.firstStartWord; w < chunk.starts.size(); ++w) {
-          chunk.startsBefore.push_back(before);
-          before += uint32_t(llvm::popcount(chunk.starts[w]));
-        }
+      f.firstReference = uint32_t(work.references.size());
+      f.firstStartWord = uint32_t(work.starts.size());
+      work.starts.resize(work.starts.size() + words(i));
+      static_cast<CodeSummary &>(f) = decoders[worker]->decodeInto(
+          image.bytesAt(function.range.rva, function.range.size), function.range.rva, relocations, work.references,
+          llvm::MutableArrayRef<uint64_t>(work.starts).drop_front(f.firstStartWord));
+      f.referenceCount = uint32_t(work.references.size() - f.firstReference);
+      uint32_t before = 0;
+      for (size_t w = f.firstStartWord; w < work.starts.size(); ++w) {
+        work.startsBefore.push_back(before);
+        before += uint32_t(llvm::popcount(work.starts[w]));
       }
-      f.referenceCount = uint32_t(chunk.references.size() - f.firstReference);
     }
-    chunk.references.shrink_to_fit();
+    chunks_[c] = work;
   }, 1);
-  // naturalExtent looks for targets within a section only: the rest need not be sorted.
+}
+
+void Program::indexReferences() {
+  // naturalExtent looks for targets within a section only: the rest need not be kept.
   uint64_t sectionsEnd = 0;
   for (const Section &s : image.sections)
     if (s.loaded) sectionsEnd = std::max(sectionsEnd, s.rva + s.size);
-  size_t total = 0;
-  for (const CodeChunk &chunk : chunks_) total += chunk.references.size();
-  referenced.reserve(total);
-  for (const CodeChunk &chunk : chunks_)
+  for (const CodeChunk &chunk : chunks_) {
     for (const CodeReference &r : chunk.references)
-      if (r.target < sectionsEnd) referenced.push_back(r.target);
-  sortUnique(referenced);
+      if (r.target < sectionsEnd) referenced.add(r.target);
+    for (uint64_t target : chunk.targets)
+      if (target < sectionsEnd) referenced.add(target);
+  }
   findSplitParts();
 }
 
-bool Program::copyMovedCode(size_t p, const Program &other, size_t b, CodeChunk &chunk) {
-  const FunctionCode &from = other.code[b];
-  const Function &fb = other.image.functions[b], &fp = image.functions[p];
-  llvm::ArrayRef<uint8_t> baseBytes = other.image.bytesAt(fb.range.rva, fb.range.size);
+bool Program::copyMovedCode(size_t p, size_t b, CodeChunk &chunk) {
+  const FunctionCode &from = copiedFrom_->code[b];
+  const Function &fb = copiedFrom_->image.functions[b], &fp = image.functions[p];
+  llvm::ArrayRef<uint8_t> baseBytes = copiedFrom_->image.bytesAt(fb.range.rva, fb.range.size);
   llvm::ArrayRef<uint8_t> patchedBytes = image.bytesAt(fp.range.rva, fp.range.size);
   if (baseBytes.size() != patchedBytes.size() || baseBytes.empty() || !from.complete) return false;
-  llvm::ArrayRef<CodeReference> fromReferences = other.references(b);
+  ReferenceList fromReferences = copiedFrom_->references(b);
   uint32_t compared = 0;
   for (const CodeReference &r : fromReferences) {
     std::optional<FieldSpan> span = fieldSpan(r);
@@ -235,29 +249,35 @@ bool Program::copyMovedCode(size_t p, const Program &other, size_t b, CodeChunk 
     compared = span->end;
   }
   if (!std::equal(baseBytes.begin() + compared, baseBytes.end(), patchedBytes.begin() + compared)) return false;
-  static_cast<CodeSummary &>(code[p]) = from;
-  for (const CodeReference &r : fromReferences) {
-    chunk.references.push_back(r);
-    chunk.references.back().target = retarget(r, patchedBytes, fp.range.rva, relocations.imageBase);
-  }
-  const CodeChunk &source = other.chunks_[b / kFunctionsPerChunk];
-  size_t words = (fb.range.size + 63) / 64;
-  chunk.starts.insert(chunk.starts.end(), source.starts.begin() + from.firstStartWord,
-                      source.starts.begin() + from.firstStartWord + words);
-  chunk.startsBefore.insert(chunk.startsBefore.end(), source.startsBefore.begin() + from.firstStartWord,
-                            source.startsBefore.begin() + from.firstStartWord + words);
+  FunctionCode &f = code[p];
+  static_cast<CodeSummary &>(f) = from;
+  f.copiedFrom = uint32_t(b);
+  f.firstReference = uint32_t(chunk.targets.size());
+  f.referenceCount = from.referenceCount;
+  for (const CodeReference &r : fromReferences)
+    chunk.targets.push_back(retarget(r, patchedBytes, fp.range.rva, relocations.imageBase));
   return true;
 }
 
-llvm::ArrayRef<CodeReference> Program::references(size_t function) const {
+ReferenceList Program::references(size_t function) const {
   const FunctionCode &f = code[function];
-  return llvm::ArrayRef(chunks_[function / kFunctionsPerChunk].references).slice(f.firstReference, f.referenceCount);
+  const CodeChunk &chunk = chunks_[function / kFunctionsPerChunk];
+  if (f.copiedFrom == FunctionCode::kOwnCode)
+    return {chunk.references.data() + f.firstReference, nullptr, f.referenceCount};
+  const FunctionCode &source = copiedFrom_->code[f.copiedFrom];
+  const CodeChunk &sourceChunk = copiedFrom_->chunks_[f.copiedFrom / kFunctionsPerChunk];
+  return {sourceChunk.references.data() + source.firstReference, chunk.targets.data() + f.firstReference,
+          f.referenceCount};
 }
 
 std::optional<uint32_t> Program::instructionAt(size_t function, uint64_t offset) const {
   if (!diffable[function] || offset >= image.functions[function].range.size) return std::nullopt;
-  const CodeChunk &chunk = chunks_[function / kFunctionsPerChunk];
-  size_t word = code[function].firstStartWord + offset / 64;
+  // A copied function has the instruction starts of the function it was copied from.
+  const FunctionCode &f = code[function];
+  const Program &owner = f.copiedFrom == FunctionCode::kOwnCode ? *this : *copiedFrom_;
+  size_t index = f.copiedFrom == FunctionCode::kOwnCode ? function : f.copiedFrom;
+  const CodeChunk &chunk = owner.chunks_[index / kFunctionsPerChunk];
+  size_t word = owner.code[index].firstStartWord + offset / 64;
   uint64_t bit = 1ull << (offset % 64);
   if (!(chunk.starts[word] & bit)) return std::nullopt;
   return chunk.startsBefore[word] + uint32_t(llvm::popcount(chunk.starts[word] & (bit - 1)));
@@ -364,8 +384,7 @@ uint64_t Program::naturalExtent(uint64_t rva) const {
   while (length < bytes.size() && isText(bytes[length])) ++length;
   if (length > 0 && length < bytes.size() && bytes[length] == 0) return length + 1;
   uint64_t end = std::min(sectionEnd, rva + kConstantExtentLimit);
-  auto next = std::upper_bound(referenced.begin(), referenced.end(), rva);
-  if (next != referenced.end() && *next < end) end = *next;
+  if (std::optional<uint64_t> next = referenced.firstBetween(rva, end)) end = *next;
   auto object = dataAfter(rva);
   if (object != data.end() && (*object)->range.rva < end) end = (*object)->range.rva;
   // Zeros right before an aligned next item are alignment padding, which differs between builds
@@ -407,33 +426,44 @@ uint64_t Program::contentHash(uint64_t rva, uint64_t size, const Function *withi
   uint64_t hash = mixHash(0xc0457a47, size);
   llvm::ArrayRef<uint8_t> bytes = image.bytesAt(rva, size);
   if (bytes.size() != size) return 0x2e80f111;  // zero-fill (.bss): sizes are compared on their own
-  // Pointer slots are relocated: walk the sorted relocations alongside rather than looking up
-  // every byte.
-  auto nextRelocation = std::lower_bound(relocations.rvas.begin(), relocations.rvas.end(), rva);
+  // Pointers start at relocations (and, on PE, at aligned words): walk the sorted relocations
+  // alongside, and hash the plain bytes between pointers as runs.
+  const std::vector<uint64_t> &relocated = relocations.rvas;
+  auto nextRelocation = std::lower_bound(relocated.begin(), relocated.end(), rva);
+  uint64_t runBegin = 0;
+  auto endRun = [&](uint64_t end) {
+    if (end > runBegin) hash = mixHash(hash, llvm::xxh3_64bits(bytes.slice(runBegin, end - runBegin)));
+  };
   for (uint64_t offset = 0; offset < size;) {
-    while (nextRelocation != relocations.rvas.end() && *nextRelocation < rva + offset) ++nextRelocation;
-    auto pointer = nextRelocation != relocations.rvas.end() && *nextRelocation == rva + offset
-                       ? pointers.find(rva + offset)
-                       : pointers.end();
-    if (pointer != pointers.end() && offset + 8 <= size) {
-      const PointerTarget &p = pointer->second;
-      hash = mixHash(hash, p.symbol ? llvm::xxh3_64bits(*p.symbol) : pointerClass(p.rva));
-      offset += 8;
-      continue;
-    }
-    // Images linked without base relocations still hold absolute pointers: on PE, an aligned
-    // word that points into the image is taken for one.
-    if (image.format == Format::Pe && (rva + offset) % 8 == 0 && offset + 8 <= size) {
-      uint64_t value = llvm::support::endian::read64le(bytes.data() + offset);
-      if (value >= image.imageBase && value - image.imageBase < image.identity.sizeOfImage) {
-        hash = mixHash(hash, pointerClass(value - image.imageBase));
-        offset += 8;
-        continue;
+    while (nextRelocation != relocated.end() && *nextRelocation < rva + offset) ++nextRelocation;
+    std::optional<uint64_t> pointer;
+    if (offset + 8 <= size) {
+      if (nextRelocation != relocated.end() && *nextRelocation == rva + offset)
+        if (auto slot = pointers.find(rva + offset); slot != pointers.end())
+          pointer = slot->second.symbol ? llvm::xxh3_64bits(*slot->second.symbol) : pointerClass(slot->second.rva);
+      // Images linked without base relocations still hold absolute pointers: on PE, an aligned
+      // word that points into the image is taken for one.
+      if (!pointer && image.format == Format::Pe && (rva + offset) % 8 == 0) {
+        uint64_t value = llvm::support::endian::read64le(bytes.data() + offset);
+        if (value >= image.imageBase && value - image.imageBase < image.identity.sizeOfImage)
+          pointer = pointerClass(value - image.imageBase);
       }
     }
-    hash = mixHash(hash, bytes[offset]);
-    ++offset;
+    if (pointer) {
+      endRun(offset);
+      hash = mixHash(hash, *pointer);
+      offset += 8;
+      runBegin = offset;
+      continue;
+    }
+    // On to the next place a pointer can start.
+    auto later = nextRelocation;
+    while (later != relocated.end() && *later <= rva + offset) ++later;
+    uint64_t next = later == relocated.end() ? size : std::min(size, *later - rva);
+    if (image.format == Format::Pe) next = std::min(next, (rva + offset) / 8 * 8 + 8 - rva);
+    offset = next;
   }
+  endRun(size);
   return hash;
 }
 

@@ -49,11 +49,55 @@ private:
   unsigned shift_ = 0;
 };
 
+// A set of addresses, as one bit per byte in blocks that exist only where addresses fall (a large
+// zero-fill section costs nothing without them): built without sorting, asked without searching.
+class AddressSet {
+public:
+  void add(uint64_t address);
+  // The lowest address of the set in (after, before).
+  std::optional<uint64_t> firstBetween(uint64_t after, uint64_t before) const;
+
+private:
+  static constexpr unsigned kBlockShift = 18;  // 256 KiB of addresses, 32 KiB of bits
+  std::vector<std::unique_ptr<uint64_t[]>> blocks_;  // by address >> kBlockShift; null: none there
+};
+
 // What the differ keeps of one decoded function. Its references and instruction starts live in
-// the Program's chunk of consecutive functions, not in allocations of their own.
+// the Program's chunk of consecutive functions, not in allocations of their own. A function that is
+// the other build's function moved shares that one's references and keeps only its own targets.
 struct FunctionCode : CodeSummary {
-  uint32_t firstReference = 0, referenceCount = 0;  // in the chunk's references
+  static constexpr uint32_t kOwnCode = ~0u;
+  uint32_t firstReference = 0, referenceCount = 0;  // in the chunk's references, or its targets when copied
   uint32_t firstStartWord = 0;                      // in the chunk's instruction-start words
+  uint32_t copiedFrom = kOwnCode;                   // the other build's function whose code this is
+};
+
+// A function's references: a view that puts a moved function's own targets into the references it
+// shares with the other build.
+class ReferenceList {
+public:
+  ReferenceList(const CodeReference *references, const uint64_t *targets, size_t size)
+      : references_(references), targets_(targets), size_(size) {}
+  size_t size() const { return size_; }
+  CodeReference operator[](size_t i) const {
+    CodeReference r = references_[i];
+    if (targets_) r.target = targets_[i];
+    return r;
+  }
+  struct Iterator {
+    const ReferenceList *list;
+    size_t index;
+    CodeReference operator*() const { return (*list)[index]; }
+    Iterator &operator++() { return ++index, *this; }
+    bool operator!=(const Iterator &other) const { return index != other.index; }
+  };
+  Iterator begin() const { return {this, 0}; }
+  Iterator end() const { return {this, size_}; }
+
+private:
+  const CodeReference *references_;
+  const uint64_t *targets_;  // null: the references' own targets
+  size_t size_;
 };
 
 struct Program {
@@ -63,26 +107,28 @@ struct Program {
   std::vector<bool> diffable;             // per function: code Hotforge compares (not PLT stubs)
   std::vector<FunctionCode> code;         // per function, filled by decode()
   std::vector<std::string_view> nameKeys; // per function: normalised name, empty when unnamed
-  std::vector<uint64_t> nameDigests;      // per function: digest of its name key and coldPart
+  std::vector<uint64_t> nameDigests;      // per function: digest of its name key
   std::vector<bool> coldPart;             // per function: a split-off part (.cold)
   // Per function: the function it was split off from, for unnamed parts that only that function
   // branches into (stripped .cold parts). Named parts are told by their names.
-  std::vector<std::optional<size_t>> partOf;
+  std::vector<std::optional<uint32_t>> partOf;
   RelocationIndex relocations;
   std::unordered_map<uint64_t, PointerTarget> pointers;
   std::unordered_map<uint64_t, const Import *> importSlots;
   std::vector<const DataObject *> data;   // non-TLS objects by rva
   std::vector<std::string_view> dataKeys; // parallel to data: normalised name
-  std::vector<uint64_t> referenced;       // sorted unique targets in the sections (extents of constants)
+  AddressSet referenced;                  // targets inside the sections (where constants end)
 
   // Decodes every diffable function on one decoder per worker. A function whose `movedFrom` entry
   // names a function of `other` is first tried as that function's code moved: when its bytes equal
   // the other's everywhere but in the address fields of the other's references, the references
   // are read from its own fields instead of decoding it (ADRP pairs need their neighbours and are
-  // always decoded). Then finds the split parts and the referenced addresses.
+  // always decoded).
   void decode(std::vector<std::unique_ptr<InstructionDecoder>> &decoders, const Program *other = nullptr,
               const std::vector<std::optional<size_t>> &movedFrom = {});
-  llvm::ArrayRef<CodeReference> references(size_t function) const;
+  // After decode: fills `referenced` and `partOf`.
+  void indexReferences();
+  ReferenceList references(size_t function) const;
   // The index of the counted instruction that starts `offset` bytes into the function, if one does.
   std::optional<uint32_t> instructionAt(size_t function, uint64_t offset) const;
 
@@ -110,17 +156,19 @@ private:
   // The decoded code of consecutive functions, decoded by one worker.
   struct CodeChunk {
     std::vector<CodeReference> references;
+    std::vector<uint64_t> targets;       // of the references of copied functions
     std::vector<uint64_t> starts;        // one bit per code byte: a counted instruction starts there
     std::vector<uint32_t> startsBefore;  // per word of `starts`: instructions in the function's earlier words
   };
   static constexpr size_t kFunctionsPerChunk = 256;
 
-  bool copyMovedCode(size_t function, const Program &other, size_t from, CodeChunk &chunk);
+  bool copyMovedCode(size_t function, size_t from, CodeChunk &chunk);
   void findSplitParts();
   // Iterator over `data` of the first object that starts after rva.
   std::vector<const DataObject *>::const_iterator dataAfter(uint64_t rva) const;
 
   std::vector<CodeChunk> chunks_;
+  const Program *copiedFrom_ = nullptr;  // whose functions copied functions share code with
   StartIndex functionStarts_;  // of image.functions
   StartIndex dataStarts_;      // of data
   std::vector<std::pair<uint64_t, uint64_t>> stubRanges_;  // .plt-like sections
@@ -133,10 +181,6 @@ private:
 std::string_view normalizeFunctionName(std::string_view name, bool &coldPart);
 // Static locals get numbered (counter.0, counter.3) by position: strip that number.
 std::string_view normalizeDataName(std::string_view name);
-
-// Sorts and deduplicates, in linear time (a radix sort): half a million reference targets are
-// sorted per build, on the one thread that merges the decoders' work.
-void sortUnique(std::vector<uint64_t> &values);
 
 // Runs fn(worker, index) for index in [0, count) on `threads` workers, which take `grain`
 // consecutive indexes at a time; fewer than two grains run on the calling thread.
