@@ -31,10 +31,12 @@ public:
     shortJcc_ = byName["JCC_1"];
     emitter_.reset(mc_.target->createMCCodeEmitter(*mc_.instructions, *mc_.context));
     marker_ = mc_.context->createTempSymbol();
+    canonicalOpcode_.resize(mc_.instructions->getNumOpcodes());
+    for (unsigned op = 0; op < canonicalOpcode_.size(); ++op) canonicalOpcode_[op] = op;
     for (const char *family : {"JMP", "JCC"})
       for (const char *width : {"_1", "_2", "_4"})
         if (auto it = byName.find(std::string(family) + width); it != byName.end())
-          canonicalBranch_[it->second] = byName[std::string(family) + "_4"];
+          canonicalOpcode_[it->second] = byName[std::string(family) + "_4"];
   }
 
 protected:
@@ -47,8 +49,7 @@ protected:
     uint64_t target = 0;
     if ((desc.isBranch() || desc.isCall()) && inst.getNumOperands() > 0 && inst.getOperand(0).isImm() &&
         mc_.analysis->evaluateBranch(inst, pc, size, target)) {
-      auto canonical = canonicalBranch_.find(inst.getOpcode());
-      state.hash = mixHash(state.hash, canonical != canonicalBranch_.end() ? canonical->second : inst.getOpcode());
+      state.hash = mixHash(state.hash, canonicalOpcode_[inst.getOpcode()]);
       mixOperands(inst, state, 0);
       bool rel8 = inst.getOpcode() == shortJmp_ || inst.getOpcode() == shortJcc_;
       state.add(index, desc.isCall() ? ReferenceKind::Call : ReferenceKind::Branch, target,
@@ -110,7 +111,7 @@ private:
   unsigned shortJmp_ = 0, shortJcc_ = 0;
   unsigned rip_ = 0;
   std::vector<bool> noise_;  // by opcode
-  std::unordered_map<unsigned, unsigned> canonicalBranch_;
+  std::vector<unsigned> canonicalOpcode_;  // by opcode: itself, or the near form of a short branch
 };
 
 }  // namespace

@@ -269,17 +269,20 @@ private:
 
   SymbolKey resolve(bool patchedSide, size_t function, uint64_t target, InstructionDecoder &decoder, int depth = 0) {
     const Program &p = patchedSide ? patched_ : base_;
+    // Inside the function itself: by instruction index, as alignment NOPs inside a function change
+    // with its placement.
+    auto intra = [&](uint64_t offset) -> SymbolKey {
+      std::optional<uint32_t> instruction = p.instructionAt(function, offset);
+      return {SymbolKey::Intra, instruction ? uint64_t(*instruction) : kUnmatched + offset, 0, 0};
+    };
+    if (p.landsInItself(function, target)) return intra(target - p.image.functions[function].range.rva);
     const Function *f = nullptr;
     const DataObject *o = nullptr;
     switch (p.classify(target, &f, &o)) {
     case TargetClass::Function: {
       size_t index = p.functionIndex(f);
       uint64_t offset = target - f->range.rva;
-      if (index == function) {
-        // By instruction index: alignment NOPs inside a function change with its placement.
-        std::optional<uint32_t> instruction = p.instructionAt(index, offset);
-        return {SymbolKey::Intra, instruction ? uint64_t(*instruction) : kUnmatched + offset, 0, 0};
-      }
+      if (index == function) return intra(offset);
       return {SymbolKey::Function, functionClass(patchedSide, index), offset, 0};
     }
     case TargetClass::Stub: {

@@ -82,23 +82,27 @@ size_t StartIndex::countAtOrBefore(uint64_t rva) const {
 }
 
 void AddressSet::add(uint64_t address) {
-  size_t block = size_t(address >> kBlockShift);
-  if (block >= blocks_.size()) blocks_.resize(block + 1);
-  if (!blocks_[block]) blocks_[block] = std::make_unique<uint64_t[]>(size_t(1) << (kBlockShift - 6));
+  auto [entry, added] = blockIndex_.try_emplace(address >> kBlockShift, uint32_t(blocks_.size()));
+  if (added) blocks_.emplace_back();
   uint64_t bit = address & ((uint64_t(1) << kBlockShift) - 1);
-  blocks_[block][bit / 64] |= uint64_t(1) << (bit % 64);
+  blocks_[entry->second][bit / 64] |= uint64_t(1) << (bit % 64);
+}
+
+bool AddressSet::contains(uint64_t address) const {
+  auto entry = blockIndex_.find(address >> kBlockShift);
+  uint64_t bit = address & ((uint64_t(1) << kBlockShift) - 1);
+  return entry != blockIndex_.end() && (blocks_[entry->second][bit / 64] >> (bit % 64) & 1);
 }
 
 std::optional<uint64_t> AddressSet::firstBetween(uint64_t after, uint64_t before) const {
   for (uint64_t address = after + 1; address < before;) {
-    size_t block = size_t(address >> kBlockShift);
-    if (block >= blocks_.size()) return std::nullopt;
-    if (!blocks_[block]) {
-      address = uint64_t(block + 1) << kBlockShift;
+    auto entry = blockIndex_.find(address >> kBlockShift);
+    if (entry == blockIndex_.end()) {
+      address = ((address >> kBlockShift) + 1) << kBlockShift;
       continue;
     }
     uint64_t bit = address & ((uint64_t(1) << kBlockShift) - 1);
-    if (uint64_t word = blocks_[block][bit / 64] >> (bit % 64)) {
+    if (uint64_t word = blocks_[entry->second][bit / 64] >> (bit % 64)) {
       uint64_t found = address + uint64_t(llvm::countr_zero(word));
       return found < before ? std::optional<uint64_t>(found) : std::nullopt;
     }
@@ -161,6 +165,7 @@ Program::Program(const Image &img) : image(img) {
       if (value >= image.imageBase) pointers[r.rva] = {std::nullopt, value - image.imageBase};
     }
   }
+  for (const auto &[slot, pointer] : pointers) pointerSlots_.add(slot);
   std::sort(relocations.rvas.begin(), relocations.rvas.end());
   for (const Import &i : image.imports) importSlots[i.slotRva] = &i;
   dataSlots_.assign(image.dataObjects.size(), 0);
@@ -172,6 +177,12 @@ Program::Program(const Image &img) : image(img) {
       dataStarts.push_back(d.range.rva);
       dataKeys.push_back(normalizeDataName(d.name));
     }
+  dataStartsInside_.assign(n, false);
+  for (size_t i = 0, next = 0; i < n; ++i) {
+    const AddressRange &range = image.functions[i].range;
+    while (next < dataStarts.size() && dataStarts[next] <= range.rva) ++next;
+    dataStartsInside_[i] = next < dataStarts.size() && range.contains(dataStarts[next]);
+  }
   dataStarts_ = StartIndex(std::move(dataStarts));
 }
 
@@ -308,6 +319,15 @@ void Program::findSplitParts() {
     if (!called[t] && enteredFrom[t] != kNone && enteredFrom[t] != kSeveral) partOf[t] = enteredFrom[t];
 }
 
+bool Program::landsInItself(size_t function, uint64_t rva) const {
+  const Function &f = image.functions[function];
+  if (!diffable[function] || !f.range.contains(rva) || dataStartsInside_[function]) return false;
+  if (function + 1 < image.functions.size() && image.functions[function + 1].range.rva <= rva) return false;
+  for (auto [begin, end] : stubRanges_)
+    if (rva >= begin && rva < end) return false;
+  return true;
+}
+
 const Function *Program::functionAt(uint64_t rva) const {
   size_t count = functionStarts_.countAtOrBefore(rva);
   if (count == 0) return nullptr;
@@ -351,7 +371,7 @@ TargetClass Program::classify(uint64_t rva, const Function **function, const Dat
     *object = containing;
     return TargetClass::DataObject;
   }
-  if (pointers.count(rva)) return TargetClass::PointerSlot;
+  if (isPointerSlot(rva)) return TargetClass::PointerSlot;
   if (!image.sectionAt(rva)) return TargetClass::Unknown;
   return isReadOnly(rva) ? TargetClass::ReadOnly : TargetClass::Writable;
 }
@@ -373,7 +393,7 @@ uint64_t Program::naturalExtent(uint64_t rva) const {
   const Section *section = image.sectionAt(rva);
   if (!section) return 0;
   uint64_t sectionEnd = section->rva + section->size;
-  if (pointers.count(rva)) return 8;
+  if (isPointerSlot(rva)) return 8;
   // A C string ends at its NUL.
   llvm::ArrayRef<uint8_t> bytes = image.bytesAt(rva, std::min(kStringScanLimit, section->rva + section->fileSize > rva
                                                                                     ? section->rva + section->fileSize - rva

@@ -5,6 +5,9 @@
 
 #include "hotforge/arch.h"
 
+#include <llvm/ADT/DenseMap.h>
+
+#include <array>
 #include <functional>
 #include <unordered_map>
 
@@ -49,17 +52,21 @@ private:
   unsigned shift_ = 0;
 };
 
-// A set of addresses, as one bit per byte in blocks that exist only where addresses fall (a large
-// zero-fill section costs nothing without them): built without sorting, asked without searching.
+// A set of addresses, as one bit per byte in blocks of 1 KiB of addresses that exist only where
+// addresses fall: built without sorting, asked without searching, and never larger than a few
+// hundred bytes per address even when they are spread thinly.
 class AddressSet {
 public:
   void add(uint64_t address);
+  bool contains(uint64_t address) const;
   // The lowest address of the set in (after, before).
   std::optional<uint64_t> firstBetween(uint64_t after, uint64_t before) const;
 
 private:
-  static constexpr unsigned kBlockShift = 18;  // 256 KiB of addresses, 32 KiB of bits
-  std::vector<std::unique_ptr<uint64_t[]>> blocks_;  // by address >> kBlockShift; null: none there
+  static constexpr unsigned kBlockShift = 10;
+  using Block = std::array<uint64_t, (size_t(1) << kBlockShift) / 64>;
+  llvm::DenseMap<uint64_t, uint32_t> blockIndex_;  // address >> kBlockShift -> index into blocks_
+  std::vector<Block> blocks_;
 };
 
 // What the differ keeps of one decoded function. Its references and instruction starts live in
@@ -133,6 +140,10 @@ struct Program {
   std::optional<uint32_t> instructionAt(size_t function, uint64_t offset) const;
 
   TargetClass classify(uint64_t rva, const Function **function, const DataObject **object) const;
+  // Whether classify(rva) gives the function itself, answered without lookups: most branches of a
+  // function stay inside it.
+  bool landsInItself(size_t function, uint64_t rva) const;
+  bool isPointerSlot(uint64_t rva) const { return pointerSlots_.contains(rva); }  // a key of `pointers`
   // The function whose range holds rva (as Image::functionAt, over a compact index).
   const Function *functionAt(uint64_t rva) const;
   // The named object whose range holds rva, whether or not its size was given.
@@ -171,6 +182,8 @@ private:
   const Program *copiedFrom_ = nullptr;  // whose functions copied functions share code with
   StartIndex functionStarts_;  // of image.functions
   StartIndex dataStarts_;      // of data
+  std::vector<bool> dataStartsInside_;  // per function: a data object starts inside it, after its entry
+  AddressSet pointerSlots_;             // the keys of `pointers`
   std::vector<std::pair<uint64_t, uint64_t>> stubRanges_;  // .plt-like sections
   std::vector<size_t> dataSlots_;  // per image data object: its index in `data`
   std::vector<AddressRange> relro_;  // read-only after relocation (ELF PT_GNU_RELRO)

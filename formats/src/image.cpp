@@ -103,15 +103,22 @@ void FunctionTableBuilder::add(uint64_t rva, uint64_t size, std::optional<std::s
 void FunctionTableBuilder::addPart(uint64_t parentRva, AddressRange part) { parts_.push_back({parentRva, part}); }
 
 std::vector<Function> FunctionTableBuilder::finish(const std::vector<Section> &sections) {
-  std::stable_sort(sightings_.begin(), sightings_.end(), [](const Sighting &a, const Sighting &b) { return a.rva < b.rva; });
+  // By start, and in the order they came within one start: sorting (rva, index) keys is far
+  // cheaper than moving the sightings, which hold names.
+  std::vector<std::pair<uint64_t, uint32_t>> order(sightings_.size());
+  for (size_t i = 0; i < sightings_.size(); ++i) order[i] = {sightings_[i].rva, uint32_t(i)};
+  std::sort(order.begin(), order.end());
+  size_t starts = 0;
+  for (size_t k = 0; k < order.size(); ++k) starts += k == 0 || order[k].first != order[k - 1].first;
   std::vector<Function> out;
-  for (size_t i = 0; i < sightings_.size();) {
+  out.reserve(starts);
+  for (size_t k = 0; k < order.size();) {
     Function f;
-    f.range.rva = sightings_[i].rva;
+    f.range.rva = order[k].first;
     bool hasSize = false, nameFromPreferred = false, first = true;
     std::optional<FunctionSource> nameSource;
-    for (; i < sightings_.size() && sightings_[i].rva == f.range.rva; ++i) {
-      Sighting &s = sightings_[i];
+    for (; k < order.size() && order[k].first == f.range.rva; ++k) {
+      Sighting &s = sightings_[order[k].second];
       f.sourceMask |= 1u << static_cast<unsigned>(s.source);
       // The size (and so the boundary) comes from the best source that has one.
       if (s.size && (!hasSize || s.source < f.source)) {
