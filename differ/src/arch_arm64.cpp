@@ -6,6 +6,7 @@
 
 #include <map>
 #include <unordered_map>
+#include <unordered_set>
 
 namespace hotforge::differ {
 namespace {
@@ -65,11 +66,13 @@ protected:
 
   // Which offsets forward branches enter, and from where: at those join points an address is
   // known only if every way in agrees (back edges are not followed; compilers keep a hoisted ADRP
-  // live around loops).
+  // live around loops). Code after a barrier that only a back edge enters is a rotated loop's
+  // body (`b cond; body: ...; cond: b.xx body`): it keeps what was known before the barrier.
   void beginFunction(ArrayRef<uint8_t> code, uint64_t rva) override {
     known_.clear();
     pendingPages_.clear();
     joins_.clear();
+    loopHeads_.clear();
     barrier_ = false;
     MCInst inst;
     for (uint64_t offset = 0; offset + 4 <= code.size(); offset += 4) {
@@ -80,8 +83,10 @@ protected:
         continue;
       const MCInstrDesc &desc = mc_.instructions->get(inst.getOpcode());
       if (desc.isBranch() && !desc.isIndirectBranch() && mc_.analysis->evaluateBranch(inst, rva + offset, 4, target) &&
-          target > rva + offset && target < rva + code.size())
-        joins_[uint32_t(target - rva)].pending = true;
+          target >= rva && target < rva + code.size()) {
+        if (target > rva + offset) joins_[uint32_t(target - rva)].pending = true;
+        else loopHeads_.insert(uint32_t(target - rva));
+      }
     }
   }
 
@@ -89,7 +94,7 @@ protected:
   void enterInstruction(uint32_t offset) {
     auto join = joins_.find(offset);
     if (join == joins_.end()) {
-      if (barrier_) known_.clear();
+      if (barrier_ && !loopHeads_.count(offset)) known_.clear();
       barrier_ = false;
       return;
     }
@@ -217,13 +222,14 @@ private:
   std::unordered_map<unsigned, unsigned> accessScale_;
   unsigned hint_ = 0, adr_ = 0, adrp_ = 0, addImmediate_ = 0;
   std::unordered_map<unsigned, KnownAddress> known_;
-  std::map<uint32_t, KnownAddress> pendingPages_;
+  std::map<uint32_t, KnownAddress> pendingPages_;  // ADRPs not consumed yet; ordered: deterministic
+  std::unordered_set<uint32_t> loopHeads_;  // targets of back edges
   struct Join {
     bool pending = false;
     std::vector<std::unordered_map<unsigned, KnownAddress>> incoming;  // states of forward branches here
   };
   std::map<uint32_t, Join> joins_;
-  bool barrier_ = false;  // the previous instruction does not fall through  // ADRPs not consumed yet; ordered: deterministic
+  bool barrier_ = false;  // the previous instruction does not fall through
   std::unordered_map<unsigned, FieldEncoding> pcRelativeEncoding_;
 };
 

@@ -2,9 +2,8 @@
 #include "exc.h"
 #include "hf_out.h"
 
-int main()
+static void run_scenarios()
 {
-    hf_out_init();
     static const int idx[] = {0, 3, 7, 8, 9, -2};
     for (int i : idx)
         HF_OUT("s11 checked_lookup(%d)=%d\n", i, checked_lookup(HF_IN(i)));
@@ -16,5 +15,12 @@ int main()
             HF_OUT("s11 lookup_or_throw(%d) threw %s (%d)\n", i, e.what(), e.value());
         }
     }
+}
+
+int main(int argc, char **argv)
+{
+    hf_out_init();
+    if (!hf_serve(argc, argv, run_scenarios))
+        run_scenarios();
     return 0;
 }

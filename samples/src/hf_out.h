@@ -26,4 +26,6 @@ static inline void hf_out_init(void)
 static volatile int hf_opaque_zero;
 #define HF_IN(x) ((x) + hf_opaque_zero)
 
+#include "hf_serve.h"
+
 #endif

@@ -12,6 +12,7 @@
  *   live done calls=<T*N>
  *
  * Run time is about ITERATIONS * SLEEP_MS milliseconds. */
+#define _GNU_SOURCE 1 /* dl_iterate_phdr, for hf_serve.h */
 #include "live.h"
 #include "hf_out.h"
 #include <stdlib.h>
