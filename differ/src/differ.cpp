@@ -148,20 +148,21 @@ private:
   // Decodes every function. A patched function with the name and size of a base function is
   // usually the same code moved: Program::decode tries to read its references from its fields.
   void decodeAll() {
-    std::unordered_map<std::string_view, std::pair<size_t, size_t>> baseNames;  // name -> (count, index)
+    // Base functions by the digest of their name key: a digest held by one function names it (two
+    // names of one digest only cost the shortcut: the copy checks the bytes).
+    std::vector<std::pair<uint64_t, size_t>> baseNames;
     for (size_t i = 0; i < base_.image.functions.size(); ++i)
-      if (base_.diffable[i] && !base_.nameKeys[i].empty()) {
-        auto &slot = baseNames[base_.nameKeys[i]];
-        ++slot.first;
-        slot.second = i;
-      }
+      if (base_.diffable[i] && !base_.nameKeys[i].empty()) baseNames.push_back({base_.nameDigests[i], i});
+    std::sort(baseNames.begin(), baseNames.end());
     std::vector<std::optional<size_t>> movedFrom(patched_.image.functions.size());
     for (size_t i = 0; i < movedFrom.size(); ++i) {
       if (!patched_.diffable[i] || patched_.nameKeys[i].empty()) continue;
-      auto it = baseNames.find(patched_.nameKeys[i]);
-      if (it != baseNames.end() && it->second.first == 1 &&
-          base_.image.functions[it->second.second].range.size == patched_.image.functions[i].range.size)
-        movedFrom[i] = it->second.second;
+      auto byDigest = [](const auto &a, const auto &b) { return a.first < b.first; };
+      auto [first, last] = std::equal_range(baseNames.begin(), baseNames.end(),
+                                            std::pair(patched_.nameDigests[i], size_t(0)), byDigest);
+      if (last - first == 1 &&
+          base_.image.functions[first->second].range.size == patched_.image.functions[i].range.size)
+        movedFrom[i] = first->second;
     }
     base_.decode(decoders_);
     patched_.decode(decoders_, &base_, movedFrom);
@@ -539,8 +540,8 @@ private:
     // Each comparison hashes two objects: all of them first, in parallel.
     std::vector<uint8_t> contentChanged(base_.data.size(), false);
     parallelFor(base_.data.size(), threads_, [&](unsigned, size_t i) {
-      if (baseDataToPatched_[i])
-        contentChanged[i] = objectContent(false, base_.data[i]) != objectContent(true, patched_.data[*baseDataToPatched_[i]]);
+      if (std::optional<size_t> p = baseDataToPatched_[i])
+        contentChanged[i] = objectContent(false, base_.data[i]) != objectContent(true, patched_.data[*p]);
     });
     for (size_t i = 0; i < base_.data.size(); ++i) {
       const DataObject *db = base_.data[i];

@@ -339,10 +339,11 @@ std::vector<const DataObject *>::const_iterator Program::dataAfter(uint64_t rva)
   return data.begin() + ptrdiff_t(dataStarts_.countAtOrBefore(rva));
 }
 
-bool Program::isReadOnly(uint64_t rva) const {
+bool Program::isReadOnly(uint64_t rva) const { return isReadOnly(rva, image.sectionAt(rva)); }
+
+bool Program::isReadOnly(uint64_t rva, const Section *section) const {
   for (const AddressRange &r : relro_)
     if (r.contains(rva)) return true;
-  const Section *section = image.sectionAt(rva);
   return section && !section->permissions.write;
 }
 
@@ -356,10 +357,15 @@ const DataObject *Program::containingObject(uint64_t rva) const {
 TargetClass Program::classify(uint64_t rva, const Function **function, const DataObject **object) const {
   for (auto [begin, end] : stubRanges_)
     if (rva >= begin && rva < end) return TargetClass::Stub;
+  const Function *f = functionAt(rva);
+  bool inFunction = f && diffable[functionIndex(f)];
+  if (inFunction && f->range.rva == rva) {  // a call: no object can take it
+    *function = f;
+    return TargetClass::Function;
+  }
   auto it = dataAfter(rva);
   const DataObject *containing = it != data.begin() ? *std::prev(it) : nullptr;
-  const Function *f = functionAt(rva);
-  if (f && diffable[functionIndex(f)] && (f->range.rva == rva || !containing || containing->range.rva != rva)) {
+  if (inFunction && (!containing || containing->range.rva != rva)) {
     *function = f;
     return TargetClass::Function;
   }
@@ -372,8 +378,9 @@ TargetClass Program::classify(uint64_t rva, const Function **function, const Dat
     return TargetClass::DataObject;
   }
   if (isPointerSlot(rva)) return TargetClass::PointerSlot;
-  if (!image.sectionAt(rva)) return TargetClass::Unknown;
-  return isReadOnly(rva) ? TargetClass::ReadOnly : TargetClass::Writable;
+  const Section *section = image.sectionAt(rva);
+  if (!section) return TargetClass::Unknown;
+  return isReadOnly(rva, section) ? TargetClass::ReadOnly : TargetClass::Writable;
 }
 
 std::optional<uint64_t> Program::stubSlot(uint64_t rva, InstructionDecoder &decoder) const {

@@ -175,6 +175,7 @@ private:
 
   bool copyMovedCode(size_t function, size_t from, CodeChunk &chunk);
   void findSplitParts();
+  bool isReadOnly(uint64_t rva, const Section *section) const;  // section: the one holding rva
   // Iterator over `data` of the first object that starts after rva.
   std::vector<const DataObject *>::const_iterator dataAfter(uint64_t rva) const;
 
