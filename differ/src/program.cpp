@@ -156,13 +156,13 @@ Program::Program(const Image &img) : image(img) {
   for (const Relocation &r : image.relocations) {
     relocations.rvas.push_back(r.rva);
     if (r.symbol) {
-      pointers[r.rva] = {r.symbol, 0};
+      pointers[r.rva] = {&*r.symbol, 0};
     } else if (image.format == Format::Elf) {
       if (llvm::StringRef(r.typeName).ends_with("RELATIVE") && uint64_t(r.addend) >= image.imageBase)
-        pointers[r.rva] = {std::nullopt, uint64_t(r.addend) - image.imageBase};
+        pointers[r.rva] = {nullptr, uint64_t(r.addend) - image.imageBase};
     } else if (llvm::ArrayRef<uint8_t> bytes = image.bytesAt(r.rva, 8); bytes.size() == 8) {
       uint64_t value = llvm::support::endian::read64le(bytes.data());
-      if (value >= image.imageBase) pointers[r.rva] = {std::nullopt, value - image.imageBase};
+      if (value >= image.imageBase) pointers[r.rva] = {nullptr, value - image.imageBase};
     }
   }
   for (const auto &[slot, pointer] : pointers) pointerSlots_.add(slot);

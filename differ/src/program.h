@@ -29,8 +29,8 @@ struct SymbolKey {
 
 // A pointer-sized slot the loader fills: a GOT/IAT entry or a relocated pointer in data.
 struct PointerTarget {
-  std::optional<std::string> symbol;  // imported or preemptible symbol
-  uint64_t rva = 0;                   // otherwise the local address it points at
+  const std::string *symbol = nullptr;  // imported or preemptible symbol (the relocation's)
+  uint64_t rva = 0;                     // otherwise the local address it points at
 };
 
 enum class TargetClass : uint8_t { Stub, Function, ImportSlot, DataObject, PointerSlot, ReadOnly, Writable, Unknown };
