@@ -66,7 +66,8 @@ public:
   DecodedFunction decode(llvm::ArrayRef<uint8_t> code, uint64_t rva, const RelocationIndex &relocations,
                          bool perInstruction) final;
   CodeSummary decodeInto(llvm::ArrayRef<uint8_t> code, uint64_t rva, const RelocationIndex &relocations,
-                         std::vector<CodeReference> &references, llvm::MutableArrayRef<uint64_t> instructionStarts) final;
+                         std::vector<CodeReference> &references,
+                         llvm::MutableArrayRef<uint64_t> instructionStarts) final;
   std::vector<InstructionText> disassemble(llvm::ArrayRef<uint8_t> code, uint64_t rva) final;
 
 protected:

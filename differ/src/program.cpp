@@ -77,8 +77,8 @@ size_t StartIndex::countAtOrBefore(uint64_t rva) const {
   if (starts_.empty() || rva < first_) return 0;
   uint64_t bucket = (rva - first_) >> shift_;
   if (bucket + 1 >= bucketBegin_.size()) return starts_.size();
-  return size_t(std::upper_bound(starts_.begin() + bucketBegin_[bucket], starts_.begin() + bucketBegin_[bucket + 1], rva) -
-                starts_.begin());
+  auto begin = starts_.begin() + bucketBegin_[bucket], end = starts_.begin() + bucketBegin_[bucket + 1];
+  return size_t(std::upper_bound(begin, end, rva) - starts_.begin());
 }
 
 void AddressSet::add(uint64_t address) {
@@ -192,7 +192,6 @@ void Program::decode(std::vector<std::unique_ptr<InstructionDecoder>> &decoders,
   code.assign(n, {});
   copiedFrom_ = other;
   chunks_.assign((n + kFunctionsPerChunk - 1) / kFunctionsPerChunk, {});
-  auto words = [&](size_t i) { return (image.functions[i].range.size + 63) / 64; };
   // Each worker fills its own scratch chunk, then the chunk gets an exact copy: vectors that grew
   // in small steps on two threads would leave the heap fragmented.
   std::vector<CodeChunk> scratch(decoders.size());
@@ -207,13 +206,14 @@ void Program::decode(std::vector<std::unique_ptr<InstructionDecoder>> &decoders,
       if (!diffable[i]) continue;
       if (other && movedFrom[i] && copyMovedCode(i, *movedFrom[i], work)) continue;
       const Function &function = image.functions[i];
+      llvm::ArrayRef<uint8_t> bytes = image.bytesAt(function.range.rva, function.range.size);
       FunctionCode &f = code[i];
       f.firstReference = uint32_t(work.references.size());
       f.firstStartWord = uint32_t(work.starts.size());
-      work.starts.resize(work.starts.size() + words(i));
-      static_cast<CodeSummary &>(f) = decoders[worker]->decodeInto(
-          image.bytesAt(function.range.rva, function.range.size), function.range.rva, relocations, work.references,
-          llvm::MutableArrayRef<uint64_t>(work.starts).drop_front(f.firstStartWord));
+      work.starts.resize(work.starts.size() + (bytes.size() + 63) / 64);
+      static_cast<CodeSummary &>(f) =
+          decoders[worker]->decodeInto(bytes, function.range.rva, relocations, work.references,
+                                       llvm::MutableArrayRef<uint64_t>(work.starts).drop_front(f.firstStartWord));
       f.referenceCount = uint32_t(work.references.size() - f.firstReference);
       uint32_t before = 0;
       for (size_t w = f.firstStartWord; w < work.starts.size(); ++w) {
@@ -282,9 +282,10 @@ ReferenceList Program::references(size_t function) const {
 }
 
 std::optional<uint32_t> Program::instructionAt(size_t function, uint64_t offset) const {
-  if (!diffable[function] || offset >= image.functions[function].range.size) return std::nullopt;
-  // A copied function has the instruction starts of the function it was copied from.
+  // No counted instructions: no starts, and no words at all when the file lacks its bytes.
   const FunctionCode &f = code[function];
+  if (!diffable[function] || !f.instructions || offset >= image.functions[function].range.size) return std::nullopt;
+  // A copied function has the instruction starts of the function it was copied from.
   const Program &owner = f.copiedFrom == FunctionCode::kOwnCode ? *this : *copiedFrom_;
   size_t index = f.copiedFrom == FunctionCode::kOwnCode ? function : f.copiedFrom;
   const CodeChunk &chunk = owner.chunks_[index / kFunctionsPerChunk];

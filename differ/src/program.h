@@ -53,8 +53,8 @@ private:
 };
 
 // A set of addresses, as one bit per byte in blocks of 1 KiB of addresses that exist only where
-// addresses fall: built without sorting, asked without searching, and never larger than a few
-// hundred bytes per address even when they are spread thinly.
+// addresses fall: built without sorting, asked without searching, and at most about 150 bytes per
+// address when they are spread thinly.
 class AddressSet {
 public:
   void add(uint64_t address);
@@ -128,9 +128,9 @@ struct Program {
 
   // Decodes every diffable function on one decoder per worker. A function whose `movedFrom` entry
   // names a function of `other` is first tried as that function's code moved: when its bytes equal
-  // the other's everywhere but in the address fields of the other's references, the references
-  // are read from its own fields instead of decoding it (ADRP pairs need their neighbours and are
-  // always decoded).
+  // the other's everywhere but in the address fields of the other's references, it shares the
+  // other's decoded code and only its targets are read from its own fields (ADRP pairs need their
+  // neighbours and are always decoded).
   void decode(std::vector<std::unique_ptr<InstructionDecoder>> &decoders, const Program *other = nullptr,
               const std::vector<std::optional<size_t>> &movedFrom = {});
   // After decode: fills `referenced` and `partOf`.
