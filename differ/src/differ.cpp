@@ -403,6 +403,7 @@ private:
   }
 
   void compareFunctions(Diff &diff) {
+    diff.pairs.reserve(matching_.pairs);
     for (size_t b = 0; b < base_.code.size(); ++b)
       if (matching_.baseToPatched[b]) diff.pairs.push_back({b, *matching_.baseToPatched[b], matching_.info[b], false});
     std::vector<std::optional<uint32_t>> differences(diff.pairs.size());
@@ -455,6 +456,7 @@ private:
   std::vector<size_t> familyHeads(const std::vector<FunctionPair> &pairs) const {
     std::vector<size_t> familyOf(pairs.size());
     std::vector<std::pair<uint64_t, size_t>> named;  // (digest of the head's name, pair)
+    named.reserve(pairs.size());
     for (size_t i = 0; i < pairs.size(); ++i) {
       familyOf[i] = base_.partOf[pairs[i].base].value_or(pairs[i].base);
       if (!base_.nameKeys[familyOf[i]].empty()) named.push_back({base_.nameDigests[familyOf[i]], i});
