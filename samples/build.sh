@@ -63,7 +63,7 @@ build_elf() { # out target program variant def
     esac
     local comp=$cc std=-std=gnu11
     if is_cxx "$p"; then comp=$cxx; std=-std=gnu++17; fi
-    extra+=(-pthread)  # live's threads, and every driver's `serve` rounds (src/hf_serve.h)
+    [ "$p" = live ] && extra+=(-pthread)
     local srcs=() f
     for f in $(sources "$p"); do srcs+=("$SRC/$f"); done
 

@@ -5,6 +5,8 @@
 #include "hotforge/loader.h"
 
 #include "hotforge/error.h"
+#include "hotforge/runtime/bytes.h"
+#include "hotforge/runtime/process_maps.h"
 
 #include <fmt/core.h>
 #include <llvm/Support/Path.h>
@@ -30,30 +32,6 @@ namespace hotforge {
 namespace {
 
 #if defined(__x86_64__)
-
-struct Mapping {
-  uint64_t start = 0, end = 0, offset = 0;
-  std::string permissions, path;
-};
-
-std::vector<Mapping> readMaps(int pid) {
-  std::vector<Mapping> maps;
-  std::ifstream in("/proc/" + std::to_string(pid) + "/maps");
-  for (std::string line; std::getline(in, line);) {
-    Mapping m;
-    unsigned long long start = 0, end = 0, offset = 0;
-    char permissions[8] = {}, device[16] = {};
-    unsigned long inode = 0;
-    int consumed = 0;
-    if (sscanf(line.c_str(), "%llx-%llx %7s %llx %15s %lu %n", &start, &end, permissions, &offset, device, &inode,
-               &consumed) < 6)
-      continue;
-    m.start = start, m.end = end, m.offset = offset, m.permissions = permissions;
-    m.path = line.substr(std::min<size_t>(size_t(consumed), line.size()));
-    maps.push_back(std::move(m));
-  }
-  return maps;
-}
 
 std::vector<int> threadsOf(int pid) {
   std::vector<int> tids;
@@ -155,32 +133,6 @@ llvm::Expected<int64_t> injectSyscall(int tid, const ProcessMemory &memory, cons
   return int64_t(regs.rax);
 }
 
-// Where the baseline is mapped: the file whose SHA-256 is the image's baseline.
-llvm::Expected<std::pair<std::string, uint64_t>> findBaseline(int pid, const PatchImage &image,
-                                                              const std::vector<Mapping> &maps) {
-  std::map<std::string, uint64_t> loadAddress;  // path -> start of its offset-0 mapping
-  for (const Mapping &m : maps)
-    if (!m.path.empty() && m.path[0] == '/' && m.offset == 0 && !loadAddress.count(m.path)) loadAddress[m.path] = m.start;
-  std::vector<std::string> candidates;
-  for (auto &[path, start] : loadAddress)
-    if (llvm::sys::path::filename(path) == image.baseline.fileName) candidates.insert(candidates.begin(), path);
-    else candidates.push_back(path);
-  std::vector<std::string> seen;
-  for (const std::string &path : candidates) {
-    llvm::Expected<Image> mapped = readImage(path);
-    if (!mapped) {
-      llvm::consumeError(mapped.takeError());
-      continue;
-    }
-    if (mapped->identity.sha256 == image.baseline.sha256)
-      return std::make_pair(path, loadAddress[path]);  // where RVA 0 is: the file's first mapping
-    if (llvm::sys::path::filename(path) == image.baseline.fileName) seen.push_back(path + " (sha256 " + hexEncode(mapped->identity.sha256) + ")");
-  }
-  std::string found = seen.empty() ? "no file of that name is mapped" : "mapped: " + seen.front();
-  return formatError("process {} does not run the baseline this patch fits ({} sha256 {}); {}", pid,
-                     image.baseline.fileName, hexEncode(image.baseline.sha256), found);
-}
-
 #endif  // __x86_64__
 
 }  // namespace
@@ -193,13 +145,13 @@ llvm::Expected<ApplyReport> applyImage(int pid, const PatchImage &image, const A
     return formatError("this loader applies ELF x64 images; the image is {} {}", formatName(image.format),
                        machineName(image.machine));
   if (kill(pid, 0) != 0) return formatError("process {} does not exist", pid);
-  std::vector<Mapping> maps = readMaps(pid);
-  llvm::Expected<std::pair<std::string, uint64_t>> baseline = findBaseline(pid, image, maps);
+  std::vector<Mapping> maps = readMaps(fmt::format("/proc/{}/maps", pid));
+  llvm::Expected<MappedBaseline> baseline = lift(findBaseline(maps, image, fmt::format("process {}", pid)));
   if (!baseline) return baseline.takeError();
   ApplyReport report;
   report.pid = pid;
-  report.baselinePath = baseline->first;
-  report.baseAddress = baseline->second;
+  report.baselinePath = baseline->path;
+  report.baseAddress = baseline->address;
   report.imageSize = image.imageSize;
   report.sequence = image.sequence;
   ProcessMemory memory(pid);
@@ -241,29 +193,18 @@ llvm::Expected<ApplyReport> applyImage(int pid, const PatchImage &image, const A
       for (const std::string &b : busy) all += (all.empty() ? "" : "; ") + b;
       return formatError("gave up after {} attempts: {}", report.attempts, all);
     }
-    // Memory near the base, so rel32 fixups and jumps reach: the free gaps of the address space
-    // nearest to it, within 1 GiB.
-    uint64_t size = (uint64_t(image.imageSize) + 0xffff) & ~uint64_t(0xffff);
-    std::vector<uint64_t> hints;
-    std::vector<Mapping> now = readMaps(pid);
-    for (size_t i = 0; i + 1 < now.size(); ++i) {
-      uint64_t gapStart = (now[i].end + 0xffff) & ~uint64_t(0xffff), gapEnd = now[i + 1].start & ~uint64_t(0xffff);
-      if (gapEnd < gapStart + size + 0x20000) continue;
-      hints.push_back(gapEnd - size - 0x10000);  // the top of a gap below, or
-      hints.push_back(gapStart + 0x10000);       // the bottom of a gap above
-    }
-    auto distance = [&](uint64_t a) { return a > report.baseAddress ? a - report.baseAddress : report.baseAddress - a; };
-    std::sort(hints.begin(), hints.end(), [&](uint64_t a, uint64_t b) { return distance(a) < distance(b); });
+    // Memory near the base, so rel32 fixups and jumps reach.
+    uint64_t size = alignTo(image.imageSize, 0x10000);
+    std::vector<uint64_t> hints = freeAddressesNear(readMaps(fmt::format("/proc/{}/maps", pid)), report.baseAddress,
+                                                    size, patchReach(image.machine));
     int64_t mapped = -1;
     for (size_t attempt = 0; attempt < hints.size() && attempt < 16 && mapped < 0; ++attempt) {
-      uint64_t hint = hints[attempt];
-      if (distance(hint) > (1ull << 30)) break;
       llvm::Expected<int64_t> r = injectSyscall(pid, memory, maps, 9 /* mmap */,
-                                                {hint, size, PROT_READ | PROT_WRITE | PROT_EXEC,
+                                                {hints[attempt], size, PROT_READ | PROT_WRITE | PROT_EXEC,
                                                  MAP_PRIVATE | MAP_ANONYMOUS | 0x100000 /* MAP_FIXED_NOREPLACE */,
                                                  uint64_t(-1), 0});
       if (!r) return r.takeError();
-      if (*r > 0 && uint64_t(*r) == hint) mapped = *r;
+      if (*r > 0 && uint64_t(*r) == hints[attempt]) mapped = *r;
     }
     if (mapped < 0) return makeError("found no free memory within reach of the base for the patch");
     report.imageAddress = uint64_t(mapped);

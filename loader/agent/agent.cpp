@@ -1,0 +1,415 @@
+// libhotforge-agent.so: applies hotpatch units from inside the process it is preloaded into
+// (LD_PRELOAD). It reads every unit in $HOTFORGE_UNIT_DIR, verifies it with the Ed25519 public key
+// in $HOTFORGE_PUBKEY, and applies the images whose baseline this process runs: at start, and
+// again on SIGUSR2. Then a unit that left the directory is reverted, and a higher sequence for
+// the same baseline replaces a lower one (a lower one than any applied before is refused).
+//
+// It is how programs are patched where ptrace is not available, such as Arm64 programs under
+// qemu-user. It links only the runtime (no LLVM), so it cross-compiles for Arm64.
+//
+// The work runs in a thread of the agent, woken by SIGUSR2, with every other thread parked while
+// entries are written. HOTFORGE_AGENT_IN_SIGNAL=1 is for single-threaded programs where threads
+// cannot be created (qemu-user on some kernels hangs in clone; its own helper threads also show
+// in /proc/self/task, so no thread is parked): the work runs in the SIGUSR2 handler, which is
+// only safe when the signal interrupts a system call, as in a program that waits for input.
+#include "hotforge/runtime/bytes.h"
+#include "hotforge/runtime/patch_format.h"
+#include "hotforge/runtime/process_maps.h"
+#include "hotforge/runtime/unit_reader.h"
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <cerrno>
+#include <chrono>
+#include <cstring>
+#include <dirent.h>
+#include <fcntl.h>
+#include <map>
+#include <mutex>
+#include <pthread.h>
+#include <signal.h>
+#include <sys/mman.h>
+#include <sys/syscall.h>
+#include <thread>
+#include <ucontext.h>
+#include <unistd.h>
+
+namespace hotforge::agent {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+void say(const std::string &message) {
+  std::string line = "hotforge-agent[" + std::to_string(getpid()) + "]: " + message + "\n";
+  [[maybe_unused]] ssize_t written = write(STDERR_FILENO, line.data(), line.size());
+}
+
+uint64_t interruptedAt(const void *context) {
+  const auto *uc = static_cast<const ucontext_t *>(context);
+#if defined(__x86_64__)
+  return uint64_t(uc->uc_mcontext.gregs[REG_RIP]);
+#elif defined(__aarch64__)
+  return uint64_t(uc->uc_mcontext.pc);
+#else
+#error "the agent knows the program counter of x86-64 and AArch64 only"
+#endif
+}
+
+constexpr Machine kHostMachine =
+#if defined(__x86_64__)
+    Machine::X64;
+#else
+    Machine::Arm64;
+#endif
+
+int parkSignal() { return SIGRTMIN + 4; }
+
+bool singleThreaded = false;  // HOTFORGE_AGENT_IN_SIGNAL=1: park no thread
+
+// ---- stopping the other threads ----
+// Every other thread is parked in a signal handler that records where it was interrupted, so the
+// entries are checked and written while no thread runs in them: the ptrace loader's stop, done
+// from inside. The handler only touches atomics and yields.
+constexpr int kMaxThreads = 1024;
+struct ParkingLot {
+  std::array<std::atomic<uint64_t>, kMaxThreads> pcs{};
+  std::atomic<int> taken{0}, arrived{0}, left{0};
+  std::atomic<bool> released{false};
+} lot;
+
+void park(int, siginfo_t *, void *context) {
+  int savedErrno = errno;
+  int slot = lot.taken.fetch_add(1);
+  if (slot < kMaxThreads) lot.pcs[slot].store(interruptedAt(context));
+  lot.arrived.fetch_add(1);
+  while (!lot.released.load()) syscall(SYS_sched_yield);
+  lot.left.fetch_add(1);
+  errno = savedErrno;
+}
+
+std::vector<int> otherThreads() {
+  std::vector<int> tids;
+  int self = int(syscall(SYS_gettid));
+  if (DIR *dir = opendir("/proc/self/task")) {
+    while (dirent *e = readdir(dir))
+      if (e->d_name[0] != '.' && atoi(e->d_name) != self) tids.push_back(atoi(e->d_name));
+    closedir(dir);
+  }
+  return tids;
+}
+
+class StoppedWorld {
+public:
+  ~StoppedWorld() {
+    lot.released.store(true);
+    auto deadline = Clock::now() + std::chrono::seconds(1);
+    while (lot.left.load() < lot.arrived.load() && Clock::now() < deadline) std::this_thread::yield();
+  }
+
+  // `interrupted`: where the calling thread was interrupted in in-signal mode, or 0.
+  Status stop(uint64_t interrupted) {
+    lot.taken = lot.arrived = lot.left = 0;
+    lot.released = false;
+    pcs_.clear();
+    if (interrupted) pcs_.push_back(interrupted);
+    if (singleThreaded) return success();
+    std::vector<int> signalled;
+    // Threads may start meanwhile: signal until the set is stable.
+    for (int round = 0; round < 16; ++round) {
+      bool added = false;
+      for (int tid : otherThreads()) {
+        if (std::count(signalled.begin(), signalled.end(), tid)) continue;
+        if (syscall(SYS_tgkill, getpid(), tid, parkSignal()) == 0) signalled.push_back(tid), added = true;
+      }
+      if (!added) break;
+    }
+    auto deadline = Clock::now() + std::chrono::seconds(1);
+    while (lot.arrived.load() < int(signalled.size()))
+      if (Clock::now() > deadline) return fail(signalled.size() - lot.arrived.load(), " thread(s) did not stop");
+      else std::this_thread::yield();
+    for (int i = 0; i < std::min(lot.arrived.load(), kMaxThreads); ++i) pcs_.push_back(lot.pcs[i].load());
+    return success();
+  }
+
+  const std::vector<uint64_t> &interruptedAt() const { return pcs_; }
+
+private:
+  std::vector<uint64_t> pcs_;
+};
+
+// ---- writing code ----
+Status writeCode(uint64_t address, const std::vector<uint8_t> &bytes) {
+  uint64_t page = uint64_t(sysconf(_SC_PAGESIZE));
+  uint64_t begin = address & ~(page - 1), end = alignTo(address + bytes.size(), page);
+  if (mprotect(reinterpret_cast<void *>(begin), end - begin, PROT_READ | PROT_WRITE | PROT_EXEC) != 0)
+    return fail("cannot make the code at ", hexAddress(address), " writable: ", strerror(errno));
+  std::memcpy(reinterpret_cast<void *>(address), bytes.data(), bytes.size());
+  __builtin___clear_cache(reinterpret_cast<char *>(address), reinterpret_cast<char *>(address + bytes.size()));
+  mprotect(reinterpret_cast<void *>(begin), end - begin, PROT_READ | PROT_EXEC);
+  return success();
+}
+
+struct Written {
+  uint64_t address = 0;
+  std::vector<uint8_t> original, patched;
+};
+
+struct Applied {
+  std::string unit, entry;
+  std::array<uint8_t, 32> baseline{};
+  uint32_t sequence = 0;
+  std::vector<Written> writes;
+};
+
+// Maps the image near the base with its fixups applied and each section's access set.
+Outcome<uint64_t> mapImage(const PatchImage &image, uint64_t base) {
+  uint64_t size = alignTo(image.imageSize, 0x10000);
+  for (uint64_t hint : freeAddressesNear(readMaps("/proc/self/maps"), base, size, patchReach(image.machine))) {
+    void *at = mmap(reinterpret_cast<void *>(hint), size, PROT_READ | PROT_WRITE,
+                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+    if (at == MAP_FAILED) continue;
+    if (uint64_t(at) != hint) {  // a kernel that ignores MAP_FIXED_NOREPLACE put it elsewhere
+      munmap(at, size);
+      continue;
+    }
+    std::vector<uint8_t> memory = layOut(image);
+    if (Status fixed = applyFixups(image, base, hint, memory); !fixed) {
+      munmap(at, size);
+      return std::move(fixed).failure();
+    }
+    std::memcpy(at, memory.data(), memory.size());
+    mprotect(at, size, PROT_READ);
+    for (const PatchSection &s : image.sections) {
+      uint64_t begin = hint + (s.rva & ~uint64_t(0xfff)), end = hint + alignTo(uint64_t(s.rva) + s.memorySize, 0x1000);
+      int access = PROT_READ | (s.permissions.write ? PROT_WRITE : 0) | (s.permissions.execute ? PROT_EXEC : 0);
+      if (end > begin) mprotect(reinterpret_cast<void *>(begin), end - begin, access);
+      if (s.permissions.execute) __builtin___clear_cache(reinterpret_cast<char *>(begin), reinterpret_cast<char *>(end));
+    }
+    return hint;
+  }
+  return fail("found no free memory within reach of the base for the patch");
+}
+
+std::string where(const std::vector<uint64_t> &pcs, uint64_t begin, uint64_t end) {
+  for (uint64_t pc : pcs)
+    if (pc > begin && pc < end) return "a thread is at " + hexAddress(pc);
+  return "";
+}
+
+constexpr auto kPatience = std::chrono::seconds(2);
+
+// Writes `writes` (each over bytes that must be `expected` now) with every other thread parked
+// outside them; retries while a thread is in the way.
+Status writeWhileStopped(const std::vector<std::pair<Written, EntryWrite>> &writes, uint64_t interrupted,
+                         bool restoring, std::chrono::microseconds &pause) {
+  auto deadline = Clock::now() + kPatience;
+  for (unsigned attempt = 1;; ++attempt) {
+    std::string busy;
+    {
+      auto stoppedAt = Clock::now();
+      StoppedWorld world;
+      if (Status stopped = world.stop(interrupted); !stopped) return stopped;
+      for (const auto &[w, entry] : writes) {
+        const std::vector<uint8_t> &now = restoring ? w.patched : w.original;
+        if (std::memcmp(reinterpret_cast<const void *>(w.address), now.data(), now.size()) != 0)
+          return fail("the bytes at ", hexAddress(w.address), " are not what this patch expects: another patch or build");
+        if (busy.empty()) busy = where(world.interruptedAt(), entry.busyBegin, entry.busyEnd);
+      }
+      if (busy.empty()) {
+        for (const auto &[w, entry] : writes)
+          if (Status written = writeCode(w.address, restoring ? w.original : w.patched); !written) return written;
+        pause = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - stoppedAt);
+        return success();
+      }
+    }
+    if (Clock::now() > deadline) return fail("gave up after ", attempt, " attempts: ", busy);
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+}
+
+Outcome<Applied> apply(const std::string &unit, const std::string &entry, const PatchImage &image,
+                       const MappedBaseline &baseline, uint64_t interrupted) {
+  for (const PatchRedirect &r : image.redirects)
+    if (std::memcmp(reinterpret_cast<const void *>(baseline.address + r.baseRva - r.paddingBefore), r.expected.data(),
+                    r.expected.size()) != 0)
+      return fail(r.name.value_or("a function"), " does not hold the bytes this patch expects: another patch or build");
+  Outcome<uint64_t> at = mapImage(image, baseline.address);
+  if (!at) return std::move(at).failure();
+  std::vector<std::pair<Written, EntryWrite>> writes;
+  for (const PatchRedirect &r : image.redirects) {
+    Outcome<EntryWrite> w = entryWrite(r, image.machine, baseline.address, *at);
+    if (!w) return std::move(w).failure();
+    const auto *from = reinterpret_cast<const uint8_t *>(w->address);
+    writes.push_back({Written{w->address, std::vector<uint8_t>(from, from + w->bytes.size()), w->bytes}, *w});
+  }
+  std::chrono::microseconds pause{0};
+  if (Status done = writeWhileStopped(writes, interrupted, false, pause); !done) {
+    munmap(reinterpret_cast<void *>(*at), alignTo(image.imageSize, 0x10000));
+    return std::move(done).failure();
+  }
+  say("applied " + entry + " of " + unit + " (sequence " + std::to_string(image.sequence) + "): " +
+      std::to_string(writes.size()) + " functions redirected, image at " + hexAddress(*at) + ", threads paused " +
+      std::to_string(pause.count()) + " us");
+  Applied applied{unit, entry, image.baseline.sha256, image.sequence, {}};
+  for (auto &[w, entry] : writes) applied.writes.push_back(std::move(w));
+  return applied;
+}
+
+// The image stays mapped after a revert: a thread may still be running in it.
+Status revert(const Applied &a, uint64_t interrupted) {
+  std::vector<std::pair<Written, EntryWrite>> writes;
+  for (const Written &w : a.writes) {
+    EntryWrite span;
+    span.address = span.busyBegin = w.address;
+    span.busyEnd = w.address + w.patched.size();
+    writes.push_back({w, span});
+  }
+  std::chrono::microseconds pause{0};
+  if (Status done = writeWhileStopped(writes, interrupted, true, pause); !done) return done;
+  say("reverted " + a.entry + " of " + a.unit + " (sequence " + std::to_string(a.sequence) + "), threads paused " +
+      std::to_string(pause.count()) + " us");
+  return success();
+}
+
+// ---- units ----
+struct Candidate {
+  std::string unit, entry;
+  PatchImage image;
+  MappedBaseline baseline;
+};
+
+struct AgentState {
+  std::mutex updating;
+  std::vector<Applied> applied;
+  std::map<std::array<uint8_t, 32>, uint32_t> highestApplied;  // per baseline, ever
+};
+// Built on first use: the agent's constructor may run before this file's static initializers.
+AgentState &agentState() {
+  static AgentState state;
+  return state;
+}
+
+std::vector<std::string> unitFiles(const std::string &directory) {
+  std::vector<std::string> files;
+  if (DIR *dir = opendir(directory.c_str())) {
+    while (dirent *e = readdir(dir))
+      if (e->d_name[0] != '.') files.push_back(directory + "/" + e->d_name);
+    closedir(dir);
+  }
+  std::sort(files.begin(), files.end());
+  return files;
+}
+
+// The highest sequence per baseline this process runs, over every verified unit in the directory.
+std::map<std::array<uint8_t, 32>, Candidate> wantedImages(const std::string &directory, const PublicKey &key) {
+  std::map<std::array<uint8_t, 32>, Candidate> wanted;
+  std::vector<Mapping> maps = readMaps("/proc/self/maps");
+  for (const std::string &path : unitFiles(directory)) {
+    Outcome<std::vector<uint8_t>> bytes = readFileBytes(path);
+    if (!bytes || !looksLikeUnit(*bytes)) continue;
+    Outcome<VerifiedUnit> unit = verifyUnit(*bytes, key);
+    if (!unit) {
+      say("refused " + path + ": " + unit.error());
+      continue;
+    }
+    for (UnitEntry &entry : unit->entries) {
+      Outcome<PatchImage> image = readPatchImage(entry.bytes);
+      if (!image) {
+        say("refused " + path + ": " + entry.name + ": " + image.error());
+        continue;
+      }
+      if (image->format != Format::Elf || image->machine != kHostMachine) continue;
+      Outcome<MappedBaseline> baseline = findBaseline(maps, *image, "this process");
+      if (!baseline) continue;  // an image for another program of the release
+      auto known = wanted.find(image->baseline.sha256);
+      if (known == wanted.end() || known->second.image.sequence < image->sequence)
+        wanted[image->baseline.sha256] = Candidate{path, entry.name, std::move(*image), *baseline};
+    }
+  }
+  return wanted;
+}
+
+void update(uint64_t interrupted) {
+  auto &[updating, applied, highestApplied] = agentState();
+  std::lock_guard<std::mutex> hold(updating);
+  const char *directory = getenv("HOTFORGE_UNIT_DIR"), *keyFile = getenv("HOTFORGE_PUBKEY");
+  if (!keyFile) return say("HOTFORGE_PUBKEY is not set: no unit can be verified, none is applied");
+  Outcome<PublicKey> key = readPublicKeyFile(keyFile);
+  if (!key) return say(key.error());
+  std::map<std::array<uint8_t, 32>, Candidate> wanted = wantedImages(directory, *key);
+  // Reverts first: units that left the directory, and images a higher sequence replaces.
+  for (auto it = applied.begin(); it != applied.end();) {
+    auto w = wanted.find(it->baseline);
+    bool keep = w != wanted.end() && w->second.unit == it->unit && w->second.entry == it->entry &&
+                w->second.image.sequence == it->sequence;
+    if (keep) {
+      ++it;
+      continue;
+    }
+    if (Status reverted = revert(*it, interrupted); !reverted) {
+      say("cannot revert " + it->entry + ": " + reverted.error());
+      ++it;
+      continue;
+    }
+    it = applied.erase(it);
+  }
+  for (auto &[baseline, c] : wanted) {
+    bool present = std::any_of(applied.begin(), applied.end(), [&](const Applied &a) { return a.baseline == baseline; });
+    if (present) continue;
+    auto highest = highestApplied.find(baseline);
+    if (highest != highestApplied.end() && c.image.sequence < highest->second) {
+      say("refused " + c.entry + " of " + c.unit + ": sequence " + std::to_string(c.image.sequence) +
+          " is lower than sequence " + std::to_string(highest->second) + " applied before");
+      continue;
+    }
+    Outcome<Applied> done = apply(c.unit, c.entry, c.image, c.baseline, interrupted);
+    if (!done) {
+      say("cannot apply " + c.entry + " of " + c.unit + ": " + done.error());
+      continue;
+    }
+    highestApplied[baseline] = std::max(highestApplied[baseline], c.image.sequence);
+    applied.push_back(std::move(*done));
+  }
+}
+
+int wakeUp[2] = {-1, -1};  // SIGUSR2 -> the agent's thread
+
+void onUpdateSignal(int, siginfo_t *, void *context) {
+  if (wakeUp[1] >= 0) {
+    int savedErrno = errno;
+    [[maybe_unused]] ssize_t written = write(wakeUp[1], "u", 1);
+    errno = savedErrno;
+    return;
+  }
+  update(interruptedAt(context));
+}
+
+void installHandler(int signal, void (*handler)(int, siginfo_t *, void *)) {
+  struct sigaction action {};
+  action.sa_sigaction = handler;
+  action.sa_flags = SA_SIGINFO | SA_RESTART;
+  sigemptyset(&action.sa_mask);
+  sigaction(signal, &action, nullptr);
+}
+
+__attribute__((constructor)) void start() {
+  if (!getenv("HOTFORGE_UNIT_DIR")) return;
+  const char *inSignal = getenv("HOTFORGE_AGENT_IN_SIGNAL");
+  singleThreaded = inSignal && std::string(inSignal) == "1";
+  if (!singleThreaded) installHandler(parkSignal(), park);
+  update(0);
+  if (!singleThreaded && pipe2(wakeUp, O_CLOEXEC) == 0) {
+    std::thread([] {
+      for (char byte;;) {
+        ssize_t got = read(wakeUp[0], &byte, 1);
+        if (got == 1) update(0);
+        else if (got < 0 && errno != EINTR) return;
+      }
+    }).detach();
+  }
+  installHandler(SIGUSR2, onUpdateSignal);
+}
+
+}  // namespace
+}  // namespace hotforge::agent

@@ -1,0 +1,41 @@
+// A Linux process's address space as /proc/PID/maps shows it: where the baseline of a patch is
+// mapped, and where free memory near it is. Shared by the ptrace loader (another process) and
+// the agent (its own process, also under qemu-user, which emulates /proc/self/maps).
+#pragma once
+
+#include "hotforge/runtime/outcome.h"
+#include "hotforge/runtime/patch_format.h"
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace hotforge {
+
+struct Mapping {
+  uint64_t start = 0, end = 0, offset = 0;
+  std::string permissions, path;
+};
+
+// The mappings in a maps file ("/proc/123/maps", "/proc/self/maps"), in address order.
+std::vector<Mapping> readMaps(const std::string &mapsFile);
+
+struct MappedBaseline {
+  std::string path;
+  uint64_t address = 0;  // where RVA 0 is: the start of the file's offset-0 mapping
+};
+// The mapped file whose SHA-256 is the image's baseline. Files named like the baseline are
+// hashed first; the refusal names what is mapped under that name instead.
+Outcome<MappedBaseline> findBaseline(const std::vector<Mapping> &maps, const PatchImage &image,
+                                     const std::string &processName);
+
+// Addresses where `size` bytes fit in a free gap within `reach` of `near`, nearest first, each
+// 64 KiB aligned with 64 KiB of room on both sides.
+std::vector<uint64_t> freeAddressesNear(const std::vector<Mapping> &maps, uint64_t near, uint64_t size,
+                                        uint64_t reach);
+
+// How far from the base a patch image may lie so that its jumps and fixups reach without
+// veneers for the entry redirections: rel32 on x64, B imm26 (128 MiB) on Arm64.
+uint64_t patchReach(Machine machine);
+
+}  // namespace hotforge
