@@ -19,12 +19,14 @@ packages=(
   gcc-mingw-w64-x86-64-win32 g++-mingw-w64-x86-64-win32 wine64 libunicorn-dev
   bsdiff xdelta3 binutils time
 )
+# Arm64 builds of libraries the cross-compiled agent links (Debian multiarch).
+arm64_packages=(libssl-dev:arm64 libzstd-dev:arm64)
 
 log() { printf '==> %s\n' "$*" >&2; }
 
 setup() {
   local missing=()
-  for p in "${packages[@]}"; do
+  for p in "${packages[@]}" "${arm64_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
   done
   [ ${#missing[@]} -eq 0 ] && return 0
@@ -32,6 +34,7 @@ setup() {
   local sudo=""
   [ "$(id -u)" -eq 0 ] || sudo=sudo
   export DEBIAN_FRONTEND=noninteractive
+  dpkg --print-foreign-architectures | grep -qx arm64 || $sudo dpkg --add-architecture arm64
   $sudo apt-get update -qq
   $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }

@@ -1,17 +1,28 @@
-// End to end on a running process: the `live` sample (scenario 14: threads calling live_score in
-// a loop) is started from its baseline, a unit built from its patched build is applied while it
-// runs, and its output must switch to exactly the patched values, then back after revert, with
-// no wrong value in between. Refusals must leave the process running unchanged.
+// End to end on running processes.
+// - The `live` sample (scenario 14: threads calling live_score in a loop) is started from its
+//   baseline, a unit built from its patched build is applied while it runs, and its output must
+//   switch to exactly the patched values, then back after revert, with no wrong value in between.
+//   Refusals must leave the process running unchanged.
+// - Every other hotpatchable scenario, on every ELF target: the baseline runs in `serve` mode
+//   (samples/src/hf_serve.h), and each round must print exactly the baseline's expected output,
+//   then after apply exactly the patched build's, then after revert the baseline's again. x64 is
+//   patched from outside (hotforge apply/revert, ptrace) and from inside (the agent); Arm64, under
+//   qemu-user, by the agent.
 #include "test_support.h"
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <chrono>
 #include <csignal>
+#include <cstdio>
 #include <fcntl.h>
+#include <filesystem>
+#include <iostream>
+#include <poll.h>
 #include <regex>
+#include <sstream>
 #include <sys/wait.h>
-#include <algorithm>
 #include <thread>
 #include <unistd.h>
 
@@ -175,6 +186,171 @@ TEST(Loader, RefusalsLeaveTheProcessRunningUnchanged) {
   ASSERT_TRUE(live.alive());
   std::string seen = live.verdicts();
   EXPECT_EQ(seen.find_first_not_of('B'), std::string::npos) << seen;
+}
+
+// A sample in `serve` mode: round() runs every scenario once and returns what it printed.
+// stderr (the agent's messages) goes to a file.
+class Serving {
+public:
+  Serving(const std::vector<std::string> &argv, const std::vector<std::string> &environment, std::string errors)
+      : errors_(std::move(errors)) {
+    int toChild[2], fromChild[2];
+    if (pipe(toChild) != 0 || pipe(fromChild) != 0) return;
+    pid_ = fork();
+    if (pid_ == 0) {
+      dup2(toChild[0], 0);
+      dup2(fromChild[1], 1);
+      int fd = open(errors_.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0600);
+      dup2(fd, 2);
+      for (int f : {toChild[0], toChild[1], fromChild[0], fromChild[1], fd}) close(f);
+      for (const std::string &e : environment) putenv(const_cast<char *>(e.c_str()));
+      std::vector<char *> args;
+      for (const std::string &a : argv) args.push_back(const_cast<char *>(a.c_str()));
+      args.push_back(nullptr);
+      execvp(args[0], args.data());
+      _exit(127);
+    }
+    close(toChild[0]);
+    close(fromChild[1]);
+    input_ = toChild[1];
+    output_ = fromChild[0];
+  }
+  ~Serving() {
+    close(input_);
+    close(output_);
+    kill(pid_, SIGKILL);
+    waitpid(pid_, nullptr, 0);
+  }
+  int pid() const { return pid_; }
+
+  std::string round() {
+    static const std::string kEnd = "hf-round-end\n";
+    if (write(input_, "r\n", 2) != 2) return "(the sample does not read its input)";
+    std::string text;
+    auto deadline = std::chrono::steady_clock::now() + 60s;
+    while (text.size() < kEnd.size() || text.compare(text.size() - kEnd.size(), kEnd.size(), kEnd) != 0) {
+      pollfd p{output_, POLLIN, 0};
+      if (std::chrono::steady_clock::now() > deadline || poll(&p, 1, 1000) < 0) return text + "(timed out)";
+      char buffer[4096];
+      ssize_t got = p.revents ? read(output_, buffer, sizeof buffer) : 0;
+      if (p.revents && got <= 0) return text + "(the sample exited)";
+      text.append(buffer, size_t(std::max<ssize_t>(got, 0)));
+    }
+    return text.substr(0, text.size() - kEnd.size());
+  }
+
+  // Waits until the agent has said `count` lines starting with one of `words`, then returns them.
+  std::vector<std::string> agentSaid(size_t count) const {
+    std::vector<std::string> lines;
+    for (int i = 0; i < 6000 && lines.size() < count; ++i) {
+      if (i) std::this_thread::sleep_for(10ms);
+      lines.clear();
+      std::istringstream all(readFile(errors_));
+      for (std::string line; std::getline(all, line);)
+        if (line.rfind("hotforge-agent", 0) == 0) lines.push_back(line);
+    }
+    return lines;
+  }
+
+private:
+  pid_t pid_ = -1;
+  int input_ = -1, output_ = -1;
+  std::string errors_;
+};
+
+enum class Applier { Ptrace, Agent };
+
+std::string expectedOutput(const std::string &program, const std::string &variant) {
+  return readFile(std::string(HOTFORGE_SOURCE_DIR) + "/samples/expected/" + program + "." + variant + ".txt");
+}
+
+std::string samplePath(const std::string &target, const std::string &program, const std::string &variant) {
+  for (const Sample &s : samples(target))
+    if (s.program == program && s.variant == variant) return s.path;
+  return "";
+}
+
+// Every hotpatchable scenario of `target` except the live one: baseline, patched, baseline.
+void everyScenarioSwitchesAndBack(const std::string &target, Applier applier) {
+  bool arm64 = target.find("a64") != std::string::npos;
+  std::string agent = arm64 ? HOTFORGE_AGENT_AARCH64 : HOTFORGE_AGENT;
+  ASSERT_TRUE(std::filesystem::exists(agent) || applier == Applier::Ptrace) << agent;
+  setenv("HOTFORGE_STATE_DIR", (tempDir() + "/state-" + target).c_str(), 1);
+  unsigned checked = 0;
+  for (const nlohmann::json &scenario : samplesManifest()["scenarios"]) {
+    std::string program = scenario["program"], variant = scenario["variant"];
+    std::string base = samplePath(target, program, "base"), patched = samplePath(target, program, variant);
+    if (program == "live" || base.empty() || patched.empty()) continue;
+    SCOPED_TRACE(target + " scenario " + std::to_string(scenario["scenario"].get<int>()));
+    std::string name = target + "-" + variant + (applier == Applier::Agent ? "-agent" : "");
+    std::string image = tempDir() + "/" + name + ".hfpatch";
+    CommandResult built = hotforge({"build", base, patched, "-o", image});
+    if (scenario["expected"]["verdict"] != "hotpatchable") {
+      EXPECT_EQ(built.exitCode, 3) << "a needs-restart change must be refused: " << built.out;
+      continue;
+    }
+    ASSERT_EQ(built.exitCode, 0) << built.err;
+    Unit unit = makeUnit(base, patched, name);
+    std::string units = tempDir() + "/units-" + name;
+    std::filesystem::create_directories(units);
+    std::vector<std::string> argv{base, "serve"}, environment;
+    if (applier == Applier::Agent)
+      environment = {"HOTFORGE_UNIT_DIR=" + units, "HOTFORGE_PUBKEY=" + unit.publicKey};
+    if (arm64) {
+      // qemu-user hangs in clone on these machines: the agent works in its signal handler.
+      argv.insert(argv.begin(), {"qemu-aarch64", "-L", "/usr/aarch64-linux-gnu", "-E", "LD_PRELOAD=" + agent});
+      environment.push_back("HOTFORGE_AGENT_IN_SIGNAL=1");
+    } else if (applier == Applier::Agent) {
+      environment.push_back("LD_PRELOAD=" + agent);
+    }
+    Serving serving(argv, environment, tempDir() + "/" + name + ".err");
+    const std::string baseOutput = expectedOutput(program, "base"), patchedOutput = expectedOutput(program, variant);
+    ASSERT_EQ(serving.round(), baseOutput);
+
+    auto started = std::chrono::steady_clock::now();
+    if (applier == Applier::Ptrace) {
+      CommandResult applied = hotforge({"apply", "--pid", std::to_string(serving.pid()), unit.path, "--pubkey", unit.publicKey});
+      ASSERT_EQ(applied.exitCode, 0) << applied.err;
+      std::cout << "[ applied  ] " << name << ": " << applied.out;
+    } else {
+      std::filesystem::copy_file(unit.path, units + "/unit.hfu");
+      kill(serving.pid(), SIGUSR2);
+      std::vector<std::string> said = serving.agentSaid(1);
+      ASSERT_EQ(said.size(), 1u);
+      ASSERT_NE(said[0].find("applied"), std::string::npos) << said[0];
+      std::cout << "[ applied  ] " << name << ": " << said[0] << "\n";
+    }
+    std::cout << "[ time     ] " << name << ": apply took "
+              << std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - started).count()
+              << " ms\n";
+    EXPECT_EQ(serving.round(), patchedOutput);
+
+    if (applier == Applier::Ptrace) {
+      CommandResult reverted = hotforge({"revert", "--pid", std::to_string(serving.pid())});
+      ASSERT_EQ(reverted.exitCode, 0) << reverted.err;
+    } else {
+      std::filesystem::remove(units + "/unit.hfu");
+      kill(serving.pid(), SIGUSR2);
+      std::vector<std::string> said = serving.agentSaid(2);
+      ASSERT_EQ(said.size(), 2u);
+      ASSERT_NE(said[1].find("reverted"), std::string::npos) << said[1];
+    }
+    EXPECT_EQ(serving.round(), baseOutput);
+    ++checked;
+  }
+  EXPECT_GE(checked, 11u) << "scenarios 1-5, 7-13 (and 11 from exc) should all have run";
+}
+
+TEST(LiveEndToEnd, EveryScenarioOnX64ThroughPtrace) {
+  for (const char *target : {"elf-x64-gcc", "elf-x64-clang"}) everyScenarioSwitchesAndBack(target, Applier::Ptrace);
+}
+
+TEST(LiveEndToEnd, EveryScenarioOnX64ThroughTheAgent) {
+  for (const char *target : {"elf-x64-gcc", "elf-x64-clang"}) everyScenarioSwitchesAndBack(target, Applier::Agent);
+}
+
+TEST(LiveEndToEnd, EveryScenarioOnArm64UnderQemuThroughTheAgent) {
+  for (const char *target : {"elf-a64-gcc", "elf-a64-clang"}) everyScenarioSwitchesAndBack(target, Applier::Agent);
 }
 
 }  // namespace

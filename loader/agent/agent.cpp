@@ -24,6 +24,7 @@
 #include <chrono>
 #include <cstring>
 #include <dirent.h>
+#include <dlfcn.h>
 #include <fcntl.h>
 #include <map>
 #include <mutex>
@@ -162,6 +163,16 @@ struct Applied {
   std::vector<Written> writes;
 };
 
+// Patched code that throws needs its unwind entries known to the unwinder, and the image is not
+// an object dl_iterate_phdr reports: its .eh_frame is registered with libgcc's __register_frame,
+// as JIT compilers do. Without libgcc_s (plain C) nothing can throw through it.
+void registerUnwindEntries(const PatchImage &image, uint64_t at) {
+  using RegisterFrame = void (*)(const void *);
+  auto registerFrame = reinterpret_cast<RegisterFrame>(dlsym(RTLD_DEFAULT, "__register_frame"));
+  for (const PatchSection &s : image.sections)
+    if (s.name == ".eh_frame" && registerFrame) registerFrame(reinterpret_cast<const void *>(at + s.rva));
+}
+
 // Maps the image near the base with its fixups applied and each section's access set.
 Outcome<uint64_t> mapImage(const PatchImage &image, uint64_t base) {
   uint64_t size = alignTo(image.imageSize, 0x10000);
@@ -186,6 +197,7 @@ Outcome<uint64_t> mapImage(const PatchImage &image, uint64_t base) {
       if (end > begin) mprotect(reinterpret_cast<void *>(begin), end - begin, access);
       if (s.permissions.execute) __builtin___clear_cache(reinterpret_cast<char *>(begin), reinterpret_cast<char *>(end));
     }
+    registerUnwindEntries(image, hint);
     return hint;
   }
   return fail("found no free memory within reach of the base for the patch");

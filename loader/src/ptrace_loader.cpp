@@ -133,6 +133,48 @@ llvm::Expected<int64_t> injectSyscall(int tid, const ProcessMemory &memory, cons
   return int64_t(regs.rax);
 }
 
+// Calls `function(argument)` in a stopped thread and puts the thread back as it was. The call
+// returns to address 0, and the fault that follows hands the thread back to us.
+llvm::Error injectCall(int tid, const ProcessMemory &memory, uint64_t function, uint64_t argument) {
+  user_regs_struct saved{};
+  if (ptrace(PTRACE_GETREGS, tid, nullptr, &saved) != 0)
+    return formatError("cannot read the registers of thread {}: {}", tid, strerror(errno));
+  user_regs_struct regs = saved;
+  regs.rsp = ((saved.rsp - 512) & ~uint64_t(15)) - 8;  // below the red zone; aligned as after a call
+  uint64_t returnAddress = 0;
+  if (!memory.write(regs.rsp, &returnAddress, 8)) return formatError("cannot write the stack of thread {}", tid);
+  regs.rip = function;
+  regs.rdi = argument;
+  regs.rax = 0;
+  regs.orig_rax = uint64_t(-1);  // not a system call to restart
+  int status = 0;
+  bool returned = ptrace(PTRACE_SETREGS, tid, nullptr, &regs) == 0 && ptrace(PTRACE_CONT, tid, nullptr, nullptr) == 0 &&
+                  waitpid(tid, &status, __WALL) == tid && WIFSTOPPED(status) && WSTOPSIG(status) == SIGSEGV &&
+                  ptrace(PTRACE_GETREGS, tid, nullptr, &regs) == 0 && regs.rip == 0;
+  ptrace(PTRACE_SETREGS, tid, nullptr, &saved);
+  if (!returned) return formatError("a call injected into thread {} did not return (status {:#x})", tid, status);
+  return llvm::Error::success();
+}
+
+// Patched code that throws needs its unwind entries known to the unwinder, and the image is not
+// an object dl_iterate_phdr reports: its .eh_frame is registered with libgcc's __register_frame,
+// as JIT compilers do. Programs without libgcc_s (plain C) cannot throw, so there is nothing to do.
+llvm::Error registerUnwindEntries(int tid, const ProcessMemory &memory, const std::vector<Mapping> &maps,
+                                  const PatchImage &image, uint64_t imageAddress) {
+  auto ehFrame = std::find_if(image.sections.begin(), image.sections.end(),
+                              [](const PatchSection &s) { return s.name == ".eh_frame"; });
+  auto libgcc = std::find_if(maps.begin(), maps.end(), [](const Mapping &m) {
+    return m.offset == 0 && m.path.find("/libgcc_s.so") != std::string::npos;
+  });
+  if (ehFrame == image.sections.end() || libgcc == maps.end()) return llvm::Error::success();
+  llvm::Expected<Image> library = readImage(libgcc->path);
+  if (!library) return library.takeError();
+  for (const Function &f : library->functions)
+    if (f.name && (*f.name == "__register_frame" || f.name->rfind("__register_frame@", 0) == 0))
+      return injectCall(tid, memory, libgcc->start + f.range.rva, imageAddress + ehFrame->rva);
+  return formatError("{} has no __register_frame: the patch's unwind entries cannot be registered", libgcc->path);
+}
+
 #endif  // __x86_64__
 
 }  // namespace
@@ -238,6 +280,7 @@ llvm::Expected<ApplyReport> applyImage(int pid, const PatchImage &image, const A
       applied.written = std::move(w->bytes);
       report.redirects.push_back(std::move(applied));
     }
+    if (llvm::Error e = registerUnwindEntries(pid, memory, maps, image, report.imageAddress)) return e;
     // The jumps go in last, each one write; x86 keeps instruction fetch coherent with stores.
     for (const AppliedRedirect &r : report.redirects)
       if (!memory.write(r.address, r.written.data(), r.written.size()))
