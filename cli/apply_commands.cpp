@@ -14,9 +14,15 @@ namespace {
 
 struct ApplyCommandOptions {
   int pid = 0;
-  std::string unit, publicKey;
+  std::string unit, publicKey, consistency = "entry";
   bool json = false;
 };
+
+// Writes the jumps of an earlier apply again (after its replacement failed).
+llvm::Error reapply(int pid, std::vector<AppliedRedirect> redirects) {
+  for (AppliedRedirect &r : redirects) std::swap(r.original, r.written);
+  return revertRedirects(pid, redirects);
+}
 
 // The applied units of a process, with the entry that is being replaced by a later sequence.
 int applyUnit(const ApplyCommandOptions &options) {
@@ -41,21 +47,26 @@ int applyUnit(const ApplyCommandOptions &options) {
     if (previous != applied.end() && (*previous)["sequence"].get<uint32_t>() >= image->sequence)
       return reportError(fmt::format("{}: sequence {} is not newer than sequence {} already applied to process {}",
                                      entry.name, image->sequence, (*previous)["sequence"].get<uint32_t>(), options.pid));
+    // The earlier sequence comes out first: the new image expects the baseline's own bytes.
+    if (previous != applied.end())
+      if (llvm::Error e = revertRedirects(options.pid, redirectsFromJson(*previous)))
+        return reportError(entry.name + ": cannot take out sequence " +
+                           std::to_string((*previous)["sequence"].get<uint32_t>()) + ": " + llvm::toString(std::move(e)));
     ApplyOptions applyOptions;
     applyOptions.unitName = options.unit;
+    applyOptions.strict = options.consistency == "strict";
     llvm::Expected<ApplyReport> report = applyImage(options.pid, *image, applyOptions);
     if (llvm::Error e = report.takeError()) {
-      // Images of other binaries in a release unit are not an error: they fit other processes.
       std::string reason = llvm::toString(std::move(e));
+      if (previous != applied.end())
+        if (llvm::Error back = reapply(options.pid, redirectsFromJson(*previous)))
+          reason += "; and sequence " + std::to_string((*previous)["sequence"].get<uint32_t>()) +
+                    " could not be put back: " + llvm::toString(std::move(back));
+      // Images of other binaries in a release unit are not an error: they fit other processes.
       if (unit->entries.size() > 1 && reason.find("does not run the baseline") != std::string::npos) continue;
       return reportError(entry.name + ": " + reason);
     }
-    if (previous != applied.end()) {
-      if (llvm::Error e = revertRedirects(options.pid, redirectsFromJson(*previous)))
-        fmt::print(stderr, "hotforge: warning: sequence {} stays under the new one: {}\n",
-                   (*previous)["sequence"].get<uint32_t>(), llvm::toString(std::move(e)));
-      applied.erase(previous);
-    }
+    if (previous != applied.end()) applied.erase(previous);
     nlohmann::json record = toJson(*report, options.unit);
     record["baseline_sha256"] = baseline;
     record["entry"] = entry.name;
@@ -119,6 +130,11 @@ void addLoaderCommands(CLI::App &app, int &exitCode) {
   apply->add_option("unit", options->unit, "the delivery unit")->required();
   apply->add_option("--pubkey", options->publicKey, "public key that must have signed the unit")->required();
   apply->add_flag("--json", options->json, "print what was applied as JSON");
+  apply->add_option("--consistency", options->consistency,
+                    "entry: no thread may be inside the bytes being overwritten (default); strict: nor may any "
+                    "thread have a changed function on its stack (a conservative scan of every stack word); "
+                    "both retry for 2 s, then refuse naming the threads")
+      ->check(CLI::IsMember({"entry", "strict"}));
   apply->callback([options, &exitCode] { exitCode = applyUnit(*options); });
 
   auto pid = std::make_shared<int>(0);

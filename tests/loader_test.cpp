@@ -188,6 +188,33 @@ TEST(Loader, RefusalsLeaveTheProcessRunningUnchanged) {
   EXPECT_EQ(seen.find_first_not_of('B'), std::string::npos) << seen;
 }
 
+TEST(Loader, LaterSequenceReplacesTheEarlierOneAndAnEarlierOneIsRefused) {
+  const std::string base = sample("elf-x64-gcc", "base"), patched = sample("elf-x64-gcc", "fix14");
+  Unit first = makeUnit(base, patched, "sequence-1");
+  std::string second = tempDir() + "/sequence-2.hfu", image = tempDir() + "/sequence-2.hfpatch";
+  ASSERT_EQ(hotforge({"build", base, patched, "-o", image, "--sequence", "2"}).exitCode, 0);
+  ASSERT_EQ(hotforge({"pack", image, "-o", second, "--key", tempDir() + "/sequence-1-key.pem"}).exitCode, 0);
+  setenv("HOTFORGE_STATE_DIR", (tempDir() + "/state-sequence").c_str(), 1);
+  Running live(base, {"100000", "1", "2"}, tempDir() + "/sequence.out");
+  live.waitForLines(20);
+  std::string pid = std::to_string(live.pid());
+  CommandResult r = hotforge({"apply", "--pid", pid, first.path, "--pubkey", first.publicKey});
+  ASSERT_EQ(r.exitCode, 0) << r.err;
+  r = hotforge({"apply", "--pid", pid, second, "--pubkey", first.publicKey, "--consistency", "strict"});
+  ASSERT_EQ(r.exitCode, 0) << r.err;
+  r = hotforge({"apply", "--pid", pid, first.path, "--pubkey", first.publicKey});
+  EXPECT_EQ(r.exitCode, 1);
+  EXPECT_NE(r.err.find("sequence 1 is not newer than sequence 2"), std::string::npos) << r.err;
+  nlohmann::json status = nlohmann::json::parse(hotforge({"status", "--pid", pid, "--json"}).out);
+  ASSERT_EQ(status["applied"].size(), 1u) << status.dump();
+  EXPECT_EQ(status["applied"][0]["sequence"], 2);
+  live.waitForLines(40);
+  ASSERT_TRUE(live.alive());
+  std::string seen = live.verdicts();
+  EXPECT_EQ(seen.find('X'), std::string::npos) << seen;
+  EXPECT_EQ(seen.back(), 'P') << seen;
+}
+
 // A sample in `serve` mode: round() runs every scenario once and returns what it printed.
 // stderr (the agent's messages) goes to a file.
 class Serving {

@@ -133,6 +133,18 @@ llvm::Expected<int64_t> injectSyscall(int tid, const ProcessMemory &memory, cons
   return int64_t(regs.rax);
 }
 
+// The words of a stopped thread's stack, from its stack pointer to the end of the stack's mapping
+// (at most 1 MiB): where return addresses are, for the strict consistency check.
+std::vector<uint64_t> stackWords(const ProcessMemory &memory, const std::vector<Mapping> &maps, uint64_t stackPointer) {
+  auto mapping = std::find_if(maps.begin(), maps.end(),
+                              [&](const Mapping &m) { return stackPointer >= m.start && stackPointer < m.end; });
+  if (mapping == maps.end()) return {};
+  uint64_t begin = stackPointer & ~uint64_t(7), end = std::min(mapping->end, begin + (uint64_t(1) << 20));
+  std::vector<uint64_t> words((end - begin) / 8);
+  if (!memory.read(begin, words.data(), words.size() * 8)) return {};
+  return words;
+}
+
 // Calls `function(argument)` in a stopped thread and puts the thread back as it was. The call
 // returns to address 0, and the fault that follows hands the thread back to us.
 llvm::Error injectCall(int tid, const ProcessMemory &memory, uint64_t function, uint64_t argument) {
@@ -216,14 +228,26 @@ llvm::Expected<ApplyReport> applyImage(int pid, const PatchImage &image, const A
                            "or another build", r.name.value_or("a function"), from, hexEncode(found),
                            hexEncode(r.expected));
     }
+    std::vector<Mapping> stacks = options.strict ? readMaps(fmt::format("/proc/{}/maps", pid)) : std::vector<Mapping>{};
     for (int tid : process.threads()) {
       user_regs_struct regs{};
       if (ptrace(PTRACE_GETREGS, tid, nullptr, &regs) != 0) continue;
+      std::vector<uint64_t> stack = options.strict ? stackWords(memory, stacks, regs.rsp) : std::vector<uint64_t>{};
       for (const PatchRedirect &r : image.redirects) {
         llvm::Expected<EntryWrite> w = lift(entryWrite(r, image.machine, report.baseAddress, report.baseAddress));
         if (!w) return w.takeError();
+        std::string name = r.name.value_or("a function");
         if (regs.rip > w->busyBegin && regs.rip < w->busyEnd)
-          busy.push_back(fmt::format("thread {} is at {:#x} inside {}", tid, regs.rip, r.name.value_or("a function")));
+          busy.push_back(fmt::format("thread {} is at {:#x} inside {}", tid, regs.rip, name));
+        uint64_t begin = report.baseAddress + r.baseRva, end = begin + r.baseSize;
+        if (!options.strict) continue;
+        if (regs.rip >= begin && regs.rip < end)
+          busy.push_back(fmt::format("thread {} runs in {} (at {:#x})", tid, name, regs.rip));
+        for (uint64_t word : stack)
+          if (word > begin && word < end) {  // a return address points after a call, never at the entry
+            busy.push_back(fmt::format("thread {} has {} on its stack (return address {:#x})", tid, name, word));
+            break;
+          }
       }
     }
     if (!busy.empty()) {

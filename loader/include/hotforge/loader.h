@@ -15,7 +15,11 @@ namespace hotforge {
 
 struct ApplyOptions {
   std::string unitName;  // for the state record and messages
-  std::chrono::milliseconds patience{2000};  // how long to retry while a thread sits in bytes to overwrite
+  std::chrono::milliseconds patience{2000};  // how long to retry while a thread is in the way
+  // Strict consistency: no thread may have a changed function on its stack either (its program
+  // counter in one, or a return address into one anywhere in the stack's words), so no old code
+  // runs after the switch. The stack scan is conservative: a stale word can make it wait.
+  bool strict = false;
 };
 
 struct AppliedRedirect {
