@@ -269,7 +269,7 @@ public:
   // Waits until the agent has said `count` lines starting with one of `words`, then returns them.
   std::vector<std::string> agentSaid(size_t count) const {
     std::vector<std::string> lines;
-    for (int i = 0; i < 6000 && lines.size() < count; ++i) {
+    for (int i = 0; i == 0 || (i < 6000 && lines.size() < count); ++i) {
       if (i) std::this_thread::sleep_for(10ms);
       lines.clear();
       std::istringstream all(readFile(errors_));
@@ -366,6 +366,34 @@ void everyScenarioSwitchesAndBack(const std::string &target, Applier applier) {
     ++checked;
   }
   EXPECT_GE(checked, 11u) << "scenarios 1-5, 7-13 (and 11 from exc) should all have run";
+}
+
+TEST(LiveEndToEnd, TheAgentRefusesTamperedAndForeignUnitsAndLeavesTheProcessAlone) {
+  const std::string base = samplePath("elf-x64-gcc", "core", "base");
+  Unit unit = makeUnit(base, samplePath("elf-x64-gcc", "core", "fix1"), "agent-refusals");
+  Unit otherKey = makeUnit(base, samplePath("elf-x64-gcc", "core", "fix1"), "agent-refusals-other-key");
+  // Another build's unit, signed with the right key: not for this process, so skipped in silence.
+  std::string otherBuild = tempDir() + "/agent-refusals-other-build.hfu", image = tempDir() + "/other-build.hfpatch";
+  ASSERT_EQ(hotforge({"build", samplePath("elf-x64-clang", "core", "base"), samplePath("elf-x64-clang", "core", "fix1"),
+                      "-o", image}).exitCode, 0);
+  ASSERT_EQ(hotforge({"pack", image, "-o", otherBuild, "--key", tempDir() + "/agent-refusals-key.pem"}).exitCode, 0);
+  std::string units = tempDir() + "/units-agent-refusals";
+  std::filesystem::create_directories(units);
+  std::string tampered = readFile(unit.path);
+  tampered[tampered.size() / 2] ^= 0x40;
+  writeFile(units + "/1-tampered.hfu", tampered);
+  std::filesystem::copy_file(otherKey.path, units + "/2-other-key.hfu");
+  std::filesystem::copy_file(otherBuild, units + "/3-other-build.hfu");
+  Serving serving({base, "serve"},
+                  {"HOTFORGE_UNIT_DIR=" + units, "HOTFORGE_PUBKEY=" + unit.publicKey, "LD_PRELOAD=" HOTFORGE_AGENT},
+                  tempDir() + "/agent-refusals.err");
+  std::vector<std::string> said = serving.agentSaid(2);
+  ASSERT_EQ(said.size(), 2u);
+  EXPECT_NE(said[0].find("refused " + units + "/1-tampered.hfu"), std::string::npos) << said[0];
+  EXPECT_NE(said[1].find("refused " + units + "/2-other-key.hfu"), std::string::npos) << said[1];
+  EXPECT_NE(said[1].find("wrong key"), std::string::npos) << said[1];
+  EXPECT_EQ(serving.round(), expectedOutput("core", "base"));
+  EXPECT_EQ(serving.agentSaid(0).size(), 2u) << "nothing applied, nothing else refused";
 }
 
 TEST(LiveEndToEnd, EveryScenarioOnX64ThroughPtrace) {
