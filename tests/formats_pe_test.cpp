@@ -1,5 +1,6 @@
-// The PE reader against llvm-readobj-19 and llvm-pdbutil-19 on every PE sample (clang/lld-link x64
-// and Arm64 DLLs with PDBs, mingw x64 executables with DWARF), with and without the PDB.
+// The PE reader against llvm-readobj-19, llvm-pdbutil-19 and llvm-dwarfdump-19 on every PE sample
+// (clang/lld-link x64 and Arm64 DLLs with PDBs, mingw x64 executables with DWARF), with and without
+// the PDB.
 #include "hotforge/image.h"
 #include "test_support.h"
 
@@ -195,6 +196,68 @@ TEST(PeReader, MingwImagesNameFunctionsFromSymbolsAndDwarf) {
     EXPECT_GT(fromSymbols, 20u);
     EXPECT_TRUE(std::any_of(image.functions.begin(), image.functions.end(),
                             [](const Function &f) { return f.name == "main"; }));
+  }
+}
+
+// Subprograms with code as llvm-dwarfdump-19 --debug-info prints them, by start VA: DW_AT_low_pc or
+// the lowest DW_AT_ranges entry, and the end that goes with it; the names it shows for the DIE (its
+// own, or the one of the DIE its DW_AT_specification or DW_AT_abstract_origin refers to).
+struct DwarfdumpSubprogram {
+  uint64_t end = 0;
+  std::set<std::string> names;
+};
+std::map<uint64_t, DwarfdumpSubprogram> dwarfdumpSubprograms(const std::string &path) {
+  CommandResult r = run({"llvm-dwarfdump-19", "--debug-info", path});
+  EXPECT_EQ(r.exitCode, 0) << r.err;
+  std::map<uint64_t, DwarfdumpSubprogram> out;
+  std::regex die(R"(\n0x[0-9a-f]+:\s+(DW_TAG_\w+|NULL))");
+  std::regex lowPc(R"(DW_AT_low_pc\s+\(0x([0-9a-f]+)\)\s*\n\s*DW_AT_high_pc\s+\(0x([0-9a-f]+)\))");
+  std::regex range(R"(\[0x([0-9a-f]+), 0x([0-9a-f]+)\))");
+  std::regex name(R"(DW_AT_(?:linkage_name|name|specification|abstract_origin)\s+\((?:0x[0-9a-f]+ )?"([^"]*)\"\))");
+  std::vector<std::pair<size_t, bool>> starts;  // DIE text offset, whether it is a subprogram
+  for (std::sregex_iterator it(r.out.begin(), r.out.end(), die), end; it != end; ++it)
+    starts.push_back({size_t(it->position()), (*it)[1] == "DW_TAG_subprogram"});
+  for (size_t i = 0; i < starts.size(); ++i) {
+    if (!starts[i].second) continue;
+    size_t stop = i + 1 < starts.size() ? starts[i + 1].first : r.out.size();
+    std::string text = r.out.substr(starts[i].first, stop - starts[i].first);
+    std::smatch m;
+    uint64_t begin = 0, end = 0;
+    if (std::regex_search(text, m, lowPc)) {
+      begin = std::stoull(m[1], nullptr, 16), end = std::stoull(m[2], nullptr, 16);
+    } else if (size_t ranges = text.find("DW_AT_ranges"); ranges != std::string::npos) {
+      std::string list = text.substr(ranges, text.find("))", ranges) - ranges);
+      for (std::sregex_iterator it(list.begin(), list.end(), range), last; it != last; ++it) {
+        uint64_t b = std::stoull((*it)[1], nullptr, 16);
+        if (!begin || b < begin) begin = b, end = std::stoull((*it)[2], nullptr, 16);
+      }
+    }
+    if (!begin || end <= begin) continue;
+    out[begin].end = end;
+    for (std::sregex_iterator it(text.begin(), text.end(), name), last; it != last; ++it)
+      out[begin].names.insert((*it)[1]);
+  }
+  return out;
+}
+
+TEST(PeReader, MingwDwarfFunctionsMatchDwarfdump) {
+  for (const Sample &sample : samples("mingw-")) {
+    SCOPED_TRACE(sample.path);
+    Image image = loadImage(sample.path);
+    for (const std::string &warning : image.warnings) EXPECT_EQ(warning.find("DWARF"), std::string::npos) << warning;
+    std::map<uint64_t, DwarfdumpSubprogram> expected = dwarfdumpSubprograms(sample.path);
+    std::set<uint64_t> expectedStarts, ourStarts;
+    for (const auto &[start, subprogram] : expected) expectedStarts.insert(start - image.imageBase);
+    for (const Function &f : image.functions) {
+      if (!f.seenBy(FunctionSource::Dwarf)) continue;
+      ourStarts.insert(f.range.rva);
+      auto it = expected.find(f.range.rva + image.imageBase);
+      if (it == expected.end()) continue;
+      if (f.source == FunctionSource::Dwarf) EXPECT_EQ(f.range.size, it->second.end - it->first) << f.range.rva;
+      if (f.name && f.nameSource == FunctionSource::Dwarf) EXPECT_TRUE(it->second.names.count(*f.name)) << *f.name;
+    }
+    EXPECT_GT(ourStarts.size(), 20u);
+    EXPECT_EQ(ourStarts, expectedStarts);
   }
 }
 

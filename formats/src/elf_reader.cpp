@@ -390,8 +390,8 @@ public:
     collectSymbols(*elf, elf->getDynamicSymbolIterators(), image.imageBase,
                    {FunctionSource::Dynsym, DataSource::Dynsym}, functions, image.dataObjects);
     collectEhFrame(*elf, image.imageBase, functions, image.warnings);
-    // DWARF adds nothing a symbol table has not given, and LLVM 19's DIE extraction can crash on
-    // crafted .debug_info (found by fuzzing): read it only when the image has no .symtab.
+    // DWARF adds nothing a symbol table has not given, only the cost of walking every DIE: read it
+    // only when the image has no .symtab.
     bool hasSymtab = false;
     for (const SectionRef &s : elf->sections()) hasSymtab |= ELFSectionRef(s).getType() == ELF::SHT_SYMTAB;
     if (!hasSymtab) collectDwarfFunctions(*elf, image.imageBase, FunctionSource::Dwarf, functions, image.warnings);
