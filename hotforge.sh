@@ -84,6 +84,23 @@ demo() {
   SOURCE_DATE_EPOCH=1700000000 "$hf" pack "$work/core-x64.hfpatch" "$work/core-a64.hfpatch" -o "$work/2026-11.hfu" \
     --key "$work/release.pem" --release 2026-11
   "$hf" verify "$work/2026-11.hfu" --pubkey "$work/release.pub.pem" --base "$s/elf-x64-gcc/core.base"
+  log "hotforge apply, revert: the unit into a running baseline (the sample's serve mode), and back out"
+  export HOTFORGE_STATE_DIR=$work/state
+  coproc SERVE { exec "$s/elf-x64-gcc/core.base" serve; }
+  local pid=$SERVE_PID
+  trap "kill $pid 2>/dev/null || true" EXIT  # also when a step fails
+  show_round() {  # one round of the running sample: the line scenario 1 fixes
+    local line
+    echo r >&"${SERVE[1]}"
+    while read -r line <&"${SERVE[0]}" && [ "$line" != hf-round-end ]; do
+      case $line in "s1 table_get(16)"*) echo "  process $pid: $line" ;; esac
+    done
+  }
+  show_round
+  "$hf" apply --pid "$pid" "$work/2026-11.hfu" --pubkey "$work/release.pub.pem"
+  show_round
+  "$hf" revert --pid "$pid"
+  show_round
   rm -rf "$work"
 }
 

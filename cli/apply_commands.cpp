@@ -40,6 +40,8 @@ int applyUnit(const ApplyCommandOptions &options) {
   for (const UnitEntry &entry : unit->entries) {
     llvm::Expected<PatchImage> image = lift(readPatchImage(entry.bytes));
     if (!image) return reportError(options.unit + ": " + entry.name + ": " + llvm::toString(image.takeError()));
+    // A release unit also carries images for other formats and machines: they fit other hosts.
+    if (unit->entries.size() > 1 && (image->format != Format::Elf || image->machine != Machine::X64)) continue;
     std::string baseline = hexEncode(image->baseline.sha256);
     // A later sequence for the same baseline replaces the earlier one; an earlier one is refused.
     auto previous = std::find_if(applied.begin(), applied.end(),
