@@ -166,8 +166,6 @@ public:
   llvm::ArrayRef<uint8_t> fileBytes() const;
 
   void adoptBuffer(std::unique_ptr<llvm::MemoryBuffer> buffer) { buffer_ = std::move(buffer); }
-  // Builds the address index sectionAt uses; readImage calls it once the sections are final.
-  void indexSections();
 
 private:
   std::unique_ptr<llvm::MemoryBuffer> buffer_;
