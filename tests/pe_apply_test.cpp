@@ -4,6 +4,7 @@
 // DLL's own results before, exactly the patched DLL's own results while the patch is in place,
 // and the base's again after revert; applied to another DLL, the image is refused. The oracles
 // are the DLLs themselves, run by the same tool without an image; only the calls are written here.
+// Bad input (missing, truncated, crafted files, the other machine) gives one error and exit 1.
 #include "test_support.h"
 
 #include <gtest/gtest.h>
@@ -130,6 +131,42 @@ public:
     EXPECT_GE(checked, 12) << "fewer scenarios than samples/README.md lists for " << target;
   }
 
+  // Bad input, each refused with one error line, exit 1, nothing called: a missing file, a
+  // directory, an image for the other machine, truncated files, and an ELF file as the base.
+  void checkRefusals(const std::string &target, const std::string &otherTarget) const {
+    std::string dir = tempDir() + "/refusals-" + target;
+    std::filesystem::create_directories(dir);
+    std::string base = samplesDir() + "/" + target + "/core.base.dll";
+    std::string image = dir + "/fix1.dll", otherImage = dir + "/other.dll";
+    for (auto [from, to] : {std::pair{target, image}, {otherTarget, otherImage}}) {
+      std::string prefix = samplesDir() + "/" + from + "/core.";
+      CommandResult built = test::run({hotforgeBinary(), "build", prefix + "base.dll", prefix + "fix1.dll", "-o", to});
+      ASSERT_EQ(built.exitCode, 0) << built.err;
+    }
+    std::string truncatedImage = dir + "/truncated.dll", truncatedBase = dir + "/truncated-base.dll";
+    writeFile(truncatedImage, readFile(image).substr(0, 0x300));  // headers and part of .text only
+    writeFile(truncatedBase, readFile(base).substr(0, 0x300));
+    struct Refusal {
+      std::string base, image, says;
+    };
+    for (const Refusal &r : std::vector<Refusal>{{dir + "/missing.dll", image, "missing.dll"},
+                                                 {base, dir + "/missing.dll", "missing.dll"},
+                                                 {base, dir, "cannot"},
+                                                 {base, otherImage, "the image is for pe"},
+                                                 {base, truncatedImage, "truncated.dll"},
+                                                 {base, base, "not a Hotforge patch image"},
+                                                 {truncatedBase, image, "truncated-base.dll"},
+                                                 {samplesDir() + "/elf-x64-gcc/core.base", "-", "core.base"}}) {
+      SCOPED_TRACE(r.base + " " + r.image);
+      CommandResult refused = test::run(concat(command_, {r.base, r.image, "table_get:16"}));
+      EXPECT_EQ(refused.exitCode, 1);
+      EXPECT_EQ(refused.out, "");
+      EXPECT_EQ(lines(refused.err).size(), 1u) << refused.err;
+      EXPECT_EQ(refused.err.rfind("error: ", 0), 0u) << refused.err;
+      EXPECT_NE(refused.err.find(r.says), std::string::npos) << refused.err;
+    }
+  }
+
 private:
   std::vector<std::string> command_;
 };
@@ -142,12 +179,27 @@ TEST(PeApply, X64ImagesUnderWine) {
   setenv("WINEPREFIX", (samplesDir() + "/wineprefix").c_str(), 0);
   setenv("WINEDEBUG", "-all", 0);
   PeApply({kWine, tool}).checkTarget("pe-x64");
+  PeApply({kWine, tool}).checkRefusals("pe-x64", "pe-a64");
 }
 
 TEST(PeApply, Arm64ImagesInUnicorn) {
   std::string tool = HOTFORGE_PE_EMULATE;
   if (tool.empty()) GTEST_SKIP() << "hotforge-pe-emulate not built (no libunicorn-dev)";
   PeApply({tool}).checkTarget("pe-a64");
+  PeApply({tool}).checkRefusals("pe-a64", "pe-x64");
+}
+
+// A DLL the emulator maps by hand must not crash it: one whose imports lead back to itself (the
+// base copied as the hfplat.dll it imports) is refused.
+TEST(PeApply, EmulatorRefusesADllThatImportsItself) {
+  std::string tool = HOTFORGE_PE_EMULATE;
+  if (tool.empty()) GTEST_SKIP() << "hotforge-pe-emulate not built (no libunicorn-dev)";
+  std::string dll = tempDir() + "/hfplat.dll";
+  writeFile(dll, readFile(samplesDir() + "/pe-a64/core.base.dll"));
+  CommandResult refused = test::run({tool, dll, "-", "table_get:16"});
+  EXPECT_EQ(refused.exitCode, 1);
+  EXPECT_EQ(refused.out, "");
+  EXPECT_NE(refused.err.find("error: hfplat.dll imports itself"), std::string::npos) << refused.err;
 }
 
 }  // namespace

@@ -14,8 +14,6 @@
 #include <algorithm>
 #include <cctype>
 #include <deque>
-#include <fstream>
-#include <iterator>
 
 namespace hotforge::pe {
 
@@ -51,6 +49,11 @@ struct MappedBytes {
       return 0;
     }
     return size == 8 ? readLe64(&bytes[at]) : size == 4 ? readLe32(&bytes[at]) : readLe16(&bytes[at]);
+  }
+  // Writes past the end are dropped and set `overrun`.
+  void write64(uint64_t at, uint64_t value) {
+    if (at > bytes.size() || bytes.size() - at < 8) overrun = true;
+    else writeLe64(&bytes[at], value);
   }
   std::string cString(uint64_t at) const {
     std::string text;
@@ -210,9 +213,13 @@ private:
   Outcome<const Module *> load(const std::string &directory, const std::string &fileName) {
     for (const Module &m : modules_)
       if (m.name == lowerCase(fileName)) return &m;
-    std::ifstream in(directory + fileName, std::ios::binary);
-    if (!in) return fail("cannot open ", directory + fileName);
-    std::vector<uint8_t> file((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    // A module is listed once its imports are resolved, so one that imports itself, directly or
+    // not, would recurse without end.
+    if (std::find(loading_.begin(), loading_.end(), lowerCase(fileName)) != loading_.end())
+      return fail(fileName, " imports itself (through ", loading_.back(), "), which this emulator does not load");
+    Outcome<std::vector<uint8_t>> read = readWholeFile(directory + fileName);
+    if (!read) return std::move(read).failure();
+    const std::vector<uint8_t> &file = *read;
     Outcome<PeFile> pe = readPeFile(file);
     if (!pe) return fail(fileName, ": ", pe.error());
     if (pe->machine != kMachineArm64) return fail(fileName, " is not an Arm64 DLL");
@@ -221,12 +228,15 @@ private:
     Module module{lowerCase(fileName), nextModule_ ? nextModule_ : pe->imageBase, *pe, {}};
     MappedBytes &m = module.memory;
     m.bytes.assign(alignTo(pe->sizeOfImage, kPageSize), 0);
-    std::copy_n(file.begin(), std::min<size_t>(pe->sizeOfHeaders, file.size()), m.bytes.begin());
+    std::copy_n(file.begin(), std::min<size_t>({pe->sizeOfHeaders, file.size(), m.bytes.size()}), m.bytes.begin());
     for (const PeSection &s : pe->sections)
       std::copy_n(file.begin() + s.rawOffset, s.fileBytes(), m.bytes.begin() + s.rva);
     nextModule_ = alignTo(module.address + m.bytes.size(), kModuleAlignment);
     if (Status relocated = relocate(module); !relocated) return std::move(relocated).failure();
-    if (Status imported = resolveImports(module, directory); !imported) return std::move(imported).failure();
+    loading_.push_back(module.name);
+    Status imported = resolveImports(module, directory);
+    loading_.pop_back();
+    if (!imported) return std::move(imported).failure();
     if (uc_err err = uc_mem_map(uc_, module.address, m.bytes.size(), UC_PROT_READ); err != UC_ERR_OK)
       return fail("cannot map ", fileName, " at ", hexAddress(module.address), ": ", uc_strerror(err));
     uc_mem_write(uc_, module.address, m.bytes.data(), m.bytes.size());
@@ -256,9 +266,8 @@ private:
         uint64_t site = page + (value & 0xfff);
         if (value >> 12 == kAbsolute) continue;
         if (value >> 12 != kDir64) return fail(module.name, ": base relocation type ", value >> 12, " is not supported");
-        uint64_t target = m.read(site, 8);
+        m.write64(site, m.read(site, 8) + delta);
         if (m.overrun) return fail(module.name, ": a base relocation lies outside the image");
-        writeLe64(&m.bytes[site], target + delta);
       }
       block += blockSize;
     }
@@ -282,7 +291,7 @@ private:
         if (entry & kByOrdinal) return fail(module.name, ": import by ordinal from ", dllName, " is not supported");
         Outcome<uint64_t> address = exportOf(**dll, m.cString(entry + 2));  // after the 2-byte hint
         if (!address) return std::move(address).failure();
-        writeLe64(&m.bytes[slots + 8 * i], *address);
+        m.write64(slots + 8 * i, *address);
       }
       if (m.overrun) return fail(module.name, ": an import lies outside the image");
     }
@@ -296,7 +305,9 @@ private:
     MappedBytes &m = module.memory;
     ThreadLocalTemplate t{m.read(tls.rva, 8), m.read(tls.rva + 8, 8), m.read(tls.rva + 32, 4)};
     uint64_t indexAddress = m.read(tls.rva + 16, 8), callbacks = m.read(tls.rva + 24, 8);
-    if (m.overrun || t.end < t.start) return fail(module.name, ": bad TLS directory");
+    // Each thread's blocks come from the scratch memory; a template that cannot fit there is bad.
+    if (m.overrun || t.end < t.start || t.end - t.start + t.zeroFill > kScratchSize / 4)
+      return fail(module.name, ": bad TLS directory");
     uint64_t firstCallback = 0;
     uc_mem_read(uc_, callbacks, &firstCallback, 8);
     if (callbacks && firstCallback) return fail(module.name, " has TLS callbacks, which this emulator does not run");
@@ -313,6 +324,7 @@ private:
   uint64_t nextModule_ = 0;      // where the next DLL or patch image goes, above the base
   uint64_t scratchNext_ = kScratchAddress;
   std::vector<ThreadLocalTemplate> threadLocals_;  // by TLS index
+  std::vector<std::string> loading_;  // the modules whose imports are being resolved, outermost first
 };
 
 }  // namespace

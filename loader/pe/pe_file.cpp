@@ -3,8 +3,21 @@
 #include "hotforge/runtime/bytes.h"
 
 #include <cstring>
+#include <fstream>
+#include <iterator>
 
 namespace hotforge::pe {
+
+Outcome<std::vector<uint8_t>> readWholeFile(const std::string &path) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in) return fail("cannot open ", path);
+  // libstdc++ reports a failed read (a directory, EIO) by throwing from the stream buffer.
+  try {
+    return std::vector<uint8_t>(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  } catch (const std::ios_base::failure &) {
+    return fail("cannot read ", path, " (a directory?)");
+  }
+}
 
 Outcome<PeFile> readPeFile(std::span<const uint8_t> file) {
   auto fits = [&](uint64_t offset, uint64_t size) { return offset <= file.size() && size <= file.size() - offset; };

@@ -1,6 +1,6 @@
 // The headers of a PE32+ file, read with every offset checked: what the appliers need to check a
-// base against a patch image's identity and, for the emulator, to map a DLL by hand. Standard
-// library only, so the mingw-built applier shares it.
+// base against a patch image's identity and, for the emulator, to map a DLL by hand; and the
+// appliers' one file reader. Standard library only, so the mingw-built applier shares it.
 #pragma once
 
 #include "hotforge/runtime/outcome.h"
@@ -8,6 +8,7 @@
 #include <array>
 #include <cstdint>
 #include <span>
+#include <string>
 #include <vector>
 
 namespace hotforge::pe {
@@ -37,5 +38,8 @@ struct PeFile {
 };
 
 Outcome<PeFile> readPeFile(std::span<const uint8_t> file);
+
+// A whole file; an error, not an exception, for one that cannot be read (a directory).
+Outcome<std::vector<uint8_t>> readWholeFile(const std::string &path);
 
 }  // namespace hotforge::pe

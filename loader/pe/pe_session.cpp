@@ -6,8 +6,6 @@
 
 #include <cstdio>
 #include <cstdlib>
-#include <fstream>
-#include <iterator>
 
 namespace hotforge::pe {
 namespace {
@@ -45,12 +43,6 @@ std::string quoted(const std::string &text) {
     else out.push_back(c);
   }
   return out + "\"";
-}
-
-Outcome<std::vector<uint8_t>> readWholeFile(const std::string &path) {
-  std::ifstream in(path, std::ios::binary);
-  if (!in) return fail("cannot open ", path);
-  return std::vector<uint8_t>(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
 }
 
 // The image fits this base: format, machine and the identity the records carry (docs/format.md,
