@@ -79,6 +79,22 @@ std::string describe(const Image &image, uint64_t rva) {
   return "";
 }
 
+// A PLT entry, named by the import whose slot it jumps through: "plt:" and what names the slot.
+// The slot is found by decoding the entry, as a CPU would run it, not from the diff's bindings.
+std::string describeStub(const Image &image, uint64_t rva, differ::InstructionDecoder &decoder) {
+  const Section *section = image.sectionAt(rva);
+  if (!section || section->name.find(".plt") == std::string::npos) return "";
+  constexpr uint64_t kEntryBytes = 16;  // x64 and Arm64 PLT entries, and .plt.sec's
+  llvm::ArrayRef<uint8_t> entry = image.bytesAt(rva, std::min(kEntryBytes, section->rva + section->size - rva));
+  differ::RelocationIndex none;
+  for (const differ::CodeReference &r : decoder.decode(entry, rva, none).references)
+    if (r.kind == differ::ReferenceKind::Memory) {
+      std::string slot = describe(image, r.target);
+      return slot.empty() ? "" : "plt:" + slot;
+    }
+  return "";
+}
+
 // The .pdata entries of the patched build that start inside a function the image carries, read
 // with llvm-readobj.
 size_t unwindEntriesOf(const Image &patched, const PatchImage &image) {
@@ -167,10 +183,14 @@ void checkInstructionByInstruction(const Built &b, uint64_t baseAddress, uint64_
         if (!want.empty()) EXPECT_EQ(memory[imageRva], want[0]);
         continue;
       }
+      // Into the base: the same named place, or the PLT entry of the same import, as the patched
+      // build's reference reaches.
       uint64_t baseRva = target - baseAddress;
       std::string inBase = describe(b.base, baseRva), inPatched = describe(b.patched, t.target);
-      if (!inBase.empty() && !inPatched.empty()) EXPECT_EQ(inBase, inPatched);
-      else EXPECT_EQ(baseRva, binding.address) << "base rva " << baseRva;
+      if (inBase.empty()) inBase = describeStub(b.base, baseRva, **decoder);
+      if (inPatched.empty()) inPatched = describeStub(b.patched, t.target, **decoder);
+      EXPECT_FALSE(inPatched.empty()) << "nothing names patched rva " << t.target;
+      EXPECT_EQ(inBase, inPatched) << "base rva " << baseRva << ", patched rva " << t.target;
     }
   }
 }
