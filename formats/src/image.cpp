@@ -5,6 +5,7 @@
 #include <llvm/Object/Binary.h>
 #include <llvm/Object/COFF.h>
 #include <llvm/Object/ELFObjectFile.h>
+#include <llvm/Support/Endian.h>
 #include <llvm/Support/FileSystem.h>
 
 #include <algorithm>
@@ -12,7 +13,6 @@
 namespace hotforge {
 
 using namespace llvm;
-
 
 std::string_view functionSourceName(FunctionSource source) {
   switch (source) {
@@ -202,10 +202,17 @@ const std::vector<const FormatReader *> &formatReaders() {
   return readers;
 }
 
-
 // A short description of what the first bytes look like, for "not a binary" errors.
 std::string describeMagic(StringRef bytes) {
   if (bytes.empty()) return "the file is empty";
+  // LLVM only recognises an MZ file as PE when e_lfanew (at 0x3c) leads to "PE\0\0": say so
+  // rather than call a truncated or damaged PE image "neither ELF nor PE".
+  if (bytes.starts_with("MZ")) {
+    if (bytes.size() < 0x40) return "offset 0x0: an MZ header cut short before e_lfanew (0x3c): not a complete PE image";
+    uint32_t peOffset = support::endian::read32le(bytes.data() + 0x3c);
+    return "offset 0x3c: the MZ header's e_lfanew " + hexOffset(peOffset) +
+           " does not lead to a PE signature within the file's " + std::to_string(bytes.size()) + " bytes";
+  }
   std::string hex = hexEncode(ArrayRef<uint8_t>(reinterpret_cast<const uint8_t *>(bytes.data()),
                                             std::min<size_t>(bytes.size(), 4)));
   return "offset 0x0: magic bytes " + hex + " are neither ELF (7f454c46) nor PE (4d5a)";

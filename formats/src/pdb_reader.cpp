@@ -7,6 +7,7 @@
 #include <llvm/DebugInfo/CodeView/SymbolRecord.h>
 #include <llvm/DebugInfo/CodeView/TypeDeserializer.h>
 #include <llvm/DebugInfo/CodeView/TypeRecord.h>
+#include <llvm/DebugInfo/CodeView/TypeRecordHelpers.h>
 #include <llvm/DebugInfo/MSF/MappedBlockStream.h>
 #include <llvm/DebugInfo/PDB/Native/DbiModuleDescriptor.h>
 #include <llvm/DebugInfo/PDB/Native/DbiModuleList.h>
@@ -26,60 +27,38 @@ using namespace llvm;
 namespace {
 
 // The size in bytes of a CodeView type, or 0 when it cannot be told (forward references, types
-// the TPI stream does not hold).
+// the TPI stream does not hold). LLVM sizes simple types and aggregates; arrays, pointers,
+// modifiers and enums are looked through here.
 uint64_t typeSize(codeview::TypeIndex index, codeview::LazyRandomTypeCollection *types, int depth = 0) {
   using namespace codeview;
-  if (index.isSimple()) {
-    if (index.getSimpleMode() != SimpleTypeMode::Direct) return 8;  // a pointer on a 64-bit target
-    switch (index.getSimpleKind()) {
-    case SimpleTypeKind::SignedCharacter: case SimpleTypeKind::UnsignedCharacter:
-    case SimpleTypeKind::NarrowCharacter: case SimpleTypeKind::Character8: case SimpleTypeKind::SByte:
-    case SimpleTypeKind::Byte: case SimpleTypeKind::Boolean8: return 1;
-    case SimpleTypeKind::Int16Short: case SimpleTypeKind::UInt16Short: case SimpleTypeKind::Int16:
-    case SimpleTypeKind::UInt16: case SimpleTypeKind::WideCharacter: case SimpleTypeKind::Character16:
-    case SimpleTypeKind::Boolean16: case SimpleTypeKind::Float16: return 2;
-    case SimpleTypeKind::Int32Long: case SimpleTypeKind::UInt32Long: case SimpleTypeKind::Int32:
-    case SimpleTypeKind::UInt32: case SimpleTypeKind::Float32: case SimpleTypeKind::Boolean32:
-    case SimpleTypeKind::Character32: case SimpleTypeKind::HResult: return 4;
-    case SimpleTypeKind::Int64Quad: case SimpleTypeKind::UInt64Quad: case SimpleTypeKind::Int64:
-    case SimpleTypeKind::UInt64: case SimpleTypeKind::Float64: case SimpleTypeKind::Boolean64: return 8;
-    case SimpleTypeKind::Float80: return 10;
-    case SimpleTypeKind::Int128Oct: case SimpleTypeKind::UInt128Oct: case SimpleTypeKind::Int128:
-    case SimpleTypeKind::UInt128: case SimpleTypeKind::Float128: case SimpleTypeKind::Boolean128: return 16;
-    default: return 0;
-    }
-  }
+  if (index.isSimple()) return getSizeInBytesForTypeIndex(index);
   if (!types || depth > 8) return 0;
   std::optional<CVType> type = types->tryGetType(index);
   if (!type) return 0;
-  auto sizeOf = [&](auto record) -> uint64_t {
+  if (isAggregate(*type)) return getSizeInBytesForTypeRecord(*type);
+  auto deserialized = [&](auto record) -> std::optional<decltype(record)> {
     if (Error e = TypeDeserializer::deserializeAs(*type, record)) {
       consumeError(std::move(e));
-      return 0;
+      return std::nullopt;
     }
-    return record.getSize();
+    return record;
   };
   switch (type->kind()) {
-  case LF_ARRAY: return sizeOf(ArrayRecord(TypeRecordKind::Array));
-  case LF_STRUCTURE:
-  case LF_CLASS: return sizeOf(ClassRecord(TypeRecordKind(type->kind())));
-  case LF_UNION: return sizeOf(UnionRecord(TypeRecordKind::Union));
-  case LF_POINTER: return sizeOf(PointerRecord(TypeRecordKind::Pointer));
+  case LF_ARRAY: {
+    auto array = deserialized(ArrayRecord(TypeRecordKind::Array));
+    return array ? array->getSize() : 0;
+  }
+  case LF_POINTER: {
+    auto pointer = deserialized(PointerRecord(TypeRecordKind::Pointer));
+    return pointer ? pointer->getSize() : 0;
+  }
   case LF_MODIFIER: {
-    ModifierRecord modifier(TypeRecordKind::Modifier);
-    if (Error e = TypeDeserializer::deserializeAs(*type, modifier)) {
-      consumeError(std::move(e));
-      return 0;
-    }
-    return typeSize(modifier.getModifiedType(), types, depth + 1);
+    auto modifier = deserialized(ModifierRecord(TypeRecordKind::Modifier));
+    return modifier ? typeSize(modifier->getModifiedType(), types, depth + 1) : 0;
   }
   case LF_ENUM: {
-    EnumRecord record(TypeRecordKind::Enum);
-    if (Error e = TypeDeserializer::deserializeAs(*type, record)) {
-      consumeError(std::move(e));
-      return 0;
-    }
-    return typeSize(record.getUnderlyingType(), types, depth + 1);
+    auto enumeration = deserialized(EnumRecord(TypeRecordKind::Enum));
+    return enumeration ? typeSize(enumeration->getUnderlyingType(), types, depth + 1) : 0;
   }
   default: return 0;
   }

@@ -20,7 +20,6 @@
 
 namespace hotforge {
 
-
 // Where a function boundary or name came from. The enumerators are in precedence order: when two
 // sources describe the same start address, the earlier one decides the size and the name (see
 // docs/formats.md for why).
@@ -169,7 +168,6 @@ public:
 
 private:
   std::unique_ptr<llvm::MemoryBuffer> buffer_;
-  std::vector<uint32_t> sectionsByRva_;  // loaded sections, by start address
 };
 
 // Reads an ELF64 or PE32+ image for x64 or Arm64. Errors name the file and, where the format
