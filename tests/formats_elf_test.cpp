@@ -73,8 +73,10 @@ TEST(ElfReader, FunctionsMatchReadelfAndEhFrame) {
 }
 
 TEST(ElfReader, StrippedBinariesKeepEveryFdeFunction) {
+  size_t stripped = 0;
   for (const Sample &sample : samples("elf-")) {
     if (sample.strippedPath.empty()) continue;
+    ++stripped;
     SCOPED_TRACE(sample.strippedPath);
     Image image = loadImage(sample.strippedPath);
     EXPECT_EQ(ourStarts(image), toolFunctionStarts(sample.strippedPath, image.imageBase, false));
@@ -91,11 +93,14 @@ TEST(ElfReader, StrippedBinariesKeepEveryFdeFunction) {
     for (const Function &f : image.functions)
       if (!f.seenBy(FunctionSource::Dynsym)) EXPECT_FALSE(f.name.has_value());
   }
+  EXPECT_GT(stripped, 20u) << "samples.json should list stripped copies of the ELF samples";
 }
 
 TEST(ElfReader, DebugFileRestoresNamesOfStrippedBinary) {
+  size_t restored = 0;
   for (const Sample &sample : samples("elf-")) {
     if (sample.strippedPath.empty() || sample.debugPath.empty()) continue;
+    ++restored;
     SCOPED_TRACE(sample.strippedPath);
     Image full = loadImage(sample.path);
     std::string debugDir = sample.debugPath.substr(0, sample.debugPath.rfind('/'));
@@ -113,6 +118,7 @@ TEST(ElfReader, DebugFileRestoresNamesOfStrippedBinary) {
       }
     }
   }
+  EXPECT_GT(restored, 20u) << "samples.json should list debug files of the ELF samples";
 }
 
 TEST(ElfReader, DebugFileOfAnotherBuildIsRefused) {
