@@ -54,7 +54,7 @@ void addBuildCommand(CLI::App &app, int &exitCode) {
     std::string bytes(image->file.begin(), image->file.end());
     if (llvm::Error e = writeOutput(options->output, bytes)) return void(exitCode = reportError(llvm::toString(std::move(e))));
     if (options->json) {
-      fmt::print("{}\n", toJson(*image).dump(2, ' ', false, nlohmann::json::error_handler_t::replace));
+      fmt::print("{}", jsonText(toJson(*image)));
     } else {
       fmt::print("{}: {} functions ({} redirected), {} fixups; code {} bytes, data {} bytes, metadata {} bytes, "
                  "file {} bytes\n",

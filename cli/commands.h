@@ -3,10 +3,11 @@
 #pragma once
 
 #include "hotforge/image.h"
+#include "hotforge/unit.h"
 
 #include <CLI/CLI.hpp>
-#include <nlohmann/json.hpp>
 
+#include <memory>
 #include <string>
 
 namespace hotforge::cli {
@@ -36,9 +37,12 @@ void addBuildPairOptions(CLI::App &command, BuildPair &pair);
 // Reads both builds at the same time (one thread each).
 std::pair<llvm::Expected<Image>, llvm::Expected<Image>> readBoth(const BuildPair &pair);
 
-// What a unit's manifest says about an image (pack and release): its baseline, sequence and
-// changes when it is a hotpatch image.
-nlohmann::json describeImageForUnit(llvm::ArrayRef<uint8_t> bytes, const std::string &name);
+// How pack and release sign a unit: a private key file, or an external command and the public key
+// it signs for (pack_commands.cpp).
+struct SigningOptions {
+  std::string key, signCommand, publicKey;
+};
+llvm::Expected<std::unique_ptr<Signer>> makeSigner(const SigningOptions &options);
 
 // Prints "hotforge: error: MESSAGE" to stderr and returns kExitError.
 int reportError(const std::string &message);

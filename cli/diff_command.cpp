@@ -70,10 +70,8 @@ void addDiffCommand(CLI::App &app, int &exitCode) {
       exitCode = reportError(llvm::toString(diff.takeError()));
       return;
     }
-    std::string report = options->json ? toJson(*diff, *base, *patched).dump(2, ' ', false,
-                                                                             nlohmann::json::error_handler_t::replace) +
-                                             "\n"
-                                       : renderText(*diff, *base, *patched);
+    std::string report =
+        options->json ? jsonText(toJson(*diff, *base, *patched)) : renderText(*diff, *base, *patched);
     if (llvm::Error e = writeOutput(options->output, report)) {
       exitCode = reportError(llvm::toString(std::move(e)));
       return;

@@ -1,5 +1,6 @@
 // hotforge inspect: what Hotforge reads from a binary.
 #include "commands.h"
+#include "output.h"
 
 #include "hotforge/error.h"
 #include "hotforge/image.h"
@@ -129,15 +130,14 @@ void addInspectCommand(CLI::App &app, int &exitCode) {
       if (looksLikeUnit(bytes)) {  // a delivery unit: header and manifest, unverified
         llvm::Expected<UnitDescription> unit = inspectUnit(bytes);
         if (!unit) return void(exitCode = reportError(options->input + ": " + llvm::toString(unit.takeError())));
-        fmt::print("{}", options->json ? describeUnitJson(*unit, options->input)
-                                                 .dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n"
+        fmt::print("{}", options->json ? jsonText(describeUnitJson(*unit, options->input))
                                        : describeUnitText(*unit, options->input));
         return void(exitCode = kExitOk);
       }
       if (looksLikePatchImage(bytes)) {
         llvm::Expected<PatchImage> patch = lift(readPatchImage(bytes));
         if (!patch) return void(exitCode = reportError(options->input + ": " + llvm::toString(patch.takeError())));
-        if (options->json) fmt::print("{}\n", toJson(*patch).dump(2, ' ', false, nlohmann::json::error_handler_t::replace));
+        if (options->json) fmt::print("{}", jsonText(toJson(*patch)));
         else printPatchImage(*patch, options->input);
         return void(exitCode = kExitOk);
       }
@@ -148,7 +148,7 @@ void addInspectCommand(CLI::App &app, int &exitCode) {
       return;
     }
     if (options->json)
-      fmt::print("{}\n", toJson(*image, {options->relocations}).dump(2, ' ', false, nlohmann::json::error_handler_t::replace));
+      fmt::print("{}", jsonText(toJson(*image, {options->relocations})));
     else
       printText(*image, *options);
     exitCode = kExitOk;

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <llvm/Support/Error.h>
+#include <nlohmann/json.hpp>
 
 #include <string>
 
@@ -10,5 +11,9 @@ namespace hotforge::cli {
 // Writes `content` to `path` through a temporary file in the same directory and a rename, so an
 // interrupted run never leaves a half-written file. An empty path or "-" means stdout.
 llvm::Error writeOutput(const std::string &path, const std::string &content);
+
+// A JSON document as every command prints it: two-space indent, a final newline, and bytes that are
+// not UTF-8 (names from binaries) replaced by U+FFFD so the output always parses.
+std::string jsonText(const nlohmann::json &doc);
 
 }  // namespace hotforge::cli

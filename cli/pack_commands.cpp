@@ -1,5 +1,6 @@
 // hotforge keygen, pack and verify: delivery units (packager/README.md, packager/FORMAT.md).
 #include "commands.h"
+#include "output.h"
 
 #include "hotforge/error.h"
 #include "hotforge/image.h"
@@ -15,21 +16,30 @@
 
 namespace hotforge::cli {
 
-// HOOK for the emitter: the info object the manifest embeds for one image. The emitter will fill
-// in the target file name, the baseline identity ({build_id | time_date_stamp + check_sum, sha256}
-// as "baseline"), machine, format, "sequence" and the changes with their verdicts. When info has
-// "baseline" (object) and "sequence" (positive integer) the unit records that this image
+llvm::Expected<std::unique_ptr<Signer>> makeSigner(const SigningOptions &options) {
+  if (!options.key.empty()) return makeKeyFileSigner(options.key);
+  llvm::Expected<PublicKey> key = lift(readPublicKeyFile(options.publicKey));
+  if (!key) return key.takeError();
+  return makeCommandSigner(options.signCommand, *key);
+}
+
+namespace {
+
+// The info object the manifest embeds for one image: its file name and size, and for a hotpatch
+// image the baseline it fits ({build_id | time_date_stamp + check_sum, sha256}), format, machine,
+// sequence and changed functions. With "baseline" and "sequence" the unit records that the image
 // supersedes sequences 1..sequence-1 of that baseline; `hotforge verify --base` matches
-// info.baseline.sha256 against the given binaries.
-nlohmann::json describeImageForUnit(llvm::ArrayRef<uint8_t> bytes, const std::string &name) {
+// info.baseline.sha256 against the given binaries. Other files are packed as opaque images, but an
+// empty file, a delivery unit, or a file that starts like a hotpatch image and does not read as one
+// is refused: packed, it would only fail where the unit is applied.
+llvm::Expected<nlohmann::json> describeImageForUnit(llvm::ArrayRef<uint8_t> bytes, const std::string &path) {
+  if (bytes.empty()) return formatError("{}: the file is empty; there is nothing to pack", path);
+  if (looksLikeUnit(bytes)) return formatError("{}: is a delivery unit, not an image; units do not nest", path);
+  std::string name = llvm::sys::path::filename(path).str();
   nlohmann::json info = {{"file", name}, {"size", bytes.size()}};
   if (!looksLikePatchImage(bytes)) return info;
   llvm::Expected<PatchImage> image = lift(readPatchImage(bytes));
-  if (!image) {
-    llvm::consumeError(image.takeError());
-    return info;
-  }
-  // A hotpatch image: the manifest names the baseline it fits and what it changes.
+  if (!image) return formatError("{}: not a valid hotpatch image: {}", path, errorText(image.takeError()));
   const PatchBaseline &b = image->baseline;
   info["kind"] = "hotpatch-image";
   info["format"] = formatName(image->format);
@@ -49,15 +59,14 @@ nlohmann::json describeImageForUnit(llvm::ArrayRef<uint8_t> bytes, const std::st
   return info;
 }
 
-namespace {
-
 struct KeygenOptions {
   std::string name;
 };
 
 struct PackCommandOptions {
   std::vector<std::string> images;
-  std::string output, key, signCommand, publicKey, release;
+  std::string output, release;
+  SigningOptions signing;
   int level = kUnitDefaultLevel;
   unsigned threads = 0;
   bool json = false;
@@ -73,10 +82,6 @@ std::string foldedName(std::string name) {
   for (char &c : name)
     if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
   return name;
-}
-
-std::string jsonText(const nlohmann::json &doc) {
-  return doc.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
 }
 
 int runKeygen(const KeygenOptions &options) {
@@ -104,22 +109,16 @@ int runPack(const PackCommandOptions &options) {
   for (const std::string &path : options.images) {
     llvm::Expected<std::vector<uint8_t>> bytes = lift(readFileBytes(path));
     if (!bytes) return reportError(llvm::toString(bytes.takeError()));
+    llvm::Expected<nlohmann::json> info = describeImageForUnit(*bytes, path);
+    if (!info) return reportError(llvm::toString(info.takeError()));
     UnitEntry entry;
     entry.name = llvm::sys::path::filename(path).str();
-    entry.info = describeImageForUnit(*bytes, entry.name);
+    entry.info = std::move(*info);
     entry.bytes = std::move(*bytes);
     entries.push_back(std::move(entry));
   }
-  std::unique_ptr<Signer> signer;
-  if (!options.key.empty()) {
-    llvm::Expected<std::unique_ptr<Signer>> s = makeKeyFileSigner(options.key);
-    if (!s) return reportError(llvm::toString(s.takeError()));
-    signer = std::move(*s);
-  } else {
-    llvm::Expected<PublicKey> key = lift(readPublicKeyFile(options.publicKey));
-    if (!key) return reportError(llvm::toString(key.takeError()));
-    signer = makeCommandSigner(options.signCommand, *key);
-  }
+  llvm::Expected<std::unique_ptr<Signer>> signer = makeSigner(options.signing);
+  if (!signer) return reportError(llvm::toString(signer.takeError()));
   llvm::Expected<std::optional<int64_t>> created = sourceDateEpoch();
   if (!created) return reportError(llvm::toString(created.takeError()));
   PackOptions packOptions;
@@ -127,7 +126,7 @@ int runPack(const PackCommandOptions &options) {
   packOptions.level = options.level;
   packOptions.created = *created;
   packOptions.threads = options.threads;
-  packOptions.signer = signer.get();
+  packOptions.signer = signer->get();
   llvm::Expected<std::vector<uint8_t>> unit = packUnit(entries, packOptions);
   if (!unit) return reportError(fmt::format("{}: {}", options.output, llvm::toString(unit.takeError())));
   if (llvm::Error e = writeFileAtomically(options.output, *unit, 0666, /*replace=*/true))
@@ -142,13 +141,13 @@ int runPack(const PackCommandOptions &options) {
                           {"unit", options.output},
                           {"size", unit->size()},
                           {"images_size", total},
-                          {"signer", signer->publicKey().fingerprint()},
+                          {"signer", (*signer)->publicKey().fingerprint()},
                           {"manifest", description->manifest}};
     fmt::print("{}", jsonText(doc));
   } else {
     fmt::print("{}: {} image{}, {} bytes -> {} bytes (zstd level {}), signed by key {}\n", options.output,
                entries.size(), entries.size() == 1 ? "" : "s", total, unit->size(), options.level,
-               signer->publicKey().fingerprint());
+               (*signer)->publicKey().fingerprint());
     for (const nlohmann::json &e : description->manifest["entries"])
       fmt::print("  {:<28} {:>12} -> {:>12} bytes  sha256 {}\n", e["name"].get<std::string>(),
                  e["size"].get<uint64_t>(), e["compressed_size"].get<uint64_t>(), e["sha256"].get<std::string>());
@@ -282,15 +281,15 @@ void addPackagerCommands(CLI::App &app, int &exitCode) {
       "Example: hotforge pack core.patch.so net.patch.so -o 2026-11.hfu --key release.pem --release 2026-11\n"
       "         hotforge pack lib.patch.dll -o lib.hfu --pubkey release.pub.pem \\\n"
       "             --sign-cmd 'openssl pkeyutl -sign -inkey release.pem -rawin -in /dev/stdin'");
-  packCommand->add_option("images", pack->images, "image files to pack (any files for now)")->required();
+  packCommand->add_option("images", pack->images, "hotpatch images to pack (from hotforge build; other non-empty files are packed as opaque images)")->required();
   packCommand->add_option("-o,--output", pack->output, "the unit file to write")->required();
   CLI::Option_group *signing = packCommand->add_option_group("signing", "how to sign: exactly one of these");
-  signing->add_option("--key", pack->key, "Ed25519 private key, PKCS#8 PEM (hotforge keygen, openssl genpkey)");
+  signing->add_option("--key", pack->signing.key, "Ed25519 private key, PKCS#8 PEM (hotforge keygen, openssl genpkey)");
   CLI::Option *signCommand = signing->add_option(
-      "--sign-cmd", pack->signCommand, "shell command: bytes to sign on stdin, raw 64-byte signature on stdout");
+      "--sign-cmd", pack->signing.signCommand, "shell command: bytes to sign on stdin, raw 64-byte signature on stdout");
   signing->require_option(1);
   CLI::Option *publicKey =
-      packCommand->add_option("--pubkey", pack->publicKey, "public key (PEM) that --sign-cmd signs for; required with it");
+      packCommand->add_option("--pubkey", pack->signing.publicKey, "public key (PEM) that --sign-cmd signs for; required with it");
   signCommand->needs(publicKey);
   publicKey->needs(signCommand);
   packCommand->add_option("--level", pack->level, fmt::format("zstd level 1..22 (default {})", kUnitDefaultLevel))

@@ -1,5 +1,6 @@
 // hotforge release: a whole release in one command (docs/release.md).
 #include "commands.h"
+#include "output.h"
 
 #include "hotforge/error.h"
 #include "hotforge/release.h"
@@ -16,8 +17,6 @@
 
 namespace hotforge::cli {
 
-// pack's hook (pack_commands.cpp): extra info for an entry, added where the release's own has none.
-
 namespace {
 
 struct ReleaseCommandOptions {
@@ -26,7 +25,8 @@ struct ReleaseCommandOptions {
   std::vector<std::string> exclude;
   uint32_t sequence = 1;
   std::vector<std::string> merge;
-  std::string output, key, signCommand, publicKey, shard, cacheDir, progress = "auto";
+  std::string output, shard, cacheDir, progress = "auto";
+  SigningOptions signing;
   bool noCache = false, json = false;
   unsigned jobs = 0;
   int level = kUnitDefaultLevel;
@@ -69,13 +69,6 @@ private:
   bool bar_ = false, silent_ = false;
 };
 
-llvm::Expected<std::unique_ptr<Signer>> makeSigner(const ReleaseCommandOptions &o) {
-  if (!o.key.empty()) return makeKeyFileSigner(o.key);
-  llvm::Expected<PublicKey> key = lift(readPublicKeyFile(o.publicKey));
-  if (!key) return key.takeError();
-  return makeCommandSigner(o.signCommand, *key);
-}
-
 void checkUsage(const ReleaseCommandOptions &o, bool shardMode, const CLI::App &command) {
   int modes = !o.manifest.empty() + !o.baselineDir.empty() + !o.merge.empty();
   if (modes != 1)
@@ -91,13 +84,11 @@ void checkUsage(const ReleaseCommandOptions &o, bool shardMode, const CLI::App &
   }
   if (!o.merge.empty() && shardMode) throw CLI::ValidationError("--shard", "a merge takes every shard; drop --shard");
   if (!shardMode) {
-    if (o.key.empty() == o.signCommand.empty())
+    if (o.signing.key.empty() == o.signing.signCommand.empty())
       throw CLI::ValidationError("signing", "give exactly one of --key and --sign-cmd (a --shard run needs neither)");
-    if (o.signCommand.empty() != o.publicKey.empty())
+    if (o.signing.signCommand.empty() != o.signing.publicKey.empty())
       throw CLI::ValidationError("--sign-cmd", "--sign-cmd and --pubkey go together");
   }
-  if (o.progress != "auto" && o.progress != "bar" && o.progress != "lines" && o.progress != "none")
-    throw CLI::ValidationError("--progress", "must be auto, bar, lines or none");
 }
 
 int runRelease(const ReleaseCommandOptions &o, bool shardMode) {
@@ -111,7 +102,7 @@ int runRelease(const ReleaseCommandOptions &o, bool shardMode) {
   std::unique_ptr<Signer> signer;
   ReleasePackOptions pack;
   if (!shardMode) {  // before any work: a bad key should not cost a whole run
-    llvm::Expected<std::unique_ptr<Signer>> s = makeSigner(o);
+    llvm::Expected<std::unique_ptr<Signer>> s = makeSigner(o.signing);
     if (!s) return reportError(llvm::toString(s.takeError()));
     signer = std::move(*s);
     llvm::Expected<std::optional<int64_t>> created = sourceDateEpoch();
@@ -120,7 +111,6 @@ int runRelease(const ReleaseCommandOptions &o, bool shardMode) {
     pack.level = o.level;
     pack.created = *created;
     pack.threads = o.jobs;
-    pack.describeImage = describeImageForUnit;
   }
 
   ReleaseResult result;
@@ -169,7 +159,7 @@ int runRelease(const ReleaseCommandOptions &o, bool shardMode) {
   if (!shardMode)
     if (llvm::Error e = writeReleaseOutput(result, o.output)) return reportError(llvm::toString(std::move(e)));
   if (o.json)
-    fmt::print("{}\n", releaseSummaryJson(result).dump(2, ' ', false, nlohmann::json::error_handler_t::replace));
+    fmt::print("{}", jsonText(releaseSummaryJson(result)));
   else
     fmt::print("{}", releaseSummaryText(result));
   return result.exitCode;
@@ -206,16 +196,17 @@ void addReleaseCommand(CLI::App &app, int &exitCode) {
   command->add_option("--debug-dir", o->debugDir, "with --baseline-dir: ELF separate debug files for both trees");
   command->add_option("--merge", o->merge, "join the outputs of every --shard run (directories)")->expected(1, -1);
   command->add_option("-o,--output", o->output, "output directory")->required();
-  command->add_option("--key", o->key, "Ed25519 private key, PKCS#8 PEM");
-  command->add_option("--sign-cmd", o->signCommand, "shell command: bytes to sign on stdin, raw signature on stdout");
-  command->add_option("--pubkey", o->publicKey, "public key that --sign-cmd signs for");
+  command->add_option("--key", o->signing.key, "Ed25519 private key, PKCS#8 PEM");
+  command->add_option("--sign-cmd", o->signing.signCommand, "shell command: bytes to sign on stdin, raw signature on stdout");
+  command->add_option("--pubkey", o->signing.publicKey, "public key that --sign-cmd signs for");
   command->add_option("--level", o->level, fmt::format("zstd level 1..22 (default {})", kUnitDefaultLevel))
       ->check(CLI::Range(1, 22));
   command->add_option("-j,--jobs", o->jobs, "pairs worked on at once (default: one per core)");
   command->add_option("--shard", o->shard, "I/N: do slice I of N and write images and a shard record to OUTDIR");
   command->add_option("--cache-dir", o->cacheDir, "cache directory (default OUTDIR/.cache)");
   command->add_flag("--no-cache", o->noCache, "neither read nor write the cache");
-  command->add_option("--progress", o->progress, "auto (a bar on a terminal, lines otherwise), bar, lines or none");
+  command->add_option("--progress", o->progress, "auto (a bar on a terminal, lines otherwise), bar, lines or none")
+      ->check(CLI::IsMember({"auto", "bar", "lines", "none"}));
   command->add_flag("--json", o->json, "print the summary as JSON (summary.json plus \"times\")");
   command->callback([o, command, &exitCode] {
     bool shardMode = !o->shard.empty();

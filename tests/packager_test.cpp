@@ -485,13 +485,6 @@ TEST(Unit, InspectShowsUnverifiedUnits) {
   EXPECT_EQ(doc["verified"], false);
   EXPECT_EQ(doc["manifest"]["entries"][0]["name"], "core.so");
   EXPECT_EQ(doc["header"]["signature_size"], 64);
-  std::string path = tempDir() + "/inspect.hfu";
-  writeFile(path, textOf(unit));
-  EXPECT_TRUE(fileLooksLikeUnit(path));
-  llvm::Expected<std::string> shown = describeUnitFile(path, true);
-  ASSERT_TRUE(static_cast<bool>(shown));
-  EXPECT_EQ(nlohmann::json::parse(*shown)["schema"], "hotforge.inspect-unit/1");
-  EXPECT_FALSE(fileLooksLikeUnit(hotforgeBinary()));
 }
 
 // ---- keys, OpenSSL interoperability ----
@@ -715,6 +708,70 @@ TEST(PackCli, DuplicateAndUnsafeNamesAreRefused) {
   r = hotforge({"pack", dotted, "-o", unit, "--key", name + ".pem"});
   EXPECT_EQ(r.exitCode, 1);
   EXPECT_EQ(readFile(unit), "old unit");
+}
+
+TEST(PackCli, InspectShowsAUnitFile) {
+  nlohmann::json info = {{"baseline", {{"sha256", std::string(64, 'b')}}}, {"sequence", 2}};
+  std::string path = fresh("inspect.hfu");
+  writeFile(path, textOf(pack({entry("core.so", "image", info)})));
+  CommandResult r = hotforge({"inspect", path, "--json"});
+  ASSERT_EQ(r.exitCode, 0) << r.err;
+  nlohmann::json doc = nlohmann::json::parse(r.out);
+  EXPECT_EQ(doc["schema"], "hotforge.inspect-unit/1");
+  EXPECT_EQ(doc["verified"], false);
+  EXPECT_EQ(doc["manifest"]["entries"][0]["name"], "core.so");
+  r = hotforge({"inspect", path});
+  ASSERT_EQ(r.exitCode, 0) << r.err;
+  EXPECT_EQ(r.out.rfind(path + ": hotforge delivery unit (format 1), 1 image, NOT VERIFIED", 0), 0u) << r.out;
+  // A binary is still read as a binary.
+  r = hotforge({"inspect", sample("base"), "--json"});
+  ASSERT_EQ(r.exitCode, 0) << r.err;
+  EXPECT_EQ(nlohmann::json::parse(r.out)["schema"], "hotforge.inspect/1");
+}
+
+// What cannot be an image is refused with one line, and a failed pack, build or keygen leaves
+// nothing in the output directory: no unit, no temporary file.
+TEST(PackCli, RefusesWhatIsNoImageAndLeavesNothingBehind) {
+  std::string keyName = fresh("k"), key = keyName + ".pem", pub = keyName + ".pub.pem";
+  ASSERT_EQ(hotforge({"keygen", "-o", keyName}).exitCode, 0);
+  std::string dir = fresh("");
+  std::string image = dir + "core.hfpatch";
+  CommandResult r = hotforge({"build", sample("base"), sample("fix1"), "-o", image});
+  ASSERT_EQ(r.exitCode, 0) << r.err;
+  std::string good = dir + "good.hfu";
+  r = hotforge({"pack", image, "-o", good, "--key", key, "--json"});
+  ASSERT_EQ(r.exitCode, 0) << r.err;
+  nlohmann::json info = nlohmann::json::parse(r.out)["manifest"]["entries"][0]["info"];
+  EXPECT_EQ(info["kind"], "hotpatch-image");
+  EXPECT_EQ(info["baseline"]["sha256"], sha256Hex(bytesOf(readFile(sample("base")))));
+  EXPECT_EQ(info["changes"][0]["name"], "table_get");
+
+  // A hotpatch image whose records carry another format version: before, it was packed as if it
+  // were an opaque file, and only the loader found out.
+  std::string empty = dir + "empty.hfpatch", crafted = dir + "crafted.hfpatch";
+  writeFile(empty, "");
+  std::string bytes = readFile(image);
+  size_t records = bytes.find(std::string("HFPATCH\0", 8));
+  ASSERT_NE(records, std::string::npos);
+  bytes[records + 8] ^= 0x7f;
+  writeFile(crafted, bytes);
+  std::string unit = dir + "out.hfu";
+  expectOneLineError(hotforge({"pack", empty, "-o", unit, "--key", key}), "empty.hfpatch: the file is empty");
+  expectOneLineError(hotforge({"pack", good, "-o", unit, "--key", key}), "good.hfu: is a delivery unit");
+  expectOneLineError(hotforge({"pack", crafted, "-o", unit, "--key", key}),
+                     "crafted.hfpatch: not a valid hotpatch image: patch format version");
+  expectOneLineError(hotforge({"pack", dir, "-o", unit, "--key", key}), "is a directory");
+  expectOneLineError(hotforge({"pack", image, "-o", dir + "missing/out.hfu", "--key", key}),
+                     "missing/out.hfu: cannot create a temporary file");
+  expectOneLineError(hotforge({"pack", image, "-o", unit, "--sign-cmd", "false", "--pubkey", pub}),
+                     "--sign-cmd failed");
+  expectOneLineError(hotforge({"pack", image, "-o", dir, "--key", key}), "cannot rename");
+  r = hotforge({"build", sample("base"), sample("fix1"), "-o", dir + "missing/x.hfpatch"});
+  expectOneLineError(r, "missing/x.hfpatch: cannot create a temporary file");
+  expectOneLineError(hotforge({"build", sample("base"), sample("base"), "-o", dir + "x.hfpatch"}), "no change");
+  expectOneLineError(hotforge({"keygen", "-o", dir + "missing/k"}), "cannot create a temporary file");
+  r = run({"sh", "-c", "cd " + dir + " && ls -A"});
+  EXPECT_EQ(r.out, "core.hfpatch\ncrafted.hfpatch\nempty.hfpatch\ngood.hfu\n");
 }
 
 TEST(PackCli, VerifyMatchesBaseBinaries) {

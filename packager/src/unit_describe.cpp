@@ -6,8 +6,6 @@
 
 #include <fmt/core.h>
 
-#include <cstdio>
-#include <cstring>
 
 namespace hotforge {
 namespace {
@@ -111,24 +109,6 @@ nlohmann::json describeUnitJson(const UnitDescription &unit, const std::string &
         {"signature_size", h.signatureSize}}},
       {"manifest", unit.manifest},
   };
-}
-
-bool fileLooksLikeUnit(const std::string &path) {
-  std::FILE *file = std::fopen(path.c_str(), "rb");
-  if (!file) return false;
-  uint8_t magic[sizeof(kUnitMagic)] = {};
-  size_t got = std::fread(magic, 1, sizeof(magic), file);
-  std::fclose(file);
-  return looksLikeUnit(std::span<const uint8_t>(magic, got));
-}
-
-llvm::Expected<std::string> describeUnitFile(const std::string &path, bool json) {
-  llvm::Expected<std::vector<uint8_t>> bytes = lift(readFileBytes(path));
-  if (!bytes) return bytes.takeError();
-  llvm::Expected<UnitDescription> unit = inspectUnit(*bytes);
-  if (!unit) return formatError("{}: {}", path, errorText(unit.takeError()));
-  if (json) return describeUnitJson(*unit, path).dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
-  return describeUnitText(*unit, path);
 }
 
 }  // namespace hotforge

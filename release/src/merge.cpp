@@ -227,12 +227,10 @@ llvm::Expected<ReleaseResult> merge(const std::vector<ReleaseShard> &shards, con
       e.name = entry;
       e.bytes = image->second;
       e.info = entryInfo(header, *r);
-      if (options.describeImage) {
-        json extra = options.describeImage(e.bytes, e.name);
-        if (extra.is_object())
-          for (auto it = extra.begin(); it != extra.end(); ++it)
-            if (!e.info.contains(it.key())) e.info[it.key()] = it.value();
-      }
+      // What `hotforge pack` records for a hotpatch image, so units from either look alike.
+      e.info["file"] = entry;
+      e.info["size"] = e.bytes.size();
+      e.info["kind"] = "hotpatch-image";
       imagesSize += e.bytes.size();
       entries.push_back(std::move(e));
     }

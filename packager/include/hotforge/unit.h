@@ -80,10 +80,6 @@ llvm::Expected<UnitDescription> inspectUnit(llvm::ArrayRef<uint8_t> unit);
 std::string describeUnitText(const UnitDescription &unit, const std::string &path);
 nlohmann::json describeUnitJson(const UnitDescription &unit, const std::string &path);
 
-// For `hotforge inspect`: whether the file starts with the unit magic, and its description.
-bool fileLooksLikeUnit(const std::string &path);
-llvm::Expected<std::string> describeUnitFile(const std::string &path, bool json);
-
 // ---- files ----
 // Writes through a temporary file in the same directory and a rename. With `replace` false an
 // existing file is never replaced (the final step is an atomic no-clobber link).

@@ -116,9 +116,6 @@ struct ReleasePackOptions {
   int level = kUnitDefaultLevel;
   std::optional<int64_t> created;  // SOURCE_DATE_EPOCH
   unsigned threads = 0;            // zstd workers
-  // Extra info for an entry (the CLI passes pack's describeImageForUnit); its keys are added to
-  // the release's own info where that has none.
-  std::function<nlohmann::json(llvm::ArrayRef<uint8_t>, const std::string &)> describeImage;
 };
 
 struct ReleaseUnit {
