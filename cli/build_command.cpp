@@ -28,7 +28,13 @@ void addBuildCommand(CLI::App &app, int &exitCode) {
       "Refuses, with every reason, when a change needs a restart (exit 3); never writes a partial image.\n"
       "Example: hotforge build app.base app.patched -o app.hfpatch --sequence 2");
   addBuildPairOptions(*command, options->pair);
-  command->add_option("-o,--output", options->output, "the hotpatch image to write")->required();
+  // writeOutput takes "-" and "" for stdout, where the binary image would run into the report.
+  command->add_option("-o,--output", options->output, "the hotpatch image to write")
+      ->required()
+      ->check([](const std::string &path) {
+        return path.empty() || path == "-" ? std::string("the image is binary: give a file name, not stdout")
+                                           : std::string();
+      });
   command->add_option("--sequence", options->sequence, "position of this patch in its baseline's series (default 1)")
       ->check(CLI::Range(1u, 0xffffffffu));
   command->add_flag("--json", options->json, "print the image's records as JSON (docs/format.md)");

@@ -769,6 +769,11 @@ TEST(PackCli, RefusesWhatIsNoImageAndLeavesNothingBehind) {
   r = hotforge({"build", sample("base"), sample("fix1"), "-o", dir + "missing/x.hfpatch"});
   expectOneLineError(r, "missing/x.hfpatch: cannot create a temporary file");
   expectOneLineError(hotforge({"build", sample("base"), sample("base"), "-o", dir + "x.hfpatch"}), "no change");
+  for (const char *stdoutName : {"-", ""}) {
+    r = hotforge({"build", sample("base"), sample("fix1"), "-o", stdoutName});
+    EXPECT_EQ(r.exitCode, 2) << r.err;  // the binary image would run into the report on stdout
+    EXPECT_TRUE(r.out.empty()) << r.out.size() << " bytes on stdout";
+  }
   expectOneLineError(hotforge({"keygen", "-o", dir + "missing/k"}), "cannot create a temporary file");
   r = run({"sh", "-c", "cd " + dir + " && ls -A"});
   EXPECT_EQ(r.out, "core.hfpatch\ncrafted.hfpatch\nempty.hfpatch\ngood.hfu\n");
