@@ -1,5 +1,6 @@
 // hotforge apply / revert / status: the reference loader on a running Linux process.
 #include "commands.h"
+#include "output.h"
 
 #include "hotforge/error.h"
 #include "hotforge/loader.h"
@@ -75,7 +76,7 @@ int applyUnit(const ApplyCommandOptions &options) {
     applied.push_back(record);
     ++count;
     if (options.json)
-      fmt::print("{}\n", record.dump(2));
+      fmt::print("{}", jsonText(record));
     else
       fmt::print("applied {} (sequence {}) to process {}: {} functions redirected, image at {:#x}, threads paused "
                  "{} us\n", entry.name, report->sequence, options.pid, report->redirects.size(), report->imageAddress,
@@ -105,7 +106,7 @@ int status(int pid, bool json) {
   if (!state) return reportError(llvm::toString(state.takeError()));
   nlohmann::json applied = state->value("applied", nlohmann::json::array());
   if (json) {
-    fmt::print("{}\n", nlohmann::json{{"pid", pid}, {"applied", applied}}.dump(2));
+    fmt::print("{}", jsonText(nlohmann::json{{"pid", pid}, {"applied", applied}}));
     return kExitOk;
   }
   if (applied.empty()) fmt::print("process {}: no hotpatch applied\n", pid);

@@ -154,6 +154,7 @@ Status writeCode(uint64_t address, const std::vector<uint8_t> &bytes) {
 struct Written {
   uint64_t address = 0;
   std::vector<uint8_t> original, patched;
+  AddressSpan overwritten;  // where no thread may be when the bytes change
 };
 
 struct Applied {
@@ -165,12 +166,13 @@ struct Applied {
 
 // Patched code that throws needs its unwind entries known to the unwinder, and the image is not
 // an object dl_iterate_phdr reports: its .eh_frame is registered with libgcc's __register_frame,
-// as JIT compilers do. Without libgcc_s (plain C) nothing can throw through it.
-void registerUnwindEntries(const PatchImage &image, uint64_t at) {
-  using RegisterFrame = void (*)(const void *);
-  auto registerFrame = reinterpret_cast<RegisterFrame>(dlsym(RTLD_DEFAULT, "__register_frame"));
+// as JIT compilers do, and deregistered if the image is unmapped again. Without libgcc_s (plain
+// C) nothing can throw through it.
+void announceUnwindEntries(const PatchImage &image, uint64_t at, const char *libgccFunction) {
+  using FrameFunction = void (*)(const void *);
+  auto function = reinterpret_cast<FrameFunction>(dlsym(RTLD_DEFAULT, libgccFunction));
   for (const PatchSection &s : image.sections)
-    if (s.name == ".eh_frame" && registerFrame) registerFrame(reinterpret_cast<const void *>(at + s.rva));
+    if (s.name == ".eh_frame" && function) function(reinterpret_cast<const void *>(at + s.rva));
 }
 
 // Maps the image near the base with its fixups applied and each section's access set.
@@ -197,15 +199,14 @@ Outcome<uint64_t> mapImage(const PatchImage &image, uint64_t base) {
       if (end > begin) mprotect(reinterpret_cast<void *>(begin), end - begin, access);
       if (s.permissions.execute) __builtin___clear_cache(reinterpret_cast<char *>(begin), reinterpret_cast<char *>(end));
     }
-    registerUnwindEntries(image, hint);
     return hint;
   }
   return fail("found no free memory within reach of the base for the patch");
 }
 
-std::string where(const std::vector<uint64_t> &pcs, uint64_t begin, uint64_t end) {
+std::string where(const std::vector<uint64_t> &pcs, const AddressSpan &span) {
   for (uint64_t pc : pcs)
-    if (pc > begin && pc < end) return "a thread is at " + hexAddress(pc);
+    if (span.strictlyContains(pc)) return "a thread is at " + hexAddress(pc);
   return "";
 }
 
@@ -213,8 +214,8 @@ constexpr auto kPatience = std::chrono::seconds(2);
 
 // Writes `writes` (each over bytes that must be `expected` now) with every other thread parked
 // outside them; retries while a thread is in the way.
-Status writeWhileStopped(const std::vector<std::pair<Written, EntryWrite>> &writes, uint64_t interrupted,
-                         bool restoring, std::chrono::microseconds &pause) {
+Status writeWhileStopped(const std::vector<Written> &writes, uint64_t interrupted, bool restoring,
+                         std::chrono::microseconds &pause) {
   auto deadline = Clock::now() + kPatience;
   for (unsigned attempt = 1;; ++attempt) {
     std::string busy;
@@ -222,14 +223,14 @@ Status writeWhileStopped(const std::vector<std::pair<Written, EntryWrite>> &writ
       auto stoppedAt = Clock::now();
       StoppedWorld world;
       if (Status stopped = world.stop(interrupted); !stopped) return stopped;
-      for (const auto &[w, entry] : writes) {
+      for (const Written &w : writes) {
         const std::vector<uint8_t> &now = restoring ? w.patched : w.original;
         if (std::memcmp(reinterpret_cast<const void *>(w.address), now.data(), now.size()) != 0)
           return fail("the bytes at ", hexAddress(w.address), " are not what this patch expects: another patch or build");
-        if (busy.empty()) busy = where(world.interruptedAt(), entry.busyBegin, entry.busyEnd);
+        if (busy.empty()) busy = where(world.interruptedAt(), w.overwritten);
       }
       if (busy.empty()) {
-        for (const auto &[w, entry] : writes)
+        for (const Written &w : writes)
           if (Status written = writeCode(w.address, restoring ? w.original : w.patched); !written) return written;
         pause = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - stoppedAt);
         return success();
@@ -240,7 +241,7 @@ Status writeWhileStopped(const std::vector<std::pair<Written, EntryWrite>> &writ
   }
 }
 
-Outcome<Applied> apply(const std::string &unit, const std::string &entry, const PatchImage &image,
+Outcome<Applied> apply(const std::string &unit, const std::string &entryName, const PatchImage &image,
                        const MappedBaseline &baseline, uint64_t interrupted) {
   for (const PatchRedirect &r : image.redirects)
     if (std::memcmp(reinterpret_cast<const void *>(baseline.address + r.baseRva - r.paddingBefore), r.expected.data(),
@@ -248,37 +249,36 @@ Outcome<Applied> apply(const std::string &unit, const std::string &entry, const 
       return fail(r.name.value_or("a function"), " does not hold the bytes this patch expects: another patch or build");
   Outcome<uint64_t> at = mapImage(image, baseline.address);
   if (!at) return std::move(at).failure();
-  std::vector<std::pair<Written, EntryWrite>> writes;
+  std::vector<Written> writes;
+  Status ready = success();
   for (const PatchRedirect &r : image.redirects) {
     Outcome<EntryWrite> w = entryWrite(r, image.machine, baseline.address, *at);
-    if (!w) return std::move(w).failure();
+    if (!w) {
+      ready = std::move(w).failure();
+      break;
+    }
     const auto *from = reinterpret_cast<const uint8_t *>(w->address);
-    writes.push_back({Written{w->address, std::vector<uint8_t>(from, from + w->bytes.size()), w->bytes}, *w});
+    writes.push_back({w->address, std::vector<uint8_t>(from, from + w->bytes.size()), w->bytes, w->overwritten});
   }
+  // Registered before the jumps go in: a thread may throw through the new code at once.
+  if (ready) announceUnwindEntries(image, *at, "__register_frame");
   std::chrono::microseconds pause{0};
-  if (Status done = writeWhileStopped(writes, interrupted, false, pause); !done) {
+  if (ready) ready = writeWhileStopped(writes, interrupted, false, pause);
+  if (!ready) {
+    announceUnwindEntries(image, *at, "__deregister_frame");
     munmap(reinterpret_cast<void *>(*at), alignTo(image.imageSize, 0x10000));
-    return std::move(done).failure();
+    return std::move(ready).failure();
   }
-  say("applied " + entry + " of " + unit + " (sequence " + std::to_string(image.sequence) + "): " +
+  say("applied " + entryName + " of " + unit + " (sequence " + std::to_string(image.sequence) + "): " +
       std::to_string(writes.size()) + " functions redirected, image at " + hexAddress(*at) + ", threads paused " +
       std::to_string(pause.count()) + " us");
-  Applied applied{unit, entry, image.baseline.sha256, image.sequence, {}};
-  for (auto &[w, entry] : writes) applied.writes.push_back(std::move(w));
-  return applied;
+  return Applied{unit, entryName, image.baseline.sha256, image.sequence, std::move(writes)};
 }
 
 // The image stays mapped after a revert: a thread may still be running in it.
 Status revert(const Applied &a, uint64_t interrupted) {
-  std::vector<std::pair<Written, EntryWrite>> writes;
-  for (const Written &w : a.writes) {
-    EntryWrite span;
-    span.address = span.busyBegin = w.address;
-    span.busyEnd = w.address + w.patched.size();
-    writes.push_back({w, span});
-  }
   std::chrono::microseconds pause{0};
-  if (Status done = writeWhileStopped(writes, interrupted, true, pause); !done) return done;
+  if (Status done = writeWhileStopped(a.writes, interrupted, true, pause); !done) return done;
   say("reverted " + a.entry + " of " + a.unit + " (sequence " + std::to_string(a.sequence) + "), threads paused " +
       std::to_string(pause.count()) + " us");
   return success();

@@ -17,9 +17,6 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <fstream>
-#include <map>
-#include <set>
-#include <sstream>
 #include <sys/mman.h>
 #include <sys/ptrace.h>
 #include <sys/stat.h>
@@ -217,8 +214,7 @@ llvm::Expected<ApplyReport> applyImage(int pid, const PatchImage &image, const A
     auto stoppedAt = std::chrono::steady_clock::now();
     StoppedProcess process(pid);
     if (llvm::Error e = process.stop()) return e;
-    // Check every entry first: expected bytes, and no thread in the bytes to overwrite. The
-    // writes are computed for the nearest possible image address only to learn the busy ranges.
+    // Check every entry first: expected bytes, and no thread in the bytes to overwrite.
     std::vector<std::string> busy;
     for (const PatchRedirect &r : image.redirects) {
       uint64_t from = report.baseAddress + r.baseRva - r.paddingBefore;
@@ -234,10 +230,8 @@ llvm::Expected<ApplyReport> applyImage(int pid, const PatchImage &image, const A
       if (ptrace(PTRACE_GETREGS, tid, nullptr, &regs) != 0) continue;
       std::vector<uint64_t> stack = options.strict ? stackWords(memory, stacks, regs.rsp) : std::vector<uint64_t>{};
       for (const PatchRedirect &r : image.redirects) {
-        llvm::Expected<EntryWrite> w = lift(entryWrite(r, image.machine, report.baseAddress, report.baseAddress));
-        if (!w) return w.takeError();
         std::string name = r.name.value_or("a function");
-        if (regs.rip > w->busyBegin && regs.rip < w->busyEnd)
+        if (overwrittenSpan(r, report.baseAddress).strictlyContains(regs.rip))
           busy.push_back(fmt::format("thread {} is at {:#x} inside {}", tid, regs.rip, name));
         uint64_t begin = report.baseAddress + r.baseRva, end = begin + r.baseSize;
         if (!options.strict) continue;
@@ -274,28 +268,37 @@ llvm::Expected<ApplyReport> applyImage(int pid, const PatchImage &image, const A
     }
     if (mapped < 0) return makeError("found no free memory within reach of the base for the patch");
     report.imageAddress = uint64_t(mapped);
+    // Until the unwind entries are registered a failure unmaps the image again: the process is
+    // left as it was.
+    auto unmapped = [&](llvm::Error failure) -> llvm::Error {
+      llvm::Expected<int64_t> r = injectSyscall(pid, memory, maps, 11 /* munmap */, {report.imageAddress, size, 0, 0, 0, 0});
+      if (!r) llvm::consumeError(r.takeError());
+      return failure;
+    };
     std::vector<uint8_t> laidOut = layOut(image);
-    if (llvm::Error e = lift(applyFixups(image, report.baseAddress, report.imageAddress, laidOut))) return e;
+    if (llvm::Error e = lift(applyFixups(image, report.baseAddress, report.imageAddress, laidOut)))
+      return unmapped(std::move(e));
     if (!memory.write(report.imageAddress, laidOut.data(), laidOut.size()))
-      return formatError("cannot write the patch into process {}: {}", pid, strerror(errno));
+      return unmapped(formatError("cannot write the patch into process {}: {}", pid, strerror(errno)));
     // Written: the whole mapping becomes read-only, then each section gets only the access it
     // needs (code is never writable).
     llvm::Expected<int64_t> sealed = injectSyscall(pid, memory, maps, 10 /* mprotect */,
                                                    {report.imageAddress, size, PROT_READ, 0, 0, 0});
-    if (!sealed) return sealed.takeError();
+    if (!sealed) return unmapped(sealed.takeError());
     for (const PatchSection &section : image.sections) {
       uint64_t begin = report.imageAddress + (section.rva & ~uint64_t(0xfff));
-      uint64_t end = report.imageAddress + ((uint64_t(section.rva) + section.memorySize + 0xfff) & ~uint64_t(0xfff));
+      uint64_t end = report.imageAddress + alignTo(uint64_t(section.rva) + section.memorySize, 0x1000);
       if (end <= begin) continue;
       int protection = PROT_READ | (section.permissions.write ? PROT_WRITE : 0) | (section.permissions.execute ? PROT_EXEC : 0);
       llvm::Expected<int64_t> r = injectSyscall(pid, memory, maps, 10 /* mprotect */,
                                                 {begin, end - begin, uint64_t(protection), 0, 0, 0});
-      if (!r) return r.takeError();
-      if (*r != 0) return formatError("cannot protect the patch's {} in process {} (error {})", section.name, pid, -*r);
+      if (!r) return unmapped(r.takeError());
+      if (*r != 0)
+        return unmapped(formatError("cannot protect the patch's {} in process {} (error {})", section.name, pid, -*r));
     }
     for (const PatchRedirect &r : image.redirects) {
       llvm::Expected<EntryWrite> w = lift(entryWrite(r, image.machine, report.baseAddress, report.imageAddress));
-      if (!w) return w.takeError();
+      if (!w) return unmapped(w.takeError());
       AppliedRedirect applied;
       applied.name = r.name.value_or("");
       applied.address = w->address;
@@ -304,7 +307,9 @@ llvm::Expected<ApplyReport> applyImage(int pid, const PatchImage &image, const A
       applied.written = std::move(w->bytes);
       report.redirects.push_back(std::move(applied));
     }
-    if (llvm::Error e = registerUnwindEntries(pid, memory, maps, image, report.imageAddress)) return e;
+    // Registered before the jumps go in: a thread may throw through the new code at once.
+    if (llvm::Error e = registerUnwindEntries(pid, memory, maps, image, report.imageAddress))
+      return unmapped(std::move(e));
     // The jumps go in last, each one write; x86 keeps instruction fetch coherent with stores.
     for (const AppliedRedirect &r : report.redirects)
       if (!memory.write(r.address, r.written.data(), r.written.size()))

@@ -17,16 +17,19 @@ std::vector<uint8_t> x64Jump32(uint64_t from, uint64_t to) {
 
 }  // namespace
 
+AddressSpan overwrittenSpan(const PatchRedirect &r, uint64_t baseAddress) {
+  uint64_t entry = baseAddress + r.baseRva + r.entryOffset;
+  uint64_t begin = r.kind == RedirectKind::X64ShortJump ? baseAddress + r.baseRva - r.paddingBefore : entry;
+  return {begin, entry + redirectSize(r.kind)};
+}
+
 Outcome<EntryWrite> entryWrite(const PatchRedirect &r, Machine machine, uint64_t baseAddress, uint64_t imageAddress) {
   uint64_t entry = baseAddress + r.baseRva + r.entryOffset;
   uint64_t function = imageAddress + r.patchRva, stub = imageAddress + r.stubRva;
   EntryWrite w;
   w.address = entry;
   w.expectedAddress = baseAddress + r.baseRva - r.paddingBefore;
-  // A thread whose next instruction starts inside the overwritten bytes (not at their start,
-  // which is still an instruction boundary after the write) would execute half a jump.
-  w.busyBegin = entry;
-  w.busyEnd = entry + redirectSize(r.kind);
+  w.overwritten = overwrittenSpan(r, baseAddress);
   auto reachable = [&](uint64_t from, unsigned bits, unsigned shift) -> Outcome<uint64_t> {
     for (uint64_t to : {function, stub})
       if ((to != stub || r.stubRva) && fitsSigned(int64_t(to - from) >> shift, bits)) return to;
@@ -51,7 +54,7 @@ Outcome<EntryWrite> entryWrite(const PatchRedirect &r, Machine machine, uint64_t
     uint64_t jumpAt = baseAddress + r.baseRva - r.paddingBefore;
     Outcome<uint64_t> to = reachable(jumpAt + 5, 32, 0);
     if (!to) return std::move(to).failure();
-    w.address = w.busyBegin = jumpAt;
+    w.address = jumpAt;
     w.bytes = x64Jump32(jumpAt, *to);
     w.bytes.resize(r.paddingBefore);
     w.bytes.insert(w.bytes.end(), r.expected.begin() + r.paddingBefore, r.expected.begin() + r.paddingBefore + r.entryOffset);

@@ -132,13 +132,21 @@ Status applyFixups(const PatchImage &image, uint64_t baseAddress, uint64_t image
 // The image's sections laid out at their RVAs (imageSize bytes, zero-filled between).
 std::vector<uint8_t> layOut(const PatchImage &image);
 
+// The base bytes a redirect overwrites, with the base at `baseAddress`. A thread whose next
+// instruction starts strictly inside (begin, end) would execute half a jump, so a loader waits
+// until none is there; `begin` itself stays an instruction boundary.
+struct AddressSpan {
+  uint64_t begin = 0, end = 0;
+  bool strictlyContains(uint64_t address) const { return address > begin && address < end; }
+};
+AddressSpan overwrittenSpan(const PatchRedirect &redirect, uint64_t baseAddress);
+
 // What a loader writes for one redirect: `bytes` at `address`, once the memory at
-// `expectedAddress` holds `redirect.expected`. While a thread's program counter is strictly
-// inside (busyBegin, busyEnd) the write would tear an instruction under it, so the loader waits.
+// `expectedAddress` holds `redirect.expected`.
 struct EntryWrite {
   uint64_t address = 0, expectedAddress = 0;
   std::vector<uint8_t> bytes;
-  uint64_t busyBegin = 0, busyEnd = 0;
+  AddressSpan overwritten;
 };
 // The write for `redirect` with the base at `baseAddress` and the image at `imageAddress`; fails
 // when the jump cannot reach the new function or its stub.
