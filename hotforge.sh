@@ -124,9 +124,10 @@ fuzz() {
   local seconds=${1:-60}
   local dir=$root/build-fuzz
   configure_and_build "$dir" -DCMAKE_C_COMPILER=clang-19 -DCMAKE_CXX_COMPILER=clang++-19 -DHOTFORGE_FUZZ=ON \
-    -DHOTFORGE_TESTS=OFF -DHOTFORGE_BENCH=OFF -- fuzz_read_image fuzz_unit
+    -DHOTFORGE_TESTS=OFF -DHOTFORGE_BENCH=OFF -- fuzz_read_image fuzz_unit fuzz_patch_image
+  configure_and_build "$build" -- hotforge  # writes the patch images that seed fuzz_patch_image
   samples
-  "$root/tests/fuzz/run.sh" "$dir" "$samples_out" "$seconds"
+  "$root/tests/fuzz/run.sh" "$dir" "$samples_out" "$seconds" "$build/cli/hotforge"
 }
 
 bench() {

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# run.sh BUILD_DIR SAMPLES_DIR SECONDS: fuzz the image reader, seeded with the built samples, then the
-# delivery-unit reader; each target runs for SECONDS.
+# run.sh BUILD_DIR SAMPLES_DIR SECONDS HOTFORGE: fuzz the image reader, seeded with the built samples,
+# the delivery-unit reader, and the patch-image reader, seeded with images HOTFORGE builds from the
+# samples; each target runs for SECONDS.
 set -euo pipefail
-build=$1 samples=$2 seconds=$3
+build=$1 samples=$2 seconds=$3 hotforge=$4
 corpus=$build/fuzz-corpus/read_image
 mkdir -p "$corpus"
 # (find || true): head closes the pipe after 200 names, and find's SIGPIPE must not end the script.
@@ -16,3 +17,13 @@ unit_corpus=$build/fuzz-corpus/unit
 mkdir -p "$unit_corpus"
 HOTFORGE_FUZZ_UNIT_SEEDS="$unit_corpus" "$build/tests/fuzz/fuzz_unit" "$unit_corpus" -max_total_time="$seconds" \
   -timeout=10 -rss_limit_mb=2048 -max_len=65536 -print_final_stats=1 -artifact_prefix="$build/fuzz-unit-"
+
+# The patch-image reader, seeded with images of both containers and machines.
+patch_corpus=$build/fuzz-corpus/patch_image
+mkdir -p "$patch_corpus"
+for pair in elf-x64-gcc/core.base:elf-x64-gcc/core.fix5 elf-a64-clang/exc.base:elf-a64-clang/exc.fix11 \
+            pe-x64/core.base.dll:pe-x64/core.fix9.dll pe-a64/core.base.dll:pe-a64/core.fix3.dll; do
+  "$hotforge" build "$samples/${pair%%:*}" "$samples/${pair##*:}" -o "$patch_corpus/$(echo "$pair" | tr '/:' '__')" >/dev/null
+done
+"$build/tests/fuzz/fuzz_patch_image" "$patch_corpus" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \
+  -max_len=65536 -print_final_stats=1 -artifact_prefix="$build/fuzz-patch-"
