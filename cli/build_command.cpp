@@ -45,7 +45,9 @@ void addBuildCommand(CLI::App &app, int &exitCode) {
       return void(exitCode = reportError(llvm::toString(base.takeError())));
     }
     if (!patched) return void(exitCode = reportError(llvm::toString(patched.takeError())));
-    llvm::Expected<Diff> diff = diffImages(*base, *patched);
+    DiffOptions diffOptions;
+    diffOptions.carryLineChanges = options->pair.carryLineChanges;
+    llvm::Expected<Diff> diff = diffImages(*base, *patched, diffOptions);
     if (!diff) return void(exitCode = reportError(llvm::toString(diff.takeError())));
     if (diff->changes.empty()) return void(exitCode = reportError("no change between the two builds: nothing to patch"));
     BuildOptions buildOptions;

@@ -31,8 +31,9 @@ void addReleaseCommand(CLI::App &app, int &exitCode);
 struct BuildPair {
   std::string base, patched;
   ImageReadOptions baseRead, patchedRead;
+  bool carryLineChanges = false;  // DiffOptions::carryLineChanges
 };
-// Adds the positional BASE PATCHED and --pdb-base, --pdb-patched, --debug-dir.
+// Adds the positional BASE PATCHED and --pdb-base, --pdb-patched, --debug-dir, --carry-line-changes.
 void addBuildPairOptions(CLI::App &command, BuildPair &pair);
 // Reads both builds at the same time (one thread each).
 std::pair<llvm::Expected<Image>, llvm::Expected<Image>> readBoth(const BuildPair &pair);

@@ -65,6 +65,7 @@ void addDiffCommand(CLI::App &app, int &exitCode) {
     }
     DiffOptions diffOptions;
     diffOptions.threads = options->threads;
+    diffOptions.carryLineChanges = options->pair.carryLineChanges;
     llvm::Expected<Diff> diff = diffImages(*base, *patched, diffOptions);
     if (!diff) {
       exitCode = reportError(llvm::toString(diff.takeError()));

@@ -16,6 +16,8 @@ void addBuildPairOptions(CLI::App &command, BuildPair &pair) {
   command.add_option("--pdb-patched", pair.patchedRead.pdbPath, "PDB of the patched build");
   command.add_option("--debug-dir", pair.baseRead.debugDir,
                      "ELF: directory with separate debug files (.build-id/xx/yyyy.debug or .gnu_debuglink names)");
+  command.add_flag("--carry-line-changes", pair.carryLineChanges,
+                   "patch functions whose only change is a line number passed to an error reporter (HF103) too");
 }
 
 std::pair<llvm::Expected<Image>, llvm::Expected<Image>> readBoth(const BuildPair &pair) {

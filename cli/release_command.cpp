@@ -26,6 +26,7 @@ struct ReleaseCommandOptions {
   uint32_t sequence = 1;
   std::vector<std::string> merge;
   std::string output, shard, cacheDir, progress = "auto";
+  bool carryLineChanges = false;
   SigningOptions signing;
   bool noCache = false, json = false;
   unsigned jobs = 0;
@@ -142,6 +143,7 @@ int runRelease(const ReleaseCommandOptions &o, bool shardMode) {
       run.cacheDir = o.cacheDir.empty() ? std::string(cache) : o.cacheDir;
     }
     run.toolIdentity = releaseToolIdentity(HOTFORGE_VERSION);
+    run.carryLineChanges = o.carryLineChanges;
     ProgressPrinter printer(o.progress);
     run.progress = [&printer](const ReleaseProgress &p) { printer(p); };
     llvm::Expected<ReleaseShard> done = runReleaseShard(*plan, run);
@@ -205,6 +207,8 @@ void addReleaseCommand(CLI::App &app, int &exitCode) {
   command->add_option("--shard", o->shard, "I/N: do slice I of N and write images and a shard record to OUTDIR");
   command->add_option("--cache-dir", o->cacheDir, "cache directory (default OUTDIR/.cache)");
   command->add_flag("--no-cache", o->noCache, "neither read nor write the cache");
+  command->add_flag("--carry-line-changes", o->carryLineChanges,
+                    "patch functions whose only change is a line number passed to an error reporter (HF103) too");
   command->add_option("--progress", o->progress, "auto (a bar on a terminal, lines otherwise), bar, lines or none")
       ->check(CLI::IsMember({"auto", "bar", "lines", "none"}));
   command->add_flag("--json", o->json, "print the summary as JSON (summary.json plus \"times\")");

@@ -14,7 +14,7 @@ SRC=$HERE/src
 SELF=$HERE/build.sh
 
 TARGETS=(elf-x64-gcc elf-x64-clang elf-a64-gcc elf-a64-clang pe-x64 pe-a64 mingw-x64)
-PROGRAMS=(core initval exc live)
+PROGRAMS=(core initval exc live upd)
 
 die() { echo "build.sh: error: $*" >&2; exit 1; }
 
@@ -25,6 +25,7 @@ program_scenarios() {
     initval) echo "6" ;;
     exc) echo "11" ;;
     live) echo "14" ;;
+    upd) echo "30 31 32 33" ;;
     *) die "unknown program $1" ;;
     esac
 }
@@ -46,6 +47,7 @@ sources() { # program -> source files (PE DLLs use only the first one)
     initval) echo "initval.c initval_main.c" ;;
     exc) echo "exc.cpp exc_main.cpp" ;;
     live) echo "live.c live_main.c" ;;
+    upd) echo "upd.c upd_main.c" ;;
     esac
 }
 
@@ -108,9 +110,10 @@ build_pe() { # out target program variant def
     # shellcheck disable=SC2046
     clang-19 $(pe_cflags "$t") ${def:+"$def"} -I"$SRC" -c "$SRC/$src" -o "$obj/$p.obj"
     local objs=("$obj/$p.obj" "$out/obj/$t/loadcfg.obj")
-    if [ "$p" = core ]; then
-        objs+=("$out/obj/$t/tls.obj" "$dir/hfplat.lib")
-    fi
+    case $p in
+    core) objs+=("$out/obj/$t/tls.obj" "$dir/hfplat.lib") ;;
+    upd) objs+=("$dir/hfplat.lib") ;;   # called without dllimport: lld-link adds import thunks
+    esac
     pe_link "$t" "$dir/$stem.pdb" "$dir/$stem.dll" "$obj/$stem.lib" "${objs[@]}"
     cp "$dir/$stem.dll" "$dir/stripped/$stem.dll"
 }
@@ -142,7 +145,7 @@ build_mingw() { # out target program variant def
     # set; use a fixed, distinct stamp per program/variant so that rebuilds are
     # byte-identical and base and fixN never share a TimeDateStamp.
     local pidx n=0
-    case $p in core) pidx=1 ;; initval) pidx=2 ;; exc) pidx=3 ;; live) pidx=4 ;; esac
+    case $p in core) pidx=1 ;; initval) pidx=2 ;; exc) pidx=3 ;; live) pidx=4 ;; upd) pidx=5 ;; esac
     [ "$v" = base ] || n=${v#fix}
     # GNU strip re-stamps the image too, so it gets the same SOURCE_DATE_EPOCH
     # (the stripped copy keeps the TimeDateStamp; its CheckSum is recomputed).

@@ -1,5 +1,6 @@
 // The differ on every sample scenario of every target: the changed, added and data sets and the
 // verdict must be exactly what samples/README.md expects, stripped or not.
+#include "hotforge/arch.h"
 #include "hotforge/diff.h"
 #include "test_support.h"
 
@@ -94,7 +95,13 @@ TEST(Differ, EveryScenarioGivesItsExpectedChangesOnEveryTarget) {
       EXPECT_EQ(namesOf(d, ChangeKind::Changed), strings(e["changed"]));
       EXPECT_EQ(namesOf(d, ChangeKind::Added), strings(e["added"]));
       EXPECT_EQ(namesOf(d, ChangeKind::Removed), strings(e["removed"]));
+      EXPECT_EQ(namesOf(d, ChangeKind::LineOnly), strings(e.value("line_only", nlohmann::json::array())));
       EXPECT_EQ(d.needsRestart(), e["verdict"] == "needs-restart");
+      std::set<std::string> restartRules;
+      for (const Change &c : d.changes)
+        if (c.verdict == Verdict::NeedsRestart) restartRules.insert(c.rule);
+      for (const std::string &rule : strings(e.value("restart_rules", nlohmann::json::array())))
+        EXPECT_TRUE(restartRules.count(rule)) << rule << " expected";
       for (const std::string &moved : strings(e["moved_unchanged"])) {
         EXPECT_EQ(namesOf(d, ChangeKind::Changed).count(moved), 0u) << moved;
         bool moves = false;
@@ -215,6 +222,121 @@ TEST(Differ, AnotherFunctionOrderIsNoChange) {
       moved += a.functions[pair.base].range.rva != b.functions[pair.patched].range.rva;
     EXPECT_GT(moved, 5u) << "the shuffle should move functions";
     EXPECT_TRUE(d.changes.empty()) << (d.changes.empty() ? "" : d.changes.front().reason);
+  }
+}
+
+// Scenario 30 with --carry-line-changes: the line-number-only function is patched like any other.
+TEST(Differ, LineNumberChangesAreCarriedOnRequest) {
+  size_t checked = 0;
+  for (const std::string &target : targets()) {
+    std::vector<Sample> all = samples();
+    const Sample *base = find(all, target, "upd", "base"), *fix = find(all, target, "upd", "fix30");
+    if (!base || !fix) continue;
+    SCOPED_TRACE(target);
+    Image b = loadImage(base->path), p = loadImage(fix->path);
+    DiffOptions carry;
+    carry.carryLineChanges = true;
+    llvm::Expected<Diff> carried = diffImages(b, p, carry);
+    ASSERT_TRUE(bool(carried)) << llvm::toString(carried.takeError());
+    EXPECT_EQ(namesOf(*carried, ChangeKind::Changed), (std::set<std::string>{"upd_percent", "upd_scale"}));
+    EXPECT_TRUE(namesOf(*carried, ChangeKind::LineOnly).empty());
+    Diff listed = diff(b, p);
+    for (const Change &c : listed.changes)
+      if (c.kind == ChangeKind::LineOnly) {
+        EXPECT_EQ(c.rule, rules::kLineNumbersOnly);
+        EXPECT_NE(c.reason.find("line numbers"), std::string::npos) << c.reason;
+      }
+    // Left out of the patch: it has no bindings.
+    for (const FunctionBindings &fb : listed.bindings) EXPECT_NE(p.functions[fb.patched].name, "upd_percent");
+    ++checked;
+  }
+  EXPECT_EQ(checked, 7u);
+}
+
+// A function the base does not name is never paired on structure or position alone (scenario 32:
+// a new exported setter and an old static helper of the same structure), on every scenario.
+TEST(Differ, NewNamesPairOnlyOnUnambiguousEvidence) {
+  size_t checked = forEachScenario([](const std::string &target, const Scenario &scenario, const Sample &baseSample,
+                                      const Sample &patchedSample) {
+    for (bool stripped : {false, true}) {
+      std::string bp = stripped ? baseSample.strippedPath : baseSample.path;
+      std::string pp = stripped ? patchedSample.strippedPath : patchedSample.path;
+      if (bp.empty() || pp.empty()) continue;
+      SCOPED_TRACE(target + " scenario " + std::to_string(scenario.number) + (stripped ? " stripped" : ""));
+      Image b = loadImage(bp), p = loadImage(pp);
+      std::set<std::string> baseNames;
+      for (const Function &f : b.functions)
+        if (f.name) baseNames.insert(*f.name);
+      Diff d = diff(b, p);
+      for (const FunctionPair &pair : d.pairs) {
+        const std::optional<std::string> &name = p.functions[pair.patched].name;
+        if (!name || baseNames.count(*name) || baseNames.empty()) continue;
+        EXPECT_TRUE(pair.match.stage == MatchStage::Hash || pair.match.stage == MatchStage::CallGraph)
+            << *name << " paired by " << matchStageName(pair.match.stage);
+      }
+      if (scenario.number == 32 && (!stripped || target.rfind("pe-", 0) == 0))
+        EXPECT_TRUE(namesOf(d, ChangeKind::Added).count("upd_set_mode")) << "the new setter is new";
+    }
+  });
+  EXPECT_GT(checked, 80u);
+}
+
+// PE: the upd sample calls its import without dllimport, so lld-link puts a thunk into .text;
+// fix 33 grows .text in front of it. The thunk moves, and no caller of it changes (scenario 33).
+TEST(Differ, PeImportThunksMoveWithoutChangingTheirCallers) {
+  std::vector<Sample> all = samples();
+  for (const char *target : {"pe-x64", "pe-a64"}) {
+    SCOPED_TRACE(target);
+    const Sample *base = find(all, target, "upd", "base"), *fix = find(all, target, "upd", "fix33");
+    ASSERT_TRUE(base && fix);
+    Image b = loadImage(base->path), p = loadImage(fix->path);
+    llvm::Expected<std::unique_ptr<differ::InstructionDecoder>> decoder = differ::createInstructionDecoder(b.machine);
+    ASSERT_TRUE(bool(decoder));
+    auto thunkOf = [&](const Image &image, const std::string &import) -> std::optional<uint64_t> {
+      uint64_t slot = 0;
+      for (const Import &i : image.imports)
+        if (i.name == import) slot = i.slotRva;
+      for (const Section &s : image.sections)
+        if (s.permissions.execute)
+          for (uint64_t rva = s.rva; rva + 12 <= s.rva + s.size; rva += image.machine == Machine::X64 ? 1 : 4)
+            if ((*decoder)->importThunkSlot(image.bytesAt(rva, 12), rva) == slot) return rva;
+      return std::nullopt;
+    };
+    std::optional<uint64_t> before = thunkOf(b, "hfplat_strtoi"), after = thunkOf(p, "hfplat_strtoi");
+    ASSERT_TRUE(before && after) << "lld-link should call hfplat_strtoi through a thunk";
+    EXPECT_NE(*before, *after) << "the fix should move the thunk";
+    Diff d = diff(b, p);
+    EXPECT_EQ(namesOf(d, ChangeKind::Changed), std::set<std::string>{"upd_digits"});
+    EXPECT_FALSE(d.needsRestart());
+  }
+}
+
+// Every ADRP in real Arm64 libraries (the multiarch libc, libcrypto and libssl that setup
+// installs) is followed to a use, across branches, loops and register copies: none is left
+// compared at page granularity, which would make carried code need a restart.
+TEST(Differ, EveryAdrpOfRealArm64LibrariesIsFollowed) {
+  llvm::Expected<std::unique_ptr<differ::InstructionDecoder>> decoder = differ::createInstructionDecoder(Machine::Arm64);
+  ASSERT_TRUE(bool(decoder));
+  for (const char *path : {"/usr/lib/aarch64-linux-gnu/libc.so.6", "/usr/lib/aarch64-linux-gnu/libcrypto.so.3",
+                           "/usr/lib/aarch64-linux-gnu/libssl.so.3"}) {
+    SCOPED_TRACE(path);
+    Image image = loadImage(path);
+    ASSERT_EQ(image.machine, Machine::Arm64);
+    size_t adrps = 0, unfollowed = 0;
+    for (const Function &f : image.functions) {
+      const Section *s = image.sectionAt(f.range.rva);
+      if (!f.range.size || !s || !s->permissions.execute || s->name.rfind(".plt", 0) == 0) continue;
+      differ::DecodedFunction d = (*decoder)->decode(image.bytesAt(f.range.rva, f.range.size), f.range.rva, {});
+      for (const differ::CodeReference &r : d.references) {
+        adrps += r.encoding == differ::FieldEncoding::A64AdrPage21;
+        if (r.kind == differ::ReferenceKind::Page) {
+          ++unfollowed;
+          ADD_FAILURE() << (f.name ? *f.name : "(unnamed)") << " +" << r.offset << ": ADRP not followed";
+        }
+      }
+    }
+    EXPECT_GT(adrps, 1000u);
+    EXPECT_EQ(unfollowed, 0u);
   }
 }
 

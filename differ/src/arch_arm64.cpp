@@ -1,10 +1,15 @@
 // AArch64: B/BL imm26, B.cond/CBZ/CBNZ imm19, TBZ/TBNZ imm14, ADR, LDR literal, and ADRP paired
-// with the ADD/LDR/STR that consume its page, also when they are not adjacent.
+// with the ADD/LDR/STR that consume its page, wherever in the function they are (data flow over
+// its basic blocks, through `mov` copies).
 #include "mc_decoder.h"
 
 #include <llvm/ADT/bit.h>
+#include <llvm/Support/Endian.h>
+#include <llvm/Support/MathExtras.h>
 
 #include <map>
+#include <optional>
+#include <set>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -49,10 +54,23 @@ public:
       if ((name.consume_front("X") || name.consume_front("W")) && !name.getAsInteger(10, number) && number <= 18)
         callerSaved_.push_back(reg);
     }
+    for (auto &[name, op] : byName)
+      if ((name.rfind("LDUR", 0) == 0 || name.rfind("STUR", 0) == 0) && name.size() > 1 && name.substr(name.size() - 1) == "i")
+        unscaled_.insert(op);
+    for (unsigned reg = 1; reg < mc_.registers->getNumRegs(); ++reg) {
+      StringRef name = mc_.registers->getName(reg);
+      if (name == "SP" || name == "WSP" || name == "FP" || name == "X29") notFieldBases_.insert(reg);
+      if (name == "FP" || name == "X29") framePointer_ = reg;
+    }
     hint_ = byName["HINT"];
     adr_ = byName["ADR"];
     adrp_ = byName["ADRP"];
     addImmediate_ = byName["ADDXri"];
+    orrShifted_ = byName["ORRXrs"];
+    storeX_ = byName["STRXui"];
+    loadX_ = byName["LDRXui"];
+    for (unsigned reg = 1; reg < mc_.registers->getNumRegs(); ++reg)
+      if (mc_.registers->getName(reg) == StringRef("XZR")) zeroRegister_ = reg;
   }
 
 protected:
@@ -64,172 +82,330 @@ protected:
   unsigned undecodableStep() const override { return 4; }
   uint64_t printAddress(uint64_t pc, uint64_t) const override { return pc; }
 
-  // Which offsets forward branches enter, and from where: at those join points an address is
-  // known only if every way in agrees (back edges are not followed; compilers keep a hoisted ADRP
-  // live around loops). Code after a barrier that only a back edge enters is a rotated loop's
-  // body (`b cond; body: ...; cond: b.xx body`): it keeps what was known before the barrier.
+  std::optional<uint64_t> importThunkSlot(ArrayRef<uint8_t> code, uint64_t rva) const override {
+    if (code.size() < 12) return std::nullopt;
+    uint32_t adrp = support::endian::read32le(&code[0]), ldr = support::endian::read32le(&code[4]),
+             br = support::endian::read32le(&code[8]);
+    // adrp x16, page; ldr x16, [x16, #imm]; br x16
+    if ((adrp & 0x9f00001f) != 0x90000010 || (ldr & 0xffc003ff) != 0xf9400210 || br != 0xd61f0200) return std::nullopt;
+    int64_t pages = SignExtend64<21>(((adrp >> 29) & 3) | ((adrp >> 3) & 0x1ffffc));
+    return (rva & ~uint64_t(0xfff)) + uint64_t(pages) * 4096 + ((ldr >> 10) & 0xfff) * 8;
+  }
+
+  // LDR/STR Rt, [Xn, #imm] (scaled) and LDUR/STUR Rt, [Xn, #simm] from a register other than sp
+  // and the frame pointer x29.
+  std::optional<unsigned> displacementScale(const MCInst &inst, unsigned operand) const override {
+    unsigned scale = 0;
+    if (auto it = accessScale_.find(inst.getOpcode()); it != accessScale_.end()) scale = it->second;
+    else if (unscaled_.count(inst.getOpcode())) scale = 1;
+    if (!scale || operand != 2 || inst.getNumOperands() < 3 || !inst.getOperand(1).isReg() ||
+        notFieldBases_.count(inst.getOperand(1).getReg()))
+      return std::nullopt;
+    return scale;
+  }
+
+  // ADRP pages are followed to their uses by a forward data-flow pass over the function's basic
+  // blocks, iterated until nothing changes (loops included; see meet() for how ways in join). A
+  // block that no direct branch enters is entered by the function's indirect branches (jump
+  // tables), when it has any. The decode loop then walks the instructions in order, starting every
+  // block from what the pass found.
   void beginFunction(ArrayRef<uint8_t> code, uint64_t rva) override {
     known_.clear();
     pendingPages_.clear();
-    joins_.clear();
-    loopHeads_.clear();
-    barrier_ = false;
-    MCInst inst;
+    consumedPages_.clear();
+    blockEntry_.clear();
+    std::vector<Decoded> insts;
+    uint32_t index = 0;
+    bool sawAddress = false;
     for (uint64_t offset = 0; offset + 4 <= code.size(); offset += 4) {
-      uint64_t size = 0, target = 0;
-      inst.clear();
-      if (mc_.disassembler->getInstruction(inst, size, code.slice(offset), rva + offset, nulls()) !=
+      uint64_t size = 0;
+      Decoded d;
+      if (mc_.disassembler->getInstruction(d.inst, size, code.slice(offset), rva + offset, nulls()) !=
           MCDisassembler::Success)
         continue;
-      const MCInstrDesc &desc = mc_.instructions->get(inst.getOpcode());
-      if (desc.isBranch() && !desc.isIndirectBranch() && mc_.analysis->evaluateBranch(inst, rva + offset, 4, target) &&
-          target >= rva && target < rva + code.size()) {
-        if (target > rva + offset) joins_[uint32_t(target - rva)].pending = true;
-        else loopHeads_.insert(uint32_t(target - rva));
+      if (isLayoutNoise(d.inst)) continue;
+      d.offset = uint32_t(offset);
+      d.index = index++;
+      sawAddress |= d.inst.getOpcode() == adrp_ || d.inst.getOpcode() == adr_;
+      insts.push_back(std::move(d));
+    }
+    if (!sawAddress || insts.empty()) return;  // nothing to follow
+
+    // Blocks: the first instruction, every branch target inside the function, and whatever
+    // follows a branch or a return start one.
+    std::map<uint32_t, size_t> blockAt;  // offset -> block
+    auto targetOf = [&](const Decoded &d, uint64_t &target) {
+      const MCInstrDesc &desc = mc_.instructions->get(d.inst.getOpcode());
+      return desc.isBranch() && !desc.isIndirectBranch() &&
+             mc_.analysis->evaluateBranch(d.inst, rva + d.offset, 4, target) && target >= rva &&
+             target < rva + code.size();
+    };
+    std::set<uint32_t> leaders{insts.front().offset};
+    for (size_t i = 0; i < insts.size(); ++i) {
+      const MCInstrDesc &desc = mc_.instructions->get(insts[i].inst.getOpcode());
+      uint64_t target = 0;
+      if (targetOf(insts[i], target)) leaders.insert(uint32_t(target - rva));
+      if ((desc.isBranch() || desc.isReturn()) && i + 1 < insts.size()) leaders.insert(insts[i + 1].offset);
+    }
+    struct Block {
+      size_t first = 0, end = 0;  // instructions [first, end)
+      std::vector<size_t> successors;
+      bool entered = false;
+      Known in;
+    };
+    std::vector<Block> blocks;
+    for (size_t i = 0; i < insts.size(); ++i) {
+      if (leaders.count(insts[i].offset)) {
+        if (!blocks.empty()) blocks.back().end = i;
+        blockAt[insts[i].offset] = blocks.size();
+        blocks.push_back({i, insts.size(), {}, false, {}});
       }
     }
-  }
-
-  // Entering instruction `offset`: merge what forward branches to it carried.
-  void enterInstruction(uint32_t offset) {
-    auto join = joins_.find(offset);
-    if (join == joins_.end()) {
-      if (barrier_ && !loopHeads_.count(offset)) known_.clear();
-      barrier_ = false;
-      return;
+    std::vector<bool> directlyEntered(blocks.size(), false);
+    std::vector<size_t> indirectSources;
+    for (size_t b = 0; b < blocks.size(); ++b) {
+      const Decoded &last = insts[blocks[b].end - 1];
+      const MCInstrDesc &desc = mc_.instructions->get(last.inst.getOpcode());
+      uint64_t target = 0;
+      // Targets that fall between instructions (data in code) enter no block.
+      if (targetOf(last, target))
+        if (auto it = blockAt.find(uint32_t(target - rva)); it != blockAt.end()) blocks[b].successors.push_back(it->second);
+      bool fallsThrough = !desc.isReturn() && (!desc.isBranch() || desc.isConditionalBranch() || desc.isCall());
+      if (fallsThrough && b + 1 < blocks.size()) blocks[b].successors.push_back(b + 1);
+      if (desc.isIndirectBranch() && !desc.isReturn() && !desc.isCall()) indirectSources.push_back(b);
+      for (size_t s : blocks[b].successors) directlyEntered[s] = true;
     }
-    std::vector<const std::unordered_map<unsigned, KnownAddress> *> ways;
-    if (!barrier_) ways.push_back(&known_);
-    for (const auto &incoming : join->second.incoming) ways.push_back(&incoming);
-    std::unordered_map<unsigned, KnownAddress> merged;
-    if (!ways.empty()) merged = *ways.front();  // no way in seen: an indirect target, nothing known
-    for (size_t w = 1; w < ways.size(); ++w)
-      for (auto it = merged.begin(); it != merged.end();) {
-        auto other = ways[w]->find(it->first);
-        bool same = other != ways[w]->end() && other->second.value == it->second.value &&
-                    other->second.isPage == it->second.isPage;
-        it = same ? std::next(it) : merged.erase(it);
-      }
-    known_ = std::move(merged);
-    barrier_ = false;
-  }
+    for (size_t b = 1; b < blocks.size(); ++b)
+      if (!directlyEntered[b])
+        for (size_t source : indirectSources) blocks[source].successors.push_back(b);
 
-  void recordBranch(uint64_t pc, uint64_t target, uint64_t rva) {
-    if (target <= pc) return;
-    auto join = joins_.find(uint32_t(target - rva));
-    if (join != joins_.end()) join->second.incoming.push_back(known_);
+    blocks[0].entered = true;
+    for (bool changed = true; changed;) {
+      changed = false;
+      for (Block &block : blocks) {
+        if (!block.entered) continue;
+        Known state = block.in;
+        for (size_t i = block.first; i < block.end; ++i) track(insts[i].inst, rva + insts[i].offset, insts[i], state);
+        for (size_t s : block.successors) {
+          Block &next = blocks[s];
+          if (!next.entered) {
+            next.entered = true;
+            next.in = state;
+            changed = true;
+          } else {
+            changed |= meet(next.in, state);
+          }
+        }
+      }
+    }
+    for (size_t b = 0; b < blocks.size(); ++b) blockEntry_[insts[blocks[b].first].offset] = std::move(blocks[b].in);
   }
 
   void endFunction(DecodeState &state) override {
     // An ADRP nobody consumed still depends on the layout, at page granularity.
     for (auto &[instruction, adrp] : pendingPages_)
       state.references.push_back({.instruction = instruction, .kind = ReferenceKind::Page, .size = 4,
-                                  .target = adrp.value, .offset = adrp.offset,
+                                  .target = adrp.second, .offset = adrp.first,
                                   .encoding = FieldEncoding::A64AdrPage21});
   }
 
   void analyze(const MCInst &inst, uint64_t pc, uint64_t size, uint32_t index, DecodeState &state) override {
-    const MCInstrDesc &desc = mc_.instructions->get(inst.getOpcode());
-    enterInstruction(state.offset);
+    if (auto entry = blockEntry_.find(state.offset); entry != blockEntry_.end()) known_ = entry->second;
     state.hash = mixHash(state.hash, inst.getOpcode());
-
-    int pcRelative = -1;
-    for (unsigned i = 0; i < inst.getNumOperands() && i < desc.getNumOperands(); ++i)
-      if (desc.operands()[i].OperandType == MCOI::OPERAND_PCREL && inst.getOperand(i).isImm()) pcRelative = int(i);
-    if (pcRelative >= 0) {
-      int64_t imm = inst.getOperand(pcRelative).getImm();
-      mixOperands(inst, state, pcRelative);
-      if (inst.getOpcode() == adrp_) {
-        uint64_t page = (pc & ~uint64_t(0xfff)) + uint64_t(imm) * 4096;
-        unsigned reg = inst.getOperand(0).getReg();
-        known_[reg] = {page, index, state.offset, true};
-        pendingPages_[index] = known_[reg];
-        return;
-      }
-      uint64_t target = inst.getOpcode() == adr_ ? pc + uint64_t(imm) : pc + uint64_t(imm) * 4;
-      if (desc.isBranch()) recordBranch(pc, target, pc - state.offset);
+    Effect effect = track(inst, pc, {MCInst(), state.offset, index}, known_);
+    switch (effect.kind) {
+    case Effect::Plain: mixOperands(inst, state); return;
+    case Effect::Page:
+      mixOperands(inst, state, effect.operand);
+      // A use before it in address order (reached through a backward branch) consumed it already.
+      if (!consumedPages_.count(index)) pendingPages_[index] = {state.offset, effect.target};
+      return;
+    case Effect::PcRelative: {
+      const MCInstrDesc &desc = mc_.instructions->get(inst.getOpcode());
+      mixOperands(inst, state, effect.operand);
       ReferenceKind kind = desc.isCall() ? ReferenceKind::Call
                            : desc.isBranch() ? ReferenceKind::Branch
                                              : ReferenceKind::Memory;
       auto encoding = pcRelativeEncoding_.find(inst.getOpcode());
-      state.add(index, kind, target, encoding != pcRelativeEncoding_.end() ? encoding->second : FieldEncoding::None);
-      if (inst.getOpcode() == adr_) known_[inst.getOperand(0).getReg()] = {target, index, state.offset, false};
-      else killDefinitions(inst, desc);
-      if (desc.isCall()) forgetCallerSaved();
-      else if (desc.isBranch() && !desc.isConditionalBranch()) barrier_ = true;
+      state.add(index, kind, effect.target, encoding != pcRelativeEncoding_.end() ? encoding->second : FieldEncoding::None);
       return;
     }
-
-    // A consumer of a known address: ADD Xd, Xn, #imm or LDR/STR Rt, [Xn, #imm].
-    auto scale = accessScale_.find(inst.getOpcode());
-    bool isAdd = inst.getOpcode() == addImmediate_;
-    if ((isAdd || scale != accessScale_.end()) && inst.getNumOperands() >= 3 && inst.getOperand(1).isReg() &&
-        inst.getOperand(2).isImm()) {
-      auto base = known_.find(inst.getOperand(1).getReg());
-      if (base != known_.end()) {
-        uint64_t imm = uint64_t(inst.getOperand(2).getImm());
-        uint64_t target = isAdd ? base->second.value + (imm << (inst.getNumOperands() > 3 ? inst.getOperand(3).getImm() : 0))
-                                : base->second.value + imm * scale->second;
-        const KnownAddress producer = base->second;
-        mixOperands(inst, state, 2);
-        if (producer.isPage) {
-          // The ADRP is re-aimed at this consumer's target too (one reference per consumer).
-          pendingPages_.erase(producer.instruction);
-          state.references.push_back({.instruction = producer.instruction, .kind = ReferenceKind::Memory,
-                                      .size = 4, .target = target, .offset = producer.offset,
-                                      .encoding = FieldEncoding::A64AdrPage21});
-          state.add(index, ReferenceKind::Memory, target,
-                    isAdd ? FieldEncoding::A64AddLo12 : FieldEncoding::A64LdStLo12, 0,
-                    isAdd ? 0 : uint8_t(llvm::countr_zero(scale->second)));
-        } else {
-          // An offset from an address an earlier ADD formed: follows from that reference.
-          state.add(index, ReferenceKind::Memory, target, FieldEncoding::None);
-        }
-        killDefinitions(inst, desc);
-        if (isAdd) known_[inst.getOperand(0).getReg()] = {target, index, state.offset, false};
+    case Effect::Consumer:
+      mixOperands(inst, state, effect.operand);
+      if (!effect.producer.isPage) {
+        // An offset from an address an earlier ADD formed: follows from that reference.
+        state.add(index, ReferenceKind::Memory, effect.target, FieldEncoding::None);
         return;
       }
+      // Every ADRP that can reach here is re-aimed at this consumer's target too (one reference
+      // per consumer).
+      for (auto [producer, offset] : effect.producer.producers) {
+        pendingPages_.erase(producer);
+        consumedPages_.insert(producer);
+        state.references.push_back({.instruction = producer, .kind = ReferenceKind::Memory, .size = 4,
+                                    .target = effect.target, .offset = offset,
+                                    .encoding = FieldEncoding::A64AdrPage21});
+      }
+      state.add(index, ReferenceKind::Memory, effect.target,
+                effect.scale ? FieldEncoding::A64LdStLo12 : FieldEncoding::A64AddLo12, 0,
+                effect.scale ? uint8_t(llvm::countr_zero(effect.scale)) : 0);
+      return;
     }
-    mixOperands(inst, state);
-    if (desc.isCall()) forgetCallerSaved();
-    else killDefinitions(inst, desc);
-    // After ret, br or an unconditional b, the next instruction is reached only by branches.
-    if (desc.isReturn() || (desc.isBranch() && !desc.isConditionalBranch())) barrier_ = true;
   }
 
 private:
   struct KnownAddress {
     uint64_t value = 0;
-    uint32_t instruction = 0;  // the ADRP or ADD that produced it
-    uint32_t offset = 0;       // its byte offset in the function
     bool isPage = false;
+    // For a page: the ADRPs (instruction index, byte offset) it may come from, sorted.
+    std::vector<std::pair<uint32_t, uint32_t>> producers = {};
+    bool conflict = false;  // ways into a block disagree: not known, and stays so
+  };
+  using Known = std::map<unsigned, KnownAddress>;  // register (or stack slot) -> address it holds
+  static constexpr unsigned kStackSlots = 1u << 24;  // keys of stack slots: kStackSlots + offset
+  struct Decoded {
+    MCInst inst;
+    uint32_t offset = 0, index = 0;
+  };
+  // What one instruction does with addresses.
+  struct Effect {
+    enum Kind { Plain, Page, PcRelative, Consumer } kind = Plain;
+    int operand = -1;  // the operand that holds the address
+    uint64_t target = 0;
+    KnownAddress producer;  // Consumer: the address its base register held
+    unsigned scale = 0;     // Consumer: access size of a load or store, 0 for ADD
   };
 
-  void killDefinitions(const MCInst &inst, const MCInstrDesc &desc) {
+  // Applies one instruction to `known`: ADRP and ADR set their register, ADD from a known address
+  // sets its register, `mov` copies a known address, every other write forgets the register, and
+  // a call forgets x0-x18.
+  Effect track(const MCInst &inst, uint64_t pc, const Decoded &at, Known &known) const {
+    const MCInstrDesc &desc = mc_.instructions->get(inst.getOpcode());
+    int pcRelative = -1;
+    for (unsigned i = 0; i < inst.getNumOperands() && i < desc.getNumOperands(); ++i)
+      if (desc.operands()[i].OperandType == MCOI::OPERAND_PCREL && inst.getOperand(i).isImm()) pcRelative = int(i);
+    if (pcRelative >= 0) {
+      int64_t imm = inst.getOperand(pcRelative).getImm();
+      if (inst.getOpcode() == adrp_) {
+        uint64_t page = (pc & ~uint64_t(0xfff)) + uint64_t(imm) * 4096;
+        known[inst.getOperand(0).getReg()] = {page, true, {{at.index, at.offset}}};
+        return {Effect::Page, pcRelative, page, {}, 0};
+      }
+      uint64_t target = inst.getOpcode() == adr_ ? pc + uint64_t(imm) : pc + uint64_t(imm) * 4;
+      if (inst.getOpcode() == adr_) known[inst.getOperand(0).getReg()] = {target, false, {}};
+      else killDefinitions(inst, desc, known);
+      if (desc.isCall()) forgetCallerSaved(known);
+      return {Effect::PcRelative, pcRelative, target, {}, 0};
+    }
+    // A consumer of a known address: ADD Xd, Xn, #imm or LDR/STR Rt, [Xn, #imm].
+    auto scale = accessScale_.find(inst.getOpcode());
+    bool isAdd = inst.getOpcode() == addImmediate_;
+    if ((isAdd || scale != accessScale_.end()) && inst.getNumOperands() >= 3 && inst.getOperand(1).isReg() &&
+        inst.getOperand(2).isImm()) {
+      auto base = known.find(inst.getOperand(1).getReg());
+      if (base != known.end() && !base->second.conflict) {
+        uint64_t imm = uint64_t(inst.getOperand(2).getImm());
+        uint64_t target = isAdd ? base->second.value + (imm << (inst.getNumOperands() > 3 ? inst.getOperand(3).getImm() : 0))
+                                : base->second.value + imm * scale->second;
+        Effect effect{Effect::Consumer, 2, target, base->second, isAdd ? 0 : scale->second};
+        killDefinitions(inst, desc, known);
+        if (isAdd) known[inst.getOperand(0).getReg()] = {target, false, {}};
+        return effect;
+      }
+    }
+    // A page spilled to the stack (str Xt, [sp|x29, #imm]) and reloaded (ldr Xt, [sp|x29, #imm]).
+    if ((inst.getOpcode() == storeX_ || inst.getOpcode() == loadX_) && inst.getNumOperands() == 3 &&
+        inst.getOperand(1).isReg() && notFieldBases_.count(inst.getOperand(1).getReg()) && inst.getOperand(2).isImm()) {
+      unsigned slot = kStackSlots + (inst.getOperand(1).getReg() == framePointer_ ? 1u << 16 : 0) +
+                      unsigned(inst.getOperand(2).getImm() & 0xffff);
+      unsigned reg = inst.getOperand(0).getReg();
+      if (inst.getOpcode() == storeX_) {
+        auto value = known.find(reg);
+        if (value != known.end() && value->second.isPage && !value->second.conflict) known[slot] = value->second;
+        else known.erase(slot);
+        return {};
+      }
+      std::optional<KnownAddress> copy;
+      if (auto value = known.find(slot); value != known.end() && !value->second.conflict) copy = value->second;
+      killDefinitions(inst, desc, known);
+      if (copy) known[reg] = std::move(*copy);
+      return {};
+    }
+    // mov Xd, Xm (orr Xd, xzr, Xm) carries a known address into another register.
+    if (inst.getOpcode() == orrShifted_ && inst.getNumOperands() == 4 && inst.getOperand(1).getReg() == zeroRegister_ &&
+        inst.getOperand(3).getImm() == 0) {
+      auto source = known.find(inst.getOperand(2).getReg());
+      std::optional<KnownAddress> copy;
+      if (source != known.end() && !source->second.conflict) copy = source->second;
+      killDefinitions(inst, desc, known);
+      if (copy) known[inst.getOperand(0).getReg()] = std::move(*copy);
+      return {};
+    }
+    if (desc.isCall()) forgetCallerSaved(known);
+    else killDefinitions(inst, desc, known);
+    return {};
+  }
+
+  // Joins what another way into a block knows into `into`; returns whether `into` changed. A
+  // page is kept when every way that knows the register agrees on it: no compiled code joins a
+  // bare page with another value, while a way that lost it (a reload, a path into a noreturn
+  // call) would hide its use. Other addresses are real pointers, kept only when every way agrees.
+  static bool meet(Known &into, const Known &other) {
+    bool changed = false;
+    auto conflict = [&changed](KnownAddress &k) {
+      if (k.conflict) return;
+      k = {};
+      k.conflict = changed = true;
+    };
+    for (auto &[reg, mine] : into) {
+      if (mine.conflict) continue;
+      auto theirs = other.find(reg);
+      if (theirs == other.end()) {
+        if (!mine.isPage) conflict(mine);
+        continue;
+      }
+      if (theirs->second.conflict || theirs->second.value != mine.value || theirs->second.isPage != mine.isPage) {
+        conflict(mine);
+        continue;
+      }
+      for (const auto &producer : theirs->second.producers)
+        if (auto at = std::lower_bound(mine.producers.begin(), mine.producers.end(), producer);
+            at == mine.producers.end() || *at != producer) {
+          mine.producers.insert(at, producer);
+          changed = true;
+        }
+    }
+    for (const auto &[reg, theirs] : other)
+      if (!into.count(reg)) {
+        into[reg] = theirs.isPage ? theirs : KnownAddress{};
+        if (!theirs.isPage) into[reg].conflict = true;
+        changed = true;
+      }
+    return changed;
+  }
+
+  void killDefinitions(const MCInst &inst, const MCInstrDesc &desc, Known &known) const {
     for (unsigned i = 0; i < desc.getNumDefs() && i < inst.getNumOperands(); ++i) {
       if (!inst.getOperand(i).isReg()) continue;
       unsigned reg = inst.getOperand(i).getReg();
-      for (auto it = known_.begin(); it != known_.end();)
-        it = mc_.registers->regsOverlap(it->first, reg) ? known_.erase(it) : std::next(it);
+      for (auto it = known.begin(); it != known.end();)
+        it = it->first < kStackSlots && mc_.registers->regsOverlap(it->first, reg) ? known.erase(it) : std::next(it);
     }
   }
 
-  void forgetCallerSaved() {
-    for (unsigned reg : callerSaved_) known_.erase(reg);
+  void forgetCallerSaved(Known &known) const {
+    for (unsigned reg : callerSaved_) known.erase(reg);
   }
 
   std::vector<unsigned> callerSaved_;
   std::unordered_map<unsigned, unsigned> accessScale_;
-  unsigned hint_ = 0, adr_ = 0, adrp_ = 0, addImmediate_ = 0;
-  std::unordered_map<unsigned, KnownAddress> known_;
-  std::map<uint32_t, KnownAddress> pendingPages_;  // ADRPs not consumed yet; ordered: deterministic
-  std::unordered_set<uint32_t> loopHeads_;  // targets of back edges
-  struct Join {
-    bool pending = false;
-    std::vector<std::unordered_map<unsigned, KnownAddress>> incoming;  // states of forward branches here
-  };
-  std::map<uint32_t, Join> joins_;
-  bool barrier_ = false;  // the previous instruction does not fall through
+  std::unordered_set<unsigned> unscaled_, notFieldBases_;  // LDUR/STUR opcodes; sp and x29
+  unsigned hint_ = 0, adr_ = 0, adrp_ = 0, addImmediate_ = 0, orrShifted_ = 0, zeroRegister_ = 0, storeX_ = 0,
+           loadX_ = 0, framePointer_ = 0;
+  Known known_;
+  std::map<uint32_t, Known> blockEntry_;  // per block's first offset: what is known on entry
+  std::map<uint32_t, std::pair<uint32_t, uint64_t>> pendingPages_;  // ADRPs not consumed yet: offset, page
+  std::unordered_set<uint32_t> consumedPages_;                      // ADRPs some use consumed
   std::unordered_map<unsigned, FieldEncoding> pcRelativeEncoding_;
 };
 

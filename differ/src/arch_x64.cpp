@@ -18,8 +18,11 @@ using namespace llvm;
 class X64Decoder final : public McDecoder {
 public:
   explicit X64Decoder(McToolkit toolkit) : McDecoder(std::move(toolkit)) {
-    for (unsigned reg = 1; reg < mc_.registers->getNumRegs(); ++reg)
-      if (StringRef(mc_.registers->getName(reg)) == "RIP") rip_ = reg;
+    for (unsigned reg = 1; reg < mc_.registers->getNumRegs(); ++reg) {
+      StringRef name = mc_.registers->getName(reg);
+      if (name == "RIP") rip_ = reg;
+      if (name == "RIP" || name == "RSP" || name == "RBP" || name == "ESP" || name == "EBP") notFieldBases_.insert(reg);
+    }
     std::unordered_map<std::string, unsigned> byName;
     for (unsigned op = 0; op < mc_.instructions->getNumOpcodes(); ++op) {
       StringRef name = mc_.instructions->getName(op);
@@ -43,6 +46,27 @@ protected:
   bool isLayoutNoise(const MCInst &inst) const override { return noise_[inst.getOpcode()]; }
   unsigned undecodableStep() const override { return 1; }
   uint64_t printAddress(uint64_t pc, uint64_t size) const override { return pc + size; }
+
+  std::optional<uint64_t> importThunkSlot(ArrayRef<uint8_t> code, uint64_t rva) const override {
+    if (code.size() < 6 || code[0] != 0xff || code[1] != 0x25) return std::nullopt;  // jmp [rip+disp32]
+    return rva + 6 + uint64_t(int64_t(int32_t(llvm::support::endian::read32le(&code[2]))));
+  }
+
+  // A memory operand is base, scale, index, displacement, segment; fs:/gs: (TLS) and absolute
+  // addresses hold no field offsets, and lea does no access (its displacement is arithmetic).
+  std::optional<unsigned> displacementScale(const MCInst &inst, unsigned operand) const override {
+    const MCInstrDesc &desc = mc_.instructions->get(inst.getOpcode());
+    if (!desc.mayLoad() && !desc.mayStore()) return std::nullopt;
+    for (unsigned i = 0; i + 4 < inst.getNumOperands() && i < desc.getNumOperands(); ++i) {
+      if (desc.operands()[i].OperandType != MCOI::OPERAND_MEMORY) continue;
+      const MCOperand &base = inst.getOperand(i), &segment = inst.getOperand(i + 4);
+      if (operand != i + 3 || !base.isReg() || !base.getReg() || notFieldBases_.count(base.getReg()) ||
+          !segment.isReg() || segment.getReg())
+        return std::nullopt;
+      return 1;
+    }
+    return std::nullopt;
+  }
 
   void analyze(const MCInst &inst, uint64_t pc, uint64_t size, uint32_t index, DecodeState &state) override {
     const MCInstrDesc &desc = mc_.instructions->get(inst.getOpcode());
@@ -110,6 +134,7 @@ private:
   MCSymbol *marker_ = nullptr;
   unsigned shortJmp_ = 0, shortJcc_ = 0;
   unsigned rip_ = 0;
+  std::unordered_set<unsigned> notFieldBases_;  // instruction, stack and frame pointer
   std::vector<bool> noise_;  // by opcode
   std::vector<unsigned> canonicalOpcode_;  // by opcode: itself, or the near form of a short branch
 };

@@ -1,10 +1,12 @@
 // diffImages: decode both builds, pair their functions, compare every pair symbolically, look at
 // the data, and turn the result into verdicts.
 #include "hotforge/diff.h"
+#include "constant_changes.h"
 #include "hotforge/error.h"
 #include "matcher.h"
 
 #include <fmt/core.h>
+#include <fmt/format.h>
 #include <llvm/Support/Endian.h>
 #include <llvm/Support/xxhash.h>
 
@@ -22,6 +24,7 @@ std::string_view changeKindName(ChangeKind kind) {
   case ChangeKind::Added: return "added";
   case ChangeKind::Removed: return "removed";
   case ChangeKind::Data: return "data";
+  case ChangeKind::LineOnly: return "line-only";
   }
   return "unknown";
 }
@@ -166,7 +169,11 @@ private:
     }
     base_.decode(decoders_);
     patched_.decode(decoders_, &base_, movedFrom);
-    parallelFor(2, threads_, [&](unsigned, size_t side) { (side ? patched_ : base_).indexReferences(); }, 1);
+    parallelFor(2, threads_, [&](unsigned worker, size_t side) {
+      Program &p = side ? patched_ : base_;
+      p.indexReferences();
+      p.findImportThunks(*decoders_[worker]);
+    }, 1);
   }
 
   // Named objects pair by their normalised name when it is unique on both sides.
@@ -410,6 +417,16 @@ private:
     parallelFor(diff.pairs.size(), threads_, [&](unsigned worker, size_t i) {
       differences[i] = firstDifference(diff.pairs[i].base, diff.pairs[i].patched, *decoders_[worker]);
     });
+    std::vector<ConstantFindings> findings(diff.pairs.size());
+    parallelFor(diff.pairs.size(), threads_, [&](unsigned worker, size_t i) {
+      if (differences[i]) findings[i] = findConstantChanges(diff.pairs[i].base, diff.pairs[i].patched, *decoders_[worker]);
+    }, 1);
+    std::vector<size_t> lineOnly;
+    for (size_t i = 0; i < diff.pairs.size(); ++i)
+      if (findings[i].lineNumbersOnly && !options_.carryLineChanges) {
+        differences[i].reset();
+        lineOnly.push_back(i);
+      }
     // A function and its split-off parts (.cold) change together: pairs whose base functions
     // share a normalised name, or are a part and the function it was split from, form a family.
     std::vector<size_t> familyOf = familyHeads(diff.pairs);
@@ -434,6 +451,17 @@ private:
       diff.changes.push_back(std::move(c));
       noteChangedConstants(pair.base, pair.patched, diff);
     }
+    for (size_t i : lineOnly) {
+      if (diff.pairs[i].changed) continue;  // it travels with a part that really changed
+      Change c = functionChange(ChangeKind::LineOnly, &diff.pairs[i].base, &diff.pairs[i].patched);
+      c.rule = rules::kLineNumbersOnly;
+      c.match = diff.pairs[i].match;
+      c.reason = fmt::format("{} differs only in the line numbers it passes to an error reporter ({}): left out "
+                             "of the patch (--carry-line-changes carries it)",
+                             displayName(c.name), findings[i].lineNumbers);
+      diff.changes.push_back(std::move(c));
+    }
+    noteLayoutChanges(diff, findings);
     for (size_t p = 0; p < patched_.code.size(); ++p)
       if (patched_.diffable[p] && !matching_.patchedToBase[p]) {
         diff.addedFunctions.push_back(p);
@@ -447,6 +475,166 @@ private:
         Change c = functionChange(ChangeKind::Removed, &b, nullptr);
         c.reason = fmt::format("{} is gone from the patched build; its base copy stays, no longer called by "
                                "patched code", displayName(c.name));
+        diff.changes.push_back(std::move(c));
+      }
+  }
+
+  // What the constants of a changed pair say, when the pair differs in constants.
+  struct ConstantFindings {
+    bool lineNumbersOnly = false;
+    std::string lineNumbers;  // "185 -> 4002, ..." when lineNumbersOnly
+    std::vector<ConstantChange> displacements;  // moved field offsets, when only constants differ
+    // Sizes handed to allocators that changed: callee and the constants set up for the call.
+    struct Allocation {
+      std::string callee;
+      std::vector<int64_t> base, patched;
+    };
+    std::vector<Allocation> allocations;
+  };
+
+  ConstantFindings findConstantChanges(size_t b, size_t p, InstructionDecoder &decoder) {
+    ConstantFindings out;
+    const Function &fb = base_.image.functions[b], &fp = patched_.image.functions[p];
+    DecodedFunction xb = decoder.decode(base_.image.bytesAt(fb.range.rva, fb.range.size), fb.range.rva,
+                                        base_.relocations, true);
+    DecodedFunction xp = decoder.decode(patched_.image.bytesAt(fp.range.rva, fp.range.size), fp.range.rva,
+                                        patched_.relocations, true);
+    std::vector<CallSite> callsB = callSites(false, xb, decoder), callsP = callSites(true, xp, decoder);
+    // The constants set up for each allocator call (its arguments), in call order.
+    std::vector<const CallSite *> allocB, allocP;
+    for (const CallSite &c : callsB)
+      if (c.callee && looksLikeAllocator(*c.callee)) allocB.push_back(&c);
+    for (const CallSite &c : callsP)
+      if (c.callee && looksLikeAllocator(*c.callee)) allocP.push_back(&c);
+    if (allocB.size() == allocP.size())
+      for (size_t k = 0; k < allocB.size(); ++k) {
+        std::vector<int64_t> sb = argumentConstants(xb, *allocB[k]), sp = argumentConstants(xp, *allocP[k]);
+        if (sb != sp && !sb.empty() && !sp.empty() && allocB[k]->callee == allocP[k]->callee)
+          out.allocations.push_back({*allocP[k]->callee, std::move(sb), std::move(sp)});
+      }
+    std::optional<std::vector<ConstantChange>> changes =
+        constantChanges(xb, xp, [&](const CodeReference &rb, const CodeReference &rp) {
+          return resolve(false, b, rb.target, decoder) == resolve(true, p, rp.target, decoder);
+        });
+    if (!changes) return out;
+    for (const ConstantChange &c : *changes)
+      if (c.displacement) out.displacements.push_back(c);
+    out.lineNumbersOnly = onlyLineNumbers(*changes, [&](uint32_t instruction) -> std::optional<CallContext> {
+      auto call = std::find_if(callsP.begin(), callsP.end(), [&](const CallSite &c) { return c.instruction > instruction; });
+      if (call == callsP.end()) return std::nullopt;
+      return CallContext{call->callee, call->passesSourceFile};
+    });
+    for (const ConstantChange &c : *changes)
+      out.lineNumbers += fmt::format("{}{} -> {}", out.lineNumbers.empty() ? "" : ", ", c.base, c.patched);
+    return out;
+  }
+
+  // A call in a decoded function: a direct call, or a load of an import's IAT slot (call [rip+IAT],
+  // adrp/ldr/blr), with what is known about its callee and the instructions since the call before.
+  struct CallSite {
+    uint32_t instruction = 0, after = 0;  // its index; the first instruction after the call before
+    std::optional<std::string> callee;
+    bool passesSourceFile = false;  // a string naming a source file is loaded for it (__FILE__)
+  };
+
+  std::vector<CallSite> callSites(bool patchedSide, const DecodedFunction &code, InstructionDecoder &decoder) const {
+    const Program &p = patchedSide ? patched_ : base_;
+    std::vector<CallSite> out;
+    uint32_t after = 0;
+    bool sourceFile = false;
+    for (const CodeReference &r : code.references) {
+      if (r.encoding == FieldEncoding::A64AdrPage21) continue;  // its use has the same target
+      const Function *f = nullptr;
+      const DataObject *o = nullptr;
+      TargetClass kind = p.classify(r.target, &f, &o);
+      bool importLoad = r.kind == ReferenceKind::Memory && kind == TargetClass::ImportSlot;
+      if (r.kind == ReferenceKind::Call || importLoad) {
+        out.push_back({r.instruction, after, calleeName(p, kind, r.target, f, decoder), sourceFile});
+        after = r.instruction + 1;
+        sourceFile = false;
+      } else if (r.kind == ReferenceKind::Memory && (kind == TargetClass::ReadOnly || kind == TargetClass::DataObject)) {
+        llvm::ArrayRef<uint8_t> bytes = p.image.bytesAt(r.target, p.naturalExtent(r.target));
+        auto nul = std::find(bytes.begin(), bytes.end(), 0);
+        sourceFile |= nul != bytes.end() && isSourceFileName(std::string_view((const char *)bytes.data(), nul - bytes.begin()));
+      }
+    }
+    return out;
+  }
+
+  static std::optional<std::string> calleeName(const Program &p, TargetClass kind, uint64_t target, const Function *f,
+                                               InstructionDecoder &decoder) {
+    if (kind == TargetClass::Stub)
+      if (std::optional<uint64_t> slot = p.stubSlot(target, decoder)) {
+        target = *slot;
+        const DataObject *o = nullptr;
+        kind = p.classify(target, &f, &o);
+      }
+    switch (kind) {
+    case TargetClass::Function: return f->name;
+    case TargetClass::ImportSlot: return p.importSlots.at(target)->name;
+    case TargetClass::PointerSlot:
+      if (const PointerTarget &slot = p.pointers.at(target); slot.symbol) return *slot.symbol;
+      return std::nullopt;
+    default: return std::nullopt;
+    }
+  }
+
+  // The plain constants of the instructions that set up a call's arguments: the last few before it.
+  static std::vector<int64_t> argumentConstants(const DecodedFunction &code, const CallSite &call) {
+    std::vector<int64_t> out;
+    constexpr uint32_t kArgumentSetup = 4;  // arguments are set up right before the call
+    for (const InstructionConstant &c : code.constants)
+      if (c.instruction >= call.after && c.instruction < call.instruction && c.instruction + kArgumentSetup >= call.instruction &&
+          !c.displacement)
+        out.push_back(c.value);
+    std::sort(out.begin(), out.end());
+    return out;
+  }
+
+  // The footprint of a structure whose layout changed, without types: field offsets (memory
+  // displacements from the same register) moved by the same delta in several functions that
+  // otherwise did not change. Sizes handed to allocators that changed with them are named too.
+  void noteLayoutChanges(Diff &diff, const std::vector<ConstantFindings> &findings) {
+    std::map<int64_t, std::map<size_t, std::set<int64_t>>> byDelta;  // delta -> pair -> base offsets
+    for (size_t i = 0; i < findings.size(); ++i)
+      for (const ConstantChange &c : findings[i].displacements)
+        if (c.base >= 0 && c.patched >= 0) byDelta[c.patched - c.base][i].insert(c.base);
+    constexpr size_t kSeveralFunctions = 2;
+    bool grew = false, shrank = false;
+    for (auto &[delta, pairs] : byDelta) {
+      if (pairs.size() < kSeveralFunctions) continue;
+      (delta > 0 ? grew : shrank) = true;
+      std::set<int64_t> offsets;
+      std::string functions;
+      for (auto &[i, those] : pairs) {
+        offsets.insert(those.begin(), those.end());
+        Change named = functionChange(ChangeKind::Changed, &diff.pairs[i].base, &diff.pairs[i].patched);
+        functions += (functions.empty() ? "" : ", ") + displayName(named.name);
+      }
+      std::string list;
+      for (int64_t o : offsets) list += fmt::format("{}{:#x}", list.empty() ? "" : ", ", o);
+      Change c;
+      c.kind = ChangeKind::Data;
+      c.rule = rules::kLayoutChanged;
+      c.verdict = Verdict::NeedsRestart;
+      c.reason = fmt::format("a structure's layout changed: field offsets {} moved by {:+d} bytes in {} functions "
+                             "({}); objects that exist already have the old layout, so only a restart applies it",
+                             list, delta, pairs.size(), functions);
+      diff.changes.push_back(std::move(c));
+    }
+    if (!grew && !shrank) return;  // a size alone may be a buffer a fix enlarged
+    for (size_t i = 0; i < findings.size(); ++i)
+      for (const ConstantFindings::Allocation &a : findings[i].allocations) {
+        int64_t change = 0;
+        for (size_t k = 0; k < a.base.size() && k < a.patched.size(); ++k) change += a.patched[k] - a.base[k];
+        if (!((change > 0 && grew) || (change < 0 && shrank))) continue;
+        Change c = functionChange(ChangeKind::Changed, &diff.pairs[i].base, &diff.pairs[i].patched);
+        c.kind = ChangeKind::Data;
+        c.rule = rules::kLayoutChanged;
+        c.verdict = Verdict::NeedsRestart;
+        c.reason = fmt::format("{} allocates another size with `{}` ({} -> {}), as the structure whose fields moved "
+                               "grew or shrank: only a restart applies it",
+                               displayName(c.name), a.callee, fmt::join(a.base, ", "), fmt::join(a.patched, ", "));
         diff.changes.push_back(std::move(c));
       }
   }
@@ -696,17 +884,22 @@ private:
     }
   }
 
+  static std::string importKey(const Import &import) { return import.library + "!" + import.name; }
+
   void indexBaseSlots() {
     for (auto &[begin, end] : base_.stubRanges())
       for (uint64_t rva = begin; rva + 16 <= end; rva += 16)
         if (std::optional<uint64_t> slot = base_.stubSlot(rva, *decoders_[0]))
           if (auto it = base_.pointers.find(*slot); it != base_.pointers.end() && it->second.symbol)
             baseStubs_.try_emplace(*it->second.symbol, rva);
+    for (auto &[thunk, slot] : base_.importThunks())
+      if (auto it = base_.importSlots.find(slot); it != base_.importSlots.end())
+        baseStubs_.try_emplace(importKey(*it->second), thunk);
     for (auto &[slot, pointer] : base_.pointers) {
       if (pointer.symbol) baseSymbolSlots_.try_emplace(*pointer.symbol, slot);
       else basePointeeSlots_.try_emplace(pointer.rva, slot);
     }
-    for (auto &[slot, import] : base_.importSlots) baseImportSlots_.try_emplace(import->library + "!" + import->name, slot);
+    for (auto &[slot, import] : base_.importSlots) baseImportSlots_.try_emplace(importKey(*import), slot);
   }
 
   // The base address that holds what `target` (a patched address) holds, if any.
@@ -748,6 +941,12 @@ private:
     }
     case TargetClass::Stub: {
       std::optional<uint64_t> slot = patched_.stubSlot(target, decoder);
+      if (auto import = slot ? patched_.importSlots.find(*slot) : patched_.importSlots.end();
+          patched_.importThunks().count(target) && import != patched_.importSlots.end()) {
+        // An import thunk (PE): the base's thunk of the same import.
+        if (auto it = baseStubs_.find(importKey(*import->second)); it != baseStubs_.end()) return {Kind::Base, it->second, 0, {}};
+        return {Kind::Unbound, target, 0, "a thunk of `" + import->second->name + "`, which the base has no thunk for"};
+      }
       auto pointer = slot ? patched_.pointers.find(*slot) : patched_.pointers.end();
       if (pointer == patched_.pointers.end() || !pointer->second.symbol)
         return {Kind::Unbound, target, 0, "a stub whose import could not be read"};
@@ -756,7 +955,7 @@ private:
     }
     case TargetClass::ImportSlot: {
       const Import *i = patched_.importSlots.at(target);
-      if (auto it = baseImportSlots_.find(i->library + "!" + i->name); it != baseImportSlots_.end())
+      if (auto it = baseImportSlots_.find(importKey(*i)); it != baseImportSlots_.end())
         return {Kind::Base, it->second, 0, {}};
       return {Kind::Unbound, target, 0, "import `" + i->name + "`, which the base does not have"};
     }

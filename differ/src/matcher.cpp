@@ -32,13 +32,16 @@ bool nameFromDebugInfo(const Function &f) {
 // the same number of functions on both sides pairs them in address order too (static functions
 // of one name in several units, identical copies): a rebuild keeps their order. Keys are 64-bit
 // digests; sorted (key, function) lists put each key's functions side by side in address order.
+// Functions the patched build names that the base does not (`newNames`) take part only where
+// the key is unambiguous evidence (`unambiguous`).
 template <typename KeyOf>
 size_t matchKeys(const Program &base, const Program &patched, Matching &m, KeyOf keyOf, MatchInfo unique,
-                 std::optional<MatchInfo> inOrder = std::nullopt) {
+                 std::optional<MatchInfo> inOrder = std::nullopt, const std::vector<bool> *newNames = nullptr) {
   auto collect = [&](const Program &p, const std::vector<std::optional<size_t>> &matched) {
     std::vector<std::pair<uint64_t, size_t>> keys;
+    bool skipNew = &p == &patched && newNames;
     for (size_t i = 0; i < p.code.size(); ++i)
-      if (p.diffable[i] && !matched[i])
+      if (p.diffable[i] && !matched[i] && !(skipNew && (*newNames)[i]))
         if (std::optional<uint64_t> key = keyOf(p, i)) keys.push_back({*key, i});
     std::sort(keys.begin(), keys.end());
     return keys;
@@ -68,8 +71,9 @@ size_t matchKeys(const Program &base, const Program &patched, Matching &m, KeyOf
 }
 
 // Unmatched functions sitting alone between the same two matched neighbours, in address order:
-// rebuilt code keeps its function order, so these are one function that changed.
-size_t matchLayoutGaps(const Program &base, const Program &patched, Matching &m) {
+// rebuilt code keeps its function order, so these are one function that changed. A function with
+// a new name is no candidate: it is more likely new than the gap's old function changed.
+size_t matchLayoutGaps(const Program &base, const Program &patched, Matching &m, const std::vector<bool> &newNames) {
   size_t found = 0;
   std::optional<size_t> previousBase;
   for (size_t b = 0; b <= base.code.size(); ++b) {
@@ -84,7 +88,7 @@ size_t matchLayoutGaps(const Program &base, const Program &patched, Matching &m)
     for (size_t i = baseBegin; i < b; ++i)
       if (base.diffable[i] && !m.baseToPatched[i]) baseGap.push_back(i);
     for (size_t i = patchedBegin; i < patchedEnd; ++i)
-      if (patched.diffable[i] && !m.patchedToBase[i]) patchedGap.push_back(i);
+      if (patched.diffable[i] && !m.patchedToBase[i] && !newNames[i]) patchedGap.push_back(i);
     if (baseGap.size() != 1 || patchedGap.size() != 1) continue;
     // Names, when both have one, must agree: a renamed function is a removal and an addition.
     std::string_view bn = base.nameKeys[baseGap[0]], pn = patched.nameKeys[patchedGap[0]];
@@ -95,8 +99,10 @@ size_t matchLayoutGaps(const Program &base, const Program &patched, Matching &m)
   return found;
 }
 
-// The n-th call of a matched pair lands in an unmatched function on both sides: those match.
-size_t propagateThroughCalls(const Program &base, const Program &patched, Matching &m) {
+// The n-th call of a matched pair lands in an unmatched function on both sides: those match. A
+// function with a new name only through a pair whose bodies are the same but for addresses (the
+// caller did not change, so its n-th call is the same call).
+size_t propagateThroughCalls(const Program &base, const Program &patched, Matching &m, const std::vector<bool> &newNames) {
   size_t total = 0;
   std::vector<std::optional<size_t>> bt, pt;  // call targets of one pair
   for (int round = 0; round < 16; ++round) {
@@ -112,8 +118,10 @@ size_t propagateThroughCalls(const Program &base, const Program &patched, Matchi
       for (const CodeReference &r : pr)
         if (r.kind == ReferenceKind::Call) pt.push_back(callTarget(patched, r));
       if (bt.size() != pt.size()) continue;
+      bool unchangedCaller = base.code[b].shape == patched.code[p].shape;
       for (size_t i = 0; i < bt.size(); ++i) {
         if (!bt[i] || !pt[i] || m.baseToPatched[*bt[i]] || m.patchedToBase[*pt[i]]) continue;
+        if (newNames[*pt[i]] && !unchangedCaller) continue;
         std::string_view bn = base.nameKeys[*bt[i]], pn = patched.nameKeys[*pt[i]];
         if (!bn.empty() && !pn.empty() && bn != pn) continue;
         m.pair(*bt[i], *pt[i], {MatchStage::CallGraph, 0.8});
@@ -124,6 +132,24 @@ size_t propagateThroughCalls(const Program &base, const Program &patched, Matchi
     if (!found) break;
   }
   return total;
+}
+
+// Per patched function: it has a name the base has for no function, while the base names functions
+// from that same source (a build without such names at all, e.g. stripped, makes no name new).
+std::vector<bool> newNames(const Program &base, const Program &patched) {
+  std::vector<std::string_view> baseNames;
+  uint32_t baseSources = 0;
+  for (size_t i = 0; i < base.code.size(); ++i)
+    if (!base.nameKeys[i].empty()) {
+      baseNames.push_back(base.nameKeys[i]);
+      baseSources |= 1u << unsigned(base.image.functions[i].nameSource);
+    }
+  std::sort(baseNames.begin(), baseNames.end());
+  std::vector<bool> out(patched.code.size(), false);
+  for (size_t i = 0; i < patched.code.size(); ++i)
+    out[i] = !patched.nameKeys[i].empty() && (baseSources >> unsigned(patched.image.functions[i].nameSource) & 1) &&
+             !std::binary_search(baseNames.begin(), baseNames.end(), patched.nameKeys[i]);
+  return out;
 }
 
 }  // namespace
@@ -164,18 +190,25 @@ Matching matchFunctions(const Program &base, const Program &patched) {
   auto shapeKey = [](const Program &p, size_t i) -> std::optional<uint64_t> {
     return p.code[i].instructions ? std::optional<uint64_t>(p.code[i].shape) : std::nullopt;
   };
-  size_t byHash = matchKeys(base, patched, m, shapeKey, {MatchStage::Hash, 0.95});
-  size_t byCalls = propagateThroughCalls(base, patched, m);
+  // A wrong pair is worse than none: a function the base does not name pairs only on an identical
+  // body (unique on both sides) or as the same call of an unchanged caller (docs/differ.md).
+  std::vector<bool> fresh = newNames(base, patched);
+  auto substantialShapeKey = [&](const Program &p, size_t i) -> std::optional<uint64_t> {
+    if (&p == &patched && fresh[i] && p.code[i].instructions < 4) return std::nullopt;  // every getter looks alike
+    return shapeKey(p, i);
+  };
+  size_t byHash = matchKeys(base, patched, m, substantialShapeKey, {MatchStage::Hash, 0.95});
+  size_t byCalls = propagateThroughCalls(base, patched, m, fresh);
   auto signature = [](const Program &p, size_t i) -> std::optional<uint64_t> {
     const FunctionCode &d = p.code[i];
     if (d.instructions < 4) return std::nullopt;  // too little to tell functions apart
     return mixHash(mixHash(mixHash(d.instructions, d.calls), d.branches), d.referenceCount);
   };
-  size_t byStructure = matchKeys(base, patched, m, signature, {MatchStage::Structure, 0.7});
+  size_t byStructure = matchKeys(base, patched, m, signature, {MatchStage::Structure, 0.7}, std::nullopt, &fresh);
   // Identical bodies left over (copies of one helper): in address order.
-  byHash += matchKeys(base, patched, m, shapeKey, {MatchStage::Hash, 0.95}, MatchInfo{MatchStage::Hash, 0.8});
-  byStructure += matchLayoutGaps(base, patched, m);
-  byCalls += propagateThroughCalls(base, patched, m);
+  byHash += matchKeys(base, patched, m, shapeKey, {MatchStage::Hash, 0.95}, MatchInfo{MatchStage::Hash, 0.8}, &fresh);
+  byStructure += matchLayoutGaps(base, patched, m, fresh);
+  byCalls += propagateThroughCalls(base, patched, m, fresh);
 
   m.log.push_back(fmt::format("name: {} pairs", byName));
   m.log.push_back(fmt::format("debug-identity: {} pairs", byDebug));

@@ -74,6 +74,8 @@ DecodedFunction McDecoder::decode(ArrayRef<uint8_t> code, uint64_t rva, const Re
   if (perInstruction) {
     outputs.instructionOffsets = &out.instructionOffsets;
     outputs.instructionShapes = &out.instructionShapes;
+    outputs.instructionFrames = &out.instructionFrames;
+    outputs.constants = &out.constants;
   }
   static_cast<CodeSummary &>(out) = decodeLoop(code, rva, relocations, outputs);
   return out;
@@ -122,6 +124,7 @@ CodeSummary McDecoder::decodeLoop(ArrayRef<uint8_t> code, uint64_t rva, const Re
       state.bytes = code.data() + offset;
       analyze(inst, rva + offset, size, index, state);
       if (outputs.instructionShapes) outputs.instructionShapes->push_back(state.hash);
+      if (outputs.instructionFrames) recordFrame(inst, index, outputs);
       state.hash = mixHash(chain, state.hash);
     }
     offset += size;
@@ -135,6 +138,21 @@ CodeSummary McDecoder::decodeLoop(ArrayRef<uint8_t> code, uint64_t rva, const Re
     std::stable_sort(ownReferences, outputs.references.end(), byInstruction);
   out.shape = mixHash(state.hash, out.instructions);
   return out;
+}
+
+void McDecoder::recordFrame(const MCInst &inst, uint32_t index, const Outputs &outputs) const {
+  uint64_t frame = mixHash(0x6672616d65ull, inst.getOpcode());
+  for (unsigned i = 0; i < inst.getNumOperands(); ++i) {
+    const MCOperand &op = inst.getOperand(i);
+    if (op.isReg()) {
+      frame = mixHash(frame, 0x7e600000ull + op.getReg());
+    } else if (op.isImm()) {
+      frame = mixHash(frame, 0x1337);
+      std::optional<unsigned> scale = displacementScale(inst, i);
+      outputs.constants->push_back({index, op.getImm() * int64_t(scale.value_or(1)), scale.has_value()});
+    }
+  }
+  outputs.instructionFrames->push_back(frame);
 }
 
 std::vector<InstructionText> McDecoder::disassemble(ArrayRef<uint8_t> code, uint64_t rva) {

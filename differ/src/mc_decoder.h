@@ -79,6 +79,9 @@ protected:
   virtual void endFunction(DecodeState &state) {}
   virtual unsigned undecodableStep() const = 0;   // bytes to skip over an undecodable instruction
   virtual uint64_t printAddress(uint64_t pc, uint64_t size) const = 0;  // see LLVM 19 gotcha L5
+  // When operand `operand` is a memory displacement from a register other than the stack, frame
+  // or instruction pointer: the bytes one unit of it stands for.
+  virtual std::optional<unsigned> displacementScale(const llvm::MCInst &inst, unsigned operand) const = 0;
 
   // Shared hashing of plain operands: registers and immediates, skipping `masked`.
   void mixOperands(const llvm::MCInst &inst, DecodeState &state, int maskedA = -1, int maskedB = -1) const;
@@ -92,7 +95,10 @@ private:
     llvm::MutableArrayRef<uint64_t> instructionStarts;
     std::vector<uint32_t> *instructionOffsets = nullptr;
     std::vector<uint64_t> *instructionShapes = nullptr;
+    std::vector<uint64_t> *instructionFrames = nullptr;
+    std::vector<InstructionConstant> *constants = nullptr;
   };
+  void recordFrame(const llvm::MCInst &inst, uint32_t index, const Outputs &outputs) const;
   CodeSummary decodeLoop(llvm::ArrayRef<uint8_t> code, uint64_t rva, const RelocationIndex &relocations,
                          const Outputs &outputs);
 };

@@ -8,6 +8,7 @@
 #include <atomic>
 #include <cctype>
 #include <thread>
+#include <unordered_set>
 
 namespace hotforge::differ {
 
@@ -239,6 +240,25 @@ void Program::indexReferences() {
   findSplitParts();
 }
 
+void Program::findImportThunks(const InstructionDecoder &decoder) {
+  constexpr uint64_t kThunkBytes = 12;
+  std::unordered_set<uint64_t> seen;
+  for (size_t i = 0; i < code.size(); ++i) {
+    if (!diffable[i]) continue;
+    for (const CodeReference &r : references(i)) {
+      if ((r.kind != ReferenceKind::Call && r.kind != ReferenceKind::Branch) || landsInItself(i, r.target) ||
+          !seen.insert(r.target).second)
+        continue;
+      const Section *s = image.sectionAt(r.target);
+      if (!s || !s->permissions.execute) continue;
+      llvm::ArrayRef<uint8_t> bytes = image.bytesAt(r.target, std::min(kThunkBytes, s->rva + s->size - r.target));
+      std::optional<uint64_t> slot = decoder.importThunkSlot(bytes, r.target);
+      if (slot && (importSlots.count(*slot) || (pointers.count(*slot) && pointers.at(*slot).symbol)))
+        importThunks_[r.target] = *slot;
+    }
+  }
+}
+
 bool Program::copyMovedCode(size_t p, size_t b, CodeChunk &chunk) {
   const FunctionCode &from = copiedFrom_->code[b];
   const Function &fb = copiedFrom_->image.functions[b], &fp = image.functions[p];
@@ -358,6 +378,7 @@ const DataObject *Program::containingObject(uint64_t rva) const {
 TargetClass Program::classify(uint64_t rva, const Function **function, const DataObject **object) const {
   for (auto [begin, end] : stubRanges_)
     if (rva >= begin && rva < end) return TargetClass::Stub;
+  if (!importThunks_.empty() && importThunks_.count(rva)) return TargetClass::Stub;
   const Function *f = functionAt(rva);
   bool inFunction = f && diffable[functionIndex(f)];
   if (inFunction && f->range.rva == rva) {  // a call: no object can take it
@@ -385,6 +406,7 @@ TargetClass Program::classify(uint64_t rva, const Function **function, const Dat
 }
 
 std::optional<uint64_t> Program::stubSlot(uint64_t rva, InstructionDecoder &decoder) const {
+  if (auto thunk = importThunks_.find(rva); thunk != importThunks_.end()) return thunk->second;
   constexpr uint64_t kStubBytes = 16;
   const Section *section = image.sectionAt(rva);
   if (!section) return std::nullopt;

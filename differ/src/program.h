@@ -9,6 +9,7 @@
 
 #include <array>
 #include <functional>
+#include <map>
 #include <unordered_map>
 
 namespace hotforge::differ {
@@ -135,6 +136,9 @@ struct Program {
               const std::vector<std::optional<size_t>> &movedFrom = {});
   // After decode: fills `referenced` and `partOf`.
   void indexReferences();
+  // After decode: finds the import thunks that calls and branches land on (jmp [IAT] stubs in
+  // .text), which classify() then takes for stubs.
+  void findImportThunks(const InstructionDecoder &decoder);
   ReferenceList references(size_t function) const;
   // The index of the counted instruction that starts `offset` bytes into the function, if one does.
   std::optional<uint32_t> instructionAt(size_t function, uint64_t offset) const;
@@ -162,6 +166,7 @@ struct Program {
   // x64 switch table): 0 or 1 means it is no such table.
   uint64_t relativeTableEntries(uint64_t rva, const Function &within) const;
   const std::vector<std::pair<uint64_t, uint64_t>> &stubRanges() const { return stubRanges_; }
+  const std::map<uint64_t, uint64_t> &importThunks() const { return importThunks_; }
 
 private:
   // The decoded code of consecutive functions, decoded by one worker.
@@ -186,6 +191,7 @@ private:
   std::vector<bool> dataStartsInside_;  // per function: a data object starts inside it, after its entry
   AddressSet pointerSlots_;             // the keys of `pointers`
   std::vector<std::pair<uint64_t, uint64_t>> stubRanges_;  // .plt-like sections
+  std::map<uint64_t, uint64_t> importThunks_;  // thunk -> the import slot it jumps through
   std::vector<size_t> dataSlots_;  // per image data object: its index in `data`
   std::vector<AddressRange> relro_;  // read-only after relocation (ELF PT_GNU_RELRO)
 };

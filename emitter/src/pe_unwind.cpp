@@ -10,6 +10,7 @@
 // Arm64 packed entries need no .xdata and are copied with the new begin only.
 #include "pe_unwind.h"
 
+#include "hotforge/arch.h"
 #include "hotforge/error.h"
 
 #include <fmt/core.h>
@@ -413,26 +414,13 @@ llvm::Expected<PeUnwindSource> peUnwindSourceFor(const Image &patched) {
   }
   const Image *image = &patched;
   source.bytesAt = [image](uint64_t rva, uint64_t size) { return image->bytesAt(rva, size); };
-  source.nameAt = [image](uint64_t rva) -> std::optional<std::string> {
+  llvm::Expected<std::unique_ptr<differ::InstructionDecoder>> decoder = differ::createInstructionDecoder(patched.machine);
+  if (!decoder) return decoder.takeError();
+  std::shared_ptr<differ::InstructionDecoder> thunks = std::move(*decoder);
+  source.nameAt = [image, thunks](uint64_t rva) -> std::optional<std::string> {
     if (const Function *f = image->functionAt(rva); f && f->range.rva == rva && f->name) return f->name;
-    // An import thunk: jmp [rip+disp32] (x64) or adrp x16; ldr x16, [x16, #lo]; br x16 (Arm64).
-    std::optional<uint64_t> slot;
-    if (image->machine == Machine::X64) {
-      llvm::ArrayRef<uint8_t> code = image->bytesAt(rva, 6);
-      if (code.size() == 6 && code[0] == 0xff && code[1] == 0x25)
-        slot = rva + 6 + int64_t(int32_t(read32le(&code[2])));
-    } else {
-      llvm::ArrayRef<uint8_t> code = image->bytesAt(rva, 12);
-      if (code.size() == 12) {
-        uint32_t adrp = read32le(&code[0]), ldr = read32le(&code[4]), br = read32le(&code[8]);
-        if ((adrp & 0x9f00001f) == 0x90000010 && (ldr & 0xffc003ff) == 0xf9400210 && br == 0xd61f0200) {
-          int64_t pages = int64_t(((adrp >> 29) & 3) | ((adrp >> 3) & 0x1ffffc));
-          pages = (pages << 43) >> 43;  // sign-extend 21 bits
-          slot = (rva & ~uint64_t(0xfff)) + uint64_t(pages << 12) + ((ldr >> 10) & 0xfff) * 8;
-        }
-      }
-    }
-    if (slot)
+    constexpr uint64_t kThunkBytes = 12;
+    if (std::optional<uint64_t> slot = thunks->importThunkSlot(image->bytesAt(rva, kThunkBytes), rva))
       for (const Import &i : image->imports)
         if (i.slotRva == *slot) return i.name;
     return std::nullopt;

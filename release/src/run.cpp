@@ -88,6 +88,7 @@ nlohmann::json diffResult(const Image &base, const Image &patched, const Diff &d
     case ChangeKind::Added: added.push_back(name); break;
     case ChangeKind::Removed: removed.push_back(name); break;
     case ChangeKind::Data: data.push_back(name); break;
+    case ChangeKind::LineOnly: break;  // left out of the patch; listed in `changes`
     }
     changes.push_back({{"kind", changeKindName(c.kind)},
                        {"name", name},
@@ -253,6 +254,7 @@ PairOutcome processPair(const ReleasePair &pair, const Context &ctx) {
   Sha256 key;
   key.field(kCacheSchema);
   key.field(ctx.options.toolIdentity);
+  key.field(ctx.options.carryLineChanges ? "carry-line-changes" : "");
   key.field(pair.name);
   key.field(llvm::sys::path::filename(pair.base));
   key.field(llvm::sys::path::filename(pair.patched));
@@ -300,6 +302,7 @@ PairOutcome processPair(const ReleasePair &pair, const Context &ctx) {
 
   DiffOptions diffOptions;
   diffOptions.threads = ctx.diffThreads;
+  diffOptions.carryLineChanges = ctx.options.carryLineChanges;
   llvm::Expected<Diff> diff = diffImages(*base, *patched, diffOptions);
   out.times.diff = lap.next();
   if (!diff) return failed(std::move(out), errorText(diff.takeError()));  // names both files

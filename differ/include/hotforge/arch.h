@@ -64,12 +64,24 @@ struct CodeSummary {
   bool complete = true;  // false when some bytes did not decode
 };
 
+// A plain immediate of an instruction (not an address the decoder resolved).
+struct InstructionConstant {
+  uint32_t instruction = 0;  // index of the counted instruction
+  int64_t value = 0;         // for a displacement: in bytes
+  // A memory operand's displacement from a register that is neither the stack nor the frame
+  // pointer (a field offset in a structure).
+  bool displacement = false;
+};
+
 struct DecodedFunction : CodeSummary {
   std::vector<CodeReference> references;
   // Filled only when asked for (first differences, tests): the offset and the shape of each
-  // counted instruction on its own.
+  // counted instruction on its own, its frame (the opcode and registers: the shape with every
+  // immediate left out) and its immediates, in instruction order.
   std::vector<uint32_t> instructionOffsets;
   std::vector<uint64_t> instructionShapes;
+  std::vector<uint64_t> instructionFrames;
+  std::vector<InstructionConstant> constants;
 };
 
 // One instruction for people: offset in the function, encoding and text.
@@ -100,6 +112,10 @@ public:
                                  llvm::MutableArrayRef<uint64_t> instructionStarts) = 0;
   // The counted instructions (same indexing as DecodedFunction) with their text.
   virtual std::vector<InstructionText> disassemble(llvm::ArrayRef<uint8_t> code, uint64_t rva) = 0;
+  // When `code` (at `rva`) starts with an import thunk, the slot it jumps through: x64
+  // `jmp [rip+slot]`, Arm64 `adrp x16, slot; ldr x16, [x16, :lo12:slot]; br x16` (the stubs
+  // lld-link and link.exe put into .text for imports called without dllimport).
+  virtual std::optional<uint64_t> importThunkSlot(llvm::ArrayRef<uint8_t> code, uint64_t rva) const = 0;
 };
 
 // Where a reference's address lives in the function's bytes: bytes [begin, end), of which only

@@ -14,7 +14,9 @@
 
 namespace hotforge {
 
-enum class ChangeKind { Changed, Added, Removed, Data };
+// LineOnly: a matched function whose code differs only in the line numbers it passes to an error
+// reporter; left out of the patch unless DiffOptions::carryLineChanges.
+enum class ChangeKind { Changed, Added, Removed, Data, LineOnly };
 enum class Verdict { Hotpatchable, NeedsRestart };
 
 // How a base function was paired with a patched one, in the order the stages run.
@@ -114,6 +116,9 @@ struct DiffOptions {
   // Below this share of matched functions (of the larger side) the two binaries are taken to be
   // unrelated programs.
   double minimumMatchedShare = 0.5;
+  // Functions whose only change is a line number passed to an error reporter (__LINE__ after an
+  // edit above them) are patched too, as changed functions (HF100), instead of listed (HF103).
+  bool carryLineChanges = false;
 };
 
 // Fails when the two images have different formats or machines, or look like unrelated programs.
@@ -127,12 +132,14 @@ namespace rules {
 inline constexpr const char *kFunctionChanged = "HF100";
 inline constexpr const char *kFunctionAdded = "HF101";
 inline constexpr const char *kFunctionRemoved = "HF102";
+inline constexpr const char *kLineNumbersOnly = "HF103";
 inline constexpr const char *kReadOnlyDataChanged = "HF200";
 inline constexpr const char *kDataAdded = "HF201";
 inline constexpr const char *kDataRemoved = "HF202";
 inline constexpr const char *kWritableDataChanged = "HF210";
 inline constexpr const char *kDataSizeChanged = "HF211";
 inline constexpr const char *kTlsLayoutChanged = "HF212";
+inline constexpr const char *kLayoutChanged = "HF213";
 inline constexpr const char *kUnboundReference = "HF300";
 }  // namespace rules
 

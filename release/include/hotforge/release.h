@@ -94,6 +94,7 @@ struct ReleaseRunOptions {
   ShardSpec shard;
   std::string cacheDir;      // empty: no cache
   std::string toolIdentity;  // part of every cache key (version and executable hash)
+  bool carryLineChanges = false;  // DiffOptions::carryLineChanges
   std::function<void(const ReleaseProgress &)> progress;  // called from workers, serialised
 };
 

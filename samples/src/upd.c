@@ -1,0 +1,163 @@
+/* upd.c - the `upd` sample: scenarios 30-33, shapes real security updates have.
+ *
+ * 30: an edit above a function moves its __LINE__ (only the line number passed to the error
+ *     reporter differs): a line-number-only change, left out of the patch by default.
+ * 31: a struct gains a field in the middle: every field after it moves, so code that did not
+ *     change reads other offsets, and the allocation grows. Objects that exist already have the
+ *     old layout: needs a restart.
+ * 32: an old static helper is replaced by a new exported setter of the same structure: the two
+ *     must not be paired (a patch would redirect the old helper into unrelated code).
+ * 33: PE: the import is called without dllimport, so the linker puts `jmp [IAT]` thunks into
+ *     .text; a fix that grows .text moves them, which is no change of their callers. */
+#include "hf.h"
+#include "upd.h"
+
+#if defined(HF_PE_DLL)
+int hfplat_strtoi(const char *s, int base); /* no dllimport: called through a linker thunk */
+#define UPD_PARSE(s, base) hfplat_strtoi((s), (base))
+#else
+#include <stdlib.h>
+#define UPD_PARSE(s, base) ((int)strtol((s), (char **)0, (base)))
+#endif
+
+/* The error reporter: file and line of the last error, as assert-like macros pass them. */
+static const char *g_error_file;
+static int g_error_line, g_error_count;
+
+HF_NOINLINE void upd_report(const char *file, int line, const char *what)
+{
+    g_error_file = file;
+    g_error_line = line + (what != 0);
+    ++g_error_count;
+}
+#define UPD_FAIL(what) upd_report(__FILE__, __LINE__, (what))
+
+HF_API HF_NOINLINE int upd_error_count(void)
+{
+    return g_error_count + (g_error_file != 0 && g_error_line < 0);
+}
+
+/* ---- scenario 30 ------------------------------------------------------------------------ */
+HF_API HF_NOINLINE int upd_scale(int v)
+{
+#if HF_FIX == 30
+    if (v < 0) {
+        UPD_FAIL("negative scale");
+        return 0;
+    }
+#endif
+    return v * 3;
+}
+
+/* ---- scenario 31 ------------------------------------------------------------------------ */
+struct upd_session {
+    int id;
+#if HF_FIX == 31
+    int rejected; /* the new field, in the middle */
+#endif
+    int state;
+    int total;
+};
+
+#if defined(HF_PE_DLL)
+static struct upd_session g_session_pool[4];
+static int g_session_used;
+#define UPD_ALLOC_SESSION() (g_session_used < 4 ? &g_session_pool[g_session_used++] : 0)
+#else
+#define UPD_ALLOC_SESSION() ((struct upd_session *)calloc(1, sizeof(struct upd_session)))
+#endif
+
+HF_API HF_NOINLINE struct upd_session *upd_session_new(int id)
+{
+    struct upd_session *s = UPD_ALLOC_SESSION();
+    if (s)
+        s->id = id;
+    return s;
+}
+
+HF_API HF_NOINLINE void upd_session_feed(struct upd_session *s, int n)
+{
+#if HF_FIX == 31
+    if (n < 0) {
+        ++s->rejected;
+        return;
+    }
+#endif
+    s->state = s->state + 1;
+    s->total += n;
+}
+
+HF_API HF_NOINLINE int upd_session_total(const struct upd_session *s)
+{
+    return s->state > 0 ? s->total : -1;
+}
+
+HF_API HF_NOINLINE int upd_session_state(const struct upd_session *s)
+{
+    return s->state * 10 + s->id;
+}
+
+/* ---- scenario 32 ------------------------------------------------------------------------ */
+int g_mode_a, g_mode_b;
+
+#if HF_FIX == 32
+HF_API HF_NOINLINE int upd_set_mode(int v)
+{
+    g_mode_b = v + 2;
+    return g_mode_a;
+}
+#else
+static HF_NOINLINE int legacy_mode(int v)
+{
+    g_mode_a = v + 1;
+    return g_mode_b;
+}
+#endif
+
+HF_API HF_NOINLINE int upd_mode(int v)
+{
+#if HF_FIX == 32
+    return upd_set_mode(v) + g_mode_b;
+#else
+    return legacy_mode(v) + g_mode_a;
+#endif
+}
+
+/* ---- scenario 33 ------------------------------------------------------------------------ */
+HF_API HF_NOINLINE int upd_digits(const char *s)
+{
+    int n = 0;
+    for (; *s; ++s) {
+#if HF_FIX == 33
+        if (*s == '_' || *s == '\'')
+            continue; /* digit separators are no digits, but do not end the number */
+#endif
+        if (*s < '0' || *s > '9')
+            break;
+        ++n;
+    }
+    return n;
+}
+
+HF_API HF_NOINLINE int upd_parse_dec(const char *s)
+{
+    return UPD_PARSE(s, 10) + 1;
+}
+
+HF_API HF_NOINLINE int upd_parse_hex(const char *s)
+{
+    return UPD_PARSE(s, 16) * 2;
+}
+
+/* ---- scenario 30, continued: the fix's edit above moves this function's lines ----------- */
+#if HF_FIX == 30
+#line 4000
+#endif
+HF_API HF_NOINLINE int upd_percent(int part, int whole)
+{
+    if (whole <= 0) {
+        UPD_FAIL("percent of nothing");
+        return -1;
+    }
+    return part * 100 / whole;
+}

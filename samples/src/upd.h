@@ -1,0 +1,21 @@
+/* upd.h - scenario functions of the `upd` sample (scenarios 30-33): what real security updates
+ * look like to the differ. */
+#ifndef HF_SAMPLES_UPD_H
+#define HF_SAMPLES_UPD_H
+#include "hf.h"
+
+struct upd_session;
+
+HF_API int upd_error_count(void);                          /* 30 the error reporter's count    */
+HF_API int upd_scale(int v);                               /* 30 the real fix                   */
+HF_API int upd_percent(int part, int whole);               /* 30 only its __LINE__ changes      */
+HF_API struct upd_session *upd_session_new(int id);        /* 31 allocates the growing struct   */
+HF_API void upd_session_feed(struct upd_session *s, int n);/* 31 uses the new field             */
+HF_API int upd_session_total(const struct upd_session *s); /* 31 fields after the new one move  */
+HF_API int upd_session_state(const struct upd_session *s); /* 31 as above                       */
+HF_API int upd_mode(int v);                                /* 32 calls the old helper / new setter */
+HF_API int upd_digits(const char *s);                      /* 33 grows; the import thunks move  */
+HF_API int upd_parse_dec(const char *s);                   /* 33 calls the import, unchanged    */
+HF_API int upd_parse_hex(const char *s);                   /* 33 calls the import, unchanged    */
+
+#endif

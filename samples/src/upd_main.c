@@ -1,0 +1,29 @@
+/* upd_main.c - driver for the `upd` sample (scenarios 30-33). */
+#define _GNU_SOURCE 1 /* dl_iterate_phdr, for hf_serve.h */
+#include "upd.h"
+#include "hf_out.h"
+
+static void run_scenarios(void)
+{
+    HF_OUT("s30 upd_scale(-2)=%d\n", upd_scale(HF_IN(-2)));
+    HF_OUT("s30 upd_percent(1,4)=%d\n", upd_percent(HF_IN(1), HF_IN(4)));
+    HF_OUT("s30 upd_percent(1,0)=%d\n", upd_percent(HF_IN(1), HF_IN(0)));
+    HF_OUT("s30 upd_error_count()=%d\n", upd_error_count());
+    struct upd_session *s = upd_session_new(HF_IN(7));
+    upd_session_feed(s, HF_IN(5));
+    upd_session_feed(s, HF_IN(-3));
+    HF_OUT("s31 upd_session_total()=%d\n", upd_session_total(s));
+    HF_OUT("s31 upd_session_state()=%d\n", upd_session_state(s));
+    HF_OUT("s32 upd_mode(4)=%d\n", upd_mode(HF_IN(4)));
+    HF_OUT("s33 upd_digits(\"12_345\")=%d\n", upd_digits("12_345"));
+    HF_OUT("s33 upd_parse_dec(\"41\")=%d\n", upd_parse_dec("41"));
+    HF_OUT("s33 upd_parse_hex(\"ff\")=%d\n", upd_parse_hex("ff"));
+}
+
+int main(int argc, char **argv)
+{
+    hf_out_init();
+    if (!hf_serve(argc, argv, run_scenarios))
+        run_scenarios();
+    return 0;
+}
