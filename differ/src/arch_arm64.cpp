@@ -54,6 +54,11 @@ public:
       if ((name.consume_front("X") || name.consume_front("W")) && !name.getAsInteger(10, number) && number <= 18)
         callerSaved_.push_back(reg);
     }
+    static const std::pair<const char *, unsigned> pairs[] = {
+        {"LDPWi", 4}, {"LDPXi", 8}, {"LDPSWi", 4}, {"LDPSi", 4}, {"LDPDi", 8}, {"LDPQi", 16},
+        {"STPWi", 4}, {"STPXi", 8}, {"STPSi", 4}, {"STPDi", 8}, {"STPQi", 16}};
+    for (auto [name, scale] : pairs)
+      if (auto it = byName.find(name); it != byName.end()) pairScale_[it->second] = scale;
     for (auto &[name, op] : byName)
       if ((name.rfind("LDUR", 0) == 0 || name.rfind("STUR", 0) == 0) && name.size() > 1 && name.substr(name.size() - 1) == "i")
         unscaled_.insert(op);
@@ -92,14 +97,15 @@ protected:
     return (rva & ~uint64_t(0xfff)) + uint64_t(pages) * 4096 + ((ldr >> 10) & 0xfff) * 8;
   }
 
-  // LDR/STR Rt, [Xn, #imm] (scaled) and LDUR/STUR Rt, [Xn, #simm] from a register other than sp
-  // and the frame pointer x29.
+  // LDR/STR Rt, [Xn, #imm] (scaled), LDUR/STUR Rt, [Xn, #simm] and LDP/STP Rt, Rt2, [Xn, #imm]
+  // (signed offset) from a register other than sp and the frame pointer x29.
   std::optional<unsigned> displacementScale(const MCInst &inst, unsigned operand) const override {
-    unsigned scale = 0;
+    unsigned scale = 0, base = 1;
     if (auto it = accessScale_.find(inst.getOpcode()); it != accessScale_.end()) scale = it->second;
     else if (unscaled_.count(inst.getOpcode())) scale = 1;
-    if (!scale || operand != 2 || inst.getNumOperands() < 3 || !inst.getOperand(1).isReg() ||
-        notFieldBases_.count(inst.getOperand(1).getReg()))
+    else if (auto pair = pairScale_.find(inst.getOpcode()); pair != pairScale_.end()) scale = pair->second, base = 2;
+    if (!scale || operand != base + 1 || inst.getNumOperands() <= operand || !inst.getOperand(base).isReg() ||
+        notFieldBases_.count(inst.getOperand(base).getReg()))
       return std::nullopt;
     return scale;
   }
@@ -398,7 +404,7 @@ private:
   }
 
   std::vector<unsigned> callerSaved_;
-  std::unordered_map<unsigned, unsigned> accessScale_;
+  std::unordered_map<unsigned, unsigned> accessScale_, pairScale_;  // opcode -> access size
   std::unordered_set<unsigned> unscaled_, notFieldBases_;  // LDUR/STUR opcodes; sp and x29
   unsigned hint_ = 0, adr_ = 0, adrp_ = 0, addImmediate_ = 0, orrShifted_ = 0, zeroRegister_ = 0, storeX_ = 0,
            loadX_ = 0, framePointer_ = 0;

@@ -5,8 +5,8 @@
  * 31: a struct gains a field in the middle: every field after it moves, so code that did not
  *     change reads other offsets, and the allocation grows. Objects that exist already have the
  *     old layout: needs a restart.
- * 32: an old static helper is replaced by a new exported setter of the same structure: the two
- *     must not be paired (a patch would redirect the old helper into unrelated code).
+ * 32: an old helper is replaced by a new exported setter of the same structure: the two must
+ *     not be paired (a patch would redirect the old helper into unrelated code).
  * 33: PE: the import is called without dllimport, so the linker puts `jmp [IAT]` thunks into
  *     .text; a fix that grows .text moves them, which is no change of their callers. */
 #include "hf.h"
@@ -20,11 +20,12 @@ int hfplat_strtoi(const char *s, int base); /* no dllimport: called through a li
 #define UPD_PARSE(s, base) ((int)strtol((s), (char **)0, (base)))
 #endif
 
-/* The error reporter: file and line of the last error, as assert-like macros pass them. */
-static const char *g_error_file;
-static int g_error_line, g_error_count;
+/* The error reporter: file and line of the last error, as assert-like macros pass them. Not
+ * static: gcc reaches statics through a section anchor, whose layout other scenarios change. */
+const char *g_error_file;
+int g_error_line, g_error_count;
 
-HF_NOINLINE void upd_report(const char *file, int line, const char *what)
+HF_API HF_NOINLINE void upd_report(const char *file, int line, const char *what)
 {
     g_error_file = file;
     g_error_line = line + (what != 0);
@@ -60,8 +61,8 @@ struct upd_session {
 };
 
 #if defined(HF_PE_DLL)
-static struct upd_session g_session_pool[4];
-static int g_session_used;
+struct upd_session g_session_pool[4];
+int g_session_used;
 #define UPD_ALLOC_SESSION() (g_session_used < 4 ? &g_session_pool[g_session_used++] : 0)
 #else
 #define UPD_ALLOC_SESSION() ((struct upd_session *)calloc(1, sizeof(struct upd_session)))
@@ -94,7 +95,7 @@ HF_API HF_NOINLINE int upd_session_total(const struct upd_session *s)
 
 HF_API HF_NOINLINE int upd_session_state(const struct upd_session *s)
 {
-    return s->state * 10 + s->id;
+    return s->state * 10 + s->total;
 }
 
 /* ---- scenario 32 ------------------------------------------------------------------------ */
@@ -107,7 +108,7 @@ HF_API HF_NOINLINE int upd_set_mode(int v)
     return g_mode_a;
 }
 #else
-static HF_NOINLINE int legacy_mode(int v)
+HF_API HF_NOINLINE int upd_legacy_mode(int v)
 {
     g_mode_a = v + 1;
     return g_mode_b;
@@ -119,7 +120,7 @@ HF_API HF_NOINLINE int upd_mode(int v)
 #if HF_FIX == 32
     return upd_set_mode(v) + g_mode_b;
 #else
-    return legacy_mode(v) + g_mode_a;
+    return upd_legacy_mode(v) + g_mode_a;
 #endif
 }
 

@@ -6,6 +6,7 @@
 
 struct upd_session;
 
+HF_API void upd_report(const char *file, int line, const char *what); /* 30 the error reporter */
 HF_API int upd_error_count(void);                          /* 30 the error reporter's count    */
 HF_API int upd_scale(int v);                               /* 30 the real fix                   */
 HF_API int upd_percent(int part, int whole);               /* 30 only its __LINE__ changes      */
