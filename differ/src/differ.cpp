@@ -600,10 +600,10 @@ private:
       for (const ConstantChange &c : findings[i].displacements)
         if (c.base >= 0 && c.patched >= 0) byDelta[c.patched - c.base][i].insert(c.base);
     constexpr size_t kSeveralFunctions = 2;
-    bool grew = false, shrank = false;
+    std::set<int64_t> deltas;  // of the footprints found
     for (auto &[delta, pairs] : byDelta) {
       if (pairs.size() < kSeveralFunctions) continue;
-      (delta > 0 ? grew : shrank) = true;
+      deltas.insert(delta);
       std::set<int64_t> offsets;
       std::string functions;
       for (auto &[i, those] : pairs) {
@@ -622,18 +622,18 @@ private:
                              list, delta, pairs.size(), functions);
       diff.changes.push_back(std::move(c));
     }
-    if (!grew && !shrank) return;  // a size alone may be a buffer a fix enlarged
+    // A size alone may be a buffer a fix enlarged: only one that grew by a footprint's delta counts.
     for (size_t i = 0; i < findings.size(); ++i)
       for (const ConstantFindings::Allocation &a : findings[i].allocations) {
         int64_t change = 0;
         for (size_t k = 0; k < a.base.size() && k < a.patched.size(); ++k) change += a.patched[k] - a.base[k];
-        if (!((change > 0 && grew) || (change < 0 && shrank))) continue;
+        if (a.base.size() != a.patched.size() || !deltas.count(change)) continue;
         Change c = functionChange(ChangeKind::Changed, &diff.pairs[i].base, &diff.pairs[i].patched);
         c.kind = ChangeKind::Data;
         c.rule = rules::kLayoutChanged;
         c.verdict = Verdict::NeedsRestart;
-        c.reason = fmt::format("{} allocates another size with `{}` ({} -> {}), as the structure whose fields moved "
-                               "grew or shrank: only a restart applies it",
+        c.reason = fmt::format("{} allocates another size with `{}` ({} -> {}), by as much as the fields of a "
+                               "structure moved: only a restart applies it",
                                displayName(c.name), a.callee, fmt::join(a.base, ", "), fmt::join(a.patched, ", "));
         diff.changes.push_back(std::move(c));
       }
