@@ -47,6 +47,10 @@ HF_API HF_NOINLINE int upd_scale(int v)
         return 0;
     }
 #endif
+    if (v > 1000000) { /* long enough to be redirected on every target */
+        UPD_FAIL("scale too large");
+        return -1;
+    }
     return v * 3;
 }
 
