@@ -48,6 +48,9 @@ const std::map<int, ScenarioCalls> &scenarioCalls() {
       {12, stateless({"tls_accumulate:3", "tls_accumulate:-4", "tls_accumulate:10"})},
       {13, stateless({"digit_count:7", "digit_count:12345", "mix_hash:1", "mix_hash:4242"})},
       {14, stateless({"live_score:0", "live_score:5", "live_score:13"})},
+      {30, stateless({"upd_scale:-2", "upd_scale:5", "upd_percent:1,4"})},
+      {32, stateless({"upd_mode:4"})},
+      {33, stateless({"upd_digits:\"12_345\"", "upd_parse_dec:\"41\"", "upd_parse_hex:\"ff\""})},
   };
   return calls;
 }

@@ -122,10 +122,12 @@ HF_API HF_NOINLINE int upd_legacy_mode(int v)
 HF_API HF_NOINLINE int upd_mode(int v)
 {
 #if HF_FIX == 32
-    return upd_set_mode(v) + g_mode_b;
+    int r = upd_set_mode(v) + g_mode_b;
 #else
-    return upd_legacy_mode(v) + g_mode_a;
+    int r = upd_legacy_mode(v) + g_mode_a;
 #endif
+    g_mode_a = g_mode_b = 0; /* every call starts from the same state, patched or not */
+    return r;
 }
 
 /* ---- scenario 33 ------------------------------------------------------------------------ */
