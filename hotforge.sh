@@ -21,8 +21,9 @@ packages=(
   bsdiff xdelta3 binutils time
   help2man dpkg-dev
 )
-# Arm64 builds of libraries the cross-compiled agent links (Debian multiarch).
-arm64_packages=(libssl-dev:arm64 libzstd-dev:arm64)
+# Arm64 builds of libraries the cross-compiled agent links (Debian multiarch); dpkg-shlibdeps
+# reads them for the arm64 agent package.
+arm64_packages=(libssl-dev:arm64 libzstd-dev:arm64 libstdc++6:arm64)
 
 log() { printf '==> %s\n' "$*" >&2; }
 

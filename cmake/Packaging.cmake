@@ -1,8 +1,9 @@
-# Install rules and Debian packages (README.md, "Installing from packages"). Two components:
-#   authoring  -> package `hotforge` (build hosts): the CLI, the Arm64 agent and the PE appliers
-#                 to deploy, the man pages and the docs;
-#   target     -> package `hotforge-target` (target hosts): the x64 agent and hotforge-target,
-#                 which link the runtime only (no LLVM).
+# Install rules and Debian packages (README.md, "Installing from packages"). Components:
+#   authoring    -> package `hotforge` (build hosts): the CLI, the PE appliers, the man page, the docs;
+#   target       -> package `hotforge-target` (x64 target hosts): the x64 agent and hotforge-target,
+#                   which link the runtime only (no LLVM);
+#   agent_arm64  -> package `hotforge-agent` for arm64 (Arm64 target hosts): the cross-compiled agent.
+#                   dpkg-shlibdeps finds its libraries in Debian's arm64 multiarch directories.
 # Nothing installed refers to the build tree: the executables carry no RPATH (every library is a
 # system one) and read no data files; the agent is found by whoever preloads it.
 include(GNUInstallDirs)
@@ -16,7 +17,7 @@ install(TARGETS hotforge-target RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR} COMP
 install(TARGETS hotforge_agent LIBRARY DESTINATION ${HOTFORGE_LIBDIR} COMPONENT target)
 if(TARGET hotforge_agent_aarch64)
   install(FILES ${PROJECT_BINARY_DIR}/loader/agent/aarch64/libhotforge-agent.so
-          DESTINATION ${HOTFORGE_LIBDIR}/aarch64 COMPONENT authoring)
+          DESTINATION ${HOTFORGE_LIBDIR}/aarch64 COMPONENT agent_arm64)
 endif()
 if(TARGET hotforge-pe-apply)
   install(PROGRAMS ${PROJECT_BINARY_DIR}/loader/pe/hotforge-pe-apply.exe DESTINATION ${HOTFORGE_LIBDIR}
@@ -57,6 +58,9 @@ set(CPACK_PACKAGE_DIRECTORY ${PROJECT_BINARY_DIR}/packages)
 set(CPACK_PACKAGING_INSTALL_PREFIX /usr)
 set(CPACK_STRIP_FILES ON)
 set(CPACK_COMPONENTS_ALL authoring target)
+if(TARGET hotforge_agent_aarch64)
+  list(APPEND CPACK_COMPONENTS_ALL agent_arm64)
+endif()
 set(CPACK_DEB_COMPONENT_INSTALL ON)
 set(CPACK_DEBIAN_FILE_NAME DEB-DEFAULT)
 set(CPACK_DEBIAN_PACKAGE_SECTION devel)
@@ -73,4 +77,11 @@ set(CPACK_COMPONENT_TARGET_DESCRIPTION
     "applies Hotforge hotpatch units to running processes (target hosts)\n"
     "hotforge-target (apply, revert, status with ptrace) and the LD_PRELOAD agent "
     "libhotforge-agent.so. Verifies signed units; needs no LLVM.")
+set(CPACK_DEBIAN_AGENT_ARM64_PACKAGE_NAME hotforge-agent)
+set(CPACK_DEBIAN_AGENT_ARM64_PACKAGE_ARCHITECTURE arm64)
+set(CPACK_DEBIAN_AGENT_ARM64_PACKAGE_SECTION admin)
+set(CPACK_COMPONENT_AGENT_ARM64_DESCRIPTION
+    "Hotforge LD_PRELOAD agent for Arm64 Linux (target hosts)\n"
+    "libhotforge-agent.so applies signed Hotforge hotpatch units from inside the process it is "
+    "preloaded into (also under qemu-user). Needs no LLVM.")
 include(CPack)

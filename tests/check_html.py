@@ -2,7 +2,8 @@
 """Checks a Hotforge HTML page: well-formed (every element closed in order, as an XML parser
 would need), self-contained (no script, no external stylesheet, image or link off the page) and
 prints what it found as JSON: the titles of the change sections, the ids, the links, and the
-counts of listing rows by class.  Usage: check_html.py FILE; exit 1 with the reason when not."""
+counts of listing rows by class.  Usage: check_html.py FILE...; prints one JSON object by file,
+or exits with 1 naming the file and the reason."""
 import html.parser
 import json
 import sys
@@ -59,16 +60,14 @@ class Checker(html.parser.HTMLParser):
             self.text += data
 
 
-def main():
-    data = open(sys.argv[1], "rb").read()
+def check(path):
+    data = open(path, "rb").read()
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
-        print(f"not UTF-8: {e}", file=sys.stderr)
-        return 1
+        return None, [f"not UTF-8: {e}"]
     if not text.startswith("<!DOCTYPE html>"):
-        print("no <!DOCTYPE html>", file=sys.stderr)
-        return 1
+        return None, ["no <!DOCTYPE html>"]
     c = Checker()
     c.feed(text)
     c.close()
@@ -76,10 +75,17 @@ def main():
         c.problems.append("unclosed: " + " ".join(c.stack))
     if len(set(c.ids)) != len(c.ids):
         c.problems.append("duplicate ids")
-    if c.problems:
-        print("\n".join(c.problems), file=sys.stderr)
-        return 1
-    print(json.dumps({"headings": c.headings, "ids": c.ids, "links": c.links, "rows": c.rows}))
+    return {"headings": c.headings, "ids": c.ids, "links": c.links, "rows": c.rows}, c.problems
+
+
+def main():
+    found = {}
+    for path in sys.argv[1:]:
+        found[path], problems = check(path)
+        if problems:
+            print(path + ": " + "; ".join(problems), file=sys.stderr)
+            return 1
+    print(json.dumps(found))
     return 0
 
 

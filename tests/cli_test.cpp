@@ -76,7 +76,7 @@ TEST(Cli, DiffWritesTheReviewPage) {
   CommandResult r = hotforge({"diff", path("base"), path("fix6"), "--html", page});
   EXPECT_EQ(r.exitCode, 3) << r.err;  // the exit code and the text report are as without --html
   EXPECT_NE(r.out.find("HF210 g_limit"), std::string::npos) << r.out;
-  CommandResult found = run({"python3", std::string(HOTFORGE_SOURCE_DIR) + "/tests/check_html.py", page});
+  CommandResult found = run({"/usr/bin/python3", std::string(HOTFORGE_SOURCE_DIR) + "/tests/check_html.py", page});
   ASSERT_EQ(found.exitCode, 0) << found.err;
   EXPECT_NE(found.out.find("\"headings\": [\"g_limit\"]"), std::string::npos) << found.out;
   std::string html = readFile(page);

@@ -38,6 +38,14 @@ for p in hotforge hotforge-target; do
   dpkg-deb -x "$file" "$root"
   echo "$p: Depends: $depends"
 done
+# The Arm64 agent, when it was built: its own arm64 package, dependencies from arm64 libraries.
+if [ -f "$build/loader/agent/aarch64/libhotforge-agent.so" ]; then
+  arm64=$(deb hotforge-agent)
+  [ -f "$arm64" ] || fail "no hotforge-agent (arm64) package in $packages"
+  [ "$(dpkg-deb -f "$arm64" Architecture)" = arm64 ] || fail "hotforge-agent is not an arm64 package"
+  case $(dpkg-deb -f "$arm64" Depends) in *libc6*libssl3*|*libssl3*libc6*) ;; *) fail "hotforge-agent: Depends not computed" ;; esac
+  dpkg-deb -c "$arm64" | grep -q " ./usr/lib/hotforge/aarch64/libhotforge-agent.so$" || fail "arm64 agent missing"
+fi
 target_depends=$(dpkg-deb -f "$(deb hotforge-target)" Depends)
 case $target_depends in *llvm*) fail "hotforge-target depends on LLVM: $target_depends" ;; esac
 

@@ -155,9 +155,9 @@ std::set<std::string> functionSet(const json &array) {
 
 // What tests/check_html.py found on a page; fails the test when the page is not well-formed.
 json checkPage(const std::string &path) {
-  CommandResult r = run({"python3", std::string(HOTFORGE_SOURCE_DIR) + "/tests/check_html.py", path});
+  CommandResult r = run({"/usr/bin/python3", std::string(HOTFORGE_SOURCE_DIR) + "/tests/check_html.py", path});
   EXPECT_EQ(r.exitCode, 0) << path << ": " << r.err;
-  return r.exitCode == 0 ? json::parse(r.out) : json::object();
+  return r.exitCode == 0 ? json::parse(r.out)[path] : json::object();
 }
 
 // A JUnit file read by Python's XML parser: the suite's counts and each test case.
@@ -171,7 +171,7 @@ cases = [{"name": c.get("name"), "failure": c.find("failure") is not None and c.
 print(json.dumps({"tests": int(suite.get("tests")), "failures": int(suite.get("failures")),
                   "errors": int(suite.get("errors")), "cases": cases}))
 )";
-  CommandResult r = run({"python3", "-c", script, path});
+  CommandResult r = run({"/usr/bin/python3", "-c", script, path});
   EXPECT_EQ(r.exitCode, 0) << path << ": " << r.err;
   return r.exitCode == 0 ? json::parse(r.out) : json::object();
 }

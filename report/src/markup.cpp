@@ -86,9 +86,10 @@ td { overflow-wrap: anywhere; }
 .fn > p { margin: .4rem .7rem; }
 .code { table-layout: fixed; }
 .code td { border: 0; padding: 0 .4rem; white-space: pre-wrap; word-break: break-all; }
-.code td.off { width: 4.2em; color: var(--muted); text-align: right; user-select: none; }
-.code td.gap { width: 1.2em; text-align: center; color: var(--muted); border-left: 1px solid var(--line); }
-.code col.text { width: calc(50% - 5.4em); }
+.code col.offc { width: 4.5em; }
+.code col.gapc { width: 1.8em; }
+.code td.off { color: var(--muted); text-align: right; user-select: none; }
+.code td.gap { text-align: center; color: var(--muted); border-left: 1px solid var(--line); }
 .code th { font-family: inherit; font-size: .85rem; }
 .code tr.del td.b, .code tr.chg td.b { background: var(--del); }
 .code tr.ins td.p, .code tr.chg td.p { background: var(--ins); }
