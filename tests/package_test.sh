@@ -44,7 +44,7 @@ if [ -f "$build/loader/agent/aarch64/libhotforge-agent.so" ]; then
   [ -f "$arm64" ] || fail "no hotforge-agent (arm64) package in $packages"
   [ "$(dpkg-deb -f "$arm64" Architecture)" = arm64 ] || fail "hotforge-agent is not an arm64 package"
   case $(dpkg-deb -f "$arm64" Depends) in *libc6*libssl3*|*libssl3*libc6*) ;; *) fail "hotforge-agent: Depends not computed" ;; esac
-  dpkg-deb -c "$arm64" | grep -q " ./usr/lib/hotforge/aarch64/libhotforge-agent.so$" || fail "arm64 agent missing"
+  grep -q " ./usr/lib/hotforge/aarch64/libhotforge-agent.so$" <<<"$(dpkg-deb -c "$arm64")" || fail "arm64 agent missing"
 fi
 target_depends=$(dpkg-deb -f "$(deb hotforge-target)" Depends)
 case $target_depends in *llvm*) fail "hotforge-target depends on LLVM: $target_depends" ;; esac
@@ -53,17 +53,19 @@ case $target_depends in *llvm*) fail "hotforge-target depends on LLVM: $target_d
 for f in usr/bin/hotforge usr/bin/hotforge-target usr/lib/hotforge/libhotforge-agent.so; do
   [ -f "$root/$f" ] || fail "$f is not installed"
 done
+target_files=$(dpkg-deb -c "$(deb hotforge-target)")
 for f in usr/bin/hotforge-target usr/lib/hotforge/libhotforge-agent.so; do
-  dpkg-deb -c "$(deb hotforge-target)" | grep -q " ./$f\$" || fail "$f is not in hotforge-target"
+  grep -q " ./$f\$" <<<"$target_files" || fail "$f is not in hotforge-target"
 done
-if readelf -d "$root/usr/bin/hotforge-target" | grep -qi llvm; then fail "hotforge-target links LLVM"; fi
+# (grep reads captured text: with pipefail, `grep -q` closing a pipe early would fail the pipeline)
+if grep -qi llvm <<<"$(readelf -d "$root/usr/bin/hotforge-target")"; then fail "hotforge-target links LLVM"; fi
 for f in "$root"/usr/bin/* "$root"/usr/lib/hotforge/*.so; do
-  if readelf -d "$f" | grep -Eq 'RPATH|RUNPATH'; then fail "$f carries an RPATH"; fi
+  if grep -Eq 'RPATH|RUNPATH' <<<"$(readelf -d "$f")"; then fail "$f carries an RPATH"; fi
 done
 
 hf=$root/usr/bin/hotforge target=$root/usr/bin/hotforge-target
-"$hf" --version | grep -q '^hotforge [0-9]' || fail "installed hotforge --version"
-"$target" --version | grep -q '^hotforge-target [0-9]' || fail "installed hotforge-target --version"
+grep -q '^hotforge [0-9]' <<<"$("$hf" --version)" || fail "installed hotforge --version"
+grep -q '^hotforge-target [0-9]' <<<"$("$target" --version)" || fail "installed hotforge-target --version"
 
 s=$samples/elf-x64-gcc
 "$hf" build "$s/core.base" "$s/core.fix1" -o "$work/core.hfpatch" --sequence 2 >/dev/null
@@ -84,7 +86,7 @@ round() {  # the line scenario 1 fixes, from one round of the running sample
 before=$(round)
 "$target" apply --pid "$pid" "$work/fix1.hfu" --pubkey "$work/release.pub.pem"
 patched=$(round)
-"$target" status --pid "$pid" | grep -q "table_get at" || fail "status does not list table_get"
+grep -q "table_get at" <<<"$("$target" status --pid "$pid")" || fail "status does not list table_get"
 "$target" revert --pid "$pid"
 after=$(round)
 expected_base=$(grep "^s1 table_get(16)" "$(dirname "$0")/../samples/expected/core.base.txt" || true)

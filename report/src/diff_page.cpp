@@ -24,17 +24,18 @@ std::string hex(uint64_t value) { return fmt::format("0x{:x}", value); }
 // build's address of their pair, so that the same unnamed function reads the same on both sides.
 class Symbolizer {
 public:
-  Symbolizer(const Image &image, const std::map<size_t, uint64_t> &labelOf) : image_(image), labelOf_(labelOf) {
+  Symbolizer(const Image &image, const std::map<size_t, uint64_t> &labelOf, differ::InstructionDecoder &decoder,
+             const differ::RelocationIndex &relocations)
+      : image_(image), labelOf_(labelOf), decoder_(decoder), relocations_(relocations) {
     for (const Import &i : image.imports)
-      imports_.emplace(i.slotRva, i.kind == ImportKind::PltSlot   ? i.name + "@plt"
-                                  : i.kind == ImportKind::IatSlot ? "__imp_" + i.name
-                                                                  : i.name + "@got");
+      imports_.emplace(i.slotRva, i.kind == ImportKind::IatSlot ? "__imp_" + i.name : i.name + "@got");
     for (const DataObject &o : image.dataObjects)
       if (!o.threadLocal && o.range.size) data_.push_back(&o);
   }
 
   std::optional<AddressName> operator()(uint64_t target) const {
     if (auto slot = imports_.find(target); slot != imports_.end()) return AddressName{slot->second, 0};
+    if (std::optional<std::string> stub = stubName(target)) return AddressName{*stub, 0};
     if (const Function *f = image_.functionAt(target)) return AddressName{functionName(*f), target - f->range.rva};
     auto after = std::upper_bound(data_.begin(), data_.end(), target,
                                   [](uint64_t t, const DataObject *o) { return t < o->range.rva; });
@@ -51,8 +52,23 @@ public:
   }
 
 private:
+  // A PLT stub (.plt, .plt.sec, .plt.got, .iplt) is named after the import slot it jumps through.
+  std::optional<std::string> stubName(uint64_t target) const {
+    const Section *section = image_.sectionAt(target);
+    if (!section || (section->name.rfind(".plt", 0) != 0 && section->name != ".iplt")) return std::nullopt;
+    constexpr uint64_t kStubBytes = 16;
+    llvm::ArrayRef<uint8_t> bytes =
+        image_.bytesAt(target, std::min(kStubBytes, section->rva + section->size - target));
+    for (const differ::CodeReference &r : decoder_.decode(bytes, target, relocations_).references)
+      if (auto slot = imports_.find(r.target); r.kind == differ::ReferenceKind::Memory && slot != imports_.end())
+        return slot->second.substr(0, slot->second.rfind('@')) + "@plt";
+    return std::nullopt;
+  }
+
   const Image &image_;
   const std::map<size_t, uint64_t> &labelOf_;
+  differ::InstructionDecoder &decoder_;
+  const differ::RelocationIndex &relocations_;
   std::map<uint64_t, std::string> imports_;
   std::vector<const DataObject *> data_;  // sorted by rva, as the image keeps them
 };
@@ -193,9 +209,13 @@ llvm::Expected<std::string> diffPageHtml(const Diff &diff, const Image &base, co
   // Unnamed functions are labelled with the patched address of their pair on both sides.
   std::map<size_t, uint64_t> baseLabels, patchedLabels;
   for (const FunctionPair &pair : diff.pairs) baseLabels[pair.base] = patched.functions[pair.patched].range.rva;
-  Symbolizer baseNames(base, baseLabels), patchedNames(patched, patchedLabels);
   differ::RelocationIndex baseRelocations = differ::relocationIndex(base),
                           patchedRelocations = differ::relocationIndex(patched);
+  // The stubs are decoded with a decoder of their own: the listing's is inside a disassembly.
+  llvm::Expected<std::unique_ptr<differ::InstructionDecoder>> stubDecoder = differ::createInstructionDecoder(base.machine);
+  if (!stubDecoder) return stubDecoder.takeError();
+  Symbolizer baseNames(base, baseLabels, **stubDecoder, baseRelocations),
+      patchedNames(patched, patchedLabels, **stubDecoder, patchedRelocations);
   auto instructions = [&](const Image &image, const std::optional<AddressRange> &range,
                           const differ::RelocationIndex &relocations, const Symbolizer &names) {
     if (!range) return std::vector<InstructionText>{};
