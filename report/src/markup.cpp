@@ -103,6 +103,7 @@ td { overflow-wrap: anywhere; }
 .legend { color: var(--muted); font-size: .85rem; }
 .legend span { padding: 0 .35rem; border-radius: 3px; }
 .reason { overflow-wrap: anywhere; }
+.changes td:nth-child(-n+3) { white-space: nowrap; }
 tr { break-inside: avoid; }
 @media print {
   body { max-width: none; padding: 0; font-size: 10pt; }
