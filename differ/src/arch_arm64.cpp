@@ -87,6 +87,15 @@ protected:
   unsigned undecodableStep() const override { return 4; }
   uint64_t printAddress(uint64_t pc, uint64_t) const override { return pc; }
 
+  // The PC-relative operand (branches, ADR, ADRP, LDR literal), else the immediate of an ADD or a
+  // load/store that consumes a known address.
+  int addressOperand(const MCInst &inst, const CodeReference &, const RelocationIndex &) const override {
+    const MCInstrDesc &desc = mc_.instructions->get(inst.getOpcode());
+    for (unsigned i = 0; i < inst.getNumOperands() && i < desc.getNumOperands(); ++i)
+      if (desc.operands()[i].OperandType == MCOI::OPERAND_PCREL && inst.getOperand(i).isImm()) return int(i);
+    return inst.getNumOperands() >= 3 && inst.getOperand(2).isImm() ? 2 : -1;
+  }
+
   std::optional<uint64_t> importThunkSlot(ArrayRef<uint8_t> code, uint64_t rva) const override {
     if (code.size() < 12) return std::nullopt;
     uint32_t adrp = support::endian::read32le(&code[0]), ldr = support::endian::read32le(&code[4]),

@@ -69,6 +69,9 @@ public:
                          std::vector<CodeReference> &references,
                          llvm::MutableArrayRef<uint64_t> instructionStarts) final;
   std::vector<InstructionText> disassemble(llvm::ArrayRef<uint8_t> code, uint64_t rva) final;
+  std::vector<InstructionText> disassembleSymbolic(llvm::ArrayRef<uint8_t> code, uint64_t rva,
+                                                   const RelocationIndex &relocations,
+                                                   const AddressNamer &namer) final;
 
 protected:
   // Fill instructions and landing pads: left out of the shape and the instruction count.
@@ -82,6 +85,9 @@ protected:
   // When operand `operand` is a memory displacement from a register other than the stack, frame
   // or instruction pointer: the bytes one unit of it stands for.
   virtual std::optional<unsigned> displacementScale(const llvm::MCInst &inst, unsigned operand) const = 0;
+  // The operand of `inst` that holds the address `reference` resolves (what analyze() masks), or -1.
+  virtual int addressOperand(const llvm::MCInst &inst, const CodeReference &reference,
+                             const RelocationIndex &relocations) const = 0;
 
   // Shared hashing of plain operands: registers and immediates, skipping `masked`.
   void mixOperands(const llvm::MCInst &inst, DecodeState &state, int maskedA = -1, int maskedB = -1) const;
@@ -99,6 +105,9 @@ private:
     std::vector<InstructionConstant> *constants = nullptr;
   };
   void recordFrame(const llvm::MCInst &inst, uint32_t index, const Outputs &outputs) const;
+  // The disassembly loop; `rename`, when given, may replace address operands before printing.
+  std::vector<InstructionText> printLoop(llvm::ArrayRef<uint8_t> code, uint64_t rva,
+                                         const std::function<void(llvm::MCInst &, uint32_t offset)> &rename);
   CodeSummary decodeLoop(llvm::ArrayRef<uint8_t> code, uint64_t rva, const RelocationIndex &relocations,
                          const Outputs &outputs);
 };
