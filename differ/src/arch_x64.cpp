@@ -66,6 +66,8 @@ protected:
       return 1;
     }
     return std::nullopt;
+  }
+
   int addressOperand(const MCInst &inst, const CodeReference &reference, const RelocationIndex &relocations) const override {
     switch (reference.kind) {
     case ReferenceKind::Call:
