@@ -19,6 +19,7 @@ import collections
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 import time
@@ -63,16 +64,21 @@ def extract(deb, into):
 
 
 def shared_libraries(root):
-    """Relative path -> file for every regular ELF shared object (ET_DYN) under ROOT."""
+    """Relative path -> file for every shared library under ROOT: a regular ELF file of type
+    ET_DYN named *.so or *.so.N... (PIE executables are ET_DYN too: left out)."""
     libs = {}
     for path in sorted(root.rglob("*")):
-        if path.is_symlink() or not path.is_file():
+        if path.is_symlink() or not path.is_file() or not re.search(r"\.so(\.[0-9.]+)?$", path.name):
             continue
         with open(path, "rb") as f:
             header = f.read(18)
         if header[:4] == b"\x7fELF" and header[16] == 3:
             libs[str(path.relative_to(root))] = path
     return libs
+
+
+def with_suffix(path, suffix):  # libfoo.so.1.2 + .zst: libfoo.so.1.2.zst (Path.with_suffix would drop .2)
+    return path.parent / (path.name + suffix)
 
 
 def timed(command, **kwargs):
@@ -83,7 +89,7 @@ def timed(command, **kwargs):
 
 def run_diff(hotforge, base, patched, out):
     result, seconds = timed([hotforge, "diff", "--json", str(base), str(patched)])
-    out.with_suffix(".diff.json").write_text(result.stdout)
+    with_suffix(out, ".diff.json").write_text(result.stdout)
     row = {"diff_seconds": round(seconds, 3), "diff_exit": result.returncode}
     if result.returncode not in (0, 3):
         row["diff_error"] = (result.stderr.strip().splitlines() or [f"exit {result.returncode}"])[-1]
@@ -96,16 +102,19 @@ def run_diff(hotforge, base, patched, out):
     return row
 
 
-def run_build(hotforge, base, patched, out):
-    image = out.with_suffix(".hfpatch")
+def run_build(hotforge, base, patched, out, restarts):
+    image = with_suffix(out, ".hfpatch")
     image.unlink(missing_ok=True)
     result, seconds = timed([hotforge, "build", str(base), str(patched), "-o", str(image)])
-    out.with_suffix(".build.txt").write_text(result.stdout + result.stderr)
+    with_suffix(out, ".build.txt").write_text(result.stdout + result.stderr)
     row = {"build_seconds": round(seconds, 3), "build_exit": result.returncode}
     if result.returncode == 0:
         row["build"] = f"ok {image.stat().st_size}B"
-    elif result.returncode == 3:
+    elif result.returncode == 3 and restarts:
         row["build"] = "restart"
+    elif result.returncode == 3:  # refused by the emitter: its reason, shortened
+        reason = result.stderr.strip().removeprefix("hotforge: ").removeprefix("cannot build a safe patch: ")
+        row["build"] = "refused: " + (reason if len(reason) <= 90 else reason[:87] + "...")
     else:
         lines = result.stderr.strip().splitlines()
         row["build"] = "error: " + (lines[-1] if lines else f"exit {result.returncode}")
@@ -115,8 +124,8 @@ def run_build(hotforge, base, patched, out):
 def run_deltas(base, patched, out):
     row = {}
     for tool, command, output in (
-            ("zstd", ["zstd", "-q", "-f", f"--patch-from={base}", str(patched), "-o"], out.with_suffix(".zst")),
-            ("bsdiff", ["bsdiff", str(base), str(patched)], out.with_suffix(".bsdiff"))):
+            ("zstd", ["zstd", "-q", "-f", f"--patch-from={base}", str(patched), "-o"], with_suffix(out, ".zst")),
+            ("bsdiff", ["bsdiff", str(base), str(patched)], with_suffix(out, ".bsdiff"))):
         result, seconds = timed(command + [str(output)])
         row[tool] = f"{seconds:.2f}s {output.stat().st_size}B" if result.returncode == 0 else "failed"
     return row
@@ -161,15 +170,20 @@ def main():
                        "base": base_version, "patched": patched_version,
                        "bytes": patched.stat().st_size}
                 row.update(run_diff(hotforge, base, patched, out))
-                row.update(run_build(hotforge, base, patched, out))
+                if row.get("verdict") == "no-change":  # only the build id or padding differs
+                    row.update(build="no change", build_seconds=0.0)
+                else:
+                    row.update(run_build(hotforge, base, patched, out, row.get("restarts")))
                 if not args.no_delta:
                     row.update(run_deltas(base, patched, out))
                 failed |= "diff_error" in row or row["build"].startswith("error")
                 rows.append(row)
                 print_row(row, header=len(rows) == 1)
     hotpatched = sum(row["build"].startswith("ok") for row in rows)
-    print(f"\n{len(rows)} changed libraries, {hotpatched} hotpatched, "
-          f"{sum(row.get('verdict') == 'needs-restart' for row in rows)} need a restart")
+    print(f"\n{len(rows)} changed libraries: {hotpatched} hotpatched, "
+          f"{sum(row.get('verdict') == 'needs-restart' for row in rows)} need a restart (diff), "
+          f"{sum(row['build'].startswith('refused') for row in rows)} refused by build, "
+          f"{sum(row['build'] == 'no change' for row in rows)} without a change")
     if args.json:
         pathlib.Path(args.json).write_text(json.dumps(rows, indent=1, sort_keys=True) + "\n")
     return 1 if failed else 0
