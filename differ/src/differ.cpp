@@ -896,11 +896,13 @@ private:
     case TargetClass::ReadOnly: {
       uint64_t entries = patched_.relativeTableEntries(target, patched_.image.functions[p]);
       if (entries >= 2) return {Kind::JumpTable, target, entries * 4, {}};
-      // Read-only data of the base with the same content (pointers compared by what they point
-      // at) is used where it is: a copy could not carry its relocated pointers.
+      // Read-only data with relocated pointers (.data.rel.ro), which a copy could not carry: the
+      // base's when it has the same content (pointers compared by what they point at).
       uint64_t size = patched_.naturalExtent(target);
-      if (auto it = readOnlyToBase_.find(target);
-          it != readOnlyToBase_.end() && size == base_.naturalExtent(it->second) &&
+      const std::vector<uint64_t> &relocated = patched_.relocations.rvas;
+      auto pointer = std::lower_bound(relocated.begin(), relocated.end(), target);
+      if (auto it = readOnlyToBase_.find(target); it != readOnlyToBase_.end() && pointer != relocated.end() &&
+          *pointer < target + size && size == base_.naturalExtent(it->second) &&
           contentHashOf(false, it->second, size, nullptr) == contentHashOf(true, target, size, nullptr))
         return {Kind::Base, it->second, 0, {}};
       return {Kind::Constant, target, size, {}};
