@@ -4,6 +4,7 @@
 #   ./hotforge.sh test    install what is missing, build, build the samples, run every test
 #   ./hotforge.sh package install what is missing, build, make the Debian packages (build/packages)
 #   ./hotforge.sh build | setup | samples | bench | fuzz SECONDS | sanitize
+#   ./hotforge.sh realbench [ARGS]  hotforge on real Debian security updates (bench/realbench.py)
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -146,6 +147,12 @@ bench() {
   "$root/bench/run.sh" "$build" "$samples_out"
 }
 
+# Real Debian security updates (bench/real-updates.list), fetched into $HOTFORGE_DEBCACHE.
+realbench() {
+  build
+  python3 "$root/bench/realbench.py" --hotforge "$build/cli/hotforge" "$@"
+}
+
 case "${1:-}" in
   setup) setup ;;
   build) build ;;
@@ -156,5 +163,6 @@ case "${1:-}" in
   sanitize) sanitize ;;
   fuzz) shift; fuzz "$@" ;;
   bench) bench ;;
-  *) sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  realbench) shift; realbench "$@" ;;
+  *) sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

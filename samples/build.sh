@@ -21,7 +21,7 @@ die() { echo "build.sh: error: $*" >&2; exit 1; }
 # Variants of each program: the baseline plus fixN for each scenario it holds.
 program_scenarios() {
     case $1 in
-    core) echo "1 2 3 4 5 7 8 9 10 12 13" ;;
+    core) echo "1 2 3 4 5 7 8 9 10 12 13 20" ;;
     initval) echo "6" ;;
     exc) echo "11" ;;
     live) echo "14" ;;

@@ -313,8 +313,8 @@ void everyScenarioSwitchesAndBack(const std::string &target, Applier applier) {
     std::string name = target + "-" + variant + (applier == Applier::Agent ? "-agent" : "");
     std::string image = tempDir() + "/" + name + ".hfpatch";
     CommandResult built = hotforge({"build", base, patched, "-o", image});
-    if (scenario["expected"]["verdict"] != "hotpatchable") {
-      EXPECT_EQ(built.exitCode, 3) << "a needs-restart change must be refused: " << built.out;
+    if (scenario["expected"]["verdict"] != "hotpatchable" || scenario["expected"].contains("build_refused")) {
+      EXPECT_EQ(built.exitCode, 3) << "a needs-restart change or a new import must be refused: " << built.out;
       continue;
     }
     ASSERT_EQ(built.exitCode, 0) << built.err;

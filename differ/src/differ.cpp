@@ -42,6 +42,7 @@ std::string_view bindingKindName(Binding::Kind kind) {
   case Binding::Kind::JumpTable: return "jump-table";
   case Binding::Kind::NewData: return "new-data";
   case Binding::Kind::Unbound: return "unbound";
+  case Binding::Kind::Import: return "import";
   }
   return "unknown";
 }
@@ -61,6 +62,11 @@ namespace differ {
 namespace {
 
 constexpr uint64_t kUnmatched = 1ull << 62;
+
+// A symbol the loader binds, by its DLL (PE; empty on ELF) and name.
+uint64_t symbolDigest(std::string_view library, std::string_view name) {
+  return mixHash(llvm::xxh3_64bits(library), llvm::xxh3_64bits(name));
+}
 
 // Sections the linker fills (GOT, dynamic table, init arrays, unwind tables): their bytes follow
 // the layout, never the program's state.
@@ -244,24 +250,59 @@ private:
     return contentHashOf(patchedSide, d->range.rva, size, nullptr);
   }
 
-  // Writable data without a name (stripped builds): the address it moved to is what most
-  // matched, identically shaped pairs agree on.
+  // Data without a name (stripped builds) pairs through the code that uses it, as kpatch pairs
+  // static locals: what two paired functions reach at the same place is a pair, by majority over
+  // every such place. Places are aligned whole in pairs of one shape, and in the others up to
+  // their first and from their last difference. Writable data, read-only data (.data.rel.ro) and
+  // GOT slots of local objects (whose pointees are a pair too) are voted on apart.
   void voteAnonymousData() {
-    std::map<uint64_t, std::map<uint64_t, size_t>> votes;
+    Votes writable, readOnly, slots;
+    auto vote = [&](uint64_t tb, uint64_t tp) {
+      const Function *f = nullptr;
+      const DataObject *o = nullptr;
+      TargetClass cb = base_.classify(tb, &f, &o), cp = patched_.classify(tp, &f, &o);
+      if (cb == TargetClass::PointerSlot && cp == TargetClass::PointerSlot) {
+        const PointerTarget &sb = base_.pointers.at(tb), &sp = patched_.pointers.at(tp);
+        if (sb.symbol || sp.symbol) return;
+        ++slots[tb][tp];
+        tb = sb.rva, tp = sp.rva;
+        cb = base_.classify(tb, &f, &o), cp = patched_.classify(tp, &f, &o);
+      }
+      if (cb != cp) return;
+      if (cb == TargetClass::Writable) ++writable[tb][tp];
+      else if (cb == TargetClass::ReadOnly) ++readOnly[tb][tp];
+    };
     for (size_t b = 0; b < base_.code.size(); ++b) {
       if (!matching_.baseToPatched[b]) continue;
       size_t p = *matching_.baseToPatched[b];
       ReferenceList rb = base_.references(b), rp = patched_.references(p);
-      if (base_.code[b].shape != patched_.code[p].shape || rb.size() != rp.size()) continue;
-      for (size_t i = 0; i < rb.size(); ++i) {
-        if (rb[i].kind != ReferenceKind::Memory) continue;  // calls and branches land in code
-        const Function *f = nullptr;
-        const DataObject *o = nullptr;
-        if (base_.classify(rb[i].target, &f, &o) != TargetClass::Writable) continue;
-        if (patched_.classify(rp[i].target, &f, &o) != TargetClass::Writable) continue;
-        ++votes[rb[i].target][rp[i].target];
+      bool sameShape = base_.code[b].shape == patched_.code[p].shape && rb.size() == rp.size();
+      auto samePlace = [&](const CodeReference &x, const CodeReference &y, uint64_t fromX, uint64_t fromY) {
+        return x.kind == y.kind && x.encoding == y.encoding && (sameShape || fromX == fromY);
+      };
+      size_t n = std::min(rb.size(), rp.size()), front = 0;
+      for (; front < n && samePlace(rb[front], rp[front], rb[front].instruction, rp[front].instruction); ++front)
+        if (rb[front].kind == ReferenceKind::Memory) vote(rb[front].target, rp[front].target);
+      uint32_t countB = base_.code[b].instructions, countP = patched_.code[p].instructions;
+      for (size_t back = 1; front + back <= n; ++back) {
+        const CodeReference x = rb[rb.size() - back], y = rp[rp.size() - back];
+        if (!samePlace(x, y, countB - x.instruction, countP - y.instruction)) break;
+        if (x.kind == ReferenceKind::Memory) vote(x.target, y.target);
       }
     }
+    anonymousToBase_ = elect(writable);
+    readOnlyToBase_ = elect(readOnly);
+    slotToBase_ = elect(slots);
+    for (auto &[to, from] : anonymousToBase_) anonymousToPatched_[from] = to;
+  }
+
+  // base -> patched -> votes
+  using Votes = std::map<uint64_t, std::map<uint64_t, size_t>>;
+
+  // Patched -> base: each base address takes the patched one most of its places agree on, and
+  // a patched address taken twice goes to the stronger majority.
+  static std::map<uint64_t, uint64_t> elect(const Votes &votes) {
+    std::map<uint64_t, uint64_t> toBase;
     std::map<uint64_t, size_t> strength;
     for (auto &[from, candidates] : votes) {
       auto best = std::max_element(candidates.begin(), candidates.end(),
@@ -269,10 +310,10 @@ private:
       auto [it, inserted] = strength.try_emplace(best->first, best->second);
       if (inserted || best->second > it->second) {
         it->second = best->second;
-        anonymousToBase_[best->first] = from;
+        toBase[best->first] = from;
       }
     }
-    for (auto &[to, from] : anonymousToBase_) anonymousToPatched_[from] = to;
+    return toBase;
   }
 
   SymbolKey resolve(bool patchedSide, size_t function, uint64_t target, InstructionDecoder &decoder, int depth = 0) {
@@ -300,7 +341,7 @@ private:
     }
     case TargetClass::ImportSlot: {
       const Import *i = p.importSlots.at(target);
-      return {SymbolKey::Import, llvm::xxh3_64bits(i->library + "!" + i->name), 0, 0};
+      return {SymbolKey::Import, symbolDigest(i->library, i->name), 0, 0};
     }
     case TargetClass::DataObject: {
       uint64_t content = (patchedSide ? patchedDataContent_ : baseDataContent_)[p.dataIndex(o)];
@@ -313,7 +354,9 @@ private:
     }
     case TargetClass::PointerSlot: {
       const PointerTarget &pointer = p.pointers.at(target);
-      if (pointer.symbol) return {SymbolKey::Import, llvm::xxh3_64bits(*pointer.symbol), 1, 0};
+      // The same symbol whichever slot kind holds it (JUMP_SLOT, GLOB_DAT of an import or of the
+      // library's own export): the loader fills both with the same address.
+      if (pointer.symbol) return {SymbolKey::Import, symbolDigest({}, *pointer.symbol), 0, 0};
       if (depth > 0) return {SymbolKey::Unknown, 0x5107, 0, 0};  // a slot pointing at a slot (__dso_handle)
       SymbolKey inner = resolve(patchedSide, function, pointer.rva, decoder, depth + 1);
       inner.c = mixHash(inner.c, 0x51077);  // the address of it, not it
@@ -360,6 +403,8 @@ private:
       if (patchedSide)
         if (auto it = anonymousToBase_.find(target); it != anonymousToBase_.end()) return it->second;
       if (!patchedSide && anonymousToPatched_.count(target)) return target;
+      // Unpaired: what it holds (its pointers by what they point at), as for read-only data.
+      if (depth < 2) return mixHash(0x3a7ab1e, contentHashOf(patchedSide, target, p.naturalExtent(target), nullptr, depth));
       break;
     case TargetClass::PointerSlot:
       if (const PointerTarget &slot = p.pointers.at(target); slot.symbol) return llvm::xxh3_64bits(*slot.symbol);
@@ -860,7 +905,10 @@ private:
     for (auto &[to, from] : anonymousToBase_) diff.dataPairs.push_back({{to, 1}, from});
     std::sort(diff.dataPairs.begin(), diff.dataPairs.end(),
               [](const Diff::DataPair &a, const Diff::DataPair &b) { return a.patched.rva < b.patched.rva; });
+    for (const Diff::DataPair &pair : diff.dataPairs) anchors_.try_emplace(pair.patched.rva, pair.baseRva);
+    for (const auto *voted : {&readOnlyToBase_, &slotToBase_}) anchors_.insert(voted->begin(), voted->end());
     InstructionDecoder &decoder = *decoders_[0];
+    std::set<std::string> newImports;
     for (size_t p = 0; p < patched_.code.size(); ++p) {
       if (!carried_[p]) continue;
       FunctionBindings fb;
@@ -869,6 +917,14 @@ private:
       fb.splitPart = patched_.coldPart[p] || patched_.partOf[p].has_value();
       for (const CodeReference &r : patched_.references(p)) {
         Binding b = bind(p, r, decoder);
+        if (b.kind == Binding::Kind::Import && newImports.insert(b.library + "!" + b.symbol).second) {
+          Change c = functionChange(fb.base ? ChangeKind::Changed : ChangeKind::Added, fb.base ? &*fb.base : nullptr, &p);
+          c.kind = ChangeKind::Data;
+          c.rule = rules::kNewImport;
+          c.reason = fmt::format("{} at +{:#x} uses `{}`, which the base does not import: the patch binds it when it "
+                                 "loads", displayName(c.name), r.offset, importName(b));
+          diff.changes.push_back(std::move(c));
+        }
         if (b.kind == Binding::Kind::Unbound) {
           Change c = functionChange(fb.base ? ChangeKind::Changed : ChangeKind::Added, fb.base ? &*fb.base : nullptr, &p);
           c.kind = ChangeKind::Data;
@@ -887,11 +943,16 @@ private:
   static std::string importKey(const Import &import) { return import.library + "!" + import.name; }
 
   void indexBaseSlots() {
-    for (auto &[begin, end] : base_.stubRanges())
-      for (uint64_t rva = begin; rva + 16 <= end; rva += 16)
-        if (std::optional<uint64_t> slot = base_.stubSlot(rva, *decoders_[0]))
-          if (auto it = base_.pointers.find(*slot); it != base_.pointers.end() && it->second.symbol)
-            baseStubs_.try_emplace(*it->second.symbol, rva);
+    // Stubs are decoded whole, not stepped through at a fixed size: x64 .plt.got entries are 8
+    // bytes, .plt ones 16. The first instruction that reads a slot starts its stub (x64 `jmp
+    // [slot]`, Arm64 the ADRP of ADRP/LDR/BR).
+    for (auto &[begin, end] : base_.stubRanges()) {
+      DecodedFunction stubs = decoders_[0]->decode(base_.image.bytesAt(begin, end - begin), begin, base_.relocations);
+      for (const CodeReference &r : stubs.references)
+        if (r.kind == ReferenceKind::Memory)
+          if (auto it = base_.pointers.find(r.target); it != base_.pointers.end() && it->second.symbol)
+            baseStubs_.try_emplace(*it->second.symbol, begin + r.offset);
+    }
     for (auto &[thunk, slot] : base_.importThunks())
       if (auto it = base_.importSlots.find(slot); it != base_.importSlots.end())
         baseStubs_.try_emplace(importKey(*it->second), thunk);
@@ -900,6 +961,56 @@ private:
       else basePointeeSlots_.try_emplace(pointer.rva, slot);
     }
     for (auto &[slot, import] : base_.importSlots) baseImportSlots_.try_emplace(importKey(*import), slot);
+    for (size_t b = 0; b < base_.image.functions.size(); ++b)
+      if (base_.diffable[b] && base_.image.functions[b].name)
+        baseFunctionNames_.try_emplace(*base_.image.functions[b].name, base_.image.functions[b].range.rva);
+  }
+
+  // A pointer slot in data that no name or vote pairs (an entry of a table only changed code
+  // uses), placed by the nearest paired data before or after it: the base address at the same
+  // distance, in the section of the same name, taken only when it holds the same content
+  // (pointers compared by what they point at).
+  std::optional<uint64_t> nearbyCounterpart(uint64_t target) const {
+    const Section *section = patched_.image.sectionAt(target);
+    if (!section) return std::nullopt;
+    uint64_t size = patched_.naturalExtent(target), content = contentHashOf(true, target, size, nullptr);
+    auto after = anchors_.upper_bound(target);
+    for (auto anchor : {after == anchors_.begin() ? anchors_.end() : std::prev(after), after}) {
+      if (anchor == anchors_.end() || patched_.image.sectionAt(anchor->first) != section) continue;
+      uint64_t candidate = anchor->second + (target - anchor->first);
+      const Section *baseSection = base_.image.sectionAt(candidate);
+      if (baseSection && baseSection->name == section->name && base_.naturalExtent(candidate) == size &&
+          contentHashOf(false, candidate, size, nullptr) == content)
+        return candidate;
+    }
+    return std::nullopt;
+  }
+
+  static std::string importName(const Binding &b) {
+    return b.symbol + (b.version.empty() ? "" : "@" + b.version) + (b.library.empty() ? "" : " from " + b.library);
+  }
+
+  // A reference to a symbol the loader binds (an import, or the library's own export reached
+  // through its GOT/PLT): to the base's stub (a call) or slot (a load) of that symbol, whatever
+  // kind of stub or slot either build uses, so patched code binds exactly as the base does. A
+  // call to a symbol the base defines but calls directly goes to its base function. Anything else
+  // is a new import, resolved by name when the patch loads.
+  Binding bindSymbol(uint64_t target, bool call, const std::string &name, const Import *import) {
+    using Kind = Binding::Kind;
+    std::string library = import ? import->library : std::string();
+    if (call) {
+      if (auto it = baseStubs_.find(name); it != baseStubs_.end()) return {Kind::Base, it->second, 0, {}};
+      if (auto it = baseFunctionNames_.find(name); it != baseFunctionNames_.end()) return {Kind::Base, it->second, 0, {}};
+    } else {
+      if (auto it = baseImportSlots_.find(library + "!" + name); it != baseImportSlots_.end())
+        return {Kind::Base, it->second, 0, {}};
+      if (auto it = baseSymbolSlots_.find(name); it != baseSymbolSlots_.end()) return {Kind::Base, it->second, 0, {}};
+    }
+    Binding b{Kind::Import, target, 0, {}};
+    b.symbol = name;
+    b.library = library;
+    if (import) b.version = import->version;
+    return b;
   }
 
   // The base address that holds what `target` (a patched address) holds, if any.
@@ -916,6 +1027,9 @@ private:
       return std::nullopt;
     case TargetClass::Writable:
       if (auto it = anonymousToBase_.find(target); it != anonymousToBase_.end()) return it->second;
+      return std::nullopt;
+    case TargetClass::ReadOnly:
+      if (auto it = readOnlyToBase_.find(target); it != readOnlyToBase_.end()) return it->second;
       return std::nullopt;
     default: return std::nullopt;
     }
@@ -950,14 +1064,13 @@ private:
       auto pointer = slot ? patched_.pointers.find(*slot) : patched_.pointers.end();
       if (pointer == patched_.pointers.end() || !pointer->second.symbol)
         return {Kind::Unbound, target, 0, "a stub whose import could not be read"};
-      if (auto it = baseStubs_.find(*pointer->second.symbol); it != baseStubs_.end()) return {Kind::Base, it->second, 0, {}};
-      return {Kind::Unbound, target, 0, "`" + *pointer->second.symbol + "`, which the base does not import"};
+      auto import = patched_.importSlots.find(*slot);
+      return bindSymbol(target, true, *pointer->second.symbol,
+                        import != patched_.importSlots.end() ? import->second : nullptr);
     }
     case TargetClass::ImportSlot: {
       const Import *i = patched_.importSlots.at(target);
-      if (auto it = baseImportSlots_.find(importKey(*i)); it != baseImportSlots_.end())
-        return {Kind::Base, it->second, 0, {}};
-      return {Kind::Unbound, target, 0, "import `" + i->name + "`, which the base does not have"};
+      return bindSymbol(target, false, i->name, i);
     }
     case TargetClass::DataObject: {
       size_t index = patched_.dataIndex(o);
@@ -972,11 +1085,9 @@ private:
     }
     case TargetClass::PointerSlot: {
       const PointerTarget &pointer = patched_.pointers.at(target);
-      if (pointer.symbol) {
-        if (auto it = baseSymbolSlots_.find(*pointer.symbol); it != baseSymbolSlots_.end())
-          return {Kind::Base, it->second, 0, {}};
-        return {Kind::Unbound, target, 0, "a slot for `" + *pointer.symbol + "`, which the base does not have"};
-      }
+      if (pointer.symbol) return bindSymbol(target, false, *pointer.symbol, nullptr);
+      if (auto it = slotToBase_.find(target); it != slotToBase_.end()) return {Kind::Base, it->second, 0, {}};
+      if (std::optional<uint64_t> b = nearbyCounterpart(target)) return {Kind::Base, *b, 0, {}};
       if (std::optional<uint64_t> pointee = baseCounterpart(pointer.rva))
         if (auto it = basePointeeSlots_.find(*pointee); it != basePointeeSlots_.end()) return {Kind::Base, it->second, 0, {}};
       return {Kind::Unbound, target, 0, "a pointer slot with no counterpart in the base"};
@@ -984,7 +1095,16 @@ private:
     case TargetClass::ReadOnly: {
       uint64_t entries = patched_.relativeTableEntries(target, patched_.image.functions[p]);
       if (entries >= 2) return {Kind::JumpTable, target, entries * 4, {}};
-      return {Kind::Constant, target, patched_.naturalExtent(target), {}};
+      // Read-only data with relocated pointers (.data.rel.ro), which a copy could not carry: the
+      // base's when it has the same content (pointers compared by what they point at).
+      uint64_t size = patched_.naturalExtent(target);
+      const std::vector<uint64_t> &relocated = patched_.relocations.rvas;
+      auto pointer = std::lower_bound(relocated.begin(), relocated.end(), target);
+      if (auto it = readOnlyToBase_.find(target); it != readOnlyToBase_.end() && pointer != relocated.end() &&
+          *pointer < target + size && size == base_.naturalExtent(it->second) &&
+          contentHashOf(false, it->second, size, nullptr) == contentHashOf(true, target, size, nullptr))
+        return {Kind::Base, it->second, 0, {}};
+      return {Kind::Constant, target, size, {}};
     }
     case TargetClass::Writable:
       if (std::optional<uint64_t> b = baseCounterpart(target)) return {Kind::Base, *b, 0, {}};
@@ -1028,10 +1148,12 @@ private:
   std::vector<std::optional<size_t>> baseDataToPatched_, patchedDataToBase_;
   std::vector<uint64_t> baseDataContent_, patchedDataContent_;
   std::map<uint64_t, uint64_t> anonymousToBase_, anonymousToPatched_;
+  std::map<uint64_t, uint64_t> readOnlyToBase_, slotToBase_;  // patched -> base, paired by voteAnonymousData
   std::set<uint64_t> reportedConstants_;
   std::vector<bool> carried_;  // per patched function: the patch carries it
-  std::map<std::string, uint64_t> baseStubs_, baseSymbolSlots_, baseImportSlots_;
+  std::map<std::string, uint64_t> baseStubs_, baseSymbolSlots_, baseImportSlots_, baseFunctionNames_;
   std::map<uint64_t, uint64_t> basePointeeSlots_;
+  std::map<uint64_t, uint64_t> anchors_;  // patched -> base of every data pair: where nearbyCounterpart measures from
 };
 
 }  // namespace

@@ -436,10 +436,15 @@ uint64_t Program::naturalExtent(uint64_t rva) const {
   auto object = dataAfter(rva);
   if (object != data.end() && (*object)->range.rva < end) end = (*object)->range.rva;
   // Zeros right before an aligned next item are alignment padding, which differs between builds
-  // as the items around it move: leave them out (keeping at least one byte).
+  // as the items around it move: leave them out (keeping at least one byte, and every relocated
+  // pointer whole: the high bytes of a pointer are zeros too).
   if (end % 16 == 0) {
+    uint64_t keep = rva + 1;
+    auto relocated = std::lower_bound(relocations.rvas.begin(), relocations.rvas.end(), end);
+    if (relocated != relocations.rvas.begin() && *std::prev(relocated) >= rva && pointers.count(*std::prev(relocated)))
+      keep = std::min(end, *std::prev(relocated) + 8);
     llvm::ArrayRef<uint8_t> content = image.bytesAt(rva, end - rva);
-    while (content.size() > 1 && content.back() == 0 && end - 1 > rva) content = content.drop_back(), --end;
+    while (content.size() > 1 && content.back() == 0 && end - 1 >= keep) content = content.drop_back(), --end;
   }
   return end - rva;
 }

@@ -6,6 +6,7 @@
 #include "hotforge/arch.h"
 
 #include <fmt/core.h>
+#include <llvm/ADT/StringExtras.h>
 #include <llvm/Support/Endian.h>
 #include <llvm/Support/Path.h>
 
@@ -65,6 +66,7 @@ public:
 
   llvm::Expected<PatchImage> run() {
     if (llvm::Error e = refuseRestarts()) return e;
+    if (llvm::Error e = refuseNewImports()) return e;
     if (base_.format != patched_.format || base_.machine != patched_.machine)
       return makeError("the base and the patched build differ in format or machine");
     llvm::Expected<std::unique_ptr<differ::InstructionDecoder>> decoder = differ::createInstructionDecoder(base_.machine);
@@ -102,6 +104,17 @@ private:
       if (c.verdict == Verdict::NeedsRestart) reasons += fmt::format("\n  {} {}", c.rule, c.reason);
     if (reasons.empty()) return llvm::Error::success();
     return formatError("the changes need a restart, so no patch is built:{}", reasons);
+  }
+
+  // Binding symbols the base does not import needs the loaders' help, which they do not give yet.
+  llvm::Error refuseNewImports() {
+    std::set<std::string> symbols;
+    for (const FunctionBindings &fb : diff_.bindings)
+      for (const Binding &b : fb.references)
+        if (b.kind == Binding::Kind::Import) symbols.insert("`" + b.symbol + "`");
+    if (symbols.empty()) return llvm::Error::success();
+    return formatError("{}: the patch uses symbols the base does not import ({}); images cannot bind new imports yet",
+                       rules::kNewImport, llvm::join(symbols, ", "));
   }
 
   void identify() {
@@ -249,6 +262,7 @@ private:
       break;
     }
     case Binding::Kind::Unbound:
+    case Binding::Kind::Import:  // refused before binding
       problems_.push_back(where + ": " + b.note);
       return;
     }

@@ -292,6 +292,13 @@ Error collectDynamicRelocations(const ELF64LEObjectFile &elf, Image &image) {
       if (!names) return names.takeError();
       strings = *names;
     }
+    // Versions of the .dynsym entries from index 1 on (none without .gnu.version).
+    std::vector<VersionEntry> versions;
+    if (symbolTable && symbolTable->sh_type == ELF::SHT_DYNSYM) {
+      Expected<std::vector<VersionEntry>> read = elf.readDynsymVersions();
+      if (!read) return read.takeError();
+      versions = std::move(*read);
+    }
     for (const ELF64LE::Rela &rela : *relas) {
       Relocation r;
       r.rva = rela.r_offset >= image.imageBase ? rela.r_offset - image.imageBase : 0;
@@ -315,8 +322,11 @@ Error collectDynamicRelocations(const ELF64LEObjectFile &elf, Image &image) {
       // (GOT entries); other symbolic relocations fill pointers inside data (vtables).
       bool jumpSlot = StringRef(r.typeName).ends_with("_JUMP_SLOT");
       bool gotSlot = StringRef(r.typeName).ends_with("_GLOB_DAT");
-      if (r.symbol && (jumpSlot || (gotSlot && undefinedSymbol)))
+      if (r.symbol && (jumpSlot || (gotSlot && undefinedSymbol))) {
         image.imports.push_back({*r.symbol, "", r.rva, jumpSlot ? ImportKind::PltSlot : ImportKind::GotSlot});
+        if (uint32_t index = rela.getSymbol(false); index && index <= versions.size())
+          image.imports.back().version = versions[index - 1].Name;
+      }
       image.relocations.push_back(std::move(r));
     }
   }

@@ -7,10 +7,16 @@
 /* Scenario 10 on PE: the import comes from our own tiny hfplat.dll (IAT). */
 __declspec(dllimport) int hfplat_strtoi(const char *s, int base);
 #define HF_PARSE(s, base) hfplat_strtoi((s), (base))
+/* Scenario 20 on PE: an hfplat.dll export only fix20 imports. */
+__declspec(dllimport) unsigned long long hfplat_strspn(const char *s, const char *accept);
+#define HF_SPAN(s, accept) hfplat_strspn((s), (accept))
 #else
 #include <stdlib.h>
+#include <string.h>
 /* Scenario 10 on ELF / mingw: libc's strtol, called through the PLT / IAT. */
 #define HF_PARSE(s, base) ((int)strtol((s), (char **)0, (base)))
+/* Scenario 20 on ELF / mingw: libc's strspn, which only fix20 imports. */
+#define HF_SPAN(s, accept) strspn((s), (accept))
 #endif
 
 /* ---- Scenario 1: bounds-check fix ------------------------------------
@@ -230,4 +236,19 @@ HF_API HF_NOINLINE int mix_hash(int x)
     h *= 2246822519u;
     h ^= h >> 13;
     return (int)(h & 0xffff);
+}
+
+/* ---- Scenario 20: the fix calls a function the base does not import -----
+ * The baseline counts at most 4 leading digits; the fix counts them all with
+ * strspn (hfplat_strspn on PE), a new import. */
+HF_API HF_NOINLINE int digit_span(const char *s)
+{
+#if HF_FIX == 20
+    return (int)HF_SPAN(s, "0123456789");
+#else
+    int n = 0;
+    while (n < 4 && s[n] >= '0' && s[n] <= '9')
+        ++n;
+    return n;
+#endif
 }

@@ -1,4 +1,4 @@
-/* core.h - scenario functions of the `core` sample (scenarios 1-5, 7-10, 12, 13). */
+/* core.h - scenario functions of the `core` sample (scenarios 1-5, 7-10, 12, 13, 20). */
 #ifndef HF_SAMPLES_CORE_H
 #define HF_SAMPLES_CORE_H
 #include "hf.h"
@@ -16,5 +16,6 @@ HF_API int parse_num(const char *s);              /* 10 imported function       
 HF_API int tls_accumulate(int v);                 /* 12 thread-local variable    */
 HF_API int digit_count(int x);                    /* 13 grows in fix 13          */
 HF_API int mix_hash(int x);                       /* 13 unchanged, moves         */
+HF_API int digit_span(const char *s);             /* 20 calls a new import       */
 
 #endif

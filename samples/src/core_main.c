@@ -61,6 +61,7 @@ static void run_scenarios(void)
     HF_OUT("s13 digit_count(12345)=%d\n", digit_count(HF_IN(12345)));
     HF_OUT("s13 mix_hash(1)=%d\n", mix_hash(HF_IN(1)));
     HF_OUT("s13 mix_hash(4242)=%d\n", mix_hash(HF_IN(4242)));
+    HF_OUT("s20 digit_span(\"1234567x\")=%d\n", digit_span("1234567x"));
 }
 
 int main(int argc, char **argv)

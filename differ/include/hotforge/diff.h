@@ -72,11 +72,15 @@ struct Binding {
     JumpTable,  // a table of 32-bit offsets from its start into the function: patched RVA, size
     NewData,    // writable data the patch brings: patched RVA and size
     Unbound,    // nothing to bind to: the function needs a restart (`note` says why)
+    Import,     // a symbol the base reaches through no stub or slot: `symbol` is resolved when the
+                // patch loads (a call to it when `address` is a stub, else a slot holding its address)
   };
   Kind kind = Kind::Unbound;
   uint64_t address = 0;
   uint64_t size = 0;
   std::string note;
+  // Import only: the symbol, its ELF version (empty when unversioned) and its PE DLL (empty on ELF).
+  std::string symbol, version, library;
 };
 std::string_view bindingKindName(Binding::Kind kind);
 
@@ -141,6 +145,7 @@ inline constexpr const char *kDataSizeChanged = "HF211";
 inline constexpr const char *kTlsLayoutChanged = "HF212";
 inline constexpr const char *kLayoutChanged = "HF213";
 inline constexpr const char *kUnboundReference = "HF300";
+inline constexpr const char *kNewImport = "HF301";
 }  // namespace rules
 
 }  // namespace hotforge

@@ -107,9 +107,10 @@ std::string_view importKindName(ImportKind kind);
 
 struct Import {
   std::string name;     // symbol name, or "#ordinal" for PE imports by ordinal
-  std::string library;  // PE DLL name; ELF: the symbol's version/library when known, else empty
+  std::string library;  // PE DLL name; empty on ELF
   uint64_t slotRva = 0; // the GOT/IAT slot the loader fills with the symbol's address
   ImportKind kind = ImportKind::GotSlot;
+  std::string version;  // ELF: the symbol's version (GLIBC_2.2.5), empty when it has none
 };
 
 struct Relocation {

@@ -36,3 +36,16 @@ __declspec(dllexport) int hfplat_strtoi(const char *s, int base)
     }
     return neg ? -(int)v : (int)v;
 }
+
+/* Scenario 20: strspn(), imported only by core.fix20.dll. */
+__declspec(dllexport) unsigned long long hfplat_strspn(const char *s, const char *accept)
+{
+    unsigned long long n = 0;
+    for (;; ++n) {
+        const char *a = accept;
+        while (*a && *a != s[n])
+            ++a;
+        if (!*a)
+            return n;
+    }
+}
