@@ -14,7 +14,7 @@
 # Exit status 1 when a hotforge command fails; missed targets are reported, not fatal.
 set -euo pipefail
 
-build=${1:?usage: debian_bench.sh BUILD_DIR [CACHE_DIR]}
+build=$(cd "${1:?usage: debian_bench.sh BUILD_DIR [CACHE_DIR]}" && pwd)
 cache=${2:-}
 [ -n "$cache" ] || { if [ -d /work/debcache ]; then cache=/work/debcache; else cache=$build/debcache; fi; }
 hf=$build/cli/hotforge
@@ -72,7 +72,10 @@ def result(tool):
 hf_t, hf_m = result("hotforge-diff")
 z_t, z_m = result("zstd-patch-from")
 budget = 2 * size + 100 * 2**20
-summary = json.load(open(f"{work}/{name}.diff.json")) if hf_t else {}
+try:
+    summary = json.load(open(f"{work}/{name}.diff.json"))
+except OSError:
+    summary = {}
 counts = {k: len(v) for k, v in summary.items() if isinstance(v, list)}
 print(f"  hotforge diff {hf_t:.2f}s = {hf_t / max(z_t, 0.01):.2f}x zstd --patch-from ({z_t:.2f}s; target <= 3x: "
       f"{'met' if hf_t <= 3 * z_t else 'MISSED'}); peak {hf_m / 2**20:.0f} MiB of a {budget / 2**20:.0f} MiB budget "

@@ -19,6 +19,7 @@ struct Start {
   bool walked = false;
   uint64_t limit = 0;      // the limit of the last walk
   uint64_t end = 0;        // end of its last reachable instruction
+  bool endsCleanly = false;  // in a return, jump, trap, padding or at the next start: not in bytes that do not decode
 };
 
 struct Target {
@@ -159,7 +160,8 @@ private:
     s.limit = limit;
     decoder_.beginFunction();
     uint64_t pos = start, end = start, pendingTarget = 0;  // the furthest forward branch target inside
-    bool dispatch = false;
+    bool dispatch = false, afterCall = false;
+    bool clean = false;
     while (pos < limit) {
       // A jump table's cases are not followed: such a function runs to the next start of any kind.
       if (dispatch && pos >= anyLimit && pendingTarget < pos) break;
@@ -168,12 +170,16 @@ private:
       if (step.kind == FlowKind::Pad || step.kind == FlowKind::Fill) {
         // nop fill also aligns loop heads, after a call too (that may not return): only padding
         // that is never executed (int3, udf #0) ends a function.
-        if (step.kind == FlowKind::Pad && pendingTarget <= pos && !dispatch) break;
+        if (step.kind == FlowKind::Pad && pendingTarget <= pos && !dispatch) {
+        clean = afterCall;  // int3 after a call that does not return; after anything else: data
+        break;
+      }
         pos += step.size;
         continue;
       }
       pos += step.size;
       end = pos;
+      afterCall = step.kind == FlowKind::Call;
       if (step.codeAddress) found_.push_back({step.codeAddress, FoundBy::Pointer, true});
       if (step.hasTarget) {
         if (step.kind == FlowKind::Call) found_.push_back({step.target, FoundBy::Call, false});
@@ -188,9 +194,13 @@ private:
         else dispatch = true;
       }
       bool fallsThrough = step.kind != FlowKind::Jump && step.kind != FlowKind::Return && step.kind != FlowKind::Trap;
-      if (!fallsThrough && !dispatch && pendingTarget < pos) break;
+      if (!fallsThrough && !dispatch && pendingTarget < pos) {
+        clean = true;
+        break;
+      }
     }
     s.end = end;
+    s.endsCleanly = clean || (pos >= limit && limit < region->end());
   }
 
   // The furthest case of a jump table whose entries lead into [start, limit): its entries, or
@@ -241,9 +251,11 @@ private:
         if (t.rva >= s.end && !t.weak) note(t);  // behind the sweep or inside itself: not a start
       found_.clear();
       worklist_.clear();
-      if (s.end <= start) {
+      // Code in a gap that runs into bytes that do not decode is data in the code section
+      // (mingw's constructor lists, literal pools), not a function.
+      if (s.end <= start || (s.foundBy == FoundBy::Gap && !s.endsCleanly)) {
+        pos = std::max(s.end, start + 1);
         starts_.erase(it);
-        pos = start + 1;
         continue;
       }
       pos = s.end;

@@ -8,6 +8,7 @@
 
 #include <llvm/Support/raw_ostream.h>
 
+#include <algorithm>
 #include <unordered_map>
 
 namespace hotforge::codeflow {
@@ -53,6 +54,11 @@ public:
       return out;  // Invalid, one byte
     out.size = uint8_t(size);
     out.kind = kind_[inst_.getOpcode()];
+    // 00 00 (add [rax], al) is zero fill, not code.
+    if (std::all_of(bytes.begin(), bytes.begin() + size, [](uint8_t b) { return b == 0; })) {
+      out.kind = FlowKind::Pad;
+      return out;
+    }
     const MCInstrDesc &desc = mc_.instructions->get(inst_.getOpcode());
     uint64_t target = 0;
     bool direct = inst_.getNumOperands() > 0 && inst_.getOperand(0).isImm() &&

@@ -27,7 +27,7 @@ enum class FlowKind : uint8_t {
   Dispatch,         // indirect jump that may stay in the function (jump table): targets unknown
   Trap,             // ud2, brk, hlt: nothing follows, part of the function
   Fill,             // nop: alignment inside and between functions
-  Pad,              // int3, udf #0: fill between functions, never executed
+  Pad,              // int3, udf #0, x64 zero bytes: fill between functions, never executed
   Invalid,          // does not decode
 };
 
