@@ -31,8 +31,4 @@ llvm::Error writeOutput(const std::string &path, const std::string &content) {
   return llvm::Error::success();
 }
 
-std::string jsonText(const nlohmann::json &doc) {
-  return doc.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
-}
-
 }  // namespace hotforge::cli

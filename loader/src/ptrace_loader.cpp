@@ -4,12 +4,9 @@
 // entry gets a jump. /proc/PID/mem writes reach read-only code pages of a traced process.
 #include "hotforge/loader.h"
 
-#include "hotforge/error.h"
 #include "hotforge/runtime/bytes.h"
 #include "hotforge/runtime/process_maps.h"
-
-#include <fmt/core.h>
-#include <llvm/Support/Path.h>
+#include "hotforge/runtime/unit_reader.h"
 
 #include <algorithm>
 #include <cerrno>
@@ -49,7 +46,7 @@ public:
     for (int tid : stopped_) ptrace(PTRACE_DETACH, tid, nullptr, nullptr);
   }
 
-  llvm::Error stop() {
+  Status stop() {
     // Threads may start while we attach: repeat until the set is stable.
     for (int round = 0; round < 16; ++round) {
       bool added = false;
@@ -57,19 +54,19 @@ public:
         if (std::count(stopped_.begin(), stopped_.end(), tid)) continue;
         if (ptrace(PTRACE_SEIZE, tid, nullptr, nullptr) != 0) {
           if (errno == ESRCH) continue;  // exited meanwhile
-          return formatError("cannot trace thread {} of process {}: {}", tid, pid_, strerror(errno));
+          return fail("cannot trace thread ", tid, " of process ", pid_, ": ", strerror(errno));
         }
         ptrace(PTRACE_INTERRUPT, tid, nullptr, nullptr);
         int status = 0;
         if (waitpid(tid, &status, __WALL) != tid)
-          return formatError("thread {} of process {} did not stop: {}", tid, pid_, strerror(errno));
+          return fail("thread ", tid, " of process ", pid_, " did not stop: ", strerror(errno));
         stopped_.push_back(tid);
         added = true;
       }
       if (!added) break;
     }
-    if (stopped_.empty()) return formatError("process {} has vanished", pid_);
-    return llvm::Error::success();
+    if (stopped_.empty()) return fail("process ", pid_, " has vanished");
+    return success();
   }
 
   const std::vector<int> &threads() const { return stopped_; }
@@ -98,11 +95,11 @@ private:
 };
 
 // Runs one system call in a stopped thread and puts the thread back as it was.
-llvm::Expected<int64_t> injectSyscall(int tid, const ProcessMemory &memory, const std::vector<Mapping> &maps,
+Outcome<int64_t> injectSyscall(int tid, const ProcessMemory &memory, const std::vector<Mapping> &maps,
                                       long number, std::array<uint64_t, 6> args) {
   user_regs_struct saved{};
   if (ptrace(PTRACE_GETREGS, tid, nullptr, &saved) != 0)
-    return formatError("cannot read the registers of thread {}: {}", tid, strerror(errno));
+    return fail("cannot read the registers of thread ", tid, ": ", strerror(errno));
   // A `syscall` instruction to execute: where the thread sleeps in one, or one in libc.
   uint64_t site = 0;
   uint8_t pair[2] = {};
@@ -114,7 +111,7 @@ llvm::Expected<int64_t> injectSyscall(int tid, const ProcessMemory &memory, cons
     for (size_t i = 0; i + 1 < code.size() && !site; ++i)
       if (code[i] == 0x0f && code[i + 1] == 0x05) site = m.start + i;
   }
-  if (!site) return makeError("found no syscall instruction to run mmap in the target");
+  if (!site) return fail("found no syscall instruction to run mmap in the target");
   user_regs_struct regs = saved;
   regs.rax = uint64_t(number);
   regs.orig_rax = uint64_t(-1);  // not a syscall to restart
@@ -124,7 +121,7 @@ llvm::Expected<int64_t> injectSyscall(int tid, const ProcessMemory &memory, cons
   if (ptrace(PTRACE_SETREGS, tid, nullptr, &regs) != 0 || ptrace(PTRACE_SINGLESTEP, tid, nullptr, nullptr) != 0 ||
       waitpid(tid, &status, __WALL) != tid || ptrace(PTRACE_GETREGS, tid, nullptr, &regs) != 0) {
     ptrace(PTRACE_SETREGS, tid, nullptr, &saved);
-    return formatError("running a system call in thread {} failed: {}", tid, strerror(errno));
+    return fail("running a system call in thread ", tid, " failed: ", strerror(errno));
   }
   ptrace(PTRACE_SETREGS, tid, nullptr, &saved);
   return int64_t(regs.rax);
@@ -144,14 +141,14 @@ std::vector<uint64_t> stackWords(const ProcessMemory &memory, const std::vector<
 
 // Calls `function(argument)` in a stopped thread and puts the thread back as it was. The call
 // returns to address 0, and the fault that follows hands the thread back to us.
-llvm::Error injectCall(int tid, const ProcessMemory &memory, uint64_t function, uint64_t argument) {
+Status injectCall(int tid, const ProcessMemory &memory, uint64_t function, uint64_t argument) {
   user_regs_struct saved{};
   if (ptrace(PTRACE_GETREGS, tid, nullptr, &saved) != 0)
-    return formatError("cannot read the registers of thread {}: {}", tid, strerror(errno));
+    return fail("cannot read the registers of thread ", tid, ": ", strerror(errno));
   user_regs_struct regs = saved;
   regs.rsp = ((saved.rsp - 512) & ~uint64_t(15)) - 8;  // below the red zone; aligned as after a call
   uint64_t returnAddress = 0;
-  if (!memory.write(regs.rsp, &returnAddress, 8)) return formatError("cannot write the stack of thread {}", tid);
+  if (!memory.write(regs.rsp, &returnAddress, 8)) return fail("cannot write the stack of thread ", tid);
   regs.rip = function;
   regs.rdi = argument;
   regs.rax = 0;
@@ -161,44 +158,45 @@ llvm::Error injectCall(int tid, const ProcessMemory &memory, uint64_t function, 
                   waitpid(tid, &status, __WALL) == tid && WIFSTOPPED(status) && WSTOPSIG(status) == SIGSEGV &&
                   ptrace(PTRACE_GETREGS, tid, nullptr, &regs) == 0 && regs.rip == 0;
   ptrace(PTRACE_SETREGS, tid, nullptr, &saved);
-  if (!returned) return formatError("a call injected into thread {} did not return (status {:#x})", tid, status);
-  return llvm::Error::success();
+  if (!returned) return fail("a call injected into thread ", tid, " did not return (status ", hexAddress(uint32_t(status)), ")");
+  return success();
 }
 
 // Patched code that throws needs its unwind entries known to the unwinder, and the image is not
 // an object dl_iterate_phdr reports: its .eh_frame is registered with libgcc's __register_frame,
 // as JIT compilers do. Programs without libgcc_s (plain C) cannot throw, so there is nothing to do.
-llvm::Error registerUnwindEntries(int tid, const ProcessMemory &memory, const std::vector<Mapping> &maps,
+Status registerUnwindEntries(int tid, const ProcessMemory &memory, const std::vector<Mapping> &maps,
                                   const PatchImage &image, uint64_t imageAddress) {
   auto ehFrame = std::find_if(image.sections.begin(), image.sections.end(),
                               [](const PatchSection &s) { return s.name == ".eh_frame"; });
   auto libgcc = std::find_if(maps.begin(), maps.end(), [](const Mapping &m) {
     return m.offset == 0 && m.path.find("/libgcc_s.so") != std::string::npos;
   });
-  if (ehFrame == image.sections.end() || libgcc == maps.end()) return llvm::Error::success();
-  llvm::Expected<Image> library = readImage(libgcc->path);
-  if (!library) return library.takeError();
-  for (const Function &f : library->functions)
-    if (f.name && (*f.name == "__register_frame" || f.name->rfind("__register_frame@", 0) == 0))
-      return injectCall(tid, memory, libgcc->start + f.range.rva, imageAddress + ehFrame->rva);
-  return formatError("{} has no __register_frame: the patch's unwind entries cannot be registered", libgcc->path);
+  if (ehFrame == image.sections.end() || libgcc == maps.end()) return success();
+  Outcome<std::vector<uint8_t>> library = readFileBytes(libgcc->path);
+  if (!library) return std::move(library).failure();
+  Outcome<uint64_t> function = elfDynamicSymbolRva(*library, "__register_frame");
+  if (!function)
+    return fail(libgcc->path, ": ", function.error(), ": the patch's unwind entries cannot be registered");
+  return injectCall(tid, memory, libgcc->start + *function, imageAddress + ehFrame->rva);
 }
 
 #endif  // __x86_64__
 
 }  // namespace
 
-llvm::Expected<ApplyReport> applyImage(int pid, const PatchImage &image, const ApplyOptions &options) {
+Outcome<ApplyReport> applyImage(int pid, const PatchImage &image, const ApplyOptions &options) {
 #if !defined(__x86_64__)
-  return makeError("the ptrace loader runs on x86-64 Linux; on other machines use the in-process agent");
+  return fail("the ptrace loader runs on x86-64 Linux; on other machines use the in-process agent");
 #else
   if (image.format != Format::Elf || image.machine != Machine::X64)
-    return formatError("this loader applies ELF x64 images; the image is {} {}", formatName(image.format),
-                       machineName(image.machine));
-  if (kill(pid, 0) != 0) return formatError("process {} does not exist", pid);
-  std::vector<Mapping> maps = readMaps(fmt::format("/proc/{}/maps", pid));
-  llvm::Expected<MappedBaseline> baseline = lift(findBaseline(maps, image, fmt::format("process {}", pid)));
-  if (!baseline) return baseline.takeError();
+    return fail("this loader applies ELF x64 images; the image is ", formatName(image.format), " ",
+                machineName(image.machine));
+  if (kill(pid, 0) != 0) return fail("process ", pid, " does not exist");
+  const std::string mapsFile = "/proc/" + std::to_string(pid) + "/maps";
+  std::vector<Mapping> maps = readMaps(mapsFile);
+  Outcome<MappedBaseline> baseline = findBaseline(maps, image, "process " + std::to_string(pid));
+  if (!baseline) return std::move(baseline).failure();
   ApplyReport report;
   report.pid = pid;
   report.baselinePath = baseline->path;
@@ -206,25 +204,24 @@ llvm::Expected<ApplyReport> applyImage(int pid, const PatchImage &image, const A
   report.imageSize = image.imageSize;
   report.sequence = image.sequence;
   ProcessMemory memory(pid);
-  if (!memory.ok()) return formatError("cannot open the memory of process {}: {}", pid, strerror(errno));
+  if (!memory.ok()) return fail("cannot open the memory of process ", pid, ": ", strerror(errno));
 
   auto deadline = std::chrono::steady_clock::now() + options.patience;
   while (true) {
     ++report.attempts;
     auto stoppedAt = std::chrono::steady_clock::now();
     StoppedProcess process(pid);
-    if (llvm::Error e = process.stop()) return e;
+    if (Status stopped = process.stop(); !stopped) return std::move(stopped).failure();
     // Check every entry first: expected bytes, and no thread in the bytes to overwrite.
     std::vector<std::string> busy;
     for (const PatchRedirect &r : image.redirects) {
       uint64_t from = report.baseAddress + r.baseRva - r.paddingBefore;
       std::vector<uint8_t> found(r.expected.size());
       if (!memory.read(from, found.data(), found.size()) || found != r.expected)
-        return formatError("{} at {:#x} does not hold the bytes this patch expects ({} instead of {}): another patch "
-                           "or another build", r.name.value_or("a function"), from, hexEncode(found),
-                           hexEncode(r.expected));
+        return fail(r.name.value_or("a function"), " at ", hexAddress(from), " does not hold the bytes this patch "
+                    "expects (", hexEncode(found), " instead of ", hexEncode(r.expected), "): another patch or another build");
     }
-    std::vector<Mapping> stacks = options.strict ? readMaps(fmt::format("/proc/{}/maps", pid)) : std::vector<Mapping>{};
+    std::vector<Mapping> stacks = options.strict ? readMaps(mapsFile) : std::vector<Mapping>{};
     for (int tid : process.threads()) {
       user_regs_struct regs{};
       if (ptrace(PTRACE_GETREGS, tid, nullptr, &regs) != 0) continue;
@@ -232,14 +229,14 @@ llvm::Expected<ApplyReport> applyImage(int pid, const PatchImage &image, const A
       for (const PatchRedirect &r : image.redirects) {
         std::string name = r.name.value_or("a function");
         if (overwrittenSpan(r, report.baseAddress).strictlyContains(regs.rip))
-          busy.push_back(fmt::format("thread {} is at {:#x} inside {}", tid, regs.rip, name));
+          busy.push_back(concatenate("thread ", tid, " is at ", hexAddress(regs.rip), " inside ", name));
         uint64_t begin = report.baseAddress + r.baseRva, end = begin + r.baseSize;
         if (!options.strict) continue;
         if (regs.rip >= begin && regs.rip < end)
-          busy.push_back(fmt::format("thread {} runs in {} (at {:#x})", tid, name, regs.rip));
+          busy.push_back(concatenate("thread ", tid, " runs in ", name, " (at ", hexAddress(regs.rip), ")"));
         for (uint64_t word : stack)
           if (word > begin && word < end) {  // a return address points after a call, never at the entry
-            busy.push_back(fmt::format("thread {} has {} on its stack (return address {:#x})", tid, name, word));
+            busy.push_back(concatenate("thread ", tid, " has ", name, " on its stack (return address ", hexAddress(word), ")"));
             break;
           }
       }
@@ -251,54 +248,54 @@ llvm::Expected<ApplyReport> applyImage(int pid, const PatchImage &image, const A
       }
       std::string all;
       for (const std::string &b : busy) all += (all.empty() ? "" : "; ") + b;
-      return formatError("gave up after {} attempts: {}", report.attempts, all);
+      return fail("gave up after ", report.attempts, " attempts: ", all);
     }
     // Memory near the base, so rel32 fixups and jumps reach.
     uint64_t size = alignTo(image.imageSize, 0x10000);
-    std::vector<uint64_t> hints = freeAddressesNear(readMaps(fmt::format("/proc/{}/maps", pid)), report.baseAddress,
+    std::vector<uint64_t> hints = freeAddressesNear(readMaps(mapsFile), report.baseAddress,
                                                     size, patchReach(image.machine));
     int64_t mapped = -1;
     for (size_t attempt = 0; attempt < hints.size() && attempt < 16 && mapped < 0; ++attempt) {
-      llvm::Expected<int64_t> r = injectSyscall(pid, memory, maps, 9 /* mmap */,
+      Outcome<int64_t> r = injectSyscall(pid, memory, maps, 9 /* mmap */,
                                                 {hints[attempt], size, PROT_READ | PROT_WRITE | PROT_EXEC,
                                                  MAP_PRIVATE | MAP_ANONYMOUS | 0x100000 /* MAP_FIXED_NOREPLACE */,
                                                  uint64_t(-1), 0});
-      if (!r) return r.takeError();
+      if (!r) return std::move(r).failure();
       if (*r > 0 && uint64_t(*r) == hints[attempt]) mapped = *r;
     }
-    if (mapped < 0) return makeError("found no free memory within reach of the base for the patch");
+    if (mapped < 0) return fail("found no free memory within reach of the base for the patch");
     report.imageAddress = uint64_t(mapped);
     // Until the unwind entries are registered a failure unmaps the image again: the process is
     // left as it was.
-    auto unmapped = [&](llvm::Error failure) -> llvm::Error {
-      llvm::Expected<int64_t> r = injectSyscall(pid, memory, maps, 11 /* munmap */, {report.imageAddress, size, 0, 0, 0, 0});
-      if (!r) llvm::consumeError(r.takeError());
+    auto unmapped = [&](Failure failure) -> Failure {
+      [[maybe_unused]] Outcome<int64_t> r =
+          injectSyscall(pid, memory, maps, 11 /* munmap */, {report.imageAddress, size, 0, 0, 0, 0});
       return failure;
     };
     std::vector<uint8_t> laidOut = layOut(image);
-    if (llvm::Error e = lift(applyFixups(image, report.baseAddress, report.imageAddress, laidOut)))
-      return unmapped(std::move(e));
+    if (Status fixed = applyFixups(image, report.baseAddress, report.imageAddress, laidOut); !fixed)
+      return unmapped(std::move(fixed).failure());
     if (!memory.write(report.imageAddress, laidOut.data(), laidOut.size()))
-      return unmapped(formatError("cannot write the patch into process {}: {}", pid, strerror(errno)));
+      return unmapped(fail("cannot write the patch into process ", pid, ": ", strerror(errno)));
     // Written: the whole mapping becomes read-only, then each section gets only the access it
     // needs (code is never writable).
-    llvm::Expected<int64_t> sealed = injectSyscall(pid, memory, maps, 10 /* mprotect */,
-                                                   {report.imageAddress, size, PROT_READ, 0, 0, 0});
-    if (!sealed) return unmapped(sealed.takeError());
+    Outcome<int64_t> sealed =
+        injectSyscall(pid, memory, maps, 10 /* mprotect */, {report.imageAddress, size, PROT_READ, 0, 0, 0});
+    if (!sealed) return unmapped(std::move(sealed).failure());
     for (const PatchSection &section : image.sections) {
       uint64_t begin = report.imageAddress + (section.rva & ~uint64_t(0xfff));
       uint64_t end = report.imageAddress + alignTo(uint64_t(section.rva) + section.memorySize, 0x1000);
       if (end <= begin) continue;
       int protection = PROT_READ | (section.permissions.write ? PROT_WRITE : 0) | (section.permissions.execute ? PROT_EXEC : 0);
-      llvm::Expected<int64_t> r = injectSyscall(pid, memory, maps, 10 /* mprotect */,
-                                                {begin, end - begin, uint64_t(protection), 0, 0, 0});
-      if (!r) return unmapped(r.takeError());
+      Outcome<int64_t> r =
+          injectSyscall(pid, memory, maps, 10 /* mprotect */, {begin, end - begin, uint64_t(protection), 0, 0, 0});
+      if (!r) return unmapped(std::move(r).failure());
       if (*r != 0)
-        return unmapped(formatError("cannot protect the patch's {} in process {} (error {})", section.name, pid, -*r));
+        return unmapped(fail("cannot protect the patch's ", section.name, " in process ", pid, " (error ", -*r, ")"));
     }
     for (const PatchRedirect &r : image.redirects) {
-      llvm::Expected<EntryWrite> w = lift(entryWrite(r, image.machine, report.baseAddress, report.imageAddress));
-      if (!w) return unmapped(w.takeError());
+      Outcome<EntryWrite> w = entryWrite(r, image.machine, report.baseAddress, report.imageAddress);
+      if (!w) return unmapped(std::move(w).failure());
       AppliedRedirect applied;
       applied.name = r.name.value_or("");
       applied.address = w->address;
@@ -308,35 +305,35 @@ llvm::Expected<ApplyReport> applyImage(int pid, const PatchImage &image, const A
       report.redirects.push_back(std::move(applied));
     }
     // Registered before the jumps go in: a thread may throw through the new code at once.
-    if (llvm::Error e = registerUnwindEntries(pid, memory, maps, image, report.imageAddress))
-      return unmapped(std::move(e));
+    if (Status registered = registerUnwindEntries(pid, memory, maps, image, report.imageAddress); !registered)
+      return unmapped(std::move(registered).failure());
     // The jumps go in last, each one write; x86 keeps instruction fetch coherent with stores.
     for (const AppliedRedirect &r : report.redirects)
       if (!memory.write(r.address, r.written.data(), r.written.size()))
-        return formatError("cannot write the jump at {:#x}: {}", r.address, strerror(errno));
+        return fail("cannot write the jump at ", hexAddress(r.address), ": ", strerror(errno));
     report.pause = std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - stoppedAt);
     return report;
   }
 #endif
 }
 
-llvm::Error revertRedirects(int pid, const std::vector<AppliedRedirect> &redirects) {
+Status revertRedirects(int pid, const std::vector<AppliedRedirect> &redirects) {
 #if !defined(__x86_64__)
-  return makeError("the ptrace loader runs on x86-64 Linux");
+  return fail("the ptrace loader runs on x86-64 Linux");
 #else
-  if (kill(pid, 0) != 0) return formatError("process {} does not exist", pid);
+  if (kill(pid, 0) != 0) return fail("process ", pid, " does not exist");
   StoppedProcess process(pid);
-  if (llvm::Error e = process.stop()) return e;
+  if (Status stopped = process.stop(); !stopped) return stopped;
   ProcessMemory memory(pid);
   for (const AppliedRedirect &r : redirects) {
     std::vector<uint8_t> now(r.written.size());
     if (!memory.read(r.address, now.data(), now.size()) || now != r.written)
-      return formatError("the jump at {:#x} ({}) was changed by someone else; nothing reverted", r.address, r.name);
+      return fail("the jump at ", hexAddress(r.address), " (", r.name, ") was changed by someone else; nothing reverted");
   }
   for (const AppliedRedirect &r : redirects)
     if (!memory.write(r.address, r.original.data(), r.original.size()))
-      return formatError("cannot restore {:#x}: {}", r.address, strerror(errno));
-  return llvm::Error::success();
+      return fail("cannot restore ", hexAddress(r.address), ": ", strerror(errno));
+  return success();
 #endif
 }
 
@@ -345,25 +342,25 @@ std::string stateFilePath(int pid) {
   return std::string(dir ? dir : "/tmp/hotforge-state") + "/" + std::to_string(pid) + ".json";
 }
 
-llvm::Expected<nlohmann::json> readState(int pid) {
+Outcome<nlohmann::json> readState(int pid) {
   std::ifstream in(stateFilePath(pid));
   if (!in) return nlohmann::json::object();
   nlohmann::json state = nlohmann::json::parse(in, nullptr, false);
-  if (state.is_discarded()) return formatError("{} is damaged", stateFilePath(pid));
+  if (state.is_discarded()) return fail(stateFilePath(pid), " is damaged");
   return state;
 }
 
-llvm::Error writeState(int pid, const nlohmann::json &state) {
+Status writeState(int pid, const nlohmann::json &state) {
   std::string path = stateFilePath(pid);
-  mkdir(llvm::sys::path::parent_path(path).str().c_str(), 0700);
+  mkdir(path.substr(0, path.rfind('/')).c_str(), 0700);
   std::string temp = path + ".tmp";
   {
     std::ofstream out(temp, std::ios::trunc);
     out << state.dump(2);
-    if (!out) return formatError("cannot write {}", temp);
+    if (!out) return fail("cannot write ", temp);
   }
-  if (rename(temp.c_str(), path.c_str()) != 0) return formatError("cannot write {}: {}", path, strerror(errno));
-  return llvm::Error::success();
+  if (rename(temp.c_str(), path.c_str()) != 0) return fail("cannot write ", path, ": ", strerror(errno));
+  return success();
 }
 
 nlohmann::json toJson(const ApplyReport &report, const std::string &unitName) {

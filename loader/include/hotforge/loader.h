@@ -1,10 +1,12 @@
 // The reference loader: applies hotpatch images to a running Linux process with ptrace, and
-// takes them back out. It proves that what the emitter writes works on live code.
+// takes them back out. It proves that what the emitter writes works on live code. Like the
+// runtime it builds on, it links neither LLVM nor fmt: the target-host tool (hotforge-target)
+// is this loader and its commands alone.
 #pragma once
 
-#include "hotforge/patch_image.h"
+#include "hotforge/runtime/outcome.h"
+#include "hotforge/runtime/patch_format.h"
 
-#include <llvm/Support/Error.h>
 #include <nlohmann/json.hpp>
 
 #include <chrono>
@@ -12,6 +14,9 @@
 #include <vector>
 
 namespace hotforge {
+
+// Text from pieces, joined as fail() joins a message's (numbers in decimal; hexAddress() for addresses).
+template <typename... Pieces> std::string concatenate(const Pieces &...pieces) { return fail(pieces...).message; }
 
 struct ApplyOptions {
   std::string unitName;  // for the state record and messages
@@ -41,15 +46,15 @@ struct ApplyReport {
 // Finds the image's baseline among the files mapped into `pid` (by SHA-256), stops every thread,
 // maps the image near the base, applies its fixups, checks the expected bytes, writes the
 // redirections, and resumes. Refuses, leaving the process unchanged, when anything does not fit.
-llvm::Expected<ApplyReport> applyImage(int pid, const PatchImage &image, const ApplyOptions &options);
+Outcome<ApplyReport> applyImage(int pid, const PatchImage &image, const ApplyOptions &options);
 
 // Writes the original bytes back (the image stays mapped: a thread may still run in it).
-llvm::Error revertRedirects(int pid, const std::vector<AppliedRedirect> &redirects);
+Status revertRedirects(int pid, const std::vector<AppliedRedirect> &redirects);
 
 // What is applied to a process, kept in a state file so that revert and status work later.
 std::string stateFilePath(int pid);
-llvm::Expected<nlohmann::json> readState(int pid);  // an empty object when nothing is applied
-llvm::Error writeState(int pid, const nlohmann::json &state);
+Outcome<nlohmann::json> readState(int pid);  // an empty object when nothing is applied
+Status writeState(int pid, const nlohmann::json &state);
 nlohmann::json toJson(const ApplyReport &report, const std::string &unitName);
 std::vector<AppliedRedirect> redirectsFromJson(const nlohmann::json &applied);
 
