@@ -1059,7 +1059,7 @@ private:
           patched_.importThunks().count(target) && import != patched_.importSlots.end()) {
         // An import thunk (PE): the base's thunk of the same import.
         if (auto it = baseStubs_.find(importKey(*import->second)); it != baseStubs_.end()) return {Kind::Base, it->second, 0, {}};
-        return {Kind::Unbound, target, 0, "a thunk of `" + import->second->name + "`, which the base has no thunk for"};
+        return bindSymbol(target, true, import->second->name, import->second);
       }
       auto pointer = slot ? patched_.pointers.find(*slot) : patched_.pointers.end();
       if (pointer == patched_.pointers.end() || !pointer->second.symbol)
