@@ -8,7 +8,6 @@
 #include "hotforge/unit.h"
 
 #include <fmt/core.h>
-#include <llvm/Support/MemoryBuffer.h>
 
 namespace hotforge::cli {
 namespace {
@@ -19,24 +18,146 @@ struct ApplyCommandOptions {
   bool json = false;
 };
 
-// Writes the jumps of an earlier apply again (after its replacement failed).
-llvm::Error reapply(int pid, std::vector<AppliedRedirect> redirects) {
-  for (AppliedRedirect &r : redirects) std::swap(r.original, r.written);
-  return revertRedirects(pid, redirects);
+// One line for two failures (llvm::joinErrors would print two).
+llvm::Error both(llvm::Error first, llvm::Error second) {
+  if (!second) return first;
+  if (!first) return second;
+  return makeError(llvm::toString(std::move(first)) + "; " + llvm::toString(std::move(second)));
 }
 
-// The applied units of a process, with the entry that is being replaced by a later sequence.
+// The record of a running process, from the state directory: a record of a process that is gone,
+// or of an earlier process with the same pid (another start time), is removed.
+llvm::Expected<ProcessRecord> currentRecord(const StateDirectory &state, int pid) {
+  llvm::Expected<uint64_t> started = processStartTime(pid);
+  if (!started) {
+    llvm::Error removed = state.remove(pid);
+    llvm::consumeError(std::move(removed));
+    return started.takeError();
+  }
+  llvm::Expected<std::optional<ProcessRecord>> recorded = state.read(pid);
+  if (!recorded) return recorded.takeError();
+  if (*recorded && (*recorded)->startTime == *started) return std::move(**recorded);
+  if (*recorded) {
+    fmt::print(stderr, "hotforge: note: removed the record of an earlier process {} (started at tick {}, this one at "
+                       "{})\n", pid, (*recorded)->startTime, *started);
+    if (llvm::Error e = state.remove(pid)) return std::move(e);
+  }
+  return ProcessRecord{pid, *started, {}};
+}
+
+// Records of processes that are gone, or whose pid another process has now, are removed.
+void removeStaleRecords(const StateDirectory &state) {
+  for (int pid : state.recordedPids()) {
+    llvm::Expected<uint64_t> started = processStartTime(pid);
+    std::optional<uint64_t> startTime;
+    if (started) startTime = *started;
+    else llvm::consumeError(started.takeError());
+    llvm::Expected<std::optional<ProcessRecord>> recorded = state.read(pid);
+    if (!recorded) {  // an unreadable record is left for a person to look at
+      llvm::consumeError(recorded.takeError());
+      continue;
+    }
+    if (*recorded && (*recorded)->startTime != startTime) llvm::consumeError(state.remove(pid));
+  }
+}
+
+// What an interrupted apply left ("applying"), and a record whose jumps someone took out, is
+// settled against the process: jumps all in, the record is complete; all out, it goes.
+llvm::Error settle(const StateDirectory &state, ProcessRecord &record) {
+  bool changed = false;
+  for (auto it = record.applied.begin(); it != record.applied.end();) {
+    llvm::Expected<std::optional<bool>> written = entriesWritten(record.pid, it->redirects);
+    if (!written) return written.takeError();
+    if (!*written)
+      return formatError("{} is half applied to process {} (an apply was interrupted): run `hotforge revert --pid {}`",
+                         it->entry, record.pid, record.pid);
+    if (**written) {
+      changed |= !it->complete;
+      it->complete = true;
+      ++it;
+    } else {
+      it = record.applied.erase(it);
+      changed = true;
+    }
+  }
+  return changed ? state.write(record) : llvm::Error::success();
+}
+
+// Applies one image to the process: the record says what will change before it changes, and is
+// completed after; every failure leaves the process and its record agreeing. `replaced` is the
+// applied entry a later sequence takes out first (put back when the new one fails).
+llvm::Error applyImageTransaction(const StateDirectory &state, ProcessRecord &record, const PatchImage &image,
+                                  AppliedImage fresh, std::optional<size_t> replaced, const ApplyOptions &options) {
+  int pid = record.pid;
+  std::optional<AppliedImage> previous;
+  if (replaced) {
+    previous = record.applied[*replaced];
+    if (llvm::Error e = rewriteEntries(pid, previous->redirects, /*toOriginal=*/true))
+      return makeError(fmt::format("cannot take out sequence {}: {}", previous->sequence, llvm::toString(std::move(e))));
+    record.applied.erase(record.applied.begin() + std::ptrdiff_t(*replaced));
+    if (llvm::Error e = state.write(record)) {
+      llvm::Error back = rewriteEntries(pid, previous->redirects, false);
+      return both(std::move(e), std::move(back));
+    }
+  }
+  // The earlier sequence goes back in, under a record that says so first.
+  auto putBack = [&](llvm::Error failure) -> llvm::Error {
+    if (!previous) return failure;
+    previous->complete = false;
+    record.applied.push_back(*previous);
+    llvm::Error back = state.write(record);
+    if (!back) back = rewriteEntries(pid, previous->redirects, false);
+    if (!back) {
+      record.applied.back().complete = true;
+      back = state.write(record);
+    }
+    if (back)
+      return both(std::move(failure), makeError(fmt::format("and sequence {} could not be put back: {}",
+                                                                  previous->sequence, llvm::toString(std::move(back)))));
+    return failure;
+  };
+  record.applied.push_back(std::move(fresh));
+  if (llvm::Error e = state.write(record)) {
+    AppliedImage prepared = record.applied.back();
+    record.applied.pop_back();
+    discardImage(pid, image, prepared);
+    return putBack(std::move(e));
+  }
+  AppliedImage &applied = record.applied.back();
+  if (llvm::Error e = commitImage(pid, image, applied, options)) {
+    discardImage(pid, image, applied);
+    record.applied.pop_back();
+    if (llvm::Error saved = state.write(record)) llvm::consumeError(std::move(saved));  // "applying" settles to nothing
+    return putBack(std::move(e));
+  }
+  applied.complete = true;
+  if (llvm::Error e = state.write(record)) {
+    // The jumps are in but the record cannot say so: take them out again, so that an "applying"
+    // record and an unpatched process agree.
+    if (llvm::Error back = rewriteEntries(pid, applied.redirects, true)) return both(std::move(e), std::move(back));
+    return putBack(std::move(e));
+  }
+  return llvm::Error::success();
+}
+
 int applyUnit(const ApplyCommandOptions &options) {
-  llvm::ErrorOr<std::unique_ptr<llvm::MemoryBuffer>> file = llvm::MemoryBuffer::getFile(options.unit, false, false);
-  if (!file) return reportError(options.unit + ": " + file.getError().message());
+  llvm::Expected<std::vector<uint8_t>> bytes = lift(readFileBytes(options.unit, kMaxUnitFileSize));
+  if (!bytes) return reportError(llvm::toString(bytes.takeError()));
   llvm::Expected<PublicKey> key = lift(readPublicKeyFile(options.publicKey));
   if (!key) return reportError(llvm::toString(key.takeError()));
-  llvm::ArrayRef<uint8_t> bytes(reinterpret_cast<const uint8_t *>((*file)->getBufferStart()), (*file)->getBufferSize());
-  llvm::Expected<VerifiedUnit> unit = lift(verifyUnit(bytes, *key));
+  llvm::Expected<VerifiedUnit> unit = lift(verifyUnit(*bytes, *key));
   if (!unit) return reportError(options.unit + ": " + llvm::toString(unit.takeError()));
-  llvm::Expected<nlohmann::json> state = readState(options.pid);
+  // From here until the record agrees with the process, SIGINT and the like wait.
+  DeferredSignals deferred;
+  llvm::Expected<StateDirectory> state = StateDirectory::open(/*create=*/true);
   if (!state) return reportError(llvm::toString(state.takeError()));
-  nlohmann::json applied = state->value("applied", nlohmann::json::array());
+  removeStaleRecords(*state);
+  llvm::Expected<ProcessRecord> record = currentRecord(*state, options.pid);
+  if (!record) return reportError(llvm::toString(record.takeError()));
+  if (llvm::Error e = settle(*state, *record)) return reportError(llvm::toString(std::move(e)));
+  ApplyOptions applyOptions;
+  applyOptions.strict = options.consistency == "strict";
+  applyOptions.signals = &deferred;
   size_t count = 0;
   for (const UnitEntry &entry : unit->entries) {
     llvm::Expected<PatchImage> image = lift(readPatchImage(entry.bytes));
@@ -45,75 +166,77 @@ int applyUnit(const ApplyCommandOptions &options) {
     if (unit->entries.size() > 1 && (image->format != Format::Elf || image->machine != Machine::X64)) continue;
     std::string baseline = hexEncode(image->baseline.sha256);
     // A later sequence for the same baseline replaces the earlier one; an earlier one is refused.
-    auto previous = std::find_if(applied.begin(), applied.end(),
-                                 [&](const nlohmann::json &a) { return a.value("baseline_sha256", "") == baseline; });
-    if (previous != applied.end() && (*previous)["sequence"].get<uint32_t>() >= image->sequence)
-      return reportError(fmt::format("{}: sequence {} is not newer than sequence {} already applied to process {}",
-                                     entry.name, image->sequence, (*previous)["sequence"].get<uint32_t>(), options.pid));
-    // The earlier sequence comes out first: the new image expects the baseline's own bytes.
-    if (previous != applied.end())
-      if (llvm::Error e = revertRedirects(options.pid, redirectsFromJson(*previous)))
-        return reportError(entry.name + ": cannot take out sequence " +
-                           std::to_string((*previous)["sequence"].get<uint32_t>()) + ": " + llvm::toString(std::move(e)));
-    ApplyOptions applyOptions;
-    applyOptions.unitName = options.unit;
-    applyOptions.strict = options.consistency == "strict";
-    llvm::Expected<ApplyReport> report = applyImage(options.pid, *image, applyOptions);
-    if (llvm::Error e = report.takeError()) {
-      std::string reason = llvm::toString(std::move(e));
-      if (previous != applied.end())
-        if (llvm::Error back = reapply(options.pid, redirectsFromJson(*previous)))
-          reason += "; and sequence " + std::to_string((*previous)["sequence"].get<uint32_t>()) +
-                    " could not be put back: " + llvm::toString(std::move(back));
+    auto previous = std::find_if(record->applied.begin(), record->applied.end(),
+                                 [&](const AppliedImage &a) { return a.baselineSha256 == baseline; });
+    std::optional<size_t> replaced;
+    if (previous != record->applied.end()) {
+      if (previous->sequence >= image->sequence)
+        return reportError(fmt::format("{}: sequence {} is not newer than sequence {} already applied to process {}",
+                                       entry.name, image->sequence, previous->sequence, options.pid));
+      replaced = size_t(previous - record->applied.begin());
+    }
+    // Prepared (mapped) while an earlier sequence still runs; its entries are checked once it is out.
+    llvm::Expected<AppliedImage> prepared = prepareImage(options.pid, *image, /*checkEntries=*/!replaced);
+    if (!prepared) {
+      std::string reason = llvm::toString(prepared.takeError());
       // Images of other binaries in a release unit are not an error: they fit other processes.
       if (unit->entries.size() > 1 && reason.find("does not run the baseline") != std::string::npos) continue;
       return reportError(entry.name + ": " + reason);
     }
-    if (previous != applied.end()) applied.erase(previous);
-    nlohmann::json record = toJson(*report, options.unit);
-    record["baseline_sha256"] = baseline;
-    record["entry"] = entry.name;
-    applied.push_back(record);
+    prepared->unit = options.unit;
+    prepared->entry = entry.name;
+    if (llvm::Error e = applyImageTransaction(*state, *record, *image, std::move(*prepared), replaced, applyOptions))
+      return reportError(entry.name + ": " + llvm::toString(std::move(e)));
+    const AppliedImage &applied = record->applied.back();
     ++count;
     if (options.json)
-      fmt::print("{}", jsonText(record));
+      fmt::print("{}", jsonText(toJson(applied)));
     else
       fmt::print("applied {} (sequence {}) to process {}: {} functions redirected, image at {:#x}, threads paused "
-                 "{} us\n", entry.name, report->sequence, options.pid, report->redirects.size(), report->imageAddress,
-                 report->pause.count());
+                 "{} us\n", entry.name, applied.sequence, options.pid, applied.redirects.size(), applied.imageAddress,
+                 applied.pause.count());
   }
   if (!count) return reportError(fmt::format("no image of {} fits a binary that process {} runs", options.unit, options.pid));
-  (*state)["applied"] = applied;
-  if (llvm::Error e = writeState(options.pid, *state)) return reportError(llvm::toString(std::move(e)));
   return kExitOk;
 }
 
 int revertAll(int pid) {
-  llvm::Expected<nlohmann::json> state = readState(pid);
+  DeferredSignals deferred;
+  llvm::Expected<StateDirectory> state = StateDirectory::open(/*create=*/false);
   if (!state) return reportError(llvm::toString(state.takeError()));
-  nlohmann::json applied = state->value("applied", nlohmann::json::array());
-  if (applied.empty()) return reportError(fmt::format("nothing is applied to process {}", pid));
-  for (auto it = applied.rbegin(); it != applied.rend(); ++it)
-    if (llvm::Error e = revertRedirects(pid, redirectsFromJson(*it))) return reportError(llvm::toString(std::move(e)));
-  (*state)["applied"] = nlohmann::json::array();
-  if (llvm::Error e = writeState(pid, *state)) return reportError(llvm::toString(std::move(e)));
-  fmt::print("reverted {} patch(es) in process {}\n", applied.size(), pid);
+  llvm::Expected<ProcessRecord> record = currentRecord(*state, pid);
+  if (!record) return reportError(llvm::toString(record.takeError()));
+  if (record->applied.empty()) return reportError(fmt::format("nothing is applied to process {}", pid));
+  // Every record is checked before anything is written: the bytes to restore are the baseline's.
+  for (const AppliedImage &a : record->applied)
+    if (llvm::Error e = checkRecord(pid, a)) return reportError(llvm::toString(std::move(e)));
+  size_t count = record->applied.size();
+  while (!record->applied.empty()) {
+    if (llvm::Error e = rewriteEntries(pid, record->applied.back().redirects, /*toOriginal=*/true))
+      return reportError(llvm::toString(std::move(e)));
+    record->applied.pop_back();
+    if (llvm::Error e = state->write(*record)) return reportError(llvm::toString(std::move(e)));
+  }
+  fmt::print("reverted {} patch(es) in process {}\n", count, pid);
   return kExitOk;
 }
 
 int status(int pid, bool json) {
-  llvm::Expected<nlohmann::json> state = readState(pid);
+  llvm::Expected<StateDirectory> state = StateDirectory::open(/*create=*/false);
   if (!state) return reportError(llvm::toString(state.takeError()));
-  nlohmann::json applied = state->value("applied", nlohmann::json::array());
+  llvm::Expected<ProcessRecord> record = currentRecord(*state, pid);
+  if (!record) return reportError(llvm::toString(record.takeError()));
   if (json) {
-    fmt::print("{}", jsonText(nlohmann::json{{"pid", pid}, {"applied", applied}}));
+    nlohmann::json applied = nlohmann::json::array();
+    for (const AppliedImage &a : record->applied) applied.push_back(toJson(a));
+    fmt::print("{}", jsonText(nlohmann::json{{"pid", pid}, {"start_time", record->startTime}, {"applied", applied}}));
     return kExitOk;
   }
-  if (applied.empty()) fmt::print("process {}: no hotpatch applied\n", pid);
-  for (const auto &a : applied) {
-    fmt::print("process {}: {} sequence {} from {} ({})\n", pid, a.value("entry", ""), a.value("sequence", 0),
-               a.value("unit", ""), a.value("baseline", ""));
-    for (const auto &r : a["redirects"]) fmt::print("  {} at {:#x}\n", r.value("name", "?"), r.value("address", uint64_t(0)));
+  if (record->applied.empty()) fmt::print("process {}: no hotpatch applied\n", pid);
+  for (const AppliedImage &a : record->applied) {
+    fmt::print("process {}: {} sequence {} from {} ({}){}\n", pid, a.entry, a.sequence, a.unit, a.baselinePath,
+               a.complete ? "" : " - interrupted while applying: `hotforge revert` takes it out");
+    for (const AppliedRedirect &r : a.redirects) fmt::print("  {} at {:#x}\n", r.name.empty() ? "?" : r.name, r.address);
   }
   return kExitOk;
 }

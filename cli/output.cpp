@@ -2,6 +2,7 @@
 
 #include "hotforge/error.h"
 
+#include <fmt/core.h>
 #include <llvm/Support/FileSystem.h>
 #include <llvm/Support/raw_ostream.h>
 
@@ -33,6 +34,16 @@ llvm::Error writeOutput(const std::string &path, const std::string &content) {
 
 std::string jsonText(const nlohmann::json &doc) {
   return doc.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
+}
+
+std::string printableText(std::string_view text) {
+  std::string out;
+  for (char c : text) {
+    auto byte = static_cast<unsigned char>(c);
+    if ((byte < 0x20 && c != '\n') || byte == 0x7f) out += fmt::format("\\x{:02x}", byte);
+    else out += c;
+  }
+  return out;
 }
 
 }  // namespace hotforge::cli

@@ -16,4 +16,8 @@ llvm::Error writeOutput(const std::string &path, const std::string &content);
 // not UTF-8 (names from binaries) replaced by U+FFFD so the output always parses.
 std::string jsonText(const nlohmann::json &doc);
 
+// Text for a terminal: control characters (names from a manifest or a file tree can hold any)
+// become \xNN, so they cannot move the cursor or rewrite what was printed. Line breaks stay.
+std::string printableText(std::string_view text);
+
 }  // namespace hotforge::cli

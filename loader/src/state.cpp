@@ -1,0 +1,314 @@
+// The ptrace loader's records: what is applied to which process, in a directory only the caller
+// can write, each record written durably before the process changes (docs/loader.md, "Records").
+#include "hotforge/loader.h"
+
+#include "hotforge/error.h"
+#include "hotforge/runtime/bytes.h"
+#include "hotforge/runtime/files.h"
+
+#include <fmt/core.h>
+
+#include <charconv>
+#include <cerrno>
+#include <cstring>
+#include <dirent.h>
+#include <fcntl.h>
+#include <random>
+#include <sys/stat.h>
+#include <unistd.h>
+
+namespace hotforge {
+namespace {
+
+constexpr const char *kStateSchema = "hotforge.state/1";
+
+std::string stateDirectoryPath() {
+  const char *dir = getenv("HOTFORGE_STATE_DIR");
+  return dir && *dir ? dir : "/tmp/hotforge-state";
+}
+
+// Reads fields of a record, refusing what is missing or of another type with one line.
+class Fields {
+public:
+  Fields(const nlohmann::json &object, std::string where) : object_(object), where_(std::move(where)) {}
+
+  llvm::Expected<uint64_t> number(const char *key, uint64_t limit = UINT64_MAX) const {
+    auto it = object_.find(key);
+    if (it == object_.end() || !it->is_number_unsigned() || it->get<uint64_t>() > limit)
+      return formatError("{}: \"{}\" must be a number from 0 to {}", where_, key, limit);
+    return it->get<uint64_t>();
+  }
+  llvm::Expected<std::string> text(const char *key) const {
+    auto it = object_.find(key);
+    if (it == object_.end() || !it->is_string()) return formatError("{}: \"{}\" must be a string", where_, key);
+    return it->get<std::string>();
+  }
+  llvm::Expected<std::vector<uint8_t>> hex(const char *key, size_t maxBytes) const {
+    llvm::Expected<std::string> t = text(key);
+    if (!t) return t.takeError();
+    if (t->empty() || t->size() % 2 || t->size() > 2 * maxBytes ||
+        t->find_first_not_of("0123456789abcdef") != std::string::npos)
+      return formatError("{}: \"{}\" must be 1 to {} bytes in lowercase hex", where_, key, maxBytes);
+    std::vector<uint8_t> bytes;
+    for (size_t i = 0; i < t->size(); i += 2) bytes.push_back(uint8_t(std::stoul(t->substr(i, 2), nullptr, 16)));
+    return bytes;
+  }
+  llvm::Expected<const nlohmann::json *> array(const char *key) const {
+    auto it = object_.find(key);
+    if (it == object_.end() || !it->is_array()) return formatError("{}: \"{}\" must be an array", where_, key);
+    return &*it;
+  }
+
+private:
+  const nlohmann::json &object_;
+  std::string where_;
+};
+
+constexpr size_t kMaxRedirectBytes = 64;
+
+llvm::Expected<AppliedRedirect> parseRedirect(const nlohmann::json &json, const std::string &where) {
+  if (!json.is_object()) return formatError("{}: not an object", where);
+  Fields f(json, where);
+  AppliedRedirect r;
+  llvm::Expected<std::string> name = f.text("name");
+  llvm::Expected<uint64_t> address = f.number("address");
+  llvm::Expected<std::vector<uint8_t>> original = f.hex("original", kMaxRedirectBytes);
+  llvm::Expected<std::vector<uint8_t>> written = f.hex("written", kMaxRedirectBytes);
+  if (!name) return name.takeError();
+  if (!address) return address.takeError();
+  if (!original) return original.takeError();
+  if (!written) return written.takeError();
+  if (original->size() != written->size())
+    return formatError("{}: \"original\" and \"written\" differ in length", where);
+  return AppliedRedirect{*name, *address, std::move(*original), std::move(*written)};
+}
+
+llvm::Expected<AppliedImage> parseApplied(const nlohmann::json &json, const std::string &where) {
+  if (!json.is_object()) return formatError("{}: not an object", where);
+  Fields f(json, where);
+  AppliedImage a;
+  llvm::Expected<std::string> state = f.text("state");
+  if (!state) return state.takeError();
+  if (*state != "applied" && *state != "applying")
+    return formatError("{}: \"state\" must be \"applied\" or \"applying\"", where);
+  a.complete = *state == "applied";
+  for (auto [key, field] : {std::pair{"unit", &a.unit}, {"entry", &a.entry}, {"baseline", &a.baselinePath},
+                            {"baseline_sha256", &a.baselineSha256}}) {
+    llvm::Expected<std::string> t = f.text(key);
+    if (!t) return t.takeError();
+    *field = std::move(*t);
+  }
+  for (auto [key, field, limit] : {std::tuple{"base_address", &a.baseAddress, UINT64_MAX},
+                                   {"image_address", &a.imageAddress, UINT64_MAX},
+                                   {"image_size", &a.imageSize, uint64_t(UINT32_MAX)}}) {
+    llvm::Expected<uint64_t> n = f.number(key, limit);
+    if (!n) return n.takeError();
+    *field = *n;
+  }
+  llvm::Expected<uint64_t> sequence = f.number("sequence", UINT32_MAX);
+  if (!sequence) return sequence.takeError();
+  a.sequence = uint32_t(*sequence);
+  llvm::Expected<const nlohmann::json *> redirects = f.array("redirects");
+  if (!redirects) return redirects.takeError();
+  for (size_t i = 0; i < (*redirects)->size(); ++i) {
+    llvm::Expected<AppliedRedirect> r = parseRedirect((**redirects)[i], fmt::format("{} redirect {}", where, i));
+    if (!r) return r.takeError();
+    a.redirects.push_back(std::move(*r));
+  }
+  if (a.redirects.empty()) return formatError("{}: no redirect", where);
+  // How the apply went: optional.
+  llvm::Expected<uint64_t> pause = json.contains("pause_us") ? f.number("pause_us") : uint64_t(0);
+  llvm::Expected<uint64_t> attempts = json.contains("attempts") ? f.number("attempts", UINT32_MAX) : uint64_t(0);
+  if (!pause) return pause.takeError();
+  if (!attempts) return attempts.takeError();
+  a.pause = std::chrono::microseconds(*pause);
+  a.attempts = unsigned(*attempts);
+  return a;
+}
+
+}  // namespace
+
+llvm::Expected<uint64_t> processStartTime(int pid) {
+  std::string path = fmt::format("/proc/{}/stat", pid);
+  char buffer[1024];
+  int fd = open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  ssize_t n = fd < 0 ? -1 : ::read(fd, buffer, sizeof buffer - 1);
+  if (fd >= 0) close(fd);
+  if (n <= 0) return formatError("process {} is not running", pid);
+  std::string stat(buffer, size_t(n));
+  // The command name (field 2) is in parentheses and may hold anything: count from the last ')'.
+  size_t at = stat.rfind(')');
+  if (at != std::string::npos && at + 2 < stat.size() && (stat[at + 2] == 'Z' || stat[at + 2] == 'X'))
+    return formatError("process {} is not running (it has exited)", pid);
+  for (int field = 2; field < 22 && at != std::string::npos; ++field) at = stat.find(' ', at + 1);
+  unsigned long long start = 0;
+  if (at == std::string::npos || sscanf(stat.c_str() + at, " %llu", &start) != 1)
+    return formatError("{}: cannot read the start time", path);
+  return uint64_t(start);
+}
+
+nlohmann::json toJson(const AppliedImage &a) {
+  nlohmann::json redirects = nlohmann::json::array();
+  for (const AppliedRedirect &r : a.redirects)
+    redirects.push_back({{"name", r.name}, {"address", r.address}, {"original", hexEncode(r.original)},
+                         {"written", hexEncode(r.written)}});
+  return {{"state", a.complete ? "applied" : "applying"},
+          {"unit", a.unit},
+          {"entry", a.entry},
+          {"baseline", a.baselinePath},
+          {"baseline_sha256", a.baselineSha256},
+          {"sequence", a.sequence},
+          {"base_address", a.baseAddress},
+          {"image_address", a.imageAddress},
+          {"image_size", a.imageSize},
+          {"pause_us", a.pause.count()},
+          {"attempts", a.attempts},
+          {"redirects", std::move(redirects)}};
+}
+
+llvm::Expected<ProcessRecord> parseRecord(const nlohmann::json &json, const std::string &name) {
+  if (!json.is_object()) return formatError("{}: not a state record (a JSON object)", name);
+  Fields f(json, name);
+  llvm::Expected<std::string> schema = f.text("schema");
+  if (!schema) return schema.takeError();
+  if (*schema != kStateSchema) return formatError("{}: schema \"{}\" is not {}", name, *schema, kStateSchema);
+  ProcessRecord record;
+  llvm::Expected<uint64_t> pid = f.number("pid", INT32_MAX);
+  llvm::Expected<uint64_t> start = f.number("start_time");
+  llvm::Expected<const nlohmann::json *> applied = f.array("applied");
+  if (!pid) return pid.takeError();
+  if (!start) return start.takeError();
+  if (!applied) return applied.takeError();
+  record.pid = int(*pid);
+  record.startTime = *start;
+  for (size_t i = 0; i < (*applied)->size(); ++i) {
+    llvm::Expected<AppliedImage> a = parseApplied((**applied)[i], fmt::format("{}: applied {}", name, i));
+    if (!a) return a.takeError();
+    record.applied.push_back(std::move(*a));
+  }
+  return record;
+}
+
+llvm::Expected<StateDirectory> StateDirectory::open(bool create) {
+  std::string path = stateDirectoryPath();
+  if (create && mkdir(path.c_str(), 0700) != 0 && errno != EEXIST)
+    return formatError("state directory {}: cannot create it: {}", path, strerror(errno));
+  int fd = ::open(path.c_str(), O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+  if (fd < 0) {
+    int error = errno;
+    struct stat st;
+    if (lstat(path.c_str(), &st) == 0 && S_ISLNK(st.st_mode))
+      return formatError("state directory {} is a symbolic link; refused (set HOTFORGE_STATE_DIR to a directory of "
+                         "your own)", path);
+    if (error == ENOENT && !create) return StateDirectory(-1, path);  // nothing was ever recorded
+    return formatError("state directory {}: {}", path, strerror(error));
+  }
+  struct stat st;
+  if (fstat(fd, &st) != 0) {
+    close(fd);
+    return formatError("state directory {}: {}", path, strerror(errno));
+  }
+  std::string problem = st.st_uid != geteuid() ? fmt::format("is owned by uid {}, not by you (uid {})", st.st_uid, geteuid())
+                        : (st.st_mode & 022) ? fmt::format("is writable by group or others (mode {:04o})", st.st_mode & 07777)
+                                             : "";
+  if (!problem.empty()) {
+    close(fd);
+    return formatError("state directory {} {}; refused: another user could change what revert writes into a process "
+                       "(use a directory of your own, mode 0700, with HOTFORGE_STATE_DIR)", path, problem);
+  }
+  return StateDirectory(fd, path);
+}
+
+StateDirectory::~StateDirectory() {
+  if (fd_ >= 0) close(fd_);
+}
+
+std::string StateDirectory::recordPath(int pid) const { return fmt::format("{}/{}.json", path_, pid); }
+
+llvm::Expected<std::optional<ProcessRecord>> StateDirectory::read(int pid) const {
+  if (fd_ < 0) return std::nullopt;
+  std::string name = fmt::format("{}.json", pid), path = recordPath(pid);
+  if (faccessat(fd_, name.c_str(), F_OK, AT_SYMLINK_NOFOLLOW) != 0 && errno == ENOENT) return std::nullopt;
+  Outcome<RegularFile> file = RegularFile::openAt(fd_, name, path, kMaxStateFileSize, /*noFollow=*/true);
+  if (!file) return makeError(file.error());
+  if (file->owner() != geteuid()) return formatError("{}: owned by uid {}, not by you; refused", path, file->owner());
+  Outcome<std::vector<uint8_t>> bytes = file->read(file->size());
+  if (!bytes) return makeError(bytes.error());
+  nlohmann::json json = nlohmann::json::parse(bytes->begin(), bytes->end(), nullptr, /*allow_exceptions=*/false);
+  if (json.is_discarded()) return formatError("{}: not valid JSON; refused", path);
+  llvm::Expected<ProcessRecord> record = parseRecord(json, path);
+  if (!record) return record.takeError();
+  if (record->pid != pid) return formatError("{}: the record is for process {}; refused", path, record->pid);
+  return std::optional<ProcessRecord>(std::move(*record));
+}
+
+llvm::Error StateDirectory::write(const ProcessRecord &record) const {
+  if (fd_ < 0) return formatError("state directory {} does not exist", path_);
+  if (record.applied.empty()) return remove(record.pid);
+  nlohmann::json applied = nlohmann::json::array();
+  for (const AppliedImage &a : record.applied) applied.push_back(toJson(a));
+  std::string text = nlohmann::json{{"schema", kStateSchema},
+                                    {"pid", record.pid},
+                                    {"start_time", record.startTime},
+                                    {"applied", std::move(applied)}}.dump(2) + "\n";
+  std::string name = fmt::format("{}.json", record.pid), path = recordPath(record.pid);
+  // A unique temporary name, created here and nowhere else (O_EXCL, O_NOFOLLOW), then renamed.
+  std::random_device random;
+  std::string temp;
+  int fd = -1;
+  for (int attempt = 0; attempt < 16 && fd < 0; ++attempt) {
+    temp = fmt::format(".{}.{:08x}{:08x}.tmp", name, random(), random());
+    fd = openat(fd_, temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0 && errno != EEXIST) break;
+  }
+  if (fd < 0) return formatError("cannot write {}: {}", path, strerror(errno));
+  bool ok = true;
+  for (size_t done = 0; ok && done < text.size();) {
+    ssize_t n = ::write(fd, text.data() + done, text.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    ok = n > 0;
+    done += ok ? size_t(n) : 0;
+  }
+  int error = errno;
+  ok = ok && fsync(fd) == 0;
+  if (!ok) error = errno;
+  close(fd);
+  if (ok && renameat(fd_, temp.c_str(), fd_, name.c_str()) != 0) ok = false, error = errno;
+  if (!ok) {
+    unlinkat(fd_, temp.c_str(), 0);
+    return formatError("cannot write {}: {}", path, strerror(error));
+  }
+  fsync(fd_);  // the rename itself is durable
+  return llvm::Error::success();
+}
+
+llvm::Error StateDirectory::remove(int pid) const {
+  if (fd_ < 0) return llvm::Error::success();
+  if (unlinkat(fd_, fmt::format("{}.json", pid).c_str(), 0) != 0 && errno != ENOENT)
+    return formatError("cannot remove {}: {}", recordPath(pid), strerror(errno));
+  fsync(fd_);
+  return llvm::Error::success();
+}
+
+std::vector<int> StateDirectory::recordedPids() const {
+  std::vector<int> pids;
+  if (fd_ < 0) return pids;
+  int copy = dup(fd_);
+  if (copy < 0) return pids;
+  DIR *dir = fdopendir(copy);
+  if (!dir) {
+    close(copy);
+    return pids;
+  }
+  while (dirent *e = readdir(dir)) {
+    std::string name = e->d_name;
+    int pid = 0;
+    if (name.size() > 5 && name.ends_with(".json") && std::from_chars(name.data(), name.data() + name.size() - 5, pid).ptr ==
+                                                          name.data() + name.size() - 5 && pid > 0)
+      pids.push_back(pid);
+  }
+  closedir(dir);
+  return pids;
+}
+
+}  // namespace hotforge
