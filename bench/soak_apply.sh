@@ -2,12 +2,13 @@
 # soak_apply.sh BUILD_DIR SAMPLES_DIR [CYCLES]: apply/revert cycles (default 10,000) of the live
 # sample's fix14 unit on its gcc x64 baseline, running THREADS threads (default 4) that call the
 # changed function every millisecond, while BUSY processes (default 2, one per core here) spin.
+# SOAK_SECONDS stops it early (the figures then say how many cycles ran).
 # Every value the sample prints is checked (baseline or patched, nothing else); any failed command
 # or wrong value fails the run. Prints the threads' pause per apply: median, p99, max. Not in ctest:
 # ./hotforge.sh bench runs it with 1,000 cycles, closing notes quote a full run.
 set -euo pipefail
 build=$1 samples=$2 cycles=${3:-10000}
-threads=${THREADS:-4} busy=${BUSY:-2}
+threads=${THREADS:-4} busy=${BUSY:-2} seconds=${SOAK_SECONDS:-0}  # SOAK_SECONDS: stop early after that long
 hf=$build/cli/hotforge s=$samples/elf-x64-gcc
 work=$(mktemp -d)
 pids=()
@@ -40,8 +41,10 @@ sleep 0.5
 failures=0
 start=$(date +%s)
 for ((c = 1; c <= cycles; c++)); do
+  if ((seconds > 0 && $(date +%s) - start >= seconds)); then cycles=$((c - 1)); break; fi
   if out=$("$hf" apply --pid "$live" "$work/live.hfu" --pubkey "$work/key.pub.pem" --json 2>"$work/err"); then
     sed -n 's/^  "pause_us": \([0-9]*\),$/\1/p' <<<"$out" >>"$work/pauses"
+    sed -n 's/^  "stop_us": \([0-9]*\),$/\1/p' <<<"$out" >>"$work/stops"
   else
     failures=$((failures + 1)); echo "cycle $c: apply: $(cat "$work/err")" >&2
   fi
@@ -55,10 +58,11 @@ kill "$live"
 wait "$live" 2>/dev/null || true
 sleep 0.5
 read -r b p x <"$work/verdicts"
-sort -n "$work/pauses" >"$work/sorted"
-n=$(wc -l <"$work/sorted")
-pick() { sed -n "$(( ($1 * n + 99) / 100 > 0 ? ($1 * n + 99) / 100 : 1 ))p" "$work/sorted"; }
+# percentile P of the numbers in FILE
+pick() { sort -n "$2" | awk -v p="$1" '{ v[NR] = $1 } END { i = int((p * NR + 99) / 100); print v[i < 1 ? 1 : i] }'; }
+n=$(wc -l <"$work/pauses")
 echo "soak: $cycles apply/revert cycles, $threads threads, $busy spinning processes, load $(cut -d' ' -f1 /proc/loadavg)"
 echo "soak: $failures failed commands; values: $b baseline, $p patched, $x wrong"
-echo "soak: threads paused per apply (us): median $(pick 50), p99 $(pick 99), max $(tail -n1 "$work/sorted") ($n applies)"
+echo "soak: threads paused per apply (us): median $(pick 50 "$work/pauses"), p99 $(pick 99 "$work/pauses"), max $(pick 100 "$work/pauses") ($n applies)"
+echo "soak: of which until every thread had stopped (us): median $(pick 50 "$work/stops"), p99 $(pick 99 "$work/stops"), max $(pick 100 "$work/stops")"
 [ "$failures" -eq 0 ] && [ "$x" -eq 0 ] && [ "$p" -gt 0 ]

@@ -99,6 +99,18 @@ inline Unit makeUnit(const std::string &base, const std::string &patched, const 
   return unit;
 }
 
+// A unit of the clang build's core.fix1, signed with the key of makeUnit(..., keyName): right
+// key, but for another build, so a gcc core process skips it (after verifying it).
+inline std::string otherBuildUnit(const std::string &keyName) {
+  std::string unit = tempDir() + "/" + keyName + "-other-build.hfu", image = tempDir() + "/" + keyName + "-other-build.hfpatch";
+  std::string samples = samplesDir() + "/elf-x64-clang/";
+  CommandResult r = run({hotforgeBinary(), "build", samples + "core.base", samples + "core.fix1", "-o", image});
+  EXPECT_EQ(r.exitCode, 0) << r.err;
+  r = run({hotforgeBinary(), "pack", image, "-o", unit, "--key", tempDir() + "/" + keyName + "-key.pem"});
+  EXPECT_EQ(r.exitCode, 0) << r.err;
+  return unit;
+}
+
 inline std::string sample(const std::string &target, const std::string &variant) {
   for (const Sample &s : samples(target))
     if (s.program == "live" && s.variant == variant) return s.path;

@@ -88,7 +88,7 @@ TEST(ApplyFaults, InterruptedAtAnyPtraceCallTheTargetLivesAndTheRecordIsTrue) {
 // CLI leaves an "applying" record; status says so, and revert takes out whatever is in.
 TEST(ApplyFaults, KilledCliLeavesARecordThatRevertCompletes) {
   Unit unit = makeUnit(liveBase(), livePatched(), "killed");
-  stateDir("killed");
+  std::string dir = stateDir("killed");
   Running live(liveBase(), {"100000000", "1", "3"}, tempDir() + "/killed.out");
   live.waitForLines(30);
   std::string pid = std::to_string(live.pid());
@@ -111,10 +111,12 @@ TEST(ApplyFaults, KilledCliLeavesARecordThatRevertCompletes) {
     EXPECT_TRUE(settlesOn(live, 'B'));
     EXPECT_TRUE(statusOf(live.pid())["applied"].empty());
   }
-  // And a new apply after all that works.
+  // And a new apply after all that works, and removes the temporary record the kill left.
   CommandResult r = hotforge({"apply", "--pid", pid, unit.path, "--pubkey", unit.publicKey});
   ASSERT_EQ(r.exitCode, 0) << r.err;
   EXPECT_TRUE(settlesOn(live, 'P'));
+  for (const fs::directory_entry &e : fs::directory_iterator(dir))
+    EXPECT_EQ(e.path().filename(), pid + ".json") << "left behind: " << e.path();
   std::string seen = live.verdicts();
   EXPECT_EQ(seen.find('X'), std::string::npos) << seen;
 }
@@ -134,6 +136,12 @@ TEST(ApplyFaults, UnwritableStateRefusesBeforeTheProcessChanges) {
   EXPECT_TRUE(settlesOn(live, 'B'));
   std::string seen = live.verdicts();
   EXPECT_EQ(seen.find_first_not_of('B'), std::string::npos) << seen;
+}
+
+bool mainThreadTraceStopped(int pid) {
+  std::string stat = readFile("/proc/" + std::to_string(pid) + "/task/" + std::to_string(pid) + "/stat");
+  size_t close = stat.rfind(')');
+  return close != std::string::npos && close + 2 < stat.size() && stat[close + 2] == 't';
 }
 
 // A signal sent to the target while the CLI holds its threads is delivered when they go: the
@@ -167,7 +175,9 @@ TEST(ApplyFaults, SignalsArrivingWhileThreadsAreHeldAreDelivered) {
       hotforgeUnderStrace({"-e", "trace=ptrace", "-e", "inject=ptrace:delay_exit=1500000:when=" + std::to_string(n)},
                           {"apply", "--pid", std::to_string(live.pid()), unit.path, "--pubkey", unit.publicKey});
     });
-    std::this_thread::sleep_for(800ms);
+    // Sent once the main thread is in a ptrace stop: the CLI holds it at call N.
+    for (int i = 0; i < 500 && !mainThreadTraceStopped(live.pid()); ++i) std::this_thread::sleep_for(10ms);
+    EXPECT_TRUE(mainThreadTraceStopped(live.pid()));
     kill(live.pid(), signal);
     apply.join();
     EXPECT_EQ(live.killedBy(10s), signal);
@@ -354,10 +364,7 @@ TEST(AgentFaults, FifosAndDevicesInTheUnitDirectoryAreRefusedWithoutBlocking) {
 TEST(AgentFaults, SigusrTwoDuringTheFirstScanIsAnUpdateNotTheEnd) {
   const std::string base = samplePath("elf-x64-gcc", "core", "base");
   Unit unit = makeUnit(base, samplePath("elf-x64-gcc", "core", "fix1"), "agent-early");
-  std::string otherBuild = tempDir() + "/agent-early-other.hfu", image = tempDir() + "/agent-early-other.hfpatch";
-  ASSERT_EQ(hotforge({"build", samplePath("elf-x64-clang", "core", "base"), samplePath("elf-x64-clang", "core", "fix1"),
-                      "-o", image}).exitCode, 0);
-  ASSERT_EQ(hotforge({"pack", image, "-o", otherBuild, "--key", tempDir() + "/agent-early-key.pem"}).exitCode, 0);
+  std::string otherBuild = otherBuildUnit("agent-early");
   std::string units = tempDir() + "/units-agent-early";
   fs::create_directories(units);
   std::string tampered = readFile(unit.path);

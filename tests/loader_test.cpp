@@ -210,10 +210,7 @@ TEST(LiveEndToEnd, TheAgentRefusesTamperedAndForeignUnitsAndLeavesTheProcessAlon
   Unit unit = makeUnit(base, samplePath("elf-x64-gcc", "core", "fix1"), "agent-refusals");
   Unit otherKey = makeUnit(base, samplePath("elf-x64-gcc", "core", "fix1"), "agent-refusals-other-key");
   // Another build's unit, signed with the right key: not for this process, so skipped in silence.
-  std::string otherBuild = tempDir() + "/agent-refusals-other-build.hfu", image = tempDir() + "/other-build.hfpatch";
-  ASSERT_EQ(hotforge({"build", samplePath("elf-x64-clang", "core", "base"), samplePath("elf-x64-clang", "core", "fix1"),
-                      "-o", image}).exitCode, 0);
-  ASSERT_EQ(hotforge({"pack", image, "-o", otherBuild, "--key", tempDir() + "/agent-refusals-key.pem"}).exitCode, 0);
+  std::string otherBuild = otherBuildUnit("agent-refusals");
   std::string units = tempDir() + "/units-agent-refusals";
   std::filesystem::create_directories(units);
   std::string tampered = readFile(unit.path);

@@ -525,6 +525,7 @@ llvm::Error commitImage(int pid, const PatchImage &image, AppliedImage &applied,
     ++applied.attempts;
     auto stoppedAt = Clock::now();
     if (llvm::Error e = process.stopAll()) return e;
+    applied.stopping = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - stoppedAt);
     if (llvm::Error e = expectedBytesThere(*memory, image, applied.baseAddress)) return e;
     for (const AppliedRedirect &r : applied.redirects)
       if (memory->read(r.address, r.original.size()) != r.original)

@@ -14,6 +14,7 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <random>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -119,6 +120,9 @@ llvm::Expected<AppliedImage> parseApplied(const nlohmann::json &json, const std:
   // How the apply went: optional.
   llvm::Expected<uint64_t> pause = json.contains("pause_us") ? f.number("pause_us") : uint64_t(0);
   llvm::Expected<uint64_t> attempts = json.contains("attempts") ? f.number("attempts", UINT32_MAX) : uint64_t(0);
+  llvm::Expected<uint64_t> stopping = json.contains("stop_us") ? f.number("stop_us") : uint64_t(0);
+  if (!stopping) return stopping.takeError();
+  a.stopping = std::chrono::microseconds(*stopping);
   if (!pause) return pause.takeError();
   if (!attempts) return attempts.takeError();
   a.pause = std::chrono::microseconds(*pause);
@@ -162,6 +166,7 @@ nlohmann::json toJson(const AppliedImage &a) {
           {"image_address", a.imageAddress},
           {"image_size", a.imageSize},
           {"pause_us", a.pause.count()},
+          {"stop_us", a.stopping.count()},
           {"attempts", a.attempts},
           {"redirects", std::move(redirects)}};
 }
@@ -211,6 +216,9 @@ llvm::Expected<StateDirectory> StateDirectory::open(bool create) {
   std::string problem = st.st_uid != geteuid() ? fmt::format("is owned by uid {}, not by you (uid {})", st.st_uid, geteuid())
                         : (st.st_mode & 022) ? fmt::format("is writable by group or others (mode {:04o})", st.st_mode & 07777)
                                              : "";
+  // One command at a time per directory: two applies to one process must not interleave.
+  if (problem.empty() && flock(fd, LOCK_EX) != 0)
+    problem = fmt::format("cannot be locked ({})", strerror(errno));
   if (!problem.empty()) {
     close(fd);
     return formatError("state directory {} {}; refused: another user could change what revert writes into a process "
@@ -302,6 +310,8 @@ std::vector<int> StateDirectory::recordedPids() const {
   }
   while (dirent *e = readdir(dir)) {
     std::string name = e->d_name;
+    // A temporary record a killed command left: the lock says no command writes it now.
+    if (name.size() > 5 && name[0] == '.' && name.ends_with(".tmp")) unlinkat(fd_, name.c_str(), 0);
     int pid = 0;
     if (name.size() > 5 && name.ends_with(".json") && std::from_chars(name.data(), name.data() + name.size() - 5, pid).ptr ==
                                                           name.data() + name.size() - 5 && pid > 0)

@@ -47,6 +47,7 @@ struct AppliedImage {
   // left so was interrupted, and the jumps may be in, out, or some of each.
   bool complete = false;
   std::chrono::microseconds pause{0};  // how long every thread was stopped to check and write the jumps
+  std::chrono::microseconds stopping{0};  // of which: until the last thread had stopped
   unsigned attempts = 0;               // stops until no thread was in the way
 };
 
@@ -86,7 +87,8 @@ struct ProcessRecord {
 // created 0700 when missing, and refused when it is a symbolic link, not a directory, not owned by
 // the caller, or writable by group or others. Records are written 0600 through a unique temporary
 // file (O_EXCL, O_NOFOLLOW), fsync and rename; read with O_NOFOLLOW as regular files of at most
-// 16 MiB, and anything malformed is refused with one line.
+// 16 MiB, and anything malformed is refused with one line. The directory is locked (flock) while
+// the object lives, so commands on it run one at a time.
 class StateDirectory {
 public:
   static llvm::Expected<StateDirectory> open(bool create);
@@ -99,7 +101,7 @@ public:
   llvm::Expected<std::optional<ProcessRecord>> read(int pid) const;
   llvm::Error write(const ProcessRecord &record) const;  // a record with nothing applied is removed
   llvm::Error remove(int pid) const;
-  std::vector<int> recordedPids() const;
+  std::vector<int> recordedPids() const;  // also removes temporary records killed commands left
 
 private:
   StateDirectory(int fd, std::string path) : fd_(fd), path_(std::move(path)) {}
