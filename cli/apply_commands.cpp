@@ -40,7 +40,7 @@ llvm::Expected<ProcessRecord> currentRecord(const StateDirectory &state, int pid
   if (*recorded) {
     fmt::print(stderr, "hotforge: note: removed the record of an earlier process {} (started at tick {}, this one at "
                        "{})\n", pid, (*recorded)->startTime, *started);
-    if (llvm::Error e = state.remove(pid)) return std::move(e);
+    if (llvm::Error e = state.remove(pid)) return e;
   }
   return ProcessRecord{pid, *started, {}};
 }
@@ -133,8 +133,9 @@ llvm::Error applyImageTransaction(const StateDirectory &state, ProcessRecord &re
   applied.complete = true;
   if (llvm::Error e = state.write(record)) {
     // The jumps are in but the record cannot say so: take them out again, so that an "applying"
-    // record and an unpatched process agree.
+    // record and an unpatched process agree. (The image stays mapped: a thread may run in it.)
     if (llvm::Error back = rewriteEntries(pid, applied.redirects, true)) return both(std::move(e), std::move(back));
+    record.applied.pop_back();
     return putBack(std::move(e));
   }
   return llvm::Error::success();

@@ -49,8 +49,8 @@ bool settlesOn(const Running &live, char verdict) {
 std::string liveBase() { return sample("elf-x64-gcc", "base"); }
 std::string livePatched() { return sample("elf-x64-gcc", "fix14"); }
 
-// SIGINT at every ptrace call of an apply in turn: the CLI holds it until the apply finished or
-// was rolled back, so the target never dies, and the record always says what the process runs.
+// SIGINT, SIGTERM or SIGHUP at every fourth ptrace call of an apply: the CLI holds it until the
+// apply finished or was rolled back, so the target never dies, and the record says what runs.
 TEST(ApplyFaults, InterruptedAtAnyPtraceCallTheTargetLivesAndTheRecordIsTrue) {
   Unit unit = makeUnit(liveBase(), livePatched(), "interrupt");
   std::string dir = stateDir("interrupt");
@@ -58,9 +58,11 @@ TEST(ApplyFaults, InterruptedAtAnyPtraceCallTheTargetLivesAndTheRecordIsTrue) {
   live.waitForLines(30);
   std::string pid = std::to_string(live.pid());
   unsigned applied = 0;
+  const char *signals[] = {"SIGINT", "SIGTERM", "SIGHUP"};
   for (int n = 10; n <= 46; n += 4) {
-    SCOPED_TRACE("SIGINT at ptrace call " + std::to_string(n));
-    hotforgeUnderStrace({"-e", "trace=ptrace", "-e", "inject=ptrace:signal=SIGINT:when=" + std::to_string(n)},
+    std::string signal = signals[(n / 4) % 3];
+    SCOPED_TRACE(signal + " at ptrace call " + std::to_string(n));
+    hotforgeUnderStrace({"-e", "trace=ptrace", "-e", "inject=ptrace:signal=" + signal + ":when=" + std::to_string(n)},
                         {"apply", "--pid", pid, unit.path, "--pubkey", unit.publicKey});
     ASSERT_TRUE(live.alive());
     nlohmann::json status = statusOf(live.pid());
@@ -76,7 +78,7 @@ TEST(ApplyFaults, InterruptedAtAnyPtraceCallTheTargetLivesAndTheRecordIsTrue) {
     ASSERT_EQ(reverted.exitCode, 0) << reverted.err;
     EXPECT_TRUE(settlesOn(live, 'B'));
   }
-  EXPECT_GT(applied, 0u) << "a SIGINT held until the apply is done lets it finish";
+  EXPECT_GT(applied, 0u) << "a signal held until the apply is done lets it finish";
   ASSERT_TRUE(live.alive());
   std::string seen = live.verdicts();
   EXPECT_EQ(seen.find('X'), std::string::npos) << seen;
@@ -111,6 +113,12 @@ TEST(ApplyFaults, KilledCliLeavesARecordThatRevertCompletes) {
     EXPECT_TRUE(settlesOn(live, 'B'));
     EXPECT_TRUE(statusOf(live.pid())["applied"].empty());
   }
+  // The completed record cannot be written (rename fails): the jumps come out again, exit 1.
+  CommandResult failed = hotforgeUnderStrace({"-e", "trace=rename,renameat,renameat2", "-e",
+                                              "inject=rename,renameat,renameat2:error=EIO:when=2"},
+                                             {"apply", "--pid", pid, unit.path, "--pubkey", unit.publicKey});
+  EXPECT_NE(failed.err.find("Input/output error"), std::string::npos) << failed.err;
+  EXPECT_TRUE(settlesOn(live, 'B'));
   // And a new apply after all that works, and removes the temporary record the kill left.
   CommandResult r = hotforge({"apply", "--pid", pid, unit.path, "--pubkey", unit.publicKey});
   ASSERT_EQ(r.exitCode, 0) << r.err;
@@ -196,6 +204,7 @@ TEST(StateRecords, StaleRecordsOfDeadOrReusedPidsAreRemoved) {
     live.waitForLines(10);
     deadPid = live.pid();
     ASSERT_EQ(hotforge({"apply", "--pid", std::to_string(deadPid), unit.path, "--pubkey", unit.publicKey}).exitCode, 0);
+    EXPECT_EQ(fs::status(dir).permissions(), fs::perms::owner_all) << "created 0700";
     record = readFile(dir + "/" + std::to_string(deadPid) + ".json");
     ASSERT_NE(record.find("\"start_time\""), std::string::npos) << record;
   }
@@ -302,8 +311,16 @@ TEST(StateRecords, HostileStateDirectoriesAndTamperedRecordsAreRefused) {
   }
   EXPECT_TRUE(settlesOn(live, 'B'));
 
+  // The temporary name is not PID.json.tmp (which another user could have made a link).
   std::string own = stateDir("own");
+  fs::create_directories(own);
+  fs::permissions(own, fs::perms::owner_all, fs::perm_options::replace);
+  std::string victim = tempDir() + "/victim";
+  writeFile(victim, "root's file");
+  fs::create_symlink(victim, own + "/" + pid + ".json.tmp");
   r = apply();
+  EXPECT_EQ(readFile(victim), "root's file");
+  fs::remove(own + "/" + pid + ".json.tmp");
   ASSERT_EQ(r.exitCode, 0) << r.err;
   EXPECT_EQ(fs::status(own).permissions(), fs::perms::owner_all);
   std::string path = own + "/" + pid + ".json";

@@ -69,7 +69,7 @@ public:
       if (errno == ESRCH) return false;  // exited meanwhile
       return formatError("cannot trace thread {} of process {}: {}", tid, pid_, strerror(errno));
     }
-    threads_.push_back({tid});
+    threads_.push_back(Thread{tid, false, false, {}});
     return true;
   }
   llvm::Error seizeAll() {
@@ -149,7 +149,7 @@ public:
         return formatError("cannot resume thread {}: {}", tid, strerror(errno));
       t->stopped = false;
       int status = 0;
-      if (llvm::Error e = waitOnce(*t, status)) return std::move(e);
+      if (llvm::Error e = waitOnce(*t, status)) return e;
       if (t->gone) return formatError("thread {} of process {} exited", tid, pid_);
       if (status >> 16) continue;  // an event stop (the process was stopped by a signal and continued)
       siginfo_t info{};
@@ -228,7 +228,7 @@ private:
 llvm::Expected<ProcessMemory> openMemory(int pid) {
   ProcessMemory memory(pid);
   if (!memory.ok()) return formatError("cannot open the memory of process {}: {}", pid, strerror(errno));
-  return std::move(memory);
+  return memory;
 }
 
 // The registers of a stopped thread, put back when this object goes, on every path.
@@ -415,11 +415,13 @@ llvm::Error expectedBytesThere(const ProcessMemory &memory, const PatchImage &im
   return llvm::Error::success();
 }
 
-#endif  // __x86_64__
+#else
 
 llvm::Error notHere() {
   return makeError("the ptrace loader runs on x86-64 Linux; on other machines use the in-process agent");
 }
+
+#endif  // __x86_64__
 
 }  // namespace
 
@@ -437,7 +439,7 @@ llvm::Expected<AppliedImage> prepareImage(int pid, const PatchImage &image, bool
   llvm::Expected<ProcessMemory> memory = openMemory(pid);
   if (!memory) return memory.takeError();
   if (checkEntries)
-    if (llvm::Error e = expectedBytesThere(*memory, image, baseline->address)) return std::move(e);
+    if (llvm::Error e = expectedBytesThere(*memory, image, baseline->address)) return e;
   AppliedImage applied;
   applied.baselinePath = baseline->path;
   applied.baseAddress = baseline->address;
