@@ -2,6 +2,7 @@
 # One entry point for people and CI on a Debian 12 machine (run as root, or with sudo available):
 #   ./hotforge.sh demo    install what is missing, build, build the samples, show Hotforge at work
 #   ./hotforge.sh test    install what is missing, build, build the samples, run every test
+#   ./hotforge.sh package install what is missing, build, make the Debian packages (build/packages)
 #   ./hotforge.sh build | setup | samples | bench | fuzz SECONDS | sanitize
 set -euo pipefail
 
@@ -18,9 +19,11 @@ packages=(
   gcc-aarch64-linux-gnu g++-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user
   gcc-mingw-w64-x86-64-win32 g++-mingw-w64-x86-64-win32 wine64 libunicorn-dev
   bsdiff xdelta3 binutils time strace
+  help2man dpkg-dev
 )
-# Arm64 builds of libraries the cross-compiled agent links (Debian multiarch).
-arm64_packages=(libssl-dev:arm64 libzstd-dev:arm64)
+# Arm64 builds of libraries the cross-compiled agent links (Debian multiarch); dpkg-shlibdeps
+# reads them for the arm64 agent package.
+arm64_packages=(libssl-dev:arm64 libzstd-dev:arm64 libstdc++6:arm64)
 
 log() { printf '==> %s\n' "$*" >&2; }
 
@@ -104,6 +107,13 @@ demo() {
   rm -rf "$work"
 }
 
+# Both Debian packages with CPack: hotforge (build hosts) and hotforge-target (target hosts).
+package() {
+  build
+  (cd "$build" && cpack -G DEB)
+  log "packages: $(ls "$build"/packages/*.deb | tr '\n' ' ')"
+}
+
 run_tests() {
   build
   samples
@@ -142,8 +152,9 @@ case "${1:-}" in
   samples) setup; samples ;;
   demo) demo ;;
   test) run_tests ;;
+  package) package ;;
   sanitize) sanitize ;;
   fuzz) shift; fuzz "$@" ;;
   bench) bench ;;
-  *) sed -n '2,5p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

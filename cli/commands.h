@@ -3,6 +3,7 @@
 #pragma once
 
 #include "hotforge/image.h"
+#include "hotforge/loader_commands.h"
 #include "hotforge/unit.h"
 
 #include <CLI/CLI.hpp>
@@ -12,18 +13,18 @@
 
 namespace hotforge::cli {
 
-// Stable exit codes, documented in docs/cli.md.
-enum ExitCode : int {
-  kExitOk = 0,
-  kExitError = 1,          // bad input, unreadable file, failed check
-  kExitUsage = 2,          // wrong arguments
-  kExitNeedsRestart = 3,   // some change cannot be hotpatched
-};
+// Exit codes (docs/cli.md), error lines and the command-line runner are the loader commands'
+// (hotforge/loader_commands.h): hotforge-target shares them.
+using loader::addLoaderCommands;
+using loader::kExitError;
+using loader::kExitNeedsRestart;
+using loader::kExitOk;
+using loader::kExitUsage;
+using loader::reportError;
 
 void addInspectCommand(CLI::App &app, int &exitCode);
 void addDiffCommand(CLI::App &app, int &exitCode);
 void addBuildCommand(CLI::App &app, int &exitCode);
-void addLoaderCommands(CLI::App &app, int &exitCode);  // apply, revert, status
 void addPackagerCommands(CLI::App &app, int &exitCode);  // keygen, pack, verify
 void addReleaseCommand(CLI::App &app, int &exitCode);
 
@@ -43,8 +44,5 @@ struct SigningOptions {
   std::string key, signCommand, publicKey;
 };
 llvm::Expected<std::unique_ptr<Signer>> makeSigner(const SigningOptions &options);
-
-// Prints "hotforge: error: MESSAGE" to stderr and returns kExitError.
-int reportError(const std::string &message);
 
 }  // namespace hotforge::cli

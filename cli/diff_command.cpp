@@ -3,6 +3,7 @@
 #include "output.h"
 
 #include "hotforge/diff.h"
+#include "hotforge/report.h"
 
 #include <fmt/core.h>
 
@@ -11,7 +12,7 @@ namespace {
 
 struct DiffCommandOptions {
   BuildPair pair;
-  std::string output;
+  std::string output, html;
   bool json = false;
   unsigned threads = 0;
 };
@@ -47,10 +48,15 @@ void addDiffCommand(CLI::App &app, int &exitCode) {
       "at. Every change gets a verdict (hotpatchable or needs-restart), a rule id and a reason.\n"
       "Exit codes: 0 no change or all hotpatchable, 3 some change needs a restart, 1 error, 2 usage.\n"
       "Example: hotforge diff app.base app.patched\n"
-      "         hotforge diff lib.dll lib.new.dll --pdb-base lib.pdb --pdb-patched lib.new.pdb --json -o diff.json");
+      "         hotforge diff lib.dll lib.new.dll --pdb-base lib.pdb --pdb-patched lib.new.pdb --json -o diff.json\n"
+      "         hotforge diff libpng16.so.16.base libpng16.so.16 --html review.html");
   addBuildPairOptions(*command, options->pair);
   command->add_flag("--json", options->json, "machine-readable output (schema in docs/diff-json.md)");
   command->add_option("-o,--output", options->output, "write the report to this file instead of stdout");
+  command->add_option("--html", options->html,
+                      "also write a review page to this file: every change, each changed function's base and "
+                      "patched instructions side by side with addresses shown by name, changed data as hex "
+                      "(one self-contained HTML file)");
   command->add_option("-j,--jobs", options->threads, "worker threads (default: one per core)");
   command->callback([options, &exitCode] {
     auto [base, patched] = readBoth(options->pair);
@@ -72,6 +78,17 @@ void addDiffCommand(CLI::App &app, int &exitCode) {
     }
     std::string report =
         options->json ? jsonText(toJson(*diff, *base, *patched)) : renderText(*diff, *base, *patched);
+    if (!options->html.empty()) {
+      llvm::Expected<std::string> page = diffPageHtml(*diff, *base, *patched);
+      if (!page) {
+        exitCode = reportError(llvm::toString(page.takeError()));
+        return;
+      }
+      if (llvm::Error e = writeOutput(options->html, *page)) {
+        exitCode = reportError(llvm::toString(std::move(e)));
+        return;
+      }
+    }
     if (llvm::Error e = writeOutput(options->output, report)) {
       exitCode = reportError(llvm::toString(std::move(e)));
       return;

@@ -28,11 +28,6 @@ std::pair<llvm::Expected<Image>, llvm::Expected<Image>> readBoth(const BuildPair
   return {std::move(first), std::move(*other)};
 }
 
-int reportError(const std::string &message) {
-  fmt::print(stderr, "hotforge: error: {}\n", message);
-  return kExitError;
-}
-
 }  // namespace hotforge::cli
 
 int main(int argc, char **argv) {
@@ -54,17 +49,5 @@ int main(int argc, char **argv) {
   addPackagerCommands(app, exitCode);
   addReleaseCommand(app, exitCode);
 
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::CallForHelp &e) {
-    return app.exit(e);
-  } catch (const CLI::CallForAllHelp &e) {
-    return app.exit(e);
-  } catch (const CLI::CallForVersion &e) {
-    return app.exit(e);
-  } catch (const CLI::ParseError &e) {
-    app.exit(e);
-    return kExitUsage;
-  }
-  return exitCode;
+  return hotforge::loader::runCommandLine(app, argc, argv, exitCode);
 }

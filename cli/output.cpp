@@ -32,10 +32,6 @@ llvm::Error writeOutput(const std::string &path, const std::string &content) {
   return llvm::Error::success();
 }
 
-std::string jsonText(const nlohmann::json &doc) {
-  return doc.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
-}
-
 std::string printableText(std::string_view text) {
   std::string out;
   for (char c : text) {

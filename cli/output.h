@@ -1,6 +1,8 @@
 // Writing results: to stdout, or to a file that appears whole or not at all.
 #pragma once
 
+#include "hotforge/loader_commands.h"  // jsonText
+
 #include <llvm/Support/Error.h>
 #include <nlohmann/json.hpp>
 
@@ -12,9 +14,7 @@ namespace hotforge::cli {
 // interrupted run never leaves a half-written file. An empty path or "-" means stdout.
 llvm::Error writeOutput(const std::string &path, const std::string &content);
 
-// A JSON document as every command prints it: two-space indent, a final newline, and bytes that are
-// not UTF-8 (names from binaries) replaced by U+FFFD so the output always parses.
-std::string jsonText(const nlohmann::json &doc);
+using loader::jsonText;
 
 // Text for a terminal: control characters (names from a manifest or a file tree can hold any)
 // become \xNN, so they cannot move the cursor or rewrite what was printed. Line breaks stay.

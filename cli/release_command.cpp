@@ -4,6 +4,7 @@
 
 #include "hotforge/error.h"
 #include "hotforge/release.h"
+#include "hotforge/report.h"
 #include "hotforge/unit.h"
 
 #include <fmt/core.h>
@@ -25,7 +26,7 @@ struct ReleaseCommandOptions {
   std::vector<std::string> exclude;
   uint32_t sequence = 1;
   std::vector<std::string> merge;
-  std::string output, shard, cacheDir, progress = "auto";
+  std::string output, shard, cacheDir, progress = "auto", junit;
   SigningOptions signing;
   bool noCache = false, json = false;
   unsigned jobs = 0;
@@ -158,6 +159,9 @@ int runRelease(const ReleaseCommandOptions &o, bool shardMode) {
   result.times["wall"] = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   if (!shardMode)
     if (llvm::Error e = writeReleaseOutput(result, o.output)) return reportError(llvm::toString(std::move(e)));
+  if (!o.junit.empty())
+    if (llvm::Error e = writeOutput(o.junit, releaseJunitXml(result.summary)))
+      return reportError(llvm::toString(std::move(e)));
   if (o.json)
     fmt::print("{}", jsonText(releaseSummaryJson(result)));
   else
@@ -173,7 +177,7 @@ void addReleaseCommand(CLI::App &app, int &exitCode) {
       "release",
       "Package a whole release: diff and build every baseline/patched pair in parallel, pack the hotpatch images "
       "into signed units (one per machine: RELEASE-x64.hfu, RELEASE-arm64.hfu), and write OUTDIR/summary.json: what "
-      "is hotpatched, what needs a restart and why, what failed. Results are cached in OUTDIR/.cache, so a rerun "
+      "is hotpatched, what needs a restart and why, what failed; OUTDIR/summary.html links one review page per changed pair (OUTDIR/pages/). Results are cached in OUTDIR/.cache, so a rerun "
       "only redoes what changed. --shard I/N does one slice and --merge joins the slices into exactly the units and "
       "summary of a single run. docs/release.md has the manifest format and worked examples.\n"
       "Exit codes: 0 every pair hotpatched or unchanged, 3 some pair needs a restart, 1 some pair failed or the "
@@ -208,6 +212,9 @@ void addReleaseCommand(CLI::App &app, int &exitCode) {
   command->add_option("--progress", o->progress, "auto (a bar on a terminal, lines otherwise), bar, lines or none")
       ->check(CLI::IsMember({"auto", "bar", "lines", "none"}));
   command->add_flag("--json", o->json, "print the summary as JSON (summary.json plus \"times\")");
+  command->add_option("--junit", o->junit,
+                      "also write JUnit XML to this file: one test case per pair, failed pairs as errors, pairs "
+                      "that need a restart as failures with the reasons");
   command->callback([o, command, &exitCode] {
     bool shardMode = !o->shard.empty();
     checkUsage(*o, shardMode, *command);

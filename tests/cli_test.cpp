@@ -66,6 +66,33 @@ TEST(Cli, HelpAndVersion) {
   EXPECT_EQ(r.out.rfind("hotforge ", 0), 0u);
 }
 
+// diff --html: the review page next to the usual report, written atomically.
+TEST(Cli, DiffWritesTheReviewPage) {
+  std::vector<Sample> all = samples("elf-x64-gcc");
+  auto path = [&](const std::string &variant) {
+    for (const Sample &s : all)
+      if (s.program == "initval" && s.variant == variant) return s.path;
+    return std::string("(no initval." + variant + ")");
+  };
+  std::string dir = tempDir(), page = dir + "/initval.html";
+  CommandResult r = hotforge({"diff", path("base"), path("fix6"), "--html", page});
+  EXPECT_EQ(r.exitCode, 3) << r.err;  // the exit code and the text report are as without --html
+  EXPECT_NE(r.out.find("HF210 g_limit"), std::string::npos) << r.out;
+  CommandResult found = run({"/usr/bin/python3", std::string(HOTFORGE_SOURCE_DIR) + "/tests/check_html.py", page});
+  ASSERT_EQ(found.exitCode, 0) << found.err;
+  EXPECT_NE(found.out.find("\"headings\": [\"g_limit\"]"), std::string::npos) << found.out;
+  std::string html = readFile(page);
+  // The data change as hex, 10 -> 20 marked on both sides.
+  EXPECT_NE(html.find("<mark class=\"b\">0a</mark>"), std::string::npos);
+  EXPECT_NE(html.find("<mark class=\"p\">14</mark>"), std::string::npos);
+  EXPECT_NE(html.find("needs-restart"), std::string::npos);
+
+  std::string missing = dir + "/no-such-dir/page.html";
+  r = hotforge({"diff", path("base"), path("fix6"), "--html", missing});
+  expectOneLineError(r, missing, "cannot create a temporary file");
+  EXPECT_FALSE(std::filesystem::exists(dir + "/no-such-dir"));
+}
+
 TEST(Cli, UsageErrorsExitTwo) {
   EXPECT_EQ(hotforge({}).exitCode, 2);
   EXPECT_EQ(hotforge({"no-such-command"}).exitCode, 2);

@@ -115,6 +115,15 @@ json readSummary(const std::string &outDir) {
   return text.empty() ? json::object() : json::parse(text);
 }
 
+// OUTDIR/summary.html and every OUTDIR/pages/*.html by name.
+std::map<std::string, std::string> reviewPages(const std::string &outDir) {
+  std::map<std::string, std::string> out = {{"summary.html", readFile(outDir + "/summary.html")}};
+  if (fs::exists(outDir + "/pages"))
+    for (const fs::directory_entry &e : fs::directory_iterator(outDir + "/pages"))
+      out["pages/" + e.path().filename().string()] = readFile(e.path().string());
+  return out;
+}
+
 std::set<std::string> unitFiles(const std::string &outDir) {
   std::set<std::string> out;
   for (const fs::directory_entry &e : fs::directory_iterator(outDir))
@@ -142,6 +151,29 @@ std::set<std::string> functionSet(const json &array) {
     out.insert(name);
   }
   return out;
+}
+
+// What tests/check_html.py found on a page; fails the test when the page is not well-formed.
+json checkPage(const std::string &path) {
+  CommandResult r = run({"/usr/bin/python3", std::string(HOTFORGE_SOURCE_DIR) + "/tests/check_html.py", path});
+  EXPECT_EQ(r.exitCode, 0) << path << ": " << r.err;
+  return r.exitCode == 0 ? json::parse(r.out)[path] : json::object();
+}
+
+// A JUnit file read by Python's XML parser: the suite's counts and each test case.
+json readJunit(const std::string &path) {
+  const char *script = R"(
+import json, sys, xml.etree.ElementTree as ET
+root = ET.parse(sys.argv[1]).getroot()
+suite = root.find("testsuite")
+cases = [{"name": c.get("name"), "failure": c.find("failure") is not None and c.find("failure").text or None,
+          "error": c.find("error") is not None} for c in suite.findall("testcase")]
+print(json.dumps({"tests": int(suite.get("tests")), "failures": int(suite.get("failures")),
+                  "errors": int(suite.get("errors")), "cases": cases}))
+)";
+  CommandResult r = run({"/usr/bin/python3", "-c", script, path});
+  EXPECT_EQ(r.exitCode, 0) << path << ": " << r.err;
+  return r.exitCode == 0 ? json::parse(r.out) : json::object();
 }
 
 TEST(Release, WholeReleaseOnEveryTarget) {
@@ -219,9 +251,44 @@ TEST(Release, WholeReleaseOnEveryTarget) {
   }
   EXPECT_EQ(restartNames.size(), 6u);  // initval on each of the six targets
 
-  // --json prints summary.json plus the times.
-  CommandResult again = hotforge({"release", manifest, "-o", out, "--key", privateKey(), "--json", "--progress", "none"});
+  // summary.html links the review page of every pair with changes; each page shows every change.
+  json overview = checkPage(out + "/summary.html");
+  std::set<std::string> links;
+  for (const json &l : overview["links"]) links.insert(l.get<std::string>());
+  size_t pages = 0;
+  for (const json &pair : summary["pairs"]) {
+    bool changed = !pair.value("changes", json::array()).empty();
+    ASSERT_EQ(pair["page"].is_string(), changed) << pair.dump();
+    if (!changed) continue;
+    ++pages;
+    EXPECT_EQ(pair["page"], "pages/" + pair["entry"].get<std::string>() + ".html");
+    EXPECT_TRUE(links.count(pair["page"].get<std::string>())) << pair["page"];
+    json page = checkPage(out + "/" + pair["page"].get<std::string>());
+    std::set<std::string> headings;
+    for (const json &h : page["headings"]) headings.insert(h.get<std::string>());
+    for (const json &c : pair["changes"])
+      if (c["name"].get<std::string>().rfind("(unnamed", 0) != 0)
+        EXPECT_TRUE(headings.count(c["name"].get<std::string>())) << pair["name"] << ": " << c["name"];
+    EXPECT_NE(std::find(page["links"].begin(), page["links"].end(), json("../summary.html")), page["links"].end());
+  }
+  EXPECT_EQ(pages, pairs.size());  // every pair of this release changes something
+
+  // --json prints summary.json plus the times; --junit writes one test case per pair.
+  std::string junit = dir + "/junit.xml";
+  CommandResult again = hotforge({"release", manifest, "-o", out, "--key", privateKey(), "--json", "--progress", "none",
+                                  "--junit", junit});
   EXPECT_EQ(again.exitCode, 3) << again.err;
+  json cases = readJunit(junit);
+  EXPECT_EQ(cases["tests"], pairs.size());
+  EXPECT_EQ(cases["failures"], 6);
+  EXPECT_EQ(cases["errors"], 0);
+  ASSERT_EQ(cases["cases"].size(), pairs.size());
+  for (const json &c : cases["cases"]) {
+    const json *pair = pairOf(summary, c["name"].get<std::string>());
+    ASSERT_NE(pair, nullptr) << c;
+    EXPECT_EQ(c["failure"].is_string(), (*pair)["status"] == "restart-required") << c;
+    if (c["failure"].is_string()) EXPECT_NE(c["failure"].get<std::string>().find("HF210 g_limit: "), std::string::npos) << c;
+  }
   json printed = json::parse(again.out);
   EXPECT_TRUE(printed.contains("times"));
   EXPECT_TRUE(printed["times"]["wall"].is_number());
@@ -249,6 +316,8 @@ TEST(Release, ShardsAndMergeEqualASingleRun) {
   EXPECT_EQ(unitFiles(merged), unitFiles(single));
   for (const std::string &file : unitFiles(single)) EXPECT_EQ(readFile(single + "/" + file), readFile(merged + "/" + file)) << file;
   EXPECT_EQ(readFile(single + "/summary.json"), readFile(merged + "/summary.json"));
+  EXPECT_GT(reviewPages(single).size(), 1u);
+  EXPECT_EQ(reviewPages(single), reviewPages(merged));
 
   // Both shards into one shared directory, merged from there: the same again.
   std::string shared = dir + "/shared", merged2 = dir + "/merged2";
@@ -311,9 +380,20 @@ TEST(Release, AFailingPairDoesNotStopTheOthers) {
                      {{"name", "unrelated"}, {"baseline", base->path}, {"patched", live->path}},
                      {{"name", "same"}, {"baseline", base->path}, {"patched", base->path}}}}};
   std::string out = dir + "/out";
-  CommandResult r = hotforge({"release", writeManifest(dir, manifest), "-o", out, "--key", privateKey(), "-j", "2"});
+  CommandResult r = hotforge({"release", writeManifest(dir, manifest), "-o", out, "--key", privateKey(), "-j", "2",
+                              "--junit", dir + "/junit.xml"});
   EXPECT_EQ(r.exitCode, 1) << r.out << r.err;
   EXPECT_NE(r.out.find("failed:"), std::string::npos) << r.out;
+  // Failed pairs are JUnit errors; the others pass.
+  json cases = readJunit(dir + "/junit.xml");
+  EXPECT_EQ(cases["tests"], 4);
+  EXPECT_EQ(cases["errors"], 2);
+  EXPECT_EQ(cases["failures"], 0);
+  std::set<std::string> errors;
+  for (const json &c : cases["cases"])
+    if (c["error"].get<bool>()) errors.insert(c["name"].get<std::string>());
+  EXPECT_EQ(errors, (std::set<std::string>{"missing", "unrelated"}));
+  checkPage(out + "/summary.html");
   json summary = readSummary(out);
   EXPECT_EQ(summary["exit_code"], 1);
   EXPECT_EQ(summary["totals"]["failed"], 2);
@@ -360,6 +440,7 @@ TEST(Release, RerunUsesTheCache) {
   std::map<std::string, std::string> first;
   for (const std::string &f : unitFiles(out)) first[f] = readFile(out + "/" + f);
   ASSERT_EQ(first.size(), 2u);  // r-cache-arm64.hfu and r-cache-x64.hfu
+  std::map<std::string, std::string> firstPages = reviewPages(out);
   EXPECT_EQ(readSummary(out)["totals"]["cached"], 0);
 
   CommandResult again = hotforge({"release", path, "-o", out, "--key", privateKey(), "--progress", "lines"});
@@ -370,6 +451,7 @@ TEST(Release, RerunUsesTheCache) {
   for (const json &p : summary["pairs"]) EXPECT_TRUE(p["cached"].get<bool>()) << p["name"];
   EXPECT_EQ(summary["totals"]["cached"], summary["totals"]["pairs"]);
   for (const auto &[file, bytes] : first) EXPECT_EQ(readFile(out + "/" + file), bytes) << file;
+  EXPECT_EQ(reviewPages(out), firstPages);  // the pages come from the cache too
 
   // One pair changes: only it is rebuilt.
   fs::copy_file(findSample("elf-a64-clang", "core", "fix10")->path, changing, fs::copy_options::overwrite_existing);

@@ -2,6 +2,8 @@
 
 #include <llvm/Support/Endian.h>
 
+#include <algorithm>
+
 namespace hotforge::differ {
 
 std::string_view fieldEncodingName(FieldEncoding encoding) {
@@ -20,6 +22,14 @@ std::string_view fieldEncodingName(FieldEncoding encoding) {
   case FieldEncoding::A64LdStLo12: return "a64-ldst-lo12";
   }
   return "unknown";
+}
+
+RelocationIndex relocationIndex(const Image &image) {
+  RelocationIndex index{image.imageBase, {}};
+  index.rvas.reserve(image.relocations.size());
+  for (const Relocation &r : image.relocations) index.rvas.push_back(r.rva);
+  std::sort(index.rvas.begin(), index.rvas.end());
+  return index;
 }
 
 llvm::Expected<std::unique_ptr<InstructionDecoder>> createX64Decoder();

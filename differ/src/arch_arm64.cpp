@@ -64,6 +64,15 @@ protected:
   unsigned undecodableStep() const override { return 4; }
   uint64_t printAddress(uint64_t pc, uint64_t) const override { return pc; }
 
+  // The PC-relative operand (branches, ADR, ADRP, LDR literal), else the immediate of an ADD or a
+  // load/store that consumes a known address.
+  int addressOperand(const MCInst &inst, const CodeReference &, const RelocationIndex &) const override {
+    const MCInstrDesc &desc = mc_.instructions->get(inst.getOpcode());
+    for (unsigned i = 0; i < inst.getNumOperands() && i < desc.getNumOperands(); ++i)
+      if (desc.operands()[i].OperandType == MCOI::OPERAND_PCREL && inst.getOperand(i).isImm()) return int(i);
+    return inst.getNumOperands() >= 3 && inst.getOperand(2).isImm() ? 2 : -1;
+  }
+
   // Which offsets forward branches enter, and from where: at those join points an address is
   // known only if every way in agrees (back edges are not followed; compilers keep a hoisted ADRP
   // live around loops). Code after a barrier that only a back edge enters is a rotated loop's

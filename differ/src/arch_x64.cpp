@@ -44,6 +44,24 @@ protected:
   unsigned undecodableStep() const override { return 1; }
   uint64_t printAddress(uint64_t pc, uint64_t size) const override { return pc + size; }
 
+  int addressOperand(const MCInst &inst, const CodeReference &reference, const RelocationIndex &relocations) const override {
+    switch (reference.kind) {
+    case ReferenceKind::Call:
+    case ReferenceKind::Branch: return 0;
+    case ReferenceKind::Memory:
+      for (unsigned i = 0; i + 3 < inst.getNumOperands(); ++i)
+        if (inst.getOperand(i).isReg() && inst.getOperand(i).getReg() == rip_) return int(i) + 3;
+      return -1;
+    case ReferenceKind::Absolute:
+      for (unsigned i = 0; i < inst.getNumOperands(); ++i)
+        if (inst.getOperand(i).isImm() && uint64_t(inst.getOperand(i).getImm()) == relocations.imageBase + reference.target)
+          return int(i);
+      return -1;
+    case ReferenceKind::Page: return -1;
+    }
+    return -1;
+  }
+
   void analyze(const MCInst &inst, uint64_t pc, uint64_t size, uint32_t index, DecodeState &state) override {
     const MCInstrDesc &desc = mc_.instructions->get(inst.getOpcode());
     uint64_t target = 0;

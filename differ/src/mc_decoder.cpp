@@ -2,12 +2,14 @@
 
 #include "hotforge/error.h"
 
+#include <llvm/MC/MCExpr.h>
 #include <llvm/MC/MCTargetOptions.h>
 #include <llvm/MC/TargetRegistry.h>
 #include <llvm/Support/TargetSelect.h>
 #include <llvm/Support/raw_ostream.h>
 
 #include <algorithm>
+#include <map>
 #include <mutex>
 
 namespace hotforge::differ {
@@ -138,6 +140,32 @@ CodeSummary McDecoder::decodeLoop(ArrayRef<uint8_t> code, uint64_t rva, const Re
 }
 
 std::vector<InstructionText> McDecoder::disassemble(ArrayRef<uint8_t> code, uint64_t rva) {
+  return printLoop(code, rva, nullptr);
+}
+
+std::vector<InstructionText> McDecoder::disassembleSymbolic(ArrayRef<uint8_t> code, uint64_t rva,
+                                                            const RelocationIndex &relocations,
+                                                            const AddressNamer &namer) {
+  // The references by instruction offset: the first one names the instruction's operand (an
+  // ADRP that several consumers share is named after the first).
+  std::map<uint32_t, CodeReference> byOffset;
+  for (const CodeReference &r : decode(code, rva, relocations, false).references) byOffset.emplace(r.offset, r);
+  return printLoop(code, rva, [&](MCInst &inst, uint32_t offset) {
+    auto reference = byOffset.find(offset);
+    if (reference == byOffset.end()) return;
+    int operand = addressOperand(inst, reference->second, relocations);
+    std::optional<AddressName> name = namer(reference->second.target);
+    if (operand < 0 || unsigned(operand) >= inst.getNumOperands() || !name) return;
+    const MCExpr *expr = MCSymbolRefExpr::create(mc_.context->getOrCreateSymbol(name->symbol), *mc_.context);
+    if (name->offset)
+      expr = MCBinaryExpr::createAdd(expr, MCConstantExpr::create(int64_t(name->offset), *mc_.context, true),
+                                     *mc_.context);
+    inst.getOperand(unsigned(operand)) = MCOperand::createExpr(expr);
+  });
+}
+
+std::vector<InstructionText> McDecoder::printLoop(ArrayRef<uint8_t> code, uint64_t rva,
+                                                  const std::function<void(MCInst &, uint32_t)> &rename) {
   std::vector<InstructionText> out;
   uint64_t offset = 0;
   MCInst inst;
@@ -156,6 +184,7 @@ std::vector<InstructionText> McDecoder::disassemble(ArrayRef<uint8_t> code, uint
     line.offset = uint32_t(offset);
     line.bytes = hexEncode(code.slice(offset, size));
     if (ok) {
+      if (rename) rename(inst, uint32_t(offset));
       raw_string_ostream text(line.text);
       mc_.printer->printInst(&inst, printAddress(rva + offset, size), "", *mc_.subtarget, text);
       text.flush();

@@ -69,6 +69,9 @@ public:
                          std::vector<CodeReference> &references,
                          llvm::MutableArrayRef<uint64_t> instructionStarts) final;
   std::vector<InstructionText> disassemble(llvm::ArrayRef<uint8_t> code, uint64_t rva) final;
+  std::vector<InstructionText> disassembleSymbolic(llvm::ArrayRef<uint8_t> code, uint64_t rva,
+                                                   const RelocationIndex &relocations,
+                                                   const AddressNamer &namer) final;
 
 protected:
   // Fill instructions and landing pads: left out of the shape and the instruction count.
@@ -79,6 +82,9 @@ protected:
   virtual void endFunction(DecodeState &state) {}
   virtual unsigned undecodableStep() const = 0;   // bytes to skip over an undecodable instruction
   virtual uint64_t printAddress(uint64_t pc, uint64_t size) const = 0;  // see LLVM 19 gotcha L5
+  // The operand of `inst` that holds the address `reference` resolves (what analyze() masks), or -1.
+  virtual int addressOperand(const llvm::MCInst &inst, const CodeReference &reference,
+                             const RelocationIndex &relocations) const = 0;
 
   // Shared hashing of plain operands: registers and immediates, skipping `masked`.
   void mixOperands(const llvm::MCInst &inst, DecodeState &state, int maskedA = -1, int maskedB = -1) const;
@@ -93,6 +99,9 @@ private:
     std::vector<uint32_t> *instructionOffsets = nullptr;
     std::vector<uint64_t> *instructionShapes = nullptr;
   };
+  // The disassembly loop; `rename`, when given, may replace address operands before printing.
+  std::vector<InstructionText> printLoop(llvm::ArrayRef<uint8_t> code, uint64_t rva,
+                                         const std::function<void(llvm::MCInst &, uint32_t offset)> &rename);
   CodeSummary decodeLoop(llvm::ArrayRef<uint8_t> code, uint64_t rva, const RelocationIndex &relocations,
                          const Outputs &outputs);
 };

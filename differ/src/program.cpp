@@ -152,9 +152,8 @@ Program::Program(const Image &img) : image(img) {
 
   for (const Segment &s : image.segments)
     if (s.type == "GNU_RELRO") relro_.push_back({s.rva, s.memorySize});
-  relocations.imageBase = image.imageBase;
+  relocations = relocationIndex(image);
   for (const Relocation &r : image.relocations) {
-    relocations.rvas.push_back(r.rva);
     if (r.symbol) {
       pointers[r.rva] = {&*r.symbol, 0};
     } else if (image.format == Format::Elf) {
@@ -166,7 +165,6 @@ Program::Program(const Image &img) : image(img) {
     }
   }
   for (const auto &[slot, pointer] : pointers) pointerSlots_.add(slot);
-  std::sort(relocations.rvas.begin(), relocations.rvas.end());
   for (const Import &i : image.imports) importSlots[i.slotRva] = &i;
   dataSlots_.assign(image.dataObjects.size(), 0);
   std::vector<uint64_t> dataStarts;

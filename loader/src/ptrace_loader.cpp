@@ -7,13 +7,9 @@
 // sent again when we let go, and a thread whose registers we change gets them back on every path.
 #include "hotforge/loader.h"
 
-#include "hotforge/error.h"
-#include "hotforge/image.h"
 #include "hotforge/runtime/bytes.h"
 #include "hotforge/runtime/files.h"
 #include "hotforge/runtime/process_maps.h"
-
-#include <fmt/core.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -63,51 +59,51 @@ public:
   ~TracedProcess() { release(); }
 
   // Seizes `tid` (the process keeps running). False when the thread is gone.
-  llvm::Expected<bool> seize(int tid) {
+  Outcome<bool> seize(int tid) {
     if (find(tid)) return true;
     if (ptrace(PTRACE_SEIZE, tid, nullptr, nullptr) != 0) {
       if (errno == ESRCH) return false;  // exited meanwhile
-      return formatError("cannot trace thread {} of process {}: {}", tid, pid_, strerror(errno));
+      return fail("cannot trace thread ", tid, " of process ", pid_, ": ", strerror(errno));
     }
     threads_.push_back(Thread{tid, false, false, {}});
     return true;
   }
-  llvm::Error seizeAll() {
+  Status seizeAll() {
     for (int tid : threadsOf(pid_))
-      if (llvm::Expected<bool> s = seize(tid); !s) return s.takeError();
-    if (threads_.empty()) return formatError("process {} has vanished", pid_);
-    return llvm::Error::success();
+      if (Outcome<bool> s = seize(tid); !s) return std::move(s).failure();
+    if (threads_.empty()) return fail("process ", pid_, " has vanished");
+    return success();
   }
 
   // Stops every thread: all are interrupted at once, then waited for, and threads that started
   // meanwhile are seized and stopped too, until the set is stable.
-  llvm::Error stopAll() {
+  Status stopAll() {
     for (int round = 0; round < 64; ++round) {
       for (Thread &t : threads_)
         if (!t.stopped && !t.gone) ptrace(PTRACE_INTERRUPT, t.tid, nullptr, nullptr);
       for (Thread &t : threads_)
         if (!t.stopped && !t.gone)
-          if (llvm::Error e = waitForStop(t)) return e;
+          if (Status s = waitForStop(t); !s) return std::move(s).failure();
       bool added = false;
       for (int tid : threadsOf(pid_)) {
         if (find(tid)) continue;
-        llvm::Expected<bool> s = seize(tid);
-        if (!s) return s.takeError();
+        Outcome<bool> s = seize(tid);
+        if (!s) return std::move(s).failure();
         added |= *s;
       }
       if (!added) break;
     }
     if (std::none_of(threads_.begin(), threads_.end(), [](const Thread &t) { return !t.gone; }))
-      return formatError("process {} has vanished", pid_);
-    return llvm::Error::success();
+      return fail("process ", pid_, " has vanished");
+    return success();
   }
-  llvm::Error stop(int tid) {
+  Status stop(int tid) {
     Thread *t = find(tid);
-    if (!t) return formatError("thread {} is not traced", tid);
+    if (!t) return fail("thread ", tid, " is not traced");
     if (!t->stopped) ptrace(PTRACE_INTERRUPT, tid, nullptr, nullptr);
-    if (llvm::Error e = waitForStop(*t)) return e;
-    if (t->gone) return formatError("thread {} of process {} has exited", tid, pid_);
-    return llvm::Error::success();
+    if (Status s = waitForStop(*t); !s) return std::move(s).failure();
+    if (t->gone) return fail("thread ", tid, " of process ", pid_, " has exited");
+    return success();
   }
   void resumeAll() {
     for (Thread &t : threads_)
@@ -120,7 +116,7 @@ public:
       if (t.gone) continue;
       if (!t.stopped) {
         ptrace(PTRACE_INTERRUPT, t.tid, nullptr, nullptr);
-        llvm::consumeError(waitForStop(t));
+        static_cast<void>(waitForStop(t));  // a thread that is gone needs no detach
       }
       if (!t.gone) ptrace(PTRACE_DETACH, t.tid, nullptr, nullptr);
     }
@@ -142,24 +138,24 @@ public:
   // Resumes a stopped thread with `request` (PTRACE_SINGLESTEP, PTRACE_CONT) until it stops with
   // a signal `ours` accepts; other signals are held and the request repeated. A fault the thread
   // causes itself that `ours` refuses is an error.
-  template <typename Ours> llvm::Expected<siginfo_t> runUntil(int tid, __ptrace_request request, Ours ours) {
+  template <typename Ours> Outcome<siginfo_t> runUntil(int tid, __ptrace_request request, Ours ours) {
     Thread *t = find(tid);
     for (int round = 0; round < 1000; ++round) {
       if (ptrace(request, tid, nullptr, nullptr) != 0)
-        return formatError("cannot resume thread {}: {}", tid, strerror(errno));
+        return fail("cannot resume thread ", tid, ": ", strerror(errno));
       t->stopped = false;
       int status = 0;
-      if (llvm::Error e = waitOnce(*t, status)) return e;
-      if (t->gone) return formatError("thread {} of process {} exited", tid, pid_);
+      if (Status s = waitOnce(*t, status); !s) return std::move(s).failure();
+      if (t->gone) return fail("thread ", tid, " of process ", pid_, " exited");
       if (status >> 16) continue;  // an event stop (the process was stopped by a signal and continued)
       siginfo_t info{};
       if (ptrace(PTRACE_GETSIGINFO, tid, nullptr, &info) != 0) info.si_signo = WSTOPSIG(status);
       if (ours(info)) return info;
       if (selfInflicted(info))
-        return formatError("thread {} faulted (signal {}) while running injected code", tid, info.si_signo);
+        return fail("thread ", tid, " faulted (signal ", info.si_signo, ") while running injected code");
       t->held.push_back(info);
     }
-    return formatError("thread {} of process {} keeps receiving signals", tid, pid_);
+    return fail("thread ", tid, " of process ", pid_, " keeps receiving signals");
   }
 
 private:
@@ -174,21 +170,21 @@ private:
     return it == threads_.end() ? nullptr : &*it;
   }
 
-  llvm::Error waitOnce(Thread &t, int &status) {
+  Status waitOnce(Thread &t, int &status) {
     while (waitpid(t.tid, &status, __WALL) != t.tid)
-      if (errno != EINTR) return formatError("waiting for thread {} of process {}: {}", t.tid, pid_, strerror(errno));
+      if (errno != EINTR) return fail("waiting for thread ", t.tid, " of process ", pid_, ": ", strerror(errno));
     if (WIFEXITED(status) || WIFSIGNALED(status)) t.gone = true;
     else if (WIFSTOPPED(status)) t.stopped = true;
-    return llvm::Error::success();
+    return success();
   }
 
   // After PTRACE_INTERRUPT: waits for the interrupt's stop. A signal for the program that stops the
   // thread first is held, and the thread resumed so that the interrupt stop comes.
-  llvm::Error waitForStop(Thread &t) {
+  Status waitForStop(Thread &t) {
     for (;;) {
       int status = 0;
-      if (llvm::Error e = waitOnce(t, status)) return e;
-      if (t.gone || !WIFSTOPPED(status) || (status >> 16) == PTRACE_EVENT_STOP) return llvm::Error::success();
+      if (Status s = waitOnce(t, status); !s) return std::move(s).failure();
+      if (t.gone || !WIFSTOPPED(status) || (status >> 16) == PTRACE_EVENT_STOP) return success();
       siginfo_t info{};
       if (ptrace(PTRACE_GETSIGINFO, t.tid, nullptr, &info) != 0) info.si_signo = WSTOPSIG(status);
       if (!selfInflicted(info)) t.held.push_back(info);
@@ -225,9 +221,9 @@ private:
   int fd_;
 };
 
-llvm::Expected<ProcessMemory> openMemory(int pid) {
+Outcome<ProcessMemory> openMemory(int pid) {
   ProcessMemory memory(pid);
-  if (!memory.ok()) return formatError("cannot open the memory of process {}: {}", pid, strerror(errno));
+  if (!memory.ok()) return fail("cannot open the memory of process ", pid, ": ", strerror(errno));
   return memory;
 }
 
@@ -266,49 +262,49 @@ public:
   Injector(TracedProcess &process, int tid, const ProcessMemory &memory, const std::vector<Mapping> &maps)
       : process_(process), tid_(tid), memory_(memory), maps_(maps) {}
 
-  llvm::Expected<int64_t> syscall(long number, std::array<uint64_t, 6> args) {
+  Outcome<int64_t> syscall(long number, std::array<uint64_t, 6> args) {
     SavedRegisters saved(tid_);
-    if (!saved.ok()) return formatError("cannot read the registers of thread {}: {}", tid_, strerror(errno));
+    if (!saved.ok()) return fail("cannot read the registers of thread ", tid_, ": ", strerror(errno));
     uint64_t site = syscallSite(memory_, maps_, saved.saved().rip);
-    if (!site) return makeError("found no syscall instruction to run mmap in the target");
+    if (!site) return fail("found no syscall instruction to run mmap in the target");
     user_regs_struct regs = saved.saved();
     regs.rax = uint64_t(number);
     regs.orig_rax = uint64_t(-1);  // not a system call to restart
     regs.rdi = args[0], regs.rsi = args[1], regs.rdx = args[2], regs.r10 = args[3], regs.r8 = args[4], regs.r9 = args[5];
     regs.rip = site;
     if (ptrace(PTRACE_SETREGS, tid_, nullptr, &regs) != 0)
-      return formatError("cannot set the registers of thread {}: {}", tid_, strerror(errno));
-    llvm::Expected<siginfo_t> stopped = process_.runUntil(tid_, PTRACE_SINGLESTEP, [&](const siginfo_t &info) {
+      return fail("cannot set the registers of thread ", tid_, ": ", strerror(errno));
+    Outcome<siginfo_t> stopped = process_.runUntil(tid_, PTRACE_SINGLESTEP, [&](const siginfo_t &info) {
       return info.si_signo == SIGTRAP && ptrace(PTRACE_GETREGS, tid_, nullptr, &regs) == 0 && regs.rip == site + 2;
     });
-    if (!stopped) return stopped.takeError();
+    if (!stopped) return std::move(stopped).failure();
     return int64_t(regs.rax);
   }
 
   // Calls `function(argument)`. The call returns to address 0, and the fault that follows hands
   // the thread back to us.
-  llvm::Error call(uint64_t function, uint64_t argument) {
+  Status call(uint64_t function, uint64_t argument) {
     SavedRegisters saved(tid_);
-    if (!saved.ok()) return formatError("cannot read the registers of thread {}: {}", tid_, strerror(errno));
+    if (!saved.ok()) return fail("cannot read the registers of thread ", tid_, ": ", strerror(errno));
     user_regs_struct regs = saved.saved();
     regs.rsp = ((regs.rsp - 512) & ~uint64_t(15)) - 8;  // below the red zone; aligned as after a call
     uint64_t returnAddress = 0;
-    if (!memory_.write(regs.rsp, &returnAddress, 8)) return formatError("cannot write the stack of thread {}", tid_);
+    if (!memory_.write(regs.rsp, &returnAddress, 8)) return fail("cannot write the stack of thread ", tid_);
     regs.rip = function;
     regs.rdi = argument;
     regs.rax = 0;
     regs.orig_rax = uint64_t(-1);  // not a system call to restart
     if (ptrace(PTRACE_SETREGS, tid_, nullptr, &regs) != 0)
-      return formatError("cannot set the registers of thread {}: {}", tid_, strerror(errno));
+      return fail("cannot set the registers of thread ", tid_, ": ", strerror(errno));
     bool returned = false;
-    llvm::Expected<siginfo_t> stopped = process_.runUntil(tid_, PTRACE_CONT, [&](const siginfo_t &info) {
+    Outcome<siginfo_t> stopped = process_.runUntil(tid_, PTRACE_CONT, [&](const siginfo_t &info) {
       if (info.si_signo != SIGSEGV || info.si_code <= 0) return false;
       returned = ptrace(PTRACE_GETREGS, tid_, nullptr, &regs) == 0 && regs.rip == 0;
       return true;
     });
-    if (!stopped) return stopped.takeError();
-    if (!returned) return formatError("a call injected into thread {} faulted at {:#x}", tid_, regs.rip);
-    return llvm::Error::success();
+    if (!stopped) return std::move(stopped).failure();
+    if (!returned) return fail("a call injected into thread ", tid_, " faulted at ", hexAddress(regs.rip));
+    return success();
   }
 
 private:
@@ -322,21 +318,21 @@ private:
 // an object dl_iterate_phdr reports: its .eh_frame is registered with libgcc's __register_frame,
 // as JIT compilers do (and deregistered with __deregister_frame when a failed apply unmaps it).
 // Programs without libgcc_s (plain C) cannot throw, so there is nothing to do. The function's
-// address is found before any thread stops (reading libgcc is the slow part).
+// address is found (in libgcc's .dynsym) before any thread stops: reading libgcc is the slow part.
 struct FrameFunction {
   uint64_t address = 0;  // 0: no libgcc_s, nothing to register
 };
-llvm::Expected<FrameFunction> libgccFunction(const std::vector<Mapping> &maps, const std::string &name) {
+Outcome<FrameFunction> libgccFunction(const std::vector<Mapping> &maps, const std::string &name) {
   auto libgcc = std::find_if(maps.begin(), maps.end(), [](const Mapping &m) {
     return m.offset == 0 && m.path.find("/libgcc_s.so") != std::string::npos;
   });
   if (libgcc == maps.end()) return FrameFunction{};
-  llvm::Expected<Image> library = readImage(libgcc->path);
-  if (!library) return library.takeError();
-  for (const Function &f : library->functions)
-    if (f.name && (*f.name == name || f.name->rfind(name + "@", 0) == 0))
-      return FrameFunction{libgcc->start + f.range.rva};
-  return formatError("{} has no {}: the patch's unwind entries cannot be registered", libgcc->path, name);
+  Outcome<std::vector<uint8_t>> library = readFileBytes(libgcc->path);
+  if (!library) return std::move(library).failure();
+  Outcome<uint64_t> function = elfDynamicSymbolRva(*library, name);
+  if (!function)
+    return fail(libgcc->path, ": ", function.error(), ": the patch's unwind entries cannot be registered");
+  return FrameFunction{libgcc->start + *function};
 }
 
 const PatchSection *ehFrame(const PatchImage &image) {
@@ -348,20 +344,17 @@ const PatchSection *ehFrame(const PatchImage &image) {
 uint64_t mappedSize(uint64_t imageSize) { return alignTo(imageSize, 0x10000); }
 
 // The first thread to inject into: the main thread, or any other if it has exited.
-llvm::Expected<int> stopOneThread(TracedProcess &process, int pid) {
+Outcome<int> stopOneThread(TracedProcess &process, int pid) {
   std::vector<int> tids = threadsOf(pid);
   std::stable_partition(tids.begin(), tids.end(), [&](int tid) { return tid == pid; });
   for (int tid : tids) {
-    llvm::Expected<bool> seized = process.seize(tid);
-    if (!seized) return seized.takeError();
+    Outcome<bool> seized = process.seize(tid);
+    if (!seized) return std::move(seized).failure();
     if (!*seized) continue;
-    if (llvm::Error e = process.stop(tid)) {
-      llvm::consumeError(std::move(e));
-      continue;
-    }
+    if (Status stopped = process.stop(tid); !stopped) continue;
     return tid;
   }
-  return formatError("process {} has vanished", pid);
+  return fail("process ", pid, " has vanished");
 }
 
 // The words of a stopped thread's stack, from its stack pointer to the end of the stack's mapping
@@ -388,14 +381,15 @@ std::vector<std::string> threadsInTheWay(const TracedProcess &process, const Pro
     for (const PatchRedirect &r : image.redirects) {
       std::string name = r.name.value_or("a function");
       if (overwrittenSpan(r, baseAddress).strictlyContains(regs.rip))
-        busy.push_back(fmt::format("thread {} is at {:#x} inside {}", tid, regs.rip, name));
+        busy.push_back(concatenate("thread ", tid, " is at ", hexAddress(regs.rip), " inside ", name));
       if (!strict) continue;
       uint64_t begin = baseAddress + r.baseRva, end = begin + r.baseSize;
       if (regs.rip >= begin && regs.rip < end)
-        busy.push_back(fmt::format("thread {} runs in {} (at {:#x})", tid, name, regs.rip));
+        busy.push_back(concatenate("thread ", tid, " runs in ", name, " (at ", hexAddress(regs.rip), ")"));
       for (uint64_t word : stack)
         if (word > begin && word < end) {  // a return address points after a call, never at the entry
-          busy.push_back(fmt::format("thread {} has {} on its stack (return address {:#x})", tid, name, word));
+          busy.push_back(
+              concatenate("thread ", tid, " has ", name, " on its stack (return address ", hexAddress(word), ")"));
           break;
         }
     }
@@ -403,135 +397,134 @@ std::vector<std::string> threadsInTheWay(const TracedProcess &process, const Pro
   return busy;
 }
 
-llvm::Error expectedBytesThere(const ProcessMemory &memory, const PatchImage &image, uint64_t baseAddress) {
+Status expectedBytesThere(const ProcessMemory &memory, const PatchImage &image, uint64_t baseAddress) {
   for (const PatchRedirect &r : image.redirects) {
     uint64_t from = baseAddress + r.baseRva - r.paddingBefore;
     std::vector<uint8_t> found = memory.read(from, r.expected.size());
     if (found != r.expected)
-      return formatError("{} at {:#x} does not hold the bytes this patch expects ({} instead of {}): another patch "
-                         "or another build", r.name.value_or("a function"), from, hexEncode(found),
-                         hexEncode(r.expected));
+      return fail(r.name.value_or("a function"), " at ", hexAddress(from), " does not hold the bytes this patch expects (",
+                  hexEncode(found), " instead of ", hexEncode(r.expected), "): another patch or another build");
   }
-  return llvm::Error::success();
+  return success();
 }
 
 #else
 
-llvm::Error notHere() {
-  return makeError("the ptrace loader runs on x86-64 Linux; on other machines use the in-process agent");
+Status notHere() {
+  return fail("the ptrace loader runs on x86-64 Linux; on other machines use the in-process agent");
 }
 
 #endif  // __x86_64__
 
 }  // namespace
 
-llvm::Expected<AppliedImage> prepareImage(int pid, const PatchImage &image, bool checkEntries) {
+Outcome<AppliedImage> prepareImage(int pid, const PatchImage &image, bool checkEntries) {
 #if !defined(__x86_64__)
   return notHere();
 #else
   if (image.format != Format::Elf || image.machine != Machine::X64)
-    return formatError("this loader applies ELF x64 images; the image is {} {}", formatName(image.format),
-                       machineName(image.machine));
-  if (kill(pid, 0) != 0) return formatError("process {} does not exist", pid);
-  std::vector<Mapping> maps = readMaps(fmt::format("/proc/{}/maps", pid));
-  llvm::Expected<MappedBaseline> baseline = lift(findBaseline(maps, image, fmt::format("process {}", pid)));
-  if (!baseline) return baseline.takeError();
-  llvm::Expected<ProcessMemory> memory = openMemory(pid);
-  if (!memory) return memory.takeError();
+    return fail("this loader applies ELF x64 images; the image is ", formatName(image.format), " ",
+                machineName(image.machine));
+  if (kill(pid, 0) != 0) return fail("process ", pid, " does not exist");
+  std::vector<Mapping> maps = readMaps(concatenate("/proc/", pid, "/maps"));
+  Outcome<MappedBaseline> baseline = findBaseline(maps, image, concatenate("process ", pid));
+  if (!baseline) return std::move(baseline).failure();
+  Outcome<ProcessMemory> memory = openMemory(pid);
+  if (!memory) return std::move(memory).failure();
   if (checkEntries)
-    if (llvm::Error e = expectedBytesThere(*memory, image, baseline->address)) return e;
+    if (Status s = expectedBytesThere(*memory, image, baseline->address); !s) return std::move(s).failure();
   AppliedImage applied;
   applied.baselinePath = baseline->path;
   applied.baseAddress = baseline->address;
   applied.imageSize = image.imageSize;
   applied.sequence = image.sequence;
   applied.baselineSha256 = hexEncode(image.baseline.sha256);
-  llvm::Expected<FrameFunction> registerFrame = ehFrame(image) ? libgccFunction(maps, "__register_frame") : FrameFunction{};
-  if (!registerFrame) return registerFrame.takeError();
+  Outcome<FrameFunction> registerFrame = ehFrame(image) ? libgccFunction(maps, "__register_frame") : FrameFunction{};
+  if (!registerFrame) return std::move(registerFrame).failure();
   uint64_t size = mappedSize(image.imageSize);
   std::vector<uint64_t> hints = freeAddressesNear(maps, applied.baseAddress, size, patchReach(image.machine));
 
   TracedProcess process(pid);
-  llvm::Expected<int> tid = stopOneThread(process, pid);
-  if (!tid) return tid.takeError();
+  Outcome<int> tid = stopOneThread(process, pid);
+  if (!tid) return std::move(tid).failure();
   Injector inject(process, *tid, *memory, maps);
   // Memory near the base, so rel32 fixups and jumps reach.
   for (size_t attempt = 0; attempt < hints.size() && attempt < 16 && !applied.imageAddress; ++attempt) {
-    llvm::Expected<int64_t> r = inject.syscall(SYS_mmap, {hints[attempt], size, PROT_READ | PROT_WRITE,
+    Outcome<int64_t> r = inject.syscall(SYS_mmap, {hints[attempt], size, PROT_READ | PROT_WRITE,
                                                           MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE,
                                                           uint64_t(-1), 0});
-    if (!r) return r.takeError();
+    if (!r) return std::move(r).failure();
     if (*r > 0 && uint64_t(*r) == hints[attempt]) applied.imageAddress = uint64_t(*r);
-    else if (*r > 0) llvm::consumeError(inject.syscall(SYS_munmap, {uint64_t(*r), size, 0, 0, 0, 0}).takeError());
+    else if (*r > 0) static_cast<void>(inject.syscall(SYS_munmap, {uint64_t(*r), size, 0, 0, 0, 0}));
   }
-  if (!applied.imageAddress) return makeError("found no free memory within reach of the base for the patch");
+  if (!applied.imageAddress) return fail("found no free memory within reach of the base for the patch");
   // Until the unwind entries are registered a failure unmaps the image again: the process is
   // left as it was.
-  auto unmapped = [&](llvm::Error failure) -> llvm::Error {
-    llvm::consumeError(inject.syscall(SYS_munmap, {applied.imageAddress, size, 0, 0, 0, 0}).takeError());
+  auto unmapped = [&](Failure failure) -> Failure {
+    static_cast<void>(inject.syscall(SYS_munmap, {applied.imageAddress, size, 0, 0, 0, 0}));
     return failure;
   };
   std::vector<uint8_t> laidOut = layOut(image);
-  if (llvm::Error e = lift(applyFixups(image, applied.baseAddress, applied.imageAddress, laidOut)))
-    return unmapped(std::move(e));
+  if (Status fixed = applyFixups(image, applied.baseAddress, applied.imageAddress, laidOut); !fixed)
+    return unmapped(std::move(fixed).failure());
   if (!memory->write(applied.imageAddress, laidOut.data(), laidOut.size()))
-    return unmapped(formatError("cannot write the patch into process {}: {}", pid, strerror(errno)));
+    return unmapped(fail("cannot write the patch into process ", pid, ": ", strerror(errno)));
   // Written: the whole mapping becomes read-only, then each section gets only the access it
   // needs (code is never writable).
-  llvm::Expected<int64_t> sealed = inject.syscall(SYS_mprotect, {applied.imageAddress, size, PROT_READ, 0, 0, 0});
-  if (!sealed) return unmapped(sealed.takeError());
+  Outcome<int64_t> sealed = inject.syscall(SYS_mprotect, {applied.imageAddress, size, PROT_READ, 0, 0, 0});
+  if (!sealed) return unmapped(std::move(sealed).failure());
   for (const PatchSection &section : image.sections) {
     uint64_t begin = applied.imageAddress + (section.rva & ~uint64_t(0xfff));
     uint64_t end = applied.imageAddress + alignTo(uint64_t(section.rva) + section.memorySize, 0x1000);
     if (end <= begin) continue;
     int protection = PROT_READ | (section.permissions.write ? PROT_WRITE : 0) | (section.permissions.execute ? PROT_EXEC : 0);
-    llvm::Expected<int64_t> r = inject.syscall(SYS_mprotect, {begin, end - begin, uint64_t(protection), 0, 0, 0});
-    if (!r) return unmapped(r.takeError());
+    Outcome<int64_t> r = inject.syscall(SYS_mprotect, {begin, end - begin, uint64_t(protection), 0, 0, 0});
+    if (!r) return unmapped(std::move(r).failure());
     if (*r != 0)
-      return unmapped(formatError("cannot protect the patch's {} in process {} (error {})", section.name, pid, -*r));
+      return unmapped(fail("cannot protect the patch's ", section.name, " in process ", pid, " (error ", -*r, ")"));
   }
   for (const PatchRedirect &r : image.redirects) {
-    llvm::Expected<EntryWrite> w = lift(entryWrite(r, image.machine, applied.baseAddress, applied.imageAddress));
-    if (!w) return unmapped(w.takeError());
+    Outcome<EntryWrite> w = entryWrite(r, image.machine, applied.baseAddress, applied.imageAddress);
+    if (!w) return unmapped(std::move(w).failure());
     AppliedRedirect redirect;
     redirect.name = r.name.value_or("");
     redirect.address = w->address;
     // The base's bytes there, from what the image expects (the entry may hold an earlier patch now).
     uint64_t offset = w->address - w->expectedAddress;
     if (w->address < w->expectedAddress || offset + w->bytes.size() > r.expected.size())
-      return unmapped(formatError("{}: the image's expected bytes do not cover its jump", redirect.name));
+      return unmapped(fail(redirect.name, ": the image's expected bytes do not cover its jump"));
     redirect.original.assign(r.expected.begin() + offset, r.expected.begin() + offset + w->bytes.size());
     redirect.written = std::move(w->bytes);
     applied.redirects.push_back(std::move(redirect));
   }
   // Registered before the jumps go in: a thread may throw through the new code at once.
   if (registerFrame->address)
-    if (llvm::Error e = inject.call(registerFrame->address, applied.imageAddress + ehFrame(image)->rva))
-      return unmapped(std::move(e));
+    if (Status registered = inject.call(registerFrame->address, applied.imageAddress + ehFrame(image)->rva); !registered)
+      return unmapped(std::move(registered).failure());
   return applied;
 #endif
 }
 
-llvm::Error commitImage(int pid, const PatchImage &image, AppliedImage &applied, const ApplyOptions &options) {
+Status commitImage(int pid, const PatchImage &image, AppliedImage &applied, const ApplyOptions &options) {
 #if !defined(__x86_64__)
   return notHere();
 #else
-  llvm::Expected<ProcessMemory> memory = openMemory(pid);
-  if (!memory) return memory.takeError();
+  Outcome<ProcessMemory> memory = openMemory(pid);
+  if (!memory) return std::move(memory).failure();
   // Everything that can be is done before the threads stop: the stop is check and write only.
-  std::vector<Mapping> stacks = options.strict ? readMaps(fmt::format("/proc/{}/maps", pid)) : std::vector<Mapping>{};
+  std::vector<Mapping> stacks = options.strict ? readMaps(concatenate("/proc/", pid, "/maps")) : std::vector<Mapping>{};
   TracedProcess process(pid);
-  if (llvm::Error e = process.seizeAll()) return e;
+  if (Status s = process.seizeAll(); !s) return std::move(s).failure();
   auto deadline = Clock::now() + options.patience;
   while (true) {
     ++applied.attempts;
     auto stoppedAt = Clock::now();
-    if (llvm::Error e = process.stopAll()) return e;
+    if (Status s = process.stopAll(); !s) return std::move(s).failure();
     applied.stopping = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - stoppedAt);
-    if (llvm::Error e = expectedBytesThere(*memory, image, applied.baseAddress)) return e;
+    if (Status s = expectedBytesThere(*memory, image, applied.baseAddress); !s) return std::move(s).failure();
     for (const AppliedRedirect &r : applied.redirects)
       if (memory->read(r.address, r.original.size()) != r.original)
-        return formatError("{} at {:#x} changed while the patch was prepared", r.name, r.address);
+        return fail(r.name, " at ", hexAddress(r.address), " changed while the patch was prepared");
     std::vector<std::string> busy = threadsInTheWay(process, *memory, stacks, image, applied.baseAddress, options.strict);
     if (busy.empty()) {
       // The jumps go in last, each one write; x86 keeps instruction fetch coherent with stores.
@@ -539,19 +532,19 @@ llvm::Error commitImage(int pid, const PatchImage &image, AppliedImage &applied,
         if (!memory->write(r.address, r.written.data(), r.written.size())) {
           std::string reason = strerror(errno);
           for (const AppliedRedirect &back : applied.redirects) memory->write(back.address, back.original.data(), back.original.size());
-          return formatError("cannot write the jump at {:#x}: {}", r.address, reason);
+          return fail("cannot write the jump at ", hexAddress(r.address), ": ", reason);
         }
       process.release();
       applied.pause = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - stoppedAt);
-      return llvm::Error::success();
+      return success();
     }
     process.resumeAll();
     if (options.signals && options.signals->interrupted())
-      return formatError("interrupted after {} attempts while threads were in the way; nothing applied", applied.attempts);
+      return fail("interrupted after ", applied.attempts, " attempts while threads were in the way; nothing applied");
     if (Clock::now() >= deadline) {
       std::string all;
       for (const std::string &b : busy) all += (all.empty() ? "" : "; ") + b;
-      return formatError("gave up after {} attempts: {}", applied.attempts, all);
+      return fail("gave up after ", applied.attempts, " attempts: ", all);
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
@@ -560,31 +553,32 @@ llvm::Error commitImage(int pid, const PatchImage &image, AppliedImage &applied,
 
 void discardImage(int pid, const PatchImage &image, const AppliedImage &applied) {
 #if defined(__x86_64__)
-  llvm::Expected<ProcessMemory> memory = openMemory(pid);
-  if (!memory) return llvm::consumeError(memory.takeError());
-  std::vector<Mapping> maps = readMaps(fmt::format("/proc/{}/maps", pid));
-  llvm::Expected<FrameFunction> deregisterFrame =
+  Outcome<ProcessMemory> memory = openMemory(pid);
+  if (!memory) return;
+  std::vector<Mapping> maps = readMaps(concatenate("/proc/", pid, "/maps"));
+  Outcome<FrameFunction> deregisterFrame =
       ehFrame(image) ? libgccFunction(maps, "__deregister_frame") : FrameFunction{};
-  if (!deregisterFrame) return llvm::consumeError(deregisterFrame.takeError());  // registered: it stays mapped
+  if (!deregisterFrame) return;  // registered: it stays mapped
   TracedProcess process(pid);
-  llvm::Expected<int> tid = stopOneThread(process, pid);
-  if (!tid) return llvm::consumeError(tid.takeError());
+  Outcome<int> tid = stopOneThread(process, pid);
+  if (!tid) return;
   Injector inject(process, *tid, *memory, maps);
   if (deregisterFrame->address)
-    if (llvm::Error e = inject.call(deregisterFrame->address, applied.imageAddress + ehFrame(image)->rva))
-      return llvm::consumeError(std::move(e));
-  llvm::consumeError(inject.syscall(SYS_munmap, {applied.imageAddress, mappedSize(applied.imageSize), 0, 0, 0, 0}).takeError());
+    if (Status deregistered = inject.call(deregisterFrame->address, applied.imageAddress + ehFrame(image)->rva);
+        !deregistered)
+      return;
+  static_cast<void>(inject.syscall(SYS_munmap, {applied.imageAddress, mappedSize(applied.imageSize), 0, 0, 0, 0}));
 #else
   (void)pid, (void)image, (void)applied;
 #endif
 }
 
-llvm::Expected<std::optional<bool>> entriesWritten(int pid, const std::vector<AppliedRedirect> &redirects) {
+Outcome<std::optional<bool>> entriesWritten(int pid, const std::vector<AppliedRedirect> &redirects) {
 #if !defined(__x86_64__)
   return notHere();
 #else
-  llvm::Expected<ProcessMemory> memory = openMemory(pid);
-  if (!memory) return memory.takeError();
+  Outcome<ProcessMemory> memory = openMemory(pid);
+  if (!memory) return std::move(memory).failure();
   size_t written = 0, original = 0;
   for (const AppliedRedirect &r : redirects) {
     std::vector<uint8_t> now = memory->read(r.address, r.written.size());
@@ -597,53 +591,52 @@ llvm::Expected<std::optional<bool>> entriesWritten(int pid, const std::vector<Ap
 #endif
 }
 
-llvm::Error checkRecord(int pid, const AppliedImage &applied) {
-  std::vector<Mapping> maps = readMaps(fmt::format("/proc/{}/maps", pid));
+Status checkRecord(int pid, const AppliedImage &applied) {
+  std::vector<Mapping> maps = readMaps(concatenate("/proc/", pid, "/maps"));
   for (const AppliedRedirect &r : applied.redirects) {
     auto m = std::find_if(maps.begin(), maps.end(), [&](const Mapping &m) {
       return r.address >= m.start && r.address + r.original.size() <= m.end;
     });
     if (m == maps.end() || m->path != applied.baselinePath || m->permissions.find('x') == std::string::npos)
-      return formatError("the record puts {} at {:#x}, which is not code of {} in process {}: refused", r.name, r.address,
-                         applied.baselinePath, pid);
+      return fail("the record puts ", r.name, " at ", hexAddress(r.address), ", which is not code of ",
+                  applied.baselinePath, " in process ", pid, ": refused");
     Outcome<RegularFile> file = RegularFile::open(m->path, kMaxBinaryFileSize);
-    if (!file) return formatError("cannot check the record against {}: {}", m->path, file.error());
+    if (!file) return fail("cannot check the record against ", m->path, ": ", file.error());
     std::vector<uint8_t> there(r.original.size());
     if (pread(file->fd(), there.data(), there.size(), off_t(m->offset + (r.address - m->start))) != ssize_t(there.size()) ||
         there != r.original)
-      return formatError("the record would restore {} at {:#x} with {}, but {} holds {} there: the record was changed; "
-                         "nothing reverted",
-                         r.name, r.address, hexEncode(r.original), m->path, hexEncode(there));
+      return fail("the record would restore ", r.name, " at ", hexAddress(r.address), " with ", hexEncode(r.original),
+                  ", but ", m->path, " holds ", hexEncode(there), " there: the record was changed; nothing reverted");
   }
-  return llvm::Error::success();
+  return success();
 }
 
-llvm::Error rewriteEntries(int pid, const std::vector<AppliedRedirect> &redirects, bool toOriginal) {
+Status rewriteEntries(int pid, const std::vector<AppliedRedirect> &redirects, bool toOriginal) {
 #if !defined(__x86_64__)
   return notHere();
 #else
-  if (kill(pid, 0) != 0) return formatError("process {} does not exist", pid);
-  llvm::Expected<ProcessMemory> memory = openMemory(pid);
-  if (!memory) return memory.takeError();
+  if (kill(pid, 0) != 0) return fail("process ", pid, " does not exist");
+  Outcome<ProcessMemory> memory = openMemory(pid);
+  if (!memory) return std::move(memory).failure();
   TracedProcess process(pid);
-  if (llvm::Error e = process.seizeAll()) return e;
-  if (llvm::Error e = process.stopAll()) return e;
+  if (Status s = process.seizeAll(); !s) return std::move(s).failure();
+  if (Status s = process.stopAll(); !s) return std::move(s).failure();
   std::vector<const AppliedRedirect *> pending;
   for (const AppliedRedirect &r : redirects) {
     const std::vector<uint8_t> &from = toOriginal ? r.written : r.original, &to = toOriginal ? r.original : r.written;
     std::vector<uint8_t> now = memory->read(r.address, r.written.size());
     if (now == to) continue;
     if (now != from)
-      return formatError("the jump at {:#x} ({}) was changed by someone else (it holds {}); nothing written", r.address,
-                         r.name, hexEncode(now));
+      return fail("the jump at ", hexAddress(r.address), " (", r.name, ") was changed by someone else (it holds ",
+                  hexEncode(now), "); nothing written");
     pending.push_back(&r);
   }
   for (const AppliedRedirect *r : pending) {
     const std::vector<uint8_t> &to = toOriginal ? r->original : r->written;
     if (!memory->write(r->address, to.data(), to.size()))
-      return formatError("cannot write {:#x}: {}", r->address, strerror(errno));
+      return fail("cannot write ", hexAddress(r->address), ": ", strerror(errno));
   }
-  return llvm::Error::success();
+  return success();
 #endif
 }
 

@@ -3,6 +3,7 @@
 #include "release_internal.h"
 
 #include "hotforge/error.h"
+#include "hotforge/report.h"
 
 #include <llvm/Support/FileSystem.h>
 #include <llvm/Support/Path.h>
@@ -213,6 +214,13 @@ llvm::Expected<ReleaseResult> merge(const std::vector<ReleaseShard> &shards, con
     groups[file].push_back(&r);
   }
   ReleaseResult result;
+  for (const json &r : records) {
+    if (!r.value("page", json()).is_string()) continue;
+    std::string name = r.at("name").get<std::string>(), entry = r.at("entry").get<std::string>();
+    auto page = owner.at(name)->pages.find(entry);
+    if (page == owner.at(name)->pages.end()) return formatError("pair {}: its review page is missing", name);
+    result.pages[entry] = page->second;
+  }
   json units = json::array();
   Clock::time_point packStart = Clock::now();
   for (auto &[file, members] : groups) {
@@ -323,10 +331,38 @@ llvm::Error writeReleaseOutput(const ReleaseResult &result, const std::string &o
     if (llvm::Error e = writeFileAtomically(path(u.file), u.bytes, 0666, true)) return e;
   if (llvm::Error e = writeTextAtomically(path("summary.json"), jsonText(result.summary))) return e;
   if (llvm::Error e = writeTextAtomically(path("times.json"), jsonText(result.times))) return e;
+  if (llvm::Error e = writeReleasePages(result.pages, outDir, true)) return e;
+  std::set<std::string> paged;
+  for (const auto &[entry, page] : result.pages) paged.insert(entry);
+  if (llvm::Error e = writeTextAtomically(path("summary.html"), releaseSummaryHtml(result.summary, paged))) return e;
   for (const std::string &stale : result.staleUnits) {
     std::error_code ec = llvm::sys::fs::remove(path(stale), /*IgnoreNonExisting=*/true);
     if (ec) return formatError("{}: cannot remove the unit of an earlier run: {}", path(stale), ec.message());
   }
+  return llvm::Error::success();
+}
+
+llvm::Error writeReleasePages(const std::map<std::string, std::string> &pages, const std::string &outDir,
+                              bool removeOthers) {
+  llvm::SmallString<256> dir(outDir);
+  llvm::sys::path::append(dir, llvm::sys::path::parent_path(releasePagePath("x")));
+  if (std::error_code ec = llvm::sys::fs::create_directories(dir))
+    return formatError("{}: cannot create: {}", std::string(dir), ec.message());
+  std::set<std::string> wanted;
+  for (const auto &[entry, page] : pages) {
+    llvm::SmallString<256> file(outDir);
+    llvm::sys::path::append(file, releasePagePath(entry));
+    wanted.insert(std::string(file));
+    if (llvm::Error e = writeTextAtomically(std::string(file), page)) return e;
+  }
+  if (!removeOthers) return llvm::Error::success();
+  std::error_code ec;
+  std::vector<std::string> stale;
+  for (llvm::sys::fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec))
+    if (llvm::StringRef(it->path()).ends_with(".html") && !wanted.count(it->path())) stale.push_back(it->path());
+  for (const std::string &file : stale)
+    if (std::error_code removed = llvm::sys::fs::remove(file))
+      return formatError("{}: cannot remove the page of an earlier run: {}", file, removed.message());
   return llvm::Error::success();
 }
 

@@ -6,6 +6,7 @@
 #include "hotforge/error.h"
 #include "hotforge/image.h"
 #include "hotforge/patch_image.h"
+#include "hotforge/report.h"
 
 #include <llvm/Support/FileSystem.h>
 #include <llvm/Support/Path.h>
@@ -52,6 +53,7 @@ struct StageTimes {
 struct PairOutcome {
   nlohmann::json result;  // what the pair's content gives: status and everything after it
   std::vector<uint8_t> image;
+  std::string page;  // the review page, for pairs with changes
   bool cached = false;
   StageTimes times;
   std::string note;  // a cache problem that did not stop the pair
@@ -180,6 +182,14 @@ std::optional<PairOutcome> cacheLoad(const std::string &dir, const std::string &
       if (hexEncode(sha256(*image)) != out.result["image"]["sha256"].get<std::string>()) return std::nullopt;
       out.image = std::move(*image);
     }
+    if (!out.result.value("changes", nlohmann::json::array()).empty()) {  // a pair with changes has its page
+      llvm::Expected<std::vector<uint8_t>> page = lift(readFileBytes(cachePath(dir, key, ".html")));
+      if (!page) {
+        llvm::consumeError(page.takeError());
+        return std::nullopt;
+      }
+      out.page.assign(page->begin(), page->end());
+    }
     out.cached = true;
     return out;
   } catch (const nlohmann::json::exception &) {
@@ -222,6 +232,11 @@ llvm::Error cacheStore(const std::string &dir, const std::string &key, const std
     return formatError("{}: cannot create: {}", std::string(sub), ec.message());
   if (!outcome.image.empty())
     if (llvm::Error e = writeCacheFile(cachePath(dir, key, ".hfpatch"), outcome.image)) return e;
+  if (!outcome.page.empty())
+    if (llvm::Error e = writeCacheFile(cachePath(dir, key, ".html"),
+                                       llvm::ArrayRef<uint8_t>(reinterpret_cast<const uint8_t *>(outcome.page.data()),
+                                                               outcome.page.size())))
+      return e;
   nlohmann::json doc = {{"schema", kCacheSchema},
                         {"key", key},
                         {"pair", pairName},
@@ -305,6 +320,13 @@ PairOutcome processPair(const ReleasePair &pair, const Context &ctx) {
   if (!diff) return failed(std::move(out), errorText(diff.takeError()));  // names both files
 
   out.result = diffResult(*base, *patched, *diff);
+  if (!diff->changes.empty()) {
+    DiffPageOptions pageOptions{pair.name, "../summary.html"};
+    llvm::Expected<std::string> page = diffPageHtml(*diff, *base, *patched, pageOptions);
+    if (!page) return failed(std::move(out), errorText(page.takeError()));
+    out.page = std::move(*page);
+    out.times.diff += lap.next();
+  }
   if (diff->changes.empty()) {
     out.result["status"] = "unchanged";
   } else if (diff->needsRestart()) {
@@ -468,6 +490,8 @@ llvm::Expected<ReleaseShard> runReleaseShard(const ReleasePlan &plan, const Rele
     for (auto it = o.result.begin(); it != o.result.end(); ++it) record[it.key()] = it.value();
     results.push_back(std::move(record));
     if (!o.image.empty()) shard.images[p.entry] = std::move(o.image);
+    results.back()["page"] = o.page.empty() ? nlohmann::json(nullptr) : nlohmann::json(releasePagePath(p.entry));
+    if (!o.page.empty()) shard.pages[p.entry] = std::move(o.page);
     pairTimes[p.name] = o.times.json();
     total.hash += o.times.hash;
     total.cache += o.times.cache;
@@ -509,6 +533,7 @@ llvm::Error writeReleaseShard(const ReleaseShard &shard, const std::string &outD
     llvm::sys::path::append(path, entry);
     if (llvm::Error e = writeFileAtomically(std::string(path), bytes, 0666, true)) return e;
   }
+  if (llvm::Error e = writeReleasePages(shard.pages, outDir, false)) return e;  // shards may share OUTDIR
   const nlohmann::json &s = shard.record["shard"];
   llvm::SmallString<256> record(outDir);
   llvm::sys::path::append(record, fmt::format("shard-{}-of-{}.json", s["index"].get<unsigned>(), s["count"].get<unsigned>()));
@@ -541,6 +566,13 @@ llvm::Expected<std::vector<ReleaseShard>> readReleaseShards(const std::vector<st
           std::string name = r.at("name").get<std::string>(), entry = r.at("entry").get<std::string>();
           if (entry != releaseEntryName(name))
             return formatError("{}: pair {} has entry name {}, expected {}", file, name, entry, releaseEntryName(name));
+          if (r.value("page", nlohmann::json()).is_string()) {
+            llvm::SmallString<256> page(dir);
+            llvm::sys::path::append(page, releasePagePath(entry));
+            llvm::Expected<std::vector<uint8_t>> html = lift(readFileBytes(std::string(page)));
+            if (!html) return html.takeError();
+            shard.pages[entry].assign(html->begin(), html->end());
+          }
           if (r.at("status").get<std::string>() != "hotpatched") continue;
           llvm::SmallString<256> path(dir);
           llvm::sys::path::append(path, "images", entry);

@@ -8,6 +8,7 @@
 #include <llvm/ADT/ArrayRef.h>
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -79,12 +80,22 @@ struct InstructionText {
   std::string text;
 };
 
+// A name for an address, for symbolic disassembly: `symbol` plus `offset` bytes.
+struct AddressName {
+  std::string symbol;
+  uint64_t offset = 0;
+};
+using AddressNamer = std::function<std::optional<AddressName>(uint64_t target)>;
+
 // Absolute relocations of the image, sorted by RVA, so the decoder can tell which immediates are
 // pointers that move with the layout.
 struct RelocationIndex {
   uint64_t imageBase = 0;  // pointer values are addresses: target RVA = value - imageBase
   std::vector<uint64_t> rvas;
 };
+
+// The image's relocations as a decoder wants them.
+RelocationIndex relocationIndex(const Image &image);
 
 class InstructionDecoder {
 public:
@@ -100,6 +111,12 @@ public:
                                  llvm::MutableArrayRef<uint64_t> instructionStarts) = 0;
   // The counted instructions (same indexing as DecodedFunction) with their text.
   virtual std::vector<InstructionText> disassemble(llvm::ArrayRef<uint8_t> code, uint64_t rva) = 0;
+  // Same, with every address operand the decoder resolves printed as its name (`call png_free`,
+  // `lea rdi, [rip + table+0x8]`), so that code which only moved prints the same on both sides.
+  // Targets the namer has no name for keep their number.
+  virtual std::vector<InstructionText> disassembleSymbolic(llvm::ArrayRef<uint8_t> code, uint64_t rva,
+                                                           const RelocationIndex &relocations,
+                                                           const AddressNamer &namer) = 0;
 };
 
 // Where a reference's address lives in the function's bytes: bytes [begin, end), of which only

@@ -1,5 +1,7 @@
 // The reference loader: applies hotpatch images to a running Linux process with ptrace, and
-// takes them back out. It proves that what the emitter writes works on live code.
+// takes them back out. It proves that what the emitter writes works on live code. Like the
+// runtime it builds on, it links neither LLVM nor fmt: the target-host tool (hotforge-target)
+// is this loader and its commands alone.
 //
 // An apply is a transaction (docs/loader.md): prepareImage maps the image while only one thread
 // is stopped, the caller writes a record of what will change (StateDirectory), commitImage stops
@@ -7,9 +9,9 @@
 // at any step leaves either the unpatched process or a patched one with a record revert can use.
 #pragma once
 
-#include "hotforge/patch_image.h"
+#include "hotforge/runtime/outcome.h"
+#include "hotforge/runtime/patch_format.h"
 
-#include <llvm/Support/Error.h>
 #include <nlohmann/json.hpp>
 
 #include <chrono>
@@ -19,6 +21,9 @@
 #include <vector>
 
 namespace hotforge {
+
+// Text from pieces, joined as fail() joins a message's (numbers in decimal; hexAddress() for addresses).
+template <typename... Pieces> std::string concatenate(const Pieces &...pieces) { return fail(pieces...).message; }
 
 class DeferredSignals;
 
@@ -56,26 +61,26 @@ struct AppliedImage {
 // with its fixups applied, seals it and registers its unwind entries. The process's code is not
 // changed; the result says what commitImage will write. Without `checkEntries` the entries may
 // hold an earlier patch now (it is taken out before commitImage, which checks them).
-llvm::Expected<AppliedImage> prepareImage(int pid, const PatchImage &image, bool checkEntries = true);
+Outcome<AppliedImage> prepareImage(int pid, const PatchImage &image, bool checkEntries = true);
 // Stops every thread, checks the entries (expected bytes, no thread in the way, retrying for
 // options.patience), writes the jumps and resumes. Fills pause and attempts.
-llvm::Error commitImage(int pid, const PatchImage &image, AppliedImage &applied, const ApplyOptions &options);
+Status commitImage(int pid, const PatchImage &image, AppliedImage &applied, const ApplyOptions &options);
 // Takes a prepared image out again (unwind entries, mapping); for a failed apply, best effort.
 void discardImage(int pid, const PatchImage &image, const AppliedImage &applied);
 
 // Before a record is trusted to write into a process: every redirect lies in the mapped baseline,
 // and the bytes it would restore are the mapped file's own bytes there.
-llvm::Error checkRecord(int pid, const AppliedImage &applied);
+Status checkRecord(int pid, const AppliedImage &applied);
 // With every thread stopped, makes each redirect hold `original` (toOriginal) or `written`. An
 // address that holds neither is refused before anything is written; one already there is left.
-llvm::Error rewriteEntries(int pid, const std::vector<AppliedRedirect> &redirects, bool toOriginal);
+Status rewriteEntries(int pid, const std::vector<AppliedRedirect> &redirects, bool toOriginal);
 // Whether each redirect's address holds its written bytes now: all, none, or some (nullopt).
-llvm::Expected<std::optional<bool>> entriesWritten(int pid, const std::vector<AppliedRedirect> &redirects);
+Outcome<std::optional<bool>> entriesWritten(int pid, const std::vector<AppliedRedirect> &redirects);
 
 // ---- the record of what is applied, per process ----
 // When the process started (/proc/PID/stat field 22, clock ticks since boot): with the pid, it
 // names one process, so a record is never applied to a later process that reuses the pid.
-llvm::Expected<uint64_t> processStartTime(int pid);
+Outcome<uint64_t> processStartTime(int pid);
 
 struct ProcessRecord {
   int pid = 0;
@@ -91,16 +96,16 @@ struct ProcessRecord {
 // the object lives, so commands on it run one at a time.
 class StateDirectory {
 public:
-  static llvm::Expected<StateDirectory> open(bool create);
+  static Outcome<StateDirectory> open(bool create);
   StateDirectory(StateDirectory &&other) noexcept : fd_(other.fd_), path_(std::move(other.path_)) { other.fd_ = -1; }
   StateDirectory &operator=(StateDirectory &&) = delete;
   ~StateDirectory();
 
   const std::string &path() const { return path_; }
   std::string recordPath(int pid) const;
-  llvm::Expected<std::optional<ProcessRecord>> read(int pid) const;
-  llvm::Error write(const ProcessRecord &record) const;  // a record with nothing applied is removed
-  llvm::Error remove(int pid) const;
+  Outcome<std::optional<ProcessRecord>> read(int pid) const;
+  Status write(const ProcessRecord &record) const;  // a record with nothing applied is removed
+  Status remove(int pid) const;
   std::vector<int> recordedPids() const;  // also removes temporary records killed commands left
 
 private:
@@ -110,7 +115,7 @@ private:
 };
 
 nlohmann::json toJson(const AppliedImage &applied);
-llvm::Expected<ProcessRecord> parseRecord(const nlohmann::json &json, const std::string &nameForMessages);
+Outcome<ProcessRecord> parseRecord(const nlohmann::json &json, const std::string &nameForMessages);
 
 // The signals that end a command line tool (SIGINT, SIGTERM, SIGHUP, SIGQUIT), and SIGTSTP and
 // SIGPIPE, held while this object lives: an apply or revert finishes or rolls back, then a held

@@ -15,6 +15,7 @@ struct ContainerSection {
   std::span<const uint8_t> contents;  // empty for zero-filled sections
   bool loaded = false;                // part of the mapped image
   Permissions permissions;
+  uint32_t type = 0, link = 0;        // ELF: sh_type, sh_link
 };
 
 bool fits(std::span<const uint8_t> file, uint64_t offset, uint64_t size) {
@@ -49,6 +50,8 @@ Outcome<std::vector<ContainerSection>> elfSections(std::span<const uint8_t> file
     uint64_t flags = readLe64(h + 8), address = readLe64(h + 16), offset = readLe64(h + 24), size = readLe64(h + 32);
     ContainerSection s;
     s.name = cString(names, readLe32(h));
+    s.type = type;
+    s.link = readLe32(h + 40);
     s.loaded = (flags & kAlloc) != 0;
     s.rva = uint32_t(address);
     s.memorySize = uint32_t(size);
@@ -121,6 +124,24 @@ bool looksLikePatchImage(std::span<const uint8_t> file) {
   for (const ContainerSection &s : *sections)
     if (s.name == kRecordSectionName) return s.contents.size() >= 8 && std::memcmp(s.contents.data(), "HFPATCH", 8) == 0;
   return false;
+}
+
+Outcome<uint64_t> elfDynamicSymbolRva(std::span<const uint8_t> file, std::string_view name) {
+  constexpr uint32_t kDynamicSymbols = 11;
+  constexpr uint64_t kSymbolSize = 24;
+  if (file.size() < 4 || std::memcmp(file.data(), "\x7f" "ELF", 4) != 0) return fail("not an ELF file");
+  Outcome<std::vector<ContainerSection>> sections = elfSections(file);
+  if (!sections) return std::move(sections).failure();
+  for (const ContainerSection &symbols : *sections) {
+    if (symbols.type != kDynamicSymbols || symbols.link >= sections->size()) continue;
+    std::span<const uint8_t> strings = (*sections)[symbols.link].contents;
+    for (uint64_t at = 0; at + kSymbolSize <= symbols.contents.size(); at += kSymbolSize) {
+      const uint8_t *symbol = &symbols.contents[at];
+      uint16_t sectionIndex = readLe16(symbol + 6);
+      if (sectionIndex != 0 && cString(strings, readLe32(symbol)) == name) return readLe64(symbol + 8);
+    }
+  }
+  return fail("no dynamic symbol ", std::string(name));
 }
 
 Outcome<PatchImage> readPatchImage(std::span<const uint8_t> file) {

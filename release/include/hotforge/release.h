@@ -101,12 +101,13 @@ struct ReleaseRunOptions {
 struct ReleaseShard {
   nlohmann::json record;
   std::map<std::string, std::vector<uint8_t>> images;
+  std::map<std::string, std::string> pages;  // review page (hotforge/report.h) by entry name, for pairs with changes
 };
 
 // Fails only when nothing can run (a cache directory that cannot be made); a failing pair is a
 // result, not an error.
 llvm::Expected<ReleaseShard> runReleaseShard(const ReleasePlan &plan, const ReleaseRunOptions &options);
-// OUTDIR/shard-I-of-N.json and OUTDIR/images/ENTRY; shards may share an OUTDIR.
+// OUTDIR/shard-I-of-N.json, OUTDIR/images/ENTRY and OUTDIR/pages/ENTRY.html; shards may share an OUTDIR.
 llvm::Error writeReleaseShard(const ReleaseShard &shard, const std::string &outDir);
 // Every shard-*-of-*.json in each directory, with its images (hashes checked).
 llvm::Expected<std::vector<ReleaseShard>> readReleaseShards(const std::vector<std::string> &dirs);
@@ -128,6 +129,7 @@ struct ReleaseResult {
   nlohmann::json times;    // wall-clock figures: OUTDIR/times.json, never in summary.json
   std::vector<ReleaseUnit> units;
   std::vector<std::string> staleUnits;  // unit names this release could have made and did not
+  std::map<std::string, std::string> pages;  // review page by entry name: OUTDIR/pages/ENTRY.html
   int exitCode = 0;  // 0 all ok, 3 some pair needs a restart, 1 some pair failed (1 wins)
 };
 
@@ -136,8 +138,13 @@ llvm::Expected<ReleaseResult> mergeReleaseShards(const std::vector<ReleaseShard>
                                                  const ReleasePackOptions &options);
 // The summary of one shard alone (no units): what `release --shard` prints.
 ReleaseResult summarizeReleaseShard(const ReleaseShard &shard);
-// Units, summary.json and times.json, each written atomically; removes stale units.
+// Units, summary.json, times.json, the review pages and summary.html linking them, each written
+// atomically; removes stale units and pages.
 llvm::Error writeReleaseOutput(const ReleaseResult &result, const std::string &outDir);
+// OUTDIR/pages/ENTRY.html for each page; with `removeOthers`, removes the pages of other entries
+// (left from earlier runs).
+llvm::Error writeReleasePages(const std::map<std::string, std::string> &pages, const std::string &outDir,
+                              bool removeOthers);
 
 std::string releaseSummaryText(const ReleaseResult &result);
 nlohmann::json releaseSummaryJson(const ReleaseResult &result);  // summary + "times"

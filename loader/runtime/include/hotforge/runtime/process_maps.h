@@ -7,6 +7,8 @@
 #include "hotforge/runtime/patch_format.h"
 
 #include <cstdint>
+#include <span>
+#include <string_view>
 #include <string>
 #include <vector>
 
@@ -33,6 +35,10 @@ Outcome<MappedBaseline> findBaseline(const std::vector<Mapping> &maps, const Pat
 // 64 KiB aligned with 64 KiB of room on both sides.
 std::vector<uint64_t> freeAddressesNear(const std::vector<Mapping> &maps, uint64_t near, uint64_t size,
                                         uint64_t reach);
+
+// The RVA of a defined dynamic symbol (.dynsym) of an ELF64 file: where a loader finds a function
+// of a library mapped into another process, such as libgcc's __register_frame.
+Outcome<uint64_t> elfDynamicSymbolRva(std::span<const uint8_t> file, std::string_view name);
 
 // How far from the base a patch image may lie so that its jumps and fixups reach without
 // veneers for the entry redirections: rel32 on x64, B imm26 (128 MiB) on Arm64.
