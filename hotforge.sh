@@ -19,7 +19,7 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   gcc-aarch64-linux-gnu g++-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user
   gcc-mingw-w64-x86-64-win32 g++-mingw-w64-x86-64-win32 wine64 libunicorn-dev
-  bsdiff xdelta3 binutils time
+  bsdiff xdelta3 binutils time strace
   help2man dpkg-dev
 )
 # Arm64 builds of libraries the cross-compiled agent links (Debian multiarch); dpkg-shlibdeps

@@ -42,3 +42,8 @@ fi
 # Release batches: `hotforge release` on a generated release of >= 200 pairs with --jobs 1, --jobs 2
 # and the cached rerun (docs/release.md, "Benchmark").
 "$here/release_bench.sh" "$build" "$2"
+
+# The ptrace loader under load: apply/revert cycles on the busy live sample, with the threads'
+# pause distribution (docs/loader.md). 1,000 cycles here; closing notes quote 10,000.
+echo "== apply/revert soak"
+"$here/soak_apply.sh" "$build" "$2" "${HOTFORGE_SOAK_CYCLES:-1000}"

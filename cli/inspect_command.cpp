@@ -124,8 +124,9 @@ void addInspectCommand(CLI::App &app, int &exitCode) {
   command->add_flag("--functions", options->functions, "list every function (text output)");
   command->add_flag("--relocations", options->relocations, "list every relocation");
   command->callback([options, &exitCode] {
-    // A hotpatch image is shown as its records.
-    if (auto file = llvm::MemoryBuffer::getFile(options->input, false, false); file && !llvm::sys::fs::is_directory(options->input)) {
+    llvm::Expected<std::unique_ptr<llvm::MemoryBuffer>> file = readFileBuffer(options->input, kMaxUnitFileSize);
+    if (!file) return void(exitCode = reportError(llvm::toString(file.takeError())));
+    {  // a delivery unit or a hotpatch image; anything else is read as a binary
       llvm::ArrayRef<uint8_t> bytes(reinterpret_cast<const uint8_t *>((*file)->getBufferStart()), (*file)->getBufferSize());
       if (looksLikeUnit(bytes)) {  // a delivery unit: header and manifest, unverified
         llvm::Expected<UnitDescription> unit = inspectUnit(bytes);
@@ -142,7 +143,7 @@ void addInspectCommand(CLI::App &app, int &exitCode) {
         return void(exitCode = kExitOk);
       }
     }
-    llvm::Expected<Image> image = readImage(options->input, options->read);
+    llvm::Expected<Image> image = readImage(std::move(*file), options->read);
     if (!image) {
       exitCode = reportError(llvm::toString(image.takeError()));
       return;

@@ -2,6 +2,7 @@
 
 #include "hotforge/error.h"
 
+#include <fmt/core.h>
 #include <llvm/Support/FileSystem.h>
 #include <llvm/Support/raw_ostream.h>
 
@@ -29,6 +30,16 @@ llvm::Error writeOutput(const std::string &path, const std::string &content) {
   }
   if (llvm::Error e = temp->keep(path)) return formatError("{}: {}", path, errorText(std::move(e)));
   return llvm::Error::success();
+}
+
+std::string printableText(std::string_view text) {
+  std::string out;
+  for (char c : text) {
+    auto byte = static_cast<unsigned char>(c);
+    if ((byte < 0x20 && c != '\n') || byte == 0x7f) out += fmt::format("\\x{:02x}", byte);
+    else out += c;
+  }
+  return out;
 }
 
 }  // namespace hotforge::cli

@@ -16,4 +16,8 @@ llvm::Error writeOutput(const std::string &path, const std::string &content);
 
 using loader::jsonText;
 
+// Text for a terminal: control characters (names from a manifest or a file tree can hold any)
+// become \xNN, so they cannot move the cursor or rewrite what was printed. Line breaks stay.
+std::string printableText(std::string_view text);
+
 }  // namespace hotforge::cli

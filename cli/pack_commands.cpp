@@ -107,7 +107,7 @@ int runPack(const PackCommandOptions &options) {
   }
   std::vector<UnitEntry> entries;
   for (const std::string &path : options.images) {
-    llvm::Expected<std::vector<uint8_t>> bytes = lift(readFileBytes(path));
+    llvm::Expected<std::vector<uint8_t>> bytes = lift(readFileBytes(path, kMaxImageFileSize));
     if (!bytes) return reportError(llvm::toString(bytes.takeError()));
     llvm::Expected<nlohmann::json> info = describeImageForUnit(*bytes, path);
     if (!info) return reportError(llvm::toString(info.takeError()));
@@ -165,11 +165,9 @@ std::string baselineSha256(const nlohmann::json &info) {
 int runVerify(const VerifyCommandOptions &options) {
   llvm::Expected<PublicKey> key = lift(readPublicKeyFile(options.publicKey));
   if (!key) return reportError(llvm::toString(key.takeError()));
-  llvm::ErrorOr<std::unique_ptr<llvm::MemoryBuffer>> file =
-      llvm::MemoryBuffer::getFile(options.unit, /*IsText=*/false, /*RequiresNullTerminator=*/false);
-  if (!file) return reportError(fmt::format("{}: cannot read: {}", options.unit, file.getError().message()));
-  llvm::ArrayRef<uint8_t> bytes(reinterpret_cast<const uint8_t *>((*file)->getBufferStart()), (*file)->getBufferSize());
-  llvm::Expected<VerifiedUnit> unit = lift(verifyUnit(bytes, *key));
+  llvm::Expected<std::vector<uint8_t>> bytes = lift(readFileBytes(options.unit, kMaxUnitFileSize));
+  if (!bytes) return reportError(llvm::toString(bytes.takeError()));
+  llvm::Expected<VerifiedUnit> unit = lift(verifyUnit(*bytes, *key));
   if (!unit) return reportError(fmt::format("{}: {}", options.unit, llvm::toString(unit.takeError())));
 
   // --base: every given binary must be the baseline of some entry (info.baseline.sha256).
@@ -203,7 +201,13 @@ int runVerify(const VerifyCommandOptions &options) {
                                                 sha));
     }
 
+  // A failed check is reported once: in the JSON document ("ok": false, "problems"), or as error
+  // lines on stderr with nothing on stdout (the convention for every error). Both exit with 1.
   const nlohmann::json &m = unit->manifest;
+  if (!options.json && !problems.empty()) {
+    for (const std::string &problem : problems) reportError(problem);
+    return kExitError;
+  }
   if (options.json) {
     nlohmann::json entries = nlohmann::json::array();
     for (size_t i = 0; i < unit->entries.size(); ++i) {
@@ -248,7 +252,6 @@ int runVerify(const VerifyCommandOptions &options) {
     }
     for (const std::string &note : notes) fmt::print("  note: {}\n", note);
   }
-  for (const std::string &problem : problems) reportError(problem);
   return problems.empty() ? kExitOk : kExitError;
 }
 

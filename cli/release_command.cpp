@@ -47,19 +47,19 @@ public:
     if (silent_) return;
     std::string counter = fmt::format("[{}/{}]", p.done, p.total);
     if (!bar_) {
-      fmt::print(stderr, "{} {}\n", counter, p.line);
+      fmt::print(stderr, "{} {}\n", counter, printableText(p.line));
       std::fflush(stderr);
       return;
     }
     bool notable = p.line.find("FAILED") != std::string::npos || p.line.find("NEEDS RESTART") != std::string::npos;
-    if (notable) fmt::print(stderr, "\r\033[K{} {}\n", counter, p.line);
+    if (notable) fmt::print(stderr, "\r\033[K{} {}\n", counter, printableText(p.line));
     unsigned width = 80;
     struct winsize ws {};
     if (ioctl(STDERR_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_col > 20) width = ws.ws_col;
     const size_t barWidth = 30;
     size_t filled = p.total ? p.done * barWidth / p.total : barWidth;
     std::string bar = "[" + std::string(filled, '#') + std::string(barWidth - filled, '.') + "] " + counter + " ";
-    std::string name = p.name;
+    std::string name = printableText(p.name);
     size_t room = width > bar.size() + 1 ? width - bar.size() - 1 : 0;
     if (name.size() > room) name = room > 3 ? "..." + name.substr(name.size() - (room - 3)) : "";
     fmt::print(stderr, "\r\033[K{}{}", bar, name);
@@ -167,7 +167,7 @@ int runRelease(const ReleaseCommandOptions &o, bool shardMode) {
   if (o.json)
     fmt::print("{}", jsonText(releaseSummaryJson(result)));
   else
-    fmt::print("{}", releaseSummaryText(result));
+    fmt::print("{}", printableText(releaseSummaryText(result)));
   return result.exitCode;
 }
 

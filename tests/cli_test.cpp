@@ -6,6 +6,8 @@
 
 #include <filesystem>
 #include <random>
+#include <sys/stat.h>
+#include <unistd.h>
 
 namespace hotforge::test {
 namespace {
@@ -196,6 +198,36 @@ TEST(Cli, DamagedBinariesNeverCrash) {
       writeFile(damaged, copy);
       CommandResult r = hotforge({"inspect", damaged, "--json"});
       EXPECT_TRUE(r.exitCode == 0 || r.exitCode == 1) << "round " << round << ": exit " << r.exitCode << " " << r.err;
+    }
+  }
+}
+
+// Inputs that are not regular files are refused at once: a FIFO with no writer used to block
+// every command forever, /dev/zero to be read until memory ran out.
+TEST(Cli, FifosAndDevicesAreRefusedAtOnce) {
+  std::string dir = tempDir() + "/not-files";
+  std::filesystem::create_directories(dir);
+  std::string fifo = dir + "/input.fifo", key = dir + "/key";
+  ASSERT_EQ(mkfifo(fifo.c_str(), 0600), 0);
+  ASSERT_EQ(hotforge({"keygen", "-o", key}).exitCode, 0);
+  std::string elf = anyElfSample();
+  for (const std::string &input : {fifo, std::string("/dev/zero")}) {
+    SCOPED_TRACE(input);
+    const char *kind = input == fifo ? "is a FIFO" : "is a character device";
+    std::vector<std::vector<std::string>> commands = {
+        {"inspect", input},
+        {"diff", input, elf},
+        {"diff", elf, input},
+        {"build", elf, input, "-o", dir + "/out.hfpatch"},
+        {"verify", input, "--pubkey", key + ".pub.pem"},
+        {"verify", dir + "/none.hfu", "--pubkey", input},
+        {"pack", input, "-o", dir + "/out.hfu", "--key", key + ".pem"},
+        {"pack", elf, "-o", dir + "/out.hfu", "--key", input},
+        {"apply", "--pid", std::to_string(getpid()), input, "--pubkey", key + ".pub.pem"}};
+    for (std::vector<std::string> command : commands) {
+      SCOPED_TRACE(command[0]);
+      command.insert(command.begin(), {"timeout", "20", hotforgeBinary()});
+      expectOneLineError(run(command), input, kind);
     }
   }
 }

@@ -10,9 +10,11 @@
 #include <zstd.h>
 
 #include <cstring>
+#include <filesystem>
 #include <random>
 #include <sys/resource.h>
 #include <sys/stat.h>
+#include <tuple>
 #include <unistd.h>
 
 namespace hotforge::test {
@@ -803,11 +805,60 @@ TEST(PackCli, VerifyMatchesBaseBinaries) {
   EXPECT_EQ(doc["entries"][0]["supersedes"], 0);
   EXPECT_TRUE(doc["entries"][1]["base"].is_null());
 
+  // A base that fits no entry: the report once, as errors (nothing on stdout) or in the JSON.
   r = hotforge({"verify", unit, "--pubkey", name + ".pub.pem", "--base", sample("fix2")});
   expectOneLineError(r, "is the baseline of no entry");
+  EXPECT_EQ(r.out, "");
+  r = hotforge({"verify", unit, "--pubkey", name + ".pub.pem", "--base", sample("fix2"), "--json"});
+  EXPECT_EQ(r.exitCode, 1);
+  EXPECT_EQ(r.err, "");
+  doc = nlohmann::json::parse(r.out);
+  EXPECT_EQ(doc["ok"], false);
+  ASSERT_EQ(doc["problems"].size(), 1u);
+  EXPECT_NE(doc["problems"][0].get<std::string>().find("is the baseline of no entry"), std::string::npos);
   r = hotforge({"verify", unit, "--pubkey", name + ".pub.pem", "--base", sample("fix2"), "--base", name + ".pem"});
   EXPECT_EQ(r.exitCode, 1);
   EXPECT_EQ(std::count(r.err.begin(), r.err.end(), '\n'), 2) << r.err;
+}
+
+// The manifest's sequence and baseline of a hotpatch image are what the image itself says: a
+// unit signed with other values is refused by verify (and by apply and the agent, which verify).
+TEST(Verify, ManifestSequenceMustBeTheImagesSequence) {
+  std::string name = fresh("sequence-key");
+  ASSERT_EQ(hotforge({"keygen", "-o", name}).exitCode, 0);
+  std::string image = fresh("core.hfpatch");
+  ASSERT_EQ(hotforge({"build", sample("base"), sample("fix1"), "-o", image, "--sequence", "3"}).exitCode, 0);
+  llvm::Expected<std::unique_ptr<Signer>> signer = makeKeyFileSigner(name + ".pem");
+  ASSERT_TRUE(static_cast<bool>(signer));
+  PackOptions options;
+  options.signer = signer->get();
+  std::string baseSha = sha256Hex(bytesOf(readFile(sample("base"))));
+  for (auto [sequence, sha, needle] : {std::tuple{5, baseSha, "the manifest records sequence 5, the image is sequence 3"},
+                                       {3, std::string(64, 'a'), "the manifest records baseline sha256 aaaa"}}) {
+    nlohmann::json info = {{"file", "core.hfpatch"}, {"baseline", {{"sha256", sha}}}, {"sequence", sequence}};
+    std::string unit = fresh("mismatch-" + std::to_string(sequence) + ".hfu");
+    writeFile(unit, textOf(pack({entry("core.hfpatch", readFile(image), info)}, options)));
+    expectOneLineError(hotforge({"verify", unit, "--pubkey", name + ".pub.pem"}), needle);
+  }
+  // What pack writes itself agrees.
+  std::string unit = fresh("agrees.hfu");
+  ASSERT_EQ(hotforge({"pack", image, "-o", unit, "--key", name + ".pem"}).exitCode, 0);
+  EXPECT_EQ(hotforge({"verify", unit, "--pubkey", name + ".pub.pem"}).exitCode, 0);
+}
+
+// A private key others can read is refused by pack (and release), as ssh refuses one.
+TEST(Keys, PackRefusesAPrivateKeyOthersCanRead) {
+  std::string name = fresh("open-key");
+  ASSERT_EQ(hotforge({"keygen", "-o", name}).exitCode, 0);
+  for (mode_t mode : {mode_t(0644), mode_t(0640), mode_t(0604)}) {
+    ASSERT_EQ(chmod((name + ".pem").c_str(), mode), 0);
+    CommandResult r = hotforge({"pack", sample("base"), "-o", fresh("open.hfu"), "--key", name + ".pem"});
+    expectOneLineError(r, "the private key is open to group or others");
+    EXPECT_NE(r.err.find("chmod 600"), std::string::npos) << r.err;
+    EXPECT_FALSE(std::filesystem::exists(fresh("open.hfu")));
+  }
+  ASSERT_EQ(chmod((name + ".pem").c_str(), 0600), 0);
+  EXPECT_EQ(hotforge({"pack", sample("base"), "-o", fresh("open.hfu"), "--key", name + ".pem"}).exitCode, 0);
 }
 
 }  // namespace

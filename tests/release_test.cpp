@@ -407,6 +407,26 @@ TEST(Release, AFailingPairDoesNotStopTheOthers) {
   EXPECT_EQ(hotforge({"verify", out + "/r-fail-x64.hfu", "--pubkey", publicKey()}).exitCode, 0);
 }
 
+// Pair names are the manifest's: control characters in them are printed escaped (\x1b), never
+// raw, so a name cannot rewrite the terminal; the JSON keeps them as they are.
+TEST(Release, ControlCharactersInPairNamesAreEscaped) {
+  std::string dir = freshDir("control");
+  const Sample *base = findSample("elf-x64-clang", "core", "base");
+  const Sample *fix = findSample("elf-x64-clang", "core", "fix1");
+  ASSERT_TRUE(base && fix);
+  const std::string evil = "evil\x1b[2J\rname\x07";
+  json manifest = {{"release", "r-control"},
+                   {"entries", {{{"name", evil}, {"baseline", dir + "/no-such-file"}, {"patched", fix->path}},
+                                {{"name", "good"}, {"baseline", base->path}, {"patched", fix->path}}}}};
+  std::string out = dir + "/out";
+  CommandResult r = hotforge({"release", writeManifest(dir, manifest), "-o", out, "--key", privateKey(), "--progress", "lines"});
+  for (const std::string &text : {r.out, r.err}) {
+    EXPECT_EQ(text.find_first_of("\x1b\r\x07"), std::string::npos) << text;
+  }
+  EXPECT_NE(r.out.find("evil\\x1b[2J\\x0dname\\x07"), std::string::npos) << r.out;
+  EXPECT_NE(pairOf(readSummary(out), evil), nullptr);
+}
+
 TEST(Release, RerunUsesTheCache) {
   std::string dir = freshDir("cache");
   // The pair that will change is a copy, so that its content can change under the same path.

@@ -239,7 +239,13 @@ std::vector<std::string> debugFileCandidates(const ELFObjectFileBase &elf, const
 // to the image is an error; a candidate found by lookup that does not belong is skipped.
 Error readDebugFile(const std::string &path, bool explicitlyNamed, uint16_t machine, Image &image, FunctionTableBuilder &functions,
                     std::vector<DataObject> &dataObjects) {
-  Expected<OwningBinary<Binary>> owning = createBinary(path);
+  Expected<OwningBinary<Binary>> owning = [&]() -> Expected<OwningBinary<Binary>> {
+    Expected<std::unique_ptr<MemoryBuffer>> buffer = readFileBuffer(path);
+    if (!buffer) return buffer.takeError();
+    Expected<std::unique_ptr<Binary>> binary = createBinary((*buffer)->getMemBufferRef());
+    if (!binary) return binary.takeError();
+    return OwningBinary<Binary>(std::move(*binary), std::move(*buffer));
+  }();
   if (!owning) {
     if (!explicitlyNamed) {
       consumeError(owning.takeError());

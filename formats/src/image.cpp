@@ -248,11 +248,19 @@ Expected<Image> readImage(std::unique_ptr<MemoryBuffer> buffer, const ImageReadO
   return fail("format '" + object->getFileFormatName() + "' is not supported (ELF64 and PE32+ are)");
 }
 
-Expected<Image> readImage(const std::string &path, const ImageReadOptions &options) {
-  if (sys::fs::is_directory(path)) return makeError(path + ": is a directory, not a binary");
+Expected<std::unique_ptr<MemoryBuffer>> readFileBuffer(const std::string &path, uint64_t maxSize) {
+  Outcome<RegularFile> file = RegularFile::open(path, maxSize);
+  if (!file) return makeError(file.error());
   ErrorOr<std::unique_ptr<MemoryBuffer>> buffer =
-      MemoryBuffer::getFile(path, /*IsText=*/false, /*RequiresNullTerminator=*/false);
+      MemoryBuffer::getOpenFile(sys::fs::convertFDToNativeFile(file->fd()), path, file->size(),
+                                /*RequiresNullTerminator=*/false);
   if (!buffer) return makeError(path + ": " + buffer.getError().message());
+  return std::move(*buffer);
+}
+
+Expected<Image> readImage(const std::string &path, const ImageReadOptions &options) {
+  Expected<std::unique_ptr<MemoryBuffer>> buffer = readFileBuffer(path);
+  if (!buffer) return buffer.takeError();
   return readImage(std::move(*buffer), options);
 }
 

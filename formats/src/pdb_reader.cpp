@@ -125,7 +125,9 @@ Error readPdb(const std::string &pdbPath, const CodeViewRecord &expected, Functi
               std::vector<DataObject> &dataObjects) {
   auto fail = [&](const Twine &what) { return makeError("PDB " + pdbPath + ": " + what); };
   std::unique_ptr<pdb::IPDBSession> session;
-  if (Error e = pdb::NativeSession::createFromPdbPath(pdbPath, session)) return fail(errorText(std::move(e)));
+  Expected<std::unique_ptr<MemoryBuffer>> buffer = readFileBuffer(pdbPath);
+  if (!buffer) return buffer.takeError();
+  if (Error e = pdb::NativeSession::createFromPdb(std::move(*buffer), session)) return fail(errorText(std::move(e)));
   pdb::PDBFile &file = static_cast<pdb::NativeSession &>(*session).getPDBFile();
 
   Expected<pdb::InfoStream &> info = file.getPDBInfoStream();

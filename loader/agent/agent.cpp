@@ -13,6 +13,7 @@
 // in /proc/self/task, so no thread is parked): the work runs in the SIGUSR2 handler, which is
 // only safe when the signal interrupts a system call, as in a program that waits for input.
 #include "hotforge/runtime/bytes.h"
+#include "hotforge/runtime/files.h"
 #include "hotforge/runtime/patch_format.h"
 #include "hotforge/runtime/process_maps.h"
 #include "hotforge/runtime/unit_reader.h"
@@ -28,6 +29,7 @@
 #include <fcntl.h>
 #include <map>
 #include <mutex>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <sys/mman.h>
@@ -302,6 +304,7 @@ AgentState &agentState() {
   return state;
 }
 
+// Names in the unit directory; a file is opened only as RegularFile does (never a FIFO or device).
 std::vector<std::string> unitFiles(const std::string &directory) {
   std::vector<std::string> files;
   if (DIR *dir = opendir(directory.c_str())) {
@@ -318,8 +321,20 @@ std::map<std::array<uint8_t, 32>, Candidate> wantedImages(const std::string &dir
   std::map<std::array<uint8_t, 32>, Candidate> wanted;
   std::vector<Mapping> maps = readMaps("/proc/self/maps");
   for (const std::string &path : unitFiles(directory)) {
-    Outcome<std::vector<uint8_t>> bytes = readFileBytes(path);
-    if (!bytes || !looksLikeUnit(*bytes)) continue;
+    // Only what starts like a unit is read whole; anything that is not a regular file, or larger
+    // than a unit may be, is refused without reading it.
+    Outcome<RegularFile> file = RegularFile::open(path, kMaxUnitFileSize);
+    if (!file) {
+      say("refused " + file.error());
+      continue;
+    }
+    Outcome<std::vector<uint8_t>> head = file->read(sizeof(kUnitMagic));
+    if (!head || !looksLikeUnit(*head)) continue;
+    Outcome<std::vector<uint8_t>> bytes = file->read(file->size());
+    if (!bytes) {
+      say("refused " + bytes.error());
+      continue;
+    }
     Outcome<VerifiedUnit> unit = verifyUnit(*bytes, key);
     if (!unit) {
       say("refused " + path + ": " + unit.error());
@@ -387,14 +402,26 @@ void update(uint64_t interrupted) {
 
 int wakeUp[2] = {-1, -1};  // SIGUSR2 -> the agent's thread
 
-void onUpdateSignal(int, siginfo_t *, void *context) {
-  if (wakeUp[1] >= 0) {
-    int savedErrno = errno;
-    [[maybe_unused]] ssize_t written = write(wakeUp[1], "u", 1);
-    errno = savedErrno;
-    return;
+// In-signal mode: a SIGUSR2 that comes while an update runs (the one at start, or another
+// signal's) asks for one more round instead of starting a second update on the same stack.
+std::atomic<bool> updating{false}, requested{false};
+
+void updateInSignal(uint64_t interrupted) {
+  requested = true;
+  while (requested && !updating.exchange(true)) {
+    while (requested.exchange(false)) update(interrupted);
+    updating = false;
   }
-  update(interruptedAt(context));
+}
+
+void onUpdateSignal(int, siginfo_t *, void *context) {
+  int savedErrno = errno;
+  if (singleThreaded) {
+    updateInSignal(interruptedAt(context));
+  } else if (wakeUp[1] >= 0) {
+    [[maybe_unused]] ssize_t written = write(wakeUp[1], "u", 1);
+  }
+  errno = savedErrno;
 }
 
 void installHandler(int signal, void (*handler)(int, siginfo_t *, void *)) {
@@ -407,20 +434,24 @@ void installHandler(int signal, void (*handler)(int, siginfo_t *, void *)) {
 
 __attribute__((constructor)) void start() {
   if (!getenv("HOTFORGE_UNIT_DIR")) return;
+  // The signals first: a SIGUSR2 at any moment from here on asks for an update, never kills.
   const char *inSignal = getenv("HOTFORGE_AGENT_IN_SIGNAL");
   singleThreaded = inSignal && std::string(inSignal) == "1";
+  if (!singleThreaded && pipe2(wakeUp, O_CLOEXEC | O_NONBLOCK) != 0) wakeUp[0] = wakeUp[1] = -1;
   if (!singleThreaded) installHandler(parkSignal(), park);
-  update(0);
-  if (!singleThreaded && pipe2(wakeUp, O_CLOEXEC) == 0) {
-    std::thread([] {
-      for (char byte;;) {
-        ssize_t got = read(wakeUp[0], &byte, 1);
-        if (got == 1) update(0);
-        else if (got < 0 && errno != EINTR) return;
-      }
-    }).detach();
-  }
   installHandler(SIGUSR2, onUpdateSignal);
+  if (singleThreaded) return updateInSignal(0);
+  update(0);
+  if (wakeUp[0] < 0) return say("cannot make the agent's pipe: SIGUSR2 is ignored");
+  std::thread([] {
+    for (char bytes[64];;) {
+      pollfd wait{wakeUp[0], POLLIN, 0};
+      if (poll(&wait, 1, -1) < 0 && errno != EINTR) return;
+      ssize_t got = read(wakeUp[0], bytes, sizeof bytes);  // signals that came together: one update
+      if (got > 0) update(0);
+      else if (got < 0 && errno != EINTR && errno != EAGAIN) return;
+    }
+  }).detach();
 }
 
 }  // namespace

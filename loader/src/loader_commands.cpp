@@ -4,10 +4,12 @@
 
 #include "hotforge/loader.h"
 #include "hotforge/runtime/bytes.h"
+#include "hotforge/runtime/files.h"
 #include "hotforge/runtime/unit_reader.h"
 
 #include <algorithm>
 #include <cstdio>
+#include <optional>
 
 namespace hotforge::loader {
 namespace {
@@ -22,23 +24,141 @@ struct ApplyCommandOptions {
   bool json = false;
 };
 
-// Writes the jumps of an earlier apply again (after its replacement failed).
-Status reapply(int pid, std::vector<AppliedRedirect> redirects) {
-  for (AppliedRedirect &r : redirects) std::swap(r.original, r.written);
-  return revertRedirects(pid, redirects);
+// One line for two failures.
+Failure both(Failure first, const Status &second) {
+  if (second) return first;
+  return Failure{first.message + "; " + second.error()};
 }
 
-// The applied units of a process, with the entry that is being replaced by a later sequence.
+// The record of a running process, from the state directory: a record of a process that is gone,
+// or of an earlier process with the same pid (another start time), is removed.
+Outcome<ProcessRecord> currentRecord(const StateDirectory &state, int pid) {
+  Outcome<uint64_t> started = processStartTime(pid);
+  if (!started) {
+    static_cast<void>(state.remove(pid));  // the process's failure is the one to report
+    return std::move(started).failure();
+  }
+  Outcome<std::optional<ProcessRecord>> recorded = state.read(pid);
+  if (!recorded) return std::move(recorded).failure();
+  if (*recorded && (*recorded)->startTime == *started) return std::move(**recorded);
+  if (*recorded) {
+    std::fprintf(stderr, "%s\n",
+                 concatenate(programName, ": note: removed the record of an earlier process ", pid, " (started at tick ",
+                             (*recorded)->startTime, ", this one at ", *started, ")").c_str());
+    if (Status removed = state.remove(pid); !removed) return std::move(removed).failure();
+  }
+  return ProcessRecord{pid, *started, {}};
+}
+
+// Records of processes that are gone, or whose pid another process has now, are removed.
+void removeStaleRecords(const StateDirectory &state) {
+  for (int pid : state.recordedPids()) {
+    Outcome<uint64_t> started = processStartTime(pid);
+    std::optional<uint64_t> startTime;
+    if (started) startTime = *started;
+    Outcome<std::optional<ProcessRecord>> recorded = state.read(pid);
+    if (!recorded) continue;  // an unreadable record is left for a person to look at
+    if (*recorded && (*recorded)->startTime != startTime) static_cast<void>(state.remove(pid));
+  }
+}
+
+// What an interrupted apply left ("applying"), and a record whose jumps someone took out, is
+// settled against the process: jumps all in, the record is complete; all out, it goes.
+Status settle(const StateDirectory &state, ProcessRecord &record) {
+  bool changed = false;
+  for (auto it = record.applied.begin(); it != record.applied.end();) {
+    Outcome<std::optional<bool>> written = entriesWritten(record.pid, it->redirects);
+    if (!written) return std::move(written).failure();
+    if (!*written)
+      return fail(it->entry, " is half applied to process ", record.pid, " (an apply was interrupted): run `",
+                  programName, " revert --pid ", record.pid, "`");
+    if (**written) {
+      changed |= !it->complete;
+      it->complete = true;
+      ++it;
+    } else {
+      it = record.applied.erase(it);
+      changed = true;
+    }
+  }
+  return changed ? state.write(record) : success();
+}
+
+// Applies one image to the process: the record says what will change before it changes, and is
+// completed after; every failure leaves the process and its record agreeing. `replaced` is the
+// applied entry a later sequence takes out first (put back when the new one fails).
+Status applyImageTransaction(const StateDirectory &state, ProcessRecord &record, const PatchImage &image,
+                             AppliedImage fresh, std::optional<size_t> replaced, const ApplyOptions &options) {
+  int pid = record.pid;
+  std::optional<AppliedImage> previous;
+  if (replaced) {
+    previous = record.applied[*replaced];
+    if (Status out = rewriteEntries(pid, previous->redirects, /*toOriginal=*/true); !out)
+      return fail("cannot take out sequence ", previous->sequence, ": ", out.error());
+    record.applied.erase(record.applied.begin() + std::ptrdiff_t(*replaced));
+    if (Status saved = state.write(record); !saved)
+      return both(std::move(saved).failure(), rewriteEntries(pid, previous->redirects, false));
+  }
+  // The earlier sequence goes back in, under a record that says so first.
+  auto putBack = [&](Failure failure) -> Failure {
+    if (!previous) return failure;
+    previous->complete = false;
+    record.applied.push_back(*previous);
+    Status back = state.write(record);
+    if (back) back = rewriteEntries(pid, previous->redirects, false);
+    if (back) {
+      record.applied.back().complete = true;
+      back = state.write(record);
+    }
+    if (!back)
+      return both(std::move(failure),
+                  fail("and sequence ", previous->sequence, " could not be put back: ", back.error()));
+    return failure;
+  };
+  record.applied.push_back(std::move(fresh));
+  if (Status saved = state.write(record); !saved) {
+    AppliedImage prepared = record.applied.back();
+    record.applied.pop_back();
+    discardImage(pid, image, prepared);
+    return putBack(std::move(saved).failure());
+  }
+  AppliedImage &applied = record.applied.back();
+  if (Status committed = commitImage(pid, image, applied, options); !committed) {
+    discardImage(pid, image, applied);
+    record.applied.pop_back();
+    static_cast<void>(state.write(record));  // an "applying" record left behind settles to nothing
+    return putBack(std::move(committed).failure());
+  }
+  applied.complete = true;
+  if (Status saved = state.write(record); !saved) {
+    // The jumps are in but the record cannot say so: take them out again, so that an "applying"
+    // record and an unpatched process agree. (The image stays mapped: a thread may run in it.)
+    if (Status back = rewriteEntries(pid, applied.redirects, true); !back)
+      return both(std::move(saved).failure(), back);
+    record.applied.pop_back();
+    return putBack(std::move(saved).failure());
+  }
+  return success();
+}
+
 int applyUnit(const ApplyCommandOptions &options) {
-  Outcome<std::vector<uint8_t>> bytes = readFileBytes(options.unit);
+  Outcome<std::vector<uint8_t>> bytes = readFileBytes(options.unit, kMaxUnitFileSize);
   if (!bytes) return reportError(bytes.error());
   Outcome<PublicKey> key = readPublicKeyFile(options.publicKey);
   if (!key) return reportError(key.error());
   Outcome<VerifiedUnit> unit = verifyUnit(*bytes, *key);
   if (!unit) return reportError(options.unit + ": " + unit.error());
-  Outcome<nlohmann::json> state = readState(options.pid);
+  // From here until the record agrees with the process, SIGINT and the like wait.
+  DeferredSignals deferred;
+  Outcome<StateDirectory> state = StateDirectory::open(/*create=*/true);
   if (!state) return reportError(state.error());
-  nlohmann::json applied = state->value("applied", nlohmann::json::array());
+  removeStaleRecords(*state);
+  Outcome<ProcessRecord> record = currentRecord(*state, options.pid);
+  if (!record) return reportError(record.error());
+  if (Status settled = settle(*state, *record); !settled) return reportError(settled.error());
+  ApplyOptions applyOptions;
+  applyOptions.strict = options.consistency == "strict";
+  applyOptions.signals = &deferred;
   size_t count = 0;
   for (const UnitEntry &entry : unit->entries) {
     Outcome<PatchImage> image = readPatchImage(entry.bytes);
@@ -47,78 +167,82 @@ int applyUnit(const ApplyCommandOptions &options) {
     if (unit->entries.size() > 1 && (image->format != Format::Elf || image->machine != Machine::X64)) continue;
     std::string baseline = hexEncode(image->baseline.sha256);
     // A later sequence for the same baseline replaces the earlier one; an earlier one is refused.
-    auto previous = std::find_if(applied.begin(), applied.end(),
-                                 [&](const nlohmann::json &a) { return a.value("baseline_sha256", "") == baseline; });
-    if (previous != applied.end() && (*previous)["sequence"].get<uint32_t>() >= image->sequence)
-      return reportError(concatenate(entry.name, ": sequence ", image->sequence, " is not newer than sequence ",
-                                     (*previous)["sequence"].get<uint32_t>(), " already applied to process ",
-                                     options.pid));
-    // The earlier sequence comes out first: the new image expects the baseline's own bytes.
-    if (previous != applied.end())
-      if (Status out = revertRedirects(options.pid, redirectsFromJson(*previous)); !out)
-        return reportError(concatenate(entry.name, ": cannot take out sequence ",
-                                       (*previous)["sequence"].get<uint32_t>(), ": ", out.error()));
-    ApplyOptions applyOptions;
-    applyOptions.unitName = options.unit;
-    applyOptions.strict = options.consistency == "strict";
-    Outcome<ApplyReport> report = applyImage(options.pid, *image, applyOptions);
-    if (!report) {
-      std::string reason = report.error();
-      if (previous != applied.end())
-        if (Status back = reapply(options.pid, redirectsFromJson(*previous)); !back)
-          reason += concatenate("; and sequence ", (*previous)["sequence"].get<uint32_t>(),
-                                " could not be put back: ", back.error());
+    auto previous = std::find_if(record->applied.begin(), record->applied.end(),
+                                 [&](const AppliedImage &a) { return a.baselineSha256 == baseline; });
+    std::optional<size_t> replaced;
+    if (previous != record->applied.end()) {
+      if (previous->sequence >= image->sequence)
+        return reportError(concatenate(entry.name, ": sequence ", image->sequence, " is not newer than sequence ",
+                                       previous->sequence, " already applied to process ", options.pid));
+      replaced = size_t(previous - record->applied.begin());
+    }
+    // Prepared (mapped) while an earlier sequence still runs; its entries are checked once it is out.
+    Outcome<AppliedImage> prepared = prepareImage(options.pid, *image, /*checkEntries=*/!replaced);
+    if (!prepared) {
+      const std::string &reason = prepared.error();
       // Images of other binaries in a release unit are not an error: they fit other processes.
       if (unit->entries.size() > 1 && reason.find("does not run the baseline") != std::string::npos) continue;
       return reportError(entry.name + ": " + reason);
     }
-    if (previous != applied.end()) applied.erase(previous);
-    nlohmann::json record = toJson(*report, options.unit);
-    record["baseline_sha256"] = baseline;
-    record["entry"] = entry.name;
-    applied.push_back(record);
+    prepared->unit = options.unit;
+    prepared->entry = entry.name;
+    if (Status applied = applyImageTransaction(*state, *record, *image, std::move(*prepared), replaced, applyOptions);
+        !applied)
+      return reportError(entry.name + ": " + applied.error());
+    const AppliedImage &applied = record->applied.back();
     ++count;
     if (options.json)
-      print(jsonText(record));
+      print(jsonText(toJson(applied)));
     else
-      print(concatenate("applied ", entry.name, " (sequence ", report->sequence, ") to process ", options.pid, ": ",
-                        report->redirects.size(), " functions redirected, image at ", hexAddress(report->imageAddress),
-                        ", threads paused ", report->pause.count(), " us\n"));
+      print(concatenate("applied ", entry.name, " (sequence ", applied.sequence, ") to process ", options.pid, ": ",
+                        applied.redirects.size(), " functions redirected, image at ", hexAddress(applied.imageAddress),
+                        ", threads paused ", applied.pause.count(), " us\n"));
   }
   if (!count)
     return reportError(concatenate("no image of ", options.unit, " fits a binary that process ", options.pid, " runs"));
-  (*state)["applied"] = applied;
-  if (Status written = writeState(options.pid, *state); !written) return reportError(written.error());
   return kExitOk;
 }
 
 int revertAll(int pid) {
-  Outcome<nlohmann::json> state = readState(pid);
+  DeferredSignals deferred;
+  Outcome<StateDirectory> state = StateDirectory::open(/*create=*/false);
   if (!state) return reportError(state.error());
-  nlohmann::json applied = state->value("applied", nlohmann::json::array());
-  if (applied.empty()) return reportError(concatenate("nothing is applied to process ", pid));
-  for (auto it = applied.rbegin(); it != applied.rend(); ++it)
-    if (Status reverted = revertRedirects(pid, redirectsFromJson(*it)); !reverted) return reportError(reverted.error());
-  (*state)["applied"] = nlohmann::json::array();
-  if (Status written = writeState(pid, *state); !written) return reportError(written.error());
-  print(concatenate("reverted ", applied.size(), " patch(es) in process ", pid, "\n"));
+  Outcome<ProcessRecord> record = currentRecord(*state, pid);
+  if (!record) return reportError(record.error());
+  if (record->applied.empty()) return reportError(concatenate("nothing is applied to process ", pid));
+  // Every record is checked before anything is written: the bytes to restore are the baseline's.
+  for (const AppliedImage &a : record->applied)
+    if (Status checked = checkRecord(pid, a); !checked) return reportError(checked.error());
+  size_t count = record->applied.size();
+  while (!record->applied.empty()) {
+    if (Status out = rewriteEntries(pid, record->applied.back().redirects, /*toOriginal=*/true); !out)
+      return reportError(out.error());
+    record->applied.pop_back();
+    if (Status saved = state->write(*record); !saved) return reportError(saved.error());
+  }
+  print(concatenate("reverted ", count, " patch(es) in process ", pid, "\n"));
   return kExitOk;
 }
 
 int status(int pid, bool json) {
-  Outcome<nlohmann::json> state = readState(pid);
+  Outcome<StateDirectory> state = StateDirectory::open(/*create=*/false);
   if (!state) return reportError(state.error());
-  nlohmann::json applied = state->value("applied", nlohmann::json::array());
+  Outcome<ProcessRecord> record = currentRecord(*state, pid);
+  if (!record) return reportError(record.error());
   if (json) {
-    print(jsonText(nlohmann::json{{"pid", pid}, {"applied", applied}}));
+    nlohmann::json applied = nlohmann::json::array();
+    for (const AppliedImage &a : record->applied) applied.push_back(toJson(a));
+    print(jsonText(nlohmann::json{{"pid", pid}, {"start_time", record->startTime}, {"applied", applied}}));
     return kExitOk;
   }
-  if (applied.empty()) print(concatenate("process ", pid, ": no hotpatch applied\n"));
-  for (const auto &a : applied) {
-    print(concatenate("process ", pid, ": ", a.value("entry", ""), " sequence ", a.value("sequence", 0), " from ",
-                      a.value("unit", ""), " (", a.value("baseline", ""), ")\n"));
-    for (const auto &r : a["redirects"])
-      print(concatenate("  ", r.value("name", "?"), " at ", hexAddress(r.value("address", uint64_t(0))), "\n"));
+  if (record->applied.empty()) print(concatenate("process ", pid, ": no hotpatch applied\n"));
+  for (const AppliedImage &a : record->applied) {
+    print(concatenate("process ", pid, ": ", a.entry, " sequence ", a.sequence, " from ", a.unit, " (", a.baselinePath,
+                      ")", a.complete ? "" : concatenate(" - interrupted while applying: `", programName,
+                                                          " revert` takes it out"),
+                      "\n"));
+    for (const AppliedRedirect &r : a.redirects)
+      print(concatenate("  ", r.name.empty() ? "?" : r.name, " at ", hexAddress(r.address), "\n"));
   }
   return kExitOk;
 }

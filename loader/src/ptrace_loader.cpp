@@ -1,22 +1,25 @@
-// Applying a hotpatch image to a running x86-64 Linux process from the outside, with ptrace:
-// every thread is stopped, an mmap is run inside the target to get memory near the base, the
-// image is written there with its fixups applied for that address, and each changed function's
-// entry gets a jump. /proc/PID/mem writes reach read-only code pages of a traced process.
+// Applying a hotpatch image to a running x86-64 Linux process from the outside, with ptrace. An
+// mmap is run inside one stopped thread to get memory near the base, the image is written there
+// with its fixups applied for that address; then every thread is stopped only to check the entries
+// and write the jumps. /proc/PID/mem writes reach read-only code pages of a traced process.
+//
+// Nothing the target should see is lost: a signal that arrives while we hold a thread is kept and
+// sent again when we let go, and a thread whose registers we change gets them back on every path.
 #include "hotforge/loader.h"
 
 #include "hotforge/runtime/bytes.h"
+#include "hotforge/runtime/files.h"
 #include "hotforge/runtime/process_maps.h"
-#include "hotforge/runtime/unit_reader.h"
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <dirent.h>
 #include <fcntl.h>
-#include <fstream>
 #include <sys/mman.h>
 #include <sys/ptrace.h>
-#include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/user.h>
 #include <sys/wait.h>
 #include <thread>
@@ -24,6 +27,8 @@
 
 namespace hotforge {
 namespace {
+
+using Clock = std::chrono::steady_clock;
 
 #if defined(__x86_64__)
 
@@ -38,53 +43,175 @@ std::vector<int> threadsOf(int pid) {
   return tids;
 }
 
-// Every thread of a process, stopped while this object lives.
-class StoppedProcess {
-public:
-  explicit StoppedProcess(int pid) : pid_(pid) {}
-  ~StoppedProcess() {
-    for (int tid : stopped_) ptrace(PTRACE_DETACH, tid, nullptr, nullptr);
-  }
+// A fault the thread caused itself: it happens again when the thread runs on, so it is not sent.
+bool selfInflicted(const siginfo_t &info) {
+  return info.si_code > 0 && (info.si_signo == SIGSEGV || info.si_signo == SIGBUS || info.si_signo == SIGILL ||
+                              info.si_signo == SIGFPE || info.si_signo == SIGTRAP);
+}
 
-  Status stop() {
-    // Threads may start while we attach: repeat until the set is stable.
-    for (int round = 0; round < 16; ++round) {
-      bool added = false;
-      for (int tid : threadsOf(pid_)) {
-        if (std::count(stopped_.begin(), stopped_.end(), tid)) continue;
-        if (ptrace(PTRACE_SEIZE, tid, nullptr, nullptr) != 0) {
-          if (errno == ESRCH) continue;  // exited meanwhile
-          return fail("cannot trace thread ", tid, " of process ", pid_, ": ", strerror(errno));
-        }
-        ptrace(PTRACE_INTERRUPT, tid, nullptr, nullptr);
-        int status = 0;
-        if (waitpid(tid, &status, __WALL) != tid)
-          return fail("thread ", tid, " of process ", pid_, " did not stop: ", strerror(errno));
-        stopped_.push_back(tid);
-        added = true;
-      }
-      if (!added) break;
+// Threads of a process we trace (PTRACE_SEIZE: they run until interrupted). Signals that reach a
+// traced thread stop it for us first (signal-delivery-stop); those are held and sent again after
+// the threads are detached, so none is lost.
+class TracedProcess {
+public:
+  explicit TracedProcess(int pid) : pid_(pid) {}
+  TracedProcess(const TracedProcess &) = delete;
+  ~TracedProcess() { release(); }
+
+  // Seizes `tid` (the process keeps running). False when the thread is gone.
+  Outcome<bool> seize(int tid) {
+    if (find(tid)) return true;
+    if (ptrace(PTRACE_SEIZE, tid, nullptr, nullptr) != 0) {
+      if (errno == ESRCH) return false;  // exited meanwhile
+      return fail("cannot trace thread ", tid, " of process ", pid_, ": ", strerror(errno));
     }
-    if (stopped_.empty()) return fail("process ", pid_, " has vanished");
+    threads_.push_back(Thread{tid, false, false, {}});
+    return true;
+  }
+  Status seizeAll() {
+    for (int tid : threadsOf(pid_))
+      if (Outcome<bool> s = seize(tid); !s) return std::move(s).failure();
+    if (threads_.empty()) return fail("process ", pid_, " has vanished");
     return success();
   }
 
-  const std::vector<int> &threads() const { return stopped_; }
+  // Stops every thread: all are interrupted at once, then waited for, and threads that started
+  // meanwhile are seized and stopped too, until the set is stable.
+  Status stopAll() {
+    for (int round = 0; round < 64; ++round) {
+      for (Thread &t : threads_)
+        if (!t.stopped && !t.gone) ptrace(PTRACE_INTERRUPT, t.tid, nullptr, nullptr);
+      for (Thread &t : threads_)
+        if (!t.stopped && !t.gone)
+          if (Status s = waitForStop(t); !s) return std::move(s).failure();
+      bool added = false;
+      for (int tid : threadsOf(pid_)) {
+        if (find(tid)) continue;
+        Outcome<bool> s = seize(tid);
+        if (!s) return std::move(s).failure();
+        added |= *s;
+      }
+      if (!added) break;
+    }
+    if (std::none_of(threads_.begin(), threads_.end(), [](const Thread &t) { return !t.gone; }))
+      return fail("process ", pid_, " has vanished");
+    return success();
+  }
+  Status stop(int tid) {
+    Thread *t = find(tid);
+    if (!t) return fail("thread ", tid, " is not traced");
+    if (!t->stopped) ptrace(PTRACE_INTERRUPT, tid, nullptr, nullptr);
+    if (Status s = waitForStop(*t); !s) return std::move(s).failure();
+    if (t->gone) return fail("thread ", tid, " of process ", pid_, " has exited");
+    return success();
+  }
+  void resumeAll() {
+    for (Thread &t : threads_)
+      if (t.stopped && !t.gone && ptrace(PTRACE_CONT, t.tid, nullptr, nullptr) == 0) t.stopped = false;
+  }
+
+  // Lets every thread go (only a stopped tracee can be detached), then sends the held signals.
+  void release() {
+    for (Thread &t : threads_) {
+      if (t.gone) continue;
+      if (!t.stopped) {
+        ptrace(PTRACE_INTERRUPT, t.tid, nullptr, nullptr);
+        static_cast<void>(waitForStop(t));  // a thread that is gone needs no detach
+      }
+      if (!t.gone) ptrace(PTRACE_DETACH, t.tid, nullptr, nullptr);
+    }
+    for (Thread &t : threads_)
+      for (const siginfo_t &info : t.held)
+        if (info.si_code == SI_TKILL) syscall(SYS_tgkill, pid_, t.tid, info.si_signo);
+        else kill(pid_, info.si_signo);
+    threads_.clear();
+  }
+
+  // The stopped threads' ids.
+  std::vector<int> stopped() const {
+    std::vector<int> out;
+    for (const Thread &t : threads_)
+      if (t.stopped && !t.gone) out.push_back(t.tid);
+    return out;
+  }
+
+  // Resumes a stopped thread with `request` (PTRACE_SINGLESTEP, PTRACE_CONT) until it stops with
+  // a signal `ours` accepts; other signals are held and the request repeated. A fault the thread
+  // causes itself that `ours` refuses is an error.
+  template <typename Ours> Outcome<siginfo_t> runUntil(int tid, __ptrace_request request, Ours ours) {
+    Thread *t = find(tid);
+    for (int round = 0; round < 1000; ++round) {
+      if (ptrace(request, tid, nullptr, nullptr) != 0)
+        return fail("cannot resume thread ", tid, ": ", strerror(errno));
+      t->stopped = false;
+      int status = 0;
+      if (Status s = waitOnce(*t, status); !s) return std::move(s).failure();
+      if (t->gone) return fail("thread ", tid, " of process ", pid_, " exited");
+      if (status >> 16) continue;  // an event stop (the process was stopped by a signal and continued)
+      siginfo_t info{};
+      if (ptrace(PTRACE_GETSIGINFO, tid, nullptr, &info) != 0) info.si_signo = WSTOPSIG(status);
+      if (ours(info)) return info;
+      if (selfInflicted(info))
+        return fail("thread ", tid, " faulted (signal ", info.si_signo, ") while running injected code");
+      t->held.push_back(info);
+    }
+    return fail("thread ", tid, " of process ", pid_, " keeps receiving signals");
+  }
 
 private:
+  struct Thread {
+    int tid = 0;
+    bool stopped = false, gone = false;
+    std::vector<siginfo_t> held;  // signals to send again when we let go
+  };
+
+  Thread *find(int tid) {
+    auto it = std::find_if(threads_.begin(), threads_.end(), [&](const Thread &t) { return t.tid == tid; });
+    return it == threads_.end() ? nullptr : &*it;
+  }
+
+  Status waitOnce(Thread &t, int &status) {
+    while (waitpid(t.tid, &status, __WALL) != t.tid)
+      if (errno != EINTR) return fail("waiting for thread ", t.tid, " of process ", pid_, ": ", strerror(errno));
+    if (WIFEXITED(status) || WIFSIGNALED(status)) t.gone = true;
+    else if (WIFSTOPPED(status)) t.stopped = true;
+    return success();
+  }
+
+  // After PTRACE_INTERRUPT: waits for the interrupt's stop. A signal for the program that stops the
+  // thread first is held, and the thread resumed so that the interrupt stop comes.
+  Status waitForStop(Thread &t) {
+    for (;;) {
+      int status = 0;
+      if (Status s = waitOnce(t, status); !s) return std::move(s).failure();
+      if (t.gone || !WIFSTOPPED(status) || (status >> 16) == PTRACE_EVENT_STOP) return success();
+      siginfo_t info{};
+      if (ptrace(PTRACE_GETSIGINFO, t.tid, nullptr, &info) != 0) info.si_signo = WSTOPSIG(status);
+      if (!selfInflicted(info)) t.held.push_back(info);
+      if (ptrace(PTRACE_CONT, t.tid, nullptr, nullptr) == 0) t.stopped = false;
+    }
+  }
+
   int pid_;
-  std::vector<int> stopped_;
+  std::vector<Thread> threads_;
 };
 
 class ProcessMemory {
 public:
-  explicit ProcessMemory(int pid) : fd_(open(("/proc/" + std::to_string(pid) + "/mem").c_str(), O_RDWR)) {}
+  explicit ProcessMemory(int pid) : fd_(open(("/proc/" + std::to_string(pid) + "/mem").c_str(), O_RDWR | O_CLOEXEC)) {}
+  ProcessMemory(ProcessMemory &&other) noexcept : fd_(other.fd_) { other.fd_ = -1; }
+  ProcessMemory(const ProcessMemory &) = delete;
   ~ProcessMemory() {
     if (fd_ >= 0) close(fd_);
   }
   bool ok() const { return fd_ >= 0; }
   bool read(uint64_t address, void *out, size_t size) const {
     return pread(fd_, out, size, off_t(address)) == ssize_t(size);
+  }
+  std::vector<uint8_t> read(uint64_t address, size_t size) const {
+    std::vector<uint8_t> bytes(size);
+    if (!read(address, bytes.data(), size)) bytes.clear();
+    return bytes;
   }
   bool write(uint64_t address, const void *data, size_t size) const {
     return pwrite(fd_, data, size, off_t(address)) == ssize_t(size);
@@ -94,37 +221,140 @@ private:
   int fd_;
 };
 
-// Runs one system call in a stopped thread and puts the thread back as it was.
-Outcome<int64_t> injectSyscall(int tid, const ProcessMemory &memory, const std::vector<Mapping> &maps,
-                                      long number, std::array<uint64_t, 6> args) {
-  user_regs_struct saved{};
-  if (ptrace(PTRACE_GETREGS, tid, nullptr, &saved) != 0)
-    return fail("cannot read the registers of thread ", tid, ": ", strerror(errno));
-  // A `syscall` instruction to execute: where the thread sleeps in one, or one in libc.
-  uint64_t site = 0;
+Outcome<ProcessMemory> openMemory(int pid) {
+  ProcessMemory memory(pid);
+  if (!memory.ok()) return fail("cannot open the memory of process ", pid, ": ", strerror(errno));
+  return memory;
+}
+
+// The registers of a stopped thread, put back when this object goes, on every path.
+class SavedRegisters {
+public:
+  explicit SavedRegisters(int tid) : tid_(tid) { ok_ = ptrace(PTRACE_GETREGS, tid, nullptr, &saved_) == 0; }
+  ~SavedRegisters() {
+    if (ok_) ptrace(PTRACE_SETREGS, tid_, nullptr, &saved_);
+  }
+  bool ok() const { return ok_; }
+  const user_regs_struct &saved() const { return saved_; }
+
+private:
+  int tid_;
+  bool ok_ = false;
+  user_regs_struct saved_{};
+};
+
+// A `syscall` instruction to execute: where the thread sleeps in one, or one in libc's code.
+uint64_t syscallSite(const ProcessMemory &memory, const std::vector<Mapping> &maps, uint64_t pc) {
   uint8_t pair[2] = {};
-  if (memory.read(saved.rip - 2, pair, 2) && pair[0] == 0x0f && pair[1] == 0x05) site = saved.rip - 2;
+  if (memory.read(pc - 2, pair, 2) && pair[0] == 0x0f && pair[1] == 0x05) return pc - 2;
   for (const Mapping &m : maps) {
-    if (site || m.permissions.find('x') == std::string::npos || m.path.find("libc") == std::string::npos) continue;
-    std::vector<uint8_t> code(std::min<uint64_t>(m.end - m.start, 1 << 20));
-    if (!memory.read(m.start, code.data(), code.size())) continue;
-    for (size_t i = 0; i + 1 < code.size() && !site; ++i)
-      if (code[i] == 0x0f && code[i + 1] == 0x05) site = m.start + i;
+    if (m.permissions.find('x') == std::string::npos || m.path.find("libc") == std::string::npos) continue;
+    std::vector<uint8_t> code = memory.read(m.start, std::min<uint64_t>(m.end - m.start, 1 << 20));
+    for (size_t i = 0; i + 1 < code.size(); ++i)
+      if (code[i] == 0x0f && code[i + 1] == 0x05) return m.start + i;
   }
-  if (!site) return fail("found no syscall instruction to run mmap in the target");
-  user_regs_struct regs = saved;
-  regs.rax = uint64_t(number);
-  regs.orig_rax = uint64_t(-1);  // not a syscall to restart
-  regs.rdi = args[0], regs.rsi = args[1], regs.rdx = args[2], regs.r10 = args[3], regs.r8 = args[4], regs.r9 = args[5];
-  regs.rip = site;
-  int status = 0;
-  if (ptrace(PTRACE_SETREGS, tid, nullptr, &regs) != 0 || ptrace(PTRACE_SINGLESTEP, tid, nullptr, nullptr) != 0 ||
-      waitpid(tid, &status, __WALL) != tid || ptrace(PTRACE_GETREGS, tid, nullptr, &regs) != 0) {
-    ptrace(PTRACE_SETREGS, tid, nullptr, &saved);
-    return fail("running a system call in thread ", tid, " failed: ", strerror(errno));
+  return 0;
+}
+
+// Work inside one stopped thread of the target: system calls and calls of its functions.
+class Injector {
+public:
+  Injector(TracedProcess &process, int tid, const ProcessMemory &memory, const std::vector<Mapping> &maps)
+      : process_(process), tid_(tid), memory_(memory), maps_(maps) {}
+
+  Outcome<int64_t> syscall(long number, std::array<uint64_t, 6> args) {
+    SavedRegisters saved(tid_);
+    if (!saved.ok()) return fail("cannot read the registers of thread ", tid_, ": ", strerror(errno));
+    uint64_t site = syscallSite(memory_, maps_, saved.saved().rip);
+    if (!site) return fail("found no syscall instruction to run mmap in the target");
+    user_regs_struct regs = saved.saved();
+    regs.rax = uint64_t(number);
+    regs.orig_rax = uint64_t(-1);  // not a system call to restart
+    regs.rdi = args[0], regs.rsi = args[1], regs.rdx = args[2], regs.r10 = args[3], regs.r8 = args[4], regs.r9 = args[5];
+    regs.rip = site;
+    if (ptrace(PTRACE_SETREGS, tid_, nullptr, &regs) != 0)
+      return fail("cannot set the registers of thread ", tid_, ": ", strerror(errno));
+    Outcome<siginfo_t> stopped = process_.runUntil(tid_, PTRACE_SINGLESTEP, [&](const siginfo_t &info) {
+      return info.si_signo == SIGTRAP && ptrace(PTRACE_GETREGS, tid_, nullptr, &regs) == 0 && regs.rip == site + 2;
+    });
+    if (!stopped) return std::move(stopped).failure();
+    return int64_t(regs.rax);
   }
-  ptrace(PTRACE_SETREGS, tid, nullptr, &saved);
-  return int64_t(regs.rax);
+
+  // Calls `function(argument)`. The call returns to address 0, and the fault that follows hands
+  // the thread back to us.
+  Status call(uint64_t function, uint64_t argument) {
+    SavedRegisters saved(tid_);
+    if (!saved.ok()) return fail("cannot read the registers of thread ", tid_, ": ", strerror(errno));
+    user_regs_struct regs = saved.saved();
+    regs.rsp = ((regs.rsp - 512) & ~uint64_t(15)) - 8;  // below the red zone; aligned as after a call
+    uint64_t returnAddress = 0;
+    if (!memory_.write(regs.rsp, &returnAddress, 8)) return fail("cannot write the stack of thread ", tid_);
+    regs.rip = function;
+    regs.rdi = argument;
+    regs.rax = 0;
+    regs.orig_rax = uint64_t(-1);  // not a system call to restart
+    if (ptrace(PTRACE_SETREGS, tid_, nullptr, &regs) != 0)
+      return fail("cannot set the registers of thread ", tid_, ": ", strerror(errno));
+    bool returned = false;
+    Outcome<siginfo_t> stopped = process_.runUntil(tid_, PTRACE_CONT, [&](const siginfo_t &info) {
+      if (info.si_signo != SIGSEGV || info.si_code <= 0) return false;
+      returned = ptrace(PTRACE_GETREGS, tid_, nullptr, &regs) == 0 && regs.rip == 0;
+      return true;
+    });
+    if (!stopped) return std::move(stopped).failure();
+    if (!returned) return fail("a call injected into thread ", tid_, " faulted at ", hexAddress(regs.rip));
+    return success();
+  }
+
+private:
+  TracedProcess &process_;
+  int tid_;
+  const ProcessMemory &memory_;
+  const std::vector<Mapping> &maps_;
+};
+
+// Patched code that throws needs its unwind entries known to the unwinder, and the image is not
+// an object dl_iterate_phdr reports: its .eh_frame is registered with libgcc's __register_frame,
+// as JIT compilers do (and deregistered with __deregister_frame when a failed apply unmaps it).
+// Programs without libgcc_s (plain C) cannot throw, so there is nothing to do. The function's
+// address is found (in libgcc's .dynsym) before any thread stops: reading libgcc is the slow part.
+struct FrameFunction {
+  uint64_t address = 0;  // 0: no libgcc_s, nothing to register
+};
+Outcome<FrameFunction> libgccFunction(const std::vector<Mapping> &maps, const std::string &name) {
+  auto libgcc = std::find_if(maps.begin(), maps.end(), [](const Mapping &m) {
+    return m.offset == 0 && m.path.find("/libgcc_s.so") != std::string::npos;
+  });
+  if (libgcc == maps.end()) return FrameFunction{};
+  Outcome<std::vector<uint8_t>> library = readFileBytes(libgcc->path);
+  if (!library) return std::move(library).failure();
+  Outcome<uint64_t> function = elfDynamicSymbolRva(*library, name);
+  if (!function)
+    return fail(libgcc->path, ": ", function.error(), ": the patch's unwind entries cannot be registered");
+  return FrameFunction{libgcc->start + *function};
+}
+
+const PatchSection *ehFrame(const PatchImage &image) {
+  auto it = std::find_if(image.sections.begin(), image.sections.end(),
+                         [](const PatchSection &s) { return s.name == ".eh_frame"; });
+  return it == image.sections.end() ? nullptr : &*it;
+}
+
+uint64_t mappedSize(uint64_t imageSize) { return alignTo(imageSize, 0x10000); }
+
+// The first thread to inject into: the main thread, or any other if it has exited.
+Outcome<int> stopOneThread(TracedProcess &process, int pid) {
+  std::vector<int> tids = threadsOf(pid);
+  std::stable_partition(tids.begin(), tids.end(), [&](int tid) { return tid == pid; });
+  for (int tid : tids) {
+    Outcome<bool> seized = process.seize(tid);
+    if (!seized) return std::move(seized).failure();
+    if (!*seized) continue;
+    if (Status stopped = process.stop(tid); !stopped) continue;
+    return tid;
+  }
+  return fail("process ", pid, " has vanished");
 }
 
 // The words of a stopped thread's stack, from its stack pointer to the end of the stack's mapping
@@ -139,257 +369,304 @@ std::vector<uint64_t> stackWords(const ProcessMemory &memory, const std::vector<
   return words;
 }
 
-// Calls `function(argument)` in a stopped thread and puts the thread back as it was. The call
-// returns to address 0, and the fault that follows hands the thread back to us.
-Status injectCall(int tid, const ProcessMemory &memory, uint64_t function, uint64_t argument) {
-  user_regs_struct saved{};
-  if (ptrace(PTRACE_GETREGS, tid, nullptr, &saved) != 0)
-    return fail("cannot read the registers of thread ", tid, ": ", strerror(errno));
-  user_regs_struct regs = saved;
-  regs.rsp = ((saved.rsp - 512) & ~uint64_t(15)) - 8;  // below the red zone; aligned as after a call
-  uint64_t returnAddress = 0;
-  if (!memory.write(regs.rsp, &returnAddress, 8)) return fail("cannot write the stack of thread ", tid);
-  regs.rip = function;
-  regs.rdi = argument;
-  regs.rax = 0;
-  regs.orig_rax = uint64_t(-1);  // not a system call to restart
-  int status = 0;
-  bool returned = ptrace(PTRACE_SETREGS, tid, nullptr, &regs) == 0 && ptrace(PTRACE_CONT, tid, nullptr, nullptr) == 0 &&
-                  waitpid(tid, &status, __WALL) == tid && WIFSTOPPED(status) && WSTOPSIG(status) == SIGSEGV &&
-                  ptrace(PTRACE_GETREGS, tid, nullptr, &regs) == 0 && regs.rip == 0;
-  ptrace(PTRACE_SETREGS, tid, nullptr, &saved);
-  if (!returned) return fail("a call injected into thread ", tid, " did not return (status ", hexAddress(uint32_t(status)), ")");
+// Why the threads stopped now are in the way of writing `image`'s jumps (empty: none is).
+std::vector<std::string> threadsInTheWay(const TracedProcess &process, const ProcessMemory &memory,
+                                         const std::vector<Mapping> &maps, const PatchImage &image,
+                                         uint64_t baseAddress, bool strict) {
+  std::vector<std::string> busy;
+  for (int tid : process.stopped()) {
+    user_regs_struct regs{};
+    if (ptrace(PTRACE_GETREGS, tid, nullptr, &regs) != 0) continue;
+    std::vector<uint64_t> stack = strict ? stackWords(memory, maps, regs.rsp) : std::vector<uint64_t>{};
+    for (const PatchRedirect &r : image.redirects) {
+      std::string name = r.name.value_or("a function");
+      if (overwrittenSpan(r, baseAddress).strictlyContains(regs.rip))
+        busy.push_back(concatenate("thread ", tid, " is at ", hexAddress(regs.rip), " inside ", name));
+      if (!strict) continue;
+      uint64_t begin = baseAddress + r.baseRva, end = begin + r.baseSize;
+      if (regs.rip >= begin && regs.rip < end)
+        busy.push_back(concatenate("thread ", tid, " runs in ", name, " (at ", hexAddress(regs.rip), ")"));
+      for (uint64_t word : stack)
+        if (word > begin && word < end) {  // a return address points after a call, never at the entry
+          busy.push_back(
+              concatenate("thread ", tid, " has ", name, " on its stack (return address ", hexAddress(word), ")"));
+          break;
+        }
+    }
+  }
+  return busy;
+}
+
+Status expectedBytesThere(const ProcessMemory &memory, const PatchImage &image, uint64_t baseAddress) {
+  for (const PatchRedirect &r : image.redirects) {
+    uint64_t from = baseAddress + r.baseRva - r.paddingBefore;
+    std::vector<uint8_t> found = memory.read(from, r.expected.size());
+    if (found != r.expected)
+      return fail(r.name.value_or("a function"), " at ", hexAddress(from), " does not hold the bytes this patch expects (",
+                  hexEncode(found), " instead of ", hexEncode(r.expected), "): another patch or another build");
+  }
   return success();
 }
 
-// Patched code that throws needs its unwind entries known to the unwinder, and the image is not
-// an object dl_iterate_phdr reports: its .eh_frame is registered with libgcc's __register_frame,
-// as JIT compilers do. Programs without libgcc_s (plain C) cannot throw, so there is nothing to do.
-Status registerUnwindEntries(int tid, const ProcessMemory &memory, const std::vector<Mapping> &maps,
-                                  const PatchImage &image, uint64_t imageAddress) {
-  auto ehFrame = std::find_if(image.sections.begin(), image.sections.end(),
-                              [](const PatchSection &s) { return s.name == ".eh_frame"; });
-  auto libgcc = std::find_if(maps.begin(), maps.end(), [](const Mapping &m) {
-    return m.offset == 0 && m.path.find("/libgcc_s.so") != std::string::npos;
-  });
-  if (ehFrame == image.sections.end() || libgcc == maps.end()) return success();
-  Outcome<std::vector<uint8_t>> library = readFileBytes(libgcc->path);
-  if (!library) return std::move(library).failure();
-  Outcome<uint64_t> function = elfDynamicSymbolRva(*library, "__register_frame");
-  if (!function)
-    return fail(libgcc->path, ": ", function.error(), ": the patch's unwind entries cannot be registered");
-  return injectCall(tid, memory, libgcc->start + *function, imageAddress + ehFrame->rva);
+#else
+
+Status notHere() {
+  return fail("the ptrace loader runs on x86-64 Linux; on other machines use the in-process agent");
 }
 
 #endif  // __x86_64__
 
 }  // namespace
 
-Outcome<ApplyReport> applyImage(int pid, const PatchImage &image, const ApplyOptions &options) {
+Outcome<AppliedImage> prepareImage(int pid, const PatchImage &image, bool checkEntries) {
 #if !defined(__x86_64__)
-  return fail("the ptrace loader runs on x86-64 Linux; on other machines use the in-process agent");
+  return notHere();
 #else
   if (image.format != Format::Elf || image.machine != Machine::X64)
     return fail("this loader applies ELF x64 images; the image is ", formatName(image.format), " ",
                 machineName(image.machine));
   if (kill(pid, 0) != 0) return fail("process ", pid, " does not exist");
-  const std::string mapsFile = "/proc/" + std::to_string(pid) + "/maps";
-  std::vector<Mapping> maps = readMaps(mapsFile);
-  Outcome<MappedBaseline> baseline = findBaseline(maps, image, "process " + std::to_string(pid));
+  std::vector<Mapping> maps = readMaps(concatenate("/proc/", pid, "/maps"));
+  Outcome<MappedBaseline> baseline = findBaseline(maps, image, concatenate("process ", pid));
   if (!baseline) return std::move(baseline).failure();
-  ApplyReport report;
-  report.pid = pid;
-  report.baselinePath = baseline->path;
-  report.baseAddress = baseline->address;
-  report.imageSize = image.imageSize;
-  report.sequence = image.sequence;
-  ProcessMemory memory(pid);
-  if (!memory.ok()) return fail("cannot open the memory of process ", pid, ": ", strerror(errno));
+  Outcome<ProcessMemory> memory = openMemory(pid);
+  if (!memory) return std::move(memory).failure();
+  if (checkEntries)
+    if (Status s = expectedBytesThere(*memory, image, baseline->address); !s) return std::move(s).failure();
+  AppliedImage applied;
+  applied.baselinePath = baseline->path;
+  applied.baseAddress = baseline->address;
+  applied.imageSize = image.imageSize;
+  applied.sequence = image.sequence;
+  applied.baselineSha256 = hexEncode(image.baseline.sha256);
+  Outcome<FrameFunction> registerFrame = ehFrame(image) ? libgccFunction(maps, "__register_frame") : FrameFunction{};
+  if (!registerFrame) return std::move(registerFrame).failure();
+  uint64_t size = mappedSize(image.imageSize);
+  std::vector<uint64_t> hints = freeAddressesNear(maps, applied.baseAddress, size, patchReach(image.machine));
 
-  auto deadline = std::chrono::steady_clock::now() + options.patience;
+  TracedProcess process(pid);
+  Outcome<int> tid = stopOneThread(process, pid);
+  if (!tid) return std::move(tid).failure();
+  Injector inject(process, *tid, *memory, maps);
+  // Memory near the base, so rel32 fixups and jumps reach.
+  for (size_t attempt = 0; attempt < hints.size() && attempt < 16 && !applied.imageAddress; ++attempt) {
+    Outcome<int64_t> r = inject.syscall(SYS_mmap, {hints[attempt], size, PROT_READ | PROT_WRITE,
+                                                          MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE,
+                                                          uint64_t(-1), 0});
+    if (!r) return std::move(r).failure();
+    if (*r > 0 && uint64_t(*r) == hints[attempt]) applied.imageAddress = uint64_t(*r);
+    else if (*r > 0) static_cast<void>(inject.syscall(SYS_munmap, {uint64_t(*r), size, 0, 0, 0, 0}));
+  }
+  if (!applied.imageAddress) return fail("found no free memory within reach of the base for the patch");
+  // Until the unwind entries are registered a failure unmaps the image again: the process is
+  // left as it was.
+  auto unmapped = [&](Failure failure) -> Failure {
+    static_cast<void>(inject.syscall(SYS_munmap, {applied.imageAddress, size, 0, 0, 0, 0}));
+    return failure;
+  };
+  std::vector<uint8_t> laidOut = layOut(image);
+  if (Status fixed = applyFixups(image, applied.baseAddress, applied.imageAddress, laidOut); !fixed)
+    return unmapped(std::move(fixed).failure());
+  if (!memory->write(applied.imageAddress, laidOut.data(), laidOut.size()))
+    return unmapped(fail("cannot write the patch into process ", pid, ": ", strerror(errno)));
+  // Written: the whole mapping becomes read-only, then each section gets only the access it
+  // needs (code is never writable).
+  Outcome<int64_t> sealed = inject.syscall(SYS_mprotect, {applied.imageAddress, size, PROT_READ, 0, 0, 0});
+  if (!sealed) return unmapped(std::move(sealed).failure());
+  for (const PatchSection &section : image.sections) {
+    uint64_t begin = applied.imageAddress + (section.rva & ~uint64_t(0xfff));
+    uint64_t end = applied.imageAddress + alignTo(uint64_t(section.rva) + section.memorySize, 0x1000);
+    if (end <= begin) continue;
+    int protection = PROT_READ | (section.permissions.write ? PROT_WRITE : 0) | (section.permissions.execute ? PROT_EXEC : 0);
+    Outcome<int64_t> r = inject.syscall(SYS_mprotect, {begin, end - begin, uint64_t(protection), 0, 0, 0});
+    if (!r) return unmapped(std::move(r).failure());
+    if (*r != 0)
+      return unmapped(fail("cannot protect the patch's ", section.name, " in process ", pid, " (error ", -*r, ")"));
+  }
+  for (const PatchRedirect &r : image.redirects) {
+    Outcome<EntryWrite> w = entryWrite(r, image.machine, applied.baseAddress, applied.imageAddress);
+    if (!w) return unmapped(std::move(w).failure());
+    AppliedRedirect redirect;
+    redirect.name = r.name.value_or("");
+    redirect.address = w->address;
+    // The base's bytes there, from what the image expects (the entry may hold an earlier patch now).
+    uint64_t offset = w->address - w->expectedAddress;
+    if (w->address < w->expectedAddress || offset + w->bytes.size() > r.expected.size())
+      return unmapped(fail(redirect.name, ": the image's expected bytes do not cover its jump"));
+    redirect.original.assign(r.expected.begin() + offset, r.expected.begin() + offset + w->bytes.size());
+    redirect.written = std::move(w->bytes);
+    applied.redirects.push_back(std::move(redirect));
+  }
+  // Registered before the jumps go in: a thread may throw through the new code at once.
+  if (registerFrame->address)
+    if (Status registered = inject.call(registerFrame->address, applied.imageAddress + ehFrame(image)->rva); !registered)
+      return unmapped(std::move(registered).failure());
+  return applied;
+#endif
+}
+
+Status commitImage(int pid, const PatchImage &image, AppliedImage &applied, const ApplyOptions &options) {
+#if !defined(__x86_64__)
+  return notHere();
+#else
+  Outcome<ProcessMemory> memory = openMemory(pid);
+  if (!memory) return std::move(memory).failure();
+  // Everything that can be is done before the threads stop: the stop is check and write only.
+  std::vector<Mapping> stacks = options.strict ? readMaps(concatenate("/proc/", pid, "/maps")) : std::vector<Mapping>{};
+  TracedProcess process(pid);
+  if (Status s = process.seizeAll(); !s) return std::move(s).failure();
+  auto deadline = Clock::now() + options.patience;
   while (true) {
-    ++report.attempts;
-    auto stoppedAt = std::chrono::steady_clock::now();
-    StoppedProcess process(pid);
-    if (Status stopped = process.stop(); !stopped) return std::move(stopped).failure();
-    // Check every entry first: expected bytes, and no thread in the bytes to overwrite.
-    std::vector<std::string> busy;
-    for (const PatchRedirect &r : image.redirects) {
-      uint64_t from = report.baseAddress + r.baseRva - r.paddingBefore;
-      std::vector<uint8_t> found(r.expected.size());
-      if (!memory.read(from, found.data(), found.size()) || found != r.expected)
-        return fail(r.name.value_or("a function"), " at ", hexAddress(from), " does not hold the bytes this patch "
-                    "expects (", hexEncode(found), " instead of ", hexEncode(r.expected), "): another patch or another build");
+    ++applied.attempts;
+    auto stoppedAt = Clock::now();
+    if (Status s = process.stopAll(); !s) return std::move(s).failure();
+    applied.stopping = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - stoppedAt);
+    if (Status s = expectedBytesThere(*memory, image, applied.baseAddress); !s) return std::move(s).failure();
+    for (const AppliedRedirect &r : applied.redirects)
+      if (memory->read(r.address, r.original.size()) != r.original)
+        return fail(r.name, " at ", hexAddress(r.address), " changed while the patch was prepared");
+    std::vector<std::string> busy = threadsInTheWay(process, *memory, stacks, image, applied.baseAddress, options.strict);
+    if (busy.empty()) {
+      // The jumps go in last, each one write; x86 keeps instruction fetch coherent with stores.
+      for (const AppliedRedirect &r : applied.redirects)
+        if (!memory->write(r.address, r.written.data(), r.written.size())) {
+          std::string reason = strerror(errno);
+          for (const AppliedRedirect &back : applied.redirects) memory->write(back.address, back.original.data(), back.original.size());
+          return fail("cannot write the jump at ", hexAddress(r.address), ": ", reason);
+        }
+      process.release();
+      applied.pause = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - stoppedAt);
+      return success();
     }
-    std::vector<Mapping> stacks = options.strict ? readMaps(mapsFile) : std::vector<Mapping>{};
-    for (int tid : process.threads()) {
-      user_regs_struct regs{};
-      if (ptrace(PTRACE_GETREGS, tid, nullptr, &regs) != 0) continue;
-      std::vector<uint64_t> stack = options.strict ? stackWords(memory, stacks, regs.rsp) : std::vector<uint64_t>{};
-      for (const PatchRedirect &r : image.redirects) {
-        std::string name = r.name.value_or("a function");
-        if (overwrittenSpan(r, report.baseAddress).strictlyContains(regs.rip))
-          busy.push_back(concatenate("thread ", tid, " is at ", hexAddress(regs.rip), " inside ", name));
-        uint64_t begin = report.baseAddress + r.baseRva, end = begin + r.baseSize;
-        if (!options.strict) continue;
-        if (regs.rip >= begin && regs.rip < end)
-          busy.push_back(concatenate("thread ", tid, " runs in ", name, " (at ", hexAddress(regs.rip), ")"));
-        for (uint64_t word : stack)
-          if (word > begin && word < end) {  // a return address points after a call, never at the entry
-            busy.push_back(concatenate("thread ", tid, " has ", name, " on its stack (return address ", hexAddress(word), ")"));
-            break;
-          }
-      }
-    }
-    if (!busy.empty()) {
-      if (std::chrono::steady_clock::now() < deadline) {
-        std::this_thread::sleep_for(std::chrono::milliseconds(5));  // resume the threads and try again
-        continue;
-      }
+    process.resumeAll();
+    if (options.signals && options.signals->interrupted())
+      return fail("interrupted after ", applied.attempts, " attempts while threads were in the way; nothing applied");
+    if (Clock::now() >= deadline) {
       std::string all;
       for (const std::string &b : busy) all += (all.empty() ? "" : "; ") + b;
-      return fail("gave up after ", report.attempts, " attempts: ", all);
+      return fail("gave up after ", applied.attempts, " attempts: ", all);
     }
-    // Memory near the base, so rel32 fixups and jumps reach.
-    uint64_t size = alignTo(image.imageSize, 0x10000);
-    std::vector<uint64_t> hints = freeAddressesNear(readMaps(mapsFile), report.baseAddress,
-                                                    size, patchReach(image.machine));
-    int64_t mapped = -1;
-    for (size_t attempt = 0; attempt < hints.size() && attempt < 16 && mapped < 0; ++attempt) {
-      Outcome<int64_t> r = injectSyscall(pid, memory, maps, 9 /* mmap */,
-                                                {hints[attempt], size, PROT_READ | PROT_WRITE | PROT_EXEC,
-                                                 MAP_PRIVATE | MAP_ANONYMOUS | 0x100000 /* MAP_FIXED_NOREPLACE */,
-                                                 uint64_t(-1), 0});
-      if (!r) return std::move(r).failure();
-      if (*r > 0 && uint64_t(*r) == hints[attempt]) mapped = *r;
-    }
-    if (mapped < 0) return fail("found no free memory within reach of the base for the patch");
-    report.imageAddress = uint64_t(mapped);
-    // Until the unwind entries are registered a failure unmaps the image again: the process is
-    // left as it was.
-    auto unmapped = [&](Failure failure) -> Failure {
-      [[maybe_unused]] Outcome<int64_t> r =
-          injectSyscall(pid, memory, maps, 11 /* munmap */, {report.imageAddress, size, 0, 0, 0, 0});
-      return failure;
-    };
-    std::vector<uint8_t> laidOut = layOut(image);
-    if (Status fixed = applyFixups(image, report.baseAddress, report.imageAddress, laidOut); !fixed)
-      return unmapped(std::move(fixed).failure());
-    if (!memory.write(report.imageAddress, laidOut.data(), laidOut.size()))
-      return unmapped(fail("cannot write the patch into process ", pid, ": ", strerror(errno)));
-    // Written: the whole mapping becomes read-only, then each section gets only the access it
-    // needs (code is never writable).
-    Outcome<int64_t> sealed =
-        injectSyscall(pid, memory, maps, 10 /* mprotect */, {report.imageAddress, size, PROT_READ, 0, 0, 0});
-    if (!sealed) return unmapped(std::move(sealed).failure());
-    for (const PatchSection &section : image.sections) {
-      uint64_t begin = report.imageAddress + (section.rva & ~uint64_t(0xfff));
-      uint64_t end = report.imageAddress + alignTo(uint64_t(section.rva) + section.memorySize, 0x1000);
-      if (end <= begin) continue;
-      int protection = PROT_READ | (section.permissions.write ? PROT_WRITE : 0) | (section.permissions.execute ? PROT_EXEC : 0);
-      Outcome<int64_t> r =
-          injectSyscall(pid, memory, maps, 10 /* mprotect */, {begin, end - begin, uint64_t(protection), 0, 0, 0});
-      if (!r) return unmapped(std::move(r).failure());
-      if (*r != 0)
-        return unmapped(fail("cannot protect the patch's ", section.name, " in process ", pid, " (error ", -*r, ")"));
-    }
-    for (const PatchRedirect &r : image.redirects) {
-      Outcome<EntryWrite> w = entryWrite(r, image.machine, report.baseAddress, report.imageAddress);
-      if (!w) return unmapped(std::move(w).failure());
-      AppliedRedirect applied;
-      applied.name = r.name.value_or("");
-      applied.address = w->address;
-      applied.original.resize(w->bytes.size());
-      memory.read(w->address, applied.original.data(), w->bytes.size());
-      applied.written = std::move(w->bytes);
-      report.redirects.push_back(std::move(applied));
-    }
-    // Registered before the jumps go in: a thread may throw through the new code at once.
-    if (Status registered = registerUnwindEntries(pid, memory, maps, image, report.imageAddress); !registered)
-      return unmapped(std::move(registered).failure());
-    // The jumps go in last, each one write; x86 keeps instruction fetch coherent with stores.
-    for (const AppliedRedirect &r : report.redirects)
-      if (!memory.write(r.address, r.written.data(), r.written.size()))
-        return fail("cannot write the jump at ", hexAddress(r.address), ": ", strerror(errno));
-    report.pause = std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - stoppedAt);
-    return report;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
 #endif
 }
 
-Status revertRedirects(int pid, const std::vector<AppliedRedirect> &redirects) {
+void discardImage(int pid, const PatchImage &image, const AppliedImage &applied) {
+#if defined(__x86_64__)
+  Outcome<ProcessMemory> memory = openMemory(pid);
+  if (!memory) return;
+  std::vector<Mapping> maps = readMaps(concatenate("/proc/", pid, "/maps"));
+  Outcome<FrameFunction> deregisterFrame =
+      ehFrame(image) ? libgccFunction(maps, "__deregister_frame") : FrameFunction{};
+  if (!deregisterFrame) return;  // registered: it stays mapped
+  TracedProcess process(pid);
+  Outcome<int> tid = stopOneThread(process, pid);
+  if (!tid) return;
+  Injector inject(process, *tid, *memory, maps);
+  if (deregisterFrame->address)
+    if (Status deregistered = inject.call(deregisterFrame->address, applied.imageAddress + ehFrame(image)->rva);
+        !deregistered)
+      return;
+  static_cast<void>(inject.syscall(SYS_munmap, {applied.imageAddress, mappedSize(applied.imageSize), 0, 0, 0, 0}));
+#else
+  (void)pid, (void)image, (void)applied;
+#endif
+}
+
+Outcome<std::optional<bool>> entriesWritten(int pid, const std::vector<AppliedRedirect> &redirects) {
 #if !defined(__x86_64__)
-  return fail("the ptrace loader runs on x86-64 Linux");
+  return notHere();
+#else
+  Outcome<ProcessMemory> memory = openMemory(pid);
+  if (!memory) return std::move(memory).failure();
+  size_t written = 0, original = 0;
+  for (const AppliedRedirect &r : redirects) {
+    std::vector<uint8_t> now = memory->read(r.address, r.written.size());
+    written += now == r.written;
+    original += now == r.original;
+  }
+  if (written == redirects.size()) return std::optional<bool>(true);
+  if (original == redirects.size()) return std::optional<bool>(false);
+  return std::optional<bool>();
+#endif
+}
+
+Status checkRecord(int pid, const AppliedImage &applied) {
+  std::vector<Mapping> maps = readMaps(concatenate("/proc/", pid, "/maps"));
+  for (const AppliedRedirect &r : applied.redirects) {
+    auto m = std::find_if(maps.begin(), maps.end(), [&](const Mapping &m) {
+      return r.address >= m.start && r.address + r.original.size() <= m.end;
+    });
+    if (m == maps.end() || m->path != applied.baselinePath || m->permissions.find('x') == std::string::npos)
+      return fail("the record puts ", r.name, " at ", hexAddress(r.address), ", which is not code of ",
+                  applied.baselinePath, " in process ", pid, ": refused");
+    Outcome<RegularFile> file = RegularFile::open(m->path, kMaxBinaryFileSize);
+    if (!file) return fail("cannot check the record against ", m->path, ": ", file.error());
+    std::vector<uint8_t> there(r.original.size());
+    if (pread(file->fd(), there.data(), there.size(), off_t(m->offset + (r.address - m->start))) != ssize_t(there.size()) ||
+        there != r.original)
+      return fail("the record would restore ", r.name, " at ", hexAddress(r.address), " with ", hexEncode(r.original),
+                  ", but ", m->path, " holds ", hexEncode(there), " there: the record was changed; nothing reverted");
+  }
+  return success();
+}
+
+Status rewriteEntries(int pid, const std::vector<AppliedRedirect> &redirects, bool toOriginal) {
+#if !defined(__x86_64__)
+  return notHere();
 #else
   if (kill(pid, 0) != 0) return fail("process ", pid, " does not exist");
-  StoppedProcess process(pid);
-  if (Status stopped = process.stop(); !stopped) return stopped;
-  ProcessMemory memory(pid);
+  Outcome<ProcessMemory> memory = openMemory(pid);
+  if (!memory) return std::move(memory).failure();
+  TracedProcess process(pid);
+  if (Status s = process.seizeAll(); !s) return std::move(s).failure();
+  if (Status s = process.stopAll(); !s) return std::move(s).failure();
+  std::vector<const AppliedRedirect *> pending;
   for (const AppliedRedirect &r : redirects) {
-    std::vector<uint8_t> now(r.written.size());
-    if (!memory.read(r.address, now.data(), now.size()) || now != r.written)
-      return fail("the jump at ", hexAddress(r.address), " (", r.name, ") was changed by someone else; nothing reverted");
+    const std::vector<uint8_t> &from = toOriginal ? r.written : r.original, &to = toOriginal ? r.original : r.written;
+    std::vector<uint8_t> now = memory->read(r.address, r.written.size());
+    if (now == to) continue;
+    if (now != from)
+      return fail("the jump at ", hexAddress(r.address), " (", r.name, ") was changed by someone else (it holds ",
+                  hexEncode(now), "); nothing written");
+    pending.push_back(&r);
   }
-  for (const AppliedRedirect &r : redirects)
-    if (!memory.write(r.address, r.original.data(), r.original.size()))
-      return fail("cannot restore ", hexAddress(r.address), ": ", strerror(errno));
+  for (const AppliedRedirect *r : pending) {
+    const std::vector<uint8_t> &to = toOriginal ? r->original : r->written;
+    if (!memory->write(r->address, to.data(), to.size()))
+      return fail("cannot write ", hexAddress(r->address), ": ", strerror(errno));
+  }
   return success();
 #endif
 }
 
-std::string stateFilePath(int pid) {
-  const char *dir = getenv("HOTFORGE_STATE_DIR");
-  return std::string(dir ? dir : "/tmp/hotforge-state") + "/" + std::to_string(pid) + ".json";
+// ---- signals of the command line tool ----
+
+namespace {
+sigset_t deferredSet() {
+  sigset_t set;
+  sigemptyset(&set);
+  for (int s : {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGTSTP, SIGPIPE}) sigaddset(&set, s);
+  return set;
+}
+}  // namespace
+
+DeferredSignals::DeferredSignals() {
+  sigset_t set = deferredSet();
+  pthread_sigmask(SIG_BLOCK, &set, &previous_);
 }
 
-Outcome<nlohmann::json> readState(int pid) {
-  std::ifstream in(stateFilePath(pid));
-  if (!in) return nlohmann::json::object();
-  nlohmann::json state = nlohmann::json::parse(in, nullptr, false);
-  if (state.is_discarded()) return fail(stateFilePath(pid), " is damaged");
-  return state;
+DeferredSignals::~DeferredSignals() {
+  std::fflush(stdout);  // what was printed is not lost when a held signal ends the process now
+  pthread_sigmask(SIG_SETMASK, &previous_, nullptr);
 }
 
-Status writeState(int pid, const nlohmann::json &state) {
-  std::string path = stateFilePath(pid);
-  mkdir(path.substr(0, path.rfind('/')).c_str(), 0700);
-  std::string temp = path + ".tmp";
-  {
-    std::ofstream out(temp, std::ios::trunc);
-    out << state.dump(2);
-    if (!out) return fail("cannot write ", temp);
-  }
-  if (rename(temp.c_str(), path.c_str()) != 0) return fail("cannot write ", path, ": ", strerror(errno));
-  return success();
-}
-
-nlohmann::json toJson(const ApplyReport &report, const std::string &unitName) {
-  nlohmann::json redirects = nlohmann::json::array();
-  for (const AppliedRedirect &r : report.redirects)
-    redirects.push_back({{"name", r.name}, {"address", r.address}, {"original", hexEncode(r.original)},
-                         {"written", hexEncode(r.written)}});
-  return {{"unit", unitName},
-          {"baseline", report.baselinePath},
-          {"sequence", report.sequence},
-          {"base_address", report.baseAddress},
-          {"image_address", report.imageAddress},
-          {"image_size", report.imageSize},
-          {"pause_us", report.pause.count()},
-          {"attempts", report.attempts},
-          {"redirects", std::move(redirects)}};
-}
-
-std::vector<AppliedRedirect> redirectsFromJson(const nlohmann::json &applied) {
-  auto bytes = [](const std::string &hex) {
-    std::vector<uint8_t> out;
-    for (size_t i = 0; i + 1 < hex.size(); i += 2) out.push_back(uint8_t(std::stoul(hex.substr(i, 2), nullptr, 16)));
-    return out;
-  };
-  std::vector<AppliedRedirect> out;
-  for (const auto &r : applied.value("redirects", nlohmann::json::array()))
-    out.push_back({r.value("name", ""), r.value("address", uint64_t(0)), bytes(r.value("original", "")),
-                   bytes(r.value("written", ""))});
-  return out;
+bool DeferredSignals::interrupted() const {
+  sigset_t pending;
+  sigpending(&pending);
+  for (int s : {SIGINT, SIGTERM, SIGHUP, SIGQUIT})
+    if (sigismember(&pending, s)) return true;
+  return false;
 }
 
 }  // namespace hotforge

@@ -176,12 +176,18 @@ private:
 }  // namespace
 
 llvm::Expected<std::unique_ptr<Signer>> makeKeyFileSigner(const std::string &path) {
-  llvm::Expected<std::vector<uint8_t>> bytes = lift(readFileBytes(path));
+  Outcome<RegularFile> file = RegularFile::open(path, kMaxKeyFileSize);
+  if (!file) return makeError(file.error());
+  llvm::Expected<std::vector<uint8_t>> bytes = lift(file->read(file->size()));
   if (!bytes) return bytes.takeError();
   llvm::Expected<Pkey> key =
       parsePrivateKeyPem(llvm::StringRef(reinterpret_cast<const char *>(bytes->data()), bytes->size()), path);
   OPENSSL_cleanse(bytes->data(), bytes->size());
   if (!key) return key.takeError();
+  // As ssh does: a private key others can read may already be someone else's, so it signs nothing.
+  if (file->mode() & 077)
+    return formatError("{}: the private key is open to group or others (mode {:04o}); refused: `chmod 600 {}`", path,
+                       file->mode(), path);
   return signerFromKey(std::move(*key), path);
 }
 

@@ -34,9 +34,8 @@ Digest Sha256::finish() {
 }
 
 llvm::Expected<Digest> sha256File(const std::string &path) {
-  llvm::ErrorOr<std::unique_ptr<llvm::MemoryBuffer>> file =
-      llvm::MemoryBuffer::getFile(path, /*IsText=*/false, /*RequiresNullTerminator=*/false);
-  if (!file) return formatError("{}: cannot read: {}", path, file.getError().message());
+  llvm::Expected<std::unique_ptr<llvm::MemoryBuffer>> file = readFileBuffer(path);
+  if (!file) return file.takeError();
   const llvm::MemoryBuffer &buffer = **file;
   return sha256(llvm::ArrayRef<uint8_t>(reinterpret_cast<const uint8_t *>(buffer.getBufferStart()), buffer.getBufferSize()));
 }

@@ -4,6 +4,7 @@
 #pragma once
 
 #include "hotforge/runtime/bytes.h"   // hexEncode, sha256
+#include "hotforge/runtime/files.h"   // size limits
 #include "hotforge/runtime/target.h"  // Format, Machine, Permissions
 
 #include <llvm/ADT/ArrayRef.h>
@@ -178,6 +179,11 @@ llvm::Expected<Image> readImage(const std::string &path, const ImageReadOptions 
 // Same, from bytes already in memory (fuzzing, tests); `name` is used in messages.
 llvm::Expected<Image> readImage(std::unique_ptr<llvm::MemoryBuffer> buffer,
                                 const ImageReadOptions &options = {});
+
+// A whole regular file of at most `maxSize` bytes, for LLVM's readers: a FIFO, a device or a
+// directory is refused at once (hotforge/runtime/files.h).
+llvm::Expected<std::unique_ptr<llvm::MemoryBuffer>> readFileBuffer(const std::string &path,
+                                                                   uint64_t maxSize = kMaxBinaryFileSize);
 
 // A GUID as Windows tools print it: "9445CF05-3459-08BF-4C4C-44205044422E" (first three fields
 // little-endian).

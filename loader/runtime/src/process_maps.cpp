@@ -1,7 +1,7 @@
 #include "hotforge/runtime/process_maps.h"
 
 #include "hotforge/runtime/bytes.h"
-#include "hotforge/runtime/unit_reader.h"  // readFileBytes
+#include "hotforge/runtime/files.h"
 
 #include <algorithm>
 #include <cstdio>

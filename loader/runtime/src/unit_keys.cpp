@@ -57,7 +57,7 @@ Outcome<PublicKey> parsePublicKeyPem(std::string_view pem, const std::string &na
 }
 
 Outcome<PublicKey> readPublicKeyFile(const std::string &path) {
-  Outcome<std::vector<uint8_t>> bytes = readFileBytes(path);
+  Outcome<std::vector<uint8_t>> bytes = readFileBytes(path, kMaxKeyFileSize);
   if (!bytes) return std::move(bytes).failure();
   return parsePublicKeyPem(std::string_view(reinterpret_cast<const char *>(bytes->data()), bytes->size()), path);
 }

@@ -2,6 +2,7 @@
 // Nothing is read before the offsets and sizes that lead to it are checked against the file size,
 // and nothing is allocated from a declared size before that size is checked against a limit.
 #include "hotforge/runtime/bytes.h"
+#include "hotforge/runtime/patch_format.h"
 #include "hotforge/runtime/unit_checks.h"
 
 #include <zstd.h>
@@ -238,6 +239,23 @@ Outcome<Manifest> parseManifest(std::string_view text, uint64_t payloadSize) {
   return m;
 }
 
+// What the manifest records of a hotpatch image (its sequence, its baseline) must be what the image
+// itself says: apply and the agent go by the image, `verify` and a reader of the manifest by info.
+Status imageMatchesInfo(std::span<const uint8_t> bytes, const nlohmann::json &info) {
+  if (!looksLikePatchImage(bytes)) return success();
+  Outcome<PatchImage> image = readPatchImage(bytes);
+  if (!image) return fail("not a valid hotpatch image: ", image.error());
+  auto sequence = info.find("sequence");
+  if (sequence != info.end() && sequence->get<uint64_t>() != image->sequence)
+    return fail("the manifest records sequence ", sequence->get<uint64_t>(), ", the image is sequence ", image->sequence);
+  auto baseline = info.find("baseline");
+  if (baseline != info.end() && baseline->contains("sha256") && (*baseline)["sha256"].is_string() &&
+      (*baseline)["sha256"].get<std::string>() != hexEncode(image->baseline.sha256))
+    return fail("the manifest records baseline sha256 ", (*baseline)["sha256"].get<std::string>(), ", the image's is ",
+                hexEncode(image->baseline.sha256));
+  return success();
+}
+
 Outcome<std::vector<UnitEntry>> checkPayloads(const Manifest &manifest, std::span<const uint8_t> payload) {
   std::unique_ptr<ZSTD_DCtx, DctxFree> dctx(ZSTD_createDCtx());
   if (!dctx) return fail("zstd: cannot allocate a decompression context");
@@ -271,6 +289,7 @@ Outcome<std::vector<UnitEntry>> checkPayloads(const Manifest &manifest, std::spa
     if (produced != e.size)
       return fail(where, ": decompressed to ", produced, " bytes, the manifest declares ", e.size);
     if (sha256(entry.bytes) != e.sha256) return fail(where, ": the image does not match its SHA-256 in the manifest");
+    if (Status s = imageMatchesInfo(entry.bytes, e.info); !s) return fail(where, ": ", s.error());
     out.push_back(std::move(entry));
   }
   return out;

@@ -5,6 +5,7 @@
 // OpenSSL 3, zstd and nlohmann-json.
 #pragma once
 
+#include "hotforge/runtime/files.h"
 #include "hotforge/runtime/outcome.h"
 
 #include <nlohmann/json.hpp>
@@ -74,8 +75,5 @@ struct VerifiedUnit {
 Outcome<VerifiedUnit> verifyUnit(std::span<const uint8_t> unit, const PublicKey &key);
 
 bool looksLikeUnit(std::span<const uint8_t> bytes);  // starts with the magic
-
-// A whole file (a unit, a key, an image), read with read(2) so pipes work too.
-Outcome<std::vector<uint8_t>> readFileBytes(const std::string &path);
 
 }  // namespace hotforge
