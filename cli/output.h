@@ -1,7 +1,7 @@
 // Writing results: to stdout, or to a file that appears whole or not at all.
 #pragma once
 
-#include "hotforge/loader_commands.h"  // jsonText
+#include "hotforge/runtime/json_text.h"
 
 #include <llvm/Support/Error.h>
 #include <nlohmann/json.hpp>
@@ -13,8 +13,6 @@ namespace hotforge::cli {
 // Writes `content` to `path` through a temporary file in the same directory and a rename, so an
 // interrupted run never leaves a half-written file. An empty path or "-" means stdout.
 llvm::Error writeOutput(const std::string &path, const std::string &content);
-
-using loader::jsonText;
 
 // Text for a terminal: control characters (names from a manifest or a file tree can hold any)
 // become \xNN, so they cannot move the cursor or rewrite what was printed. Line breaks stay.

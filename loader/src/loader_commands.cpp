@@ -5,6 +5,7 @@
 #include "hotforge/loader.h"
 #include "hotforge/runtime/bytes.h"
 #include "hotforge/runtime/files.h"
+#include "hotforge/runtime/json_text.h"
 #include "hotforge/runtime/unit_reader.h"
 
 #include <algorithm>
@@ -252,10 +253,6 @@ int status(int pid, bool json) {
 int reportError(const std::string &message) {
   std::fprintf(stderr, "%s: error: %s\n", programName.c_str(), message.c_str());
   return kExitError;
-}
-
-std::string jsonText(const nlohmann::json &doc) {
-  return doc.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
 }
 
 int runCommandLine(CLI::App &app, int argc, char **argv, const int &exitCode) {

@@ -40,10 +40,6 @@ llvm::Expected<Digest> sha256File(const std::string &path) {
   return sha256(llvm::ArrayRef<uint8_t>(reinterpret_cast<const uint8_t *>(buffer.getBufferStart()), buffer.getBufferSize()));
 }
 
-std::string jsonText(const nlohmann::json &doc) {
-  return doc.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
-}
-
 llvm::Expected<nlohmann::json> readJsonFile(const std::string &path) {
   llvm::Expected<std::vector<uint8_t>> bytes = lift(readFileBytes(path));
   if (!bytes) return bytes.takeError();

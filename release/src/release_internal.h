@@ -4,6 +4,7 @@
 #include "hotforge/image.h"  // sha256, hexEncode
 
 #include "hotforge/release.h"
+#include "hotforge/runtime/json_text.h"
 
 #include <llvm/ADT/StringRef.h>
 #include <llvm/Support/Error.h>
@@ -42,8 +43,6 @@ private:
 // SHA-256 of a file's bytes, read through a mapping.
 llvm::Expected<Digest> sha256File(const std::string &path);
 
-// Pretty JSON as every Hotforge document: two-space indent, invalid UTF-8 replaced, newline.
-std::string jsonText(const nlohmann::json &doc);
 llvm::Expected<nlohmann::json> readJsonFile(const std::string &path);
 llvm::Error writeTextAtomically(const std::string &path, const std::string &text);
 

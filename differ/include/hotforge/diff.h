@@ -80,7 +80,7 @@ struct Binding {
   uint64_t size = 0;
   std::string note;
   // Import only: the symbol, its ELF version (empty when unversioned) and its PE DLL (empty on ELF).
-  std::string symbol, version, library;
+  std::string symbol{}, version{}, library{};  // {}: brace-initialised Bindings may leave them out
 };
 std::string_view bindingKindName(Binding::Kind kind);
 

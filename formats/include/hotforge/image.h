@@ -111,7 +111,7 @@ struct Import {
   std::string library;  // PE DLL name; empty on ELF
   uint64_t slotRva = 0; // the GOT/IAT slot the loader fills with the symbol's address
   ImportKind kind = ImportKind::GotSlot;
-  std::string version;  // ELF: the symbol's version (GLIBC_2.2.5), empty when it has none
+  std::string version{};  // ELF: the symbol's version (GLIBC_2.2.5), empty when it has none
 };
 
 struct Relocation {

@@ -20,10 +20,6 @@ enum ExitCode : int {
 // Prints "PROGRAM: error: MESSAGE" to stderr (PROGRAM: the app's name) and returns kExitError.
 int reportError(const std::string &message);
 
-// A JSON document as every command prints it: two-space indent, a final newline, and bytes that
-// are not UTF-8 (names from binaries) replaced by U+FFFD so the output always parses.
-std::string jsonText(const nlohmann::json &doc);
-
 void addLoaderCommands(CLI::App &app, int &exitCode);  // apply, revert, status
 
 // Parses the command line, runs the chosen subcommand's callback, and returns the exit code it
