@@ -917,7 +917,7 @@ private:
       fb.splitPart = patched_.coldPart[p] || patched_.partOf[p].has_value();
       for (const CodeReference &r : patched_.references(p)) {
         Binding b = bind(p, r, decoder);
-        if (b.kind == Binding::Kind::Import && newImports.insert(b.library + "!" + b.symbol).second) {
+        if (b.kind == Binding::Kind::Import && newImports.insert(symbolKey(b.library, b.symbol)).second) {
           Change c = functionChange(fb.base ? ChangeKind::Changed : ChangeKind::Added, fb.base ? &*fb.base : nullptr, &p);
           c.kind = ChangeKind::Data;
           c.rule = rules::kNewImport;
@@ -940,7 +940,11 @@ private:
     }
   }
 
-  static std::string importKey(const Import &import) { return import.library + "!" + import.name; }
+  // One key per symbol the loader binds, for stubs, thunks and slots alike: its DLL (PE; empty on
+  // ELF) and its name.
+  static std::string symbolKey(std::string_view library, std::string_view name) {
+    return fmt::format("{}!{}", library, name);
+  }
 
   void indexBaseSlots() {
     // Stubs are decoded whole, not stepped through at a fixed size: x64 .plt.got entries are 8
@@ -951,16 +955,16 @@ private:
       for (const CodeReference &r : stubs.references)
         if (r.kind == ReferenceKind::Memory)
           if (auto it = base_.pointers.find(r.target); it != base_.pointers.end() && it->second.symbol)
-            baseStubs_.try_emplace(*it->second.symbol, begin + r.offset);
+            baseStubs_.try_emplace(symbolKey({}, *it->second.symbol), begin + r.offset);
     }
     for (auto &[thunk, slot] : base_.importThunks())
       if (auto it = base_.importSlots.find(slot); it != base_.importSlots.end())
-        baseStubs_.try_emplace(importKey(*it->second), thunk);
+        baseStubs_.try_emplace(symbolKey(it->second->library, it->second->name), thunk);
     for (auto &[slot, pointer] : base_.pointers) {
       if (pointer.symbol) baseSymbolSlots_.try_emplace(*pointer.symbol, slot);
       else basePointeeSlots_.try_emplace(pointer.rva, slot);
     }
-    for (auto &[slot, import] : base_.importSlots) baseImportSlots_.try_emplace(importKey(*import), slot);
+    for (auto &[slot, import] : base_.importSlots) baseImportSlots_.try_emplace(symbolKey(import->library, import->name), slot);
     for (size_t b = 0; b < base_.image.functions.size(); ++b)
       if (base_.diffable[b] && base_.image.functions[b].name)
         baseFunctionNames_.try_emplace(*base_.image.functions[b].name, base_.image.functions[b].range.rva);
@@ -999,10 +1003,10 @@ private:
     using Kind = Binding::Kind;
     std::string library = import ? import->library : std::string();
     if (call) {
-      if (auto it = baseStubs_.find(name); it != baseStubs_.end()) return {Kind::Base, it->second, 0, {}};
+      if (auto it = baseStubs_.find(symbolKey(library, name)); it != baseStubs_.end()) return {Kind::Base, it->second, 0, {}};
       if (auto it = baseFunctionNames_.find(name); it != baseFunctionNames_.end()) return {Kind::Base, it->second, 0, {}};
     } else {
-      if (auto it = baseImportSlots_.find(library + "!" + name); it != baseImportSlots_.end())
+      if (auto it = baseImportSlots_.find(symbolKey(library, name)); it != baseImportSlots_.end())
         return {Kind::Base, it->second, 0, {}};
       if (auto it = baseSymbolSlots_.find(name); it != baseSymbolSlots_.end()) return {Kind::Base, it->second, 0, {}};
     }
@@ -1057,8 +1061,7 @@ private:
       std::optional<uint64_t> slot = patched_.stubSlot(target, decoder);
       if (auto import = slot ? patched_.importSlots.find(*slot) : patched_.importSlots.end();
           patched_.importThunks().count(target) && import != patched_.importSlots.end()) {
-        // An import thunk (PE): the base's thunk of the same import.
-        if (auto it = baseStubs_.find(importKey(*import->second)); it != baseStubs_.end()) return {Kind::Base, it->second, 0, {}};
+        // An import thunk (PE): the base's thunk of the same import, or a new import.
         return bindSymbol(target, true, import->second->name, import->second);
       }
       auto pointer = slot ? patched_.pointers.find(*slot) : patched_.pointers.end();
