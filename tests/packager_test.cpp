@@ -583,6 +583,13 @@ TEST(Keys, OpenSslKeysWorkEverywhere) {
             0);
   r = hotforge({"pack", sample("base"), "-o", fresh("x.hfu"), "--key", encrypted});
   expectOneLineError(r, "encrypted");
+  // Empty key files: a sentence, not OpenSSL's "passed a null parameter".
+  std::string empty = fresh("empty.pem");
+  writeFile(empty, "");
+  r = hotforge({"pack", sample("base"), "-o", fresh("x.hfu"), "--key", empty});
+  expectOneLineError(r, "the file is empty, not a PEM private key");
+  r = hotforge({"verify", unit, "--pubkey", empty});
+  expectOneLineError(r, "the file is empty, not a PEM public key");
 }
 
 TEST(Keys, SignCommandSignsLikeTheKeyFile) {

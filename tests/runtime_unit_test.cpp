@@ -112,6 +112,11 @@ TEST(RuntimeUnit, ReadsOnlyEd25519PublicKeys) {
   Outcome<PublicKey> missing = readPublicKeyFile(packedUnit().dir + "/absent.pub.pem");
   ASSERT_FALSE(static_cast<bool>(missing));
   EXPECT_NE(missing.error().find("absent.pub.pem: cannot read: No such file"), std::string::npos) << missing.error();
+
+  // An empty file used to reach OpenSSL and come back as "BIO routines::passed a null parameter".
+  Outcome<PublicKey> empty = parsePublicKeyPem({}, "empty.pub.pem");
+  ASSERT_FALSE(static_cast<bool>(empty));
+  EXPECT_EQ(empty.error(), "empty.pub.pem: the file is empty, not a PEM public key");
 }
 
 }  // namespace

@@ -30,6 +30,7 @@ using openssl::Pkey;
 bool looksEncrypted(llvm::StringRef pem) { return pem.contains("ENCRYPTED"); }
 
 llvm::Expected<Pkey> parsePrivateKeyPem(llvm::StringRef pem, const std::string &name) {
+  if (pem.empty()) return formatError("{}: the file is empty, not a PEM private key", name);
   if (pem.size() > openssl::kMaxPemSize) return formatError("{}: too large for a PEM key file", name);
   Bio bio(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
   if (!bio) return formatError("{}: {}", name, openssl::lastError());

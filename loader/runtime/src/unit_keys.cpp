@@ -41,6 +41,7 @@ Outcome<PublicKey> rawPublicKey(EVP_PKEY *key, const std::string &name) {
 std::string PublicKey::fingerprint() const { return hexEncode(sha256(raw)); }
 
 Outcome<PublicKey> parsePublicKeyPem(std::string_view pem, const std::string &name) {
+  if (pem.empty()) return fail(name, ": the file is empty, not a PEM public key");
   if (pem.size() > openssl::kMaxPemSize) return fail(name, ": too large for a PEM key file");
   openssl::Bio bio(BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size())));
   if (!bio) return fail(name, ": ", openssl::lastError());
