@@ -52,12 +52,10 @@ public:
   Outcome<std::vector<uint8_t>> hex(const char *key, size_t maxBytes) const {
     Outcome<std::string> t = text(key);
     if (!t) return std::move(t).failure();
-    if (t->empty() || t->size() % 2 || t->size() > 2 * maxBytes ||
-        t->find_first_not_of("0123456789abcdef") != std::string::npos)
+    std::optional<std::vector<uint8_t>> bytes = hexDecode(*t);
+    if (!bytes || bytes->empty() || bytes->size() > maxBytes)
       return fail(where_, ": \"", key, "\" must be 1 to ", maxBytes, " bytes in lowercase hex");
-    std::vector<uint8_t> bytes;
-    for (size_t i = 0; i < t->size(); i += 2) bytes.push_back(uint8_t(std::stoul(t->substr(i, 2), nullptr, 16)));
-    return bytes;
+    return std::move(*bytes);
   }
   Outcome<const nlohmann::json *> array(const char *key) const {
     auto it = object_.find(key);

@@ -39,9 +39,10 @@ Outcome<std::string> stringField(const nlohmann::json &object, const char *key, 
 Outcome<std::array<uint8_t, 32>> hashField(const nlohmann::json &object, const char *key, const std::string &where) {
   Outcome<std::string> text = stringField(object, key, where);
   if (!text) return std::move(text).failure();
-  if (!isLowerHex(*text, 64)) return fail(where, ": \"", key, "\" must be 64 lowercase hex digits");
+  std::optional<std::vector<uint8_t>> bytes = hexDecode(*text);
+  if (!bytes || bytes->size() != 32) return fail(where, ": \"", key, "\" must be 64 lowercase hex digits");
   std::array<uint8_t, 32> out{};
-  for (size_t i = 0; i < 32; ++i) out[i] = static_cast<uint8_t>(std::stoul(text->substr(2 * i, 2), nullptr, 16));
+  std::copy(bytes->begin(), bytes->end(), out.begin());
   return out;
 }
 

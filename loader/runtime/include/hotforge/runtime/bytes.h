@@ -3,8 +3,10 @@
 
 #include <array>
 #include <cstdint>
+#include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace hotforge {
@@ -43,6 +45,8 @@ private:
 };
 
 std::string hexEncode(std::span<const uint8_t> bytes);  // lowercase, two digits a byte
+// hexEncode's inverse: nothing unless the text is lowercase hex of even length.
+std::optional<std::vector<uint8_t>> hexDecode(std::string_view text);
 std::string hexAddress(uint64_t value);                  // "0x1f"
 std::array<uint8_t, 32> sha256(std::span<const uint8_t> bytes);
 
