@@ -158,8 +158,10 @@ bool mainThreadTraceStopped(int pid) {
 TEST(ApplyFaults, SignalsArrivingWhileThreadsAreHeldAreDelivered) {
   Unit unit = makeUnit(liveBase(), livePatched(), "signals");
   stateDir("signals");
-  // Where the calls are: the last PTRACE_GETREGS of an apply is the check in the all-threads stop.
-  int lastGetregs = 0;
+  // Where the calls are: the first PTRACE_SETREGS of an apply sets up the injected mmap (a signal
+  // pending then meets the injected step), the last PTRACE_GETREGS is the check in the
+  // all-threads stop. Counted on this binary's own trace, so the points hold for any version.
+  int firstSetregs = 0, lastGetregs = 0;
   {
     Running probe(liveBase(), {"100000", "5", "2"}, tempDir() + "/signals-probe.out");
     probe.waitForLines(10);
@@ -168,14 +170,16 @@ TEST(ApplyFaults, SignalsArrivingWhileThreadsAreHeldAreDelivered) {
                         {"apply", "--pid", std::to_string(probe.pid()), unit.path, "--pubkey", unit.publicKey});
     std::istringstream lines(readFile(log));
     int n = 0;
-    for (std::string line; std::getline(lines, line);)
-      if (line.find("ptrace(") != std::string::npos && ++n && line.find("PTRACE_GETREGS") != std::string::npos)
-        lastGetregs = n;
+    for (std::string line; std::getline(lines, line);) {
+      if (line.find("ptrace(") == std::string::npos) continue;
+      ++n;
+      if (line.find("PTRACE_GETREGS") != std::string::npos) lastGetregs = n;
+      if (line.find("PTRACE_SETREGS") != std::string::npos && !firstSetregs) firstSetregs = n;
+    }
   }
+  ASSERT_GT(firstSetregs, 0);
   ASSERT_GT(lastGetregs, 10);
-  // 4: the main thread stopped with the registers of an injected mmap; the last GETREGS: every
-  // thread stopped for the check.
-  for (auto [n, signal] : {std::pair{4, SIGTERM}, {lastGetregs, SIGUSR1}}) {
+  for (auto [n, signal] : {std::pair{firstSetregs, SIGTERM}, {lastGetregs, SIGUSR1}}) {
     SCOPED_TRACE("signal " + std::to_string(signal) + " at ptrace call " + std::to_string(n));
     Running live(liveBase(), {"100000", "5", "2"}, tempDir() + "/signals.out");
     live.waitForLines(10);
