@@ -9,6 +9,7 @@
 #include <functional>
 #include <map>
 #include <set>
+#include <sstream>
 
 namespace hotforge::test {
 namespace {
@@ -350,6 +351,39 @@ TEST(Differ, EveryAdrpOfRealArm64LibrariesIsFollowed) {
     }
     EXPECT_GT(adrps, 1000u);
     EXPECT_LE(unfollowed * 2000, adrps) << "at most one ADRP in 2000 unfollowed";
+  }
+}
+
+// Only a constant handed to a call that also receives __FILE__ (or to a known assert reporter) is
+// taken for a line number and left out of the patch. A fix that changes a bound passed to a
+// function whose name merely contains "fail" is a change the patch must carry.
+TEST(Differ, OnlyLineNumbersNextToFileNamesAreLeftOut) {
+  std::string dir = tempDir(), source = dir + "/lines.c";
+  writeFile(source, R"(
+__attribute__((noinline)) void report(const char *file, int line, const char *what);
+__attribute__((noinline)) int check_fail_if_over(int len, int limit);
+int parse(int len) {
+  if (len < 0) report(__FILE__, LINE_OF_REPORT, "negative");
+  return len * 2;
+}
+int guard(int len) { return check_fail_if_over(len, LIMIT) + 1; }  // a call, not a tail jump
+)");
+  for (const char *compiler : {"gcc", "aarch64-linux-gnu-gcc"}) {
+    SCOPED_TRACE(compiler);
+    std::vector<std::string> built;
+    for (const char *defines : {"-DLINE_OF_REPORT=5 -DLIMIT=1024", "-DLINE_OF_REPORT=9 -DLIMIT=1023"}) {
+      std::string out = dir + "/liblines-" + compiler + "-" + std::to_string(built.size()) + ".so";
+      std::vector<std::string> argv{compiler, "-O2", "-fPIC", "-shared", source, "-o", out};
+      std::istringstream words(defines);
+      for (std::string word; words >> word;) argv.push_back(word);
+      CommandResult r = run(argv);
+      ASSERT_EQ(r.exitCode, 0) << r.err;
+      built.push_back(out);
+    }
+    Image b = loadImage(built[0]), p = loadImage(built[1]);
+    Diff d = diff(b, p);
+    EXPECT_EQ(namesOf(d, ChangeKind::LineOnly), std::set<std::string>{"parse"});
+    EXPECT_EQ(namesOf(d, ChangeKind::Changed), std::set<std::string>{"guard"});
   }
 }
 

@@ -42,15 +42,15 @@ std::string lower(std::string_view text) {
   return out;
 }
 
-bool containsAny(std::string_view name, std::initializer_list<std::string_view> words) {
-  std::string l = lower(name);
-  return std::any_of(words.begin(), words.end(), [&](std::string_view w) { return l.find(w) != std::string::npos; });
-}
-
 }  // namespace
 
-bool looksLikeReporter(std::string_view name) {
-  return containsAny(name, {"assert", "fail", "warn", "error", "abort", "panic", "report", "log", "die", "bug"});
+bool isLineReporter(std::string_view name) {
+  for (std::string_view known : {"__assert_fail", "__assert_perror_fail", "__assert_rtn", "__assert", "__assert2",
+                                 "_assert", "_wassert", "g_assertion_message", "g_assertion_message_expr",
+                                 "g_assertion_message_cmpnum", "g_assertion_message_cmpstr",
+                                 "g_assertion_message_cmpint", "g_assertion_message_error", "warn_slowpath_fmt"})
+    if (name == known) return true;
+  return false;
 }
 
 bool looksLikeAllocator(std::string_view name) {
@@ -82,7 +82,7 @@ bool onlyLineNumbers(const std::vector<ConstantChange> &changes,
     constexpr int64_t kLastLine = 1000000;
     if (c.displacement || c.base < 1 || c.patched < 1 || c.base > kLastLine || c.patched > kLastLine) return false;
     std::optional<CallContext> call = contextOf(c.instruction);
-    if (!call || !(call->passesSourceFile || (call->callee && looksLikeReporter(*call->callee)))) return false;
+    if (!call || !(call->passesSourceFile || (call->callee && isLineReporter(*call->callee)))) return false;
   }
   return true;
 }

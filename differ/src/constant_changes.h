@@ -33,15 +33,17 @@ struct CallContext {
 };
 
 // Whether every change is a line number handed to an error or assert reporter: a value in the
-// range of line numbers, set up for the next call, whose callee is named like a reporter or which
-// also receives __FILE__. `contextOf` describes the call that follows an instruction (nullopt:
+// range of line numbers, set up for the next call, which also receives __FILE__ or goes to a
+// known assert reporter. `contextOf` describes the call that follows an instruction (nullopt:
 // none follows).
 bool onlyLineNumbers(const std::vector<ConstantChange> &changes,
                      const std::function<std::optional<CallContext>(uint32_t instruction)> &contextOf);
 
-// Whether a symbol names an error or assert reporter (assert, fail, warn, error, abort, panic,
-// report, log, die, bug).
-bool looksLikeReporter(std::string_view name);
+// Whether a symbol is a C library, glib or kernel assert reporter that takes a line number
+// (__assert_fail, _wassert, g_assertion_message_expr, ...): by exact name only, because a name
+// that merely contains "log" or "fail" is no evidence, and a constant wrongly taken for a line
+// number is a fix left out of the patch.
+bool isLineReporter(std::string_view name);
 // Whether a symbol names an allocator whose arguments give a size (malloc, calloc, realloc,
 // operator new, HeapAlloc, and the g_/x/xm wrappers of them).
 bool looksLikeAllocator(std::string_view name);
