@@ -4,6 +4,7 @@
 
 #include "hotforge/runtime/bytes.h"
 #include "hotforge/runtime/files.h"
+#include "hotforge/runtime/json_text.h"
 
 #include <charconv>
 #include <cerrno>
@@ -11,7 +12,6 @@
 #include <cstring>
 #include <dirent.h>
 #include <fcntl.h>
-#include <random>
 #include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -259,41 +259,14 @@ Status StateDirectory::write(const ProcessRecord &record) const {
   if (record.applied.empty()) return remove(record.pid);
   nlohmann::json applied = nlohmann::json::array();
   for (const AppliedImage &a : record.applied) applied.push_back(toJson(a));
-  std::string text = nlohmann::json{{"schema", kStateSchema},
-                                    {"pid", record.pid},
-                                    {"start_time", record.startTime},
-                                    {"applied", std::move(applied)}}.dump(2) + "\n";
-  std::string name = concatenate(record.pid, ".json"), path = recordPath(record.pid);
-  // A unique temporary name, created here and nowhere else (O_EXCL, O_NOFOLLOW), then renamed.
-  std::random_device random;
-  std::string temp;
-  int fd = -1;
-  for (int attempt = 0; attempt < 16 && fd < 0; ++attempt) {
-    char suffix[24];
-    std::snprintf(suffix, sizeof suffix, "%08x%08x", unsigned(random()), unsigned(random()));
-    temp = "." + name + "." + suffix + ".tmp";
-    fd = openat(fd_, temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
-    if (fd < 0 && errno != EEXIST) break;
-  }
-  if (fd < 0) return fail("cannot write ", path, ": ", strerror(errno));
-  bool ok = true;
-  for (size_t done = 0; ok && done < text.size();) {
-    ssize_t n = ::write(fd, text.data() + done, text.size() - done);
-    if (n < 0 && errno == EINTR) continue;
-    ok = n > 0;
-    done += ok ? size_t(n) : 0;
-  }
-  int error = errno;
-  ok = ok && fsync(fd) == 0;
-  if (!ok) error = errno;
-  close(fd);
-  if (ok && renameat(fd_, temp.c_str(), fd_, name.c_str()) != 0) ok = false, error = errno;
-  if (!ok) {
-    unlinkat(fd_, temp.c_str(), 0);
-    return fail("cannot write ", path, ": ", strerror(error));
-  }
-  fsync(fd_);  // the rename itself is durable
-  return success();
+  // jsonText: a unit or baseline path that is not UTF-8 must not make dump() throw mid-apply.
+  std::string text = jsonText({{"schema", kStateSchema},
+                               {"pid", record.pid},
+                               {"start_time", record.startTime},
+                               {"applied", std::move(applied)}});
+  return writeAtomically(fd_, concatenate(record.pid, ".json"),
+                         std::span(reinterpret_cast<const uint8_t *>(text.data()), text.size()),
+                         {.mode = 0600, .durable = true, .replace = true}, recordPath(record.pid));
 }
 
 Status StateDirectory::remove(int pid) const {
@@ -317,7 +290,7 @@ std::vector<int> StateDirectory::recordedPids() const {
   while (dirent *e = readdir(dir)) {
     std::string name = e->d_name;
     // A temporary record a killed command left: the lock says no command writes it now.
-    if (name.size() > 5 && name[0] == '.' && name.ends_with(".tmp")) unlinkat(fd_, name.c_str(), 0);
+    if (name.find(".json.tmp-") != std::string::npos) unlinkat(fd_, name.c_str(), 0);
     int pid = 0;
     if (name.size() > 5 && name.ends_with(".json") && std::from_chars(name.data(), name.data() + name.size() - 5, pid).ptr ==
                                                           name.data() + name.size() - 5 && pid > 0)

@@ -7,6 +7,7 @@
 #include "hotforge/image.h"
 #include "hotforge/patch_image.h"
 #include "hotforge/report.h"
+#include "hotforge/runtime/files.h"
 
 #include <llvm/Support/FileSystem.h>
 #include <llvm/Support/Path.h>
@@ -19,7 +20,6 @@
 #include <cstring>
 #include <fcntl.h>
 #include <mutex>
-#include <random>
 #include <regex>
 #include <thread>
 #include <unistd.h>
@@ -202,27 +202,7 @@ std::optional<PairOutcome> cacheLoad(const std::string &dir, const std::string &
 // fsync: a cache entry lost or torn by a crash is only a miss (its JSON or its image hash no
 // longer checks out), and syncing two files per pair would cost more than most pairs' diff.
 llvm::Error writeCacheFile(const std::string &path, llvm::ArrayRef<uint8_t> bytes) {
-  std::random_device random;  // shards on other hosts may share the cache directory
-  std::string temp = fmt::format("{}.tmp-{}-{:08x}{:08x}", path, getpid(), random(), random());
-  int fd = open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0666);
-  if (fd < 0) return formatError("{}: cannot create: {}", temp, std::strerror(errno));
-  for (size_t done = 0; done < bytes.size();) {
-    ssize_t n = write(fd, bytes.data() + done, bytes.size() - done);
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) {
-      int error = n < 0 ? errno : EIO;
-      close(fd);
-      unlink(temp.c_str());
-      return formatError("{}: write failed: {}", temp, std::strerror(error));
-    }
-    done += static_cast<size_t>(n);
-  }
-  if (close(fd) != 0 || rename(temp.c_str(), path.c_str()) != 0) {
-    int error = errno;
-    unlink(temp.c_str());
-    return formatError("{}: cannot write: {}", path, std::strerror(error));
-  }
-  return llvm::Error::success();
+  return lift(writeAtomically(AT_FDCWD, path, bytes, {.mode = 0666, .durable = false, .replace = true}, path));
 }
 
 llvm::Error cacheStore(const std::string &dir, const std::string &key, const std::string &pairName,

@@ -1,7 +1,9 @@
 #include "hotforge/runtime/files.h"
 
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
+#include <random>
 #include <fcntl.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -84,6 +86,53 @@ Outcome<std::vector<uint8_t>> readFileBytes(const std::string &path, uint64_t ma
   Outcome<RegularFile> file = RegularFile::open(path, maxSize);
   if (!file) return std::move(file).failure();
   return file->read(file->size());
+}
+
+Status writeAtomically(int directory, const std::string &name, std::span<const uint8_t> bytes, const AtomicWrite &how,
+                       const std::string &path) {
+  if (name.empty()) return fail("no output path given");
+  std::random_device random;  // other processes (shards on other hosts) may write next to it
+  std::string temp;
+  int fd = -1;
+  for (int attempt = 0; fd < 0; ++attempt) {
+    char suffix[24];
+    std::snprintf(suffix, sizeof suffix, ".tmp-%08x%08x", unsigned(random()), unsigned(random()));
+    temp = name + suffix;
+    fd = openat(directory, temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, how.mode & 0777);
+    if (fd < 0 && (errno != EEXIST || attempt == 100))
+      return fail(path, ": cannot create a temporary file next to it: ", std::strerror(errno));
+  }
+  auto failure = [&](const char *what, int error) {
+    if (fd >= 0) close(fd);
+    unlinkat(directory, temp.c_str(), 0);
+    return fail(path, ": ", what, ": ", std::strerror(error));
+  };
+  if ((how.mode & 077) == 0 && fchmod(fd, how.mode & 0777) != 0) return failure("cannot set the file mode", errno);
+  for (size_t done = 0; done < bytes.size();) {
+    ssize_t n = write(fd, bytes.data() + done, bytes.size() - done);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return failure("write failed", n < 0 ? errno : EIO);
+    done += size_t(n);
+  }
+  if (how.durable && fsync(fd) != 0) return failure("fsync failed", errno);
+  int closed = close(fd);
+  fd = -1;
+  if (closed != 0) return failure("close failed", errno);
+  if (how.replace) {
+    if (renameat(directory, temp.c_str(), directory, name.c_str()) != 0)
+      return failure("cannot rename the temporary file into place", errno);
+  } else if (renameat2(directory, temp.c_str(), directory, name.c_str(), RENAME_NOREPLACE) != 0) {
+    // No clobbering: link() where the file system lacks RENAME_NOREPLACE, which fails as well on
+    // an existing name.
+    int error = errno;
+    if (error == EINVAL || error == ENOSYS || error == ENOTSUP)
+      error = linkat(directory, temp.c_str(), directory, name.c_str(), 0) == 0 ? 0 : errno;
+    unlinkat(directory, temp.c_str(), 0);
+    if (error == EEXIST) return fail(path, " already exists; not replacing it");
+    if (error != 0) return fail(path, ": cannot move the temporary file into place: ", std::strerror(error));
+  }
+  if (how.durable && directory != AT_FDCWD) fsync(directory);  // the rename itself is durable
+  return success();
 }
 
 }  // namespace hotforge

@@ -7,6 +7,7 @@
 #include "hotforge/runtime/outcome.h"
 
 #include <cstdint>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -49,5 +50,19 @@ private:
 
 // A whole regular file of at most `maxSize` bytes.
 Outcome<std::vector<uint8_t>> readFileBytes(const std::string &path, uint64_t maxSize = kMaxBinaryFileSize);
+
+struct AtomicWrite {
+  unsigned mode = 0666;  // before the umask; a private mode (no group or other bits) is set exactly
+  bool durable = true;   // fsync the file before the rename, and the directory after it
+  bool replace = true;   // false: refuse when the file exists (no clobbering)
+};
+
+// Writes `bytes` as `name` in `directory` (a directory's descriptor, or AT_FDCWD for a path) so
+// that it appears whole or not at all: through a temporary file of a unique name next to it
+// (NAME.tmp-RANDOM, created with O_EXCL and O_NOFOLLOW, so no file or link that was there is
+// written through), then a rename. On failure the temporary file is removed. `path` names the
+// file in messages. Every writer of outputs, keys, cache entries and state records uses it.
+Status writeAtomically(int directory, const std::string &name, std::span<const uint8_t> bytes, const AtomicWrite &how,
+                       const std::string &path);
 
 }  // namespace hotforge
