@@ -52,6 +52,9 @@ const std::map<int, ScenarioCalls> &scenarioCalls() {
       {30, stateless({"upd_scale:-2", "upd_scale:5", "upd_percent:1,4"})},
       {32, stateless({"upd_mode:4"})},
       {33, stateless({"upd_digits:\"12_345\"", "upd_parse_dec:\"41\"", "upd_parse_hex:\"ff\""})},
+      {40, stateless({"entry_triple:0x60000000", "entry_triple:7"})},
+      {41, stateless({"entry_root:\"aabcdefghijk\",3", "entry_root:\"aabcdefghijk\",11"})},
+      {42, stateless({"entry_level:5", "entry_level:200"})},
   };
   return calls;
 }

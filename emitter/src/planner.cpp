@@ -140,6 +140,22 @@ private:
       text_.bytes.insert(text_.bytes.end(), code.begin(), code.end());
       functionRva_[f.range.rva] = {rva, f.range.size};
       image_.functions.push_back({f.name, rva, uint32_t(f.range.size), f.range.rva, !fb.base});
+      addBranchIslands(f, rva, code);
+    }
+  }
+
+  // A short branch out of a carried function (gcc's jmp rel8 tail call to a neighbour) cannot
+  // reach its target from the image: it is re-aimed at an island right after the function, a
+  // jmp rel32 that a fixup aims at the target (as lld's range-extension thunks). bindOne fills it.
+  void addBranchIslands(const Function &f, uint32_t functionRva, llvm::ArrayRef<uint8_t> code) {
+    differ::DecodedFunction decoded = decoder_->decode(code, f.range.rva, relocations_);
+    for (const CodeReference &r : decoded.references) {
+      if (r.encoding != FieldEncoding::X64Rel8 || f.range.contains(r.target)) continue;
+      uint32_t island = text_.rva + uint32_t(text_.bytes.size());
+      if (island - (functionRva + r.offset + r.size) > uint32_t(INT8_MAX)) continue;  // bindOne refuses it
+      static const uint8_t jmp[] = {0xe9, 0, 0, 0, 0};
+      text_.bytes.insert(text_.bytes.end(), std::begin(jmp), std::end(jmp));
+      islands_[functionRva + r.offset] = island;
     }
   }
 
@@ -266,6 +282,20 @@ private:
       problems_.push_back(where + ": " + b.note);
       return;
     }
+    if (r.encoding == FieldEncoding::X64Rel8) {
+      auto island = islands_.find(fixup.site);
+      if (island == islands_.end()) {
+        problems_.push_back(where + ": a short branch out of the function is too far from the function's end for a "
+                                    "branch island");
+        return;
+      }
+      size_t field = fixup.site - text_.rva + r.fieldOffset;
+      text_.bytes[field] = uint8_t(int8_t(island->second - (fixup.site + r.size)));
+      fixup.site = island->second;
+      fixup.fieldOffset = 1;
+      fixup.instructionSize = 5;
+      kind = FixupKind::X64Rel32;
+    }
     if (!kind) {
       problems_.push_back(where + ": a short branch out of the function cannot be re-aimed");
       return;
@@ -340,42 +370,73 @@ private:
       r.baseSize = uint32_t(bf.range.size);
       r.patchRva = functionRva_[pf.range.rva].first;
       llvm::ArrayRef<uint8_t> code = base_.bytesAt(bf.range.rva, bf.range.size);
-      uint64_t firstInternalTarget = internalBranchFloor(bf, code);
       std::string name = r.name.value_or(fmt::format("the function at base rva {:#x}", bf.range.rva));
+      uint64_t branchFloor = internalBranchFloor(bf, code);
       if (base_.machine == Machine::X64) {
         r.entryOffset = code.size() >= 4 && std::equal(std::begin(kEndbr64), std::end(kEndbr64), code.begin()) ? 4 : 0;
-        if (code.size() >= r.entryOffset + 5u && firstInternalTarget >= r.entryOffset + 5u) {
-          r.kind = RedirectKind::X64Jump32;
-        } else if (code.size() >= r.entryOffset + 2u && firstInternalTarget >= r.entryOffset + 2u &&
-                   paddingBefore(bf, 5)) {
-          r.kind = RedirectKind::X64ShortJump;
-          r.paddingBefore = 5;
-        } else {
+        if (!chooseX64Entry(bf, branchFloor, r)) {
           problems_.push_back(fmt::format(
-              "{} is {} bytes{}: too short for a 5-byte jump and no 5 bytes of padding before it, so it cannot be "
-              "redirected without overwriting the next function (needs restart)",
-              name, code.size(), firstInternalTarget < 5 ? " and branches back into its first bytes" : ""));
+              "{} is {} bytes: too short for a 5-byte jump, with no 5 bytes of padding after it or within a short "
+              "jump's reach, so it cannot be redirected without overwriting the next function (needs restart)",
+              name, code.size()));
           continue;
         }
       } else {
         uint32_t first = code.size() >= 4 ? llvm::support::endian::read32le(code.data()) : 0;
         r.entryOffset = isBti(first) ? 4 : 0;
-        if (code.size() < r.entryOffset + 4u || firstInternalTarget < r.entryOffset + 4u) {
-          problems_.push_back(fmt::format("{} cannot take a branch at its entry: {}", name,
-                                          code.size() < r.entryOffset + 4u ? "it is too short"
-                                                                           : "its own code branches to its first instruction"));
+        if (code.size() < r.entryOffset + 4u) {
+          problems_.push_back(fmt::format("{} cannot take a branch at its entry: it is too short", name));
           continue;
         }
         r.kind = RedirectKind::A64Branch;
+        r.overwrittenOffset = r.entryOffset;
+        r.overwrittenSize = 4;
       }
-      uint32_t expectedSize = std::min<uint32_t>(uint32_t(code.size()), std::max<uint32_t>(16, r.entryOffset + redirectSize(r.kind)));
-      llvm::ArrayRef<uint8_t> before = base_.bytesAt(bf.range.rva - r.paddingBefore, r.paddingBefore);
-      r.expected.assign(before.begin(), before.end());
-      r.expected.insert(r.expected.end(), code.begin(), code.begin() + expectedSize);
+      // Its own branches into the overwritten bytes would run the jump mid-way: sound only while
+      // no thread is inside the function, which the loader then waits for.
+      r.quiescent = branchFloor < r.entryOffset + redirectSize(r.kind);
+      // `expected` covers the overwritten bytes and the function's first 16 (to tell builds apart).
+      int64_t from = std::min<int64_t>(0, r.overwrittenOffset);
+      int64_t to = std::max<int64_t>(r.overwrittenOffset + int64_t(r.overwrittenSize),
+                                     std::min<int64_t>(code.size(), std::max<int64_t>(16, r.overwrittenSize)));
+      to = std::min<int64_t>(to, from + int64_t(kMaxExpectedBytes));
+      r.paddingBefore = uint8_t(-from);
+      llvm::ArrayRef<uint8_t> expected = base_.bytesAt(bf.range.rva + from, uint64_t(to - from));
+      r.expected.assign(expected.begin(), expected.end());
       r.stubRva = addAbsoluteJump(r.patchRva, false);
       image_.redirects.push_back(std::move(r));
     }
     return llvm::Error::success();
+  }
+
+  // x64: E9 rel32 at the entry when the function, with the fill after it, has 5 bytes; else EB
+  // rel8 to an E9 in the nearest fill within its reach whose span with the entry `expected` can
+  // hold. The short jump wins where the function's own branches land in the E9's bytes but not in
+  // the EB's: it then needs no quiescence.
+  bool chooseX64Entry(const Function &f, uint64_t branchFloor, PatchRedirect &r) {
+    int64_t entry = r.entryOffset, size = int64_t(f.range.size);
+    bool jumpFits = size >= entry + 5 || (size > entry && isFill(f.range.end(), uint32_t(entry + 5 - size)));
+    std::optional<int64_t> shortJump;
+    if (size >= entry + 2 && (!jumpFits || (branchFloor < uint64_t(entry + 5) && branchFloor >= uint64_t(entry + 2))))
+      for (int64_t jump = entry + 2 - 128; jump <= entry + 2 + 127; ++jump) {
+        int64_t from = std::min(jump, entry), to = std::max(jump + 5, entry + 2);
+        bool apart = jump + 5 <= entry || jump >= entry + 2;
+        if (!apart || to - std::min<int64_t>(from, 0) > int64_t(kMaxExpectedBytes) || int64_t(f.range.rva) + jump < 0) continue;
+        if (shortJump && std::abs(jump - entry) >= std::abs(*shortJump - entry)) continue;
+        if (isFill(f.range.rva + jump, 5)) shortJump = jump;
+      }
+    if (shortJump) {
+      r.kind = RedirectKind::X64ShortJump;
+      r.jumpOffset = int32_t(*shortJump);
+      r.overwrittenOffset = int32_t(std::min(*shortJump, entry));
+      r.overwrittenSize = uint32_t(std::max(*shortJump + 5, entry + 2) - r.overwrittenOffset);
+      return true;
+    }
+    if (!jumpFits) return false;
+    r.kind = RedirectKind::X64Jump32;
+    r.overwrittenOffset = int32_t(entry);
+    r.overwrittenSize = 5;
+    return true;
   }
 
   // PE: an exception handler that the carried unwind data names and that stays in the base is
@@ -407,14 +468,25 @@ private:
     return floor;
   }
 
-  // Whether `bytes` bytes before the function are int3/nop fill that no function owns.
-  bool paddingBefore(const Function &f, unsigned bytes) const {
-    if (f.range.rva < bytes) return false;
-    llvm::ArrayRef<uint8_t> fill = base_.bytesAt(f.range.rva - bytes, bytes);
-    if (fill.size() != bytes) return false;
-    for (unsigned i = 0; i < bytes; ++i)
-      if (base_.functionAt(f.range.rva - bytes + i)) return false;
-    return std::all_of(fill.begin(), fill.end(), [](uint8_t b) { return b == 0xcc || b == 0x90; });
+  // Whether the `bytes` bytes at `rva` are fill that no function owns: the whole gap between
+  // functions that holds them decodes to padding only (int3, nops; the decoder's layout noise).
+  bool isFill(uint64_t rva, uint32_t bytes) {
+    constexpr uint64_t kMaxGap = 256;
+    const Section *section = base_.sectionAt(rva);
+    if (!section || !section->permissions.execute || rva + bytes > section->rva + section->size) return false;
+    for (uint64_t at = rva; at < rva + bytes; ++at)
+      if (base_.functionAt(at)) return false;
+    uint64_t begin = rva, end = rva + bytes;
+    while (begin > section->rva && rva - begin < kMaxGap && !base_.functionAt(begin - 1)) --begin;
+    while (end < section->rva + section->size && end - rva < kMaxGap && !base_.functionAt(end)) ++end;
+    auto [known, added] = fillGaps_.try_emplace({begin, end}, false);
+    if (added) {
+      differ::RelocationIndex none;
+      llvm::ArrayRef<uint8_t> gap = base_.bytesAt(begin, end - begin);
+      differ::DecodedFunction decoded = decoder_->decode(gap, begin, none);
+      known->second = gap.size() == end - begin && decoded.complete && decoded.instructions == 0;
+    }
+    return known->second;
   }
 
   // An absolute jump in .text to `target` (an image or base RVA), through an 8-byte slot the
@@ -598,6 +670,8 @@ private:
   std::vector<PatchFixup> pending_, scratchFixups_;
   std::vector<std::string> problems_;
   std::map<uint64_t, uint32_t> handlerStubs_;  // PE: patched handler rva -> stub image rva
+  std::map<std::pair<uint64_t, uint64_t>, bool> fillGaps_;  // base gap [begin, end) -> all padding
+  std::map<uint32_t, uint32_t> islands_;                    // image rva of a short branch out -> its island
 };
 
 }  // namespace
