@@ -174,6 +174,9 @@ TEST(Differ, StrippedBuildsGiveTheSameChangedFunctions) {
       if (base->strippedPath.empty() || patched->strippedPath.empty() || target.rfind("mingw-", 0) == 0) return;
       // Without any names nothing tells scenario 32's new setter from the old helper it replaces.
       if (scenario.number == 32 && target.rfind("elf-", 0) == 0) return;
+      // Nor scenario 42's static helper, reached by its caller's tail jump, from a split-off part of
+      // the caller (a .cold): stripped, it is carried along with the changed caller.
+      if (scenario.number == 42 && target.rfind("elf-", 0) == 0) return;
       SCOPED_TRACE(target + " scenario " + std::to_string(scenario.number));
       Image fb = loadImage(base->path), fp = loadImage(patched->path);
       Image sb = loadImage(base->strippedPath), sp = loadImage(patched->strippedPath);
