@@ -161,6 +161,7 @@ private:
   uint32_t copyBlob(uint64_t rva, uint64_t size, bool writable, const FunctionBindings *table) {
     auto key = std::make_pair(rva, writable);
     if (auto it = blobs_.find(key); it != blobs_.end()) return it->second;
+    if (auto reach = copyReach_.find(rva); reach != copyReach_.end()) size = std::max(size, reach->second - rva);
     llvm::ArrayRef<uint8_t> bytes = patched_.bytesAt(rva, size);
     if (!writable && bytes.size() != size) bytes = {};
     for (uint64_t r : relocations_.rvas)
@@ -193,18 +194,59 @@ private:
     rodata_.permissions = {true, false, false};
     data_.name = ".data";
     data_.permissions = {true, true, false};
+    std::vector<differ::DecodedFunction> decoded;
     for (const FunctionBindings &fb : diff_.bindings) {
       const Function &f = patched_.functions[fb.patched];
-      differ::DecodedFunction decoded =
-          decoder_->decode(patched_.bytesAt(f.range.rva, f.range.size), f.range.rva, relocations_, true);
-      if (decoded.references.size() != fb.references.size())
+      decoded.push_back(decoder_->decode(patched_.bytesAt(f.range.rva, f.range.size), f.range.rva, relocations_, true));
+      if (decoded.back().references.size() != fb.references.size())
         return formatError("internal: {} decodes to {} references, the diff bound {}", f.name.value_or("function"),
-                           decoded.references.size(), fb.references.size());
+                           decoded.back().references.size(), fb.references.size());
+      keepOffsetsApart(f, decoded.back().references, fb.references);
+    }
+    for (size_t k = 0; k < diff_.bindings.size(); ++k) {
+      const FunctionBindings &fb = diff_.bindings[k];
+      const Function &f = patched_.functions[fb.patched];
       uint32_t functionRva = functionRva_[f.range.rva].first;
-      for (size_t i = 0; i < decoded.references.size(); ++i)
-        bindOne(f, functionRva, decoded.references[i], fb.references[i]);
+      for (size_t i = 0; i < decoded[k].references.size(); ++i)
+        bindOne(f, functionRva, decoded[k].references[i], fb.references[i]);
     }
     return llvm::Error::success();
+  }
+
+  // Code that adds an offset to an address it formed (Arm64 section anchors: ADRP+ADD of the
+  // anchor, then ADD #off) reaches the object at that offset with no fixup of its own: it lands
+  // wherever the anchor was placed. So a copied anchor is copied together with every object
+  // reached from it (copyReach_), and an anchor left in the base must have the reached object at
+  // the same distance there. Anything else is refused.
+  void keepOffsetsApart(const Function &f, const std::vector<CodeReference> &references,
+                        const std::vector<Binding> &bindings) {
+    for (size_t i = 0; i < references.size(); ++i) {
+      const CodeReference &r = references[i];
+      if (r.encoding != FieldEncoding::None || !r.offsetFrom) continue;
+      for (size_t j = 0; j < references.size(); ++j) {
+        if (references[j].encoding == FieldEncoding::None || references[j].target != r.offsetFrom) continue;
+        const Binding &anchor = bindings[j], &reached = bindings[i];
+        using Kind = Binding::Kind;
+        bool copied = anchor.kind == Kind::Constant || anchor.kind == Kind::NewData;
+        if ((anchor.kind == reached.kind && anchor.address == reached.address) || anchor.kind == Kind::Unbound ||
+            anchor.kind == Kind::Import || reached.kind == Kind::Unbound || reached.kind == Kind::Import)
+          continue;  // one object (a field of a struct), or refused anyway
+        std::string where = fmt::format("{} +{:#x}", f.name.value_or(fmt::format("function at {:#x}", f.range.rva)),
+                                        r.offset);
+        if (copied && reached.kind == anchor.kind && r.target >= anchor.address) {
+          uint64_t &reach = copyReach_[anchor.address];
+          reach = std::max({reach, anchor.address + anchor.size, reached.address + reached.size});
+        } else if (anchor.kind == Kind::Base && reached.kind == Kind::Base) {
+          if (reached.address != anchor.address + (r.target - r.offsetFrom))
+            problems_.push_back(where + ": an offset from an address in the base reaches data the base holds elsewhere");
+        } else if (!(anchor.kind == Kind::Base && reached.kind == Kind::Constant)) {
+          // A constant reached from an anchor in the base is read where the base has it (plain
+          // read-only data, as before); everything else would be read from the wrong place.
+          problems_.push_back(where + ": an offset from an address reaches data that is not carried with it");
+        }
+        break;  // every reference to the anchor (its ADRP and its ADD) is bound alike
+      }
+    }
   }
 
   void bindOne(const Function &f, uint32_t functionRva, const CodeReference &r, const Binding &b) {
@@ -594,6 +636,7 @@ private:
   uint64_t bssSize_ = 0;
   std::map<uint64_t, std::pair<uint32_t, uint64_t>> functionRva_;  // patched rva -> (image rva, size)
   std::map<std::pair<uint64_t, bool>, uint32_t> blobs_;
+  std::map<uint64_t, uint64_t> copyReach_;  // patched rva of a copied anchor -> end of what code reaches from it
   std::vector<JumpTableEntry> jumpTableEntries_;
   std::vector<PatchFixup> pending_, scratchFixups_;
   std::vector<std::string> problems_;
