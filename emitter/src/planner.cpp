@@ -216,8 +216,8 @@ private:
   // Code that adds an offset to an address it formed (Arm64 section anchors: ADRP+ADD of the
   // anchor, then ADD #off) reaches the object at that offset with no fixup of its own: it lands
   // wherever the anchor was placed. So a copied anchor is copied together with every object
-  // reached from it (copyReach_), and an anchor left in the base must have the reached object at
-  // the same distance there. Anything else is refused.
+  // reached from it (copyReach_); an anchor left in the base whose reached object the base holds
+  // at another distance, and carried data from which code reaches data of the base, are refused.
   void keepOffsetsApart(const Function &f, const std::vector<CodeReference> &references,
                         const std::vector<Binding> &bindings) {
     for (size_t i = 0; i < references.size(); ++i) {
@@ -236,14 +236,14 @@ private:
         if (copied && reached.kind == anchor.kind && r.target >= anchor.address) {
           uint64_t &reach = copyReach_[anchor.address];
           reach = std::max({reach, anchor.address + anchor.size, reached.address + reached.size});
-        } else if (anchor.kind == Kind::Base && reached.kind == Kind::Base) {
-          if (reached.address != anchor.address + (r.target - r.offsetFrom))
-            problems_.push_back(where + ": an offset from an address in the base reaches data the base holds elsewhere");
-        } else if (!(anchor.kind == Kind::Base && reached.kind == Kind::Constant)) {
-          // A constant reached from an anchor in the base is read where the base has it (plain
-          // read-only data, as before); everything else would be read from the wrong place.
-          problems_.push_back(where + ": an offset from an address reaches data that is not carried with it");
+        } else if (anchor.kind == Kind::Base && reached.kind == Kind::Base &&
+                   reached.address != anchor.address + (r.target - r.offsetFrom)) {
+          problems_.push_back(where + ": an offset from an address in the base reaches data the base holds elsewhere");
+        } else if (copied && reached.kind == Kind::Base) {
+          problems_.push_back(where + ": an offset from carried data reaches data of the base");
         }
+        // Else the anchor stays in the base and code reads the base's bytes at the offset, as the
+        // base's own code does.
         break;  // every reference to the anchor (its ADRP and its ADD) is bound alike
       }
     }
