@@ -193,29 +193,26 @@ void liveProof(const RealLibrary &lib, const std::string &arch, Applier applier,
   std::string base = libraryOf(lib, lib.base, arch), patched = libraryOf(lib, lib.patched, arch);
   if (!offlineReason.empty()) GTEST_SKIP() << offlineReason;
   if (base.empty() || patched.empty()) return;
-  struct {
-    size_t lines = 0, differing = 0;
-  } outcome;
   std::string name = lib.package + "-" + arch + (applier == Applier::Agent ? "-agent" : "-ptrace");
   Unit unit = makeUnit(base, patched, name);
 
   std::string baseOutput = outputOf(arch, base, lib.mode, inputs, name + "-plain-base");
   std::string patchedOutput = outputOf(arch, patched, lib.mode, inputs, name + "-plain-patched");
-  outcome.lines = lines(baseOutput).size();
   std::vector<std::string> b = lines(baseOutput), p = lines(patchedOutput), in = lines(inputs);
+  size_t differing = 0;
   EXPECT_EQ(b.size(), in.size()) << "one line per input:\n" << baseOutput;
   EXPECT_EQ(p.size(), in.size()) << "one line per input:\n" << patchedOutput;
   for (size_t i = 0; i < std::min(b.size(), p.size()); ++i)
     if (b[i] != p[i]) {
-      ++outcome.differing;
+      ++differing;
       std::cout << "[ differs  ] " << name << ": " << (i < in.size() ? in[i] : "?") << "\n    baseline: " << b[i]
                 << "\n    patched:  " << p[i] << "\n";
     }
-  for (const auto &[text, in, notIn] : {std::tuple{fixed.onlyInBaseline, baseOutput, patchedOutput},
-                                         std::tuple{fixed.onlyInPatched, patchedOutput, baseOutput}})
+  for (const auto &[text, holder, other] : {std::tuple{fixed.onlyInBaseline, baseOutput, patchedOutput},
+                                             std::tuple{fixed.onlyInPatched, patchedOutput, baseOutput}})
     if (!text.empty()) {
-      EXPECT_NE(in.find(text), std::string::npos) << "an input must take the path the update fixes:\n" << in;
-      EXPECT_EQ(notIn.find(text), std::string::npos) << notIn;
+      EXPECT_NE(holder.find(text), std::string::npos) << "an input must take the path the update fixes:\n" << holder;
+      EXPECT_EQ(other.find(text), std::string::npos) << other;
     }
 
   bool arm64 = arch == "arm64";
@@ -275,7 +272,7 @@ void liveProof(const RealLibrary &lib, const std::string &arch, Applier applier,
     if (agentSaid.size() == 2) EXPECT_NE(agentSaid[1].find("reverted"), std::string::npos) << agentSaid[1];
   }
   expectSameLines(serving.request(inputs + "\n"), baseOutput, inputs, name + " after the revert");
-  std::cout << "[ compared ] " << name << ": " << outcome.lines << " lines three times, " << outcome.differing
+  std::cout << "[ compared ] " << name << ": " << b.size() << " lines three times, " << differing
             << " differ between baseline and patched\n";
 }
 
