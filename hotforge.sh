@@ -19,12 +19,13 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   gcc-aarch64-linux-gnu g++-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user
   gcc-mingw-w64-x86-64-win32 g++-mingw-w64-x86-64-win32 wine64 libunicorn-dev
-  bsdiff xdelta3 binutils time strace
+  bsdiff xdelta3 binutils time strace xz-utils bzip2
   help2man dpkg-dev
 )
 # Arm64 builds of libraries the cross-compiled agent links (Debian multiarch); dpkg-shlibdeps
-# reads them for the arm64 agent package.
-arm64_packages=(libssl-dev:arm64 libzstd-dev:arm64 libstdc++6:arm64)
+# reads them for the arm64 agent package. libtiff6 and libarchive13 bring the libraries those two
+# need, for the live tests on real updates (tests/reallib_test.cpp) under qemu-user.
+arm64_packages=(libssl-dev:arm64 libzstd-dev:arm64 libstdc++6:arm64 libtiff6:arm64 libarchive13:arm64)
 
 log() { printf '==> %s\n' "$*" >&2; }
 

@@ -177,6 +177,7 @@ private:
   uint32_t copyBlob(uint64_t rva, uint64_t size, bool writable, const FunctionBindings *table) {
     auto key = std::make_pair(rva, writable);
     if (auto it = blobs_.find(key); it != blobs_.end()) return it->second;
+    if (auto reach = copyReach_.find(rva); reach != copyReach_.end()) size = std::max(size, reach->second - rva);
     llvm::ArrayRef<uint8_t> bytes = patched_.bytesAt(rva, size);
     if (!writable && bytes.size() != size) bytes = {};
     for (uint64_t r : relocations_.rvas)
@@ -209,18 +210,79 @@ private:
     rodata_.permissions = {true, false, false};
     data_.name = ".data";
     data_.permissions = {true, true, false};
+    std::vector<differ::DecodedFunction> decoded;
     for (const FunctionBindings &fb : diff_.bindings) {
       const Function &f = patched_.functions[fb.patched];
-      differ::DecodedFunction decoded =
-          decoder_->decode(patched_.bytesAt(f.range.rva, f.range.size), f.range.rva, relocations_, true);
-      if (decoded.references.size() != fb.references.size())
+      decoded.push_back(decoder_->decode(patched_.bytesAt(f.range.rva, f.range.size), f.range.rva, relocations_, true));
+      if (decoded.back().references.size() != fb.references.size())
         return formatError("internal: {} decodes to {} references, the diff bound {}", f.name.value_or("function"),
-                           decoded.references.size(), fb.references.size());
+                           decoded.back().references.size(), fb.references.size());
+      keepOffsetsApart(f, decoded.back().references, fb.references);
+    }
+    for (size_t k = 0; k < diff_.bindings.size(); ++k) {
+      const FunctionBindings &fb = diff_.bindings[k];
+      const Function &f = patched_.functions[fb.patched];
       uint32_t functionRva = functionRva_[f.range.rva].first;
-      for (size_t i = 0; i < decoded.references.size(); ++i)
-        bindOne(f, functionRva, decoded.references[i], fb.references[i]);
+      for (size_t i = 0; i < decoded[k].references.size(); ++i)
+        bindOne(f, functionRva, decoded[k].references[i], fb.references[i]);
     }
     return llvm::Error::success();
+  }
+
+  // Code that adds an offset to an address it formed (Arm64 section anchors: ADRP+ADD of the
+  // anchor, then ADD #off) reaches the object at that offset with no fixup of its own: it lands
+  // wherever the anchor was placed. So a copied anchor is copied together with every object
+  // reached from it (copyReach_); an anchor left in the base whose reached object the base holds
+  // at another distance gets that distance in the instruction (reaimOffset); copied constants
+  // from which code reaches data of the base are refused.
+  void keepOffsetsApart(const Function &f, const std::vector<CodeReference> &references,
+                        const std::vector<Binding> &bindings) {
+    for (size_t i = 0; i < references.size(); ++i) {
+      const CodeReference &r = references[i];
+      if (r.encoding != FieldEncoding::None || !r.offsetFrom) continue;
+      for (size_t j = 0; j < references.size(); ++j) {
+        if (references[j].encoding == FieldEncoding::None || references[j].target != r.offsetFrom) continue;
+        const Binding &anchor = bindings[j], &reached = bindings[i];
+        using Kind = Binding::Kind;
+        bool copied = anchor.kind == Kind::Constant || anchor.kind == Kind::NewData;
+        if ((anchor.kind == reached.kind && anchor.address == reached.address) || anchor.kind == Kind::Unbound ||
+            anchor.kind == Kind::Import || reached.kind == Kind::Unbound || reached.kind == Kind::Import)
+          continue;  // one object (a field of a struct), or refused anyway
+        std::string where = fmt::format("{} +{:#x}", f.name.value_or(fmt::format("function at {:#x}", f.range.rva)),
+                                        r.offset);
+        if (copied && reached.kind == anchor.kind && r.target >= anchor.address) {
+          uint64_t &reach = copyReach_[anchor.address];
+          reach = std::max({reach, anchor.address + anchor.size, reached.address + reached.size});
+        } else if (anchor.kind == Kind::Base && reached.kind == Kind::Base &&
+                   reached.address != anchor.address + (r.target - r.offsetFrom) &&
+                   !reaimOffset(f, r, reached.address - anchor.address)) {
+          problems_.push_back(where + ": an offset from an address in the base reaches data the base holds elsewhere, "
+                                      "beyond what the instruction can encode");
+        } else if (anchor.kind == Kind::Constant && reached.kind == Kind::Base) {
+          problems_.push_back(where + ": an offset from copied read-only data reaches data of the base");
+        }
+        // Else the anchor stays in the base and code reads the base's bytes at the offset, as the
+        // base's own code does. Not yet handled: a new variable used as the anchor of a base
+        // variable (gcc's add_sample of scenario 5 on Arm64 reaches g_total at g_rejected + 4), which
+        // reads the image's bytes after the new variable instead of the base's.
+        break;  // every reference to the anchor (its ADRP and its ADD) is bound alike
+      }
+    }
+  }
+
+  // Both in the base, at another distance there (the base laid its variables out differently):
+  // the copied ADD or LDR/STR gets the base's distance in its unsigned 12-bit immediate, scaled as
+  // the instruction scales it.
+  bool reaimOffset(const Function &f, const CodeReference &r, uint64_t distance) {
+    size_t at = functionRva_[f.range.rva].first - text_.rva + r.offset;
+    uint32_t instruction = llvm::support::endian::read32le(&text_.bytes[at]);
+    uint64_t immediate = (instruction >> 10) & 0xfff, patchedDistance = r.target - r.offsetFrom;
+    if (immediate == 0 || patchedDistance % immediate != 0) return false;
+    uint64_t scale = patchedDistance / immediate;
+    if (distance % scale != 0 || distance / scale > 0xfff) return false;
+    instruction = (instruction & ~(0xfffu << 10)) | uint32_t(distance / scale) << 10;
+    llvm::support::endian::write32le(&text_.bytes[at], instruction);
+    return true;
   }
 
   void bindOne(const Function &f, uint32_t functionRva, const CodeReference &r, const Binding &b) {
@@ -666,6 +728,7 @@ private:
   uint64_t bssSize_ = 0;
   std::map<uint64_t, std::pair<uint32_t, uint64_t>> functionRva_;  // patched rva -> (image rva, size)
   std::map<std::pair<uint64_t, bool>, uint32_t> blobs_;
+  std::map<uint64_t, uint64_t> copyReach_;  // patched rva of a copied anchor -> end of what code reaches from it
   std::vector<JumpTableEntry> jumpTableEntries_;
   std::vector<PatchFixup> pending_, scratchFixups_;
   std::vector<std::string> problems_;
