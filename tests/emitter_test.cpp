@@ -285,6 +285,57 @@ TEST(Emitter, EveryScenarioBuildsAnImageThatIsThePatchedCode) {
   EXPECT_GT(built, 70u);  // 4 ELF targets x 13, 2 PE targets x 12
 }
 
+// GNU ld's fix for the Cortex-A53 erratum 843419 (on by default in Debian's arm64 toolchain) turns
+// an ADRP at page offset 0xff8 or 0xffc whose page lies within 1 MiB into an ADR of that page, as in
+// Debian's arm64 libgobject, libxslt, libunbound and libzstd. Here the fix moves `peek` so that its
+// ADRP lands there: it is unchanged. `get` changed and its ADRP became an ADR too: the image carries
+// it as the ADRP again, aimed at the base's variable (an ADR cannot reach the base from the image).
+// lld and link.exe patch the erratum with veneers instead, so only GNU ld builds this case.
+TEST(Emitter, Arm64ErratumAdrIsTheAdrpTheLinkerReplaced) {
+  std::string dir = tempDir();
+  std::vector<std::string> built;
+  for (auto [pad, op] : {std::pair{"0x10", "add"}, std::pair{"0xff8", "sub"}}) {
+    std::string source = dir + "/erratum-" + op + ".c", out = dir + "/liberratum-" + op + ".so";
+    std::string function = R"(
+  ".balign 4096\n.skip PAD\n.globl NAME\n.type NAME, %function\nNAME:\n"
+  "  adrp x1, VAR\n  ldr w2, [x0]\n  ldr w0, [x1, :lo12:VAR]\n  OP w0, w0, w2\n  ret\n.size NAME, .-NAME\n")";
+    auto instance = [&](const char *name, const char *var, const char *operation) {
+      std::string text = function;
+      for (auto [from, to] : {std::pair<std::string, std::string>{"PAD", pad}, {"NAME", name}, {"VAR", var},
+                              {"OP", operation}})
+        for (size_t at; (at = text.find(from)) != std::string::npos;) text.replace(at, from.size(), to);
+      return text;
+    };
+    writeFile(source, "__attribute__((visibility(\"hidden\"))) int seen = 1, limit = 2;\n__asm__(\".text\\n\"" +
+                          instance("peek", "seen", "add") + instance("get", "limit", op) + ");\n");
+    CommandResult r = run({"aarch64-linux-gnu-gcc", "-O2", "-fPIC", "-shared", "-Wl,--fix-cortex-a53-843419",
+                           source, "-o", out});
+    ASSERT_EQ(r.exitCode, 0) << r.err;
+    built.push_back(out);
+  }
+  Built b = build(built[0], built[1]);
+  auto firstWord = [](const Image &image, std::string_view name) {
+    for (const Function &f : image.functions)
+      if (f.name == name) return llvm::support::endian::read32le(image.bytesAt(f.range.rva, 4).data());
+    return 0u;
+  };
+  constexpr uint32_t kOpMask = 0x9f000000, kAdr = 0x10000000, kAdrp = 0x90000000;
+  for (const char *name : {"peek", "get"}) {
+    EXPECT_EQ(firstWord(b.base, name) & kOpMask, kAdrp) << name;
+    EXPECT_EQ(firstWord(b.patched, name) & kOpMask, kAdr) << name << ": the linker should have written an ADR";
+  }
+  std::set<std::string> changed;
+  for (const Change &c : b.diff.changes) changed.insert(c.name.value_or("?") + " " + c.rule);
+  EXPECT_EQ(changed, std::set<std::string>{"get HF100"});
+  EXPECT_FALSE(b.diff.needsRestart());
+  ASSERT_TRUE(b.image.has_value()) << b.error;
+  ASSERT_EQ(b.image->functions.size(), 1u);
+  std::vector<uint8_t> memory = layOut(*b.image);
+  EXPECT_EQ(llvm::support::endian::read32le(&memory[b.image->functions[0].rva]) & kOpMask, kAdrp);
+  uint64_t baseAddress = 0x555555000000;
+  checkInstructionByInstruction(b, baseAddress, baseAddress + 0x20000000);
+}
+
 TEST(Emitter, ImagesAreDeterministic) {
   std::vector<Sample> all = samples();
   for (const char *target : {"elf-x64-gcc", "elf-a64-clang", "pe-x64", "pe-a64"}) {

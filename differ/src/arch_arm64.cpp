@@ -217,23 +217,26 @@ protected:
   }
 
   void endFunction(DecodeState &state) override {
-    // An ADRP nobody consumed still depends on the layout, at page granularity.
-    for (auto &[instruction, adrp] : pendingPages_)
-      state.references.push_back({.instruction = instruction, .kind = ReferenceKind::Page, .size = 4,
-                                  .target = adrp.second, .offset = adrp.first,
-                                  .encoding = FieldEncoding::A64AdrPage21});
+    // An ADRP nobody consumed still depends on the layout, at page granularity. An erratum ADR
+    // nobody consumed holds its exact address.
+    for (auto &[instruction, page] : pendingPages_)
+      state.references.push_back({.instruction = instruction,
+                                  .kind = page.isAdr ? ReferenceKind::Memory : ReferenceKind::Page, .size = 4,
+                                  .target = page.page, .offset = page.offset,
+                                  .encoding = page.isAdr ? FieldEncoding::A64Adr21 : FieldEncoding::A64AdrPage21});
   }
 
   void analyze(const MCInst &inst, uint64_t pc, uint64_t size, uint32_t index, DecodeState &state) override {
     if (auto entry = blockEntry_.find(state.offset); entry != blockEntry_.end()) known_ = entry->second;
-    state.hash = mixHash(state.hash, inst.getOpcode());
+    // An erratum ADR is the ADRP the linker rewrote: it hashes as one, so both compare equal.
+    state.hash = mixHash(state.hash, isErratumAdr(inst, pc) ? adrp_ : inst.getOpcode());
     Effect effect = track(inst, pc, {MCInst(), state.offset, index}, known_);
     switch (effect.kind) {
     case Effect::Plain: mixOperands(inst, state); return;
     case Effect::Page:
       mixOperands(inst, state, effect.operand);
       // A use before it in address order (reached through a backward branch) consumed it already.
-      if (!consumedPages_.count(index)) pendingPages_[index] = {state.offset, effect.target};
+      if (!consumedPages_.count(index)) pendingPages_[index] = {state.offset, effect.target, inst.getOpcode() == adr_};
       return;
     case Effect::PcRelative: {
       const MCInstrDesc &desc = mc_.instructions->get(inst.getOpcode());
@@ -269,6 +272,15 @@ protected:
   }
 
 private:
+  // The Cortex-A53 erratum 843419 fix of GNU ld (--fix-cortex-a53-843419, on by default for
+  // Debian's arm64 gcc) turns an ADRP at page offset 0xff8 or 0xffc whose page is within 1 MiB into
+  // an ADR of that page. Its register holds a page as an ADRP's would, and its uses are the
+  // ADRP's :lo12: uses: followed as a page, re-aimed as an ADRP.
+  bool isErratumAdr(const MCInst &inst, uint64_t pc) const {
+    if (inst.getOpcode() != adr_ || (pc & 0xfff) < 0xff8 || !inst.getOperand(1).isImm()) return false;
+    return ((pc + uint64_t(inst.getOperand(1).getImm())) & 0xfff) == 0;
+  }
+
   struct KnownAddress {
     uint64_t value = 0;
     bool isPage = false;
@@ -301,8 +313,8 @@ private:
       if (desc.operands()[i].OperandType == MCOI::OPERAND_PCREL && inst.getOperand(i).isImm()) pcRelative = int(i);
     if (pcRelative >= 0) {
       int64_t imm = inst.getOperand(pcRelative).getImm();
-      if (inst.getOpcode() == adrp_) {
-        uint64_t page = (pc & ~uint64_t(0xfff)) + uint64_t(imm) * 4096;
+      if (inst.getOpcode() == adrp_ || isErratumAdr(inst, pc)) {
+        uint64_t page = inst.getOpcode() == adrp_ ? (pc & ~uint64_t(0xfff)) + uint64_t(imm) * 4096 : pc + uint64_t(imm);
         known[inst.getOperand(0).getReg()] = {page, true, {{at.index, at.offset}}};
         return {Effect::Page, pcRelative, page, {}, 0};
       }
@@ -419,7 +431,12 @@ private:
            loadX_ = 0, framePointer_ = 0;
   Known known_;
   std::map<uint32_t, Known> blockEntry_;  // per block's first offset: what is known on entry
-  std::map<uint32_t, std::pair<uint32_t, uint64_t>> pendingPages_;  // ADRPs not consumed yet: offset, page
+  struct PendingPage {
+    uint32_t offset = 0;
+    uint64_t page = 0;
+    bool isAdr = false;  // an erratum ADR
+  };
+  std::map<uint32_t, PendingPage> pendingPages_;  // ADRPs not consumed yet
   std::unordered_set<uint32_t> consumedPages_;                      // ADRPs some use consumed
   std::unordered_map<unsigned, FieldEncoding> pcRelativeEncoding_;
 };

@@ -271,6 +271,12 @@ private:
       return;
     }
     fixup.kind = *kind;
+    if (fixup.kind == FixupKind::A64AdrPage21) {
+      // An ADR that GNU ld wrote for an ADRP (Cortex-A53 erratum 843419) is aimed at a page like
+      // an ADRP: it becomes the ADRP again (bit 31), which reaches the base from anywhere.
+      uint8_t *word = &text_.bytes[fixup.site - text_.rva];
+      llvm::support::endian::write32le(word, llvm::support::endian::read32le(word) | 0x80000000u);
+    }
     pending_.push_back(fixup);
   }
 
