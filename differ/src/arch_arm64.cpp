@@ -3,6 +3,7 @@
 // its basic blocks, through `mov` copies).
 #include "mc_decoder.h"
 
+#include <llvm/ADT/StringSet.h>
 #include <llvm/ADT/bit.h>
 #include <llvm/Support/Endian.h>
 #include <llvm/Support/MathExtras.h>
@@ -30,10 +31,6 @@ public:
         {"LDRSHWui", 2}, {"LDRSHXui", 2}, {"LDRSWui", 4}, {"LDRBui", 1}, {"LDRHui", 2}, {"LDRSui", 4},
         {"LDRDui", 8}, {"LDRQui", 16}, {"STRBBui", 1}, {"STRHHui", 2}, {"STRWui", 4}, {"STRXui", 8},
         {"STRBui", 1}, {"STRHui", 2}, {"STRSui", 4}, {"STRDui", 8}, {"STRQui", 16}, {"PRFMui", 8}};
-    std::unordered_map<std::string, unsigned> byName;
-    for (unsigned op = 0; op < mc_.instructions->getNumOpcodes(); ++op) byName[mc_.instructions->getName(op).str()] = op;
-    for (auto [name, scale] : scaled)
-      if (auto it = byName.find(name); it != byName.end()) accessScale_[it->second] = scale;
     static const std::pair<const char *, FieldEncoding> pcRelative[] = {
         {"B", FieldEncoding::A64Branch26},      {"BL", FieldEncoding::A64Branch26},
         {"Bcc", FieldEncoding::A64Branch19},    {"BCcc", FieldEncoding::A64Branch19},
@@ -45,6 +42,17 @@ public:
         {"LDRXl", FieldEncoding::A64Literal19}, {"LDRSl", FieldEncoding::A64Literal19},
         {"LDRDl", FieldEncoding::A64Literal19}, {"LDRQl", FieldEncoding::A64Literal19},
         {"LDRSWl", FieldEncoding::A64Literal19}, {"PRFMl", FieldEncoding::A64Literal19}};
+    static const std::pair<const char *, unsigned> pairs[] = {
+        {"LDPWi", 4}, {"LDPXi", 8}, {"LDPSWi", 4}, {"LDPSi", 4}, {"LDPDi", 8}, {"LDPQi", 16},
+        {"STPWi", 4}, {"STPXi", 8}, {"STPSi", 4}, {"STPDi", 8}, {"STPQi", 16}};
+    StringSet<> wanted{"HINT", "ADR", "ADRP", "ADDXri", "ORRXrs", "STRXui", "LDRXui"};
+    for (auto [name, scale] : scaled) wanted.insert(name);
+    for (auto [name, encoding] : pcRelative) wanted.insert(name);
+    for (auto [name, scale] : pairs) wanted.insert(name);
+    auto isUnscaled = [](StringRef name) { return (name.starts_with("LDUR") || name.starts_with("STUR")) && name.ends_with("i"); };
+    StringMap<unsigned> byName = opcodesNamed([&](StringRef name) { return wanted.contains(name) || isUnscaled(name); });
+    for (auto [name, scale] : scaled)
+      if (auto it = byName.find(name); it != byName.end()) accessScale_[it->second] = scale;
     for (auto [name, encoding] : pcRelative)
       if (auto it = byName.find(name); it != byName.end()) pcRelativeEncoding_[it->second] = encoding;
     // Calls preserve x19-x28 (AAPCS64): addresses held there survive a call, the rest do not.
@@ -54,14 +62,10 @@ public:
       if ((name.consume_front("X") || name.consume_front("W")) && !name.getAsInteger(10, number) && number <= 18)
         callerSaved_.push_back(reg);
     }
-    static const std::pair<const char *, unsigned> pairs[] = {
-        {"LDPWi", 4}, {"LDPXi", 8}, {"LDPSWi", 4}, {"LDPSi", 4}, {"LDPDi", 8}, {"LDPQi", 16},
-        {"STPWi", 4}, {"STPXi", 8}, {"STPSi", 4}, {"STPDi", 8}, {"STPQi", 16}};
     for (auto [name, scale] : pairs)
       if (auto it = byName.find(name); it != byName.end()) pairScale_[it->second] = scale;
-    for (auto &[name, op] : byName)
-      if ((name.rfind("LDUR", 0) == 0 || name.rfind("STUR", 0) == 0) && name.size() > 1 && name.substr(name.size() - 1) == "i")
-        unscaled_.insert(op);
+    for (const auto &entry : byName)
+      if (isUnscaled(entry.getKey())) unscaled_.insert(entry.getValue());
     for (unsigned reg = 1; reg < mc_.registers->getNumRegs(); ++reg) {
       StringRef name = mc_.registers->getName(reg);
       if (name == "SP" || name == "WSP" || name == "FP" || name == "X29") notFieldBases_.insert(reg);

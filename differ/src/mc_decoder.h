@@ -4,6 +4,8 @@
 
 #include "hotforge/arch.h"
 
+#include <llvm/ADT/STLFunctionalExtras.h>
+#include <llvm/ADT/StringMap.h>
 #include <llvm/MC/MCAsmInfo.h>
 #include <llvm/MC/MCContext.h>
 #include <llvm/MC/MCDisassembler/MCDisassembler.h>
@@ -88,6 +90,10 @@ protected:
   // The operand of `inst` that holds the address `reference` resolves (what analyze() masks), or -1.
   virtual int addressOperand(const llvm::MCInst &inst, const CodeReference &reference,
                              const RelocationIndex &relocations) const = 0;
+
+  // The opcodes whose names `wanted` accepts, by name, from one pass over the target's opcode
+  // table: a map of all ~20,000 names cost more to build than decoding a small library.
+  llvm::StringMap<unsigned> opcodesNamed(llvm::function_ref<bool(llvm::StringRef)> wanted) const;
 
   // Shared hashing of plain operands: registers and immediates, skipping `masked`.
   void mixOperands(const llvm::MCInst &inst, DecodeState &state, int maskedA = -1, int maskedB = -1) const;
