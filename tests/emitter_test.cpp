@@ -124,10 +124,7 @@ void checkInstructionByInstruction(const Built &b, uint64_t baseAddress, uint64_
   ASSERT_FALSE(bool(applied)) << llvm::toString(std::move(applied));
   auto decoder = differ::createInstructionDecoder(image.machine);
   ASSERT_TRUE(bool(decoder));
-  differ::RelocationIndex none, patchedRelocations;
-  patchedRelocations.imageBase = b.patched.imageBase;
-  for (const Relocation &r : b.patched.relocations) patchedRelocations.rvas.push_back(r.rva);
-  std::sort(patchedRelocations.rvas.begin(), patchedRelocations.rvas.end());
+  differ::RelocationIndex none, patchedRelocations = differ::relocationIndex(b.patched);
   std::map<uint32_t, const PatchFunction *> byImageRva;
   for (const PatchFunction &f : image.functions) byImageRva[f.rva] = &f;
   std::map<uint64_t, const FunctionBindings *> bindings;
@@ -285,55 +282,78 @@ TEST(Emitter, EveryScenarioBuildsAnImageThatIsThePatchedCode) {
   EXPECT_GT(built, 70u);  // 4 ELF targets x 13, 2 PE targets x 12
 }
 
-// GNU ld's fix for the Cortex-A53 erratum 843419 (on by default in Debian's arm64 toolchain) turns
-// an ADRP at page offset 0xff8 or 0xffc whose page lies within 1 MiB into an ADR of that page, as in
-// Debian's arm64 libgobject, libxslt, libunbound and libzstd. Here the fix moves `peek` so that its
-// ADRP lands there: it is unchanged. `get` changed and its ADRP became an ADR too: the image carries
-// it as the ADRP again, aimed at the base's variable (an ADR cannot reach the base from the image).
-// lld and link.exe patch the erratum with veneers instead, so only GNU ld builds this case.
-TEST(Emitter, Arm64ErratumAdrIsTheAdrpTheLinkerReplaced) {
+// GNU ld's fix for the Cortex-A53 erratum 843419 (on by default in Debian's arm64 toolchain) for an
+// ADRP at page offset 0xff8 or 0xffc: when the page lies within 1 MiB the ADRP becomes an ADR of the
+// page (Debian's arm64 libgobject, libxslt, libunbound, libzstd); otherwise the load that uses it
+// moves to a veneer that branches back (libgio). Here the fix moves `peek` so that its ADRP lands
+// there: it is unchanged. `get` changed and got the same treatment: the image carries the ADRP
+// again (an ADR cannot reach the base from the image) and the load in place of the branch (the
+// veneer's way back leads into the patched build). lld and link.exe patch the erratum their own
+// way, so only GNU ld builds this case.
+TEST(Emitter, Arm64ErratumFixesOfGnuLdAreTheCodeTheyReplaced) {
   std::string dir = tempDir();
-  std::vector<std::string> built;
-  for (auto [pad, op] : {std::pair{"0x10", "add"}, std::pair{"0xff8", "sub"}}) {
-    std::string source = dir + "/erratum-" + op + ".c", out = dir + "/liberratum-" + op + ".so";
-    std::string function = R"(
+  constexpr uint32_t kOpMask = 0x9f000000, kAdr = 0x10000000, kAdrp = 0x90000000;
+  constexpr uint32_t kBranchMask = 0xfc000000, kBranch = 0x14000000;
+  auto words = [](const Image &image, std::string_view name) {
+    std::vector<uint32_t> out;
+    for (const Function &f : image.functions)
+      if (f.name == name)
+        for (uint64_t at = 0; at + 4 <= f.range.size; at += 4)
+          out.push_back(llvm::support::endian::read32le(image.bytesAt(f.range.rva + at, 4).data()));
+    return out;
+  };
+  auto hasBranch = [&](const std::vector<uint32_t> &code) {
+    return std::any_of(code.begin(), code.end(), [&](uint32_t w) { return (w & kBranchMask) == kBranch; });
+  };
+  // Near: the variables follow the code. Far: 3 MiB of constants between them.
+  for (std::string layout : {"near", "far"}) {
+    SCOPED_TRACE(layout);
+    std::vector<std::string> built;
+    for (auto [pad, op] : {std::pair{"0x10", "add"}, std::pair{"0xff8", "sub"}}) {
+      std::string source = dir + "/erratum-" + layout + op + ".c", out = dir + "/liberratum-" + layout + op + ".so";
+      std::string function = R"(
   ".balign 4096\n.skip PAD\n.globl NAME\n.type NAME, %function\nNAME:\n"
   "  adrp x1, VAR\n  ldr w2, [x0]\n  ldr w0, [x1, :lo12:VAR]\n  OP w0, w0, w2\n  ret\n.size NAME, .-NAME\n")";
-    auto instance = [&](const char *name, const char *var, const char *operation) {
-      std::string text = function;
-      for (auto [from, to] : {std::pair<std::string, std::string>{"PAD", pad}, {"NAME", name}, {"VAR", var},
-                              {"OP", operation}})
-        for (size_t at; (at = text.find(from)) != std::string::npos;) text.replace(at, from.size(), to);
-      return text;
-    };
-    writeFile(source, "__attribute__((visibility(\"hidden\"))) int seen = 1, limit = 2;\n__asm__(\".text\\n\"" +
-                          instance("peek", "seen", "add") + instance("get", "limit", op) + ");\n");
-    CommandResult r = run({"aarch64-linux-gnu-gcc", "-O2", "-fPIC", "-shared", "-Wl,--fix-cortex-a53-843419",
-                           source, "-o", out});
-    ASSERT_EQ(r.exitCode, 0) << r.err;
-    built.push_back(out);
+      auto instance = [&](const char *name, const char *var, const char *operation) {
+        std::string text = function;
+        for (auto [from, to] : {std::pair<std::string, std::string>{"PAD", pad}, {"NAME", name}, {"VAR", var},
+                                {"OP", operation}})
+          for (size_t at; (at = text.find(from)) != std::string::npos;) text.replace(at, from.size(), to);
+        return text;
+      };
+      writeFile(source, std::string(layout == "far" ? "const char far_away[3 << 20] = {1};\n" : "") +
+                            "__attribute__((visibility(\"hidden\"))) int seen = 1, limit = 2;\n__asm__(\".text\\n\"" +
+                            instance("peek", "seen", "add") + instance("get", "limit", op) + ");\n");
+      CommandResult r = run({"aarch64-linux-gnu-gcc", "-O2", "-fPIC", "-shared", "-Wl,--fix-cortex-a53-843419",
+                             source, "-o", out});
+      ASSERT_EQ(r.exitCode, 0) << r.err;
+      built.push_back(out);
+    }
+    Built b = build(built[0], built[1]);
+    for (const char *name : {"peek", "get"}) {
+      std::vector<uint32_t> base = words(b.base, name), patched = words(b.patched, name);
+      ASSERT_EQ(base.size(), 5u);
+      ASSERT_EQ(patched.size(), 5u);
+      EXPECT_EQ(base[0] & kOpMask, kAdrp) << name;
+      EXPECT_FALSE(hasBranch(base)) << name;
+      if (layout == "near") EXPECT_EQ(patched[0] & kOpMask, kAdr) << name << ": the linker should have written an ADR";
+      else EXPECT_TRUE(hasBranch(patched)) << name << ": the linker should have moved the load to a veneer";
+    }
+    std::set<std::string> changed;
+    for (const Change &c : b.diff.changes) changed.insert(c.name.value_or("?") + " " + c.rule);
+    EXPECT_EQ(changed, std::set<std::string>{"get HF100"});
+    EXPECT_FALSE(b.diff.needsRestart());
+    ASSERT_TRUE(b.image.has_value()) << b.error;
+    ASSERT_EQ(b.image->functions.size(), 1u);
+    std::vector<uint8_t> memory = layOut(*b.image);
+    std::vector<uint32_t> carried;
+    for (uint32_t at = 0; at < 20; at += 4)
+      carried.push_back(llvm::support::endian::read32le(&memory[b.image->functions[0].rva + at]));
+    EXPECT_EQ(carried[0] & kOpMask, kAdrp);
+    EXPECT_FALSE(hasBranch(carried));
+    uint64_t baseAddress = 0x555555000000;
+    checkInstructionByInstruction(b, baseAddress, baseAddress + 0x20000000);
   }
-  Built b = build(built[0], built[1]);
-  auto firstWord = [](const Image &image, std::string_view name) {
-    for (const Function &f : image.functions)
-      if (f.name == name) return llvm::support::endian::read32le(image.bytesAt(f.range.rva, 4).data());
-    return 0u;
-  };
-  constexpr uint32_t kOpMask = 0x9f000000, kAdr = 0x10000000, kAdrp = 0x90000000;
-  for (const char *name : {"peek", "get"}) {
-    EXPECT_EQ(firstWord(b.base, name) & kOpMask, kAdrp) << name;
-    EXPECT_EQ(firstWord(b.patched, name) & kOpMask, kAdr) << name << ": the linker should have written an ADR";
-  }
-  std::set<std::string> changed;
-  for (const Change &c : b.diff.changes) changed.insert(c.name.value_or("?") + " " + c.rule);
-  EXPECT_EQ(changed, std::set<std::string>{"get HF100"});
-  EXPECT_FALSE(b.diff.needsRestart());
-  ASSERT_TRUE(b.image.has_value()) << b.error;
-  ASSERT_EQ(b.image->functions.size(), 1u);
-  std::vector<uint8_t> memory = layOut(*b.image);
-  EXPECT_EQ(llvm::support::endian::read32le(&memory[b.image->functions[0].rva]) & kOpMask, kAdrp);
-  uint64_t baseAddress = 0x555555000000;
-  checkInstructionByInstruction(b, baseAddress, baseAddress + 0x20000000);
 }
 
 TEST(Emitter, ImagesAreDeterministic) {

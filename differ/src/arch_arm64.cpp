@@ -110,6 +110,25 @@ protected:
     return (rva & ~uint64_t(0xfff)) + uint64_t(pages) * 4096 + ((ldr >> 10) & 0xfff) * 8;
   }
 
+  // GNU ld's other fix for erratum 843419 (see isErratumAdr): the load or store after such an ADRP
+  // moves to a veneer, `ldr/str ...; b back`, and `b veneer` takes its place.
+  std::optional<uint32_t> outOfLineInstruction(uint64_t pc, uint32_t word, const Image &image) const override {
+    constexpr uint32_t kBranchMask = 0xfc000000, kBranch = 0x14000000;
+    if ((word & kBranchMask) != kBranch) return std::nullopt;
+    uint64_t veneer = pc + uint64_t(SignExtend64<26>(word & 0x03ffffff) * 4);
+    ArrayRef<uint8_t> bytes = image.bytesAt(veneer, 8);
+    if (bytes.size() != 8) return std::nullopt;
+    uint32_t moved = support::endian::read32le(&bytes[0]), back = support::endian::read32le(&bytes[4]);
+    if ((back & kBranchMask) != kBranch || veneer + 4 + uint64_t(SignExtend64<26>(back & 0x03ffffff) * 4) != pc + 4)
+      return std::nullopt;
+    MCInst inst;
+    uint64_t size = 0;
+    if (mc_.disassembler->getInstruction(inst, size, bytes.take_front(4), veneer, nulls()) != MCDisassembler::Success ||
+        !accessScale_.count(inst.getOpcode()))
+      return std::nullopt;
+    return moved;
+  }
+
   // LDR/STR Rt, [Xn, #imm] (scaled), LDUR/STUR Rt, [Xn, #simm] and LDP/STP Rt, Rt2, [Xn, #imm]
   // (signed offset) from a register other than sp and the frame pointer x29.
   std::optional<unsigned> displacementScale(const MCInst &inst, unsigned operand) const override {
@@ -128,7 +147,7 @@ protected:
   // block that no direct branch enters is entered by the function's indirect branches (jump
   // tables), when it has any. The decode loop then walks the instructions in order, starting every
   // block from what the pass found.
-  void beginFunction(ArrayRef<uint8_t> code, uint64_t rva) override {
+  void beginFunction(ArrayRef<uint8_t> code, uint64_t rva, const RelocationIndex &relocations) override {
     known_.clear();
     pendingPages_.clear();
     consumedPages_.clear();
@@ -139,9 +158,7 @@ protected:
     for (uint64_t offset = 0; offset + 4 <= code.size(); offset += 4) {
       uint64_t size = 0;
       Decoded d;
-      if (mc_.disassembler->getInstruction(d.inst, size, code.slice(offset), rva + offset, nulls()) !=
-          MCDisassembler::Success)
-        continue;
+      if (!decodeAt(d.inst, size, code.slice(offset), rva + offset, relocations)) continue;
       if (isLayoutNoise(d.inst)) continue;
       d.offset = uint32_t(offset);
       d.index = index++;

@@ -73,6 +73,7 @@ public:
     if (!decoder) return decoder.takeError();
     decoder_ = std::move(*decoder);
     relocations_.imageBase = patched_.imageBase;
+    relocations_.image = &patched_;
     for (const Relocation &r : patched_.relocations) relocations_.rvas.push_back(r.rva);
     std::sort(relocations_.rvas.begin(), relocations_.rvas.end());
 
@@ -201,6 +202,15 @@ private:
         return formatError("internal: {} decodes to {} references, the diff bound {}", f.name.value_or("function"),
                            decoded.references.size(), fb.references.size());
       uint32_t functionRva = functionRva_[f.range.rva].first;
+      // A branch to an instruction the linker moved out of line carries that instruction instead
+      // (its veneer's way back would lead into the base); the differ decoded it so.
+      for (uint32_t offset : decoded.instructionOffsets) {
+        if (offset + 4 > f.range.size) break;
+        uint8_t *word = &text_.bytes[functionRva - text_.rva + offset];
+        if (std::optional<uint32_t> moved = decoder_->outOfLineInstruction(
+                f.range.rva + offset, llvm::support::endian::read32le(word), patched_))
+          llvm::support::endian::write32le(word, *moved);
+      }
       for (size_t i = 0; i < decoded.references.size(); ++i)
         bindOne(f, functionRva, decoded.references[i], fb.references[i]);
     }
