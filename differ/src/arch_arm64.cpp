@@ -151,6 +151,8 @@ protected:
     known_.clear();
     pendingPages_.clear();
     consumedPages_.clear();
+    spilledTo_.clear();
+    reloadedUses_.clear();
     blockEntry_.clear();
     std::vector<Decoded> insts;
     uint32_t index = 0;
@@ -238,13 +240,22 @@ protected:
   }
 
   void endFunction(DecodeState &state) override {
-    // An ADRP nobody consumed still depends on the layout, at page granularity. An erratum ADR
-    // nobody consumed holds its exact address.
-    for (auto &[instruction, page] : pendingPages_)
-      state.references.push_back({.instruction = instruction,
-                                  .kind = page.isAdr ? ReferenceKind::Memory : ReferenceKind::Page, .size = 4,
-                                  .target = page.page, .offset = page.offset,
+    // An ADRP nobody consumed still depends on the layout, at page granularity, unless it was
+    // spilled to a stack slot whose reloads are used on its page: compilers spill a page for
+    // later uses, and a path may store it again before any reload. It then stands for that use,
+    // the address any reload of it would form. An erratum ADR nobody consumed holds its exact
+    // address.
+    for (auto &[instruction, page] : pendingPages_) {
+      std::optional<uint64_t> use;
+      if (auto slots = spilledTo_.find(instruction); slots != spilledTo_.end())
+        for (unsigned slot : slots->second)
+          for (uint64_t target : reloadedUses_[slot])
+            if ((target & ~uint64_t(0xfff)) == page.page && (!use || target < *use)) use = target;
+      bool exact = page.isAdr || use;
+      state.references.push_back({.instruction = instruction, .kind = exact ? ReferenceKind::Memory : ReferenceKind::Page,
+                                  .size = 4, .target = use.value_or(page.page), .offset = page.offset,
                                   .encoding = page.isAdr ? FieldEncoding::A64Adr21 : FieldEncoding::A64AdrPage21});
+    }
   }
 
   void analyze(const MCInst &inst, uint64_t pc, uint64_t size, uint32_t index, DecodeState &state) override {
@@ -254,6 +265,10 @@ protected:
     Effect effect = track(inst, pc, {MCInst(), state.offset, index}, known_);
     switch (effect.kind) {
     case Effect::Plain: mixOperands(inst, state); return;
+    case Effect::Spill:
+      mixOperands(inst, state);
+      for (auto [producer, offset] : effect.producer.producers) spilledTo_[producer].insert(effect.slot);
+      return;
     case Effect::Page:
       mixOperands(inst, state, effect.operand);
       // A use before it in address order (reached through a backward branch) consumed it already.
@@ -271,6 +286,7 @@ protected:
     }
     case Effect::Consumer:
       mixOperands(inst, state, effect.operand);
+      if (effect.producer.isPage && effect.producer.reloadedFrom) reloadedUses_[effect.producer.reloadedFrom].insert(effect.target);
       if (!effect.producer.isPage) {
         // An offset from an address an earlier ADD formed: follows from that reference.
         state.add(index, ReferenceKind::Memory, effect.target, FieldEncoding::None);
@@ -308,6 +324,7 @@ private:
     // For a page: the ADRPs (instruction index, byte offset) it may come from, sorted.
     std::vector<std::pair<uint32_t, uint32_t>> producers = {};
     bool conflict = false;  // ways into a block disagree: not known, and stays so
+    unsigned reloadedFrom = 0;  // a page: the stack slot it was last reloaded from, if any
   };
   using Known = std::map<unsigned, KnownAddress>;  // register (or stack slot) -> address it holds
   static constexpr unsigned kStackSlots = 1u << 24;  // keys of stack slots: kStackSlots + offset
@@ -317,11 +334,12 @@ private:
   };
   // What one instruction does with addresses.
   struct Effect {
-    enum Kind { Plain, Page, PcRelative, Consumer } kind = Plain;
+    enum Kind { Plain, Page, PcRelative, Consumer, Spill } kind = Plain;
     int operand = -1;  // the operand that holds the address
     uint64_t target = 0;
     KnownAddress producer;  // Consumer: the address its base register held
     unsigned scale = 0;     // Consumer: access size of a load or store, 0 for ADD
+    unsigned slot = 0;      // Spill: the stack slot a page was stored to
   };
 
   // Applies one instruction to `known`: ADRP and ADR set their register, ADD from a known address
@@ -369,14 +387,22 @@ private:
       unsigned reg = inst.getOperand(0).getReg();
       if (inst.getOpcode() == storeX_) {
         auto value = known.find(reg);
-        if (value != known.end() && value->second.isPage && !value->second.conflict) known[slot] = value->second;
-        else known.erase(slot);
-        return {};
+        if (value == known.end() || !value->second.isPage || value->second.conflict) {
+          known.erase(slot);
+          return {};
+        }
+        known[slot] = value->second;
+        Effect spill{Effect::Spill, -1, value->second.value, value->second, 0};
+        spill.slot = slot;
+        return spill;
       }
       std::optional<KnownAddress> copy;
       if (auto value = known.find(slot); value != known.end() && !value->second.conflict) copy = value->second;
       killDefinitions(inst, desc, known);
-      if (copy) known[reg] = std::move(*copy);
+      if (copy) {
+        copy->reloadedFrom = slot;
+        known[reg] = std::move(*copy);
+      }
       return {};
     }
     // mov Xd, Xm (orr Xd, xzr, Xm) carries a known address into another register.
@@ -415,6 +441,10 @@ private:
       if (theirs->second.conflict || theirs->second.value != mine.value || theirs->second.isPage != mine.isPage) {
         conflict(mine);
         continue;
+      }
+      if (!mine.reloadedFrom && theirs->second.reloadedFrom) {
+        mine.reloadedFrom = theirs->second.reloadedFrom;
+        changed = true;
       }
       for (const auto &producer : theirs->second.producers)
         if (auto at = std::lower_bound(mine.producers.begin(), mine.producers.end(), producer);
@@ -459,6 +489,8 @@ private:
   };
   std::map<uint32_t, PendingPage> pendingPages_;  // ADRPs not consumed yet
   std::unordered_set<uint32_t> consumedPages_;                      // ADRPs some use consumed
+  std::map<uint32_t, std::set<unsigned>> spilledTo_;     // ADRP -> stack slots it was stored to
+  std::map<unsigned, std::set<uint64_t>> reloadedUses_;  // stack slot -> targets its reloaded pages formed
   std::unordered_map<unsigned, FieldEncoding> pcRelativeEncoding_;
 };
 
