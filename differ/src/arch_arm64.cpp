@@ -147,6 +147,12 @@ protected:
   // block that no direct branch enters is entered by the function's indirect branches (jump
   // tables), when it has any. The decode loop then walks the instructions in order, starting every
   // block from what the pass found.
+  const MCInst *predecoded(uint64_t offset, uint64_t &size) const override {
+    if (offset % 4 != 0 || offset / 4 >= predecodedAt_.size() || predecodedAt_[offset / 4] < 0) return nullptr;
+    size = 4;
+    return &predecoded_[size_t(predecodedAt_[offset / 4])].inst;
+  }
+
   void beginFunction(ArrayRef<uint8_t> code, uint64_t rva, const RelocationIndex &relocations) override {
     known_.clear();
     pendingPages_.clear();
@@ -154,7 +160,15 @@ protected:
     spilledTo_.clear();
     reloadedUses_.clear();
     blockEntry_.clear();
-    std::vector<Decoded> insts;
+    predecoded_.clear();
+    predecodedAt_.assign(code.size() / 4, -1);
+    // ADR and ADRP are the words with bits 28-24 = 10000: without one there is nothing to
+    // follow, and the function needs no decoding here.
+    bool hasAddress = false;
+    for (uint64_t offset = 0; offset + 4 <= code.size() && !hasAddress; offset += 4)
+      hasAddress = (support::endian::read32le(code.data() + offset) & 0x1f000000) == 0x10000000;
+    if (!hasAddress) return;
+    std::vector<Decoded> &insts = predecoded_;
     uint32_t index = 0;
     bool sawAddress = false;
     for (uint64_t offset = 0; offset + 4 <= code.size(); offset += 4) {
@@ -165,6 +179,7 @@ protected:
       d.offset = uint32_t(offset);
       d.index = index++;
       sawAddress |= d.inst.getOpcode() == adrp_ || d.inst.getOpcode() == adr_;
+      predecodedAt_[offset / 4] = int32_t(insts.size());
       insts.push_back(std::move(d));
     }
     if (!sawAddress || insts.empty()) return;  // nothing to follow
@@ -488,6 +503,8 @@ private:
     bool isAdr = false;  // an erratum ADR
   };
   std::map<uint32_t, PendingPage> pendingPages_;  // ADRPs not consumed yet
+  std::vector<Decoded> predecoded_;     // the function's instructions, as beginFunction decoded them
+  std::vector<int32_t> predecodedAt_;   // per 4-byte word: its index in predecoded_, or -1
   std::unordered_set<uint32_t> consumedPages_;                      // ADRPs some use consumed
   std::map<uint32_t, std::set<unsigned>> spilledTo_;     // ADRP -> stack slots it was stored to
   std::map<unsigned, std::set<uint64_t>> reloadedUses_;  // stack slot -> targets its reloaded pages formed

@@ -105,11 +105,16 @@ CodeSummary McDecoder::decodeLoop(ArrayRef<uint8_t> code, uint64_t rva, const Re
                     relocated.data() + (std::lower_bound(relocated.begin(), relocated.end(), rva) - relocated.begin())};
   beginFunction(code, rva, relocations);
   uint64_t offset = 0;
-  MCInst inst;
+  MCInst decoded;
   while (offset < code.size()) {
     uint64_t size = 0;
-    inst.clear();
-    if (!decodeAt(inst, size, code.slice(offset), rva + offset, relocations)) {
+    const MCInst *known = predecoded(offset, size);
+    if (!known) {
+      decoded.clear();
+      if (!decodeAt(decoded, size, code.slice(offset), rva + offset, relocations)) size = 0;
+    }
+    const MCInst &inst = known ? *known : decoded;
+    if (size == 0) {
       // Undecodable bytes (data in code, or truncation) still count, by value.
       out.complete = false;
       size = std::min<uint64_t>(undecodableStep(), code.size() - offset);
@@ -179,8 +184,10 @@ void McDecoder::recordFrame(const MCInst &inst, uint32_t index, const Outputs &o
   outputs.instructionFrames->push_back(frame);
 }
 
-std::vector<InstructionText> McDecoder::disassemble(ArrayRef<uint8_t> code, uint64_t rva) {
-  return printLoop(code, rva, nullptr);
+std::optional<InstructionText> McDecoder::instructionAt(ArrayRef<uint8_t> code, uint64_t rva, uint32_t index) {
+  std::vector<InstructionText> found = printLoop(code, rva, nullptr, index);
+  if (found.empty()) return std::nullopt;
+  return std::move(found.front());
 }
 
 std::vector<InstructionText> McDecoder::disassembleSymbolic(ArrayRef<uint8_t> code, uint64_t rva,
@@ -205,8 +212,10 @@ std::vector<InstructionText> McDecoder::disassembleSymbolic(ArrayRef<uint8_t> co
 }
 
 std::vector<InstructionText> McDecoder::printLoop(ArrayRef<uint8_t> code, uint64_t rva,
-                                                  const std::function<void(MCInst &, uint32_t)> &rename) {
+                                                  const std::function<void(MCInst &, uint32_t)> &rename,
+                                                  std::optional<uint32_t> only) {
   std::vector<InstructionText> out;
+  uint32_t counted = 0;
   uint64_t offset = 0;
   MCInst inst;
   while (offset < code.size()) {
@@ -216,7 +225,7 @@ std::vector<InstructionText> McDecoder::printLoop(ArrayRef<uint8_t> code, uint64
                   MCDisassembler::Success &&
               size > 0;
     if (!ok) size = std::min<uint64_t>(undecodableStep(), code.size() - offset);
-    if (ok && isLayoutNoise(inst)) {
+    if ((ok && isLayoutNoise(inst)) || (only && counted++ < *only)) {
       offset += size;
       continue;
     }
@@ -235,6 +244,7 @@ std::vector<InstructionText> McDecoder::printLoop(ArrayRef<uint8_t> code, uint64
     }
     out.push_back(std::move(line));
     offset += size;
+    if (only) break;
   }
   return out;
 }

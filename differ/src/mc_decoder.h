@@ -70,7 +70,7 @@ public:
   CodeSummary decodeInto(llvm::ArrayRef<uint8_t> code, uint64_t rva, const RelocationIndex &relocations,
                          std::vector<CodeReference> &references,
                          llvm::MutableArrayRef<uint64_t> instructionStarts) final;
-  std::vector<InstructionText> disassemble(llvm::ArrayRef<uint8_t> code, uint64_t rva) final;
+  std::optional<InstructionText> instructionAt(llvm::ArrayRef<uint8_t> code, uint64_t rva, uint32_t index) final;
   std::vector<InstructionText> disassembleSymbolic(llvm::ArrayRef<uint8_t> code, uint64_t rva,
                                                    const RelocationIndex &relocations,
                                                    const AddressNamer &namer) final;
@@ -81,6 +81,9 @@ protected:
   // Mixes the instruction's shape into state.hash and records its address-dependent targets.
   virtual void analyze(const llvm::MCInst &inst, uint64_t pc, uint64_t size, uint32_t index, DecodeState &state) = 0;
   virtual void beginFunction(llvm::ArrayRef<uint8_t> code, uint64_t rva, const RelocationIndex &relocations) {}
+  // An instruction beginFunction already decoded at `offset` (setting `size`), so that the
+  // decode loop does not decode it again; null: not decoded there.
+  virtual const llvm::MCInst *predecoded(uint64_t offset, uint64_t &size) const { return nullptr; }
   virtual void endFunction(DecodeState &state) {}
   virtual unsigned undecodableStep() const = 0;   // bytes to skip over an undecodable instruction
   virtual uint64_t printAddress(uint64_t pc, uint64_t size) const = 0;  // see LLVM 19 gotcha L5
@@ -117,9 +120,11 @@ private:
     std::vector<InstructionConstant> *constants = nullptr;
   };
   void recordFrame(const llvm::MCInst &inst, uint32_t index, const Outputs &outputs) const;
-  // The disassembly loop; `rename`, when given, may replace address operands before printing.
+  // The disassembly loop; `rename`, when given, may replace address operands before printing;
+  // with `only`, just that counted instruction is printed.
   std::vector<InstructionText> printLoop(llvm::ArrayRef<uint8_t> code, uint64_t rva,
-                                         const std::function<void(llvm::MCInst &, uint32_t offset)> &rename);
+                                         const std::function<void(llvm::MCInst &, uint32_t offset)> &rename,
+                                         std::optional<uint32_t> only = std::nullopt);
   CodeSummary decodeLoop(llvm::ArrayRef<uint8_t> code, uint64_t rva, const RelocationIndex &relocations,
                          const Outputs &outputs);
 };
