@@ -25,6 +25,7 @@ bool isBtiHint(int64_t imm) { return imm == 32 || imm == 34 || imm == 36 || imm 
 class Arm64Decoder final : public McDecoder {
 public:
   explicit Arm64Decoder(McToolkit toolkit) : McDecoder(std::move(toolkit)) {
+    hasOutOfLineCode_ = true;
     // Unsigned-offset loads and stores scale their 12-bit immediate by the access size.
     static const std::pair<const char *, unsigned> scaled[] = {
         {"LDRBBui", 1}, {"LDRHHui", 2}, {"LDRWui", 4}, {"LDRXui", 8}, {"LDRSBWui", 1}, {"LDRSBXui", 1},

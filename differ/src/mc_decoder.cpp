@@ -157,7 +157,7 @@ bool McDecoder::decodeAt(MCInst &inst, uint64_t &size, ArrayRef<uint8_t> bytes, 
                          const RelocationIndex &relocations) const {
   if (mc_.disassembler->getInstruction(inst, size, bytes, pc, nulls()) != MCDisassembler::Success || size == 0)
     return false;
-  if (!relocations.image || size != 4) return true;
+  if (!hasOutOfLineCode_ || !relocations.image || size != 4) return true;
   std::optional<uint32_t> moved = outOfLineInstruction(pc, support::endian::read32le(bytes.data()), *relocations.image);
   if (!moved) return true;
   uint8_t word[4];

@@ -108,6 +108,7 @@ protected:
   void mixOperands(const llvm::MCInst &inst, DecodeState &state, int maskedA = -1, int maskedB = -1) const;
 
   McToolkit mc_;
+  bool hasOutOfLineCode_ = false;  // the architecture implements outOfLineInstruction
 
 private:
   // Where the decode loop puts what it finds besides the summary; null members are not wanted.
