@@ -130,10 +130,7 @@ void checkInstructionByInstruction(const Built &b, uint64_t baseAddress, uint64_
   ASSERT_FALSE(bool(applied)) << llvm::toString(std::move(applied));
   auto decoder = differ::createInstructionDecoder(image.machine);
   ASSERT_TRUE(bool(decoder));
-  differ::RelocationIndex none, patchedRelocations;
-  patchedRelocations.imageBase = b.patched.imageBase;
-  for (const Relocation &r : b.patched.relocations) patchedRelocations.rvas.push_back(r.rva);
-  std::sort(patchedRelocations.rvas.begin(), patchedRelocations.rvas.end());
+  differ::RelocationIndex none, patchedRelocations = differ::relocationIndex(b.patched);
   std::map<uint32_t, const PatchFunction *> byImageRva;
   for (const PatchFunction &f : image.functions) byImageRva[f.rva] = &f;
   std::map<uint64_t, const FunctionBindings *> bindings;
@@ -399,6 +396,116 @@ TEST(Emitter, ShortJumpIntoNearbyFillAppliesLive) {
     EXPECT_EQ(serving.round(), expectedOutput("entry", "fix40"));
     ASSERT_EQ(hotforge({"revert", "--pid", std::to_string(serving.pid())}).exitCode, 0);
     EXPECT_EQ(serving.round(), expectedOutput("entry", "base"));
+  }
+}
+
+// A library of two hand-written Arm64 functions on variables `seen` and `limit`, as a base and a
+// fix: `peek` is the same in both, `get` adds in the base and subtracts in the fix. `body` is their
+// code (NAME, VAR and OP stand for the function, its variable and the operation); each starts
+// `pad` bytes into a page, the base's at `basePad`, the fix's at `fixPad`.
+Built buildAsmPair(const std::vector<std::string> &compiler, const std::string &tag, const std::string &prelude,
+                   const std::string &body, const std::string &basePad, const std::string &fixPad) {
+  std::string dir = tempDir();
+  std::vector<std::string> built;
+  for (auto [pad, op] : {std::pair{basePad, "add"}, std::pair{fixPad, "sub"}}) {
+    std::string source = dir + "/" + tag + "-" + op + ".c", out = dir + "/lib" + tag + "-" + op + ".so";
+    auto instance = [&](const char *name, const char *var, const char *operation) {
+      std::string text = ".balign 4096\n.skip PAD\n.globl NAME\n.type NAME, %function\nNAME:\n" + body +
+                         "ret\n.size NAME, .-NAME\n";
+      for (auto [from, to] : {std::pair<std::string, std::string>{"PAD", pad}, {"NAME", name}, {"VAR", var},
+                              {"OP", operation}})
+        for (size_t at; (at = text.find(from)) != std::string::npos;) text.replace(at, from.size(), to);
+      std::string quoted;
+      for (char c : text) quoted += c == '\n' ? std::string("\\n\"\n\"") : std::string(1, c);
+      return "\"" + quoted + "\"";
+    };
+    writeFile(source, prelude + "__attribute__((visibility(\"hidden\"))) int seen = 1, limit = 2;\n__asm__(\".text\\n\"\n" +
+                          instance("peek", "seen", "add") + instance("get", "limit", op) + ");\n");
+    std::vector<std::string> argv = compiler;
+    for (const std::string &arg : {std::string("-O2"), std::string("-fPIC"), std::string("-shared"), source,
+                                   std::string("-o"), out})
+      argv.push_back(arg);
+    CommandResult r = run(argv);
+    EXPECT_EQ(r.exitCode, 0) << r.err;
+    built.push_back(out);
+  }
+  return build(built[0], built[1]);
+}
+
+std::vector<uint32_t> wordsOf(const Image &image, std::string_view name) {
+  std::vector<uint32_t> out;
+  for (const Function &f : image.functions)
+    if (f.name == name)
+      for (uint64_t at = 0; at + 4 <= f.range.size; at += 4)
+        out.push_back(llvm::support::endian::read32le(image.bytesAt(f.range.rva + at, 4).data()));
+  return out;
+}
+
+// Only `get` changed, nothing needs a restart, and the image is the patched `get`.
+void expectOnlyGetCarried(const Built &b) {
+  std::set<std::string> changed;
+  for (const Change &c : b.diff.changes) changed.insert(c.name.value_or("?") + " " + c.rule);
+  EXPECT_EQ(changed, std::set<std::string>{"get HF100"});
+  EXPECT_FALSE(b.diff.needsRestart());
+  ASSERT_TRUE(b.image.has_value()) << b.error;
+  ASSERT_EQ(b.image->functions.size(), 1u);
+  uint64_t baseAddress = 0x555555000000;
+  checkInstructionByInstruction(b, baseAddress, baseAddress + 0x20000000);
+}
+
+// GNU ld's fix for the Cortex-A53 erratum 843419 (on by default in Debian's arm64 toolchain) for an
+// ADRP at page offset 0xff8 or 0xffc: when the page lies within 1 MiB the ADRP becomes an ADR of the
+// page (Debian's arm64 libgobject, libxslt, libunbound, libzstd); otherwise the load that uses it
+// moves to a veneer that branches back (libgio). Here the fix moves `peek` so that its ADRP lands
+// there: it is unchanged. `get` changed and got the same treatment: the image carries the ADRP
+// again (an ADR cannot reach the base from the image) and the load in place of the branch (the
+// veneer's way back leads into the patched build). lld and link.exe patch the erratum their own
+// way, so only GNU ld builds this case.
+TEST(Emitter, Arm64ErratumFixesOfGnuLdAreTheCodeTheyReplaced) {
+  constexpr uint32_t kOpMask = 0x9f000000, kAdr = 0x10000000, kAdrp = 0x90000000;
+  constexpr uint32_t kBranchMask = 0xfc000000, kBranch = 0x14000000;
+  auto hasBranch = [&](const std::vector<uint32_t> &code) {
+    return std::any_of(code.begin(), code.end(), [&](uint32_t w) { return (w & kBranchMask) == kBranch; });
+  };
+  // Near: the variables follow the code. Far: 3 MiB of constants between them.
+  for (std::string layout : {"near", "far"}) {
+    SCOPED_TRACE(layout);
+    Built b = buildAsmPair({"aarch64-linux-gnu-gcc", "-Wl,--fix-cortex-a53-843419"}, "erratum-" + layout,
+                           layout == "far" ? "const char far_away[3 << 20] = {1};\n" : "",
+                           "adrp x1, VAR\nldr w2, [x0]\nldr w0, [x1, :lo12:VAR]\nOP w0, w0, w2\n", "0x10", "0xff8");
+    for (const char *name : {"peek", "get"}) {
+      std::vector<uint32_t> base = wordsOf(b.base, name), patched = wordsOf(b.patched, name);
+      ASSERT_EQ(base.size(), 5u);
+      ASSERT_EQ(patched.size(), 5u);
+      EXPECT_EQ(base[0] & kOpMask, kAdrp) << name;
+      EXPECT_FALSE(hasBranch(base)) << name;
+      if (layout == "near") EXPECT_EQ(patched[0] & kOpMask, kAdr) << name << ": the linker should have written an ADR";
+      else EXPECT_TRUE(hasBranch(patched)) << name << ": the linker should have moved the load to a veneer";
+    }
+    expectOnlyGetCarried(b);
+    ASSERT_TRUE(b.image.has_value());
+    std::vector<uint8_t> memory = layOut(*b.image);
+    std::vector<uint32_t> carried;
+    for (uint32_t at = 0; at < 20; at += 4)
+      carried.push_back(llvm::support::endian::read32le(&memory[b.image->functions[0].rva + at]));
+    EXPECT_EQ(carried[0] & kOpMask, kAdrp);
+    EXPECT_FALSE(hasBranch(carried));
+  }
+}
+
+// A page spilled to the stack and stored again before any reload (gcc does this, as in
+// _httpTLSStart of Debian's arm64 libcups2): the first ADRP has no use of its own. It stands for
+// the use its reloads have, so carried code that holds it binds to the base, on both linkers.
+TEST(Emitter, Arm64PageSpilledAndStoredAgainBindsLikeItsReloads) {
+  for (std::vector<std::string> compiler :
+       {std::vector<std::string>{"aarch64-linux-gnu-gcc"},
+        std::vector<std::string>{"clang-19", "--target=aarch64-linux-gnu", "-fuse-ld=lld"}}) {
+    SCOPED_TRACE(compiler[0]);
+    Built b = buildAsmPair(compiler, "spill-" + compiler[0], "",
+                           "sub sp, sp, #16\nadrp x1, VAR\nstr x1, [sp, #8]\nadrp x2, VAR\nstr x2, [sp, #8]\n"
+                           "ldr x3, [sp, #8]\nldr w0, [x3, :lo12:VAR]\nOP w0, w0, w0\nadd sp, sp, #16\n",
+                           "0x10", "0x20");
+    expectOnlyGetCarried(b);
   }
 }
 

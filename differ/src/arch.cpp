@@ -25,7 +25,7 @@ std::string_view fieldEncodingName(FieldEncoding encoding) {
 }
 
 RelocationIndex relocationIndex(const Image &image) {
-  RelocationIndex index{image.imageBase, {}};
+  RelocationIndex index{image.imageBase, {}, &image};
   index.rvas.reserve(image.relocations.size());
   for (const Relocation &r : image.relocations) index.rvas.push_back(r.rva);
   std::sort(index.rvas.begin(), index.rvas.end());

@@ -25,6 +25,7 @@ bool isBtiHint(int64_t imm) { return imm == 32 || imm == 34 || imm == 36 || imm 
 class Arm64Decoder final : public McDecoder {
 public:
   explicit Arm64Decoder(McToolkit toolkit) : McDecoder(std::move(toolkit)) {
+    hasOutOfLineCode_ = true;
     // Unsigned-offset loads and stores scale their 12-bit immediate by the access size.
     static const std::pair<const char *, unsigned> scaled[] = {
         {"LDRBBui", 1}, {"LDRHHui", 2}, {"LDRWui", 4}, {"LDRXui", 8}, {"LDRSBWui", 1}, {"LDRSBXui", 1},
@@ -110,6 +111,25 @@ protected:
     return (rva & ~uint64_t(0xfff)) + uint64_t(pages) * 4096 + ((ldr >> 10) & 0xfff) * 8;
   }
 
+  // GNU ld's other fix for erratum 843419 (see isErratumAdr): the load or store after such an ADRP
+  // moves to a veneer, `ldr/str ...; b back`, and `b veneer` takes its place.
+  std::optional<uint32_t> outOfLineInstruction(uint64_t pc, uint32_t word, const Image &image) const override {
+    constexpr uint32_t kBranchMask = 0xfc000000, kBranch = 0x14000000;
+    if ((word & kBranchMask) != kBranch) return std::nullopt;
+    uint64_t veneer = pc + uint64_t(SignExtend64<26>(word & 0x03ffffff) * 4);
+    ArrayRef<uint8_t> bytes = image.bytesAt(veneer, 8);
+    if (bytes.size() != 8) return std::nullopt;
+    uint32_t moved = support::endian::read32le(&bytes[0]), back = support::endian::read32le(&bytes[4]);
+    if ((back & kBranchMask) != kBranch || veneer + 4 + uint64_t(SignExtend64<26>(back & 0x03ffffff) * 4) != pc + 4)
+      return std::nullopt;
+    MCInst inst;
+    uint64_t size = 0;
+    if (mc_.disassembler->getInstruction(inst, size, bytes.take_front(4), veneer, nulls()) != MCDisassembler::Success ||
+        !accessScale_.count(inst.getOpcode()))
+      return std::nullopt;
+    return moved;
+  }
+
   // LDR/STR Rt, [Xn, #imm] (scaled), LDUR/STUR Rt, [Xn, #simm] and LDP/STP Rt, Rt2, [Xn, #imm]
   // (signed offset) from a register other than sp and the frame pointer x29.
   std::optional<unsigned> displacementScale(const MCInst &inst, unsigned operand) const override {
@@ -134,10 +154,12 @@ protected:
     return &predecoded_[size_t(predecodedAt_[offset / 4])].inst;
   }
 
-  void beginFunction(ArrayRef<uint8_t> code, uint64_t rva) override {
+  void beginFunction(ArrayRef<uint8_t> code, uint64_t rva, const RelocationIndex &relocations) override {
     known_.clear();
     pendingPages_.clear();
     consumedPages_.clear();
+    spilledTo_.clear();
+    reloadedUses_.clear();
     blockEntry_.clear();
     predecoded_.clear();
     predecodedAt_.assign(code.size() / 4, -1);
@@ -153,9 +175,7 @@ protected:
     for (uint64_t offset = 0; offset + 4 <= code.size(); offset += 4) {
       uint64_t size = 0;
       Decoded d;
-      if (mc_.disassembler->getInstruction(d.inst, size, code.slice(offset), rva + offset, nulls()) !=
-          MCDisassembler::Success)
-        continue;
+      if (!decodeAt(d.inst, size, code.slice(offset), rva + offset, relocations)) continue;
       if (isLayoutNoise(d.inst)) continue;
       d.offset = uint32_t(offset);
       d.index = index++;
@@ -236,23 +256,39 @@ protected:
   }
 
   void endFunction(DecodeState &state) override {
-    // An ADRP nobody consumed still depends on the layout, at page granularity.
-    for (auto &[instruction, adrp] : pendingPages_)
-      state.references.push_back({.instruction = instruction, .kind = ReferenceKind::Page, .size = 4,
-                                  .target = adrp.second, .offset = adrp.first,
-                                  .encoding = FieldEncoding::A64AdrPage21});
+    // An ADRP nobody consumed still depends on the layout, at page granularity, unless it was
+    // spilled to a stack slot whose reloads are used on its page: compilers spill a page for
+    // later uses, and a path may store it again before any reload. It then stands for that use,
+    // the address any reload of it would form. An erratum ADR nobody consumed holds its exact
+    // address.
+    for (auto &[instruction, page] : pendingPages_) {
+      std::optional<uint64_t> use;
+      if (auto slots = spilledTo_.find(instruction); slots != spilledTo_.end())
+        for (unsigned slot : slots->second)
+          for (uint64_t target : reloadedUses_[slot])
+            if ((target & ~uint64_t(0xfff)) == page.page && (!use || target < *use)) use = target;
+      bool exact = page.isAdr || use;
+      state.references.push_back({.instruction = instruction, .kind = exact ? ReferenceKind::Memory : ReferenceKind::Page,
+                                  .size = 4, .target = use.value_or(page.page), .offset = page.offset,
+                                  .encoding = page.isAdr ? FieldEncoding::A64Adr21 : FieldEncoding::A64AdrPage21});
+    }
   }
 
   void analyze(const MCInst &inst, uint64_t pc, uint64_t size, uint32_t index, DecodeState &state) override {
     if (auto entry = blockEntry_.find(state.offset); entry != blockEntry_.end()) known_ = entry->second;
-    state.hash = mixHash(state.hash, inst.getOpcode());
+    // An erratum ADR is the ADRP the linker rewrote: it hashes as one, so both compare equal.
+    state.hash = mixHash(state.hash, isErratumAdr(inst, pc) ? adrp_ : inst.getOpcode());
     Effect effect = track(inst, pc, {MCInst(), state.offset, index}, known_);
     switch (effect.kind) {
     case Effect::Plain: mixOperands(inst, state); return;
+    case Effect::Spill:
+      mixOperands(inst, state);
+      for (auto [producer, offset] : effect.producer.producers) spilledTo_[producer].insert(effect.slot);
+      return;
     case Effect::Page:
       mixOperands(inst, state, effect.operand);
       // A use before it in address order (reached through a backward branch) consumed it already.
-      if (!consumedPages_.count(index)) pendingPages_[index] = {state.offset, effect.target};
+      if (!consumedPages_.count(index)) pendingPages_[index] = {state.offset, effect.target, inst.getOpcode() == adr_};
       return;
     case Effect::PcRelative: {
       const MCInstrDesc &desc = mc_.instructions->get(inst.getOpcode());
@@ -266,6 +302,7 @@ protected:
     }
     case Effect::Consumer:
       mixOperands(inst, state, effect.operand);
+      if (effect.producer.isPage && effect.producer.reloadedFrom) reloadedUses_[effect.producer.reloadedFrom].insert(effect.target);
       if (!effect.producer.isPage) {
         // An offset from an address an earlier ADD formed: follows from that reference.
         state.add(index, ReferenceKind::Memory, effect.target, FieldEncoding::None);
@@ -289,12 +326,22 @@ protected:
   }
 
 private:
+  // The Cortex-A53 erratum 843419 fix of GNU ld (--fix-cortex-a53-843419, on by default for
+  // Debian's arm64 gcc) turns an ADRP at page offset 0xff8 or 0xffc whose page is within 1 MiB into
+  // an ADR of that page. Its register holds a page as an ADRP's would, and its uses are the
+  // ADRP's :lo12: uses: followed as a page, re-aimed as an ADRP.
+  bool isErratumAdr(const MCInst &inst, uint64_t pc) const {
+    if (inst.getOpcode() != adr_ || (pc & 0xfff) < 0xff8 || !inst.getOperand(1).isImm()) return false;
+    return ((pc + uint64_t(inst.getOperand(1).getImm())) & 0xfff) == 0;
+  }
+
   struct KnownAddress {
     uint64_t value = 0;
     bool isPage = false;
     // For a page: the ADRPs (instruction index, byte offset) it may come from, sorted.
     std::vector<std::pair<uint32_t, uint32_t>> producers = {};
     bool conflict = false;  // ways into a block disagree: not known, and stays so
+    unsigned reloadedFrom = 0;  // a page: the stack slot it was last reloaded from, if any
   };
   using Known = std::map<unsigned, KnownAddress>;  // register (or stack slot) -> address it holds
   static constexpr unsigned kStackSlots = 1u << 24;  // keys of stack slots: kStackSlots + offset
@@ -304,11 +351,12 @@ private:
   };
   // What one instruction does with addresses.
   struct Effect {
-    enum Kind { Plain, Page, PcRelative, Consumer } kind = Plain;
+    enum Kind { Plain, Page, PcRelative, Consumer, Spill } kind = Plain;
     int operand = -1;  // the operand that holds the address
     uint64_t target = 0;
     KnownAddress producer;  // Consumer: the address its base register held
     unsigned scale = 0;     // Consumer: access size of a load or store, 0 for ADD
+    unsigned slot = 0;      // Spill: the stack slot a page was stored to
   };
 
   // Applies one instruction to `known`: ADRP and ADR set their register, ADD from a known address
@@ -321,8 +369,8 @@ private:
       if (desc.operands()[i].OperandType == MCOI::OPERAND_PCREL && inst.getOperand(i).isImm()) pcRelative = int(i);
     if (pcRelative >= 0) {
       int64_t imm = inst.getOperand(pcRelative).getImm();
-      if (inst.getOpcode() == adrp_) {
-        uint64_t page = (pc & ~uint64_t(0xfff)) + uint64_t(imm) * 4096;
+      if (inst.getOpcode() == adrp_ || isErratumAdr(inst, pc)) {
+        uint64_t page = inst.getOpcode() == adrp_ ? (pc & ~uint64_t(0xfff)) + uint64_t(imm) * 4096 : pc + uint64_t(imm);
         known[inst.getOperand(0).getReg()] = {page, true, {{at.index, at.offset}}};
         return {Effect::Page, pcRelative, page, {}, 0};
       }
@@ -356,14 +404,22 @@ private:
       unsigned reg = inst.getOperand(0).getReg();
       if (inst.getOpcode() == storeX_) {
         auto value = known.find(reg);
-        if (value != known.end() && value->second.isPage && !value->second.conflict) known[slot] = value->second;
-        else known.erase(slot);
-        return {};
+        if (value == known.end() || !value->second.isPage || value->second.conflict) {
+          known.erase(slot);
+          return {};
+        }
+        known[slot] = value->second;
+        Effect spill{Effect::Spill, -1, value->second.value, value->second, 0};
+        spill.slot = slot;
+        return spill;
       }
       std::optional<KnownAddress> copy;
       if (auto value = known.find(slot); value != known.end() && !value->second.conflict) copy = value->second;
       killDefinitions(inst, desc, known);
-      if (copy) known[reg] = std::move(*copy);
+      if (copy) {
+        copy->reloadedFrom = slot;
+        known[reg] = std::move(*copy);
+      }
       return {};
     }
     // mov Xd, Xm (orr Xd, xzr, Xm) carries a known address into another register.
@@ -403,6 +459,10 @@ private:
         conflict(mine);
         continue;
       }
+      if (!mine.reloadedFrom && theirs->second.reloadedFrom) {
+        mine.reloadedFrom = theirs->second.reloadedFrom;
+        changed = true;
+      }
       for (const auto &producer : theirs->second.producers)
         if (auto at = std::lower_bound(mine.producers.begin(), mine.producers.end(), producer);
             at == mine.producers.end() || *at != producer) {
@@ -439,10 +499,17 @@ private:
            loadX_ = 0, framePointer_ = 0;
   Known known_;
   std::map<uint32_t, Known> blockEntry_;  // per block's first offset: what is known on entry
-  std::map<uint32_t, std::pair<uint32_t, uint64_t>> pendingPages_;  // ADRPs not consumed yet: offset, page
+  struct PendingPage {
+    uint32_t offset = 0;
+    uint64_t page = 0;
+    bool isAdr = false;  // an erratum ADR
+  };
+  std::map<uint32_t, PendingPage> pendingPages_;  // ADRPs not consumed yet
   std::vector<Decoded> predecoded_;     // the function's instructions, as beginFunction decoded them
   std::vector<int32_t> predecodedAt_;   // per 4-byte word: its index in predecoded_, or -1
   std::unordered_set<uint32_t> consumedPages_;                      // ADRPs some use consumed
+  std::map<uint32_t, std::set<unsigned>> spilledTo_;     // ADRP -> stack slots it was stored to
+  std::map<unsigned, std::set<uint64_t>> reloadedUses_;  // stack slot -> targets its reloaded pages formed
   std::unordered_map<unsigned, FieldEncoding> pcRelativeEncoding_;
 };
 

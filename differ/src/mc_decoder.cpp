@@ -3,6 +3,7 @@
 #include "hotforge/error.h"
 
 #include <llvm/MC/MCExpr.h>
+#include <llvm/Support/Endian.h>
 #include <llvm/MC/MCTargetOptions.h>
 #include <llvm/MC/TargetRegistry.h>
 #include <llvm/Support/TargetSelect.h>
@@ -102,7 +103,7 @@ CodeSummary McDecoder::decodeLoop(ArrayRef<uint8_t> code, uint64_t rva, const Re
   const std::vector<uint64_t> &relocated = relocations.rvas;
   DecodeState state{outputs.references, 0x484f54464f524745ull, relocations,
                     relocated.data() + (std::lower_bound(relocated.begin(), relocated.end(), rva) - relocated.begin())};
-  beginFunction(code, rva);
+  beginFunction(code, rva, relocations);
   uint64_t offset = 0;
   MCInst decoded;
   while (offset < code.size()) {
@@ -110,9 +111,7 @@ CodeSummary McDecoder::decodeLoop(ArrayRef<uint8_t> code, uint64_t rva, const Re
     const MCInst *known = predecoded(offset, size);
     if (!known) {
       decoded.clear();
-      if (mc_.disassembler->getInstruction(decoded, size, code.slice(offset), rva + offset, nulls()) !=
-          MCDisassembler::Success)
-        size = 0;
+      if (!decodeAt(decoded, size, code.slice(offset), rva + offset, relocations)) size = 0;
     }
     const MCInst &inst = known ? *known : decoded;
     if (size == 0) {
@@ -152,6 +151,22 @@ CodeSummary McDecoder::decodeLoop(ArrayRef<uint8_t> code, uint64_t rva, const Re
     std::stable_sort(ownReferences, outputs.references.end(), byInstruction);
   out.shape = mixHash(state.hash, out.instructions);
   return out;
+}
+
+bool McDecoder::decodeAt(MCInst &inst, uint64_t &size, ArrayRef<uint8_t> bytes, uint64_t pc,
+                         const RelocationIndex &relocations) const {
+  if (mc_.disassembler->getInstruction(inst, size, bytes, pc, nulls()) != MCDisassembler::Success || size == 0)
+    return false;
+  if (!hasOutOfLineCode_ || !relocations.image || size != 4) return true;
+  std::optional<uint32_t> moved = outOfLineInstruction(pc, support::endian::read32le(bytes.data()), *relocations.image);
+  if (!moved) return true;
+  uint8_t word[4];
+  support::endian::write32le(word, *moved);
+  MCInst replaced;
+  if (mc_.disassembler->getInstruction(replaced, size, word, pc, nulls()) == MCDisassembler::Success && size == 4)
+    inst = replaced;
+  size = 4;
+  return true;
 }
 
 void McDecoder::recordFrame(const MCInst &inst, uint32_t index, const Outputs &outputs) const {

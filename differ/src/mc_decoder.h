@@ -80,7 +80,7 @@ protected:
   virtual bool isLayoutNoise(const llvm::MCInst &inst) const = 0;
   // Mixes the instruction's shape into state.hash and records its address-dependent targets.
   virtual void analyze(const llvm::MCInst &inst, uint64_t pc, uint64_t size, uint32_t index, DecodeState &state) = 0;
-  virtual void beginFunction(llvm::ArrayRef<uint8_t> code, uint64_t rva) {}
+  virtual void beginFunction(llvm::ArrayRef<uint8_t> code, uint64_t rva, const RelocationIndex &relocations) {}
   // An instruction beginFunction already decoded at `offset` (setting `size`), so that the
   // decode loop does not decode it again; null: not decoded there.
   virtual const llvm::MCInst *predecoded(uint64_t offset, uint64_t &size) const { return nullptr; }
@@ -98,10 +98,17 @@ protected:
   // table: a map of all ~20,000 names cost more to build than decoding a small library.
   llvm::StringMap<unsigned> opcodesNamed(llvm::function_ref<bool(llvm::StringRef)> wanted) const;
 
+  // Decodes the instruction at `pc`, reading a branch to an out-of-line instruction as that
+  // instruction (outOfLineInstruction, when `relocations` has the image).
+  bool decodeAt(llvm::MCInst &inst, uint64_t &size, llvm::ArrayRef<uint8_t> bytes, uint64_t pc,
+                const RelocationIndex &relocations) const;
+  std::optional<uint32_t> outOfLineInstruction(uint64_t, uint32_t, const Image &) const override { return std::nullopt; }
+
   // Shared hashing of plain operands: registers and immediates, skipping `masked`.
   void mixOperands(const llvm::MCInst &inst, DecodeState &state, int maskedA = -1, int maskedB = -1) const;
 
   McToolkit mc_;
+  bool hasOutOfLineCode_ = false;  // the architecture implements outOfLineInstruction
 
 private:
   // Where the decode loop puts what it finds besides the summary; null members are not wanted.

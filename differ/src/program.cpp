@@ -18,6 +18,12 @@ bool allDigits(std::string_view s) {
   return !s.empty() && std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '9'; });
 }
 
+// GNU ld's Cortex-A53 erratum veneers (e843419@..., e835769@...): one instruction of a function
+// moved out of line, read in its place (InstructionDecoder::outOfLineInstruction), not a function.
+bool isErratumVeneer(const Function &f) {
+  return f.name && (f.name->rfind("e843419@", 0) == 0 || f.name->rfind("e835769@", 0) == 0);
+}
+
 bool isStubSection(std::string_view name) {
   return name == ".plt" || name == ".plt.sec" || name == ".plt.got" || name == ".iplt";
 }
@@ -141,7 +147,8 @@ Program::Program(const Image &img) : image(img) {
     const Function &f = image.functions[i];
     functionStarts[i] = f.range.rva;
     const Section *section = image.sectionAt(f.range.rva);
-    diffable[i] = f.range.size && section && section->permissions.execute && !isStubSection(section->name);
+    diffable[i] = f.range.size && section && section->permissions.execute && !isStubSection(section->name) &&
+                  !isErratumVeneer(f);
     if (f.name) {
       bool cold = false;
       nameKeys[i] = normalizeFunctionName(*f.name, cold);

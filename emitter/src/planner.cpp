@@ -73,6 +73,7 @@ public:
     if (!decoder) return decoder.takeError();
     decoder_ = std::move(*decoder);
     relocations_.imageBase = patched_.imageBase;
+    relocations_.image = &patched_;
     for (const Relocation &r : patched_.relocations) relocations_.rvas.push_back(r.rva);
     std::sort(relocations_.rvas.begin(), relocations_.rvas.end());
 
@@ -223,6 +224,15 @@ private:
       const FunctionBindings &fb = diff_.bindings[k];
       const Function &f = patched_.functions[fb.patched];
       uint32_t functionRva = functionRva_[f.range.rva].first;
+      // A branch to an instruction the linker moved out of line carries that instruction instead
+      // (its veneer's way back would lead into the base); the differ decoded it so.
+      for (uint32_t offset : decoded[k].instructionOffsets) {
+        if (offset + 4 > f.range.size) break;
+        uint8_t *word = &text_.bytes[functionRva - text_.rva + offset];
+        if (std::optional<uint32_t> moved = decoder_->outOfLineInstruction(
+                f.range.rva + offset, llvm::support::endian::read32le(word), patched_))
+          llvm::support::endian::write32le(word, *moved);
+      }
       for (size_t i = 0; i < decoded[k].references.size(); ++i)
         bindOne(f, functionRva, decoded[k].references[i], fb.references[i]);
     }
@@ -363,6 +373,12 @@ private:
       return;
     }
     fixup.kind = *kind;
+    if (fixup.kind == FixupKind::A64AdrPage21) {
+      // An ADR that GNU ld wrote for an ADRP (Cortex-A53 erratum 843419) is aimed at a page like
+      // an ADRP: it becomes the ADRP again (bit 31), which reaches the base from anywhere.
+      uint8_t *word = &text_.bytes[fixup.site - text_.rva];
+      llvm::support::endian::write32le(word, llvm::support::endian::read32le(word) | 0x80000000u);
+    }
     pending_.push_back(fixup);
   }
 

@@ -108,6 +108,9 @@ using AddressNamer = std::function<std::optional<AddressName>(uint64_t target)>;
 struct RelocationIndex {
   uint64_t imageBase = 0;  // pointer values are addresses: target RVA = value - imageBase
   std::vector<uint64_t> rvas;
+  // The image, for code the linker moved out of the function (outOfLineInstruction); none: not
+  // followed.
+  const Image *image = nullptr;
 };
 
 // The image's relocations as a decoder wants them.
@@ -132,6 +135,11 @@ public:
   // `jmp [rip+slot]`, Arm64 `adrp x16, slot; ldr x16, [x16, :lo12:slot]; br x16` (the stubs
   // lld-link and link.exe put into .text for imports called without dllimport).
   virtual std::optional<uint64_t> importThunkSlot(llvm::ArrayRef<uint8_t> code, uint64_t rva) const = 0;
+  // When the instruction at `pc` (encoded `word`) branches to a linker veneer that holds one
+  // instruction of the function out of line and returns right after the branch (Arm64: GNU ld's
+  // Cortex-A53 erratum 843419 fix), the encoding of that instruction. Decoding reads the branch as
+  // that instruction; the emitter carries that instruction in the branch's place.
+  virtual std::optional<uint32_t> outOfLineInstruction(uint64_t pc, uint32_t word, const Image &image) const = 0;
   // Same, with every address operand the decoder resolves printed as its name (`call png_free`,
   // `lea rdi, [rip + table+0x8]`), so that code which only moved prints the same on both sides.
   // Targets the namer has no name for keep their number.
