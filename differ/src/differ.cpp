@@ -1154,6 +1154,8 @@ private:
       if (std::optional<uint64_t> b = nearbyCounterpart(target)) return {Kind::Base, *b, 0, {}};
       if (std::optional<uint64_t> pointee = baseCounterpart(pointer.rva))
         if (auto it = basePointeeSlots_.find(*pointee); it != basePointeeSlots_.end()) return {Kind::Base, it->second, 0, {}};
+      // A new read-only table that starts with a pointer (its symbol stripped): copied whole.
+      if (patched_.isReadOnly(target)) return {Kind::Constant, target, patched_.tableExtent(target), {}};
       return {Kind::Unbound, target, 0, "a pointer slot with no counterpart in the base"};
     }
     case TargetClass::ReadOnly: {
@@ -1164,11 +1166,13 @@ private:
       uint64_t size = patched_.naturalExtent(target);
       const std::vector<uint64_t> &relocated = patched_.relocations.rvas;
       auto pointer = std::lower_bound(relocated.begin(), relocated.end(), target);
-      if (auto it = readOnlyToBase_.find(target); it != readOnlyToBase_.end() && pointer != relocated.end() &&
-          *pointer < target + size && size == base_.naturalExtent(it->second) &&
+      bool table = pointer != relocated.end() && *pointer < target + size;
+      if (auto it = readOnlyToBase_.find(target); it != readOnlyToBase_.end() && table &&
+          size == base_.naturalExtent(it->second) &&
           contentHashOf(false, it->second, size, nullptr) == contentHashOf(true, target, size, nullptr))
         return {Kind::Base, it->second, 0, {}};
-      return {Kind::Constant, target, size, {}};
+      // A copy of a table must hold all of it, however far the code indexes.
+      return {Kind::Constant, target, table ? patched_.tableExtent(target) : size, {}};
     }
     case TargetClass::Writable:
       if (std::optional<uint64_t> b = baseCounterpart(target)) return {Kind::Base, *b, 0, {}};
