@@ -4,11 +4,13 @@
 For every pair of the list and every architecture it downloads both packages with
 `apt-get download` into a cache (one folder per package and version), extracts them, finds the
 shared libraries whose bytes differ, and runs `hotforge diff --json` and `hotforge build` on each,
-next to `zstd --patch-from` and `bsdiff`. It prints one table row per changed library: the diff
-summary, the needs-restart reasons by rule id, the build result, and the times and sizes.
+next to `zstd --patch-from`, `xdelta3` and `bsdiff`. It prints one table row per changed library:
+the diff summary, the needs-restart reasons by rule id, the build result, and the times and sizes.
+With --speed N it prints the speed table instead: hotforge diff and the delta tools, best of N
+runs each, peak memory, and the ratios the speed budget is set in.
 
   realbench.py --hotforge build/cli/hotforge [--cache DIR] [--work DIR] [--arch amd64,arm64]
-               [--only PKG,...] [--json FILE] [--no-delta]
+               [--only PKG,...] [--json FILE] [--no-delta] [--speed N]
 
 Everything hotforge wrote stays in WORK/out/PKG/ARCH/LIB.{diff.json,build.txt} for reading the
 reasons. Exit status: 1 when a download or extraction fails or hotforge crashes (a refusal is a
@@ -87,6 +89,21 @@ def timed(command, **kwargs):
     return result, time.monotonic() - start
 
 
+def measured(command, repeat):
+    """Best wall time of REPEAT runs of COMMAND (output discarded), that run's peak RSS in MiB, and
+    the exit status. The peak comes from wait4 on the command itself, not from the children total."""
+    best = None
+    for _ in range(repeat):
+        start = time.monotonic()
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+        seconds = time.monotonic() - start
+        if best is None or seconds < best[0]:
+            best = (seconds, usage.ru_maxrss / 1024, process.returncode)
+    return best
+
+
 def run_diff(hotforge, base, patched, out):
     result, seconds = timed([hotforge, "diff", "--json", str(base), str(patched)])
     with_suffix(out, ".diff.json").write_text(result.stdout)
@@ -121,14 +138,29 @@ def run_build(hotforge, base, patched, out, restarts):
     return row
 
 
-def run_deltas(base, patched, out):
+DELTA_TOOLS = ("zstd", "xdelta3", "bsdiff")
+
+
+def run_deltas(base, patched, out, repeat):
     row = {}
-    for tool, command, output in (
-            ("zstd", ["zstd", "-q", "-f", f"--patch-from={base}", str(patched), "-o"], with_suffix(out, ".zst")),
-            ("bsdiff", ["bsdiff", str(base), str(patched)], with_suffix(out, ".bsdiff"))):
-        result, seconds = timed(command + [str(output)])
-        row[tool] = f"{seconds:.2f}s {output.stat().st_size}B" if result.returncode == 0 else "failed"
+    for tool in DELTA_TOOLS:
+        output = with_suffix(out, "." + tool)
+        command = {"zstd": ["zstd", "-q", "-f", f"--patch-from={base}", str(patched), "-o", str(output)],
+                   "xdelta3": ["xdelta3", "-e", "-f", "-s", str(base), str(patched), str(output)],
+                   "bsdiff": ["bsdiff", str(base), str(patched), str(output)]}[tool]
+        seconds, peak, status = measured(command, repeat)
+        row[tool] = {"seconds": round(seconds, 4), "peak_mib": round(peak, 1),
+                     "bytes": output.stat().st_size if status == 0 else None}
     return row
+
+
+def run_speed(hotforge, base, patched, repeat):
+    """hotforge diff timed as the delta tools are, with the issue's budget: at most 3x zstd's time,
+    at most a tenth of bsdiff's, peak memory at most twice the inputs plus 100 MiB."""
+    seconds, peak, status = measured([hotforge, "diff", "--json", str(base), str(patched)], repeat)
+    inputs = (base.stat().st_size + patched.stat().st_size) / 1048576
+    return {"diff_seconds": round(seconds, 4), "diff_peak_mib": round(peak, 1), "diff_exit": status,
+            "memory_budget_mib": round(2 * inputs + 100, 1)}
 
 
 def main():
@@ -140,7 +172,10 @@ def main():
     parser.add_argument("--arch", default="amd64,arm64")
     parser.add_argument("--only", default="", help="comma-separated packages to run (default: all)")
     parser.add_argument("--json", help="also write every row as JSON to this file")
-    parser.add_argument("--no-delta", action="store_true", help="skip zstd --patch-from and bsdiff")
+    parser.add_argument("--no-delta", action="store_true", help="skip zstd --patch-from, xdelta3 and bsdiff")
+    parser.add_argument("--speed", type=int, metavar="N", default=0,
+                        help="speed table only: hotforge diff and the delta tools, best of N runs each, "
+                             "with time ratios and peak memory (no build)")
     args = parser.parse_args()
 
     hotforge = str(pathlib.Path(args.hotforge).resolve())
@@ -169,16 +204,28 @@ def main():
                 row = {"package": package, "arch": arch, "library": pathlib.Path(relative).name,
                        "base": base_version, "patched": patched_version,
                        "bytes": patched.stat().st_size}
+                if args.speed:
+                    row.update(run_speed(hotforge, base, patched, args.speed))
+                    row.update(run_deltas(base, patched, out, args.speed))
+                    failed |= row["diff_exit"] not in (0, 3)
+                    rows.append(row)
+                    print_speed_row(row, header=len(rows) == 1)
+                    continue
                 row.update(run_diff(hotforge, base, patched, out))
                 if row.get("verdict") == "no-change":  # only the build id or padding differs
                     row.update(build="no change", build_seconds=0.0)
                 else:
                     row.update(run_build(hotforge, base, patched, out, row.get("restarts")))
                 if not args.no_delta:
-                    row.update(run_deltas(base, patched, out))
+                    row.update(run_deltas(base, patched, out, 1))
                 failed |= "diff_error" in row or row["build"].startswith("error")
                 rows.append(row)
                 print_row(row, header=len(rows) == 1)
+    if args.speed:
+        print_speed_summary(rows)
+        if args.json:
+            pathlib.Path(args.json).write_text(json.dumps(rows, indent=1, sort_keys=True) + "\n")
+        return 1 if failed else 0
     hotpatched = sum(row["build"].startswith("ok") for row in rows)
     print(f"\n{len(rows)} changed libraries: {hotpatched} hotpatched, "
           f"{sum(row.get('verdict') == 'needs-restart' for row in rows)} need a restart (diff), "
@@ -190,7 +237,14 @@ def main():
 
 
 COLUMNS = ("package", "arch", "library", "m/c/a/r", "needs-restart reasons", "build", "diff s", "build s",
-           "zstd --patch-from", "bsdiff")
+           "zstd --patch-from", "xdelta3", "bsdiff")
+
+
+def delta_cell(row, tool):
+    if tool not in row:
+        return "-"
+    result = row[tool]
+    return f"{result['seconds']:.2f}s {result['bytes']}B" if result["bytes"] is not None else "failed"
 
 
 def print_row(row, header):
@@ -200,8 +254,37 @@ def print_row(row, header):
     counts = "/".join(str(row.get(key, "-")) for key in ("matched", "changed", "added", "removed"))
     reasons = row.get("diff_error") or " ".join(f"{rule}x{n}" for rule, n in row.get("restarts", {}).items()) or "-"
     cells = (row["package"], row["arch"], row["library"], counts, reasons, row["build"],
-             f"{row['diff_seconds']:.2f}", f"{row['build_seconds']:.2f}", row.get("zstd", "-"), row.get("bsdiff", "-"))
+             f"{row['diff_seconds']:.2f}", f"{row['build_seconds']:.2f}", *(delta_cell(row, t) for t in DELTA_TOOLS))
     print("| " + " | ".join(cells) + " |", flush=True)
+
+
+SPEED_COLUMNS = ("library", "arch", "MiB", "hotforge diff", "peak MiB (budget)", "zstd --patch-from", "xdelta3",
+                 "bsdiff", "diff / zstd", "bsdiff / diff")
+
+
+def speed_ratios(row):
+    return row["diff_seconds"] / max(row["zstd"]["seconds"], 1e-3), row["bsdiff"]["seconds"] / max(row["diff_seconds"], 1e-3)
+
+
+def print_speed_row(row, header):
+    if header:
+        print("| " + " | ".join(SPEED_COLUMNS) + " |")
+        print("|" + "---|" * len(SPEED_COLUMNS))
+    over_zstd, under_bsdiff = speed_ratios(row)
+    cells = (row["library"], row["arch"], f"{row['bytes'] / 1048576:.2f}", f"{row['diff_seconds']:.3f}s",
+             f"{row['diff_peak_mib']:.0f} ({row['memory_budget_mib']:.0f})",
+             *(f"{row[t]['seconds']:.3f}s {row[t]['peak_mib']:.0f}MiB" for t in DELTA_TOOLS),
+             f"{over_zstd:.1f}x", f"{under_bsdiff:.1f}x")
+    print("| " + " | ".join(cells) + " |", flush=True)
+
+
+def print_speed_summary(rows):
+    within = [row for row in rows if speed_ratios(row)[0] <= 3 and speed_ratios(row)[1] >= 10 and
+              row["diff_peak_mib"] <= row["memory_budget_mib"]]
+    total = {tool: sum(row[tool]["seconds"] for row in rows) for tool in DELTA_TOOLS}
+    diff_total = sum(row["diff_seconds"] for row in rows)
+    print(f"\n{len(rows)} changed libraries; {len(within)} within the budget (<= 3x zstd, <= 1/10 bsdiff, memory); "
+          f"totals: hotforge diff {diff_total:.2f}s, " + ", ".join(f"{t} {total[t]:.2f}s" for t in DELTA_TOOLS))
 
 
 if __name__ == "__main__":

@@ -39,6 +39,11 @@ if [ "$diff_status" -ne 0 ]; then
   exit "$diff_status"
 fi
 
+# Real libraries: the Debian security updates of real-updates.list, hotforge diff against the
+# delta tools, best of 3, with peak memory (fetched with apt-get download into $HOTFORGE_DEBCACHE).
+echo "== diff speed on real security updates"
+python3 "$here/realbench.py" --hotforge "$build/cli/hotforge" --speed 3 || echo "run.sh: realbench --speed failed (see above)" >&2
+
 # Release batches: `hotforge release` on a generated release of >= 200 pairs with --jobs 1, --jobs 2
 # and the cached rerun (docs/release.md, "Benchmark").
 "$here/release_bench.sh" "$build" "$2"

@@ -3,6 +3,7 @@
 // its basic blocks, through `mov` copies).
 #include "mc_decoder.h"
 
+#include <llvm/ADT/StringSet.h>
 #include <llvm/ADT/bit.h>
 #include <llvm/Support/Endian.h>
 #include <llvm/Support/MathExtras.h>
@@ -30,10 +31,6 @@ public:
         {"LDRSHWui", 2}, {"LDRSHXui", 2}, {"LDRSWui", 4}, {"LDRBui", 1}, {"LDRHui", 2}, {"LDRSui", 4},
         {"LDRDui", 8}, {"LDRQui", 16}, {"STRBBui", 1}, {"STRHHui", 2}, {"STRWui", 4}, {"STRXui", 8},
         {"STRBui", 1}, {"STRHui", 2}, {"STRSui", 4}, {"STRDui", 8}, {"STRQui", 16}, {"PRFMui", 8}};
-    std::unordered_map<std::string, unsigned> byName;
-    for (unsigned op = 0; op < mc_.instructions->getNumOpcodes(); ++op) byName[mc_.instructions->getName(op).str()] = op;
-    for (auto [name, scale] : scaled)
-      if (auto it = byName.find(name); it != byName.end()) accessScale_[it->second] = scale;
     static const std::pair<const char *, FieldEncoding> pcRelative[] = {
         {"B", FieldEncoding::A64Branch26},      {"BL", FieldEncoding::A64Branch26},
         {"Bcc", FieldEncoding::A64Branch19},    {"BCcc", FieldEncoding::A64Branch19},
@@ -45,6 +42,17 @@ public:
         {"LDRXl", FieldEncoding::A64Literal19}, {"LDRSl", FieldEncoding::A64Literal19},
         {"LDRDl", FieldEncoding::A64Literal19}, {"LDRQl", FieldEncoding::A64Literal19},
         {"LDRSWl", FieldEncoding::A64Literal19}, {"PRFMl", FieldEncoding::A64Literal19}};
+    static const std::pair<const char *, unsigned> pairs[] = {
+        {"LDPWi", 4}, {"LDPXi", 8}, {"LDPSWi", 4}, {"LDPSi", 4}, {"LDPDi", 8}, {"LDPQi", 16},
+        {"STPWi", 4}, {"STPXi", 8}, {"STPSi", 4}, {"STPDi", 8}, {"STPQi", 16}};
+    StringSet<> wanted{"HINT", "ADR", "ADRP", "ADDXri", "ORRXrs", "STRXui", "LDRXui"};
+    for (auto [name, scale] : scaled) wanted.insert(name);
+    for (auto [name, encoding] : pcRelative) wanted.insert(name);
+    for (auto [name, scale] : pairs) wanted.insert(name);
+    auto isUnscaled = [](StringRef name) { return (name.starts_with("LDUR") || name.starts_with("STUR")) && name.ends_with("i"); };
+    StringMap<unsigned> byName = opcodesNamed([&](StringRef name) { return wanted.contains(name) || isUnscaled(name); });
+    for (auto [name, scale] : scaled)
+      if (auto it = byName.find(name); it != byName.end()) accessScale_[it->second] = scale;
     for (auto [name, encoding] : pcRelative)
       if (auto it = byName.find(name); it != byName.end()) pcRelativeEncoding_[it->second] = encoding;
     // Calls preserve x19-x28 (AAPCS64): addresses held there survive a call, the rest do not.
@@ -54,14 +62,10 @@ public:
       if ((name.consume_front("X") || name.consume_front("W")) && !name.getAsInteger(10, number) && number <= 18)
         callerSaved_.push_back(reg);
     }
-    static const std::pair<const char *, unsigned> pairs[] = {
-        {"LDPWi", 4}, {"LDPXi", 8}, {"LDPSWi", 4}, {"LDPSi", 4}, {"LDPDi", 8}, {"LDPQi", 16},
-        {"STPWi", 4}, {"STPXi", 8}, {"STPSi", 4}, {"STPDi", 8}, {"STPQi", 16}};
     for (auto [name, scale] : pairs)
       if (auto it = byName.find(name); it != byName.end()) pairScale_[it->second] = scale;
-    for (auto &[name, op] : byName)
-      if ((name.rfind("LDUR", 0) == 0 || name.rfind("STUR", 0) == 0) && name.size() > 1 && name.substr(name.size() - 1) == "i")
-        unscaled_.insert(op);
+    for (const auto &entry : byName)
+      if (isUnscaled(entry.getKey())) unscaled_.insert(entry.getValue());
     for (unsigned reg = 1; reg < mc_.registers->getNumRegs(); ++reg) {
       StringRef name = mc_.registers->getName(reg);
       if (name == "SP" || name == "WSP" || name == "FP" || name == "X29") notFieldBases_.insert(reg);
@@ -124,12 +128,26 @@ protected:
   // block that no direct branch enters is entered by the function's indirect branches (jump
   // tables), when it has any. The decode loop then walks the instructions in order, starting every
   // block from what the pass found.
+  const MCInst *predecoded(uint64_t offset, uint64_t &size) const override {
+    if (offset % 4 != 0 || offset / 4 >= predecodedAt_.size() || predecodedAt_[offset / 4] < 0) return nullptr;
+    size = 4;
+    return &predecoded_[size_t(predecodedAt_[offset / 4])].inst;
+  }
+
   void beginFunction(ArrayRef<uint8_t> code, uint64_t rva) override {
     known_.clear();
     pendingPages_.clear();
     consumedPages_.clear();
     blockEntry_.clear();
-    std::vector<Decoded> insts;
+    predecoded_.clear();
+    predecodedAt_.assign(code.size() / 4, -1);
+    // ADR and ADRP are the words with bits 28-24 = 10000: without one there is nothing to
+    // follow, and the function needs no decoding here.
+    bool hasAddress = false;
+    for (uint64_t offset = 0; offset + 4 <= code.size() && !hasAddress; offset += 4)
+      hasAddress = (support::endian::read32le(code.data() + offset) & 0x1f000000) == 0x10000000;
+    if (!hasAddress) return;
+    std::vector<Decoded> &insts = predecoded_;
     uint32_t index = 0;
     bool sawAddress = false;
     for (uint64_t offset = 0; offset + 4 <= code.size(); offset += 4) {
@@ -142,6 +160,7 @@ protected:
       d.offset = uint32_t(offset);
       d.index = index++;
       sawAddress |= d.inst.getOpcode() == adrp_ || d.inst.getOpcode() == adr_;
+      predecodedAt_[offset / 4] = int32_t(insts.size());
       insts.push_back(std::move(d));
     }
     if (!sawAddress || insts.empty()) return;  // nothing to follow
@@ -420,6 +439,8 @@ private:
   Known known_;
   std::map<uint32_t, Known> blockEntry_;  // per block's first offset: what is known on entry
   std::map<uint32_t, std::pair<uint32_t, uint64_t>> pendingPages_;  // ADRPs not consumed yet: offset, page
+  std::vector<Decoded> predecoded_;     // the function's instructions, as beginFunction decoded them
+  std::vector<int32_t> predecodedAt_;   // per 4-byte word: its index in predecoded_, or -1
   std::unordered_set<uint32_t> consumedPages_;                      // ADRPs some use consumed
   std::unordered_map<unsigned, FieldEncoding> pcRelativeEncoding_;
 };

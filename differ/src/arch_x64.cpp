@@ -7,7 +7,6 @@
 #include <llvm/MC/MCFixup.h>
 #include <llvm/Support/Endian.h>
 
-#include <unordered_map>
 #include <unordered_set>
 
 namespace hotforge::differ {
@@ -23,12 +22,11 @@ public:
       if (name == "RIP") rip_ = reg;
       if (name == "RIP" || name == "RSP" || name == "RBP" || name == "ESP" || name == "EBP") notFieldBases_.insert(reg);
     }
-    std::unordered_map<std::string, unsigned> byName;
     for (unsigned op = 0; op < mc_.instructions->getNumOpcodes(); ++op) {
       StringRef name = mc_.instructions->getName(op);
       noise_.push_back(name.starts_with("NOOP") || name == "INT3" || name == "ENDBR64" || name == "ENDBR32");
-      byName[name.str()] = op;
     }
+    StringMap<unsigned> byName = opcodesNamed([](StringRef name) { return name.starts_with("JMP_") || name.starts_with("JCC_"); });
     // Short and near forms of a branch are one shape: the assembler picks by distance.
     shortJmp_ = byName["JMP_1"];
     shortJcc_ = byName["JCC_1"];

@@ -178,7 +178,7 @@ private:
     parallelFor(2, threads_, [&](unsigned worker, size_t side) {
       Program &p = side ? patched_ : base_;
       p.indexReferences();
-      p.findImportThunks(*decoders_[worker]);
+      p.findStubs(*decoders_[worker]);
     }, 1);
   }
 
@@ -728,14 +728,15 @@ private:
   FirstDifference describeDifference(size_t b, size_t p, uint32_t index) {
     InstructionDecoder &decoder = *decoders_[0];
     const Function &fb = base_.image.functions[b], &fp = patched_.image.functions[p];
-    std::vector<InstructionText> tb = decoder.disassemble(base_.image.bytesAt(fb.range.rva, fb.range.size), fb.range.rva);
-    std::vector<InstructionText> tp =
-        decoder.disassemble(patched_.image.bytesAt(fp.range.rva, fp.range.size), fp.range.rva);
+    std::optional<InstructionText> tb =
+        decoder.instructionAt(base_.image.bytesAt(fb.range.rva, fb.range.size), fb.range.rva, index);
+    std::optional<InstructionText> tp =
+        decoder.instructionAt(patched_.image.bytesAt(fp.range.rva, fp.range.size), fp.range.rva, index);
     FirstDifference d;
-    d.baseOffset = index < tb.size() ? tb[index].offset : uint32_t(fb.range.size);
-    d.patchedOffset = index < tp.size() ? tp[index].offset : uint32_t(fp.range.size);
-    d.baseInstruction = index < tb.size() ? tb[index].text : "(end of function)";
-    d.patchedInstruction = index < tp.size() ? tp[index].text : "(end of function)";
+    d.baseOffset = tb ? tb->offset : uint32_t(fb.range.size);
+    d.patchedOffset = tp ? tp->offset : uint32_t(fp.range.size);
+    d.baseInstruction = tb ? tb->text : "(end of function)";
+    d.patchedInstruction = tp ? tp->text : "(end of function)";
     return d;
   }
 

@@ -51,6 +51,13 @@ Expected<McToolkit> McToolkit::create(const std::string &tripleName, const std::
   return mc;
 }
 
+llvm::StringMap<unsigned> McDecoder::opcodesNamed(llvm::function_ref<bool(llvm::StringRef)> wanted) const {
+  llvm::StringMap<unsigned> found;
+  for (unsigned op = 0; op < mc_.instructions->getNumOpcodes(); ++op)
+    if (llvm::StringRef name = mc_.instructions->getName(op); wanted(name)) found[name] = op;
+  return found;
+}
+
 void McDecoder::mixOperands(const MCInst &inst, DecodeState &state, int maskedA, int maskedB) const {
   for (unsigned i = 0; i < inst.getNumOperands(); ++i) {
     if (int(i) == maskedA || int(i) == maskedB) {
@@ -97,13 +104,18 @@ CodeSummary McDecoder::decodeLoop(ArrayRef<uint8_t> code, uint64_t rva, const Re
                     relocated.data() + (std::lower_bound(relocated.begin(), relocated.end(), rva) - relocated.begin())};
   beginFunction(code, rva);
   uint64_t offset = 0;
-  MCInst inst;
+  MCInst decoded;
   while (offset < code.size()) {
     uint64_t size = 0;
-    inst.clear();
-    if (mc_.disassembler->getInstruction(inst, size, code.slice(offset), rva + offset, nulls()) !=
-            MCDisassembler::Success ||
-        size == 0) {
+    const MCInst *known = predecoded(offset, size);
+    if (!known) {
+      decoded.clear();
+      if (mc_.disassembler->getInstruction(decoded, size, code.slice(offset), rva + offset, nulls()) !=
+          MCDisassembler::Success)
+        size = 0;
+    }
+    const MCInst &inst = known ? *known : decoded;
+    if (size == 0) {
       // Undecodable bytes (data in code, or truncation) still count, by value.
       out.complete = false;
       size = std::min<uint64_t>(undecodableStep(), code.size() - offset);
@@ -157,8 +169,10 @@ void McDecoder::recordFrame(const MCInst &inst, uint32_t index, const Outputs &o
   outputs.instructionFrames->push_back(frame);
 }
 
-std::vector<InstructionText> McDecoder::disassemble(ArrayRef<uint8_t> code, uint64_t rva) {
-  return printLoop(code, rva, nullptr);
+std::optional<InstructionText> McDecoder::instructionAt(ArrayRef<uint8_t> code, uint64_t rva, uint32_t index) {
+  std::vector<InstructionText> found = printLoop(code, rva, nullptr, index);
+  if (found.empty()) return std::nullopt;
+  return std::move(found.front());
 }
 
 std::vector<InstructionText> McDecoder::disassembleSymbolic(ArrayRef<uint8_t> code, uint64_t rva,
@@ -183,8 +197,10 @@ std::vector<InstructionText> McDecoder::disassembleSymbolic(ArrayRef<uint8_t> co
 }
 
 std::vector<InstructionText> McDecoder::printLoop(ArrayRef<uint8_t> code, uint64_t rva,
-                                                  const std::function<void(MCInst &, uint32_t)> &rename) {
+                                                  const std::function<void(MCInst &, uint32_t)> &rename,
+                                                  std::optional<uint32_t> only) {
   std::vector<InstructionText> out;
+  uint32_t counted = 0;
   uint64_t offset = 0;
   MCInst inst;
   while (offset < code.size()) {
@@ -194,7 +210,7 @@ std::vector<InstructionText> McDecoder::printLoop(ArrayRef<uint8_t> code, uint64
                   MCDisassembler::Success &&
               size > 0;
     if (!ok) size = std::min<uint64_t>(undecodableStep(), code.size() - offset);
-    if (ok && isLayoutNoise(inst)) {
+    if ((ok && isLayoutNoise(inst)) || (only && counted++ < *only)) {
       offset += size;
       continue;
     }
@@ -213,6 +229,7 @@ std::vector<InstructionText> McDecoder::printLoop(ArrayRef<uint8_t> code, uint64
     }
     out.push_back(std::move(line));
     offset += size;
+    if (only) break;
   }
   return out;
 }

@@ -4,6 +4,8 @@
 
 #include "hotforge/arch.h"
 
+#include <llvm/ADT/STLFunctionalExtras.h>
+#include <llvm/ADT/StringMap.h>
 #include <llvm/MC/MCAsmInfo.h>
 #include <llvm/MC/MCContext.h>
 #include <llvm/MC/MCDisassembler/MCDisassembler.h>
@@ -68,7 +70,7 @@ public:
   CodeSummary decodeInto(llvm::ArrayRef<uint8_t> code, uint64_t rva, const RelocationIndex &relocations,
                          std::vector<CodeReference> &references,
                          llvm::MutableArrayRef<uint64_t> instructionStarts) final;
-  std::vector<InstructionText> disassemble(llvm::ArrayRef<uint8_t> code, uint64_t rva) final;
+  std::optional<InstructionText> instructionAt(llvm::ArrayRef<uint8_t> code, uint64_t rva, uint32_t index) final;
   std::vector<InstructionText> disassembleSymbolic(llvm::ArrayRef<uint8_t> code, uint64_t rva,
                                                    const RelocationIndex &relocations,
                                                    const AddressNamer &namer) final;
@@ -79,6 +81,9 @@ protected:
   // Mixes the instruction's shape into state.hash and records its address-dependent targets.
   virtual void analyze(const llvm::MCInst &inst, uint64_t pc, uint64_t size, uint32_t index, DecodeState &state) = 0;
   virtual void beginFunction(llvm::ArrayRef<uint8_t> code, uint64_t rva) {}
+  // An instruction beginFunction already decoded at `offset` (setting `size`), so that the
+  // decode loop does not decode it again; null: not decoded there.
+  virtual const llvm::MCInst *predecoded(uint64_t offset, uint64_t &size) const { return nullptr; }
   virtual void endFunction(DecodeState &state) {}
   virtual unsigned undecodableStep() const = 0;   // bytes to skip over an undecodable instruction
   virtual uint64_t printAddress(uint64_t pc, uint64_t size) const = 0;  // see LLVM 19 gotcha L5
@@ -88,6 +93,10 @@ protected:
   // The operand of `inst` that holds the address `reference` resolves (what analyze() masks), or -1.
   virtual int addressOperand(const llvm::MCInst &inst, const CodeReference &reference,
                              const RelocationIndex &relocations) const = 0;
+
+  // The opcodes whose names `wanted` accepts, by name, from one pass over the target's opcode
+  // table: a map of all ~20,000 names cost more to build than decoding a small library.
+  llvm::StringMap<unsigned> opcodesNamed(llvm::function_ref<bool(llvm::StringRef)> wanted) const;
 
   // Shared hashing of plain operands: registers and immediates, skipping `masked`.
   void mixOperands(const llvm::MCInst &inst, DecodeState &state, int maskedA = -1, int maskedB = -1) const;
@@ -105,9 +114,11 @@ private:
     std::vector<InstructionConstant> *constants = nullptr;
   };
   void recordFrame(const llvm::MCInst &inst, uint32_t index, const Outputs &outputs) const;
-  // The disassembly loop; `rename`, when given, may replace address operands before printing.
+  // The disassembly loop; `rename`, when given, may replace address operands before printing;
+  // with `only`, just that counted instruction is printed.
   std::vector<InstructionText> printLoop(llvm::ArrayRef<uint8_t> code, uint64_t rva,
-                                         const std::function<void(llvm::MCInst &, uint32_t offset)> &rename);
+                                         const std::function<void(llvm::MCInst &, uint32_t offset)> &rename,
+                                         std::optional<uint32_t> only = std::nullopt);
   CodeSummary decodeLoop(llvm::ArrayRef<uint8_t> code, uint64_t rva, const RelocationIndex &relocations,
                          const Outputs &outputs);
 };

@@ -238,7 +238,7 @@ void Program::indexReferences() {
   findSplitParts();
 }
 
-void Program::findImportThunks(const InstructionDecoder &decoder) {
+void Program::findStubs(InstructionDecoder &decoder) {
   constexpr uint64_t kThunkBytes = 12;
   std::unordered_set<uint64_t> seen;
   for (size_t i = 0; i < code.size(); ++i) {
@@ -247,6 +247,10 @@ void Program::findImportThunks(const InstructionDecoder &decoder) {
       if ((r.kind != ReferenceKind::Call && r.kind != ReferenceKind::Branch) || landsInItself(i, r.target) ||
           !seen.insert(r.target).second)
         continue;
+      if (inStubSection(r.target)) {
+        stubSlots_[r.target] = decodeStubSlot(r.target, decoder);
+        continue;
+      }
       const Section *s = image.sectionAt(r.target);
       if (!s || !s->permissions.execute) continue;
       llvm::ArrayRef<uint8_t> bytes = image.bytesAt(r.target, std::min(kThunkBytes, s->rva + s->size - r.target));
@@ -342,9 +346,13 @@ bool Program::landsInItself(size_t function, uint64_t rva) const {
   const Function &f = image.functions[function];
   if (!diffable[function] || !f.range.contains(rva) || dataStartsInside_[function]) return false;
   if (function + 1 < image.functions.size() && image.functions[function + 1].range.rva <= rva) return false;
+  return !inStubSection(rva);
+}
+
+bool Program::inStubSection(uint64_t rva) const {
   for (auto [begin, end] : stubRanges_)
-    if (rva >= begin && rva < end) return false;
-  return true;
+    if (rva >= begin && rva < end) return true;
+  return false;
 }
 
 const Function *Program::functionAt(uint64_t rva) const {
@@ -374,8 +382,7 @@ const DataObject *Program::containingObject(uint64_t rva) const {
 }
 
 TargetClass Program::classify(uint64_t rva, const Function **function, const DataObject **object) const {
-  for (auto [begin, end] : stubRanges_)
-    if (rva >= begin && rva < end) return TargetClass::Stub;
+  if (inStubSection(rva)) return TargetClass::Stub;
   if (!importThunks_.empty() && importThunks_.count(rva)) return TargetClass::Stub;
   const Function *f = functionAt(rva);
   bool inFunction = f && diffable[functionIndex(f)];
@@ -405,6 +412,11 @@ TargetClass Program::classify(uint64_t rva, const Function **function, const Dat
 
 std::optional<uint64_t> Program::stubSlot(uint64_t rva, InstructionDecoder &decoder) const {
   if (auto thunk = importThunks_.find(rva); thunk != importThunks_.end()) return thunk->second;
+  if (auto stub = stubSlots_.find(rva); stub != stubSlots_.end()) return stub->second;
+  return decodeStubSlot(rva, decoder);
+}
+
+std::optional<uint64_t> Program::decodeStubSlot(uint64_t rva, InstructionDecoder &decoder) const {
   constexpr uint64_t kStubBytes = 16;
   const Section *section = image.sectionAt(rva);
   if (!section) return std::nullopt;

@@ -136,9 +136,10 @@ struct Program {
               const std::vector<std::optional<size_t>> &movedFrom = {});
   // After decode: fills `referenced` and `partOf`.
   void indexReferences();
-  // After decode: finds the import thunks that calls and branches land on (jmp [IAT] stubs in
-  // .text), which classify() then takes for stubs.
-  void findImportThunks(const InstructionDecoder &decoder);
+  // After decode: finds the stubs that calls and branches land on, with the slot each jumps
+  // through: those of .plt-like sections, and the import thunks in .text (jmp [IAT]), which
+  // classify() then takes for stubs too.
+  void findStubs(InstructionDecoder &decoder);
   ReferenceList references(size_t function) const;
   // The index of the counted instruction that starts `offset` bytes into the function, if one does.
   std::optional<uint32_t> instructionAt(size_t function, uint64_t offset) const;
@@ -153,6 +154,7 @@ struct Program {
   // The named object whose range holds rva, whether or not its size was given.
   const DataObject *containingObject(uint64_t rva) const;
   bool isReadOnly(uint64_t rva) const;
+  // The slot the stub at rva jumps through; found by findStubs, or decoded here.
   std::optional<uint64_t> stubSlot(uint64_t rva, InstructionDecoder &decoder) const;
   size_t functionIndex(const Function *f) const { return size_t(f - image.functions.data()); }
   size_t dataIndex(const DataObject *d) const { return dataSlots_[size_t(d - image.dataObjects.data())]; }
@@ -183,6 +185,8 @@ private:
 
   bool copyMovedCode(size_t function, size_t from, CodeChunk &chunk);
   void findSplitParts();
+  bool inStubSection(uint64_t rva) const;
+  std::optional<uint64_t> decodeStubSlot(uint64_t rva, InstructionDecoder &decoder) const;
   bool isReadOnly(uint64_t rva, const Section *section) const;  // section: the one holding rva
   // Iterator over `data` of the first object that starts after rva.
   std::vector<const DataObject *>::const_iterator dataAfter(uint64_t rva) const;
@@ -195,6 +199,7 @@ private:
   AddressSet pointerSlots_;             // the keys of `pointers`
   std::vector<std::pair<uint64_t, uint64_t>> stubRanges_;  // .plt-like sections
   std::map<uint64_t, uint64_t> importThunks_;  // thunk -> the import slot it jumps through
+  std::unordered_map<uint64_t, std::optional<uint64_t>> stubSlots_;  // .plt-like stub -> its slot
   std::vector<size_t> dataSlots_;  // per image data object: its index in `data`
   std::vector<AddressRange> relro_;  // read-only after relocation (ELF PT_GNU_RELRO)
 };

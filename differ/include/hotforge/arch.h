@@ -121,8 +121,9 @@ public:
   virtual CodeSummary decodeInto(llvm::ArrayRef<uint8_t> code, uint64_t rva, const RelocationIndex &relocations,
                                  std::vector<CodeReference> &references,
                                  llvm::MutableArrayRef<uint64_t> instructionStarts) = 0;
-  // The counted instructions (same indexing as DecodedFunction) with their text.
-  virtual std::vector<InstructionText> disassemble(llvm::ArrayRef<uint8_t> code, uint64_t rva) = 0;
+  // Counted instruction `index` (same indexing as DecodedFunction) with its text, or nothing past
+  // the end; only that one is printed.
+  virtual std::optional<InstructionText> instructionAt(llvm::ArrayRef<uint8_t> code, uint64_t rva, uint32_t index) = 0;
   // When `code` (at `rva`) starts with an import thunk, the slot it jumps through: x64
   // `jmp [rip+slot]`, Arm64 `adrp x16, slot; ldr x16, [x16, :lo12:slot]; br x16` (the stubs
   // lld-link and link.exe put into .text for imports called without dllimport).
