@@ -188,18 +188,18 @@ HF_API HF_NOINLINE int upd_op_cube(int v)
     return v * v * v;
 }
 
-/* Not static: clang turns a static table that one load reads into 32-bit offsets from the table
- * (a relative lookup table), which a copy of the table alone cannot carry. */
-const char *const upd_level_names[] = {"quiet", "normal", "verbose", "debug"};
-static int (*const upd_ops[])(int) = {upd_op_double, upd_op_negate, upd_op_cube};
+/* One object: gcc reaches two tables through one section anchor, clang turns a table of string
+ * pointers into offsets from itself; a copy of one object carries neither (samples/README.md). */
+static const struct { const char *name; int (*op)(int); } upd_levels[] = {
+    {"quiet", upd_op_double}, {"normal", upd_op_negate}, {"verbose", upd_op_cube}};
 #endif
 
 HF_API HF_NOINLINE const char *upd_level_name(int level)
 {
 #if HF_FIX == 40
-    if (level < 0 || level >= 4)
+    if (level < 0 || level >= 3)
         return "unknown";
-    return upd_level_names[level];
+    return upd_levels[level].name;
 #else
     return level == 0 ? "quiet" : "unknown";
 #endif
@@ -210,7 +210,7 @@ HF_API HF_NOINLINE int upd_apply_op(int op, int v)
 #if HF_FIX == 40
     if (op < 0 || op >= 3)
         return -1;
-    return upd_ops[op](v);
+    return upd_levels[op].op(v);
 #else
     if (op == 0)
         return upd_op_double(v);
