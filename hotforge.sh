@@ -19,25 +19,35 @@ packages=(
   libgtest-dev libgmock-dev libbenchmark-dev
   gcc-aarch64-linux-gnu g++-aarch64-linux-gnu libc6-dev-arm64-cross qemu-user
   gcc-mingw-w64-x86-64-win32 g++-mingw-w64-x86-64-win32 wine64 libunicorn-dev
-  bsdiff xdelta3 binutils time strace
+  bsdiff xdelta3 binutils time strace xz-utils bzip2
   help2man dpkg-dev
 )
 # Arm64 builds of libraries the cross-compiled agent links (Debian multiarch); dpkg-shlibdeps
-# reads them for the arm64 agent package.
-arm64_packages=(libssl-dev:arm64 libzstd-dev:arm64 libstdc++6:arm64)
+# reads them for the arm64 agent package. libtiff6 and libarchive13 bring the libraries those two
+# need, for the live tests on real updates (tests/reallib_test.cpp) under qemu-user.
+arm64_packages=(libssl-dev:arm64 libzstd-dev:arm64 libstdc++6:arm64 libtiff6:arm64 libarchive13:arm64)
 
 log() { printf '==> %s\n' "$*" >&2; }
 
 setup() {
-  local missing=()
+  local missing=() sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo=sudo
+  export DEBIAN_FRONTEND=noninteractive
+  # The live tests on real updates (tests/reallib_test.cpp) read the libraries' own test files
+  # from their source packages: `apt-get source` needs deb-src lists.
+  if ! grep -rqsE '^(Types:.*deb-src|deb-src )' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+    log "adding Debian's source package lists (deb-src) for apt-get source"
+    local codename
+    codename=$(. /etc/os-release && echo "$VERSION_CODENAME")
+    printf 'Types: deb-src\nURIs: http://deb.debian.org/debian\nSuites: %s %s-updates\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n\nTypes: deb-src\nURIs: http://deb.debian.org/debian-security\nSuites: %s-security\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n' \
+      "$codename" "$codename" "$codename" | $sudo tee /etc/apt/sources.list.d/hotforge-src.sources >/dev/null
+    $sudo apt-get update -qq
+  fi
   for p in "${packages[@]}" "${arm64_packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
   done
   [ ${#missing[@]} -eq 0 ] && return 0
   log "installing ${#missing[@]} Debian packages: ${missing[*]}"
-  local sudo=""
-  [ "$(id -u)" -eq 0 ] || sudo=sudo
-  export DEBIAN_FRONTEND=noninteractive
   dpkg --print-foreign-architectures | grep -qx arm64 || $sudo dpkg --add-architecture arm64
   $sudo apt-get update -qq
   $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

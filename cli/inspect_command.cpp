@@ -91,8 +91,10 @@ void printPatchImage(const PatchImage &p, const std::string &path) {
     fmt::print("             timestamp {:#010x} checksum {:#010x}\n", b.timeDateStamp, b.checkSum);
   fmt::print("redirects ({}):\n", p.redirects.size());
   for (const PatchRedirect &r : p.redirects)
-    fmt::print("  {:<28} base {:#x}+{} -> image {:#x} by {} at +{} (stub {:#x}), expects {}\n", r.name.value_or("?"),
-               r.baseRva, r.baseSize, r.patchRva, redirectKindName(r.kind), r.entryOffset, r.stubRva, hexEncode(r.expected));
+    fmt::print("  {:<28} base {:#x}+{} -> image {:#x} by {} at +{} (stub {:#x}), overwrites {:+}+{}{}, expects {}\n",
+               r.name.value_or("?"), r.baseRva, r.baseSize, r.patchRva, redirectKindName(r.kind), r.entryOffset, r.stubRva,
+               r.overwrittenOffset, r.overwrittenSize, r.quiescent ? ", only with no thread inside" : "",
+               hexEncode(r.expected));
   fmt::print("functions ({}):\n", p.functions.size());
   for (const PatchFunction &f : p.functions)
     fmt::print("  {:<28} image {:#x}+{} from patched {:#x}{}\n", f.name.value_or("?"), f.rva, f.size, f.patchedRva,

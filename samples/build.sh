@@ -14,7 +14,7 @@ SRC=$HERE/src
 SELF=$HERE/build.sh
 
 TARGETS=(elf-x64-gcc elf-x64-clang elf-a64-gcc elf-a64-clang pe-x64 pe-a64 mingw-x64)
-PROGRAMS=(core initval exc live upd)
+PROGRAMS=(core initval exc live upd entry)
 
 die() { echo "build.sh: error: $*" >&2; exit 1; }
 
@@ -25,7 +25,8 @@ program_scenarios() {
     initval) echo "6" ;;
     exc) echo "11" ;;
     live) echo "14" ;;
-    upd) echo "30 31 32 33 40" ;;
+    upd) echo "30 31 32 33 50" ;;
+    entry) echo "40 41 42" ;;
     *) die "unknown program $1" ;;
     esac
 }
@@ -48,6 +49,7 @@ sources() { # program -> source files (PE DLLs use only the first one)
     exc) echo "exc.cpp exc_main.cpp" ;;
     live) echo "live.c live_main.c" ;;
     upd) echo "upd.c upd_main.c" ;;
+    entry) echo "entry.c entry_main.c" ;;
     esac
 }
 
@@ -145,7 +147,7 @@ build_mingw() { # out target program variant def
     # set; use a fixed, distinct stamp per program/variant so that rebuilds are
     # byte-identical and base and fixN never share a TimeDateStamp.
     local pidx n=0
-    case $p in core) pidx=1 ;; initval) pidx=2 ;; exc) pidx=3 ;; live) pidx=4 ;; upd) pidx=5 ;; esac
+    case $p in core) pidx=1 ;; initval) pidx=2 ;; exc) pidx=3 ;; live) pidx=4 ;; upd) pidx=5 ;; entry) pidx=6 ;; esac
     [ "$v" = base ] || n=${v#fix}
     # GNU strip re-stamps the image too, so it gets the same SOURCE_DATE_EPOCH
     # (the stripped copy keeps the TimeDateStamp; its CheckSum is recomputed).

@@ -28,7 +28,7 @@ TARGETS = {
 }
 
 # Default arguments: quick, bounded runs.  live: 5 iterations, 1 ms apart, 2 threads.
-RUN_ARGS = {"core": [], "initval": [], "exc": [], "live": ["5", "1", "2"], "upd": []}
+RUN_ARGS = {"core": [], "initval": [], "exc": [], "live": ["5", "1", "2"], "upd": [], "entry": []}
 
 
 def build_ids(out, target):

@@ -4,6 +4,7 @@
 // every reference lands on the counterpart of what the patched build's reference lands on.
 #include "hotforge/arch.h"
 #include "hotforge/patch_image.h"
+#include "live_process.h"
 #include "test_support.h"
 // The PE writer's internals, for tests that feed them crafted input.
 #include "../emitter/src/emitter_internal.h"
@@ -147,6 +148,11 @@ void checkPointee(const Built &b, const std::vector<uint8_t> &memory,
   EXPECT_TRUE(std::equal(want.begin(), want.end(), have.begin(), have.end())) << "base rva " << baseRva;
 }
 
+bool isCarriedCode(const PatchImage &image, uint32_t rva) {
+  return std::any_of(image.functions.begin(), image.functions.end(),
+                     [&](const PatchFunction &f) { return rva >= f.rva && rva < f.rva + f.size; });
+}
+
 // Checks one laid-out image against the patched build.
 void checkInstructionByInstruction(const Built &b, uint64_t baseAddress, uint64_t imageAddress) {
   const PatchImage &image = *b.image;
@@ -200,6 +206,13 @@ void checkInstructionByInstruction(const Built &b, uint64_t baseAddress, uint64_
       SCOPED_TRACE("reference at +" + std::to_string(t.offset));
       uint64_t target = o.target;
       uint64_t imageRva = target - imageAddress;
+      if (o.encoding == differ::FieldEncoding::X64Rel8 && target >= imageAddress && imageRva < image.imageSize &&
+          !isCarriedCode(image, uint32_t(imageRva))) {
+        // A branch island: a jmp rel32 on to the real target.
+        EXPECT_EQ(memory[imageRva], 0xe9);
+        target = target + 5 + int64_t(int32_t(llvm::support::endian::read32le(&memory[imageRva + 1])));
+        imageRva = target - imageAddress;
+      }
       if (target >= imageAddress && imageRva < image.imageSize && veneers.count(uint32_t(imageRva))) {
         // A veneer: its 8-byte slot holds the real target.
         uint32_t slot = uint32_t(imageRva) + (image.machine == Machine::X64 ? 6 : 8);
@@ -282,9 +295,13 @@ TEST(Emitter, EveryScenarioBuildsAnImageThatIsThePatchedCode) {
       for (const Change &c : b.diff.changes)
         if (c.kind == ChangeKind::Changed) changed.insert(normalized(c.name.value_or("?")));
       EXPECT_EQ(redirected, changed);
-      for (const PatchRedirect &r : image.redirects) {  // never past the function's end
-        if (r.kind == RedirectKind::X64ShortJump) EXPECT_GE(r.paddingBefore, 5);
-        EXPECT_LE(r.entryOffset + redirectSize(r.kind), r.baseSize) << r.name.value_or("?");
+      for (const PatchRedirect &r : image.redirects) {  // the function's bytes, or fill no function owns
+        SCOPED_TRACE(r.name.value_or("?"));
+        EXPECT_LE(r.overwrittenOffset, int32_t(r.entryOffset));
+        EXPECT_GE(r.overwrittenOffset + int64_t(r.overwrittenSize), r.entryOffset + redirectSize(r.kind));
+        EXPECT_LE(r.overwrittenOffset + int64_t(r.overwrittenSize) + r.paddingBefore, int64_t(r.expected.size()));
+        for (int64_t at = r.overwrittenOffset; at < r.overwrittenOffset + int64_t(r.overwrittenSize); ++at)
+          if (at < 0 || at >= int64_t(r.baseSize)) EXPECT_EQ(b.base.functionAt(r.baseRva + at), nullptr) << at;
       }
       // Readable by the LLVM tools, and its records round-trip.
       std::string file = tempDir() + "/image.hfpatch";
@@ -325,9 +342,109 @@ TEST(Emitter, EveryScenarioBuildsAnImageThatIsThePatchedCode) {
     }
   }
   EXPECT_GT(built, 70u);  // 4 ELF targets x 13, 2 PE targets x 12
-  // Scenario 40: per target, two references into its table of 3 strings and 3 functions, at two
+  // Scenario 50: per target, two references into its table of 3 strings and 3 functions, at two
   // image addresses.
   EXPECT_GE(pointersChecked, 6u * 2 * 6 * 2);
+}
+
+// Scenarios 40-42 wherever they arise: a 4-byte function (x64) gets its jump over the fill after
+// it, a loop whose head is the entry gets a quiescent redirect (the loaders then wait until no
+// thread is inside it), and a short tail jump out of a carried function goes through an island.
+// The live tests (loader_test, pe_apply_test) run all three.
+TEST(Emitter, ShortFunctionsLoopHeadsAndShortTailJumpsAreRedirected) {
+  std::vector<Sample> all = samples();
+  std::set<std::string> spilled, quiescent, islands;
+  for (const Sample &s : all) {
+    if (s.program != "entry" || s.variant == "base") continue;
+    SCOPED_TRACE(s.target + " " + s.variant);
+    const Sample *base = find(all, s.target, "entry", "base");
+    ASSERT_NE(base, nullptr);
+    Built b = build(base->path, s.path);
+    ASSERT_TRUE(b.image.has_value()) << b.error;
+    ASSERT_EQ(b.image->redirects.size(), 1u);
+    const PatchRedirect &r = b.image->redirects[0];
+    const Function *f = b.base.functionAt(r.baseRva);
+    ASSERT_NE(f, nullptr);
+    auto decoder = differ::createInstructionDecoder(b.base.machine);
+    ASSERT_TRUE(bool(decoder));
+    differ::RelocationIndex none;
+    uint64_t lowest = UINT64_MAX;  // the lowest offset the function's own branches jump to
+    for (const differ::CodeReference &ref :
+         (*decoder)->decode(b.base.bytesAt(f->range.rva, f->range.size), f->range.rva, none).references)
+      if (ref.kind == differ::ReferenceKind::Branch && f->range.contains(ref.target))
+        lowest = std::min(lowest, ref.target - f->range.rva);
+    EXPECT_EQ(r.quiescent, lowest < r.entryOffset + redirectSize(r.kind));
+    if (s.variant == "fix41" && r.quiescent) quiescent.insert(s.target);
+    if (s.variant == "fix40" && r.overwrittenOffset + int64_t(r.overwrittenSize) > int64_t(r.baseSize)) {
+      EXPECT_LT(r.baseSize, 5u);
+      spilled.insert(s.target);
+    }
+    for (const PatchFixup &x : b.image->fixups)  // stubs and veneers jump through slots: an E9 is an island
+      if (s.variant == "fix42" && x.kind == FixupKind::X64Rel32 && x.fieldOffset == 1 && !isCarriedCode(*b.image, x.site))
+        islands.insert(s.target);
+  }
+  EXPECT_EQ(spilled, (std::set<std::string>{"elf-x64-clang", "elf-x64-gcc", "mingw-x64", "pe-x64"}));
+  EXPECT_EQ(quiescent, (std::set<std::string>{"elf-a64-clang", "elf-x64-clang", "pe-a64", "pe-x64"}));
+  EXPECT_EQ(islands, (std::set<std::string>{"elf-x64-clang", "elf-x64-gcc", "mingw-x64"}));
+}
+
+// X64ShortJump, live. gcc's entry_triple (4 bytes, 12 bytes of NOPs after it, 11 before it) with
+// some fill handed to functions the test adds to the base's function list: the redirect becomes a
+// 2-byte jump to an E9 in the fill before the entry, or in the fill further after it. Applied with
+// ptrace to the running base, each must switch the process to the patched values and back.
+TEST(Emitter, ShortJumpIntoNearbyFillAppliesLive) {
+  std::string basePath = samplePath("elf-x64-gcc", "entry", "base");
+  std::string patchedPath = samplePath("elf-x64-gcc", "entry", "fix40");
+  struct Case {
+    std::vector<std::pair<int64_t, int64_t>> owned;  // [begin, end) relative to the entry
+    int32_t jumpOffset;
+  };
+  for (const Case &c : {Case{{{4, 16}}, -5}, Case{{{-11, 0}, {4, 6}}, 6}}) {
+    SCOPED_TRACE("E9 at " + std::to_string(c.jumpOffset));
+    Built b{loadImage(basePath), loadImage(patchedPath), {}, std::nullopt, {}};
+    llvm::Expected<Diff> diff = diffImages(b.base, b.patched);
+    ASSERT_TRUE(bool(diff)) << llvm::toString(diff.takeError());
+    b.diff = std::move(*diff);
+    const Function *triple = nullptr;
+    for (const Function &f : b.base.functions)
+      if (f.name == "entry_triple") triple = &f;
+    ASSERT_NE(triple, nullptr);
+    ASSERT_EQ(triple->range.size, 4u);
+    uint64_t entry = triple->range.rva;
+    for (auto [begin, end] : c.owned) {
+      Function filler;
+      filler.range = {entry + begin, uint64_t(end - begin)};
+      filler.name = "filler";
+      b.base.functions.push_back(filler);
+    }
+    std::vector<uint64_t> rvaOf;  // the diff names base functions by index: renumber them
+    for (const Function &f : b.base.functions) rvaOf.push_back(f.range.rva);
+    std::sort(b.base.functions.begin(), b.base.functions.end(),
+              [](const Function &x, const Function &y) { return x.range.rva < y.range.rva; });
+    auto renumbered = [&](size_t index) { return size_t(b.base.functionAt(rvaOf[index]) - b.base.functions.data()); };
+    for (FunctionPair &pair : b.diff.pairs) pair.base = renumbered(pair.base);
+    for (FunctionBindings &fb : b.diff.bindings)
+      if (fb.base) fb.base = renumbered(*fb.base);
+    llvm::Expected<PatchImage> image = buildPatchImage(b.base, b.patched, b.diff);
+    ASSERT_TRUE(bool(image)) << llvm::toString(image.takeError());
+    ASSERT_EQ(image->redirects.size(), 1u);
+    EXPECT_EQ(image->redirects[0].kind, RedirectKind::X64ShortJump);
+    EXPECT_EQ(image->redirects[0].jumpOffset, c.jumpOffset);
+
+    std::string name = "short-jump" + std::to_string(c.jumpOffset), file = tempDir() + "/" + name + ".hfpatch";
+    writeFile(file, std::string(image->file.begin(), image->file.end()));
+    std::string key = tempDir() + "/" + name + "-key", unit = tempDir() + "/" + name + ".hfu";
+    ASSERT_EQ(hotforge({"keygen", "-o", key}).exitCode, 0);
+    CommandResult packed = hotforge({"pack", file, "-o", unit, "--key", key + ".pem"});
+    ASSERT_EQ(packed.exitCode, 0) << packed.err;
+    Serving serving({basePath, "serve"}, {}, tempDir() + "/" + name + ".err");
+    ASSERT_EQ(serving.round(), expectedOutput("entry", "base"));
+    CommandResult applied = hotforge({"apply", "--pid", std::to_string(serving.pid()), unit, "--pubkey", key + ".pub.pem"});
+    ASSERT_EQ(applied.exitCode, 0) << applied.err;
+    EXPECT_EQ(serving.round(), expectedOutput("entry", "fix40"));
+    ASSERT_EQ(hotforge({"revert", "--pid", std::to_string(serving.pid())}).exitCode, 0);
+    EXPECT_EQ(serving.round(), expectedOutput("entry", "base"));
+  }
 }
 
 TEST(Emitter, ImagesAreDeterministic) {
@@ -398,7 +515,7 @@ TEST(Emitter, ARefusalListsEachReasonOnce) {
   std::vector<Sample> all = samples();
   for (const char *target : {"elf-x64-gcc", "elf-a64-clang", "pe-x64", "pe-a64"}) {
     SCOPED_TRACE(target);
-    const Sample *base = find(all, target, "upd", "base"), *fix = find(all, target, "upd", "fix40");
+    const Sample *base = find(all, target, "upd", "base"), *fix = find(all, target, "upd", "fix50");
     ASSERT_TRUE(base && fix);
     Built b = build(base->path, fix->path);
     ASSERT_TRUE(b.image) << b.error;

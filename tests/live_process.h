@@ -158,9 +158,12 @@ public:
   }
   int pid() const { return pid_; }
 
-  std::string round() {
+  std::string round() { return request("r\n"); }
+
+  // Sends `lines` and returns what the program printed until its next "hf-round-end" line.
+  std::string request(const std::string &lines) {
     static const std::string kEnd = "hf-round-end\n";
-    if (write(input_, "r\n", 2) != 2) return "(the sample does not read its input)";
+    if (write(input_, lines.data(), lines.size()) != ssize_t(lines.size())) return "(the sample does not read its input)";
     std::string text;
     auto deadline = std::chrono::steady_clock::now() + 60s;
     while (text.size() < kEnd.size() || text.compare(text.size() - kEnd.size(), kEnd.size(), kEnd) != 0) {

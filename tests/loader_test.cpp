@@ -202,7 +202,7 @@ void everyScenarioSwitchesAndBack(const std::string &target, Applier applier) {
     EXPECT_EQ(serving.round(), baseOutput);
     ++checked;
   }
-  EXPECT_EQ(checked, 16u) << "scenarios 1-5, 7-13, 30, 32, 33 and 40 switch to the patch and back";
+  EXPECT_EQ(checked, 19u) << "scenarios 1-5, 7-13, 30, 32, 33, 40-42 and 50 switch to the patch and back";
 }
 
 TEST(LiveEndToEnd, TheAgentRefusesTamperedAndForeignUnitsAndLeavesTheProcessAlone) {
@@ -228,6 +228,60 @@ TEST(LiveEndToEnd, TheAgentRefusesTamperedAndForeignUnitsAndLeavesTheProcessAlon
   EXPECT_NE(said[1].find("wrong key"), std::string::npos) << said[1];
   EXPECT_EQ(serving.round(), expectedOutput("core", "base"));
   EXPECT_EQ(serving.agentSaid(0).size(), 2u) << "nothing applied, nothing else refused";
+}
+
+// Scenario 41 on clang: entry_root's loop returns to its entry, so its redirect is quiescent. With
+// the base looping inside it forever (`entry spin`: a cycle), each loader retries, then refuses
+// naming the thread, and the process runs on as it was. x64 with ptrace, Arm64 with the agent under
+// qemu-user (in its signal handler, which interrupts the loop; the agent's x64 thread mode shares
+// the check, threadInTheWay).
+TEST(LiveEndToEnd, AQuiescentRedirectIsRefusedWhileAThreadIsInsideTheFunction) {
+  for (const char *target : {"elf-x64-clang", "elf-a64-clang"}) {
+    SCOPED_TRACE(target);
+    bool arm64 = std::string(target) == "elf-a64-clang";
+    std::string base = samplePath(target, "entry", "base"), name = std::string("quiescent-") + target;
+    Unit unit = makeUnit(base, samplePath(target, "entry", "fix41"), name);
+    std::string units = tempDir() + "/units-" + name;
+    std::filesystem::create_directories(units);
+    for (Applier applier : {arm64 ? Applier::Agent : Applier::Ptrace}) {
+      std::filesystem::remove(units + "/unit.hfu");
+      std::vector<std::string> environment;
+      if (applier == Applier::Agent) {
+        environment = {"HOTFORGE_UNIT_DIR=" + units, "HOTFORGE_PUBKEY=" + unit.publicKey};
+        environment.push_back(arm64 ? "HOTFORGE_AGENT_IN_SIGNAL=1" : "LD_PRELOAD=" HOTFORGE_AGENT);
+      }
+      std::vector<std::string> command = environment;  // through env(1): VAR=VALUE... PROGRAM ARGS
+      if (arm64)
+        command.insert(command.end(), {"qemu-aarch64", "-L", "/usr/aarch64-linux-gnu", "-E", "LD_PRELOAD=" HOTFORGE_AGENT_AARCH64});
+      command.insert(command.end(), {base, "spin"});
+      std::string output = tempDir() + "/" + name + ".out";
+      Running spinning("/usr/bin/env", command, output);
+      for (int i = 0; i < 1000 && readFile(output).find("s41 spin start") == std::string::npos; ++i)
+        std::this_thread::sleep_for(10ms);
+      ASSERT_NE(readFile(output).find("s41 spin start"), std::string::npos) << readFile(output);
+      std::string refusal;
+      if (applier == Applier::Ptrace) {
+        CommandResult applied = hotforge({"apply", "--pid", std::to_string(spinning.pid()), unit.path, "--pubkey", unit.publicKey});
+        EXPECT_NE(applied.exitCode, 0);
+        refusal = applied.err;
+      } else {
+        std::filesystem::copy_file(unit.path, units + "/unit.hfu");
+        kill(spinning.pid(), SIGUSR2);
+        for (int i = 0; i < 1000 && readFile(output).find("cannot apply") == std::string::npos; ++i)
+          std::this_thread::sleep_for(10ms);
+        refusal = readFile(output);
+      }
+      EXPECT_NE(refusal.find("gave up after"), std::string::npos) << refusal;
+      // The thread that loops, the process itself (qemu-user runs the guest on its main thread):
+      // "runs in entry_root", or "is at ... inside entry_root" when it was stopped in the jump's bytes.
+      std::smatch named;
+      EXPECT_TRUE(std::regex_search(refusal, named, std::regex("thread " + std::to_string(spinning.pid()) +
+                                                               " (runs in|is at 0x[0-9a-f]+ inside) entry_root")))
+          << refusal;
+      EXPECT_TRUE(spinning.alive());
+      EXPECT_EQ(readFile(output).find("spin done"), std::string::npos) << "the base is still looping";
+    }
+  }
 }
 
 TEST(LiveEndToEnd, EveryScenarioOnX64ThroughPtrace) {

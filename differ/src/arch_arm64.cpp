@@ -269,6 +269,7 @@ protected:
       if (!effect.producer.isPage) {
         // An offset from an address an earlier ADD formed: follows from that reference.
         state.add(index, ReferenceKind::Memory, effect.target, FieldEncoding::None);
+        state.references.back().offsetFrom = effect.producer.value;
         return;
       }
       // Every ADRP that can reach here is re-aimed at this consumer's target too (one reference

@@ -15,6 +15,10 @@ nlohmann::json toJson(const PatchImage &image) {
                          {"kind", redirectKindName(r.kind)},
                          {"entry_offset", r.entryOffset},
                          {"padding_before", r.paddingBefore},
+                         {"jump_offset", r.jumpOffset},
+                         {"overwritten_offset", r.overwrittenOffset},
+                         {"overwritten_size", r.overwrittenSize},
+                         {"quiescent", r.quiescent},
                          {"expected_bytes", hexEncode(r.expected)}});
   for (const PatchFixup &f : image.fixups)
     fixups.push_back({{"site", f.site},

@@ -142,6 +142,22 @@ private:
       text_.bytes.insert(text_.bytes.end(), code.begin(), code.end());
       functionRva_[f.range.rva] = {rva, f.range.size};
       image_.functions.push_back({f.name, rva, uint32_t(f.range.size), f.range.rva, !fb.base});
+      addBranchIslands(f, rva, code);
+    }
+  }
+
+  // A short branch out of a carried function (gcc's jmp rel8 tail call to a neighbour) cannot
+  // reach its target from the image: it is re-aimed at an island right after the function, a
+  // jmp rel32 that a fixup aims at the target (as lld's range-extension thunks). bindOne fills it.
+  void addBranchIslands(const Function &f, uint32_t functionRva, llvm::ArrayRef<uint8_t> code) {
+    differ::DecodedFunction decoded = decoder_->decode(code, f.range.rva, relocations_);
+    for (const CodeReference &r : decoded.references) {
+      if (r.encoding != FieldEncoding::X64Rel8 || f.range.contains(r.target)) continue;
+      uint32_t island = text_.rva + uint32_t(text_.bytes.size());
+      if (island - (functionRva + r.offset + r.size) > uint32_t(INT8_MAX)) continue;  // bindOne refuses it
+      static const uint8_t jmp[] = {0xe9, 0, 0, 0, 0};
+      text_.bytes.insert(text_.bytes.end(), std::begin(jmp), std::end(jmp));
+      islands_[functionRva + r.offset] = island;
     }
   }
 
@@ -164,6 +180,7 @@ private:
   uint32_t copyBlob(uint64_t rva, uint64_t size, bool writable) {
     auto key = std::make_pair(rva, writable);
     if (auto it = blobs_.find(key); it != blobs_.end()) return it->second;
+    if (auto reach = copyReach_.find(rva); reach != copyReach_.end()) size = std::max(size, reach->second - rva);
     llvm::ArrayRef<uint8_t> bytes = patched_.bytesAt(rva, size);
     if (!writable && bytes.size() != size) bytes = {};
     uint32_t at = 0;
@@ -228,18 +245,79 @@ private:
     rodata_.permissions = {true, false, false};
     data_.name = ".data";
     data_.permissions = {true, true, false};
+    std::vector<differ::DecodedFunction> decoded;
     for (const FunctionBindings &fb : diff_.bindings) {
       const Function &f = patched_.functions[fb.patched];
-      differ::DecodedFunction decoded =
-          decoder_->decode(patched_.bytesAt(f.range.rva, f.range.size), f.range.rva, relocations_, true);
-      if (decoded.references.size() != fb.references.size())
+      decoded.push_back(decoder_->decode(patched_.bytesAt(f.range.rva, f.range.size), f.range.rva, relocations_, true));
+      if (decoded.back().references.size() != fb.references.size())
         return formatError("internal: {} decodes to {} references, the diff bound {}", f.name.value_or("function"),
-                           decoded.references.size(), fb.references.size());
+                           decoded.back().references.size(), fb.references.size());
+      keepOffsetsApart(f, decoded.back().references, fb.references);
+    }
+    for (size_t k = 0; k < diff_.bindings.size(); ++k) {
+      const FunctionBindings &fb = diff_.bindings[k];
+      const Function &f = patched_.functions[fb.patched];
       uint32_t functionRva = functionRva_[f.range.rva].first;
-      for (size_t i = 0; i < decoded.references.size(); ++i)
-        bindOne(f, functionRva, decoded.references[i], fb.references[i]);
+      for (size_t i = 0; i < decoded[k].references.size(); ++i)
+        bindOne(f, functionRva, decoded[k].references[i], fb.references[i]);
     }
     return llvm::Error::success();
+  }
+
+  // Code that adds an offset to an address it formed (Arm64 section anchors: ADRP+ADD of the
+  // anchor, then ADD #off) reaches the object at that offset with no fixup of its own: it lands
+  // wherever the anchor was placed. So a copied anchor is copied together with every object
+  // reached from it (copyReach_); an anchor left in the base whose reached object the base holds
+  // at another distance gets that distance in the instruction (reaimOffset); copied constants
+  // from which code reaches data of the base are refused.
+  void keepOffsetsApart(const Function &f, const std::vector<CodeReference> &references,
+                        const std::vector<Binding> &bindings) {
+    for (size_t i = 0; i < references.size(); ++i) {
+      const CodeReference &r = references[i];
+      if (r.encoding != FieldEncoding::None || !r.offsetFrom) continue;
+      for (size_t j = 0; j < references.size(); ++j) {
+        if (references[j].encoding == FieldEncoding::None || references[j].target != r.offsetFrom) continue;
+        const Binding &anchor = bindings[j], &reached = bindings[i];
+        using Kind = Binding::Kind;
+        bool copied = anchor.kind == Kind::Constant || anchor.kind == Kind::NewData;
+        if ((anchor.kind == reached.kind && anchor.address == reached.address) || anchor.kind == Kind::Unbound ||
+            anchor.kind == Kind::Import || reached.kind == Kind::Unbound || reached.kind == Kind::Import)
+          continue;  // one object (a field of a struct), or refused anyway
+        std::string where = fmt::format("{} +{:#x}", f.name.value_or(fmt::format("function at {:#x}", f.range.rva)),
+                                        r.offset);
+        if (copied && reached.kind == anchor.kind && r.target >= anchor.address) {
+          uint64_t &reach = copyReach_[anchor.address];
+          reach = std::max({reach, anchor.address + anchor.size, reached.address + reached.size});
+        } else if (anchor.kind == Kind::Base && reached.kind == Kind::Base &&
+                   reached.address != anchor.address + (r.target - r.offsetFrom) &&
+                   !reaimOffset(f, r, reached.address - anchor.address)) {
+          problems_.push_back(where + ": an offset from an address in the base reaches data the base holds elsewhere, "
+                                      "beyond what the instruction can encode");
+        } else if (anchor.kind == Kind::Constant && reached.kind == Kind::Base) {
+          problems_.push_back(where + ": an offset from copied read-only data reaches data of the base");
+        }
+        // Else the anchor stays in the base and code reads the base's bytes at the offset, as the
+        // base's own code does. Not yet handled: a new variable used as the anchor of a base
+        // variable (gcc's add_sample of scenario 5 on Arm64 reaches g_total at g_rejected + 4), which
+        // reads the image's bytes after the new variable instead of the base's.
+        break;  // every reference to the anchor (its ADRP and its ADD) is bound alike
+      }
+    }
+  }
+
+  // Both in the base, at another distance there (the base laid its variables out differently):
+  // the copied ADD or LDR/STR gets the base's distance in its unsigned 12-bit immediate, scaled as
+  // the instruction scales it.
+  bool reaimOffset(const Function &f, const CodeReference &r, uint64_t distance) {
+    size_t at = functionRva_[f.range.rva].first - text_.rva + r.offset;
+    uint32_t instruction = llvm::support::endian::read32le(&text_.bytes[at]);
+    uint64_t immediate = (instruction >> 10) & 0xfff, patchedDistance = r.target - r.offsetFrom;
+    if (immediate == 0 || patchedDistance % immediate != 0) return false;
+    uint64_t scale = patchedDistance / immediate;
+    if (distance % scale != 0 || distance / scale > 0xfff) return false;
+    instruction = (instruction & ~(0xfffu << 10)) | uint32_t(distance / scale) << 10;
+    llvm::support::endian::write32le(&text_.bytes[at], instruction);
+    return true;
   }
 
   void bindOne(const Function &f, uint32_t functionRva, const CodeReference &r, const Binding &b) {
@@ -300,6 +378,20 @@ private:
     case Binding::Kind::Import:  // refused before binding
       problems_.push_back(where + ": " + b.note);
       return;
+    }
+    if (r.encoding == FieldEncoding::X64Rel8) {
+      auto island = islands_.find(fixup.site);
+      if (island == islands_.end()) {
+        problems_.push_back(where + ": a short branch out of the function is too far from the function's end for a "
+                                    "branch island");
+        return;
+      }
+      size_t field = fixup.site - text_.rva + r.fieldOffset;
+      text_.bytes[field] = uint8_t(int8_t(island->second - (fixup.site + r.size)));
+      fixup.site = island->second;
+      fixup.fieldOffset = 1;
+      fixup.instructionSize = 5;
+      kind = FixupKind::X64Rel32;
     }
     if (!kind) {
       problems_.push_back(where + ": a short branch out of the function cannot be re-aimed");
@@ -375,42 +467,73 @@ private:
       r.baseSize = uint32_t(bf.range.size);
       r.patchRva = functionRva_[pf.range.rva].first;
       llvm::ArrayRef<uint8_t> code = base_.bytesAt(bf.range.rva, bf.range.size);
-      uint64_t firstInternalTarget = internalBranchFloor(bf, code);
       std::string name = r.name.value_or(fmt::format("the function at base rva {:#x}", bf.range.rva));
+      uint64_t branchFloor = internalBranchFloor(bf, code);
       if (base_.machine == Machine::X64) {
         r.entryOffset = code.size() >= 4 && std::equal(std::begin(kEndbr64), std::end(kEndbr64), code.begin()) ? 4 : 0;
-        if (code.size() >= r.entryOffset + 5u && firstInternalTarget >= r.entryOffset + 5u) {
-          r.kind = RedirectKind::X64Jump32;
-        } else if (code.size() >= r.entryOffset + 2u && firstInternalTarget >= r.entryOffset + 2u &&
-                   paddingBefore(bf, 5)) {
-          r.kind = RedirectKind::X64ShortJump;
-          r.paddingBefore = 5;
-        } else {
+        if (!chooseX64Entry(bf, branchFloor, r)) {
           problems_.push_back(fmt::format(
-              "{} is {} bytes{}: too short for a 5-byte jump and no 5 bytes of padding before it, so it cannot be "
-              "redirected without overwriting the next function (needs restart)",
-              name, code.size(), firstInternalTarget < 5 ? " and branches back into its first bytes" : ""));
+              "{} is {} bytes: too short for a 5-byte jump, with no 5 bytes of padding after it or within a short "
+              "jump's reach, so it cannot be redirected without overwriting the next function (needs restart)",
+              name, code.size()));
           continue;
         }
       } else {
         uint32_t first = code.size() >= 4 ? llvm::support::endian::read32le(code.data()) : 0;
         r.entryOffset = isBti(first) ? 4 : 0;
-        if (code.size() < r.entryOffset + 4u || firstInternalTarget < r.entryOffset + 4u) {
-          problems_.push_back(fmt::format("{} cannot take a branch at its entry: {}", name,
-                                          code.size() < r.entryOffset + 4u ? "it is too short"
-                                                                           : "its own code branches to its first instruction"));
+        if (code.size() < r.entryOffset + 4u) {
+          problems_.push_back(fmt::format("{} cannot take a branch at its entry: it is too short", name));
           continue;
         }
         r.kind = RedirectKind::A64Branch;
+        r.overwrittenOffset = r.entryOffset;
+        r.overwrittenSize = 4;
       }
-      uint32_t expectedSize = std::min<uint32_t>(uint32_t(code.size()), std::max<uint32_t>(16, r.entryOffset + redirectSize(r.kind)));
-      llvm::ArrayRef<uint8_t> before = base_.bytesAt(bf.range.rva - r.paddingBefore, r.paddingBefore);
-      r.expected.assign(before.begin(), before.end());
-      r.expected.insert(r.expected.end(), code.begin(), code.begin() + expectedSize);
+      // Its own branches into the overwritten bytes would run the jump mid-way: sound only while
+      // no thread is inside the function, which the loader then waits for.
+      r.quiescent = branchFloor < r.entryOffset + redirectSize(r.kind);
+      // `expected` covers the overwritten bytes and the function's first 16 (to tell builds apart).
+      int64_t from = std::min<int64_t>(0, r.overwrittenOffset);
+      int64_t to = std::max<int64_t>(r.overwrittenOffset + int64_t(r.overwrittenSize),
+                                     std::min<int64_t>(code.size(), std::max<int64_t>(16, r.overwrittenSize)));
+      to = std::min<int64_t>(to, from + int64_t(kMaxExpectedBytes));
+      r.paddingBefore = uint8_t(-from);
+      llvm::ArrayRef<uint8_t> expected = base_.bytesAt(bf.range.rva + from, uint64_t(to - from));
+      r.expected.assign(expected.begin(), expected.end());
       r.stubRva = addAbsoluteJump(r.patchRva, false);
       image_.redirects.push_back(std::move(r));
     }
     return llvm::Error::success();
+  }
+
+  // x64: E9 rel32 at the entry when the function, with the fill after it, has 5 bytes; else EB
+  // rel8 to an E9 in the nearest fill within its reach whose span with the entry `expected` can
+  // hold. The short jump wins where the function's own branches land in the E9's bytes but not in
+  // the EB's: it then needs no quiescence.
+  bool chooseX64Entry(const Function &f, uint64_t branchFloor, PatchRedirect &r) {
+    int64_t entry = r.entryOffset, size = int64_t(f.range.size);
+    bool jumpFits = size >= entry + 5 || (size > entry && isFill(f.range.end(), uint32_t(entry + 5 - size)));
+    std::optional<int64_t> shortJump;
+    if (size >= entry + 2 && (!jumpFits || (branchFloor < uint64_t(entry + 5) && branchFloor >= uint64_t(entry + 2))))
+      for (int64_t jump = entry + 2 - 128; jump <= entry + 2 + 127; ++jump) {
+        int64_t from = std::min(jump, entry), to = std::max(jump + 5, entry + 2);
+        bool apart = jump + 5 <= entry || jump >= entry + 2;
+        if (!apart || to - std::min<int64_t>(from, 0) > int64_t(kMaxExpectedBytes) || int64_t(f.range.rva) + jump < 0) continue;
+        if (shortJump && std::abs(jump - entry) >= std::abs(*shortJump - entry)) continue;
+        if (isFill(f.range.rva + jump, 5)) shortJump = jump;
+      }
+    if (shortJump) {
+      r.kind = RedirectKind::X64ShortJump;
+      r.jumpOffset = int32_t(*shortJump);
+      r.overwrittenOffset = int32_t(std::min(*shortJump, entry));
+      r.overwrittenSize = uint32_t(std::max(*shortJump + 5, entry + 2) - r.overwrittenOffset);
+      return true;
+    }
+    if (!jumpFits) return false;
+    r.kind = RedirectKind::X64Jump32;
+    r.overwrittenOffset = int32_t(entry);
+    r.overwrittenSize = 5;
+    return true;
   }
 
   // PE: an exception handler that the carried unwind data names and that stays in the base is
@@ -442,14 +565,25 @@ private:
     return floor;
   }
 
-  // Whether `bytes` bytes before the function are int3/nop fill that no function owns.
-  bool paddingBefore(const Function &f, unsigned bytes) const {
-    if (f.range.rva < bytes) return false;
-    llvm::ArrayRef<uint8_t> fill = base_.bytesAt(f.range.rva - bytes, bytes);
-    if (fill.size() != bytes) return false;
-    for (unsigned i = 0; i < bytes; ++i)
-      if (base_.functionAt(f.range.rva - bytes + i)) return false;
-    return std::all_of(fill.begin(), fill.end(), [](uint8_t b) { return b == 0xcc || b == 0x90; });
+  // Whether the `bytes` bytes at `rva` are fill that no function owns: the whole gap between
+  // functions that holds them decodes to padding only (int3, nops; the decoder's layout noise).
+  bool isFill(uint64_t rva, uint32_t bytes) {
+    constexpr uint64_t kMaxGap = 256;
+    const Section *section = base_.sectionAt(rva);
+    if (!section || !section->permissions.execute || rva + bytes > section->rva + section->size) return false;
+    for (uint64_t at = rva; at < rva + bytes; ++at)
+      if (base_.functionAt(at)) return false;
+    uint64_t begin = rva, end = rva + bytes;
+    while (begin > section->rva && rva - begin < kMaxGap && !base_.functionAt(begin - 1)) --begin;
+    while (end < section->rva + section->size && end - rva < kMaxGap && !base_.functionAt(end)) ++end;
+    auto [known, added] = fillGaps_.try_emplace({begin, end}, false);
+    if (added) {
+      differ::RelocationIndex none;
+      llvm::ArrayRef<uint8_t> gap = base_.bytesAt(begin, end - begin);
+      differ::DecodedFunction decoded = decoder_->decode(gap, begin, none);
+      known->second = gap.size() == end - begin && decoded.complete && decoded.instructions == 0;
+    }
+    return known->second;
   }
 
   // An absolute jump in .text to `target` (an image or base RVA), through an 8-byte slot the
@@ -630,10 +764,13 @@ private:
   uint64_t bssSize_ = 0;
   std::map<uint64_t, std::pair<uint32_t, uint64_t>> functionRva_;  // patched rva -> (image rva, size)
   std::map<std::pair<uint64_t, bool>, uint32_t> blobs_;
+  std::map<uint64_t, uint64_t> copyReach_;  // patched rva of a copied anchor -> end of what code reaches from it
   std::vector<JumpTableEntry> jumpTableEntries_;
   std::vector<PatchFixup> pending_, scratchFixups_;
   std::vector<std::string> problems_;
   std::map<uint64_t, uint32_t> handlerStubs_;  // PE: patched handler rva -> stub image rva
+  std::map<std::pair<uint64_t, uint64_t>, bool> fillGaps_;  // base gap [begin, end) -> all padding
+  std::map<uint32_t, uint32_t> islands_;                    // image rva of a short branch out -> its island
 };
 
 }  // namespace

@@ -48,12 +48,19 @@ void say(const std::string &message) {
   [[maybe_unused]] ssize_t written = write(STDERR_FILENO, line.data(), line.size());
 }
 
-uint64_t interruptedAt(const void *context) {
+// Where a thread was interrupted: its next instruction, its stack pointer, its id.
+struct ThreadSpot {
+  uint64_t pc = 0, sp = 0;
+  int tid = 0;
+};
+
+ThreadSpot interruptedAt(const void *context) {
   const auto *uc = static_cast<const ucontext_t *>(context);
+  int tid = int(syscall(SYS_gettid));
 #if defined(__x86_64__)
-  return uint64_t(uc->uc_mcontext.gregs[REG_RIP]);
+  return {uint64_t(uc->uc_mcontext.gregs[REG_RIP]), uint64_t(uc->uc_mcontext.gregs[REG_RSP]), tid};
 #elif defined(__aarch64__)
-  return uint64_t(uc->uc_mcontext.pc);
+  return {uint64_t(uc->uc_mcontext.pc), uint64_t(uc->uc_mcontext.sp), tid};
 #else
 #error "the agent knows the program counter of x86-64 and AArch64 only"
 #endif
@@ -76,7 +83,8 @@ bool singleThreaded = false;  // HOTFORGE_AGENT_IN_SIGNAL=1: park no thread
 // from inside. The handler only touches atomics and yields.
 constexpr int kMaxThreads = 1024;
 struct ParkingLot {
-  std::array<std::atomic<uint64_t>, kMaxThreads> pcs{};
+  std::array<std::atomic<uint64_t>, kMaxThreads> pcs{}, sps{};
+  std::array<std::atomic<int>, kMaxThreads> tids{};
   std::atomic<int> taken{0}, arrived{0}, left{0};
   std::atomic<bool> released{false};
 } lot;
@@ -84,7 +92,12 @@ struct ParkingLot {
 void park(int, siginfo_t *, void *context) {
   int savedErrno = errno;
   int slot = lot.taken.fetch_add(1);
-  if (slot < kMaxThreads) lot.pcs[slot].store(interruptedAt(context));
+  if (slot < kMaxThreads) {
+    ThreadSpot spot = interruptedAt(context);
+    lot.pcs[slot].store(spot.pc);
+    lot.sps[slot].store(spot.sp);
+    lot.tids[slot].store(spot.tid);
+  }
   lot.arrived.fetch_add(1);
   while (!lot.released.load()) syscall(SYS_sched_yield);
   lot.left.fetch_add(1);
@@ -110,12 +123,13 @@ public:
     while (lot.left.load() < lot.arrived.load() && Clock::now() < deadline) std::this_thread::yield();
   }
 
-  // `interrupted`: where the calling thread was interrupted in in-signal mode, or 0.
-  Status stop(uint64_t interrupted) {
+  // `interrupted`: where the calling thread was interrupted in in-signal mode, or pc 0.
+  Status stop(const ThreadSpot &interrupted) {
     lot.taken = lot.arrived = lot.left = 0;
     lot.released = false;
-    pcs_.clear();
-    if (interrupted) pcs_.push_back(interrupted);
+    spots_.clear();
+    spots_.reserve(kMaxThreads + 1);  // no allocation once threads are parked (one may hold malloc's lock)
+    if (interrupted.pc) spots_.push_back(interrupted);
     if (singleThreaded) return success();
     std::vector<int> signalled;
     // Threads may start meanwhile: signal until the set is stable.
@@ -131,14 +145,15 @@ public:
     while (lot.arrived.load() < int(signalled.size()))
       if (Clock::now() > deadline) return fail(signalled.size() - lot.arrived.load(), " thread(s) did not stop");
       else std::this_thread::yield();
-    for (int i = 0; i < std::min(lot.arrived.load(), kMaxThreads); ++i) pcs_.push_back(lot.pcs[i].load());
+    for (int i = 0; i < std::min(lot.arrived.load(), kMaxThreads); ++i)
+      spots_.push_back({lot.pcs[i].load(), lot.sps[i].load(), lot.tids[i].load()});
     return success();
   }
 
-  const std::vector<uint64_t> &interruptedAt() const { return pcs_; }
+  const std::vector<ThreadSpot> &interruptedAt() const { return spots_; }
 
 private:
-  std::vector<uint64_t> pcs_;
+  std::vector<ThreadSpot> spots_;
 };
 
 // ---- writing code ----
@@ -156,7 +171,8 @@ Status writeCode(uint64_t address, const std::vector<uint8_t> &bytes) {
 struct Written {
   uint64_t address = 0;
   std::vector<uint8_t> original, patched;
-  AddressSpan overwritten;  // where no thread may be when the bytes change
+  PatchRedirect redirect;   // where no thread may be when the bytes change
+  uint64_t baseAddress = 0;
 };
 
 struct Applied {
@@ -206,19 +222,24 @@ Outcome<uint64_t> mapImage(const PatchImage &image, uint64_t base) {
   return fail("found no free memory within reach of the base for the patch");
 }
 
-std::string where(const std::vector<uint64_t> &pcs, const AddressSpan &span) {
-  for (uint64_t pc : pcs)
-    if (span.strictlyContains(pc)) return "a thread is at " + hexAddress(pc);
-  return "";
+// A parked thread's stack in place, from its stack pointer to the end of the stack's mapping (at
+// most 1 MiB): where return addresses are, for quiescent redirects. `maps` is empty when none is.
+std::span<const uint64_t> stackOf(const std::vector<Mapping> &maps, uint64_t stackPointer) {
+  auto m = std::find_if(maps.begin(), maps.end(), [&](const Mapping &m) { return stackPointer >= m.start && stackPointer < m.end; });
+  if (m == maps.end() || m->permissions.find('r') == std::string::npos) return {};
+  uint64_t begin = stackPointer & ~uint64_t(7), end = std::min(m->end, begin + (uint64_t(1) << 20));
+  return {reinterpret_cast<const uint64_t *>(begin), size_t((end - begin) / 8)};
 }
 
 constexpr auto kPatience = std::chrono::seconds(2);
 
 // Writes `writes` (each over bytes that must be `expected` now) with every other thread parked
 // outside them; retries while a thread is in the way.
-Status writeWhileStopped(const std::vector<Written> &writes, uint64_t interrupted, bool restoring,
+Status writeWhileStopped(const std::vector<Written> &writes, const ThreadSpot &interrupted, bool restoring,
                          std::chrono::microseconds &pause) {
   auto deadline = Clock::now() + kPatience;
+  bool stacksMatter = std::any_of(writes.begin(), writes.end(), [](const Written &w) { return w.redirect.quiescent; });
+  std::vector<Mapping> maps = stacksMatter ? readMaps("/proc/self/maps") : std::vector<Mapping>{};
   for (unsigned attempt = 1;; ++attempt) {
     std::string busy;
     {
@@ -229,7 +250,10 @@ Status writeWhileStopped(const std::vector<Written> &writes, uint64_t interrupte
         const std::vector<uint8_t> &now = restoring ? w.patched : w.original;
         if (std::memcmp(reinterpret_cast<const void *>(w.address), now.data(), now.size()) != 0)
           return fail("the bytes at ", hexAddress(w.address), " are not what this patch expects: another patch or build");
-        if (busy.empty()) busy = where(world.interruptedAt(), w.overwritten);
+        for (const ThreadSpot &t : world.interruptedAt())
+          if (busy.empty())
+            if (std::string why = threadInTheWay(w.redirect, w.baseAddress, t.pc, stackOf(maps, t.sp), false); !why.empty())
+              busy = "thread " + std::to_string(t.tid) + " " + why;
       }
       if (busy.empty()) {
         for (const Written &w : writes)
@@ -244,7 +268,7 @@ Status writeWhileStopped(const std::vector<Written> &writes, uint64_t interrupte
 }
 
 Outcome<Applied> apply(const std::string &unit, const std::string &entryName, const PatchImage &image,
-                       const MappedBaseline &baseline, uint64_t interrupted) {
+                       const MappedBaseline &baseline, const ThreadSpot &interrupted) {
   for (const PatchRedirect &r : image.redirects)
     if (std::memcmp(reinterpret_cast<const void *>(baseline.address + r.baseRva - r.paddingBefore), r.expected.data(),
                     r.expected.size()) != 0)
@@ -260,7 +284,7 @@ Outcome<Applied> apply(const std::string &unit, const std::string &entryName, co
       break;
     }
     const auto *from = reinterpret_cast<const uint8_t *>(w->address);
-    writes.push_back({w->address, std::vector<uint8_t>(from, from + w->bytes.size()), w->bytes, w->overwritten});
+    writes.push_back({w->address, std::vector<uint8_t>(from, from + w->bytes.size()), w->bytes, r, baseline.address});
   }
   // Registered before the jumps go in: a thread may throw through the new code at once.
   if (ready) announceUnwindEntries(image, *at, "__register_frame");
@@ -278,7 +302,7 @@ Outcome<Applied> apply(const std::string &unit, const std::string &entryName, co
 }
 
 // The image stays mapped after a revert: a thread may still be running in it.
-Status revert(const Applied &a, uint64_t interrupted) {
+Status revert(const Applied &a, const ThreadSpot &interrupted) {
   std::chrono::microseconds pause{0};
   if (Status done = writeWhileStopped(a.writes, interrupted, true, pause); !done) return done;
   say("reverted " + a.entry + " of " + a.unit + " (sequence " + std::to_string(a.sequence) + "), threads paused " +
@@ -357,7 +381,7 @@ std::map<std::array<uint8_t, 32>, Candidate> wantedImages(const std::string &dir
   return wanted;
 }
 
-void update(uint64_t interrupted) {
+void update(const ThreadSpot &interrupted) {
   auto &[updating, applied, highestApplied] = agentState();
   std::lock_guard<std::mutex> hold(updating);
   const char *directory = getenv("HOTFORGE_UNIT_DIR"), *keyFile = getenv("HOTFORGE_PUBKEY");
@@ -406,7 +430,7 @@ int wakeUp[2] = {-1, -1};  // SIGUSR2 -> the agent's thread
 // signal's) asks for one more round instead of starting a second update on the same stack.
 std::atomic<bool> updating{false}, requested{false};
 
-void updateInSignal(uint64_t interrupted) {
+void updateInSignal(const ThreadSpot &interrupted) {
   requested = true;
   while (requested && !updating.exchange(true)) {
     while (requested.exchange(false)) update(interrupted);
@@ -440,15 +464,15 @@ __attribute__((constructor)) void start() {
   if (!singleThreaded && pipe2(wakeUp, O_CLOEXEC | O_NONBLOCK) != 0) wakeUp[0] = wakeUp[1] = -1;
   if (!singleThreaded) installHandler(parkSignal(), park);
   installHandler(SIGUSR2, onUpdateSignal);
-  if (singleThreaded) return updateInSignal(0);
-  update(0);
+  if (singleThreaded) return updateInSignal({});
+  update({});
   if (wakeUp[0] < 0) return say("cannot make the agent's pipe: SIGUSR2 is ignored");
   std::thread([] {
     for (char bytes[64];;) {
       pollfd wait{wakeUp[0], POLLIN, 0};
       if (poll(&wait, 1, -1) < 0 && errno != EINTR) return;
       ssize_t got = read(wakeUp[0], bytes, sizeof bytes);  // signals that came together: one update
-      if (got > 0) update(0);
+      if (got > 0) update({});
       else if (got < 0 && errno != EINTR && errno != EAGAIN) return;
     }
   }).detach();

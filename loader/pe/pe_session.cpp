@@ -94,7 +94,8 @@ Outcome<AppliedPatch> applyImage(PeProcess &process, const PatchImage &image) {
   if (Status installed = process.installImage(image, applied.imageAddress, memory); !installed)
     return refuse(std::move(installed).failure());
   // No call runs while the redirects are written (calls run between the phases), so each is one
-  // plain write; a loader patching running threads must land an X64ShortJump's E9 before its EB.
+  // plain write, no thread is inside the overwritten bytes, and quiescent redirects hold too; a
+  // loader patching running threads must land an X64ShortJump's E9 before its EB.
   for (const EntryWrite &write : applied.writes)
     if (Status written = process.writeCode(write.address, write.bytes); !written) return std::move(written).failure();
   return applied;

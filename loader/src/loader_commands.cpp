@@ -286,9 +286,10 @@ void addLoaderCommands(CLI::App &app, int &exitCode) {
   apply->add_option("--pubkey", options->publicKey, "public key that must have signed the unit")->required();
   apply->add_flag("--json", options->json, "print what was applied as JSON");
   apply->add_option("--consistency", options->consistency,
-                    "entry: no thread may be inside the bytes being overwritten (default); strict: nor may any "
-                    "thread have a changed function on its stack (a conservative scan of every stack word); "
-                    "both retry for 2 s, then refuse naming the threads")
+                    "entry: no thread may be inside the bytes being overwritten (default), nor inside or on the "
+                    "stack of a function the image marks quiescent (its loop returns to its entry); strict: nor "
+                    "may any thread have a changed function on its stack (a conservative scan of every stack "
+                    "word); both retry for 2 s, then refuse naming the threads")
       ->check(CLI::IsMember({"entry", "strict"}));
   apply->callback([options, &exitCode] { exitCode = applyUnit(*options); });
 

@@ -369,7 +369,8 @@ std::vector<uint64_t> stackWords(const ProcessMemory &memory, const std::vector<
   return words;
 }
 
-// Why the threads stopped now are in the way of writing `image`'s jumps (empty: none is).
+// Why the threads stopped now are in the way of writing `image`'s jumps (empty: none is). Stacks
+// are read where `maps` are given (strict, or a quiescent redirect).
 std::vector<std::string> threadsInTheWay(const TracedProcess &process, const ProcessMemory &memory,
                                          const std::vector<Mapping> &maps, const PatchImage &image,
                                          uint64_t baseAddress, bool strict) {
@@ -377,22 +378,10 @@ std::vector<std::string> threadsInTheWay(const TracedProcess &process, const Pro
   for (int tid : process.stopped()) {
     user_regs_struct regs{};
     if (ptrace(PTRACE_GETREGS, tid, nullptr, &regs) != 0) continue;
-    std::vector<uint64_t> stack = strict ? stackWords(memory, maps, regs.rsp) : std::vector<uint64_t>{};
-    for (const PatchRedirect &r : image.redirects) {
-      std::string name = r.name.value_or("a function");
-      if (overwrittenSpan(r, baseAddress).strictlyContains(regs.rip))
-        busy.push_back(concatenate("thread ", tid, " is at ", hexAddress(regs.rip), " inside ", name));
-      if (!strict) continue;
-      uint64_t begin = baseAddress + r.baseRva, end = begin + r.baseSize;
-      if (regs.rip >= begin && regs.rip < end)
-        busy.push_back(concatenate("thread ", tid, " runs in ", name, " (at ", hexAddress(regs.rip), ")"));
-      for (uint64_t word : stack)
-        if (word > begin && word < end) {  // a return address points after a call, never at the entry
-          busy.push_back(
-              concatenate("thread ", tid, " has ", name, " on its stack (return address ", hexAddress(word), ")"));
-          break;
-        }
-    }
+    std::vector<uint64_t> stack = maps.empty() ? std::vector<uint64_t>{} : stackWords(memory, maps, regs.rsp);
+    for (const PatchRedirect &r : image.redirects)
+      if (std::string why = threadInTheWay(r, baseAddress, regs.rip, stack, strict); !why.empty())
+        busy.push_back(concatenate("thread ", tid, " ", why));
   }
   return busy;
 }
@@ -512,7 +501,10 @@ Status commitImage(int pid, const PatchImage &image, AppliedImage &applied, cons
   Outcome<ProcessMemory> memory = openMemory(pid);
   if (!memory) return std::move(memory).failure();
   // Everything that can be is done before the threads stop: the stop is check and write only.
-  std::vector<Mapping> stacks = options.strict ? readMaps(concatenate("/proc/", pid, "/maps")) : std::vector<Mapping>{};
+  // Quiescent redirects (their loops return to the entry) need the stacks as strict does.
+  bool stacksMatter = options.strict || std::any_of(image.redirects.begin(), image.redirects.end(),
+                                                    [](const PatchRedirect &r) { return r.quiescent; });
+  std::vector<Mapping> stacks = stacksMatter ? readMaps(concatenate("/proc/", pid, "/maps")) : std::vector<Mapping>{};
   TracedProcess process(pid);
   if (Status s = process.seizeAll(); !s) return std::move(s).failure();
   auto deadline = Clock::now() + options.patience;

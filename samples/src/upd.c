@@ -1,4 +1,4 @@
-/* upd.c - the `upd` sample: scenarios 30-33 and 40, shapes real security updates have.
+/* upd.c - the `upd` sample: scenarios 30-33 and 50, shapes real security updates have.
  *
  * 30: an edit above a function moves its __LINE__ (only the line number passed to the error
  *     reporter differs): a line-number-only change, left out of the patch by default.
@@ -9,7 +9,7 @@
  *     not be paired (a patch would redirect the old helper into unrelated code).
  * 33: PE: the import is called without dllimport, so the linker puts `jmp [IAT]` thunks into
  *     .text; a fix that grows .text moves them, which is no change of their callers.
- * 40: fixes that look up new read-only tables of pointers (to string literals, to existing and
+ * 50: fixes that look up new read-only tables of pointers (to string literals, to existing and
  *     to new functions): the copied tables need a fixup per pointer. */
 #include "hf.h"
 #include "upd.h"
@@ -171,7 +171,7 @@ HF_API HF_NOINLINE int upd_percent(int part, int whole)
     return part * 100 / whole;
 }
 
-/* ---- scenario 40 ------------------------------------------------------------------------ */
+/* ---- scenario 50 ------------------------------------------------------------------------ */
 HF_API HF_NOINLINE int upd_op_double(int v)
 {
     return v * 2;
@@ -182,7 +182,7 @@ HF_API HF_NOINLINE int upd_op_negate(int v)
     return -v;
 }
 
-#if HF_FIX == 40
+#if HF_FIX == 50
 HF_API HF_NOINLINE int upd_op_cube(int v)
 {
     return v * v * v;
@@ -196,7 +196,7 @@ static const struct { const char *name; int (*op)(int); } upd_levels[] = {
 
 HF_API HF_NOINLINE const char *upd_level_name(int level)
 {
-#if HF_FIX == 40
+#if HF_FIX == 50
     if (level < 0 || level >= 3)
         return "unknown";
     return upd_levels[level].name;
@@ -207,7 +207,7 @@ HF_API HF_NOINLINE const char *upd_level_name(int level)
 
 HF_API HF_NOINLINE int upd_apply_op(int op, int v)
 {
-#if HF_FIX == 40
+#if HF_FIX == 50
     if (op < 0 || op >= 3)
         return -1;
     return upd_levels[op].op(v);

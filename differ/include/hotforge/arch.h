@@ -52,6 +52,10 @@ struct CodeReference {
   uint64_t target = 0;       // RVA, or an address when decoding code at its run-time address
   uint32_t offset = 0;       // byte offset of the instruction within the function
   FieldEncoding encoding = FieldEncoding::None;
+  // A reference with no encoding that adds an offset to an address an earlier reference formed
+  // (Arm64: ADD or LDR/STR from a register an ADRP+ADD set, as section anchors do): that address.
+  // The emitter keeps the two the same distance apart. 0: none.
+  uint64_t offsetFrom = 0;
 };
 
 // One function reduced to what "unchanged" means: the shape (opcodes and every operand that does

@@ -12,7 +12,7 @@ namespace {
 
 constexpr char kMagic[8] = {'H', 'F', 'P', 'A', 'T', 'C', 'H', 0};
 constexpr size_t kHeaderSize = 64, kBaselineSize = 112, kRedirectSize = 64, kFixupSize = 24, kFunctionSize = 24;
-constexpr size_t kMaxExpected = 24, kMaxBuildId = 32;
+constexpr size_t kMaxBuildId = 32;
 constexpr uint32_t kNoName = 0xffffffff;
 
 class Strings {
@@ -68,9 +68,14 @@ std::vector<uint8_t> encodeRecords(const PatchImage &image) {
     w.u8(uint8_t(r.kind));
     w.u8(r.entryOffset);
     w.u8(r.paddingBefore);
-    uint8_t expected = uint8_t(std::min(r.expected.size(), kMaxExpected));
+    uint8_t expected = uint8_t(std::min(r.expected.size(), kMaxExpectedBytes));
     w.u8(expected);
     w.raw(std::span<const uint8_t>(r.expected).first(expected));
+    w.zeros(start + 48 - w.size());
+    w.u32(uint32_t(r.jumpOffset));
+    w.u32(uint32_t(r.overwrittenOffset));
+    w.u32(r.overwrittenSize);
+    w.u8(r.quiescent ? 1 : 0);
     w.zeros(start + kRedirectSize - w.size());
   }
   for (const PatchFixup &f : image.fixups) {
@@ -150,7 +155,11 @@ Status decodeRecords(std::span<const uint8_t> r, PatchImage &image) {
     d.kind = RedirectKind(p[20]);
     d.entryOffset = p[21];
     d.paddingBefore = p[22];
-    d.expected.assign(p + 24, p + 24 + std::min<size_t>(p[23], kMaxExpected));
+    d.expected.assign(p + 24, p + 24 + std::min<size_t>(p[23], kMaxExpectedBytes));
+    d.jumpOffset = int32_t(readLe32(p + 48));
+    d.overwrittenOffset = int32_t(readLe32(p + 52));
+    d.overwrittenSize = readLe32(p + 56);
+    d.quiescent = p[60] & 1;
     image.redirects.push_back(std::move(d));
   }
   for (uint64_t i = 0; i < fixups; ++i, p += kFixupSize) {

@@ -2,6 +2,8 @@
 #include "hotforge/runtime/bytes.h"
 #include "hotforge/runtime/patch_format.h"
 
+#include <algorithm>
+
 namespace hotforge {
 namespace {
 
@@ -18,9 +20,21 @@ std::vector<uint8_t> x64Jump32(uint64_t from, uint64_t to) {
 }  // namespace
 
 AddressSpan overwrittenSpan(const PatchRedirect &r, uint64_t baseAddress) {
-  uint64_t entry = baseAddress + r.baseRva + r.entryOffset;
-  uint64_t begin = r.kind == RedirectKind::X64ShortJump ? baseAddress + r.baseRva - r.paddingBefore : entry;
-  return {begin, entry + redirectSize(r.kind)};
+  uint64_t begin = baseAddress + r.baseRva + int64_t(r.overwrittenOffset);
+  return {begin, begin + r.overwrittenSize};
+}
+
+std::string threadInTheWay(const PatchRedirect &r, uint64_t baseAddress, uint64_t pc, std::span<const uint64_t> stack,
+                           bool strict) {
+  std::string name = r.name.value_or("a function");
+  if (overwrittenSpan(r, baseAddress).strictlyContains(pc)) return fail("is at ", hexAddress(pc), " inside ", name).message;
+  if (!strict && !r.quiescent) return "";
+  AddressSpan function{baseAddress + r.baseRva, baseAddress + r.baseRva + r.baseSize};
+  if (function.contains(pc)) return fail("runs in ", name, " (at ", hexAddress(pc), ")").message;
+  for (uint64_t word : stack)
+    if (function.strictlyContains(word))  // a return address points after a call, never at the entry
+      return fail("has ", name, " on its stack (return address ", hexAddress(word), ")").message;
+  return "";
 }
 
 Outcome<EntryWrite> entryWrite(const PatchRedirect &r, Machine machine, uint64_t baseAddress, uint64_t imageAddress) {
@@ -29,7 +43,6 @@ Outcome<EntryWrite> entryWrite(const PatchRedirect &r, Machine machine, uint64_t
   EntryWrite w;
   w.address = entry;
   w.expectedAddress = baseAddress + r.baseRva - r.paddingBefore;
-  w.overwritten = overwrittenSpan(r, baseAddress);
   auto reachable = [&](uint64_t from, unsigned bits, unsigned shift) -> Outcome<uint64_t> {
     for (uint64_t to : {function, stub})
       if ((to != stub || r.stubRva) && fitsSigned(int64_t(to - from) >> shift, bits)) return to;
@@ -47,19 +60,22 @@ Outcome<EntryWrite> entryWrite(const PatchRedirect &r, Machine machine, uint64_t
     break;
   }
   case RedirectKind::X64ShortJump: {
-    // E9 rel32 in the padding before the entry, then EB rel8 back to it at the entry; bytes kept
-    // at the entry (endbr64) are written unchanged.
-    if (r.expected.size() < size_t(r.paddingBefore) + r.entryOffset + 2 || r.paddingBefore < 5)
-      return fail(r.name.value_or("a function"), ": the short-jump redirect lacks its expected bytes");
-    uint64_t jumpAt = baseAddress + r.baseRva - r.paddingBefore;
-    Outcome<uint64_t> to = reachable(jumpAt + 5, 32, 0);
-    if (!to) return std::move(to).failure();
-    w.address = jumpAt;
-    w.bytes = x64Jump32(jumpAt, *to);
-    w.bytes.resize(r.paddingBefore);
-    w.bytes.insert(w.bytes.end(), r.expected.begin() + r.paddingBefore, r.expected.begin() + r.paddingBefore + r.entryOffset);
-    w.bytes.push_back(0xeb);
-    w.bytes.push_back(uint8_t(int8_t(int64_t(jumpAt) - int64_t(entry + 2))));
+    // E9 rel32 in the padding at jumpOffset, EB rel8 to it at the entry, written as one run; the
+    // bytes between them (endbr64, the rest of a short function) are written unchanged.
+    uint64_t jumpAt = baseAddress + r.baseRva + int64_t(r.jumpOffset);
+    uint64_t from = std::min(jumpAt, entry), to = std::max(jumpAt + 5, entry + 2);
+    if (from < w.expectedAddress || to - w.expectedAddress > r.expected.size() ||
+        !fitsSigned(int64_t(jumpAt - (entry + 2)), 8) || (jumpAt < entry + 2 && jumpAt + 5 > entry))
+      return fail(r.name.value_or("a function"), ": the short-jump redirect lacks its expected bytes or its padding");
+    Outcome<uint64_t> target = reachable(jumpAt + 5, 32, 0);
+    if (!target) return std::move(target).failure();
+    w.address = from;
+    auto kept = r.expected.begin() + (from - w.expectedAddress);
+    w.bytes.assign(kept, kept + (to - from));
+    std::vector<uint8_t> jump = x64Jump32(jumpAt, *target);
+    std::copy(jump.begin(), jump.end(), w.bytes.begin() + (jumpAt - from));
+    w.bytes[entry - from] = 0xeb;
+    w.bytes[entry - from + 1] = uint8_t(int8_t(int64_t(jumpAt) - int64_t(entry + 2)));
     break;
   }
   case RedirectKind::X64Absolute:

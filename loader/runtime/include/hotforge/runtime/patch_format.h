@@ -18,12 +18,12 @@
 namespace hotforge {
 
 // Never reused: a reader refuses versions it does not know.
-constexpr uint32_t kPatchFormatVersion = 1;
+constexpr uint32_t kPatchFormatVersion = 2;
 
 // What the loader writes at the entry of a base function.
 enum class RedirectKind : uint8_t {
   X64Jump32 = 1,    // E9 rel32 (5 bytes) to the new function, or to its stub when out of reach
-  X64ShortJump = 2, // EB rel8 (2 bytes) into an E9 rel32 written in the padding before the entry
+  X64ShortJump = 2, // EB rel8 (2 bytes) into an E9 rel32 written in nearby padding (jumpOffset)
   X64Absolute = 3,  // FF 25 00000000 + 8-byte address (14 bytes)
   A64Branch = 4,    // B imm26 (4 bytes) to the new function, or to its stub when out of reach
   A64Absolute = 5,  // LDR x16, #8; BR x16; .quad address (16 bytes)
@@ -61,6 +61,8 @@ struct PatchFixup {
   uint32_t veneer = 0;           // image RVA of a veneer for a branch that cannot reach (0: none)
 };
 
+constexpr size_t kMaxExpectedBytes = 24;  // PatchRedirect::expected, as the records hold it
+
 struct PatchRedirect {
   std::optional<std::string> name;
   uint32_t baseRva = 0, baseSize = 0;
@@ -68,8 +70,15 @@ struct PatchRedirect {
   uint32_t stubRva = 0;        // an absolute jump in this image to the new function
   uint8_t entryOffset = 0;     // bytes kept at the entry (endbr64, BTI landing pad)
   RedirectKind kind = RedirectKind::X64Jump32;
-  std::vector<uint8_t> expected;  // base bytes from baseRva - padding, as the loader must find them
-  uint8_t paddingBefore = 0;   // X64ShortJump: bytes before the entry that are part of `expected`
+  std::vector<uint8_t> expected;  // base bytes from baseRva - paddingBefore, as the loader must find them
+  uint8_t paddingBefore = 0;   // padding bytes before the entry that the redirect overwrites
+  int32_t jumpOffset = 0;      // X64ShortJump: where the E9 rel32 goes, from baseRva (in padding)
+  // Every byte the entry write covers, padding included: [baseRva + overwrittenOffset, + overwrittenSize).
+  int32_t overwrittenOffset = 0;
+  uint32_t overwrittenSize = 0;
+  // The function's own code branches into the overwritten bytes: no thread may be inside the
+  // function (at a pc in it or with a return address into it) when the jump is written.
+  bool quiescent = false;
 };
 
 struct PatchSection {
@@ -132,21 +141,27 @@ Status applyFixups(const PatchImage &image, uint64_t baseAddress, uint64_t image
 // The image's sections laid out at their RVAs (imageSize bytes, zero-filled between).
 std::vector<uint8_t> layOut(const PatchImage &image);
 
-// The base bytes a redirect overwrites, with the base at `baseAddress`. A thread whose next
-// instruction starts strictly inside (begin, end) would execute half a jump, so a loader waits
-// until none is there; `begin` itself stays an instruction boundary.
+// The base bytes a redirect overwrites (as recorded, padding included), with the base at
+// `baseAddress`. A thread whose next instruction starts strictly inside (begin, end) would
+// execute half a jump, so a loader waits until none is there; `begin` itself stays an
+// instruction boundary.
 struct AddressSpan {
   uint64_t begin = 0, end = 0;
   bool strictlyContains(uint64_t address) const { return address > begin && address < end; }
+  bool contains(uint64_t address) const { return address >= begin && address < end; }
 };
 AddressSpan overwrittenSpan(const PatchRedirect &redirect, uint64_t baseAddress);
+// Why a thread at `pc` whose stack holds `stack` is in the way of writing `redirect` (empty: it is
+// not): inside the overwritten bytes, or, for a quiescent redirect (or with `strict`), anywhere in
+// the function or with a return address into it.
+std::string threadInTheWay(const PatchRedirect &redirect, uint64_t baseAddress, uint64_t pc,
+                           std::span<const uint64_t> stack, bool strict);
 
 // What a loader writes for one redirect: `bytes` at `address`, once the memory at
 // `expectedAddress` holds `redirect.expected`.
 struct EntryWrite {
   uint64_t address = 0, expectedAddress = 0;
   std::vector<uint8_t> bytes;
-  AddressSpan overwritten;
 };
 // The write for `redirect` with the base at `baseAddress` and the image at `imageAddress`; fails
 // when the jump cannot reach the new function or its stub.
