@@ -26,6 +26,7 @@ void addBuildCommand(CLI::App &app, int &exitCode) {
       "data, fixups that bind it to the running baseline, the redirection of every changed function, unwind "
       "data, and the identity of the exact baseline (build-id or TimeDateStamp+CheckSum, SHA-256).\n"
       "Refuses, with every reason, when a change needs a restart (exit 3); never writes a partial image.\n"
+      "Two builds with no change are no error: exit 0, and no image is written.\n"
       "Example: hotforge build app.base app.patched -o app.hfpatch --sequence 2");
   addBuildPairOptions(*command, options->pair);
   // writeOutput takes "-" and "" for stdout, where the binary image would run into the report.
@@ -49,7 +50,13 @@ void addBuildCommand(CLI::App &app, int &exitCode) {
     diffOptions.carryLineChanges = options->pair.carryLineChanges;
     llvm::Expected<Diff> diff = diffImages(*base, *patched, diffOptions);
     if (!diff) return void(exitCode = reportError(llvm::toString(diff.takeError())));
-    if (diff->changes.empty()) return void(exitCode = reportError("no change between the two builds: nothing to patch"));
+    if (diff->changes.empty()) {
+      // Like `release`, which calls such a pair unchanged: a result, not an error. No image is
+      // written, so a pipeline tells it from a built patch by the report (or the missing file).
+      if (options->json) fmt::print("{}", jsonText(nlohmann::json{{"unchanged", true}}));
+      else fmt::print("{}: not written: no change between the two builds, nothing to patch\n", options->output);
+      return void(exitCode = kExitOk);
+    }
     BuildOptions buildOptions;
     buildOptions.sequence = options->sequence;
     llvm::Expected<PatchImage> image = buildPatchImage(*base, *patched, *diff, buildOptions);

@@ -16,6 +16,7 @@
 
 #include <array>
 #include <cstring>
+#include <filesystem>
 #include <map>
 #include <set>
 
@@ -117,6 +118,36 @@ size_t unwindEntriesOf(const Image &patched, const PatchImage &image) {
   return n;
 }
 
+size_t pointersChecked = 0;  // pointers in copied data that checkInstructionByInstruction followed
+
+// A pointer in copied data, `value` once the fixups are applied, against the patched build's
+// pointer to `patchedTarget`: the same function, or data with the same first bytes.
+void checkPointee(const Built &b, const std::vector<uint8_t> &memory,
+                  const std::map<uint32_t, const PatchFunction *> &byImageRva, uint64_t baseAddress,
+                  uint64_t imageAddress, uint64_t value, uint64_t patchedTarget) {
+  llvm::ArrayRef<uint8_t> want = b.patched.bytesAt(patchedTarget, 8);
+  want = want.take_front(std::find(want.begin(), want.end(), 0) - want.begin() + 1);  // a string: up to its NUL
+  if (value >= imageAddress && value - imageAddress < memory.size()) {
+    uint32_t imageRva = uint32_t(value - imageAddress);
+    auto g = byImageRva.upper_bound(imageRva);
+    if (g != byImageRva.begin() && imageRva < std::prev(g)->first + std::prev(g)->second->size) {
+      EXPECT_EQ(std::prev(g)->second->patchedRva + (imageRva - std::prev(g)->first), patchedTarget);
+      return;
+    }
+    ASSERT_LE(imageRva + want.size(), memory.size());
+    EXPECT_TRUE(std::equal(want.begin(), want.end(), memory.begin() + imageRva)) << "image rva " << imageRva;
+    return;
+  }
+  uint64_t baseRva = value - baseAddress;
+  std::string inPatched = describe(b.patched, patchedTarget);
+  if (!inPatched.empty() && inPatched.rfind("d:", 0) != 0) {
+    EXPECT_EQ(describe(b.base, baseRva), inPatched) << "base rva " << baseRva;
+    return;
+  }
+  llvm::ArrayRef<uint8_t> have = b.base.bytesAt(baseRva, want.size());
+  EXPECT_TRUE(std::equal(want.begin(), want.end(), have.begin(), have.end())) << "base rva " << baseRva;
+}
+
 bool isCarriedCode(const PatchImage &image, uint32_t rva) {
   return std::any_of(image.functions.begin(), image.functions.end(),
                      [&](const PatchFunction &f) { return rva >= f.rva && rva < f.rva + f.size; });
@@ -194,10 +225,21 @@ void checkInstructionByInstruction(const Built &b, uint64_t baseAddress, uint64_
           EXPECT_EQ(g->second->patchedRva + (imageRva - g->first), t.target);
           continue;
         }
-        // Data the image carries: its bytes are the patched build's (jump tables are rebuilt).
+        // Data the image carries: its bytes are the patched build's (jump tables are rebuilt),
+        // and every pointer in it reaches what the patched build's pointer reaches.
         if (binding.kind == Binding::Kind::JumpTable) continue;
+        auto pointer = b.diff.dataPointers.upper_bound(t.target);
+        bool inPointer = pointer != b.diff.dataPointers.begin() && std::prev(pointer)->first + 8 > t.target;
         llvm::ArrayRef<uint8_t> want = b.patched.bytesAt(t.target, 1);
-        if (!want.empty()) EXPECT_EQ(memory[imageRva], want[0]);
+        if (!want.empty() && !inPointer) EXPECT_EQ(memory[imageRva], want[0]);
+        uint64_t copyStart = imageRva - (t.target - binding.address);
+        for (auto p = b.diff.dataPointers.lower_bound(binding.address);
+             p != b.diff.dataPointers.end() && p->first < binding.address + binding.size; ++p) {
+          SCOPED_TRACE("pointer at patched rva " + std::to_string(p->first));
+          uint64_t value = llvm::support::endian::read64le(&memory[copyStart + (p->first - binding.address)]);
+          checkPointee(b, memory, byImageRva, baseAddress, imageAddress, value, p->second.target);
+          ++pointersChecked;
+        }
         continue;
       }
       // Into the base: the same named place, or the PLT entry of the same import, as the patched
@@ -297,6 +339,9 @@ TEST(Emitter, EveryScenarioBuildsAnImageThatIsThePatchedCode) {
     }
   }
   EXPECT_GT(built, 70u);  // 4 ELF targets x 13, 2 PE targets x 12
+  // Scenario 50: per target, two references into its table of 3 strings and 3 functions, at two
+  // image addresses.
+  EXPECT_GE(pointersChecked, 6u * 2 * 6 * 2);
 }
 
 // Scenarios 40-42 wherever they arise: a 4-byte function (x64) gets its jump over the fill after
@@ -549,6 +594,59 @@ TEST(Emitter, BuildCommandRefusesRestartsAndWritesNothing) {
   EXPECT_EQ(doc["format"], "pe");
   EXPECT_EQ(doc["machine"], "arm64");
   EXPECT_EQ(doc["redirects"][0]["name"], "table_get");
+}
+
+// Two builds with no change: `release` calls the pair unchanged, so `build` exits 0 (no error),
+// says so, and writes no image.
+TEST(Emitter, BuildCommandOnTwoBuildsWithNoChangeExitsZeroAndWritesNothing) {
+  std::vector<Sample> all = samples();
+  for (const char *target : {"elf-x64-gcc", "pe-a64"}) {
+    SCOPED_TRACE(target);
+    const Sample *base = find(all, target, "core", "base");
+    ASSERT_TRUE(base);
+    std::string out = tempDir() + "/unchanged.hfpatch";
+    CommandResult r = run({hotforgeBinary(), "build", base->path, base->path, "-o", out});
+    EXPECT_EQ(r.exitCode, 0) << r.err;
+    EXPECT_EQ(r.out, out + ": not written: no change between the two builds, nothing to patch\n");
+    EXPECT_EQ(r.err, "");
+    EXPECT_FALSE(std::filesystem::exists(out));
+    r = run({hotforgeBinary(), "build", base->path, base->path, "-o", out, "--json"});
+    EXPECT_EQ(r.exitCode, 0) << r.err;
+    EXPECT_EQ(nlohmann::json::parse(r.out), nlohmann::json({{"unchanged", true}}));
+    EXPECT_FALSE(std::filesystem::exists(out));
+  }
+}
+
+// A refusal lists each reason once: copied data whose every pointer fails to bind is named once.
+TEST(Emitter, ARefusalListsEachReasonOnce) {
+  std::vector<Sample> all = samples();
+  for (const char *target : {"elf-x64-gcc", "elf-a64-clang", "pe-x64", "pe-a64"}) {
+    SCOPED_TRACE(target);
+    const Sample *base = find(all, target, "upd", "base"), *fix = find(all, target, "upd", "fix50");
+    ASSERT_TRUE(base && fix);
+    Built b = build(base->path, fix->path);
+    ASSERT_TRUE(b.image) << b.error;
+    // As if every pointer in the copied tables named a symbol the images cannot bind yet.
+    size_t pointers = 0;
+    for (auto &[slot, pointer] : b.diff.dataPointers)
+      if (pointer.binding.kind == Binding::Kind::Base || pointer.binding.kind == Binding::Kind::Function) {
+        pointer.binding = {Binding::Kind::Unbound, slot, 0, "`free` is imported, and images bind no imports in data yet"};
+        ++pointers;
+      }
+    EXPECT_GE(pointers, 3u);  // the string table and the function table
+    llvm::Expected<PatchImage> refused = buildPatchImage(b.base, b.patched, b.diff, {});
+    ASSERT_FALSE(bool(refused));
+    std::string error = llvm::toString(refused.takeError());
+    std::set<std::string> reasons;
+    size_t listed = 0;
+    for (size_t at = error.find(": ") + 2, end; at < error.size(); at = end + 2, ++listed) {
+      end = std::min(error.find("; ", at), error.size());
+      EXPECT_TRUE(reasons.insert(error.substr(at, end - at)).second) << "listed twice: " << error.substr(at, end - at);
+    }
+    EXPECT_GE(listed, 1u) << error;
+    EXPECT_LT(listed, pointers) << error;
+    EXPECT_NE(error.find("holds a pointer that cannot be bound: `free` is imported,"), std::string::npos) << error;
+  }
 }
 
 // A PE32+ image read by hand, as a loader would: headers, sections, bytes at an RVA.

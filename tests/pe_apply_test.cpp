@@ -55,6 +55,9 @@ const std::map<int, ScenarioCalls> &scenarioCalls() {
       {40, stateless({"entry_triple:0x60000000", "entry_triple:7"})},
       {41, stateless({"entry_root:\"aabcdefghijk\",3", "entry_root:\"aabcdefghijk\",11"})},
       {42, stateless({"entry_level:5", "entry_level:200"})},
+      // Tables of pointers the image copies: to strings, to base functions and to a new one.
+      {50, stateless({"upd_level_name:0:str", "upd_level_name:2:str", "upd_level_name:3:str", "upd_level_name:7:str",
+                      "upd_apply_op:0,4", "upd_apply_op:1,5", "upd_apply_op:2,3"})},
   };
   return calls;
 }

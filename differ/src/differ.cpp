@@ -939,6 +939,62 @@ private:
       }
       diff.bindings.push_back(std::move(fb));
     }
+    bindCarriedData(diff);
+  }
+
+  // Every relocated pointer in the data the patch copies, and in the data those pointers make it
+  // copy in turn: bound like an address the code takes.
+  void bindCarriedData(Diff &diff) {
+    using Kind = Binding::Kind;
+    std::vector<std::pair<uint64_t, uint64_t>> work;  // patched RVA and size of a copy
+    std::set<std::pair<uint64_t, uint64_t>> seen;
+    auto copies = [&](const Binding &b) {
+      if ((b.kind == Kind::Constant || b.kind == Kind::NewData) && seen.insert({b.address, b.size}).second)
+        work.push_back({b.address, b.size});
+    };
+    for (const FunctionBindings &fb : diff.bindings)
+      for (const Binding &b : fb.references) copies(b);
+    if (work.empty()) return;
+    std::map<uint64_t, const Relocation *> symbolic;  // symbol + addend pointers, by slot
+    for (const Relocation &r : patched_.image.relocations)
+      if (r.symbol) symbolic.emplace(r.rva, &r);
+    // What the patched build defines itself, by name: the functions, then the data objects.
+    std::unordered_map<std::string_view, uint64_t> defined;
+    for (const Function &f : patched_.image.functions)
+      if (f.name) defined.try_emplace(*f.name, f.range.rva);
+    for (const DataObject &d : patched_.image.dataObjects)
+      if (!d.threadLocal) defined.try_emplace(d.name, d.range.rva);
+    const std::vector<uint64_t> &slots = patched_.relocations.rvas;
+    while (!work.empty()) {
+      auto [rva, size] = work.back();
+      work.pop_back();
+      for (auto slot = std::lower_bound(slots.begin(), slots.end(), rva); slot != slots.end() && *slot < rva + size;
+           ++slot) {
+        if (diff.dataPointers.count(*slot)) continue;
+        Diff::DataPointer pointer = bindPointer(*slot, symbolic, defined);
+        copies(pointer.binding);
+        diff.dataPointers.emplace(*slot, std::move(pointer));
+      }
+    }
+  }
+
+  Diff::DataPointer bindPointer(uint64_t slot, const std::map<uint64_t, const Relocation *> &symbolic,
+                                const std::unordered_map<std::string_view, uint64_t> &defined) {
+    using Kind = Binding::Kind;
+    auto pointer = patched_.pointers.find(slot);
+    if (pointer == patched_.pointers.end())
+      return {0, {Kind::Unbound, slot, 0, "a relocated field that is no pointer"}};
+    uint64_t target = pointer->second.rva;
+    if (const std::string *symbol = pointer->second.symbol) {
+      // A symbol the build defines itself is bound where the patched build has it; one it imports
+      // would need the loader to resolve it.
+      auto r = symbolic.find(slot);
+      auto definition = defined.find(*symbol);
+      if (definition == defined.end() || r == symbolic.end())
+        return {0, {Kind::Unbound, slot, 0, fmt::format("`{}` is imported, and images bind no imports in data yet", *symbol)}};
+      target = definition->second + uint64_t(r->second->addend);
+    }
+    return {target, bindAddress(nullptr, target, false, *decoders_[0])};
   }
 
   // One key per symbol the loader binds, for stubs, thunks and slots alike: its DLL (PE; empty on
@@ -1041,17 +1097,22 @@ private:
   }
 
   Binding bind(size_t p, const CodeReference &r, InstructionDecoder &decoder) {
+    if (r.kind == ReferenceKind::Page)
+      return {Binding::Kind::Unbound, r.target, 0, "an ADRP whose use could not be followed"};
+    return bindAddress(&p, r.target, r.kind == ReferenceKind::Call || r.kind == ReferenceKind::Branch, decoder);
+  }
+
+  // Where `target` (a patched RVA) must point once the patch is loaded. `from`: the carried
+  // function whose code refers to it; null for a pointer in carried data, which takes an address
+  // (never a call or branch).
+  Binding bindAddress(const size_t *from, uint64_t target, bool direct, InstructionDecoder &decoder) {
     using Kind = Binding::Kind;
     const Function *f = nullptr;
     const DataObject *o = nullptr;
-    uint64_t target = r.target;
-    if (r.kind == ReferenceKind::Page)
-      return {Kind::Unbound, target, 0, "an ADRP whose use could not be followed"};
     switch (patched_.classify(target, &f, &o)) {
     case TargetClass::Function: {
       size_t index = patched_.functionIndex(f);
-      if (index == p) return {Kind::Local, target, 0, {}};
-      bool direct = r.kind == ReferenceKind::Call || r.kind == ReferenceKind::Branch;
+      if (from && index == *from) return {Kind::Local, target, 0, {}};
       // Calls go straight to carried code; a taken address stays the base's, whose entry is
       // redirected, so function pointers compare equal across old and new code.
       if (carried_[index] && (direct || !matching_.patchedToBase[index])) return {Kind::Function, target, 0, {}};
@@ -1094,21 +1155,25 @@ private:
       if (std::optional<uint64_t> b = nearbyCounterpart(target)) return {Kind::Base, *b, 0, {}};
       if (std::optional<uint64_t> pointee = baseCounterpart(pointer.rva))
         if (auto it = basePointeeSlots_.find(*pointee); it != basePointeeSlots_.end()) return {Kind::Base, it->second, 0, {}};
+      // A new read-only table that starts with a pointer (its symbol stripped): copied whole.
+      if (patched_.isReadOnly(target)) return {Kind::Constant, target, patched_.tableExtent(target), {}};
       return {Kind::Unbound, target, 0, "a pointer slot with no counterpart in the base"};
     }
     case TargetClass::ReadOnly: {
-      uint64_t entries = patched_.relativeTableEntries(target, patched_.image.functions[p]);
+      uint64_t entries = from ? patched_.relativeTableEntries(target, patched_.image.functions[*from]) : 0;
       if (entries >= 2) return {Kind::JumpTable, target, entries * 4, {}};
       // Read-only data with relocated pointers (.data.rel.ro), which a copy could not carry: the
       // base's when it has the same content (pointers compared by what they point at).
       uint64_t size = patched_.naturalExtent(target);
       const std::vector<uint64_t> &relocated = patched_.relocations.rvas;
       auto pointer = std::lower_bound(relocated.begin(), relocated.end(), target);
-      if (auto it = readOnlyToBase_.find(target); it != readOnlyToBase_.end() && pointer != relocated.end() &&
-          *pointer < target + size && size == base_.naturalExtent(it->second) &&
+      bool table = pointer != relocated.end() && *pointer < target + size;
+      if (auto it = readOnlyToBase_.find(target); it != readOnlyToBase_.end() && table &&
+          size == base_.naturalExtent(it->second) &&
           contentHashOf(false, it->second, size, nullptr) == contentHashOf(true, target, size, nullptr))
         return {Kind::Base, it->second, 0, {}};
-      return {Kind::Constant, target, size, {}};
+      // A copy of a table must hold all of it, however far the code indexes.
+      return {Kind::Constant, target, table ? patched_.tableExtent(target) : size, {}};
     }
     case TargetClass::Writable:
       if (std::optional<uint64_t> b = baseCounterpart(target)) return {Kind::Base, *b, 0, {}};

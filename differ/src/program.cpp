@@ -436,6 +436,16 @@ std::optional<uint64_t> Program::decodeStubSlot(uint64_t rva, InstructionDecoder
   return std::nullopt;
 }
 
+uint64_t Program::tableExtent(uint64_t rva) const {
+  const Section *section = image.sectionAt(rva);
+  if (!section) return 0;
+  uint64_t end = section->rva + section->size;
+  if (std::optional<uint64_t> next = referenced.firstBetween(rva, end)) end = *next;
+  auto object = dataAfter(rva);
+  if (object != data.end() && (*object)->range.rva < end) end = (*object)->range.rva;
+  return end - rva;
+}
+
 uint64_t Program::naturalExtent(uint64_t rva) const {
   const Section *section = image.sectionAt(rva);
   if (!section) return 0;

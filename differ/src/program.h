@@ -164,6 +164,9 @@ struct Program {
   uint64_t contentHash(uint64_t rva, uint64_t size, const Function *within,
                        const std::function<uint64_t(uint64_t)> &pointerClass) const;
   uint64_t naturalExtent(uint64_t rva) const;
+  // Read-only data that holds relocated pointers (a table whose length the code alone knows):
+  // up to the next address code refers to, the next data object or the end of its section.
+  uint64_t tableExtent(uint64_t rva) const;
   // How many 32-bit entries from `rva` on, read as offsets from `rva`, land inside `within` (an
   // x64 switch table): 0 or 1 means it is no such table.
   uint64_t relativeTableEntries(uint64_t rva, const Function &within) const;

@@ -87,7 +87,9 @@ public:
     if (image_.format == Format::Pe) addHandlerStubs();
     if (!problems_.empty()) {
       std::string all;
-      for (const std::string &p : problems_) all += (all.empty() ? "" : "; ") + p;
+      std::set<std::string> listed;
+      for (const std::string &p : problems_)
+        if (listed.insert(p).second) all += (all.empty() ? "" : "; ") + p;
       return formatError("cannot build a safe patch: {}", all);
     }
     if (llvm::Error e = finishSections()) return e;
@@ -174,17 +176,14 @@ private:
     return uint32_t(it->second.first + (patchedRva - it->first));
   }
 
-  // Copies patched bytes [rva, rva+size) into the image once; returns the copy's RVA.
-  uint32_t copyBlob(uint64_t rva, uint64_t size, bool writable, const FunctionBindings *table) {
+  // Copies patched bytes [rva, rva+size) into the image once, with a fixup for every pointer in
+  // them; returns the copy's RVA.
+  uint32_t copyBlob(uint64_t rva, uint64_t size, bool writable) {
     auto key = std::make_pair(rva, writable);
     if (auto it = blobs_.find(key); it != blobs_.end()) return it->second;
     if (auto reach = copyReach_.find(rva); reach != copyReach_.end()) size = std::max(size, reach->second - rva);
     llvm::ArrayRef<uint8_t> bytes = patched_.bytesAt(rva, size);
     if (!writable && bytes.size() != size) bytes = {};
-    for (uint64_t r : relocations_.rvas)
-      if (r >= rva && r < rva + size)
-        problems_.push_back(fmt::format("the data at patched rva {:#x} holds relocated pointers, which patches "
-                                        "cannot carry yet", rva));
     uint32_t at = 0;
     if (!writable) {
       rodata_.bytes.resize(alignTo(rodata_.bytes.size(), 16));
@@ -201,9 +200,45 @@ private:
       bssSize_ += size;
     }
     uint32_t placeholder = (!writable ? 1u : !bytes.empty() ? 2u : 3u) << 28 | at;  // section tag until laid out
-    blobs_[key] = placeholder;
-    (void)table;
+    blobs_[key] = placeholder;  // before the pointers: they may point back into this copy
+    for (auto slot = diff_.dataPointers.lower_bound(rva); slot != diff_.dataPointers.end() && slot->first < rva + size;
+         ++slot)
+      bindPointer(placeholder + uint32_t(slot->first - rva), rva, slot->second);
     return placeholder;
+  }
+
+  // A Data64 fixup for a pointer at `site` (a placeholder RVA) in the copy of the patched data at
+  // `copied`. A refusal names the data, once however many of its pointers it concerns.
+  void bindPointer(uint32_t site, uint64_t copied, const Diff::DataPointer &pointer) {
+    const Binding &b = pointer.binding;
+    PatchFixup fixup;
+    fixup.site = site;
+    fixup.kind = FixupKind::Data64;
+    switch (b.kind) {
+    case Binding::Kind::Function:
+      if (std::optional<uint32_t> rva = carriedRva(pointer.target)) {
+        fixup.toBase = false;
+        fixup.target = *rva;
+        break;
+      }
+      problems_.push_back(fmt::format("the data at patched rva {:#x} points at a function that is not in the patch",
+                                      copied));
+      return;
+    case Binding::Kind::Base:
+      fixup.toBase = true;
+      fixup.target = b.address;
+      break;
+    case Binding::Kind::Constant:
+    case Binding::Kind::NewData:
+      fixup.toBase = false;
+      fixup.target = copyBlob(b.address, b.size, b.kind == Binding::Kind::NewData) + (pointer.target - b.address);
+      break;
+    default:
+      problems_.push_back(fmt::format("the data at patched rva {:#x} holds a pointer that cannot be bound: {}", copied,
+                                      b.note.empty() ? std::string(bindingKindName(b.kind)) : b.note));
+      return;
+    }
+    pending_.push_back(fixup);
   }
 
   llvm::Error bindReferences() {
@@ -327,7 +362,7 @@ private:
         // linker-relaxed NOP+ADR becomes ADRP+ADD again.
         if (const DataObject *o = copyableObjectAt(r.target)) {
           fixup.toBase = false;
-          fixup.target = copyBlob(o->range.rva, o->range.size, false, nullptr) + (r.target - o->range.rva);
+          fixup.target = copyBlob(o->range.rva, o->range.size, false) + (r.target - o->range.rva);
           break;
         }
         if (r.encoding == FieldEncoding::A64Adr21 && widenAdr(functionRva, r, b.address)) return;
@@ -341,7 +376,7 @@ private:
     case Binding::Kind::NewData: {
       bool writable = b.kind == Binding::Kind::NewData;
       fixup.toBase = false;
-      fixup.target = copyBlob(b.address, b.size, writable, nullptr) + (r.target - b.address);
+      fixup.target = copyBlob(b.address, b.size, writable) + (r.target - b.address);
       break;
     }
     case Binding::Kind::JumpTable: {
@@ -619,6 +654,7 @@ private:
     };
     for (PatchFixup &f : pending_) {
       if (!f.toBase && f.target >= (1u << 28)) f.target = place(f.target);
+      if (f.site >= (1u << 28)) f.site = uint32_t(place(f.site));  // pointers in copied data
       image_.fixups.push_back(f);
     }
     for (const JumpTableEntry &e : jumpTableEntries_) {

@@ -1,4 +1,4 @@
-/* upd.c - the `upd` sample: scenarios 30-33, shapes real security updates have.
+/* upd.c - the `upd` sample: scenarios 30-33 and 50, shapes real security updates have.
  *
  * 30: an edit above a function moves its __LINE__ (only the line number passed to the error
  *     reporter differs): a line-number-only change, left out of the patch by default.
@@ -8,7 +8,9 @@
  * 32: an old helper is replaced by a new exported setter of the same structure: the two must
  *     not be paired (a patch would redirect the old helper into unrelated code).
  * 33: PE: the import is called without dllimport, so the linker puts `jmp [IAT]` thunks into
- *     .text; a fix that grows .text moves them, which is no change of their callers. */
+ *     .text; a fix that grows .text moves them, which is no change of their callers.
+ * 50: fixes that look up new read-only tables of pointers (to string literals, to existing and
+ *     to new functions): the copied tables need a fixup per pointer. */
 #include "hf.h"
 #include "upd.h"
 
@@ -167,4 +169,51 @@ HF_API HF_NOINLINE int upd_percent(int part, int whole)
         return -1;
     }
     return part * 100 / whole;
+}
+
+/* ---- scenario 50 ------------------------------------------------------------------------ */
+HF_API HF_NOINLINE int upd_op_double(int v)
+{
+    return v * 2;
+}
+
+HF_API HF_NOINLINE int upd_op_negate(int v)
+{
+    return -v;
+}
+
+#if HF_FIX == 50
+HF_API HF_NOINLINE int upd_op_cube(int v)
+{
+    return v * v * v;
+}
+
+/* One object: gcc reaches two tables through one section anchor, clang turns a table of string
+ * pointers into offsets from itself; a copy of one object carries neither (samples/README.md). */
+static const struct { const char *name; int (*op)(int); } upd_levels[] = {
+    {"quiet", upd_op_double}, {"normal", upd_op_negate}, {"verbose", upd_op_cube}};
+#endif
+
+HF_API HF_NOINLINE const char *upd_level_name(int level)
+{
+#if HF_FIX == 50
+    if (level < 0 || level >= 3)
+        return "unknown";
+    return upd_levels[level].name;
+#else
+    return level == 0 ? "quiet" : "unknown";
+#endif
+}
+
+HF_API HF_NOINLINE int upd_apply_op(int op, int v)
+{
+#if HF_FIX == 50
+    if (op < 0 || op >= 3)
+        return -1;
+    return upd_levels[op].op(v);
+#else
+    if (op == 0)
+        return upd_op_double(v);
+    return op == 1 ? upd_op_negate(v) : -1;
+#endif
 }

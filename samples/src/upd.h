@@ -1,4 +1,4 @@
-/* upd.h - scenario functions of the `upd` sample (scenarios 30-33): what real security updates
+/* upd.h - scenario functions of the `upd` sample (scenarios 30-33, 50): what real security updates
  * look like to the differ. */
 #ifndef HF_SAMPLES_UPD_H
 #define HF_SAMPLES_UPD_H
@@ -18,5 +18,9 @@ HF_API int upd_mode(int v);                                /* 32 calls the old h
 HF_API int upd_digits(const char *s);                      /* 33 grows; the import thunks move  */
 HF_API int upd_parse_dec(const char *s);                   /* 33 calls the import, unchanged    */
 HF_API int upd_parse_hex(const char *s);                   /* 33 calls the import, unchanged    */
+HF_API int upd_op_double(int v);                           /* 50 an existing table entry        */
+HF_API int upd_op_negate(int v);                           /* 50 an existing table entry        */
+HF_API const char *upd_level_name(int level);              /* 50 a new table of strings         */
+HF_API int upd_apply_op(int op, int v);                    /* 50 a new table of functions       */
 
 #endif

@@ -1,4 +1,4 @@
-/* upd_main.c - driver for the `upd` sample (scenarios 30-33). */
+/* upd_main.c - driver for the `upd` sample (scenarios 30-33, 50). */
 #define _GNU_SOURCE 1 /* dl_iterate_phdr, for hf_serve.h */
 #include "upd.h"
 #include "hf_out.h"
@@ -18,6 +18,10 @@ static void run_scenarios(void)
     HF_OUT("s33 upd_digits(\"12_345\")=%d\n", upd_digits("12_345"));
     HF_OUT("s33 upd_parse_dec(\"41\")=%d\n", upd_parse_dec("41"));
     HF_OUT("s33 upd_parse_hex(\"ff\")=%d\n", upd_parse_hex("ff"));
+    HF_OUT("s50 upd_level_name(0)=%s\n", upd_level_name(HF_IN(0)));
+    HF_OUT("s50 upd_level_name(2)=%s\n", upd_level_name(HF_IN(2)));
+    HF_OUT("s50 upd_apply_op(1,5)=%d\n", upd_apply_op(HF_IN(1), HF_IN(5)));
+    HF_OUT("s50 upd_apply_op(2,3)=%d\n", upd_apply_op(HF_IN(2), HF_IN(3)));
 }
 
 int main(int argc, char **argv)

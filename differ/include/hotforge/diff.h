@@ -8,6 +8,7 @@
 #include <llvm/Support/Error.h>
 #include <nlohmann/json.hpp>
 
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -109,6 +110,14 @@ struct Diff {
     uint64_t baseRva = 0;
   };
   std::vector<DataPair> dataPairs;  // sorted by patched RVA
+  // A relocated pointer inside data the patch copies (a Constant or NewData binding, or data such
+  // a pointer reaches in turn): what it points at in the patched build, bound as code references
+  // are (Function: a carried function; Constant/NewData: another copy; Base: the base's).
+  struct DataPointer {
+    uint64_t target = 0;  // patched RVA pointed at
+    Binding binding;
+  };
+  std::map<uint64_t, DataPointer> dataPointers;  // by the patched RVA of the pointer
   DiffSummary summary;
   std::vector<std::string> log;  // one line per matching stage: how many pairs it found
 
