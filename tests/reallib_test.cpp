@@ -13,6 +13,8 @@
 
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
 #include <csignal>
@@ -66,12 +68,14 @@ std::string aptFetch(const std::vector<std::string> &args, const std::string &fo
                      const std::string &what) {
   std::string target = folder + "/" + name;
   if (fs::exists(target)) return target;
-  std::string scratch = tempDir() + "/apt-" + name;
+  // Next to the cache entry, so the rename below stays on one file system.
+  std::string scratch = folder + "/.apt-" + name + "-" + std::to_string(getpid());
   fs::create_directories(scratch);
   std::vector<std::string> argv{"sh", "-c", "cd \"$0\" && exec apt-get \"$@\"", scratch};
   argv.insert(argv.end(), args.begin(), args.end());
   CommandResult r = run(argv);
   if (!fs::exists(scratch + "/" + name)) {
+    fs::remove_all(scratch);
     if (offline(r.err)) {
       offlineReason = "apt has no network, and the cache " + folder + " has no " + name + " (" + what + ")";
       return "";
@@ -82,6 +86,7 @@ std::string aptFetch(const std::vector<std::string> &args, const std::string &fo
   }
   fs::create_directories(folder);
   fs::rename(scratch + "/" + name, target);  // whole or not at all: other tests read the cache too
+  fs::remove_all(scratch);
   return target;
 }
 
