@@ -37,7 +37,7 @@ const std::map<int, ScenarioCalls> &scenarioCalls() {
       {1, stateless({"table_get:0", "table_get:15", "table_get:16", "table_get:17", "table_get:-1"})},
       {2, stateless({"volume_set:-3", "volume_set:5", "volume_set:12", "volume_step:5,-9", "volume_step:5,2"})},
       {3, stateless({"checksum_text:\"abc\"", "checksum_text:\"a\\tb\\n\""})},
-      {4, stateless({"status_text:0:str", "status_text:1:str", "status_text:2:str"})},
+      {4, stateless({"status_text:0:str", "status_text:1:str", "status_text:2:str", "status_text:5:str"})},
       // g_total: 2 after the base's calls; the patch adds 5 and counts -3 in its own g_rejected: 7.
       {5, {{"add_sample:5", "add_sample:-3"}, {"add_sample:2"}, {"add_sample:5"}}},
       {7, stateless({"mask_flags:0x1f3", "mask_flags:0x42"})},

@@ -91,13 +91,6 @@ std::string buildRefusal(int scenario) {
   return "";
 }
 
-std::string targetBuildRefusal(int scenario, const std::string &target) {
-  for (const nlohmann::json &s : samplesManifest()["scenarios"])
-    if (s["scenario"] == scenario && s["expected"].contains("build_refused_on"))
-      return s["expected"]["build_refused_on"].value(target, "");
-  return "";
-}
-
 std::vector<Sample> samples(const std::string &targetPrefix) {
   std::vector<Sample> out;
   const nlohmann::json &manifest = samplesManifest();

@@ -54,6 +54,7 @@ std::string_view matchStageName(MatchStage stage) {
   case MatchStage::Hash: return "hash";
   case MatchStage::Structure: return "structure";
   case MatchStage::CallGraph: return "call-graph";
+  case MatchStage::DataPointers: return "data-pointers";
   }
   return "unknown";
 }
@@ -62,6 +63,8 @@ namespace differ {
 namespace {
 
 constexpr uint64_t kUnmatched = 1ull << 62;
+// A relative string table is copied with its strings in one piece, up to this size.
+constexpr uint64_t kRelativeStringSpanLimit = 1 << 20;
 
 // A symbol the loader binds, by its DLL (PE; empty on ELF) and name.
 uint64_t symbolDigest(std::string_view library, std::string_view name) {
@@ -257,6 +260,12 @@ private:
   // GOT slots of local objects (whose pointees are a pair too) are voted on apart.
   void voteAnonymousData() {
     Votes writable, readOnly, slots;
+    // A function whose code kept its shape reaches its data at the same places; one whose code
+    // changed may reach other data there (scenario 5 on Arm64: the fix's add_sample reaches the
+    // new g_rejected where the base's reached g_total). Its votes count only where no unchanged
+    // function's do.
+    constexpr size_t kSameShapeWeight = size_t(1) << 20;
+    size_t weight = 1;
     auto vote = [&](uint64_t tb, uint64_t tp) {
       const Function *f = nullptr;
       const DataObject *o = nullptr;
@@ -264,19 +273,20 @@ private:
       if (cb == TargetClass::PointerSlot && cp == TargetClass::PointerSlot) {
         const PointerTarget &sb = base_.pointers.at(tb), &sp = patched_.pointers.at(tp);
         if (sb.symbol || sp.symbol) return;
-        ++slots[tb][tp];
+        slots[tb][tp] += weight;
         tb = sb.rva, tp = sp.rva;
         cb = base_.classify(tb, &f, &o), cp = patched_.classify(tp, &f, &o);
       }
       if (cb != cp) return;
-      if (cb == TargetClass::Writable) ++writable[tb][tp];
-      else if (cb == TargetClass::ReadOnly) ++readOnly[tb][tp];
+      if (cb == TargetClass::Writable) writable[tb][tp] += weight;
+      else if (cb == TargetClass::ReadOnly) readOnly[tb][tp] += weight;
     };
     for (size_t b = 0; b < base_.code.size(); ++b) {
       if (!matching_.baseToPatched[b]) continue;
       size_t p = *matching_.baseToPatched[b];
       ReferenceList rb = base_.references(b), rp = patched_.references(p);
       bool sameShape = base_.code[b].shape == patched_.code[p].shape && rb.size() == rp.size();
+      weight = sameShape ? kSameShapeWeight : 1;
       auto samePlace = [&](const CodeReference &x, const CodeReference &y, uint64_t fromX, uint64_t fromY) {
         return x.kind == y.kind && x.encoding == y.encoding && (sameShape || fromX == fromY);
       };
@@ -353,6 +363,8 @@ private:
       return key;
     }
     case TargetClass::PointerSlot: {
+      if (p.isTableSlot(target))
+        return {SymbolKey::Content, contentHashOf(patchedSide, target, p.tableExtent(target), nullptr), 0, 0};
       const PointerTarget &pointer = p.pointers.at(target);
       // The same symbol whichever slot kind holds it (JUMP_SLOT, GLOB_DAT of an import or of the
       // library's own export): the loader fills both with the same address.
@@ -746,23 +758,30 @@ private:
     ReferenceList referencesB = base_.references(b), referencesP = patched_.references(p);
     if (referencesB.size() != referencesP.size()) return;
     InstructionDecoder &decoder = *decoders_[0];
-    for (size_t i = 0; i < referencesB.size(); ++i) {
+    // An unnamed constant, or a table of pointers (with what follows it up to the next address
+    // code refers to): its extent.
+    auto constantExtent = [](const Program &program, uint64_t rva) -> std::optional<uint64_t> {
       const Function *f = nullptr;
       const DataObject *o = nullptr;
+      TargetClass target = program.classify(rva, &f, &o);
+      if (target == TargetClass::ReadOnly) return program.naturalExtent(rva);
+      if (target == TargetClass::PointerSlot && program.isTableSlot(rva)) return program.tableExtent(rva);
+      return std::nullopt;
+    };
+    for (size_t i = 0; i < referencesB.size(); ++i) {
       uint64_t tb = referencesB[i].target, tp = referencesP[i].target;
-      if (base_.classify(tb, &f, &o) != TargetClass::ReadOnly || patched_.classify(tp, &f, &o) != TargetClass::ReadOnly)
-        continue;
+      std::optional<uint64_t> sb = constantExtent(base_, tb), sp = constantExtent(patched_, tp);
+      if (!sb || !sp) continue;
       if (resolve(false, b, tb, decoder) == resolve(true, p, tp, decoder) || !reportedConstants_.insert(tp).second)
         continue;
       Change c;
       c.kind = ChangeKind::Data;
       c.rule = rules::kReadOnlyDataChanged;
-      uint64_t sb = base_.naturalExtent(tb), sp = patched_.naturalExtent(tp);
-      c.base = AddressRange{tb, sb};
-      c.patched = AddressRange{tp, sp};
+      c.base = AddressRange{tb, *sb};
+      c.patched = AddressRange{tp, *sp};
       c.reason = fmt::format("read-only constant at {} used by changed code changed ({} -> {}); it travels with the "
-                             "patch", describeAddress(patched_.image, tp), preview(base_.image, tb, sb),
-                             preview(patched_.image, tp, sp));
+                             "patch", describeAddress(patched_.image, tp), preview(base_.image, tb, *sb),
+                             preview(patched_.image, tp, *sp));
       diff.changes.push_back(std::move(c));
     }
   }
@@ -1149,6 +1168,18 @@ private:
       return {readOnly ? Kind::Constant : Kind::NewData, o->range.rva, size, {}};
     }
     case TargetClass::PointerSlot: {
+      if (patched_.isTableSlot(target)) {
+        // The base's table when it holds the same (pointers compared by what they point at),
+        // else a copy whose pointers are bound one by one.
+        uint64_t size = patched_.tableExtent(target);
+        std::optional<uint64_t> b;
+        if (auto it = slotToBase_.find(target); it != slotToBase_.end()) b = it->second;
+        if (!b) b = nearbyCounterpart(target);
+        if (b && base_.isTableSlot(*b) && base_.tableExtent(*b) == size &&
+            contentHashOf(false, *b, size, nullptr) == contentHashOf(true, target, size, nullptr))
+          return {Kind::Base, *b, 0, {}};
+        return {Kind::Constant, target, size, {}};
+      }
       const PointerTarget &pointer = patched_.pointers.at(target);
       if (pointer.symbol) return bindSymbol(target, false, *pointer.symbol, nullptr);
       if (auto it = slotToBase_.find(target); it != slotToBase_.end()) return {Kind::Base, it->second, 0, {}};
@@ -1162,6 +1193,11 @@ private:
     case TargetClass::ReadOnly: {
       uint64_t entries = from ? patched_.relativeTableEntries(target, patched_.image.functions[*from]) : 0;
       if (entries >= 2) return {Kind::JumpTable, target, entries * 4, {}};
+      if (std::optional<Program::RelativeStringTable> strings = patched_.relativeStringTable(target)) {
+        if (strings->end - strings->begin > kRelativeStringSpanLimit)
+          return {Kind::Unbound, target, 0, "a table of offsets to strings spread too widely to copy together"};
+        return {Kind::Constant, strings->begin, strings->end - strings->begin, {}};
+      }
       // Read-only data with relocated pointers (.data.rel.ro), which a copy could not carry: the
       // base's when it has the same content (pointers compared by what they point at).
       uint64_t size = patched_.naturalExtent(target);

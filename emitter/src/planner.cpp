@@ -137,9 +137,10 @@ private:
     text_.permissions = {true, false, true};
     for (const FunctionBindings &fb : diff_.bindings) {
       const Function &f = patched_.functions[fb.patched];
-      align(text_, 16);
-      uint32_t rva = text_.rva + uint32_t(text_.bytes.size());
       llvm::ArrayRef<uint8_t> code = patched_.bytesAt(f.range.rva, f.range.size);
+      align(text_, 16);
+      placeSafely(code, 16);
+      uint32_t rva = text_.rva + uint32_t(text_.bytes.size());
       text_.bytes.insert(text_.bytes.end(), code.begin(), code.end());
       functionRva_[f.range.rva] = {rva, f.range.size};
       image_.functions.push_back({f.name, rva, uint32_t(f.range.size), f.range.rva, !fb.base});
@@ -159,6 +160,16 @@ private:
       static const uint8_t jmp[] = {0xe9, 0, 0, 0, 0};
       text_.bytes.insert(text_.bytes.end(), std::begin(jmp), std::end(jmp));
       islands_[functionRva + r.offset] = island;
+    }
+  }
+
+  // Moves the end of .text on by `step`-byte fill until `code` placed there is safe to run
+  // (hazardousPlacement); a page holds 4096 / step places, of which a function's few hazards
+  // rule out few.
+  void placeSafely(llvm::ArrayRef<uint8_t> code, size_t step) {
+    for (size_t tries = 0; tries < kPageSize / step; ++tries) {
+      if (!decoder_->hazardousPlacement(code, text_.rva + text_.bytes.size())) return;
+      text_.bytes.resize(text_.bytes.size() + step, fillByte());
     }
   }
 
@@ -271,6 +282,11 @@ private:
       for (size_t i = 0; i < decoded[k].references.size(); ++i)
         bindOne(f, functionRva, decoded[k].references[i], fb.references[i]);
     }
+    for (const BaseReach &reach : baseReaches_)
+      if (!reachBaseThroughIsland(*reach.function, reach.reference, reach.baseTarget))
+        problems_.push_back(fmt::format("{} +{:#x}: an offset from carried data reaches data of the base, through an "
+                                        "instruction that cannot be rewritten to reach it",
+                                        reach.function->name.value_or("function"), reach.reference.offset));
     return llvm::Error::success();
   }
 
@@ -305,16 +321,67 @@ private:
                                       "beyond what the instruction can encode");
         } else if (copied && reached.kind == Kind::Base) {
           // gcc's add_sample of scenario 5 on Arm64 reaches the base's g_total at the new
-          // g_rejected + 4: in the image that offset reads the bytes after the copy.
-          problems_.push_back(where + (anchor.kind == Kind::NewData
-                                           ? ": an offset from new data reaches data of the base"
-                                           : ": an offset from copied read-only data reaches data of the base"));
+          // g_rejected + 4: in the image that offset would read the bytes after the copy.
+          baseReaches_.push_back({&f, r, reached.address});
         }
         // Else the anchor stays in the base and code reads the base's bytes at the offset, as the
         // base's own code does.
         break;  // every reference to the anchor (its ADRP and its ADD) is bound alike
       }
     }
+  }
+
+  // An access at an offset from a copied anchor that lands on data of the base (Arm64: ADD Xd, Xn,
+  // #off or LDR/STR Rt, [Xn, #off]) becomes a branch to an island that forms the base address
+  // itself: ADRP+ADD into Xd; ADRP into a loaded GPR, then the load from it; otherwise ADRP into
+  // x16 (x17 when the access uses x16) saved on the stack around the access. The island returns
+  // to the next instruction.
+  bool reachBaseThroughIsland(const Function &f, const CodeReference &r, uint64_t baseTarget) {
+    constexpr uint32_t kPushX16 = 0xf81f0ff0, kPopX16 = 0xf84107f0;  // str x16, [sp, #-16]! / ldr x16, [sp], #16
+    uint32_t site = functionRva_[f.range.rva].first + r.offset;
+    uint32_t instruction = llvm::support::endian::read32le(&text_.bytes[site - text_.rva]);
+    uint32_t rt = instruction & 0x1f;
+    bool isAdd = (instruction & 0xff800000u) == 0x91000000u;  // ADD Xd, Xn, #imm{, lsl #12}
+    bool isLoadStore = (instruction & 0x3b000000u) == 0x39000000u;  // unsigned-offset LDR/STR/PRFM
+    if ((!isAdd && !isLoadStore) || (isAdd && rt == 31)) return false;
+    bool simd = instruction >> 26 & 1;
+    uint32_t size = instruction >> 30, opc = instruction >> 22 & 3;
+    bool gprLoad = isLoadStore && !simd && opc != 0 && !(size == 3 && opc == 2) && rt != 31;
+    uint32_t scratch = isAdd || gprLoad ? rt : rt == 16 ? 17 : 16;
+    std::vector<uint32_t> island;
+    bool saves = !isAdd && !gprLoad;
+    if (saves) island.push_back(kPushX16 - 16 + scratch);
+    island.push_back(0x90000000u | scratch);  // adrp scratch, page of the base target
+    size_t low = island.size();
+    island.push_back(isAdd ? 0x91000000u | scratch << 5 | rt : (instruction & ~(0xfffu << 10) & ~(0x1fu << 5)) | scratch << 5);
+    if (saves) island.push_back(kPopX16 - 16 + scratch);
+    align(text_, 4);
+    std::vector<uint8_t> bytes(island.size() * 4);
+    for (size_t i = 0; i < island.size(); ++i) llvm::support::endian::write32le(&bytes[i * 4], island[i]);
+    placeSafely(bytes, 4);
+    uint32_t at = text_.rva + uint32_t(text_.bytes.size());
+    uint32_t back = at + uint32_t(island.size()) * 4;
+    island.push_back(branchTo(back, site + 4));
+    for (uint32_t word : island) {
+      text_.bytes.resize(text_.bytes.size() + 4);
+      llvm::support::endian::write32le(&text_.bytes[text_.bytes.size() - 4], word);
+    }
+    llvm::support::endian::write32le(&text_.bytes[site - text_.rva], branchTo(site, at));
+    PatchFixup page, offset;
+    page.site = at + (saves ? 4 : 0);
+    page.kind = FixupKind::A64AdrPage21;
+    offset.site = at + uint32_t(low) * 4;
+    offset.kind = isAdd ? FixupKind::A64AddLo12 : FixupKind::A64LdStLo12;
+    offset.scale = isAdd ? 0 : uint8_t(simd ? size | (opc >> 1) << 2 : size);
+    page.target = offset.target = baseTarget;
+    page.toBase = offset.toBase = true;
+    pending_.push_back(page);
+    pending_.push_back(offset);
+    return true;
+  }
+
+  static uint32_t branchTo(uint32_t from, uint32_t to) {
+    return 0x14000000u | (uint32_t(int32_t(to - from) / 4) & 0x3ffffffu);
   }
 
   // Both in the base, at another distance there (the base laid its variables out differently):
@@ -782,6 +849,12 @@ private:
   uint64_t bssSize_ = 0;
   std::map<uint64_t, std::pair<uint32_t, uint64_t>> functionRva_;  // patched rva -> (image rva, size)
   std::map<std::pair<uint64_t, bool>, uint32_t> blobs_;
+  struct BaseReach {
+    const Function *function;
+    CodeReference reference;
+    uint64_t baseTarget;
+  };
+  std::vector<BaseReach> baseReaches_;  // accesses from copied anchors to the base, rewritten after binding
   std::map<uint64_t, uint64_t> copyReach_;  // patched rva of a copied anchor -> end of what code reaches from it
   std::vector<JumpTableEntry> jumpTableEntries_;
   std::vector<PatchFixup> pending_, scratchFixups_;
