@@ -85,12 +85,6 @@ const nlohmann::json &samplesManifest() {
   return manifest;
 }
 
-std::string buildRefusal(int scenario) {
-  for (const nlohmann::json &s : samplesManifest()["scenarios"])
-    if (s["scenario"] == scenario) return s["expected"].value("build_refused", "");
-  return "";
-}
-
 std::string targetBuildRefusal(int scenario, const std::string &target) {
   for (const nlohmann::json &s : samplesManifest()["scenarios"])
     if (s["scenario"] == scenario && s["expected"].contains("build_refused_on"))

@@ -909,7 +909,6 @@ private:
     for (const Diff::DataPair &pair : diff.dataPairs) anchors_.try_emplace(pair.patched.rva, pair.baseRva);
     for (const auto *voted : {&readOnlyToBase_, &slotToBase_}) anchors_.insert(voted->begin(), voted->end());
     InstructionDecoder &decoder = *decoders_[0];
-    std::set<std::string> newImports;
     for (size_t p = 0; p < patched_.code.size(); ++p) {
       if (!carried_[p]) continue;
       FunctionBindings fb;
@@ -918,7 +917,7 @@ private:
       fb.splitPart = patched_.coldPart[p] || patched_.partOf[p].has_value();
       for (const CodeReference &r : patched_.references(p)) {
         Binding b = bind(p, r, decoder);
-        if (b.kind == Binding::Kind::Import && newImports.insert(symbolKey(b.library, b.symbol)).second) {
+        if (b.kind == Binding::Kind::Import && reportedImports_.insert(symbolKey(b.library, b.symbol)).second) {
           Change c = functionChange(fb.base ? ChangeKind::Changed : ChangeKind::Added, fb.base ? &*fb.base : nullptr, &p);
           c.kind = ChangeKind::Data;
           c.rule = rules::kNewImport;
@@ -973,6 +972,18 @@ private:
         if (diff.dataPointers.count(*slot)) continue;
         Diff::DataPointer pointer = bindPointer(*slot, symbolic, defined);
         copies(pointer.binding);
+        const Binding &b = pointer.binding;
+        if (b.kind == Kind::Import && !baseSymbolSlots_.count(b.symbol) &&
+            reportedImports_.insert(symbolKey(b.library, b.symbol)).second) {
+          Change c;
+          c.kind = ChangeKind::Data;
+          c.rule = rules::kNewImport;
+          c.name = b.symbol;
+          c.patched = AddressRange{*slot, 8};
+          c.reason = fmt::format("the data copied at patched rva {:#x} holds a pointer to `{}`, which the base does not "
+                                 "import: the patch binds it when it loads", rva, importName(b));
+          diff.changes.push_back(std::move(c));
+        }
         diff.dataPointers.emplace(*slot, std::move(pointer));
       }
     }
@@ -987,11 +998,18 @@ private:
     uint64_t target = pointer->second.rva;
     if (const std::string *symbol = pointer->second.symbol) {
       // A symbol the build defines itself is bound where the patched build has it; one it imports
-      // would need the loader to resolve it.
+      // is resolved by name when the patch loads, as the dynamic loader fills this pointer.
       auto r = symbolic.find(slot);
+      if (r == symbolic.end()) return {0, {Kind::Unbound, slot, 0, "a symbolic pointer whose relocation could not be read"}};
       auto definition = defined.find(*symbol);
-      if (definition == defined.end() || r == symbolic.end())
-        return {0, {Kind::Unbound, slot, 0, fmt::format("`{}` is imported, and images bind no imports in data yet", *symbol)}};
+      if (definition == defined.end()) {
+        if (r->second->addend != 0)
+          return {0, {Kind::Unbound, slot, 0, fmt::format("a pointer into imported `{}` (+{:#x})", *symbol, r->second->addend)}};
+        Binding b{Kind::Import, slot, 0, {}};
+        b.symbol = *symbol;
+        b.version = r->second->version;
+        return {0, std::move(b)};
+      }
       target = definition->second + uint64_t(r->second->addend);
     }
     return {target, bindAddress(nullptr, target, false, *decoders_[0])};
@@ -1219,6 +1237,7 @@ private:
   std::map<uint64_t, uint64_t> anonymousToBase_, anonymousToPatched_;
   std::map<uint64_t, uint64_t> readOnlyToBase_, slotToBase_;  // patched -> base, paired by voteAnonymousData
   std::set<uint64_t> reportedConstants_;
+  std::set<std::string> reportedImports_;  // symbolKey of each new import listed as HF301
   std::vector<bool> carried_;  // per patched function: the patch carries it
   std::map<std::string, uint64_t> baseStubs_, baseSymbolSlots_, baseImportSlots_, baseFunctionNames_;
   std::map<uint64_t, uint64_t> basePointeeSlots_;
