@@ -204,7 +204,7 @@ void everyScenarioSwitchesAndBack(const std::string &target, Applier applier) {
     EXPECT_EQ(serving.round(), baseOutput);
     ++checked;
   }
-  EXPECT_EQ(checked + refusedOnTarget, 19u) << "scenarios 1-5, 7-13, 30, 32, 33, 40-42 and 50 switch to the patch and back";
+  EXPECT_EQ(checked + refusedOnTarget, 20u) << "scenarios 1-5, 7-13, 20, 30, 32, 33, 40-42 and 50 switch to the patch and back";
 }
 
 TEST(LiveEndToEnd, TheAgentRefusesTamperedAndForeignUnitsAndLeavesTheProcessAlone) {
@@ -326,7 +326,12 @@ TEST(LiveEndToEnd, AnUnresolvableImportIsRefusedBeforeAnythingIsWritten) {
     }
     EXPECT_NE(refusal.find("`strspq@GLIBC_2.2.5`"), std::string::npos) << refusal;
     EXPECT_NE(refusal.find("nothing was written"), std::string::npos) << refusal;
-    EXPECT_EQ(readFile("/proc/" + std::to_string(serving.pid()) + "/maps"), maps) << "nothing was mapped";
+    // Nothing mapped: no new mapping at all from outside; inside, the agent's own thread may take a
+    // malloc arena, but no image (its code would be executable).
+    std::istringstream after(readFile("/proc/" + std::to_string(serving.pid()) + "/maps"));
+    for (std::string line; std::getline(after, line);)
+      if (applier == Applier::Ptrace || line.find("r-xp") != std::string::npos)
+        EXPECT_NE(maps.find(line + "\n"), std::string::npos) << "mapped since the apply began: " << line;
     EXPECT_EQ(serving.round(), expectedOutput("core", "base"));
   }
 }
