@@ -587,6 +587,45 @@ TEST(Emitter, ImagesAreDeterministic) {
   }
 }
 
+// Scenario 20's new import, as each container names it and as the records carry it; a reader
+// refuses a fixup that names an import the records do not have, and no fixup to an import is
+// applied before the import is resolved.
+TEST(Emitter, NewImportsAreNamedInTheImageAndResolvedBeforeTheyAreApplied) {
+  std::vector<Sample> all = samples();
+  for (const char *target : {"elf-x64-gcc", "elf-a64-gcc", "pe-x64", "pe-a64"}) {
+    SCOPED_TRACE(target);
+    const Sample *base = find(all, target, "core", "base"), *fix = find(all, target, "core", "fix20");
+    ASSERT_TRUE(base && fix);
+    Built b = build(base->path, fix->path);
+    ASSERT_TRUE(b.image) << b.error;
+    bool pe = b.image->format == Format::Pe;
+    ASSERT_EQ(b.image->imports.size(), 1u);
+    const PatchImport &import = b.image->imports[0];
+    EXPECT_EQ(import.symbol, pe ? "hfplat_strspn" : "strspn");
+    EXPECT_EQ(import.library, pe ? "hfplat.dll" : "");
+    EXPECT_EQ(import.version, pe ? "" : b.image->machine == Machine::X64 ? "GLIBC_2.2.5" : "GLIBC_2.17");
+    std::string path = tempDir() + "/imports-" + target;
+    writeFile(path, std::string(b.image->file.begin(), b.image->file.end()));
+    CommandResult tool = pe ? run({"llvm-readobj-19", "--coff-imports", path}) : run({"llvm-readelf-19", "--syms", "--wide", path});
+    EXPECT_EQ(tool.err, "");
+    EXPECT_NE(tool.out.find(pe ? "Symbol: hfplat_strspn" : "UND " + import.symbol + "@" + import.version), std::string::npos)
+        << tool.out;
+    llvm::Expected<PatchImage> back = lift(readPatchImage(b.image->file));
+    ASSERT_TRUE(bool(back)) << llvm::toString(back.takeError());
+    EXPECT_EQ(back->imports, b.image->imports);
+    std::vector<uint8_t> memory = layOut(*back);
+    llvm::Error unresolved = lift(applyFixups(*back, 0x7f0000000000, 0x7f0010000000, {}, memory));
+    EXPECT_NE(llvm::toString(std::move(unresolved)).find("needs import 0, which is not resolved"), std::string::npos);
+    PatchImage crafted = *back;
+    for (PatchFixup &f : crafted.fixups)
+      if (f.space == FixupSpace::Import) f.target = 1;
+    PatchImage decoded;
+    llvm::Error refused = lift(decodeRecords(encodeRecords(crafted), decoded));
+    std::string message = llvm::toString(std::move(refused));
+    EXPECT_NE(message.find("names import 1 of 1"), std::string::npos) << message;
+  }
+}
+
 TEST(Emitter, BuildCommandRefusesRestartsAndWritesNothing) {
   std::vector<Sample> all = samples();
   const Sample *base = find(all, "elf-x64-gcc", "initval", "base"), *fix = find(all, "elf-x64-gcc", "initval", "fix6");

@@ -183,9 +183,9 @@ Status decodeRecords(std::span<const uint8_t> r, PatchImage &image) {
     if ((p[7] & 0xf) > uint8_t(FixupSpace::Import)) return fail("fixup ", i, " has unknown target space ", p[7] & 0xf);
     f.space = FixupSpace(p[7] & 0xf);
     f.scale = p[7] >> 4;
+    f.target = readLe64(p + 8);
     if (f.space == FixupSpace::Import && f.target >= imports)
       return fail("fixup ", i, " names import ", f.target, " of ", imports);
-    f.target = readLe64(p + 8);
     f.veneer = readLe32(p + 16);
     image.fixups.push_back(f);
   }
