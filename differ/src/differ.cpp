@@ -1065,6 +1065,22 @@ private:
     return std::nullopt;
   }
 
+  // A slot the dynamic loader fills with no pointer (an Arm64 TLS descriptor, libssh's
+  // R_AARCH64_TLSDESC): the base's only slot with the same relocation (type, symbol, addend).
+  std::optional<uint64_t> baseRelocatedSlot(uint64_t target) const {
+    if (patched_.pointers.count(target)) return std::nullopt;
+    auto mine = std::find_if(patched_.image.relocations.begin(), patched_.image.relocations.end(),
+                             [&](const Relocation &r) { return r.rva == target; });
+    if (mine == patched_.image.relocations.end()) return std::nullopt;
+    std::optional<uint64_t> found;
+    for (const Relocation &r : base_.image.relocations)
+      if (r.type == mine->type && r.symbol == mine->symbol && r.addend == mine->addend) {
+        if (found) return std::nullopt;  // ambiguous
+        found = r.rva;
+      }
+    return found;
+  }
+
   static std::string importName(const Binding &b) {
     return b.symbol + (b.version.empty() ? "" : "@" + b.version) + (b.library.empty() ? "" : " from " + b.library);
   }
@@ -1178,6 +1194,7 @@ private:
       return {Kind::Unbound, target, 0, "a pointer slot with no counterpart in the base"};
     }
     case TargetClass::ReadOnly: {
+      if (std::optional<uint64_t> b = baseRelocatedSlot(target)) return {Kind::Base, *b, 0, {}};  // in RELRO
       uint64_t entries = from ? patched_.relativeTableEntries(target, patched_.image.functions[*from]) : 0;
       if (entries >= 2) return {Kind::JumpTable, target, entries * 4, {}};
       // Read-only data with relocated pointers (.data.rel.ro), which a copy could not carry: the
@@ -1195,6 +1212,7 @@ private:
     }
     case TargetClass::Writable:
       if (std::optional<uint64_t> b = baseCounterpart(target)) return {Kind::Base, *b, 0, {}};
+      if (std::optional<uint64_t> b = baseRelocatedSlot(target)) return {Kind::Base, *b, 0, {}};
       return {Kind::NewData, target, patched_.naturalExtent(target), {}};
     case TargetClass::Unknown: break;
     }
