@@ -26,9 +26,6 @@ CommandResult run(const std::vector<std::string> &argv);
 // The samples directory; the test fails when HOTFORGE_SAMPLES is unset or has no samples.json.
 std::string samplesDir();
 const nlohmann::json &samplesManifest();
-// The rule `hotforge build` refuses a scenario with although its diff is hotpatchable
-// (scenarios.json "build_refused": a new import, HF301), or "".
-std::string buildRefusal(int scenario);
 
 struct Sample {
   std::string target, program, variant;

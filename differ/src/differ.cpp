@@ -928,7 +928,6 @@ private:
     for (const Diff::DataPair &pair : diff.dataPairs) anchors_.try_emplace(pair.patched.rva, pair.baseRva);
     for (const auto *voted : {&readOnlyToBase_, &slotToBase_}) anchors_.insert(voted->begin(), voted->end());
     InstructionDecoder &decoder = *decoders_[0];
-    std::set<std::string> newImports;
     for (size_t p = 0; p < patched_.code.size(); ++p) {
       if (!carried_[p]) continue;
       FunctionBindings fb;
@@ -937,7 +936,7 @@ private:
       fb.splitPart = patched_.coldPart[p] || patched_.partOf[p].has_value();
       for (const CodeReference &r : patched_.references(p)) {
         Binding b = bind(p, r, decoder);
-        if (b.kind == Binding::Kind::Import && newImports.insert(symbolKey(b.library, b.symbol)).second) {
+        if (b.kind == Binding::Kind::Import && reportedImports_.insert(symbolKey(b.library, b.symbol)).second) {
           Change c = functionChange(fb.base ? ChangeKind::Changed : ChangeKind::Added, fb.base ? &*fb.base : nullptr, &p);
           c.kind = ChangeKind::Data;
           c.rule = rules::kNewImport;
@@ -992,6 +991,18 @@ private:
         if (diff.dataPointers.count(*slot)) continue;
         Diff::DataPointer pointer = bindPointer(*slot, symbolic, defined);
         copies(pointer.binding);
+        const Binding &b = pointer.binding;
+        if (b.kind == Kind::Import && !baseSymbolSlots_.count(b.symbol) &&
+            reportedImports_.insert(symbolKey(b.library, b.symbol)).second) {
+          Change c;
+          c.kind = ChangeKind::Data;
+          c.rule = rules::kNewImport;
+          c.name = b.symbol;
+          c.patched = AddressRange{*slot, 8};
+          c.reason = fmt::format("the data copied at patched rva {:#x} holds a pointer to `{}`, which the base does not "
+                                 "import: the patch binds it when it loads", rva, importName(b));
+          diff.changes.push_back(std::move(c));
+        }
         diff.dataPointers.emplace(*slot, std::move(pointer));
       }
     }
@@ -1006,11 +1017,18 @@ private:
     uint64_t target = pointer->second.rva;
     if (const std::string *symbol = pointer->second.symbol) {
       // A symbol the build defines itself is bound where the patched build has it; one it imports
-      // would need the loader to resolve it.
+      // is resolved by name when the patch loads, as the dynamic loader fills this pointer.
       auto r = symbolic.find(slot);
+      if (r == symbolic.end()) return {0, {Kind::Unbound, slot, 0, "a symbolic pointer whose relocation could not be read"}};
       auto definition = defined.find(*symbol);
-      if (definition == defined.end() || r == symbolic.end())
-        return {0, {Kind::Unbound, slot, 0, fmt::format("`{}` is imported, and images bind no imports in data yet", *symbol)}};
+      if (definition == defined.end()) {
+        if (r->second->addend != 0)
+          return {0, {Kind::Unbound, slot, 0, fmt::format("a pointer into imported `{}` (+{:#x})", *symbol, r->second->addend)}};
+        Binding b{Kind::Import, slot, 0, {}};
+        b.symbol = *symbol;
+        b.version = r->second->version;
+        return {0, std::move(b)};
+      }
       target = definition->second + uint64_t(r->second->addend);
     }
     return {target, bindAddress(nullptr, target, false, *decoders_[0])};
@@ -1064,6 +1082,22 @@ private:
         return candidate;
     }
     return std::nullopt;
+  }
+
+  // A slot the dynamic loader fills with no pointer (an Arm64 TLS descriptor, libssh's
+  // R_AARCH64_TLSDESC): the base's only slot with the same relocation (type, symbol, addend).
+  std::optional<uint64_t> baseRelocatedSlot(uint64_t target) const {
+    if (patched_.pointers.count(target)) return std::nullopt;
+    auto mine = std::find_if(patched_.image.relocations.begin(), patched_.image.relocations.end(),
+                             [&](const Relocation &r) { return r.rva == target; });
+    if (mine == patched_.image.relocations.end()) return std::nullopt;
+    std::optional<uint64_t> found;
+    for (const Relocation &r : base_.image.relocations)
+      if (r.type == mine->type && r.symbol == mine->symbol && r.addend == mine->addend) {
+        if (found) return std::nullopt;  // ambiguous
+        found = r.rva;
+      }
+    return found;
   }
 
   static std::string importName(const Binding &b) {
@@ -1191,6 +1225,7 @@ private:
       return {Kind::Unbound, target, 0, "a pointer slot with no counterpart in the base"};
     }
     case TargetClass::ReadOnly: {
+      if (std::optional<uint64_t> b = baseRelocatedSlot(target)) return {Kind::Base, *b, 0, {}};  // in RELRO
       uint64_t entries = from ? patched_.relativeTableEntries(target, patched_.image.functions[*from]) : 0;
       if (entries >= 2) return {Kind::JumpTable, target, entries * 4, {}};
       if (std::optional<Program::RelativeStringTable> strings = patched_.relativeStringTable(target)) {
@@ -1213,6 +1248,7 @@ private:
     }
     case TargetClass::Writable:
       if (std::optional<uint64_t> b = baseCounterpart(target)) return {Kind::Base, *b, 0, {}};
+      if (std::optional<uint64_t> b = baseRelocatedSlot(target)) return {Kind::Base, *b, 0, {}};
       return {Kind::NewData, target, patched_.naturalExtent(target), {}};
     case TargetClass::Unknown: break;
     }
@@ -1255,6 +1291,7 @@ private:
   std::map<uint64_t, uint64_t> anonymousToBase_, anonymousToPatched_;
   std::map<uint64_t, uint64_t> readOnlyToBase_, slotToBase_;  // patched -> base, paired by voteAnonymousData
   std::set<uint64_t> reportedConstants_;
+  std::set<std::string> reportedImports_;  // symbolKey of each new import listed as HF301
   std::vector<bool> carried_;  // per patched function: the patch carries it
   std::map<std::string, uint64_t> baseStubs_, baseSymbolSlots_, baseImportSlots_, baseFunctionNames_;
   std::map<uint64_t, uint64_t> basePointeeSlots_;
