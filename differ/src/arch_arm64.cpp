@@ -57,11 +57,12 @@ public:
     for (auto [name, encoding] : pcRelative)
       if (auto it = byName.find(name); it != byName.end()) pcRelativeEncoding_[it->second] = encoding;
     // Calls preserve x19-x28 (AAPCS64): addresses held there survive a call, the rest do not.
+    callerSaved_.assign(mc_.registers->getNumRegs(), false);
     for (unsigned reg = 1; reg < mc_.registers->getNumRegs(); ++reg) {
       StringRef name = mc_.registers->getName(reg);
       unsigned number = 0;
       if ((name.consume_front("X") || name.consume_front("W")) && !name.getAsInteger(10, number) && number <= 18)
-        callerSaved_.push_back(reg);
+        callerSaved_[reg] = true;
     }
     for (auto [name, scale] : pairs)
       if (auto it = byName.find(name); it != byName.end()) pairScale_[it->second] = scale;
@@ -160,7 +161,8 @@ protected:
     consumedPages_.clear();
     spilledTo_.clear();
     reloadedUses_.clear();
-    blockEntry_.clear();
+    blockEntries_.clear();
+    blockEntryAt_.clear();
     predecoded_.clear();
     predecodedAt_.assign(code.size() / 4, -1);
     // ADR and ADRP are the words with bits 28-24 = 10000: without one there is nothing to
@@ -186,33 +188,36 @@ protected:
     if (!sawAddress || insts.empty()) return;  // nothing to follow
 
     // Blocks: the first instruction, every branch target inside the function, and whatever
-    // follows a branch or a return start one.
-    std::map<uint32_t, size_t> blockAt;  // offset -> block
+    // follows a branch or a return start one. Both indexes are per 4-byte word.
+    size_t words = code.size() / 4;
+    std::vector<bool> leaders(words, false);
+    std::vector<int32_t> blockAt(words, -1);
     auto targetOf = [&](const Decoded &d, uint64_t &target) {
       const MCInstrDesc &desc = mc_.instructions->get(d.inst.getOpcode());
       return desc.isBranch() && !desc.isIndirectBranch() &&
              mc_.analysis->evaluateBranch(d.inst, rva + d.offset, 4, target) && target >= rva &&
              target < rva + code.size();
     };
-    std::set<uint32_t> leaders{insts.front().offset};
+    leaders[insts.front().offset / 4] = true;
     for (size_t i = 0; i < insts.size(); ++i) {
       const MCInstrDesc &desc = mc_.instructions->get(insts[i].inst.getOpcode());
       uint64_t target = 0;
-      if (targetOf(insts[i], target)) leaders.insert(uint32_t(target - rva));
-      if ((desc.isBranch() || desc.isReturn()) && i + 1 < insts.size()) leaders.insert(insts[i + 1].offset);
+      if (targetOf(insts[i], target)) leaders[(target - rva) / 4] = true;
+      if ((desc.isBranch() || desc.isReturn()) && i + 1 < insts.size()) leaders[insts[i + 1].offset / 4] = true;
     }
     struct Block {
       size_t first = 0, end = 0;  // instructions [first, end)
       std::vector<size_t> successors;
       bool entered = false;
+      bool pending = false;  // `in` changed since the block was last followed
       Known in;
     };
     std::vector<Block> blocks;
     for (size_t i = 0; i < insts.size(); ++i) {
-      if (leaders.count(insts[i].offset)) {
+      if (leaders[insts[i].offset / 4]) {
         if (!blocks.empty()) blocks.back().end = i;
-        blockAt[insts[i].offset] = blocks.size();
-        blocks.push_back({i, insts.size(), {}, false, {}});
+        blockAt[insts[i].offset / 4] = int32_t(blocks.size());
+        blocks.push_back({i, insts.size(), {}, false, false, {}});
       }
     }
     std::vector<bool> directlyEntered(blocks.size(), false);
@@ -223,7 +228,7 @@ protected:
       uint64_t target = 0;
       // Targets that fall between instructions (data in code) enter no block.
       if (targetOf(last, target))
-        if (auto it = blockAt.find(uint32_t(target - rva)); it != blockAt.end()) blocks[b].successors.push_back(it->second);
+        if (int32_t next = blockAt[(target - rva) / 4]; next >= 0) blocks[b].successors.push_back(size_t(next));
       bool fallsThrough = !desc.isReturn() && (!desc.isBranch() || desc.isConditionalBranch() || desc.isCall());
       if (fallsThrough && b + 1 < blocks.size()) blocks[b].successors.push_back(b + 1);
       if (desc.isIndirectBranch() && !desc.isReturn() && !desc.isCall()) indirectSources.push_back(b);
@@ -233,26 +238,36 @@ protected:
       if (!directlyEntered[b])
         for (size_t source : indirectSources) blocks[source].successors.push_back(b);
 
-    blocks[0].entered = true;
+    // Passes in block order until nothing changes. A block whose `in` did not change since it was
+    // last followed would only meet the same state into its successors again, which changes
+    // nothing (meet is idempotent): it is skipped.
+    blocks[0].entered = blocks[0].pending = true;
     for (bool changed = true; changed;) {
       changed = false;
       for (Block &block : blocks) {
-        if (!block.entered) continue;
+        if (!block.pending) continue;
+        block.pending = false;
         Known state = block.in;
         for (size_t i = block.first; i < block.end; ++i) track(insts[i].inst, rva + insts[i].offset, insts[i], state);
         for (size_t s : block.successors) {
           Block &next = blocks[s];
-          if (!next.entered) {
+          bool grew = !next.entered;
+          if (grew) {
             next.entered = true;
             next.in = state;
-            changed = true;
           } else {
-            changed |= meet(next.in, state);
+            grew = meet(next.in, state);
           }
+          next.pending |= grew;
+          changed |= grew;
         }
       }
     }
-    for (size_t b = 0; b < blocks.size(); ++b) blockEntry_[insts[blocks[b].first].offset] = std::move(blocks[b].in);
+    blockEntryAt_.assign(words, -1);
+    for (size_t b = 0; b < blocks.size(); ++b) {
+      blockEntryAt_[insts[blocks[b].first].offset / 4] = int32_t(blockEntries_.size());
+      blockEntries_.push_back(std::move(blocks[b].in));
+    }
   }
 
   void endFunction(DecodeState &state) override {
@@ -275,7 +290,8 @@ protected:
   }
 
   void analyze(const MCInst &inst, uint64_t pc, uint64_t size, uint32_t index, DecodeState &state) override {
-    if (auto entry = blockEntry_.find(state.offset); entry != blockEntry_.end()) known_ = entry->second;
+    if (size_t word = state.offset / 4; word < blockEntryAt_.size() && blockEntryAt_[word] >= 0)
+      known_ = blockEntries_[size_t(blockEntryAt_[word])];
     // An erratum ADR is the ADRP the linker rewrote: it hashes as one, so both compare equal.
     state.hash = mixHash(state.hash, isErratumAdr(inst, pc) ? adrp_ : inst.getOpcode());
     Effect effect = track(inst, pc, {MCInst(), state.offset, index}, known_);
@@ -339,11 +355,46 @@ private:
     uint64_t value = 0;
     bool isPage = false;
     // For a page: the ADRPs (instruction index, byte offset) it may come from, sorted.
-    std::vector<std::pair<uint32_t, uint32_t>> producers = {};
+    SmallVector<std::pair<uint32_t, uint32_t>, 2> producers = {};
     bool conflict = false;  // ways into a block disagree: not known, and stays so
     unsigned reloadedFrom = 0;  // a page: the stack slot it was last reloaded from, if any
   };
-  using Known = std::map<unsigned, KnownAddress>;  // register (or stack slot) -> address it holds
+  // Register (or stack slot) -> the address it holds, sorted by key. It holds a handful of
+  // entries and the data flow copies it at every block: a small vector, not a tree of nodes.
+  class Known {
+  public:
+    using Entry = std::pair<unsigned, KnownAddress>;
+    Entry *begin() { return entries_.begin(); }
+    Entry *end() { return entries_.end(); }
+    const Entry *begin() const { return entries_.begin(); }
+    const Entry *end() const { return entries_.end(); }
+    Entry *find(unsigned key) {
+      Entry *at = lowerBound(key);
+      return at != end() && at->first == key ? at : end();
+    }
+    const Entry *find(unsigned key) const { return const_cast<Known *>(this)->find(key); }
+    size_t count(unsigned key) const { return find(key) != end(); }
+    KnownAddress &operator[](unsigned key) {
+      Entry *at = lowerBound(key);
+      if (at == end() || at->first != key) at = entries_.insert(at, {key, KnownAddress{}});
+      return at->second;
+    }
+    void erase(unsigned key) {
+      if (Entry *at = find(key); at != end()) entries_.erase(at);
+    }
+    template <typename Predicate> void eraseIf(Predicate predicate) {
+      entries_.erase(std::remove_if(entries_.begin(), entries_.end(), [&](const Entry &e) { return predicate(e.first); }),
+                     entries_.end());
+    }
+    void clear() { entries_.clear(); }
+
+  private:
+    Entry *lowerBound(unsigned key) {
+      return std::lower_bound(entries_.begin(), entries_.end(), key,
+                              [](const Entry &e, unsigned k) { return e.first < k; });
+    }
+    SmallVector<Entry, 8> entries_;
+  };
   static constexpr unsigned kStackSlots = 1u << 24;  // keys of stack slots: kStackSlots + offset
   struct Decoded {
     MCInst inst;
@@ -408,8 +459,9 @@ private:
           known.erase(slot);
           return {};
         }
-        known[slot] = value->second;
-        Effect spill{Effect::Spill, -1, value->second.value, value->second, 0};
+        KnownAddress page = value->second;  // known[slot] may move the entries
+        known[slot] = page;
+        Effect spill{Effect::Spill, -1, page.value, page, 0};
         spill.slot = slot;
         return spill;
       }
@@ -483,22 +535,22 @@ private:
     for (unsigned i = 0; i < desc.getNumDefs() && i < inst.getNumOperands(); ++i) {
       if (!inst.getOperand(i).isReg()) continue;
       unsigned reg = inst.getOperand(i).getReg();
-      for (auto it = known.begin(); it != known.end();)
-        it = it->first < kStackSlots && mc_.registers->regsOverlap(it->first, reg) ? known.erase(it) : std::next(it);
+      known.eraseIf([&](unsigned key) { return key < kStackSlots && mc_.registers->regsOverlap(key, reg); });
     }
   }
 
   void forgetCallerSaved(Known &known) const {
-    for (unsigned reg : callerSaved_) known.erase(reg);
+    known.eraseIf([&](unsigned key) { return key < callerSaved_.size() && callerSaved_[key]; });
   }
 
-  std::vector<unsigned> callerSaved_;
+  std::vector<bool> callerSaved_;  // per register
   std::unordered_map<unsigned, unsigned> accessScale_, pairScale_;  // opcode -> access size
   std::unordered_set<unsigned> unscaled_, notFieldBases_;  // LDUR/STUR opcodes; sp and x29
   unsigned hint_ = 0, adr_ = 0, adrp_ = 0, addImmediate_ = 0, orrShifted_ = 0, zeroRegister_ = 0, storeX_ = 0,
            loadX_ = 0, framePointer_ = 0;
   Known known_;
-  std::map<uint32_t, Known> blockEntry_;  // per block's first offset: what is known on entry
+  std::vector<Known> blockEntries_;     // per block: what is known on entry
+  std::vector<int32_t> blockEntryAt_;   // per 4-byte word: the block starting there, or -1
   struct PendingPage {
     uint32_t offset = 0;
     uint64_t page = 0;
