@@ -98,6 +98,8 @@ protected:
   // table: a map of all ~20,000 names cost more to build than decoding a small library.
   llvm::StringMap<unsigned> opcodesNamed(llvm::function_ref<bool(llvm::StringRef)> wanted) const;
 
+  // One instruction as LLVM's disassembler decodes it (`size` set on success).
+  virtual bool disassemble(llvm::MCInst &inst, uint64_t &size, llvm::ArrayRef<uint8_t> bytes, uint64_t pc) const;
   // Decodes the instruction at `pc`, reading a branch to an out-of-line instruction as that
   // instruction (outOfLineInstruction, when `relocations` has the image).
   bool decodeAt(llvm::MCInst &inst, uint64_t &size, llvm::ArrayRef<uint8_t> bytes, uint64_t pc,
