@@ -23,10 +23,10 @@ using namespace llvm;
 constexpr int64_t kHintNop = 0;
 bool isBtiHint(int64_t imm) { return imm == 32 || imm == 34 || imm == 36 || imm == 38; }
 
-class Arm64Decoder final : public McDecoder {
-public:
-  explicit Arm64Decoder(McToolkit toolkit) : McDecoder(std::move(toolkit)) {
-    hasOutOfLineCode_ = true;
+// What the decoder needs from LLVM's AArch64 opcode and register tables. Finding it reads all
+// opcode names: done once per process, not per decoder.
+struct Arm64Tables {
+  explicit Arm64Tables(const McToolkit &mc) {
     // Unsigned-offset loads and stores scale their 12-bit immediate by the access size.
     static const std::pair<const char *, unsigned> scaled[] = {
         {"LDRBBui", 1}, {"LDRHHui", 2}, {"LDRWui", 4}, {"LDRXui", 8}, {"LDRSBWui", 1}, {"LDRSBXui", 1},
@@ -52,42 +52,56 @@ public:
     for (auto [name, encoding] : pcRelative) wanted.insert(name);
     for (auto [name, scale] : pairs) wanted.insert(name);
     auto isUnscaled = [](StringRef name) { return (name.starts_with("LDUR") || name.starts_with("STUR")) && name.ends_with("i"); };
-    StringMap<unsigned> byName = opcodesNamed([&](StringRef name) { return wanted.contains(name) || isUnscaled(name); });
+    StringMap<unsigned> byName = mc.opcodesNamed([&](StringRef name) { return wanted.contains(name) || isUnscaled(name); });
     for (auto [name, scale] : scaled)
-      if (auto it = byName.find(name); it != byName.end()) accessScale_[it->second] = scale;
+      if (auto it = byName.find(name); it != byName.end()) accessScale[it->second] = scale;
     for (auto [name, encoding] : pcRelative)
-      if (auto it = byName.find(name); it != byName.end()) pcRelativeEncoding_[it->second] = encoding;
+      if (auto it = byName.find(name); it != byName.end()) pcRelativeEncoding[it->second] = encoding;
     // Calls preserve x19-x28 (AAPCS64): addresses held there survive a call, the rest do not.
-    callerSaved_.assign(mc_.registers->getNumRegs(), false);
-    for (unsigned reg = 1; reg < mc_.registers->getNumRegs(); ++reg) {
-      StringRef name = mc_.registers->getName(reg);
+    callerSaved.assign(mc.registers->getNumRegs(), false);
+    for (unsigned reg = 1; reg < mc.registers->getNumRegs(); ++reg) {
+      StringRef name = mc.registers->getName(reg);
       unsigned number = 0;
       if ((name.consume_front("X") || name.consume_front("W")) && !name.getAsInteger(10, number) && number <= 18)
-        callerSaved_[reg] = true;
+        callerSaved[reg] = true;
     }
     for (auto [name, scale] : pairs)
-      if (auto it = byName.find(name); it != byName.end()) pairScale_[it->second] = scale;
+      if (auto it = byName.find(name); it != byName.end()) pairScale[it->second] = scale;
     for (const auto &entry : byName)
-      if (isUnscaled(entry.getKey())) unscaled_.insert(entry.getValue());
-    for (unsigned reg = 1; reg < mc_.registers->getNumRegs(); ++reg) {
-      StringRef name = mc_.registers->getName(reg);
-      if (name == "SP" || name == "WSP" || name == "FP" || name == "X29") notFieldBases_.insert(reg);
-      if (name == "FP" || name == "X29") framePointer_ = reg;
+      if (isUnscaled(entry.getKey())) unscaled.insert(entry.getValue());
+    for (unsigned reg = 1; reg < mc.registers->getNumRegs(); ++reg) {
+      StringRef name = mc.registers->getName(reg);
+      if (name == "SP" || name == "WSP" || name == "FP" || name == "X29") notFieldBases.insert(reg);
+      if (name == "FP" || name == "X29") framePointer = reg;
     }
-    hint_ = byName["HINT"];
-    adr_ = byName["ADR"];
-    adrp_ = byName["ADRP"];
-    addImmediate_ = byName["ADDXri"];
-    orrShifted_ = byName["ORRXrs"];
-    storeX_ = byName["STRXui"];
-    loadX_ = byName["LDRXui"];
-    for (unsigned reg = 1; reg < mc_.registers->getNumRegs(); ++reg)
-      if (mc_.registers->getName(reg) == StringRef("XZR")) zeroRegister_ = reg;
+    hint = byName["HINT"];
+    adr = byName["ADR"];
+    adrp = byName["ADRP"];
+    addImmediate = byName["ADDXri"];
+    orrShifted = byName["ORRXrs"];
+    storeX = byName["STRXui"];
+    loadX = byName["LDRXui"];
+    for (unsigned reg = 1; reg < mc.registers->getNumRegs(); ++reg)
+      if (mc.registers->getName(reg) == StringRef("XZR")) zeroRegister = reg;
+  }
+
+  std::vector<bool> callerSaved;  // per register
+  std::unordered_map<unsigned, unsigned> accessScale, pairScale;  // opcode -> access size
+  std::unordered_set<unsigned> unscaled, notFieldBases;  // LDUR/STUR opcodes; sp and x29
+  unsigned hint = 0, adr = 0, adrp = 0, addImmediate = 0, orrShifted = 0, zeroRegister = 0, storeX = 0, loadX = 0,
+           framePointer = 0;
+  std::unordered_map<unsigned, FieldEncoding> pcRelativeEncoding;
+};
+
+class Arm64Decoder final : public McDecoder {
+public:
+  explicit Arm64Decoder(McToolkit toolkit) : McDecoder(std::move(toolkit)), tables_(sharedTables(mc_)) {
+    hasOutOfLineCode_ = true;
   }
 
 protected:
   bool isLayoutNoise(const MCInst &inst) const override {
-    if (inst.getOpcode() != hint_ || !inst.getOperand(0).isImm()) return false;
+    if (inst.getOpcode() != tables_.hint || !inst.getOperand(0).isImm()) return false;
     int64_t imm = inst.getOperand(0).getImm();
     return imm == kHintNop || isBtiHint(imm);
   }
@@ -148,7 +162,7 @@ protected:
     MCInst inst;
     uint64_t size = 0;
     if (mc_.disassembler->getInstruction(inst, size, bytes.take_front(4), veneer, nulls()) != MCDisassembler::Success ||
-        !accessScale_.count(inst.getOpcode()))
+        !tables_.accessScale.count(inst.getOpcode()))
       return std::nullopt;
     return moved;
   }
@@ -157,11 +171,11 @@ protected:
   // (signed offset) from a register other than sp and the frame pointer x29.
   std::optional<unsigned> displacementScale(const MCInst &inst, unsigned operand) const override {
     unsigned scale = 0, base = 1;
-    if (auto it = accessScale_.find(inst.getOpcode()); it != accessScale_.end()) scale = it->second;
-    else if (unscaled_.count(inst.getOpcode())) scale = 1;
-    else if (auto pair = pairScale_.find(inst.getOpcode()); pair != pairScale_.end()) scale = pair->second, base = 2;
+    if (auto it = tables_.accessScale.find(inst.getOpcode()); it != tables_.accessScale.end()) scale = it->second;
+    else if (tables_.unscaled.count(inst.getOpcode())) scale = 1;
+    else if (auto pair = tables_.pairScale.find(inst.getOpcode()); pair != tables_.pairScale.end()) scale = pair->second, base = 2;
     if (!scale || operand != base + 1 || inst.getNumOperands() <= operand || !inst.getOperand(base).isReg() ||
-        notFieldBases_.count(inst.getOperand(base).getReg()))
+        tables_.notFieldBases.count(inst.getOperand(base).getReg()))
       return std::nullopt;
     return scale;
   }
@@ -203,7 +217,7 @@ protected:
       if (isLayoutNoise(d.inst)) continue;
       d.offset = uint32_t(offset);
       d.index = index++;
-      sawAddress |= d.inst.getOpcode() == adrp_ || d.inst.getOpcode() == adr_;
+      sawAddress |= d.inst.getOpcode() == tables_.adrp || d.inst.getOpcode() == tables_.adr;
       predecodedAt_[offset / 4] = int32_t(insts.size());
       insts.push_back(std::move(d));
     }
@@ -315,7 +329,7 @@ protected:
     if (size_t word = state.offset / 4; word < blockEntryAt_.size() && blockEntryAt_[word] >= 0)
       known_ = blockEntries_[size_t(blockEntryAt_[word])];
     // An erratum ADR is the ADRP the linker rewrote: it hashes as one, so both compare equal.
-    state.hash = mixHash(state.hash, isErratumAdr(inst, pc) ? adrp_ : inst.getOpcode());
+    state.hash = mixHash(state.hash, isErratumAdr(inst, pc) ? tables_.adrp : inst.getOpcode());
     Effect effect = track(inst, pc, {MCInst(), state.offset, index}, known_);
     switch (effect.kind) {
     case Effect::Plain: mixOperands(inst, state); return;
@@ -326,7 +340,7 @@ protected:
     case Effect::Page:
       mixOperands(inst, state, effect.operand);
       // A use before it in address order (reached through a backward branch) consumed it already.
-      if (!consumedPages_.count(index)) pendingPages_[index] = {state.offset, effect.target, inst.getOpcode() == adr_};
+      if (!consumedPages_.count(index)) pendingPages_[index] = {state.offset, effect.target, inst.getOpcode() == tables_.adr};
       return;
     case Effect::PcRelative: {
       const MCInstrDesc &desc = mc_.instructions->get(inst.getOpcode());
@@ -334,8 +348,8 @@ protected:
       ReferenceKind kind = desc.isCall() ? ReferenceKind::Call
                            : desc.isBranch() ? ReferenceKind::Branch
                                              : ReferenceKind::Memory;
-      auto encoding = pcRelativeEncoding_.find(inst.getOpcode());
-      state.add(index, kind, effect.target, encoding != pcRelativeEncoding_.end() ? encoding->second : FieldEncoding::None);
+      auto encoding = tables_.pcRelativeEncoding.find(inst.getOpcode());
+      state.add(index, kind, effect.target, encoding != tables_.pcRelativeEncoding.end() ? encoding->second : FieldEncoding::None);
       return;
     }
     case Effect::Consumer:
@@ -369,7 +383,7 @@ private:
   // an ADR of that page. Its register holds a page as an ADRP's would, and its uses are the
   // ADRP's :lo12: uses: followed as a page, re-aimed as an ADRP.
   bool isErratumAdr(const MCInst &inst, uint64_t pc) const {
-    if (inst.getOpcode() != adr_ || (pc & 0xfff) < 0xff8 || !inst.getOperand(1).isImm()) return false;
+    if (inst.getOpcode() != tables_.adr || (pc & 0xfff) < 0xff8 || !inst.getOperand(1).isImm()) return false;
     return ((pc + uint64_t(inst.getOperand(1).getImm())) & 0xfff) == 0;
   }
 
@@ -442,21 +456,21 @@ private:
       if (desc.operands()[i].OperandType == MCOI::OPERAND_PCREL && inst.getOperand(i).isImm()) pcRelative = int(i);
     if (pcRelative >= 0) {
       int64_t imm = inst.getOperand(pcRelative).getImm();
-      if (inst.getOpcode() == adrp_ || isErratumAdr(inst, pc)) {
-        uint64_t page = inst.getOpcode() == adrp_ ? (pc & ~uint64_t(0xfff)) + uint64_t(imm) * 4096 : pc + uint64_t(imm);
+      if (inst.getOpcode() == tables_.adrp || isErratumAdr(inst, pc)) {
+        uint64_t page = inst.getOpcode() == tables_.adrp ? (pc & ~uint64_t(0xfff)) + uint64_t(imm) * 4096 : pc + uint64_t(imm);
         known[inst.getOperand(0).getReg()] = {page, true, {{at.index, at.offset}}};
         return {Effect::Page, pcRelative, page, {}, 0};
       }
-      uint64_t target = inst.getOpcode() == adr_ ? pc + uint64_t(imm) : pc + uint64_t(imm) * 4;
-      if (inst.getOpcode() == adr_) known[inst.getOperand(0).getReg()] = {target, false, {}};
+      uint64_t target = inst.getOpcode() == tables_.adr ? pc + uint64_t(imm) : pc + uint64_t(imm) * 4;
+      if (inst.getOpcode() == tables_.adr) known[inst.getOperand(0).getReg()] = {target, false, {}};
       else killDefinitions(inst, desc, known);
       if (desc.isCall()) forgetCallerSaved(known);
       return {Effect::PcRelative, pcRelative, target, {}, 0};
     }
     // A consumer of a known address: ADD Xd, Xn, #imm or LDR/STR Rt, [Xn, #imm].
-    auto scale = accessScale_.find(inst.getOpcode());
-    bool isAdd = inst.getOpcode() == addImmediate_;
-    if ((isAdd || scale != accessScale_.end()) && inst.getNumOperands() >= 3 && inst.getOperand(1).isReg() &&
+    auto scale = tables_.accessScale.find(inst.getOpcode());
+    bool isAdd = inst.getOpcode() == tables_.addImmediate;
+    if ((isAdd || scale != tables_.accessScale.end()) && inst.getNumOperands() >= 3 && inst.getOperand(1).isReg() &&
         inst.getOperand(2).isImm()) {
       auto base = known.find(inst.getOperand(1).getReg());
       if (base != known.end() && !base->second.conflict) {
@@ -470,12 +484,12 @@ private:
       }
     }
     // A page spilled to the stack (str Xt, [sp|x29, #imm]) and reloaded (ldr Xt, [sp|x29, #imm]).
-    if ((inst.getOpcode() == storeX_ || inst.getOpcode() == loadX_) && inst.getNumOperands() == 3 &&
-        inst.getOperand(1).isReg() && notFieldBases_.count(inst.getOperand(1).getReg()) && inst.getOperand(2).isImm()) {
-      unsigned slot = kStackSlots + (inst.getOperand(1).getReg() == framePointer_ ? 1u << 16 : 0) +
+    if ((inst.getOpcode() == tables_.storeX || inst.getOpcode() == tables_.loadX) && inst.getNumOperands() == 3 &&
+        inst.getOperand(1).isReg() && tables_.notFieldBases.count(inst.getOperand(1).getReg()) && inst.getOperand(2).isImm()) {
+      unsigned slot = kStackSlots + (inst.getOperand(1).getReg() == tables_.framePointer ? 1u << 16 : 0) +
                       unsigned(inst.getOperand(2).getImm() & 0xffff);
       unsigned reg = inst.getOperand(0).getReg();
-      if (inst.getOpcode() == storeX_) {
+      if (inst.getOpcode() == tables_.storeX) {
         auto value = known.find(reg);
         if (value == known.end() || !value->second.isPage || value->second.conflict) {
           known.erase(slot);
@@ -497,7 +511,7 @@ private:
       return {};
     }
     // mov Xd, Xm (orr Xd, xzr, Xm) carries a known address into another register.
-    if (inst.getOpcode() == orrShifted_ && inst.getNumOperands() == 4 && inst.getOperand(1).getReg() == zeroRegister_ &&
+    if (inst.getOpcode() == tables_.orrShifted && inst.getNumOperands() == 4 && inst.getOperand(1).getReg() == tables_.zeroRegister &&
         inst.getOperand(3).getImm() == 0) {
       auto source = known.find(inst.getOperand(2).getReg());
       std::optional<KnownAddress> copy;
@@ -562,18 +576,19 @@ private:
   }
 
   void forgetCallerSaved(Known &known) const {
-    known.eraseIf([&](unsigned key) { return key < callerSaved_.size() && callerSaved_[key]; });
+    known.eraseIf([&](unsigned key) { return key < tables_.callerSaved.size() && tables_.callerSaved[key]; });
   }
 
-  std::vector<bool> callerSaved_;  // per register
+  static const Arm64Tables &sharedTables(const McToolkit &mc) {
+    static const Arm64Tables tables(mc);
+    return tables;
+  }
+
+  const Arm64Tables &tables_;
   // disassemble()'s words already decoded: index into decodedInstructions_, or -1 when undecodable.
   static constexpr size_t kDecodedWordsKept = size_t(1) << 17;  // about 17 MiB at most
   mutable DenseMap<uint32_t, int32_t> decodedWords_;
   mutable std::vector<MCInst> decodedInstructions_;
-  std::unordered_map<unsigned, unsigned> accessScale_, pairScale_;  // opcode -> access size
-  std::unordered_set<unsigned> unscaled_, notFieldBases_;  // LDUR/STUR opcodes; sp and x29
-  unsigned hint_ = 0, adr_ = 0, adrp_ = 0, addImmediate_ = 0, orrShifted_ = 0, zeroRegister_ = 0, storeX_ = 0,
-           loadX_ = 0, framePointer_ = 0;
   Known known_;
   std::vector<Known> blockEntries_;     // per block: what is known on entry
   std::vector<int32_t> blockEntryAt_;   // per 4-byte word: the block starting there, or -1
@@ -588,7 +603,6 @@ private:
   std::unordered_set<uint32_t> consumedPages_;                      // ADRPs some use consumed
   std::map<uint32_t, std::set<unsigned>> spilledTo_;     // ADRP -> stack slots it was stored to
   std::map<unsigned, std::set<uint64_t>> reloadedUses_;  // stack slot -> targets its reloaded pages formed
-  std::unordered_map<unsigned, FieldEncoding> pcRelativeEncoding_;
 };
 
 }  // namespace

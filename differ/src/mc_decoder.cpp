@@ -52,10 +52,10 @@ Expected<McToolkit> McToolkit::create(const std::string &tripleName, const std::
   return mc;
 }
 
-llvm::StringMap<unsigned> McDecoder::opcodesNamed(llvm::function_ref<bool(llvm::StringRef)> wanted) const {
+llvm::StringMap<unsigned> McToolkit::opcodesNamed(llvm::function_ref<bool(llvm::StringRef)> wanted) const {
   llvm::StringMap<unsigned> found;
-  for (unsigned op = 0; op < mc_.instructions->getNumOpcodes(); ++op)
-    if (llvm::StringRef name = mc_.instructions->getName(op); wanted(name)) found[name] = op;
+  for (unsigned op = 0; op < instructions->getNumOpcodes(); ++op)
+    if (llvm::StringRef name = instructions->getName(op); wanted(name)) found[name] = op;
   return found;
 }
 
