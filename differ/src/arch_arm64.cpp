@@ -53,8 +53,13 @@ struct Arm64Tables {
     for (auto [name, scale] : pairs) wanted.insert(name);
     auto isUnscaled = [](StringRef name) { return (name.starts_with("LDUR") || name.starts_with("STUR")) && name.ends_with("i"); };
     StringMap<unsigned> byName = mc.opcodesNamed([&](StringRef name) { return wanted.contains(name) || isUnscaled(name); });
+    accessScale.assign(mc.instructions->getNumOpcodes(), 0);
+    hasPcRelative.assign(mc.instructions->getNumOpcodes(), false);
+    for (unsigned op = 0; op < mc.instructions->getNumOpcodes(); ++op)
+      for (const MCOperandInfo &operand : mc.instructions->get(op).operands())
+        hasPcRelative[op] = hasPcRelative[op] || operand.OperandType == MCOI::OPERAND_PCREL;
     for (auto [name, scale] : scaled)
-      if (auto it = byName.find(name); it != byName.end()) accessScale[it->second] = scale;
+      if (auto it = byName.find(name); it != byName.end()) accessScale[it->second] = uint8_t(scale);
     for (auto [name, encoding] : pcRelative)
       if (auto it = byName.find(name); it != byName.end()) pcRelativeEncoding[it->second] = encoding;
     // Calls preserve x19-x28 (AAPCS64): addresses held there survive a call, the rest do not.
@@ -86,7 +91,9 @@ struct Arm64Tables {
   }
 
   std::vector<bool> callerSaved;  // per register
-  std::unordered_map<unsigned, unsigned> accessScale, pairScale;  // opcode -> access size
+  std::vector<uint8_t> accessScale;  // by opcode: the access size of an unsigned-offset load or store, else 0
+  std::vector<bool> hasPcRelative;   // by opcode: it has a PC-relative operand
+  std::unordered_map<unsigned, unsigned> pairScale;  // opcode -> access size
   std::unordered_set<unsigned> unscaled, notFieldBases;  // LDUR/STUR opcodes; sp and x29
   unsigned hint = 0, adr = 0, adrp = 0, addImmediate = 0, orrShifted = 0, zeroRegister = 0, storeX = 0, loadX = 0,
            framePointer = 0;
@@ -162,7 +169,7 @@ protected:
     MCInst inst;
     uint64_t size = 0;
     if (mc_.disassembler->getInstruction(inst, size, bytes.take_front(4), veneer, nulls()) != MCDisassembler::Success ||
-        !tables_.accessScale.count(inst.getOpcode()))
+        !tables_.accessScale[inst.getOpcode()])
       return std::nullopt;
     return moved;
   }
@@ -171,7 +178,7 @@ protected:
   // (signed offset) from a register other than sp and the frame pointer x29.
   std::optional<unsigned> displacementScale(const MCInst &inst, unsigned operand) const override {
     unsigned scale = 0, base = 1;
-    if (auto it = tables_.accessScale.find(inst.getOpcode()); it != tables_.accessScale.end()) scale = it->second;
+    if (unsigned access = tables_.accessScale[inst.getOpcode()]) scale = access;
     else if (tables_.unscaled.count(inst.getOpcode())) scale = 1;
     else if (auto pair = tables_.pairScale.find(inst.getOpcode()); pair != tables_.pairScale.end()) scale = pair->second, base = 2;
     if (!scale || operand != base + 1 || inst.getNumOperands() <= operand || !inst.getOperand(base).isReg() ||
@@ -452,8 +459,9 @@ private:
   Effect track(const MCInst &inst, uint64_t pc, const Decoded &at, Known &known) const {
     const MCInstrDesc &desc = mc_.instructions->get(inst.getOpcode());
     int pcRelative = -1;
-    for (unsigned i = 0; i < inst.getNumOperands() && i < desc.getNumOperands(); ++i)
-      if (desc.operands()[i].OperandType == MCOI::OPERAND_PCREL && inst.getOperand(i).isImm()) pcRelative = int(i);
+    if (tables_.hasPcRelative[inst.getOpcode()])
+      for (unsigned i = 0; i < inst.getNumOperands() && i < desc.getNumOperands(); ++i)
+        if (desc.operands()[i].OperandType == MCOI::OPERAND_PCREL && inst.getOperand(i).isImm()) pcRelative = int(i);
     if (pcRelative >= 0) {
       int64_t imm = inst.getOperand(pcRelative).getImm();
       if (inst.getOpcode() == tables_.adrp || isErratumAdr(inst, pc)) {
@@ -468,16 +476,16 @@ private:
       return {Effect::PcRelative, pcRelative, target, {}, 0};
     }
     // A consumer of a known address: ADD Xd, Xn, #imm or LDR/STR Rt, [Xn, #imm].
-    auto scale = tables_.accessScale.find(inst.getOpcode());
+    unsigned scale = tables_.accessScale[inst.getOpcode()];
     bool isAdd = inst.getOpcode() == tables_.addImmediate;
-    if ((isAdd || scale != tables_.accessScale.end()) && inst.getNumOperands() >= 3 && inst.getOperand(1).isReg() &&
+    if ((isAdd || scale) && inst.getNumOperands() >= 3 && inst.getOperand(1).isReg() &&
         inst.getOperand(2).isImm()) {
       auto base = known.find(inst.getOperand(1).getReg());
       if (base != known.end() && !base->second.conflict) {
         uint64_t imm = uint64_t(inst.getOperand(2).getImm());
         uint64_t target = isAdd ? base->second.value + (imm << (inst.getNumOperands() > 3 ? inst.getOperand(3).getImm() : 0))
-                                : base->second.value + imm * scale->second;
-        Effect effect{Effect::Consumer, 2, target, base->second, isAdd ? 0 : scale->second};
+                                : base->second.value + imm * scale;
+        Effect effect{Effect::Consumer, 2, target, base->second, isAdd ? 0 : scale};
         killDefinitions(inst, desc, known);
         if (isAdd) known[inst.getOperand(0).getReg()] = {target, false, {}};
         return effect;
