@@ -119,7 +119,7 @@ protected:
   // 298,000), and LLVM's decoder takes about 1,000 instructions per word, a lookup a few dozen.
   bool disassemble(MCInst &inst, uint64_t &size, ArrayRef<uint8_t> bytes, uint64_t pc) const override {
     uint32_t word = bytes.size() >= 4 ? support::endian::read32le(bytes.data()) : 0;
-    if (bytes.size() < 4 || word >= DenseMapInfo<uint32_t>::getTombstoneKey())  // the map's reserved keys
+    if (bytes.size() < 4 || word >= WordKey::getTombstoneKey())  // the map's reserved keys
       return McDecoder::disassemble(inst, size, bytes, pc);
     if (auto known = decodedWords_.find(word); known != decodedWords_.end()) {
       if (known->second < 0) return false;
@@ -250,12 +250,13 @@ protected:
     }
     struct Block {
       size_t first = 0, end = 0;  // instructions [first, end)
-      std::vector<size_t> successors;
+      SmallVector<size_t, 2> successors;
       bool entered = false;
       bool pending = false;  // `in` changed since the block was last followed
       Known in;
     };
     std::vector<Block> blocks;
+    blocks.reserve(size_t(std::count(leaders.begin(), leaders.end(), true)));
     for (size_t i = 0; i < insts.size(); ++i) {
       if (leaders[insts[i].offset / 4]) {
         if (!blocks.empty()) blocks.back().end = i;
@@ -595,7 +596,11 @@ private:
   const Arm64Tables &tables_;
   // disassemble()'s words already decoded: index into decodedInstructions_, or -1 when undecodable.
   static constexpr size_t kDecodedWordsKept = size_t(1) << 17;  // about 17 MiB at most
-  mutable DenseMap<uint32_t, int32_t> decodedWords_;
+  // DenseMap's own hash of a uint32_t (x * 37) leaves instruction words in long probe chains.
+  struct WordKey : DenseMapInfo<uint32_t> {
+    static unsigned getHashValue(uint32_t word) { return unsigned((uint64_t(word) * 0x9e3779b97f4a7c15ull) >> 32); }
+  };
+  mutable DenseMap<uint32_t, int32_t, WordKey> decodedWords_;
   mutable std::vector<MCInst> decodedInstructions_;
   Known known_;
   std::vector<Known> blockEntries_;     // per block: what is known on entry
