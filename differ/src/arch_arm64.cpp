@@ -123,14 +123,28 @@ protected:
       return McDecoder::disassemble(inst, size, bytes, pc);
     if (auto known = decodedWords_.find(word); known != decodedWords_.end()) {
       if (known->second < 0) return false;
-      inst = decodedInstructions_[size_t(known->second)];
+      const DecodedWord &kept = decodedInstructions_[size_t(known->second)];
+      inst.clear();
+      inst.setOpcode(kept.opcode);
+      inst.setFlags(kept.flags);
+      for (uint32_t i = 0; i < kept.operandCount; ++i) inst.addOperand(decodedOperands_[kept.firstOperand + i]);
       size = 4;
       return true;
     }
     bool decoded = McDecoder::disassemble(inst, size, bytes.take_front(4), pc) && size == 4;
     if (decodedInstructions_.size() < kDecodedWordsKept) {
+      // Reserved whole, but only what is used gets pages: growing them step by step copied them
+      // and faulted in every larger buffer.
+      if (decodedInstructions_.capacity() == 0) {
+        decodedInstructions_.reserve(kDecodedWordsKept);
+        decodedOperands_.reserve(kDecodedWordsKept * 4);
+      }
       decodedWords_[word] = decoded ? int32_t(decodedInstructions_.size()) : -1;
-      if (decoded) decodedInstructions_.push_back(inst);
+      if (decoded) {
+        decodedInstructions_.push_back({inst.getOpcode(), inst.getFlags(), uint32_t(decodedOperands_.size()),
+                                        uint32_t(inst.getNumOperands())});
+        decodedOperands_.append(inst.begin(), inst.end());
+      }
     }
     return decoded;
   }
@@ -595,13 +609,18 @@ private:
 
   const Arm64Tables &tables_;
   // disassemble()'s words already decoded: index into decodedInstructions_, or -1 when undecodable.
-  static constexpr size_t kDecodedWordsKept = size_t(1) << 17;  // about 17 MiB at most
+  static constexpr size_t kDecodedWordsKept = size_t(1) << 17;  // about 10 MiB at most
   // DenseMap's own hash of a uint32_t (x * 37) leaves instruction words in long probe chains.
   struct WordKey : DenseMapInfo<uint32_t> {
     static unsigned getHashValue(uint32_t word) { return unsigned((uint64_t(word) * 0x9e3779b97f4a7c15ull) >> 32); }
   };
   mutable DenseMap<uint32_t, int32_t, WordKey> decodedWords_;
-  mutable std::vector<MCInst> decodedInstructions_;
+  struct DecodedWord {  // an MCInst without its inline room for operands: a third of the size
+    unsigned opcode = 0, flags = 0;
+    uint32_t firstOperand = 0, operandCount = 0;  // in decodedOperands_
+  };
+  mutable std::vector<DecodedWord> decodedInstructions_;
+  mutable SmallVector<MCOperand, 0> decodedOperands_;
   Known known_;
   std::vector<Known> blockEntries_;     // per block: what is known on entry
   std::vector<int32_t> blockEntryAt_;   // per 4-byte word: the block starting there, or -1
