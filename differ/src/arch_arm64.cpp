@@ -3,6 +3,7 @@
 // its basic blocks, through `mov` copies).
 #include "mc_decoder.h"
 
+#include <llvm/ADT/DenseMap.h>
 #include <llvm/ADT/StringSet.h>
 #include <llvm/ADT/bit.h>
 #include <llvm/Support/Endian.h>
@@ -22,10 +23,10 @@ using namespace llvm;
 constexpr int64_t kHintNop = 0;
 bool isBtiHint(int64_t imm) { return imm == 32 || imm == 34 || imm == 36 || imm == 38; }
 
-class Arm64Decoder final : public McDecoder {
-public:
-  explicit Arm64Decoder(McToolkit toolkit) : McDecoder(std::move(toolkit)) {
-    hasOutOfLineCode_ = true;
+// What the decoder needs from LLVM's AArch64 opcode and register tables. Finding it reads all
+// opcode names: done once per process, not per decoder.
+struct Arm64Tables {
+  explicit Arm64Tables(const McToolkit &mc) {
     // Unsigned-offset loads and stores scale their 12-bit immediate by the access size.
     static const std::pair<const char *, unsigned> scaled[] = {
         {"LDRBBui", 1}, {"LDRHHui", 2}, {"LDRWui", 4}, {"LDRXui", 8}, {"LDRSBWui", 1}, {"LDRSBXui", 1},
@@ -51,45 +52,102 @@ public:
     for (auto [name, encoding] : pcRelative) wanted.insert(name);
     for (auto [name, scale] : pairs) wanted.insert(name);
     auto isUnscaled = [](StringRef name) { return (name.starts_with("LDUR") || name.starts_with("STUR")) && name.ends_with("i"); };
-    StringMap<unsigned> byName = opcodesNamed([&](StringRef name) { return wanted.contains(name) || isUnscaled(name); });
+    StringMap<unsigned> byName = mc.opcodesNamed([&](StringRef name) { return wanted.contains(name) || isUnscaled(name); });
+    accessScale.assign(mc.instructions->getNumOpcodes(), 0);
+    hasPcRelative.assign(mc.instructions->getNumOpcodes(), false);
+    for (unsigned op = 0; op < mc.instructions->getNumOpcodes(); ++op)
+      for (const MCOperandInfo &operand : mc.instructions->get(op).operands())
+        hasPcRelative[op] = hasPcRelative[op] || operand.OperandType == MCOI::OPERAND_PCREL;
     for (auto [name, scale] : scaled)
-      if (auto it = byName.find(name); it != byName.end()) accessScale_[it->second] = scale;
+      if (auto it = byName.find(name); it != byName.end()) accessScale[it->second] = uint8_t(scale);
     for (auto [name, encoding] : pcRelative)
-      if (auto it = byName.find(name); it != byName.end()) pcRelativeEncoding_[it->second] = encoding;
+      if (auto it = byName.find(name); it != byName.end()) pcRelativeEncoding[it->second] = encoding;
     // Calls preserve x19-x28 (AAPCS64): addresses held there survive a call, the rest do not.
-    for (unsigned reg = 1; reg < mc_.registers->getNumRegs(); ++reg) {
-      StringRef name = mc_.registers->getName(reg);
+    callerSaved.assign(mc.registers->getNumRegs(), false);
+    for (unsigned reg = 1; reg < mc.registers->getNumRegs(); ++reg) {
+      StringRef name = mc.registers->getName(reg);
       unsigned number = 0;
       if ((name.consume_front("X") || name.consume_front("W")) && !name.getAsInteger(10, number) && number <= 18)
-        callerSaved_.push_back(reg);
+        callerSaved[reg] = true;
     }
     for (auto [name, scale] : pairs)
-      if (auto it = byName.find(name); it != byName.end()) pairScale_[it->second] = scale;
+      if (auto it = byName.find(name); it != byName.end()) pairScale[it->second] = scale;
     for (const auto &entry : byName)
-      if (isUnscaled(entry.getKey())) unscaled_.insert(entry.getValue());
-    for (unsigned reg = 1; reg < mc_.registers->getNumRegs(); ++reg) {
-      StringRef name = mc_.registers->getName(reg);
-      if (name == "SP" || name == "WSP" || name == "FP" || name == "X29") notFieldBases_.insert(reg);
-      if (name == "FP" || name == "X29") framePointer_ = reg;
+      if (isUnscaled(entry.getKey())) unscaled.insert(entry.getValue());
+    for (unsigned reg = 1; reg < mc.registers->getNumRegs(); ++reg) {
+      StringRef name = mc.registers->getName(reg);
+      if (name == "SP" || name == "WSP" || name == "FP" || name == "X29") notFieldBases.insert(reg);
+      if (name == "FP" || name == "X29") framePointer = reg;
     }
-    hint_ = byName["HINT"];
-    adr_ = byName["ADR"];
-    adrp_ = byName["ADRP"];
-    addImmediate_ = byName["ADDXri"];
-    orrShifted_ = byName["ORRXrs"];
-    storeX_ = byName["STRXui"];
-    loadX_ = byName["LDRXui"];
-    for (unsigned reg = 1; reg < mc_.registers->getNumRegs(); ++reg)
-      if (mc_.registers->getName(reg) == StringRef("XZR")) zeroRegister_ = reg;
+    hint = byName["HINT"];
+    adr = byName["ADR"];
+    adrp = byName["ADRP"];
+    addImmediate = byName["ADDXri"];
+    orrShifted = byName["ORRXrs"];
+    storeX = byName["STRXui"];
+    loadX = byName["LDRXui"];
+    for (unsigned reg = 1; reg < mc.registers->getNumRegs(); ++reg)
+      if (mc.registers->getName(reg) == StringRef("XZR")) zeroRegister = reg;
+  }
+
+  std::vector<bool> callerSaved;  // per register
+  std::vector<uint8_t> accessScale;  // by opcode: the access size of an unsigned-offset load or store, else 0
+  std::vector<bool> hasPcRelative;   // by opcode: it has a PC-relative operand
+  std::unordered_map<unsigned, unsigned> pairScale;  // opcode -> access size
+  std::unordered_set<unsigned> unscaled, notFieldBases;  // LDUR/STUR opcodes; sp and x29
+  unsigned hint = 0, adr = 0, adrp = 0, addImmediate = 0, orrShifted = 0, zeroRegister = 0, storeX = 0, loadX = 0,
+           framePointer = 0;
+  std::unordered_map<unsigned, FieldEncoding> pcRelativeEncoding;
+};
+
+class Arm64Decoder final : public McDecoder {
+public:
+  explicit Arm64Decoder(McToolkit toolkit) : McDecoder(std::move(toolkit)), tables_(sharedTables(mc_)) {
+    hasOutOfLineCode_ = true;
   }
 
 protected:
   bool isLayoutNoise(const MCInst &inst) const override {
-    if (inst.getOpcode() != hint_ || !inst.getOperand(0).isImm()) return false;
+    if (inst.getOpcode() != tables_.hint || !inst.getOperand(0).isImm()) return false;
     int64_t imm = inst.getOperand(0).getImm();
     return imm == kHintNop || isBtiHint(imm);
   }
   unsigned undecodableStep() const override { return 4; }
+
+  // A word always decodes to the same MCInst: PC-relative operands are offsets, not addresses. A
+  // library holds about a fifth as many distinct words as instructions (libgio: 61,000 of
+  // 298,000), and LLVM's decoder takes about 1,000 instructions per word, a lookup a few dozen.
+  bool disassemble(MCInst &inst, uint64_t &size, ArrayRef<uint8_t> bytes, uint64_t pc) const override {
+    uint32_t word = bytes.size() >= 4 ? support::endian::read32le(bytes.data()) : 0;
+    if (bytes.size() < 4 || word >= WordKey::getTombstoneKey())  // the map's reserved keys
+      return McDecoder::disassemble(inst, size, bytes, pc);
+    if (auto known = decodedWords_.find(word); known != decodedWords_.end()) {
+      if (known->second < 0) return false;
+      const DecodedWord &kept = decodedInstructions_[size_t(known->second)];
+      inst.clear();
+      inst.setOpcode(kept.opcode);
+      inst.setFlags(kept.flags);
+      for (uint32_t i = 0; i < kept.operandCount; ++i) inst.addOperand(decodedOperands_[kept.firstOperand + i]);
+      size = 4;
+      return true;
+    }
+    bool decoded = McDecoder::disassemble(inst, size, bytes.take_front(4), pc) && size == 4;
+    if (decodedInstructions_.size() < kDecodedWordsKept) {
+      // Reserved whole, but only what is used gets pages: growing them step by step copied them
+      // and faulted in every larger buffer.
+      if (decodedInstructions_.capacity() == 0) {
+        decodedInstructions_.reserve(kDecodedWordsKept);
+        decodedOperands_.reserve(kDecodedWordsKept * 4);
+      }
+      decodedWords_[word] = decoded ? int32_t(decodedInstructions_.size()) : -1;
+      if (decoded) {
+        decodedInstructions_.push_back({inst.getOpcode(), inst.getFlags(), uint32_t(decodedOperands_.size()),
+                                        uint32_t(inst.getNumOperands())});
+        decodedOperands_.append(inst.begin(), inst.end());
+      }
+    }
+    return decoded;
+  }
   uint64_t printAddress(uint64_t pc, uint64_t) const override { return pc; }
 
   // The PC-relative operand (branches, ADR, ADRP, LDR literal), else the immediate of an ADD or a
@@ -139,7 +197,7 @@ protected:
     MCInst inst;
     uint64_t size = 0;
     if (mc_.disassembler->getInstruction(inst, size, bytes.take_front(4), veneer, nulls()) != MCDisassembler::Success ||
-        !accessScale_.count(inst.getOpcode()))
+        !tables_.accessScale[inst.getOpcode()])
       return std::nullopt;
     return moved;
   }
@@ -148,11 +206,11 @@ protected:
   // (signed offset) from a register other than sp and the frame pointer x29.
   std::optional<unsigned> displacementScale(const MCInst &inst, unsigned operand) const override {
     unsigned scale = 0, base = 1;
-    if (auto it = accessScale_.find(inst.getOpcode()); it != accessScale_.end()) scale = it->second;
-    else if (unscaled_.count(inst.getOpcode())) scale = 1;
-    else if (auto pair = pairScale_.find(inst.getOpcode()); pair != pairScale_.end()) scale = pair->second, base = 2;
+    if (unsigned access = tables_.accessScale[inst.getOpcode()]) scale = access;
+    else if (tables_.unscaled.count(inst.getOpcode())) scale = 1;
+    else if (auto pair = tables_.pairScale.find(inst.getOpcode()); pair != tables_.pairScale.end()) scale = pair->second, base = 2;
     if (!scale || operand != base + 1 || inst.getNumOperands() <= operand || !inst.getOperand(base).isReg() ||
-        notFieldBases_.count(inst.getOperand(base).getReg()))
+        tables_.notFieldBases.count(inst.getOperand(base).getReg()))
       return std::nullopt;
     return scale;
   }
@@ -174,7 +232,8 @@ protected:
     consumedPages_.clear();
     spilledTo_.clear();
     reloadedUses_.clear();
-    blockEntry_.clear();
+    blockEntries_.clear();
+    blockEntryAt_.clear();
     predecoded_.clear();
     predecodedAt_.assign(code.size() / 4, -1);
     // ADR and ADRP are the words with bits 28-24 = 10000: without one there is nothing to
@@ -193,40 +252,44 @@ protected:
       if (isLayoutNoise(d.inst)) continue;
       d.offset = uint32_t(offset);
       d.index = index++;
-      sawAddress |= d.inst.getOpcode() == adrp_ || d.inst.getOpcode() == adr_;
+      sawAddress |= d.inst.getOpcode() == tables_.adrp || d.inst.getOpcode() == tables_.adr;
       predecodedAt_[offset / 4] = int32_t(insts.size());
       insts.push_back(std::move(d));
     }
     if (!sawAddress || insts.empty()) return;  // nothing to follow
 
     // Blocks: the first instruction, every branch target inside the function, and whatever
-    // follows a branch or a return start one.
-    std::map<uint32_t, size_t> blockAt;  // offset -> block
+    // follows a branch or a return start one. Both indexes are per 4-byte word.
+    size_t words = code.size() / 4;
+    std::vector<bool> leaders(words, false);
+    std::vector<int32_t> blockAt(words, -1);
     auto targetOf = [&](const Decoded &d, uint64_t &target) {
       const MCInstrDesc &desc = mc_.instructions->get(d.inst.getOpcode());
       return desc.isBranch() && !desc.isIndirectBranch() &&
              mc_.analysis->evaluateBranch(d.inst, rva + d.offset, 4, target) && target >= rva &&
              target < rva + code.size();
     };
-    std::set<uint32_t> leaders{insts.front().offset};
+    leaders[insts.front().offset / 4] = true;
     for (size_t i = 0; i < insts.size(); ++i) {
       const MCInstrDesc &desc = mc_.instructions->get(insts[i].inst.getOpcode());
       uint64_t target = 0;
-      if (targetOf(insts[i], target)) leaders.insert(uint32_t(target - rva));
-      if ((desc.isBranch() || desc.isReturn()) && i + 1 < insts.size()) leaders.insert(insts[i + 1].offset);
+      if (targetOf(insts[i], target)) leaders[(target - rva) / 4] = true;
+      if ((desc.isBranch() || desc.isReturn()) && i + 1 < insts.size()) leaders[insts[i + 1].offset / 4] = true;
     }
     struct Block {
       size_t first = 0, end = 0;  // instructions [first, end)
-      std::vector<size_t> successors;
+      SmallVector<size_t, 2> successors;
       bool entered = false;
+      bool pending = false;  // `in` changed since the block was last followed
       Known in;
     };
     std::vector<Block> blocks;
+    blocks.reserve(size_t(std::count(leaders.begin(), leaders.end(), true)));
     for (size_t i = 0; i < insts.size(); ++i) {
-      if (leaders.count(insts[i].offset)) {
+      if (leaders[insts[i].offset / 4]) {
         if (!blocks.empty()) blocks.back().end = i;
-        blockAt[insts[i].offset] = blocks.size();
-        blocks.push_back({i, insts.size(), {}, false, {}});
+        blockAt[insts[i].offset / 4] = int32_t(blocks.size());
+        blocks.push_back({i, insts.size(), {}, false, false, {}});
       }
     }
     std::vector<bool> directlyEntered(blocks.size(), false);
@@ -237,7 +300,7 @@ protected:
       uint64_t target = 0;
       // Targets that fall between instructions (data in code) enter no block.
       if (targetOf(last, target))
-        if (auto it = blockAt.find(uint32_t(target - rva)); it != blockAt.end()) blocks[b].successors.push_back(it->second);
+        if (int32_t next = blockAt[(target - rva) / 4]; next >= 0) blocks[b].successors.push_back(size_t(next));
       bool fallsThrough = !desc.isReturn() && (!desc.isBranch() || desc.isConditionalBranch() || desc.isCall());
       if (fallsThrough && b + 1 < blocks.size()) blocks[b].successors.push_back(b + 1);
       if (desc.isIndirectBranch() && !desc.isReturn() && !desc.isCall()) indirectSources.push_back(b);
@@ -247,26 +310,36 @@ protected:
       if (!directlyEntered[b])
         for (size_t source : indirectSources) blocks[source].successors.push_back(b);
 
-    blocks[0].entered = true;
+    // Passes in block order until nothing changes. A block whose `in` did not change since it was
+    // last followed would only meet the same state into its successors again, which changes
+    // nothing (meet is idempotent): it is skipped.
+    blocks[0].entered = blocks[0].pending = true;
     for (bool changed = true; changed;) {
       changed = false;
       for (Block &block : blocks) {
-        if (!block.entered) continue;
+        if (!block.pending) continue;
+        block.pending = false;
         Known state = block.in;
         for (size_t i = block.first; i < block.end; ++i) track(insts[i].inst, rva + insts[i].offset, insts[i], state);
         for (size_t s : block.successors) {
           Block &next = blocks[s];
-          if (!next.entered) {
+          bool grew = !next.entered;
+          if (grew) {
             next.entered = true;
             next.in = state;
-            changed = true;
           } else {
-            changed |= meet(next.in, state);
+            grew = meet(next.in, state);
           }
+          next.pending |= grew;
+          changed |= grew;
         }
       }
     }
-    for (size_t b = 0; b < blocks.size(); ++b) blockEntry_[insts[blocks[b].first].offset] = std::move(blocks[b].in);
+    blockEntryAt_.assign(words, -1);
+    for (size_t b = 0; b < blocks.size(); ++b) {
+      blockEntryAt_[insts[blocks[b].first].offset / 4] = int32_t(blockEntries_.size());
+      blockEntries_.push_back(std::move(blocks[b].in));
+    }
   }
 
   void endFunction(DecodeState &state) override {
@@ -289,9 +362,10 @@ protected:
   }
 
   void analyze(const MCInst &inst, uint64_t pc, uint64_t size, uint32_t index, DecodeState &state) override {
-    if (auto entry = blockEntry_.find(state.offset); entry != blockEntry_.end()) known_ = entry->second;
+    if (size_t word = state.offset / 4; word < blockEntryAt_.size() && blockEntryAt_[word] >= 0)
+      known_ = blockEntries_[size_t(blockEntryAt_[word])];
     // An erratum ADR is the ADRP the linker rewrote: it hashes as one, so both compare equal.
-    state.hash = mixHash(state.hash, isErratumAdr(inst, pc) ? adrp_ : inst.getOpcode());
+    state.hash = mixHash(state.hash, isErratumAdr(inst, pc) ? tables_.adrp : inst.getOpcode());
     Effect effect = track(inst, pc, {MCInst(), state.offset, index}, known_);
     switch (effect.kind) {
     case Effect::Plain: mixOperands(inst, state); return;
@@ -302,7 +376,7 @@ protected:
     case Effect::Page:
       mixOperands(inst, state, effect.operand);
       // A use before it in address order (reached through a backward branch) consumed it already.
-      if (!consumedPages_.count(index)) pendingPages_[index] = {state.offset, effect.target, inst.getOpcode() == adr_};
+      if (!consumedPages_.count(index)) pendingPages_[index] = {state.offset, effect.target, inst.getOpcode() == tables_.adr};
       return;
     case Effect::PcRelative: {
       const MCInstrDesc &desc = mc_.instructions->get(inst.getOpcode());
@@ -310,8 +384,8 @@ protected:
       ReferenceKind kind = desc.isCall() ? ReferenceKind::Call
                            : desc.isBranch() ? ReferenceKind::Branch
                                              : ReferenceKind::Memory;
-      auto encoding = pcRelativeEncoding_.find(inst.getOpcode());
-      state.add(index, kind, effect.target, encoding != pcRelativeEncoding_.end() ? encoding->second : FieldEncoding::None);
+      auto encoding = tables_.pcRelativeEncoding.find(inst.getOpcode());
+      state.add(index, kind, effect.target, encoding != tables_.pcRelativeEncoding.end() ? encoding->second : FieldEncoding::None);
       return;
     }
     case Effect::Consumer:
@@ -345,7 +419,7 @@ private:
   // an ADR of that page. Its register holds a page as an ADRP's would, and its uses are the
   // ADRP's :lo12: uses: followed as a page, re-aimed as an ADRP.
   bool isErratumAdr(const MCInst &inst, uint64_t pc) const {
-    if (inst.getOpcode() != adr_ || (pc & 0xfff) < 0xff8 || !inst.getOperand(1).isImm()) return false;
+    if (inst.getOpcode() != tables_.adr || (pc & 0xfff) < 0xff8 || !inst.getOperand(1).isImm()) return false;
     return ((pc + uint64_t(inst.getOperand(1).getImm())) & 0xfff) == 0;
   }
 
@@ -353,11 +427,46 @@ private:
     uint64_t value = 0;
     bool isPage = false;
     // For a page: the ADRPs (instruction index, byte offset) it may come from, sorted.
-    std::vector<std::pair<uint32_t, uint32_t>> producers = {};
+    SmallVector<std::pair<uint32_t, uint32_t>, 2> producers = {};
     bool conflict = false;  // ways into a block disagree: not known, and stays so
     unsigned reloadedFrom = 0;  // a page: the stack slot it was last reloaded from, if any
   };
-  using Known = std::map<unsigned, KnownAddress>;  // register (or stack slot) -> address it holds
+  // Register (or stack slot) -> the address it holds, sorted by key. It holds a handful of
+  // entries and the data flow copies it at every block: a small vector, not a tree of nodes.
+  class Known {
+  public:
+    using Entry = std::pair<unsigned, KnownAddress>;
+    Entry *begin() { return entries_.begin(); }
+    Entry *end() { return entries_.end(); }
+    const Entry *begin() const { return entries_.begin(); }
+    const Entry *end() const { return entries_.end(); }
+    Entry *find(unsigned key) {
+      Entry *at = lowerBound(key);
+      return at != end() && at->first == key ? at : end();
+    }
+    const Entry *find(unsigned key) const { return const_cast<Known *>(this)->find(key); }
+    size_t count(unsigned key) const { return find(key) != end(); }
+    KnownAddress &operator[](unsigned key) {
+      Entry *at = lowerBound(key);
+      if (at == end() || at->first != key) at = entries_.insert(at, {key, KnownAddress{}});
+      return at->second;
+    }
+    void erase(unsigned key) {
+      if (Entry *at = find(key); at != end()) entries_.erase(at);
+    }
+    template <typename Predicate> void eraseIf(Predicate predicate) {
+      entries_.erase(std::remove_if(entries_.begin(), entries_.end(), [&](const Entry &e) { return predicate(e.first); }),
+                     entries_.end());
+    }
+    void clear() { entries_.clear(); }
+
+  private:
+    Entry *lowerBound(unsigned key) {
+      return std::lower_bound(entries_.begin(), entries_.end(), key,
+                              [](const Entry &e, unsigned k) { return e.first < k; });
+    }
+    SmallVector<Entry, 8> entries_;
+  };
   static constexpr unsigned kStackSlots = 1u << 24;  // keys of stack slots: kStackSlots + offset
   struct Decoded {
     MCInst inst;
@@ -379,51 +488,53 @@ private:
   Effect track(const MCInst &inst, uint64_t pc, const Decoded &at, Known &known) const {
     const MCInstrDesc &desc = mc_.instructions->get(inst.getOpcode());
     int pcRelative = -1;
-    for (unsigned i = 0; i < inst.getNumOperands() && i < desc.getNumOperands(); ++i)
-      if (desc.operands()[i].OperandType == MCOI::OPERAND_PCREL && inst.getOperand(i).isImm()) pcRelative = int(i);
+    if (tables_.hasPcRelative[inst.getOpcode()])
+      for (unsigned i = 0; i < inst.getNumOperands() && i < desc.getNumOperands(); ++i)
+        if (desc.operands()[i].OperandType == MCOI::OPERAND_PCREL && inst.getOperand(i).isImm()) pcRelative = int(i);
     if (pcRelative >= 0) {
       int64_t imm = inst.getOperand(pcRelative).getImm();
-      if (inst.getOpcode() == adrp_ || isErratumAdr(inst, pc)) {
-        uint64_t page = inst.getOpcode() == adrp_ ? (pc & ~uint64_t(0xfff)) + uint64_t(imm) * 4096 : pc + uint64_t(imm);
+      if (inst.getOpcode() == tables_.adrp || isErratumAdr(inst, pc)) {
+        uint64_t page = inst.getOpcode() == tables_.adrp ? (pc & ~uint64_t(0xfff)) + uint64_t(imm) * 4096 : pc + uint64_t(imm);
         known[inst.getOperand(0).getReg()] = {page, true, {{at.index, at.offset}}};
         return {Effect::Page, pcRelative, page, {}, 0};
       }
-      uint64_t target = inst.getOpcode() == adr_ ? pc + uint64_t(imm) : pc + uint64_t(imm) * 4;
-      if (inst.getOpcode() == adr_) known[inst.getOperand(0).getReg()] = {target, false, {}};
+      uint64_t target = inst.getOpcode() == tables_.adr ? pc + uint64_t(imm) : pc + uint64_t(imm) * 4;
+      if (inst.getOpcode() == tables_.adr) known[inst.getOperand(0).getReg()] = {target, false, {}};
       else killDefinitions(inst, desc, known);
       if (desc.isCall()) forgetCallerSaved(known);
       return {Effect::PcRelative, pcRelative, target, {}, 0};
     }
     // A consumer of a known address: ADD Xd, Xn, #imm or LDR/STR Rt, [Xn, #imm].
-    auto scale = accessScale_.find(inst.getOpcode());
-    bool isAdd = inst.getOpcode() == addImmediate_;
-    if ((isAdd || scale != accessScale_.end()) && inst.getNumOperands() >= 3 && inst.getOperand(1).isReg() &&
+    unsigned scale = tables_.accessScale[inst.getOpcode()];
+    bool isAdd = inst.getOpcode() == tables_.addImmediate;
+    if ((isAdd || scale) && inst.getNumOperands() >= 3 && inst.getOperand(1).isReg() &&
         inst.getOperand(2).isImm()) {
       auto base = known.find(inst.getOperand(1).getReg());
       if (base != known.end() && !base->second.conflict) {
         uint64_t imm = uint64_t(inst.getOperand(2).getImm());
         uint64_t target = isAdd ? base->second.value + (imm << (inst.getNumOperands() > 3 ? inst.getOperand(3).getImm() : 0))
-                                : base->second.value + imm * scale->second;
-        Effect effect{Effect::Consumer, 2, target, base->second, isAdd ? 0 : scale->second};
+                                : base->second.value + imm * scale;
+        Effect effect{Effect::Consumer, 2, target, base->second, isAdd ? 0 : scale};
         killDefinitions(inst, desc, known);
         if (isAdd) known[inst.getOperand(0).getReg()] = {target, false, {}};
         return effect;
       }
     }
     // A page spilled to the stack (str Xt, [sp|x29, #imm]) and reloaded (ldr Xt, [sp|x29, #imm]).
-    if ((inst.getOpcode() == storeX_ || inst.getOpcode() == loadX_) && inst.getNumOperands() == 3 &&
-        inst.getOperand(1).isReg() && notFieldBases_.count(inst.getOperand(1).getReg()) && inst.getOperand(2).isImm()) {
-      unsigned slot = kStackSlots + (inst.getOperand(1).getReg() == framePointer_ ? 1u << 16 : 0) +
+    if ((inst.getOpcode() == tables_.storeX || inst.getOpcode() == tables_.loadX) && inst.getNumOperands() == 3 &&
+        inst.getOperand(1).isReg() && tables_.notFieldBases.count(inst.getOperand(1).getReg()) && inst.getOperand(2).isImm()) {
+      unsigned slot = kStackSlots + (inst.getOperand(1).getReg() == tables_.framePointer ? 1u << 16 : 0) +
                       unsigned(inst.getOperand(2).getImm() & 0xffff);
       unsigned reg = inst.getOperand(0).getReg();
-      if (inst.getOpcode() == storeX_) {
+      if (inst.getOpcode() == tables_.storeX) {
         auto value = known.find(reg);
         if (value == known.end() || !value->second.isPage || value->second.conflict) {
           known.erase(slot);
           return {};
         }
-        known[slot] = value->second;
-        Effect spill{Effect::Spill, -1, value->second.value, value->second, 0};
+        KnownAddress page = value->second;  // known[slot] may move the entries
+        known[slot] = page;
+        Effect spill{Effect::Spill, -1, page.value, page, 0};
         spill.slot = slot;
         return spill;
       }
@@ -437,7 +548,7 @@ private:
       return {};
     }
     // mov Xd, Xm (orr Xd, xzr, Xm) carries a known address into another register.
-    if (inst.getOpcode() == orrShifted_ && inst.getNumOperands() == 4 && inst.getOperand(1).getReg() == zeroRegister_ &&
+    if (inst.getOpcode() == tables_.orrShifted && inst.getNumOperands() == 4 && inst.getOperand(1).getReg() == tables_.zeroRegister &&
         inst.getOperand(3).getImm() == 0) {
       auto source = known.find(inst.getOperand(2).getReg());
       std::optional<KnownAddress> copy;
@@ -497,22 +608,36 @@ private:
     for (unsigned i = 0; i < desc.getNumDefs() && i < inst.getNumOperands(); ++i) {
       if (!inst.getOperand(i).isReg()) continue;
       unsigned reg = inst.getOperand(i).getReg();
-      for (auto it = known.begin(); it != known.end();)
-        it = it->first < kStackSlots && mc_.registers->regsOverlap(it->first, reg) ? known.erase(it) : std::next(it);
+      known.eraseIf([&](unsigned key) { return key < kStackSlots && mc_.registers->regsOverlap(key, reg); });
     }
   }
 
   void forgetCallerSaved(Known &known) const {
-    for (unsigned reg : callerSaved_) known.erase(reg);
+    known.eraseIf([&](unsigned key) { return key < tables_.callerSaved.size() && tables_.callerSaved[key]; });
   }
 
-  std::vector<unsigned> callerSaved_;
-  std::unordered_map<unsigned, unsigned> accessScale_, pairScale_;  // opcode -> access size
-  std::unordered_set<unsigned> unscaled_, notFieldBases_;  // LDUR/STUR opcodes; sp and x29
-  unsigned hint_ = 0, adr_ = 0, adrp_ = 0, addImmediate_ = 0, orrShifted_ = 0, zeroRegister_ = 0, storeX_ = 0,
-           loadX_ = 0, framePointer_ = 0;
+  static const Arm64Tables &sharedTables(const McToolkit &mc) {
+    static const Arm64Tables tables(mc);
+    return tables;
+  }
+
+  const Arm64Tables &tables_;
+  // disassemble()'s words already decoded: index into decodedInstructions_, or -1 when undecodable.
+  static constexpr size_t kDecodedWordsKept = size_t(1) << 17;  // about 10 MiB at most
+  // DenseMap's own hash of a uint32_t (x * 37) leaves instruction words in long probe chains.
+  struct WordKey : DenseMapInfo<uint32_t> {
+    static unsigned getHashValue(uint32_t word) { return unsigned((uint64_t(word) * 0x9e3779b97f4a7c15ull) >> 32); }
+  };
+  mutable DenseMap<uint32_t, int32_t, WordKey> decodedWords_;
+  struct DecodedWord {  // an MCInst without its inline room for operands: a third of the size
+    unsigned opcode = 0, flags = 0;
+    uint32_t firstOperand = 0, operandCount = 0;  // in decodedOperands_
+  };
+  mutable std::vector<DecodedWord> decodedInstructions_;
+  mutable SmallVector<MCOperand, 0> decodedOperands_;
   Known known_;
-  std::map<uint32_t, Known> blockEntry_;  // per block's first offset: what is known on entry
+  std::vector<Known> blockEntries_;     // per block: what is known on entry
+  std::vector<int32_t> blockEntryAt_;   // per 4-byte word: the block starting there, or -1
   struct PendingPage {
     uint32_t offset = 0;
     uint64_t page = 0;
@@ -524,7 +649,6 @@ private:
   std::unordered_set<uint32_t> consumedPages_;                      // ADRPs some use consumed
   std::map<uint32_t, std::set<unsigned>> spilledTo_;     // ADRP -> stack slots it was stored to
   std::map<unsigned, std::set<uint64_t>> reloadedUses_;  // stack slot -> targets its reloaded pages formed
-  std::unordered_map<unsigned, FieldEncoding> pcRelativeEncoding_;
 };
 
 }  // namespace

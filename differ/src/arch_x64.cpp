@@ -14,34 +14,48 @@ namespace {
 
 using namespace llvm;
 
-class X64Decoder final : public McDecoder {
-public:
-  explicit X64Decoder(McToolkit toolkit) : McDecoder(std::move(toolkit)) {
-    for (unsigned reg = 1; reg < mc_.registers->getNumRegs(); ++reg) {
-      StringRef name = mc_.registers->getName(reg);
-      if (name == "RIP") rip_ = reg;
-      if (name == "RIP" || name == "RSP" || name == "RBP" || name == "ESP" || name == "EBP") notFieldBases_.insert(reg);
+// What the decoder needs from LLVM's x86 opcode and register tables. Finding it reads all ~20,000
+// opcode names: done once per process, not per decoder (2 million instructions each).
+struct X64Tables {
+  explicit X64Tables(const McToolkit &mc) {
+    for (unsigned reg = 1; reg < mc.registers->getNumRegs(); ++reg) {
+      StringRef name = mc.registers->getName(reg);
+      if (name == "RIP") rip = reg;
+      if (name == "RIP" || name == "RSP" || name == "RBP" || name == "ESP" || name == "EBP") notFieldBases.insert(reg);
     }
-    for (unsigned op = 0; op < mc_.instructions->getNumOpcodes(); ++op) {
-      StringRef name = mc_.instructions->getName(op);
-      noise_.push_back(name.starts_with("NOOP") || name == "INT3" || name == "ENDBR64" || name == "ENDBR32");
+    StringMap<unsigned> byName;
+    for (unsigned op = 0; op < mc.instructions->getNumOpcodes(); ++op) {
+      StringRef name = mc.instructions->getName(op);
+      noise.push_back(name.starts_with("NOOP") || name == "INT3" || name == "ENDBR64" || name == "ENDBR32");
+      if (name.starts_with("JMP_") || name.starts_with("JCC_")) byName[name] = op;
     }
-    StringMap<unsigned> byName = opcodesNamed([](StringRef name) { return name.starts_with("JMP_") || name.starts_with("JCC_"); });
     // Short and near forms of a branch are one shape: the assembler picks by distance.
-    shortJmp_ = byName["JMP_1"];
-    shortJcc_ = byName["JCC_1"];
-    emitter_.reset(mc_.target->createMCCodeEmitter(*mc_.instructions, *mc_.context));
-    marker_ = mc_.context->createTempSymbol();
-    canonicalOpcode_.resize(mc_.instructions->getNumOpcodes());
-    for (unsigned op = 0; op < canonicalOpcode_.size(); ++op) canonicalOpcode_[op] = op;
+    shortJmp = byName["JMP_1"];
+    shortJcc = byName["JCC_1"];
+    canonicalOpcode.resize(mc.instructions->getNumOpcodes());
+    for (unsigned op = 0; op < canonicalOpcode.size(); ++op) canonicalOpcode[op] = op;
     for (const char *family : {"JMP", "JCC"})
       for (const char *width : {"_1", "_2", "_4"})
         if (auto it = byName.find(std::string(family) + width); it != byName.end())
-          canonicalOpcode_[it->second] = byName[std::string(family) + "_4"];
+          canonicalOpcode[it->second] = byName[std::string(family) + "_4"];
+  }
+
+  unsigned shortJmp = 0, shortJcc = 0;
+  unsigned rip = 0;
+  std::unordered_set<unsigned> notFieldBases;  // instruction, stack and frame pointer
+  std::vector<bool> noise;                     // by opcode
+  std::vector<unsigned> canonicalOpcode;       // by opcode: itself, or the near form of a short branch
+};
+
+class X64Decoder final : public McDecoder {
+public:
+  explicit X64Decoder(McToolkit toolkit) : McDecoder(std::move(toolkit)), tables_(sharedTables(mc_)) {
+    emitter_.reset(mc_.target->createMCCodeEmitter(*mc_.instructions, *mc_.context));
+    marker_ = mc_.context->createTempSymbol();
   }
 
 protected:
-  bool isLayoutNoise(const MCInst &inst) const override { return noise_[inst.getOpcode()]; }
+  bool isLayoutNoise(const MCInst &inst) const override { return tables_.noise[inst.getOpcode()]; }
   unsigned undecodableStep() const override { return 1; }
   uint64_t printAddress(uint64_t pc, uint64_t size) const override { return pc + size; }
 
@@ -58,7 +72,7 @@ protected:
     for (unsigned i = 0; i + 4 < inst.getNumOperands() && i < desc.getNumOperands(); ++i) {
       if (desc.operands()[i].OperandType != MCOI::OPERAND_MEMORY) continue;
       const MCOperand &base = inst.getOperand(i), &segment = inst.getOperand(i + 4);
-      if (operand != i + 3 || !base.isReg() || !base.getReg() || notFieldBases_.count(base.getReg()) ||
+      if (operand != i + 3 || !base.isReg() || !base.getReg() || tables_.notFieldBases.count(base.getReg()) ||
           !segment.isReg() || segment.getReg())
         return std::nullopt;
       return 1;
@@ -72,7 +86,7 @@ protected:
     case ReferenceKind::Branch: return 0;
     case ReferenceKind::Memory:
       for (unsigned i = 0; i + 3 < inst.getNumOperands(); ++i)
-        if (inst.getOperand(i).isReg() && inst.getOperand(i).getReg() == rip_) return int(i) + 3;
+        if (inst.getOperand(i).isReg() && inst.getOperand(i).getReg() == tables_.rip) return int(i) + 3;
       return -1;
     case ReferenceKind::Absolute:
       for (unsigned i = 0; i < inst.getNumOperands(); ++i)
@@ -89,9 +103,9 @@ protected:
     uint64_t target = 0;
     if ((desc.isBranch() || desc.isCall()) && inst.getNumOperands() > 0 && inst.getOperand(0).isImm() &&
         mc_.analysis->evaluateBranch(inst, pc, size, target)) {
-      state.hash = mixHash(state.hash, canonicalOpcode_[inst.getOpcode()]);
+      state.hash = mixHash(state.hash, tables_.canonicalOpcode[inst.getOpcode()]);
       mixOperands(inst, state, 0);
-      bool rel8 = inst.getOpcode() == shortJmp_ || inst.getOpcode() == shortJcc_;
+      bool rel8 = inst.getOpcode() == tables_.shortJmp || inst.getOpcode() == tables_.shortJcc;
       state.add(index, desc.isCall() ? ReferenceKind::Call : ReferenceKind::Branch, target,
                 rel8 ? FieldEncoding::X64Rel8 : FieldEncoding::X64Rel32, uint8_t(size - (rel8 ? 1 : 4)));
       return;
@@ -99,7 +113,7 @@ protected:
     state.hash = mixHash(state.hash, inst.getOpcode());
     int displacement = -1;
     for (unsigned i = 0; i + 3 < inst.getNumOperands(); ++i)
-      if (inst.getOperand(i).isReg() && inst.getOperand(i).getReg() == rip_) displacement = int(i) + 3;
+      if (inst.getOperand(i).isReg() && inst.getOperand(i).getReg() == tables_.rip) displacement = int(i) + 3;
     int absolute = -1;
     if (state.relocated(pc, pc + size)) {
       for (unsigned i = 0; i < inst.getNumOperands(); ++i) {
@@ -146,13 +160,14 @@ private:
     return uint8_t(size - 4);
   }
 
+  static const X64Tables &sharedTables(const McToolkit &mc) {
+    static const X64Tables tables(mc);
+    return tables;
+  }
+
+  const X64Tables &tables_;
   std::unique_ptr<MCCodeEmitter> emitter_;
   MCSymbol *marker_ = nullptr;
-  unsigned shortJmp_ = 0, shortJcc_ = 0;
-  unsigned rip_ = 0;
-  std::unordered_set<unsigned> notFieldBases_;  // instruction, stack and frame pointer
-  std::vector<bool> noise_;  // by opcode
-  std::vector<unsigned> canonicalOpcode_;  // by opcode: itself, or the near form of a short branch
 };
 
 }  // namespace

@@ -429,8 +429,14 @@ private:
     return mixHash(llvm::xxh3_64bits(s->name), target - s->rva);
   }
 
-  // Compares one pair; on a difference, returns the index of the first differing instruction.
-  std::optional<uint32_t> firstDifference(size_t b, size_t p, InstructionDecoder &decoder) {
+  // Both functions of a pair decoded instruction by instruction.
+  struct DecodedPair {
+    DecodedFunction base, patched;
+  };
+
+  // Compares one pair; on a difference, returns the index of the first differing instruction and
+  // leaves the pair decoded in `decoded` (findConstantChanges reads it).
+  std::optional<uint32_t> firstDifference(size_t b, size_t p, InstructionDecoder &decoder, DecodedPair &decoded) {
     ReferenceList referencesB = base_.references(b), referencesP = patched_.references(p);
     bool sameShape = base_.code[b].shape == patched_.code[p].shape && referencesB.size() == referencesP.size();
     if (sameShape) {
@@ -444,10 +450,10 @@ private:
     }
     // Locate the first instruction that differs, decoding both again instruction by instruction.
     const Function &fb = base_.image.functions[b], &fp = patched_.image.functions[p];
-    DecodedFunction xb = decoder.decode(base_.image.bytesAt(fb.range.rva, fb.range.size), fb.range.rva,
-                                        base_.relocations, true);
-    DecodedFunction xp = decoder.decode(patched_.image.bytesAt(fp.range.rva, fp.range.size), fp.range.rva,
-                                        patched_.relocations, true);
+    decoded.base = decoder.decode(base_.image.bytesAt(fb.range.rva, fb.range.size), fb.range.rva, base_.relocations, true);
+    decoded.patched =
+        decoder.decode(patched_.image.bytesAt(fp.range.rva, fp.range.size), fp.range.rva, patched_.relocations, true);
+    const DecodedFunction &xb = decoded.base, &xp = decoded.patched;
     size_t n = std::min(xb.instructionShapes.size(), xp.instructionShapes.size());
     size_t rb = 0, rp = 0;
     for (uint32_t i = 0; i < n; ++i) {
@@ -471,13 +477,13 @@ private:
     for (size_t b = 0; b < base_.code.size(); ++b)
       if (matching_.baseToPatched[b]) diff.pairs.push_back({b, *matching_.baseToPatched[b], matching_.info[b], false});
     std::vector<std::optional<uint32_t>> differences(diff.pairs.size());
-    parallelFor(diff.pairs.size(), threads_, [&](unsigned worker, size_t i) {
-      differences[i] = firstDifference(diff.pairs[i].base, diff.pairs[i].patched, *decoders_[worker]);
-    });
     std::vector<ConstantFindings> findings(diff.pairs.size());
     parallelFor(diff.pairs.size(), threads_, [&](unsigned worker, size_t i) {
-      if (differences[i]) findings[i] = findConstantChanges(diff.pairs[i].base, diff.pairs[i].patched, *decoders_[worker]);
-    }, 1);
+      DecodedPair decoded;
+      differences[i] = firstDifference(diff.pairs[i].base, diff.pairs[i].patched, *decoders_[worker], decoded);
+      if (differences[i])
+        findings[i] = findConstantChanges(diff.pairs[i].base, diff.pairs[i].patched, decoded, *decoders_[worker]);
+    });
     std::vector<size_t> lineOnly;
     for (size_t i = 0; i < diff.pairs.size(); ++i)
       if (findings[i].lineNumbersOnly && !options_.carryLineChanges) {
@@ -549,13 +555,9 @@ private:
     std::vector<Allocation> allocations;
   };
 
-  ConstantFindings findConstantChanges(size_t b, size_t p, InstructionDecoder &decoder) {
+  ConstantFindings findConstantChanges(size_t b, size_t p, const DecodedPair &decoded, InstructionDecoder &decoder) {
     ConstantFindings out;
-    const Function &fb = base_.image.functions[b], &fp = patched_.image.functions[p];
-    DecodedFunction xb = decoder.decode(base_.image.bytesAt(fb.range.rva, fb.range.size), fb.range.rva,
-                                        base_.relocations, true);
-    DecodedFunction xp = decoder.decode(patched_.image.bytesAt(fp.range.rva, fp.range.size), fp.range.rva,
-                                        patched_.relocations, true);
+    const DecodedFunction &xb = decoded.base, &xp = decoded.patched;
     std::vector<CallSite> callsB = callSites(false, xb, decoder), callsP = callSites(true, xp, decoder);
     // The constants set up for each allocator call (its arguments), in call order.
     std::vector<const CallSite *> allocB, allocP;

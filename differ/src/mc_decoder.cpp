@@ -52,10 +52,10 @@ Expected<McToolkit> McToolkit::create(const std::string &tripleName, const std::
   return mc;
 }
 
-llvm::StringMap<unsigned> McDecoder::opcodesNamed(llvm::function_ref<bool(llvm::StringRef)> wanted) const {
+llvm::StringMap<unsigned> McToolkit::opcodesNamed(llvm::function_ref<bool(llvm::StringRef)> wanted) const {
   llvm::StringMap<unsigned> found;
-  for (unsigned op = 0; op < mc_.instructions->getNumOpcodes(); ++op)
-    if (llvm::StringRef name = mc_.instructions->getName(op); wanted(name)) found[name] = op;
+  for (unsigned op = 0; op < instructions->getNumOpcodes(); ++op)
+    if (llvm::StringRef name = instructions->getName(op); wanted(name)) found[name] = op;
   return found;
 }
 
@@ -155,18 +155,20 @@ CodeSummary McDecoder::decodeLoop(ArrayRef<uint8_t> code, uint64_t rva, const Re
 
 bool McDecoder::decodeAt(MCInst &inst, uint64_t &size, ArrayRef<uint8_t> bytes, uint64_t pc,
                          const RelocationIndex &relocations) const {
-  if (mc_.disassembler->getInstruction(inst, size, bytes, pc, nulls()) != MCDisassembler::Success || size == 0)
-    return false;
+  if (!disassemble(inst, size, bytes, pc) || size == 0) return false;
   if (!hasOutOfLineCode_ || !relocations.image || size != 4) return true;
   std::optional<uint32_t> moved = outOfLineInstruction(pc, support::endian::read32le(bytes.data()), *relocations.image);
   if (!moved) return true;
   uint8_t word[4];
   support::endian::write32le(word, *moved);
   MCInst replaced;
-  if (mc_.disassembler->getInstruction(replaced, size, word, pc, nulls()) == MCDisassembler::Success && size == 4)
-    inst = replaced;
+  if (disassemble(replaced, size, word, pc) && size == 4) inst = replaced;
   size = 4;
   return true;
+}
+
+bool McDecoder::disassemble(MCInst &inst, uint64_t &size, ArrayRef<uint8_t> bytes, uint64_t pc) const {
+  return mc_.disassembler->getInstruction(inst, size, bytes, pc, nulls()) == MCDisassembler::Success;
 }
 
 void McDecoder::recordFrame(const MCInst &inst, uint32_t index, const Outputs &outputs) const {

@@ -34,6 +34,9 @@ struct McToolkit {
 
   static llvm::Expected<McToolkit> create(const std::string &triple, const std::string &features);
   llvm::StringRef opcodeName(const llvm::MCInst &inst) const { return instructions->getName(inst.getOpcode()); }
+  // The opcodes whose names `wanted` accepts, by name, from one pass over the target's opcode
+  // table: a map of all ~20,000 names cost more to build than decoding a small library.
+  llvm::StringMap<unsigned> opcodesNamed(llvm::function_ref<bool(llvm::StringRef)> wanted) const;
 };
 
 // What an architecture hook sees and fills while one function is decoded.
@@ -94,10 +97,9 @@ protected:
   virtual int addressOperand(const llvm::MCInst &inst, const CodeReference &reference,
                              const RelocationIndex &relocations) const = 0;
 
-  // The opcodes whose names `wanted` accepts, by name, from one pass over the target's opcode
-  // table: a map of all ~20,000 names cost more to build than decoding a small library.
-  llvm::StringMap<unsigned> opcodesNamed(llvm::function_ref<bool(llvm::StringRef)> wanted) const;
 
+  // One instruction as LLVM's disassembler decodes it (`size` set on success).
+  virtual bool disassemble(llvm::MCInst &inst, uint64_t &size, llvm::ArrayRef<uint8_t> bytes, uint64_t pc) const;
   // Decodes the instruction at `pc`, reading a branch to an out-of-line instruction as that
   // instruction (outOfLineInstruction, when `relocations` has the image).
   bool decodeAt(llvm::MCInst &inst, uint64_t &size, llvm::ArrayRef<uint8_t> bytes, uint64_t pc,
