@@ -4,53 +4,14 @@
 
 #include <llvm/MC/MCExpr.h>
 #include <llvm/Support/Endian.h>
-#include <llvm/MC/MCTargetOptions.h>
-#include <llvm/MC/TargetRegistry.h>
-#include <llvm/Support/TargetSelect.h>
 #include <llvm/Support/raw_ostream.h>
 
 #include <algorithm>
 #include <map>
-#include <mutex>
 
 namespace hotforge::differ {
 
 using namespace llvm;
-
-Expected<McToolkit> McToolkit::create(const std::string &tripleName, const std::string &features) {
-  static std::once_flag initialized;
-  std::call_once(initialized, [] {
-    LLVMInitializeX86TargetInfo();
-    LLVMInitializeX86TargetMC();
-    LLVMInitializeX86Disassembler();
-    LLVMInitializeAArch64TargetInfo();
-    LLVMInitializeAArch64TargetMC();
-    LLVMInitializeAArch64Disassembler();
-  });
-  McToolkit mc;
-  mc.triple = Triple(tripleName);
-  std::string error;
-  const Target *target = TargetRegistry::lookupTarget(tripleName, error);
-  if (!target) return formatError("no LLVM target for {}: {}", tripleName, error);
-  mc.target = target;
-  mc.registers.reset(target->createMCRegInfo(tripleName));
-  MCTargetOptions options;
-  if (mc.registers) mc.asmInfo.reset(target->createMCAsmInfo(*mc.registers, tripleName, options));
-  mc.subtarget.reset(target->createMCSubtargetInfo(tripleName, "", features));
-  mc.instructions.reset(target->createMCInstrInfo());
-  if (!mc.registers || !mc.asmInfo || !mc.subtarget || !mc.instructions)
-    return formatError("LLVM MC could not be set up for {}", tripleName);
-  mc.analysis.reset(target->createMCInstrAnalysis(mc.instructions.get()));
-  mc.context = std::make_unique<MCContext>(mc.triple, mc.asmInfo.get(), mc.registers.get(), mc.subtarget.get());
-  mc.disassembler.reset(target->createMCDisassembler(*mc.subtarget, *mc.context));
-  unsigned dialect = mc.triple.isX86() ? 1 /* Intel */ : mc.asmInfo->getAssemblerDialect();
-  mc.printer.reset(target->createMCInstPrinter(mc.triple, dialect, *mc.asmInfo, *mc.instructions, *mc.registers));
-  if (!mc.analysis || !mc.disassembler || !mc.printer)
-    return formatError("LLVM MC disassembler could not be set up for {}", tripleName);
-  mc.printer->setPrintImmHex(true);
-  mc.printer->setPrintBranchImmAsAddress(true);
-  return mc;
-}
 
 llvm::StringMap<unsigned> McDecoder::opcodesNamed(llvm::function_ref<bool(llvm::StringRef)> wanted) const {
   llvm::StringMap<unsigned> found;
