@@ -93,6 +93,18 @@ public:
     return std::min(pos, to);
   }
 
+  // The first fill byte in [from, to), else the next 16-byte boundary, capped at `to`.
+  uint64_t skipData(uint64_t from, uint64_t to) {
+    const CodeRegion *region = regionOf(from);
+    uint64_t aligned = std::min(to, (from + 15) & ~uint64_t(15));
+    for (uint64_t pos = from; region && pos < aligned;) {
+      FlowStep step = decoder_.step(bytesBetween(*region, pos, aligned), pos);
+      if (step.kind == FlowKind::Fill || step.kind == FlowKind::Pad) return pos;
+      pos += step.size;
+    }
+    return aligned;
+  }
+
   const CodeRegion *regionOf(uint64_t rva) const {
     auto it = std::upper_bound(regions_.begin(), regions_.end(), rva,
                                [](uint64_t a, const CodeRegion &r) { return a < r.rva; });
@@ -254,7 +266,10 @@ private:
       // Code in a gap that runs into bytes that do not decode is data in the code section
       // (mingw's constructor lists, literal pools), not a function.
       if (s.end <= start || (s.foundBy == FoundBy::Gap && !s.endsCleanly)) {
-        pos = std::max(s.end, start + 1);
+        // The rest of that data is data too (a -1 that opens a constructor list, then the
+        // pointers after it, decodes as a call or jump from its last byte on): code resumes
+        // after fill, or at the next aligned address.
+        pos = s.foundBy == FoundBy::Gap ? skipData(start + 1, next) : std::max(s.end, start + 1);
         starts_.erase(it);
         continue;
       }

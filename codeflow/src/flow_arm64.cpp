@@ -4,8 +4,6 @@
 // stubs use to leave the function.
 #include "flow_decoder.h"
 
-#include <llvm/Support/raw_ostream.h>
-
 #include <unordered_map>
 
 namespace hotforge::codeflow {
@@ -37,9 +35,7 @@ public:
     FlowStep out;
     out.size = uint8_t(std::min<size_t>(4, std::max<size_t>(1, bytes.size())));
     uint64_t size = 0;
-    inst_.clear();
-    if (bytes.size() < 4 ||
-        mc_.disassembler->getInstruction(inst_, size, bytes, rva, nulls()) != MCDisassembler::Success)
+    if (bytes.size() < 4 || !mc_.decode(inst_, size, bytes, rva))
       return out;  // Invalid
     out.size = 4;
     out.kind = FlowKind::Plain;

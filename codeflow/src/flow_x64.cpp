@@ -6,8 +6,6 @@
 // `add rE, rB`, `jmp rE` (gcc, clang and mingw; MSVC's form has the table's RVA as disp).
 #include "flow_decoder.h"
 
-#include <llvm/Support/raw_ostream.h>
-
 #include <algorithm>
 #include <unordered_map>
 
@@ -48,9 +46,7 @@ public:
   FlowStep step(ArrayRef<uint8_t> bytes, uint64_t rva) override {
     FlowStep out;
     uint64_t size = 0;
-    inst_.clear();
-    if (bytes.empty() ||
-        mc_.disassembler->getInstruction(inst_, size, bytes, rva, nulls()) != MCDisassembler::Success || !size)
+    if (bytes.empty() || !mc_.decode(inst_, size, bytes, rva))
       return out;  // Invalid, one byte
     out.size = uint8_t(size);
     out.kind = kind_[inst_.getOpcode()];

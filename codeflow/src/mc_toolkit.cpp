@@ -2,6 +2,7 @@
 
 #include <llvm/MC/MCTargetOptions.h>
 #include <llvm/Support/TargetSelect.h>
+#include <llvm/Support/raw_ostream.h>
 
 #include <mutex>
 
@@ -42,6 +43,12 @@ Expected<McToolkit> McToolkit::create(const std::string &tripleName, const std::
   mc.printer->setPrintImmHex(true);
   mc.printer->setPrintBranchImmAsAddress(true);
   return mc;
+}
+
+bool McToolkit::decode(MCInst &inst, uint64_t &size, ArrayRef<uint8_t> bytes, uint64_t pc) const {
+  inst = MCInst();
+  size = 0;
+  return disassembler->getInstruction(inst, size, bytes, pc, nulls()) == MCDisassembler::Success && size > 0;
 }
 
 }  // namespace hotforge

@@ -157,6 +157,8 @@ private:
   // Decodes every function. A patched function with the name and size of a base function is
   // usually the same code moved: Program::decode tries to read its references from its fields.
   void decodeAll() {
+    base_.takeDiscoveredThunksForImports(*decoders_[0]);
+    patched_.takeDiscoveredThunksForImports(*decoders_[0]);
     // Base functions by the digest of their name key: a digest held by one function names it (two
     // names of one digest only cost the shortcut: the copy checks the bytes).
     std::vector<std::pair<uint64_t, size_t>> baseNames;
@@ -413,7 +415,7 @@ private:
     case TargetClass::Stub: break;
     }
     // Nothing pairs this address: assume its section kept its layout.
-    const Section *s = p.image.sectionAt(target);
+    const Section *s = p.sectionOf(target);
     return mixHash(llvm::xxh3_64bits(s->name), target - s->rva);
   }
 

@@ -71,7 +71,6 @@ CodeSummary McDecoder::decodeLoop(ArrayRef<uint8_t> code, uint64_t rva, const Re
     uint64_t size = 0;
     const MCInst *known = predecoded(offset, size);
     if (!known) {
-      decoded.clear();
       if (!decodeAt(decoded, size, code.slice(offset), rva + offset, relocations)) size = 0;
     }
     const MCInst &inst = known ? *known : decoded;
@@ -116,16 +115,14 @@ CodeSummary McDecoder::decodeLoop(ArrayRef<uint8_t> code, uint64_t rva, const Re
 
 bool McDecoder::decodeAt(MCInst &inst, uint64_t &size, ArrayRef<uint8_t> bytes, uint64_t pc,
                          const RelocationIndex &relocations) const {
-  if (mc_.disassembler->getInstruction(inst, size, bytes, pc, nulls()) != MCDisassembler::Success || size == 0)
-    return false;
+  if (!mc_.decode(inst, size, bytes, pc)) return false;
   if (!hasOutOfLineCode_ || !relocations.image || size != 4) return true;
   std::optional<uint32_t> moved = outOfLineInstruction(pc, support::endian::read32le(bytes.data()), *relocations.image);
   if (!moved) return true;
   uint8_t word[4];
   support::endian::write32le(word, *moved);
   MCInst replaced;
-  if (mc_.disassembler->getInstruction(replaced, size, word, pc, nulls()) == MCDisassembler::Success && size == 4)
-    inst = replaced;
+  if (mc_.decode(replaced, size, word, pc) && size == 4) inst = replaced;
   size = 4;
   return true;
 }
@@ -181,10 +178,7 @@ std::vector<InstructionText> McDecoder::printLoop(ArrayRef<uint8_t> code, uint64
   MCInst inst;
   while (offset < code.size()) {
     uint64_t size = 0;
-    inst.clear();
-    bool ok = mc_.disassembler->getInstruction(inst, size, code.slice(offset), rva + offset, nulls()) ==
-                  MCDisassembler::Success &&
-              size > 0;
+    bool ok = mc_.decode(inst, size, code.slice(offset), rva + offset);
     if (!ok) size = std::min<uint64_t>(undecodableStep(), code.size() - offset);
     if ((ok && isLayoutNoise(inst)) || (only && counted++ < *only)) {
       offset += size;

@@ -140,6 +140,9 @@ struct Program {
   // through: those of .plt-like sections, and the import thunks in .text (jmp [IAT]), which
   // classify() then takes for stubs too.
   void findStubs(InstructionDecoder &decoder);
+  // Before decode: an unnamed function found only from code that is an import thunk is the
+  // import, as a thunk findStubs finds is (lld-link emits one per import, called or not).
+  void takeDiscoveredThunksForImports(const InstructionDecoder &decoder);
   ReferenceList references(size_t function) const;
   // The index of the counted instruction that starts `offset` bytes into the function, if one does.
   std::optional<uint32_t> instructionAt(size_t function, uint64_t offset) const;
@@ -154,6 +157,9 @@ struct Program {
   // The named object whose range holds rva, whether or not its size was given.
   const DataObject *containingObject(uint64_t rva) const;
   bool isReadOnly(uint64_t rva) const;
+  // The section holding rva, else the one that ends at rva or just before it (its alignment
+  // padding): code takes the end of its data (crtstuff's __TMC_END__ after .data, a loop's bound).
+  const Section *sectionOf(uint64_t rva) const;
   // The slot the stub at rva jumps through; found by findStubs, or decoded here.
   std::optional<uint64_t> stubSlot(uint64_t rva, InstructionDecoder &decoder) const;
   size_t functionIndex(const Function *f) const { return size_t(f - image.functions.data()); }
@@ -186,6 +192,8 @@ private:
   bool copyMovedCode(size_t function, size_t from, CodeChunk &chunk);
   void findSplitParts();
   bool inStubSection(uint64_t rva) const;
+  // The import slot that an import thunk at rva jumps through.
+  std::optional<uint64_t> importThunkSlot(uint64_t rva, const InstructionDecoder &decoder) const;
   std::optional<uint64_t> decodeStubSlot(uint64_t rva, InstructionDecoder &decoder) const;
   bool isReadOnly(uint64_t rva, const Section *section) const;  // section: the one holding rva
   // Iterator over `data` of the first object that starts after rva.

@@ -34,6 +34,10 @@ struct McToolkit {
 
   static llvm::Expected<McToolkit> create(const std::string &triple, const std::string &features);
   llvm::StringRef opcodeName(const llvm::MCInst &inst) const { return instructions->getName(inst.getOpcode()); }
+  // One instruction at `pc` into `inst` (reset first: LLVM 19's AArch64 disassembler inserts the
+  // implicit SME operands of whatever opcode `inst` still holds even when decoding fails, and
+  // writes out of bounds when that was an SME instruction); false when the bytes do not decode.
+  bool decode(llvm::MCInst &inst, uint64_t &size, llvm::ArrayRef<uint8_t> bytes, uint64_t pc) const;
 };
 
 }  // namespace hotforge
