@@ -31,7 +31,7 @@ struct Target {
 class Discovery {
 public:
   Discovery(FlowDecoder &decoder, const DiscoveryInput &input)
-      : decoder_(decoder), regions_(input.regions), readBytes_(input.readBytes) {
+      : decoder_(decoder), regions_(input.regions), executable_(input.executable), readBytes_(input.readBytes) {
     std::sort(regions_.begin(), regions_.end(), [](const CodeRegion &a, const CodeRegion &b) { return a.rva < b.rva; });
     for (const KnownStart &k : input.known)
       if (k.size) sized_.push_back({k.rva, k.rva + k.size});
@@ -120,6 +120,13 @@ private:
     return region.bytes.slice(from - region.rva, std::min(to, region.end()) - from);
   }
 
+  bool executable(uint64_t rva) const {
+    if (executable_.empty()) return true;
+    for (const auto &[begin, end] : executable_)
+      if (rva >= begin && rva < end) return true;
+    return false;
+  }
+
   // Strictly inside a table extent (not at its start): not a function start of its own.
   bool insideTableExtent(uint64_t rva) const {
     auto it = std::lower_bound(sized_.begin(), sized_.end(), std::make_pair(rva, uint64_t(0)));
@@ -178,7 +185,7 @@ private:
       // A jump table's cases are not followed: such a function runs to the next start of any kind.
       if (dispatch && pos >= anyLimit && pendingTarget < pos) break;
       FlowStep step = decoder_.step(bytesBetween(*region, pos, limit), pos);
-      if (step.kind == FlowKind::Invalid) break;
+      if (step.kind == FlowKind::Invalid || (step.hasTarget && !executable(step.target))) break;
       if (step.kind == FlowKind::Pad || step.kind == FlowKind::Fill) {
         // nop fill also aligns loop heads, after a call too (that may not return): only padding
         // that is never executed (int3, udf #0) ends a function.
@@ -259,13 +266,10 @@ private:
       }
       s.weak = false;  // a pointer target where no control flow runs: accepted
       walk(it);
-      for (const Target &t : found_)
-        if (t.rva >= s.end && !t.weak) note(t);  // behind the sweep or inside itself: not a start
-      found_.clear();
-      worklist_.clear();
-      // Code in a gap that runs into bytes that do not decode is data in the code section
-      // (mingw's constructor lists, literal pools), not a function.
+      // Code in a gap that runs into bytes that do not decode, or branches out of the code, is
+      // data in the code section (mingw's constructor lists, literal pools, Arm64 asm tables).
       if (s.end <= start || (s.foundBy == FoundBy::Gap && !s.endsCleanly)) {
+        found_.clear();
         // The rest of that data is data too (a -1 that opens a constructor list, then the
         // pointers after it, decodes as a call or jump from its last byte on): code resumes
         // after fill, or at the next aligned address.
@@ -273,6 +277,10 @@ private:
         starts_.erase(it);
         continue;
       }
+      for (const Target &t : found_)
+        if (t.rva >= s.end && !t.weak) note(t);  // behind the sweep or inside itself: not a start
+      found_.clear();
+      worklist_.clear();
       pos = s.end;
       // Pointer targets that its control flow ran over are labels inside it.
       for (auto inner = starts_.upper_bound(start); inner != starts_.end() && inner->first < s.end;)
@@ -282,6 +290,7 @@ private:
 
   FlowDecoder &decoder_;
   std::vector<CodeRegion> regions_;
+  std::vector<std::pair<uint64_t, uint64_t>> executable_;
   std::function<llvm::ArrayRef<uint8_t>(uint64_t, uint64_t)> readBytes_;
   std::vector<std::pair<uint64_t, uint64_t>> sized_;  // table extents [begin, end), sorted
   std::vector<uint64_t> sizedMaxEnd_;                 // the furthest end among sized_[0..i]

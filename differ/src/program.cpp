@@ -24,6 +24,11 @@ bool isErratumVeneer(const Function &f) {
   return f.name && (f.name->rfind("e843419@", 0) == 0 || f.name->rfind("e835769@", 0) == 0);
 }
 
+// Unnamed, and no table saw its start: function discovery found it in the code.
+bool foundOnlyInCode(const Function &f) {
+  return !f.name && f.sourceMask == 1u << unsigned(FunctionSource::Code);
+}
+
 bool isStubSection(std::string_view name) {
   return name == ".plt" || name == ".plt.sec" || name == ".plt.got" || name == ".iplt";
 }
@@ -242,6 +247,7 @@ void Program::indexReferences() {
     for (uint64_t target : chunk.targets)
       if (target < sectionsEnd) referenced.add(target);
   }
+  dropUnreachedDiscoveries();
   findSplitParts();
 }
 
@@ -258,11 +264,23 @@ std::optional<uint64_t> Program::importThunkSlot(uint64_t rva, const Instruction
 void Program::takeDiscoveredThunksForImports(const InstructionDecoder &decoder) {
   for (size_t i = 0; i < image.functions.size(); ++i) {
     const Function &f = image.functions[i];
-    if (!diffable[i] || f.source != FunctionSource::Code || f.name) continue;
+    if (!diffable[i] || !foundOnlyInCode(f)) continue;
     if (std::optional<uint64_t> slot = importThunkSlot(f.range.rva, decoder)) {
       importThunks_[f.range.rva] = *slot;
       diffable[i] = false;
     }
+  }
+}
+
+void Program::dropUnreachedDiscoveries() {
+  std::unordered_set<uint64_t> pointedAt;
+  for (const auto &[slot, pointer] : pointers)
+    if (!pointer.symbol) pointedAt.insert(pointer.rva);
+  for (size_t i = 0; i < image.functions.size(); ++i) {
+    const Function &f = image.functions[i];
+    if (diffable[i] && foundOnlyInCode(f) && f.range.rva != image.entryRva && !referenced.contains(f.range.rva) &&
+        !pointedAt.count(f.range.rva))
+      diffable[i] = false;
   }
 }
 
@@ -432,12 +450,18 @@ TargetClass Program::classify(uint64_t rva, const Function **function, const Dat
   return isReadOnly(rva, section) ? TargetClass::ReadOnly : TargetClass::Writable;
 }
 
-const Section *Program::sectionOf(uint64_t rva) const {
-  if (const Section *s = image.sectionAt(rva)) return s;
+std::optional<Program::SectionEnd> Program::pastSectionEnd(uint64_t rva) const {
   constexpr uint64_t kAlignment = 16;
   for (const Section &s : image.sections)
-    if (s.loaded && s.size && rva >= s.rva + s.size && rva - (s.rva + s.size) < kAlignment) return &s;
-  return nullptr;
+    if (s.loaded && s.size && rva >= s.rva + s.size && rva - (s.rva + s.size) < kAlignment)
+      return SectionEnd{&s, rva - (s.rva + s.size)};
+  return std::nullopt;
+}
+
+const Section *Program::sectionOf(uint64_t rva) const {
+  if (const Section *s = image.sectionAt(rva)) return s;
+  std::optional<SectionEnd> end = pastSectionEnd(rva);
+  return end ? end->section : nullptr;
 }
 
 std::optional<uint64_t> Program::stubSlot(uint64_t rva, InstructionDecoder &decoder) const {

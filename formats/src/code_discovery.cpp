@@ -90,7 +90,9 @@ void mergeDiscovered(const codeflow::DiscoveryResult &result, std::vector<Functi
 Error discoverFunctionsFromCode(const FormatReader &reader, Image &image) {
   codeflow::DiscoveryInput input;
   for (const Section &s : image.sections) {
-    if (!s.loaded || !s.permissions.execute || !reader.holdsFunctions(s)) continue;
+    if (!s.loaded || !s.permissions.execute) continue;
+    input.executable.push_back({s.rva, s.rva + s.size});
+    if (!reader.holdsFunctions(s)) continue;
     ArrayRef<uint8_t> bytes = image.bytesAt(s.rva, std::min(s.size, s.fileSize));
     if (!bytes.empty()) input.regions.push_back({s.rva, bytes});
   }

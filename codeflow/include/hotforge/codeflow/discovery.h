@@ -75,6 +75,9 @@ struct KnownStart {
 
 struct DiscoveryInput {
   std::vector<CodeRegion> regions;  // executable bytes that hold functions
+  // Every executable range [begin, end), stubs included: code branches nowhere else, so bytes
+  // that decode to a branch outside them are data. Empty: not checked.
+  std::vector<std::pair<uint64_t, uint64_t>> executable;
   std::vector<KnownStart> known;    // starts from symbols, debug info, unwind tables, exports
   std::vector<uint64_t> entries;    // the entry point
   std::vector<uint64_t> pointers;   // relocation targets: starts only where no function's control flow runs
