@@ -14,8 +14,10 @@ using namespace llvm;
 class Arm64Flow final : public FlowDecoder {
 public:
   explicit Arm64Flow(McToolkit mc) : mc_(std::move(mc)) {
-    std::unordered_map<std::string, unsigned> byName;
-    for (unsigned op = 0; op < mc_.instructions->getNumOpcodes(); ++op) byName[mc_.instructions->getName(op).str()] = op;
+    StringMap<unsigned> byName = mc_.opcodesNamed([](StringRef name) {
+      return name == "HINT" || name == "UDF" || name == "BRK" || name == "HLT" || name == "ADR" || name == "ADRP" ||
+             name == "ADDXri";
+    });
     hint_ = byName["HINT"];
     udf_ = byName["UDF"];
     brk_ = byName["BRK"];

@@ -45,6 +45,13 @@ Expected<McToolkit> McToolkit::create(const std::string &tripleName, const std::
   return mc;
 }
 
+StringMap<unsigned> McToolkit::opcodesNamed(function_ref<bool(StringRef)> wanted) const {
+  StringMap<unsigned> found;
+  for (unsigned op = 0; op < instructions->getNumOpcodes(); ++op)
+    if (StringRef name = instructions->getName(op); wanted(name)) found[name] = op;
+  return found;
+}
+
 bool McToolkit::decode(MCInst &inst, uint64_t &size, ArrayRef<uint8_t> bytes, uint64_t pc) const {
   inst = MCInst();
   size = 0;

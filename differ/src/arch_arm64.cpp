@@ -51,7 +51,7 @@ public:
     for (auto [name, encoding] : pcRelative) wanted.insert(name);
     for (auto [name, scale] : pairs) wanted.insert(name);
     auto isUnscaled = [](StringRef name) { return (name.starts_with("LDUR") || name.starts_with("STUR")) && name.ends_with("i"); };
-    StringMap<unsigned> byName = opcodesNamed([&](StringRef name) { return wanted.contains(name) || isUnscaled(name); });
+    StringMap<unsigned> byName = mc_.opcodesNamed([&](StringRef name) { return wanted.contains(name) || isUnscaled(name); });
     for (auto [name, scale] : scaled)
       if (auto it = byName.find(name); it != byName.end()) accessScale_[it->second] = scale;
     for (auto [name, encoding] : pcRelative)

@@ -26,7 +26,7 @@ public:
       StringRef name = mc_.instructions->getName(op);
       noise_.push_back(name.starts_with("NOOP") || name == "INT3" || name == "ENDBR64" || name == "ENDBR32");
     }
-    StringMap<unsigned> byName = opcodesNamed([](StringRef name) { return name.starts_with("JMP_") || name.starts_with("JCC_"); });
+    StringMap<unsigned> byName = mc_.opcodesNamed([](StringRef name) { return name.starts_with("JMP_") || name.starts_with("JCC_"); });
     // Short and near forms of a branch are one shape: the assembler picks by distance.
     shortJmp_ = byName["JMP_1"];
     shortJcc_ = byName["JCC_1"];

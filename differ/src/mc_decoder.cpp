@@ -13,13 +13,6 @@ namespace hotforge::differ {
 
 using namespace llvm;
 
-llvm::StringMap<unsigned> McDecoder::opcodesNamed(llvm::function_ref<bool(llvm::StringRef)> wanted) const {
-  llvm::StringMap<unsigned> found;
-  for (unsigned op = 0; op < mc_.instructions->getNumOpcodes(); ++op)
-    if (llvm::StringRef name = mc_.instructions->getName(op); wanted(name)) found[name] = op;
-  return found;
-}
-
 void McDecoder::mixOperands(const MCInst &inst, DecodeState &state, int maskedA, int maskedB) const {
   for (unsigned i = 0; i < inst.getNumOperands(); ++i) {
     if (int(i) == maskedA || int(i) == maskedB) {

@@ -6,9 +6,6 @@
 
 #include "hotforge/codeflow/mc_toolkit.h"
 
-#include <llvm/ADT/STLFunctionalExtras.h>
-#include <llvm/ADT/StringMap.h>
-
 namespace hotforge::differ {
 
 using hotforge::McToolkit;
@@ -70,10 +67,6 @@ protected:
   // The operand of `inst` that holds the address `reference` resolves (what analyze() masks), or -1.
   virtual int addressOperand(const llvm::MCInst &inst, const CodeReference &reference,
                              const RelocationIndex &relocations) const = 0;
-
-  // The opcodes whose names `wanted` accepts, by name, from one pass over the target's opcode
-  // table: a map of all ~20,000 names cost more to build than decoding a small library.
-  llvm::StringMap<unsigned> opcodesNamed(llvm::function_ref<bool(llvm::StringRef)> wanted) const;
 
   // Decodes the instruction at `pc`, reading a branch to an out-of-line instruction as that
   // instruction (outOfLineInstruction, when `relocations` has the image).

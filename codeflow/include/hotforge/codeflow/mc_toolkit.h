@@ -2,6 +2,8 @@
 // printer. Shared by function discovery (codeflow) and the differ's decoders.
 #pragma once
 
+#include <llvm/ADT/STLFunctionalExtras.h>
+#include <llvm/ADT/StringMap.h>
 #include <llvm/MC/MCAsmInfo.h>
 #include <llvm/MC/MCContext.h>
 #include <llvm/MC/MCDisassembler/MCDisassembler.h>
@@ -38,6 +40,9 @@ struct McToolkit {
   // implicit SME operands of whatever opcode `inst` still holds even when decoding fails, and
   // writes out of bounds when that was an SME instruction); false when the bytes do not decode.
   bool decode(llvm::MCInst &inst, uint64_t &size, llvm::ArrayRef<uint8_t> bytes, uint64_t pc) const;
+  // The opcodes whose names `wanted` accepts, by name, in one pass over the opcode table (copying
+  // all ~20,000 names into a map cost more than decoding a small library).
+  llvm::StringMap<unsigned> opcodesNamed(llvm::function_ref<bool(llvm::StringRef)> wanted) const;
 };
 
 }  // namespace hotforge
