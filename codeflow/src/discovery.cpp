@@ -33,6 +33,11 @@ public:
   Discovery(FlowDecoder &decoder, const DiscoveryInput &input)
       : decoder_(decoder), regions_(input.regions), executable_(input.executable), readBytes_(input.readBytes) {
     std::sort(regions_.begin(), regions_.end(), [](const CodeRegion &a, const CodeRegion &b) { return a.rva < b.rva; });
+    // Sections of a damaged file may overlap: each byte belongs to the first region that holds it.
+    for (size_t i = 1; i < regions_.size(); ++i)
+      if (uint64_t covered = regions_[i - 1].end(); regions_[i].rva < covered)
+        regions_[i] = {covered, regions_[i].bytes.drop_front(std::min<uint64_t>(covered - regions_[i].rva, regions_[i].bytes.size()))};
+    std::erase_if(regions_, [](const CodeRegion &r) { return r.bytes.empty(); });
     for (const KnownStart &k : input.known)
       if (k.size) sized_.push_back({k.rva, k.rva + k.size});
     std::sort(sized_.begin(), sized_.end());
