@@ -105,8 +105,10 @@ void printPatchImage(const PatchImage &p, const std::string &path) {
                f.added ? " (new)" : "");
   fmt::print("fixups ({}):\n", p.fixups.size());
   for (const PatchFixup &f : p.fixups)
-    fmt::print("  {:#8x} {:<16} -> {} {:#x}{}\n", f.site, fixupKindName(f.kind), f.toBase ? "base " : "image", f.target,
+    fmt::print("  {:#8x} {:<16} -> {:<6} {:#x}{}\n", f.site, fixupKindName(f.kind), fixupSpaceName(f.space), f.target,
                f.veneer ? fmt::format(" (veneer {:#x})", f.veneer) : "");
+  fmt::print("imports ({}):\n", p.imports.size());
+  for (size_t i = 0; i < p.imports.size(); ++i) fmt::print("  {:>4} {}\n", i, importDisplayName(p.imports[i]));
 }
 
 }  // namespace

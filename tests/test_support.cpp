@@ -85,19 +85,6 @@ const nlohmann::json &samplesManifest() {
   return manifest;
 }
 
-std::string buildRefusal(int scenario) {
-  for (const nlohmann::json &s : samplesManifest()["scenarios"])
-    if (s["scenario"] == scenario) return s["expected"].value("build_refused", "");
-  return "";
-}
-
-std::string targetBuildRefusal(int scenario, const std::string &target) {
-  for (const nlohmann::json &s : samplesManifest()["scenarios"])
-    if (s["scenario"] == scenario && s["expected"].contains("build_refused_on"))
-      return s["expected"]["build_refused_on"].value(target, "");
-  return "";
-}
-
 std::vector<Sample> samples(const std::string &targetPrefix) {
   std::vector<Sample> out;
   const nlohmann::json &manifest = samplesManifest();

@@ -26,12 +26,6 @@ CommandResult run(const std::vector<std::string> &argv);
 // The samples directory; the test fails when HOTFORGE_SAMPLES is unset or has no samples.json.
 std::string samplesDir();
 const nlohmann::json &samplesManifest();
-// The rule `hotforge build` refuses a scenario with although its diff is hotpatchable
-// (scenarios.json "build_refused": a new import, HF301), or "".
-std::string buildRefusal(int scenario);
-// What `hotforge build` says when it refuses the scenario on that target only (a compiler's code
-// the emitter cannot carry there), or "".
-std::string targetBuildRefusal(int scenario, const std::string &target);
 
 struct Sample {
   std::string target, program, variant;

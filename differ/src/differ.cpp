@@ -54,6 +54,7 @@ std::string_view matchStageName(MatchStage stage) {
   case MatchStage::Hash: return "hash";
   case MatchStage::Structure: return "structure";
   case MatchStage::CallGraph: return "call-graph";
+  case MatchStage::DataPointers: return "data-pointers";
   }
   return "unknown";
 }
@@ -62,6 +63,8 @@ namespace differ {
 namespace {
 
 constexpr uint64_t kUnmatched = 1ull << 62;
+// A relative string table is copied with its strings in one piece, up to this size.
+constexpr uint64_t kRelativeStringSpanLimit = 1 << 20;
 
 // A symbol the loader binds, by its DLL (PE; empty on ELF) and name.
 uint64_t symbolDigest(std::string_view library, std::string_view name) {
@@ -259,6 +262,12 @@ private:
   // GOT slots of local objects (whose pointees are a pair too) are voted on apart.
   void voteAnonymousData() {
     Votes writable, readOnly, slots;
+    // A function whose code kept its shape reaches its data at the same places; one whose code
+    // changed may reach other data there (scenario 5 on Arm64: the fix's add_sample reaches the
+    // new g_rejected where the base's reached g_total). Its votes count only where no unchanged
+    // function's do.
+    constexpr size_t kSameShapeWeight = size_t(1) << 20;
+    size_t weight = 1;
     auto vote = [&](uint64_t tb, uint64_t tp) {
       const Function *f = nullptr;
       const DataObject *o = nullptr;
@@ -266,21 +275,22 @@ private:
       if (cb == TargetClass::PointerSlot && cp == TargetClass::PointerSlot) {
         const PointerTarget &sb = base_.pointers.at(tb), &sp = patched_.pointers.at(tp);
         if (sb.symbol || sp.symbol) return;
-        ++slots[tb][tp];
+        slots[tb][tp] += weight;
         tb = sb.rva, tp = sp.rva;
         cb = base_.classify(tb, &f, &o), cp = patched_.classify(tp, &f, &o);
       }
       if (cb != cp) return;
       // The ends of one section pair through SymbolKey::alias, whatever else is at that address.
       if (cb == TargetClass::Writable && baseSectionEnd(true, tp) == tb) return;
-      if (cb == TargetClass::Writable) ++writable[tb][tp];
-      else if (cb == TargetClass::ReadOnly) ++readOnly[tb][tp];
+      if (cb == TargetClass::Writable) writable[tb][tp] += weight;
+      else if (cb == TargetClass::ReadOnly) readOnly[tb][tp] += weight;
     };
     for (size_t b = 0; b < base_.code.size(); ++b) {
       if (!matching_.baseToPatched[b]) continue;
       size_t p = *matching_.baseToPatched[b];
       ReferenceList rb = base_.references(b), rp = patched_.references(p);
       bool sameShape = base_.code[b].shape == patched_.code[p].shape && rb.size() == rp.size();
+      weight = sameShape ? kSameShapeWeight : 1;
       auto samePlace = [&](const CodeReference &x, const CodeReference &y, uint64_t fromX, uint64_t fromY) {
         return x.kind == y.kind && x.encoding == y.encoding && (sameShape || fromX == fromY);
       };
@@ -368,6 +378,8 @@ private:
       return key;
     }
     case TargetClass::PointerSlot: {
+      if (p.isTableSlot(target))
+        return {SymbolKey::Content, contentHashOf(patchedSide, target, p.tableExtent(target), nullptr), 0, 0};
       const PointerTarget &pointer = p.pointers.at(target);
       // The same symbol whichever slot kind holds it (JUMP_SLOT, GLOB_DAT of an import or of the
       // library's own export): the loader fills both with the same address.
@@ -764,23 +776,30 @@ private:
     ReferenceList referencesB = base_.references(b), referencesP = patched_.references(p);
     if (referencesB.size() != referencesP.size()) return;
     InstructionDecoder &decoder = *decoders_[0];
-    for (size_t i = 0; i < referencesB.size(); ++i) {
+    // An unnamed constant, or a table of pointers (with what follows it up to the next address
+    // code refers to): its extent.
+    auto constantExtent = [](const Program &program, uint64_t rva) -> std::optional<uint64_t> {
       const Function *f = nullptr;
       const DataObject *o = nullptr;
+      TargetClass target = program.classify(rva, &f, &o);
+      if (target == TargetClass::ReadOnly) return program.naturalExtent(rva);
+      if (target == TargetClass::PointerSlot && program.isTableSlot(rva)) return program.tableExtent(rva);
+      return std::nullopt;
+    };
+    for (size_t i = 0; i < referencesB.size(); ++i) {
       uint64_t tb = referencesB[i].target, tp = referencesP[i].target;
-      if (base_.classify(tb, &f, &o) != TargetClass::ReadOnly || patched_.classify(tp, &f, &o) != TargetClass::ReadOnly)
-        continue;
+      std::optional<uint64_t> sb = constantExtent(base_, tb), sp = constantExtent(patched_, tp);
+      if (!sb || !sp) continue;
       if (resolve(false, b, tb, decoder) == resolve(true, p, tp, decoder) || !reportedConstants_.insert(tp).second)
         continue;
       Change c;
       c.kind = ChangeKind::Data;
       c.rule = rules::kReadOnlyDataChanged;
-      uint64_t sb = base_.naturalExtent(tb), sp = patched_.naturalExtent(tp);
-      c.base = AddressRange{tb, sb};
-      c.patched = AddressRange{tp, sp};
+      c.base = AddressRange{tb, *sb};
+      c.patched = AddressRange{tp, *sp};
       c.reason = fmt::format("read-only constant at {} used by changed code changed ({} -> {}); it travels with the "
-                             "patch", describeAddress(patched_.image, tp), preview(base_.image, tb, sb),
-                             preview(patched_.image, tp, sp));
+                             "patch", describeAddress(patched_.image, tp), preview(base_.image, tb, *sb),
+                             preview(patched_.image, tp, *sp));
       diff.changes.push_back(std::move(c));
     }
   }
@@ -927,7 +946,6 @@ private:
     for (const Diff::DataPair &pair : diff.dataPairs) anchors_.try_emplace(pair.patched.rva, pair.baseRva);
     for (const auto *voted : {&readOnlyToBase_, &slotToBase_}) anchors_.insert(voted->begin(), voted->end());
     InstructionDecoder &decoder = *decoders_[0];
-    std::set<std::string> newImports;
     for (size_t p = 0; p < patched_.code.size(); ++p) {
       if (!carried_[p]) continue;
       FunctionBindings fb;
@@ -936,7 +954,7 @@ private:
       fb.splitPart = patched_.coldPart[p] || patched_.partOf[p].has_value();
       for (const CodeReference &r : patched_.references(p)) {
         Binding b = bind(p, r, decoder);
-        if (b.kind == Binding::Kind::Import && newImports.insert(symbolKey(b.library, b.symbol)).second) {
+        if (b.kind == Binding::Kind::Import && reportedImports_.insert(symbolKey(b.library, b.symbol)).second) {
           Change c = functionChange(fb.base ? ChangeKind::Changed : ChangeKind::Added, fb.base ? &*fb.base : nullptr, &p);
           c.kind = ChangeKind::Data;
           c.rule = rules::kNewImport;
@@ -991,6 +1009,18 @@ private:
         if (diff.dataPointers.count(*slot)) continue;
         Diff::DataPointer pointer = bindPointer(*slot, symbolic, defined);
         copies(pointer.binding);
+        const Binding &b = pointer.binding;
+        if (b.kind == Kind::Import && !baseSymbolSlots_.count(b.symbol) &&
+            reportedImports_.insert(symbolKey(b.library, b.symbol)).second) {
+          Change c;
+          c.kind = ChangeKind::Data;
+          c.rule = rules::kNewImport;
+          c.name = b.symbol;
+          c.patched = AddressRange{*slot, 8};
+          c.reason = fmt::format("the data copied at patched rva {:#x} holds a pointer to `{}`, which the base does not "
+                                 "import: the patch binds it when it loads", rva, importName(b));
+          diff.changes.push_back(std::move(c));
+        }
         diff.dataPointers.emplace(*slot, std::move(pointer));
       }
     }
@@ -1005,11 +1035,18 @@ private:
     uint64_t target = pointer->second.rva;
     if (const std::string *symbol = pointer->second.symbol) {
       // A symbol the build defines itself is bound where the patched build has it; one it imports
-      // would need the loader to resolve it.
+      // is resolved by name when the patch loads, as the dynamic loader fills this pointer.
       auto r = symbolic.find(slot);
+      if (r == symbolic.end()) return {0, {Kind::Unbound, slot, 0, "a symbolic pointer whose relocation could not be read"}};
       auto definition = defined.find(*symbol);
-      if (definition == defined.end() || r == symbolic.end())
-        return {0, {Kind::Unbound, slot, 0, fmt::format("`{}` is imported, and images bind no imports in data yet", *symbol)}};
+      if (definition == defined.end()) {
+        if (r->second->addend != 0)
+          return {0, {Kind::Unbound, slot, 0, fmt::format("a pointer into imported `{}` (+{:#x})", *symbol, r->second->addend)}};
+        Binding b{Kind::Import, slot, 0, {}};
+        b.symbol = *symbol;
+        b.version = r->second->version;
+        return {0, std::move(b)};
+      }
       target = definition->second + uint64_t(r->second->addend);
     }
     return {target, bindAddress(nullptr, target, false, *decoders_[0])};
@@ -1063,6 +1100,22 @@ private:
         return candidate;
     }
     return std::nullopt;
+  }
+
+  // A slot the dynamic loader fills with no pointer (an Arm64 TLS descriptor, libssh's
+  // R_AARCH64_TLSDESC): the base's only slot with the same relocation (type, symbol, addend).
+  std::optional<uint64_t> baseRelocatedSlot(uint64_t target) const {
+    if (patched_.pointers.count(target)) return std::nullopt;
+    auto mine = std::find_if(patched_.image.relocations.begin(), patched_.image.relocations.end(),
+                             [&](const Relocation &r) { return r.rva == target; });
+    if (mine == patched_.image.relocations.end()) return std::nullopt;
+    std::optional<uint64_t> found;
+    for (const Relocation &r : base_.image.relocations)
+      if (r.type == mine->type && r.symbol == mine->symbol && r.addend == mine->addend) {
+        if (found) return std::nullopt;  // ambiguous
+        found = r.rva;
+      }
+    return found;
   }
 
   static std::string importName(const Binding &b) {
@@ -1167,6 +1220,18 @@ private:
       return {readOnly ? Kind::Constant : Kind::NewData, o->range.rva, size, {}};
     }
     case TargetClass::PointerSlot: {
+      if (patched_.isTableSlot(target)) {
+        // The base's table when it holds the same (pointers compared by what they point at),
+        // else a copy whose pointers are bound one by one.
+        uint64_t size = patched_.tableExtent(target);
+        std::optional<uint64_t> b;
+        if (auto it = slotToBase_.find(target); it != slotToBase_.end()) b = it->second;
+        if (!b) b = nearbyCounterpart(target);
+        if (b && base_.isTableSlot(*b) && base_.tableExtent(*b) == size &&
+            contentHashOf(false, *b, size, nullptr) == contentHashOf(true, target, size, nullptr))
+          return {Kind::Base, *b, 0, {}};
+        return {Kind::Constant, target, size, {}};
+      }
       const PointerTarget &pointer = patched_.pointers.at(target);
       if (pointer.symbol) return bindSymbol(target, false, *pointer.symbol, nullptr);
       if (auto it = slotToBase_.find(target); it != slotToBase_.end()) return {Kind::Base, it->second, 0, {}};
@@ -1178,8 +1243,14 @@ private:
       return {Kind::Unbound, target, 0, "a pointer slot with no counterpart in the base"};
     }
     case TargetClass::ReadOnly: {
+      if (std::optional<uint64_t> b = baseRelocatedSlot(target)) return {Kind::Base, *b, 0, {}};  // in RELRO
       uint64_t entries = from ? patched_.relativeTableEntries(target, patched_.image.functions[*from]) : 0;
       if (entries >= 2) return {Kind::JumpTable, target, entries * 4, {}};
+      if (std::optional<Program::RelativeStringTable> strings = patched_.relativeStringTable(target)) {
+        if (strings->end - strings->begin > kRelativeStringSpanLimit)
+          return {Kind::Unbound, target, 0, "a table of offsets to strings spread too widely to copy together"};
+        return {Kind::Constant, strings->begin, strings->end - strings->begin, {}};
+      }
       // Read-only data with relocated pointers (.data.rel.ro), which a copy could not carry: the
       // base's when it has the same content (pointers compared by what they point at).
       uint64_t size = patched_.naturalExtent(target);
@@ -1195,6 +1266,7 @@ private:
     }
     case TargetClass::Writable:
       if (std::optional<uint64_t> b = baseCounterpart(target)) return {Kind::Base, *b, 0, {}};
+      if (std::optional<uint64_t> b = baseRelocatedSlot(target)) return {Kind::Base, *b, 0, {}};
       return {Kind::NewData, target, patched_.naturalExtent(target), {}};
     case TargetClass::Unknown: break;
     }
@@ -1237,6 +1309,7 @@ private:
   std::map<uint64_t, uint64_t> anonymousToBase_, anonymousToPatched_;
   std::map<uint64_t, uint64_t> readOnlyToBase_, slotToBase_;  // patched -> base, paired by voteAnonymousData
   std::set<uint64_t> reportedConstants_;
+  std::set<std::string> reportedImports_;  // symbolKey of each new import listed as HF301
   std::vector<bool> carried_;  // per patched function: the patch carries it
   std::map<std::string, uint64_t> baseStubs_, baseSymbolSlots_, baseImportSlots_, baseFunctionNames_;
   std::map<uint64_t, uint64_t> basePointeeSlots_;

@@ -3,6 +3,8 @@
 #include <fmt/core.h>
 
 #include <algorithm>
+#include <map>
+#include <set>
 
 namespace hotforge::differ {
 
@@ -134,6 +136,50 @@ size_t propagateThroughCalls(const Program &base, const Program &patched, Matchi
   return total;
 }
 
+// Function pointers at the same place of data laid out alike on both sides (a writable or RELRO
+// section at the same address with the same size, as most security updates leave them): the
+// unmatched functions they point at pair when each is pointed at only with the other (a rebuilt
+// static callback of a vtable, which nothing calls directly). A new name is no candidate.
+size_t matchThroughDataPointers(const Program &base, const Program &patched, Matching &m,
+                                const std::vector<bool> &newNames) {
+  auto unmatchedEntry = [](const Program &p, const std::vector<std::optional<size_t>> &matched,
+                           uint64_t rva) -> std::optional<size_t> {
+    const Function *f = p.functionAt(rva);
+    if (!f || f->range.rva != rva) return std::nullopt;
+    size_t i = p.functionIndex(f);
+    if (!p.diffable[i] || matched[i]) return std::nullopt;
+    return i;
+  };
+  std::map<size_t, std::set<size_t>> toPatched, toBase;
+  for (const Section &bs : base.image.sections) {
+    if (!bs.loaded || !bs.permissions.write) continue;
+    auto same = std::find_if(patched.image.sections.begin(), patched.image.sections.end(), [&](const Section &ps) {
+      return ps.name == bs.name && ps.rva == bs.rva && ps.size == bs.size && ps.permissions.write;
+    });
+    if (same == patched.image.sections.end()) continue;
+    for (const auto &[slot, pointer] : base.pointers) {
+      if (slot < bs.rva || slot >= bs.rva + bs.size || pointer.symbol) continue;
+      auto other = patched.pointers.find(slot);
+      if (other == patched.pointers.end() || other->second.symbol) continue;
+      std::optional<size_t> b = unmatchedEntry(base, m.baseToPatched, pointer.rva);
+      std::optional<size_t> p = unmatchedEntry(patched, m.patchedToBase, other->second.rva);
+      if (!b || !p || newNames[*p]) continue;
+      std::string_view bn = base.nameKeys[*b], pn = patched.nameKeys[*p];
+      if (!bn.empty() && !pn.empty() && bn != pn) continue;
+      toPatched[*b].insert(*p);
+      toBase[*p].insert(*b);
+    }
+  }
+  size_t found = 0;
+  for (const auto &[b, candidates] : toPatched) {
+    size_t p = *candidates.begin();
+    if (candidates.size() != 1 || toBase[p].size() != 1 || base.coldPart[b] != patched.coldPart[p]) continue;
+    m.pair(b, p, {MatchStage::DataPointers, 0.8});
+    ++found;
+  }
+  return found;
+}
+
 // Per patched function: it has a name the base has for no function, while the base names functions
 // from that same source (a build without such names at all, e.g. stripped, makes no name new).
 std::vector<bool> newNames(const Program &base, const Program &patched) {
@@ -199,6 +245,8 @@ Matching matchFunctions(const Program &base, const Program &patched) {
   };
   size_t byHash = matchKeys(base, patched, m, substantialShapeKey, {MatchStage::Hash, 0.95});
   size_t byCalls = propagateThroughCalls(base, patched, m, fresh);
+  size_t byData = matchThroughDataPointers(base, patched, m, fresh);
+  if (byData) byCalls += propagateThroughCalls(base, patched, m, fresh);
   auto signature = [](const Program &p, size_t i) -> std::optional<uint64_t> {
     const FunctionCode &d = p.code[i];
     if (d.instructions < 4) return std::nullopt;  // too little to tell functions apart
@@ -215,6 +263,7 @@ Matching matchFunctions(const Program &base, const Program &patched) {
   m.log.push_back(fmt::format("hash: {} pairs", byHash));
   m.log.push_back(fmt::format("call-graph: {} pairs", byCalls));
   m.log.push_back(fmt::format("structure: {} pairs", byStructure));
+  m.log.push_back(fmt::format("data-pointers: {} pairs", byData));
   return m;
 }
 

@@ -483,6 +483,12 @@ std::optional<uint64_t> Program::decodeStubSlot(uint64_t rva, InstructionDecoder
   return std::nullopt;
 }
 
+bool Program::isTableSlot(uint64_t rva) const {
+  const Section *section = image.sectionAt(rva);
+  return isPointerSlot(rva) && section && isReadOnly(rva, section) && !llvm::StringRef(section->name).starts_with(".got") &&
+         tableExtent(rva) > 8;
+}
+
 uint64_t Program::tableExtent(uint64_t rva) const {
   const Section *section = image.sectionAt(rva);
   if (!section) return 0;
@@ -493,12 +499,9 @@ uint64_t Program::tableExtent(uint64_t rva) const {
   return end - rva;
 }
 
-uint64_t Program::naturalExtent(uint64_t rva) const {
+std::optional<uint64_t> Program::cStringSize(uint64_t rva) const {
   const Section *section = image.sectionAt(rva);
-  if (!section) return 0;
-  uint64_t sectionEnd = section->rva + section->size;
-  if (isPointerSlot(rva)) return 8;
-  // A C string ends at its NUL.
+  if (!section) return std::nullopt;
   llvm::ArrayRef<uint8_t> bytes = image.bytesAt(rva, std::min(kStringScanLimit, section->rva + section->fileSize > rva
                                                                                     ? section->rva + section->fileSize - rva
                                                                                     : 0));
@@ -507,6 +510,46 @@ uint64_t Program::naturalExtent(uint64_t rva) const {
   size_t length = 0;
   while (length < bytes.size() && isText(bytes[length])) ++length;
   if (length > 0 && length < bytes.size() && bytes[length] == 0) return length + 1;
+  return std::nullopt;
+}
+
+std::optional<Program::RelativeStringTable> Program::relativeStringTable(uint64_t rva) const {
+  const Section *section = image.sectionAt(rva);
+  if (!section || section->permissions.write) return std::nullopt;
+  RelativeStringTable table{0, rva, rva};
+  std::vector<std::pair<uint64_t, uint64_t>> strings;  // start, size
+  for (;; ++table.entries) {
+    llvm::ArrayRef<uint8_t> word = image.bytesAt(rva + table.entries * 4, 4);
+    if (word.size() != 4) break;
+    uint64_t target = rva + int64_t(int32_t(llvm::support::endian::read32le(word.data())));
+    llvm::ArrayRef<uint8_t> before = image.bytesAt(target - 1, 1);
+    std::optional<uint64_t> size = cStringSize(target);
+    // A string of its own (after a NUL, as a string section lays them out), outside the table.
+    if (image.sectionAt(target) != section || target == section->rva || before.size() != 1 || before[0] != 0 || !size ||
+        (target >= rva && target < rva + (table.entries + 1) * 4))
+      break;
+    strings.push_back({target, *size});
+  }
+  while (!strings.empty() && strings.back().first >= rva && strings.back().first < rva + strings.size() * 4) {
+    strings.pop_back();  // an entry aimed inside the table, once its extent is known
+    --table.entries;
+  }
+  if (table.entries < 2) return std::nullopt;
+  table.end = rva + table.entries * 4;
+  for (auto [start, size] : strings) {
+    table.begin = std::min(table.begin, start);
+    table.end = std::max(table.end, start + size);
+  }
+  return table;
+}
+
+uint64_t Program::naturalExtent(uint64_t rva) const {
+  const Section *section = image.sectionAt(rva);
+  if (!section) return 0;
+  uint64_t sectionEnd = section->rva + section->size;
+  if (isPointerSlot(rva)) return 8;
+  // A C string ends at its NUL.
+  if (std::optional<uint64_t> string = cStringSize(rva)) return *string;
   uint64_t end = std::min(sectionEnd, rva + kConstantExtentLimit);
   if (std::optional<uint64_t> next = referenced.firstBetween(rva, end)) end = *next;
   auto object = dataAfter(rva);
@@ -551,6 +594,16 @@ uint64_t Program::contentHash(uint64_t rva, uint64_t size, const Function *withi
       ++entries;
     }
     if (entries >= 2) return hash;  // the table's extent is where its entries end, not `size`
+  }
+  // clang's lookup table of a switch that returns strings, in position-independent code: 32-bit
+  // offsets from its start to the strings. The strings move as the build changes; compare them.
+  if (std::optional<RelativeStringTable> table = relativeStringTable(rva)) {
+    uint64_t hash = mixHash(0x5e1a7ab1, table->entries);
+    for (uint64_t i = 0; i < table->entries; ++i) {
+      uint64_t target = rva + int64_t(int32_t(llvm::support::endian::read32le(image.bytesAt(rva + i * 4, 4).data())));
+      hash = mixHash(hash, llvm::xxh3_64bits(image.bytesAt(target, *cStringSize(target))));
+    }
+    return hash;
   }
   uint64_t hash = mixHash(0xc0457a47, size);
   llvm::ArrayRef<uint8_t> bytes = image.bytesAt(rva, size);

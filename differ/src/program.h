@@ -156,6 +156,11 @@ struct Program {
   // function stay inside it.
   bool landsInItself(size_t function, uint64_t rva) const;
   bool isPointerSlot(uint64_t rva) const { return pointerSlots_.contains(rva); }  // a key of `pointers`
+  // A relocated pointer that starts a read-only table code indexes (a switch's table of string
+  // pointers, which clang-cl and gcc put in .rdata and .data.rel.ro without a name), rather than
+  // a lone slot code loads an address from (a .got entry, mingw's .refptr): more than one slot's
+  // bytes before the next address code refers to. Such a table compares by its whole content.
+  bool isTableSlot(uint64_t rva) const;
   // The function whose range holds rva (as Image::functionAt, over a compact index).
   const Function *functionAt(uint64_t rva) const;
   // The named object whose range holds rva, whether or not its size was given.
@@ -187,6 +192,15 @@ struct Program {
   // How many 32-bit entries from `rva` on, read as offsets from `rva`, land inside `within` (an
   // x64 switch table): 0 or 1 means it is no such table.
   uint64_t relativeTableEntries(uint64_t rva, const Function &within) const;
+  // A table of 32-bit offsets from its start to C strings (clang's relative lookup table of a
+  // switch returning string literals): at least two entries. [begin, end) spans the table and
+  // its strings, which a copy must hold together to keep the offsets.
+  struct RelativeStringTable {
+    uint64_t entries, begin, end;
+  };
+  std::optional<RelativeStringTable> relativeStringTable(uint64_t rva) const;
+  // The size with its NUL of the C string of text at rva, if one is there.
+  std::optional<uint64_t> cStringSize(uint64_t rva) const;
   const std::vector<std::pair<uint64_t, uint64_t>> &stubRanges() const { return stubRanges_; }
   const std::map<uint64_t, uint64_t> &importThunks() const { return importThunks_; }
 

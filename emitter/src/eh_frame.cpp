@@ -212,7 +212,7 @@ private:
     PatchFixup f;
     f.site = fieldRva;
     f.kind = wide ? FixupKind::Data64PcRel : FixupKind::Data32PcRel;
-    f.toBase = true;
+    f.space = FixupSpace::Base;
     f.target = *base;
     fixups_.push_back(f);
     return llvm::Error::success();
@@ -316,7 +316,7 @@ private:
         PatchFixup f;
         f.site = uint32_t(lsdaRva_ + at + entry);
         f.kind = width == 8 ? FixupKind::Data64PcRel : FixupKind::Data32PcRel;
-        f.toBase = true;
+        f.space = FixupSpace::Base;
         std::optional<uint64_t> base = request_.baseCounterpart(target);
         if (!base) return formatError("a type caught by patched code (at patched rva {:#x}) is not in the base", target);
         f.target = *base;

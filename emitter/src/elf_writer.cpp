@@ -1,6 +1,6 @@
 // The ELF container: an ELF64 shared object of the base's machine. Loaded sections get one
 // PT_LOAD each (sections sharing a page share one); the records, a symbol table naming every
-// carried function, and the section names follow, unloaded.
+// carried function and every new import, and the section names follow, unloaded.
 #include "emitter_internal.h"
 
 #include <llvm/BinaryFormat/ELF.h>
@@ -89,6 +89,20 @@ llvm::Error writeElfContainer(PatchImage &image) {
     symtab.u16(uint16_t(textIndex));
     symtab.u64(f.rva);
     symtab.u64(f.size);
+  }
+  // The symbols the image needs from the target, undefined and named with their version as an
+  // object file names a versioned reference ("strspn@GLIBC_2.2.5").
+  for (const PatchImport &i : image.imports) {
+    uint32_t name = uint32_t(strtab.size());
+    std::string text = i.symbol + (i.version.empty() ? "" : "@" + i.version);
+    strtab.raw(llvm::ArrayRef<uint8_t>(reinterpret_cast<const uint8_t *>(text.data()), text.size()));
+    strtab.u8(0);
+    symtab.u32(name);
+    symtab.u8(llvm::ELF::STB_GLOBAL << 4 | llvm::ELF::STT_NOTYPE);
+    symtab.u8(llvm::ELF::STV_DEFAULT);
+    symtab.u16(llvm::ELF::SHN_UNDEF);
+    symtab.u64(0);
+    symtab.u64(0);
   }
   w.padTo(8);
   uint64_t symtabAt = w.size();

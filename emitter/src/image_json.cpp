@@ -26,9 +26,14 @@ nlohmann::json toJson(const PatchImage &image) {
                       {"field_offset", f.fieldOffset},
                       {"instruction_size", f.instructionSize},
                       {"scale", f.scale},
-                      {"space", f.toBase ? "base" : "patch"},
+                      {"space", fixupSpaceName(f.space)},
                       {"target", f.target},
                       {"veneer", f.veneer}});
+  json imports = json::array();
+  for (const PatchImport &i : image.imports)
+    imports.push_back({{"symbol", i.symbol},
+                       {"version", i.version.empty() ? json(nullptr) : json(i.version)},
+                       {"library", i.library.empty() ? json(nullptr) : json(i.library)}});
   for (const PatchFunction &f : image.functions)
     functions.push_back({{"name", f.name ? json(*f.name) : json(nullptr)},
                          {"rva", f.rva},
@@ -56,7 +61,8 @@ nlohmann::json toJson(const PatchImage &image) {
           {"sections", std::move(sections)},
           {"functions", std::move(functions)},
           {"redirects", std::move(redirects)},
-          {"fixups", std::move(fixups)}};
+          {"fixups", std::move(fixups)},
+          {"imports", std::move(imports)}};
 }
 
 }  // namespace hotforge

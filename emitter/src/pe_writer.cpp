@@ -4,6 +4,7 @@
 // own pages; fixups refer to them). After the last of them, each on its own pages:
 //   .rdata    the load config directory (HotPatchTableOffset) and IMAGE_HOT_PATCH_INFO with one
 //             IMAGE_HOT_PATCH_BASE, its IMAGE_HOT_PATCH_HASHES and the patch table
+//   .idata    the import directory of the image's new imports (when it has any)
 //   .xdata    unwind records of the carried functions (pe_unwind.cpp)
 //   .pdata    their RUNTIME_FUNCTION entries (the exception directory)
 //   .reloc    base relocations for the absolute pointers into the image itself
@@ -23,6 +24,7 @@
 #include <fmt/core.h>
 
 #include <algorithm>
+#include <map>
 
 namespace hotforge::emitter {
 namespace {
@@ -103,7 +105,7 @@ std::vector<uint8_t> hotPatchMetadata(const PatchImage &image, const Image &base
     functions.push_back({r.baseRva, r.patchRva, expected});
   }
   for (const PatchFixup &f : image.fixups) {
-    if (!f.toBase) continue;
+    if (f.space != FixupSpace::Base) continue;
     uint32_t target = uint32_t(f.target);
     switch (f.kind) {
     case FixupKind::X64Rel32: {
@@ -153,6 +155,47 @@ std::vector<uint8_t> hotPatchMetadata(const PatchImage &image, const Image &base
   return std::move(w.bytes);
 }
 
+// The import directory of the new imports, for a section at `rva`: one IMAGE_IMPORT_DESCRIPTOR
+// per DLL (in name order), its lookup table and address table (by name, hint 0), the names. It
+// tells tools and Windows what the image needs; Hotforge's loaders resolve the same symbols from
+// the records and write them to the stubs' slots (FixupSpace::Import).
+struct ImportDirectory {
+  std::vector<uint8_t> bytes;
+  uint32_t addressTableOffset = 0, addressTableSize = 0;  // the IATs, for the IAT data directory
+};
+ImportDirectory importDirectory(const std::vector<PatchImport> &imports, uint32_t rva) {
+  std::map<std::string, std::vector<std::string>> byLibrary;
+  for (const PatchImport &i : imports) byLibrary[i.library].push_back(i.symbol);
+  uint32_t descriptors = uint32_t(byLibrary.size() + 1) * 20, tableSize = 0;
+  for (auto &[library, symbols] : byLibrary) tableSize += uint32_t(symbols.size() + 1) * 8;
+  uint32_t lookupAt = descriptors, addressesAt = lookupAt + tableSize, namesAt = addressesAt + tableSize;
+  ByteWriter head, names;
+  std::vector<uint64_t> table;  // one lookup table's entries, repeated as the address table
+  for (auto &[library, symbols] : byLibrary) {
+    uint32_t first = uint32_t(table.size()) * 8;
+    for (const std::string &symbol : symbols) {
+      table.push_back(rva + namesAt + names.size());
+      names.u16(0);  // hint
+      names.raw(llvm::ArrayRef<uint8_t>(reinterpret_cast<const uint8_t *>(symbol.c_str()), symbol.size() + 1));
+      names.padTo(2);
+    }
+    table.push_back(0);
+    uint32_t libraryName = rva + namesAt + uint32_t(names.size());
+    names.raw(llvm::ArrayRef<uint8_t>(reinterpret_cast<const uint8_t *>(library.c_str()), library.size() + 1));
+    names.padTo(2);
+    head.u32(rva + lookupAt + first);  // OriginalFirstThunk
+    head.u32(0);                       // TimeDateStamp: not bound
+    head.u32(0);                       // ForwarderChain
+    head.u32(libraryName);
+    head.u32(rva + addressesAt + first);  // FirstThunk
+  }
+  head.zeros(20);
+  for (int copy = 0; copy < 2; ++copy)
+    for (uint64_t entry : table) head.u64(entry);
+  head.raw(names.bytes);
+  return {std::move(head.bytes), addressesAt, tableSize};
+}
+
 // IMAGE_BASE_RELOCATION blocks of DIR64 entries, one block per 4 KiB page.
 std::vector<uint8_t> baseRelocations(std::vector<uint32_t> sites) {
   std::sort(sites.begin(), sites.end());
@@ -195,13 +238,13 @@ llvm::Expected<std::vector<uint32_t>> resolveInternalFixups(PatchImage &image) {
   local.sections = image.sections;
   std::vector<uint32_t> relocated;
   for (const PatchFixup &f : image.fixups) {
-    if (f.toBase) continue;
+    if (f.space != FixupSpace::Image) continue;
     local.fixups.push_back(f);
     if (f.kind == FixupKind::Data64) relocated.push_back(f.site);
     if (f.kind == FixupKind::X64Abs64) relocated.push_back(f.site + f.fieldOffset);
   }
   std::vector<uint8_t> memory = layOut(local);
-  if (llvm::Error e = lift(applyFixups(local, 0, kImageBase, memory))) return e;
+  if (llvm::Error e = lift(applyFixups(local, 0, kImageBase, {}, memory))) return e;
   for (PatchSection &s : image.sections)
     if (!s.bytes.empty()) std::copy(memory.begin() + s.rva, memory.begin() + s.rva + s.bytes.size(), s.bytes.begin());
   return relocated;
@@ -234,6 +277,14 @@ llvm::Error writePeContainer(PatchImage &image, const PeContainerInput &input) {
   };
   uint32_t metadataRva = next;
   addSection(".rdata", hotPatchMetadata(image, *input.base, metadataRva));
+  uint32_t importsRva = 0, importsSize = 0, addressTableRva = 0, addressTableSize = 0;
+  if (!image.imports.empty()) {
+    ImportDirectory imports = importDirectory(image.imports, next);
+    importsSize = uint32_t(imports.bytes.size());
+    importsRva = addSection(".idata", std::move(imports.bytes));
+    addressTableRva = importsRva + imports.addressTableOffset;
+    addressTableSize = imports.addressTableSize;
+  }
 
   llvm::Expected<PeUnwindSource> source = peUnwindSourceFor(*input.patched);
   if (!source) return source.takeError();
@@ -347,6 +398,8 @@ llvm::Error writePeContainer(PatchImage &image, const PeContainerInput &input) {
     if (d == llvm::COFF::EXCEPTION_TABLE && pdataSize) rva = pdataRva, size = pdataSize;
     if (d == llvm::COFF::BASE_RELOCATION_TABLE && relocSize) rva = relocRva, size = relocSize;
     if (d == llvm::COFF::LOAD_CONFIG_TABLE) rva = metadataRva, size = kLoadConfigSize;
+    if (d == llvm::COFF::IMPORT_TABLE && importsSize) rva = importsRva, size = importsSize;
+    if (d == llvm::COFF::IAT && addressTableSize) rva = addressTableRva, size = addressTableSize;
     w.u32(rva);
     w.u32(size);
   }

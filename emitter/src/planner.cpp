@@ -66,7 +66,6 @@ public:
 
   llvm::Expected<PatchImage> run() {
     if (llvm::Error e = refuseRestarts()) return e;
-    if (llvm::Error e = refuseNewImports()) return e;
     if (base_.format != patched_.format || base_.machine != patched_.machine)
       return makeError("the base and the patched build differ in format or machine");
     llvm::Expected<std::unique_ptr<differ::InstructionDecoder>> decoder = differ::createInstructionDecoder(base_.machine);
@@ -109,17 +108,6 @@ private:
     return formatError("the changes need a restart, so no patch is built:{}", reasons);
   }
 
-  // Binding symbols the base does not import needs the loaders' help, which they do not give yet.
-  llvm::Error refuseNewImports() {
-    std::set<std::string> symbols;
-    for (const FunctionBindings &fb : diff_.bindings)
-      for (const Binding &b : fb.references)
-        if (b.kind == Binding::Kind::Import) symbols.insert("`" + b.symbol + "`");
-    if (symbols.empty()) return llvm::Error::success();
-    return formatError("{}: the patch uses symbols the base does not import ({}); images cannot bind new imports yet",
-                       rules::kNewImport, llvm::join(symbols, ", "));
-  }
-
   void identify() {
     PatchBaseline &b = image_.baseline;
     b.fileName = llvm::sys::path::filename(base_.path).str();
@@ -137,9 +125,10 @@ private:
     text_.permissions = {true, false, true};
     for (const FunctionBindings &fb : diff_.bindings) {
       const Function &f = patched_.functions[fb.patched];
-      align(text_, 16);
-      uint32_t rva = text_.rva + uint32_t(text_.bytes.size());
       llvm::ArrayRef<uint8_t> code = patched_.bytesAt(f.range.rva, f.range.size);
+      align(text_, 16);
+      placeSafely(code, 16);
+      uint32_t rva = text_.rva + uint32_t(text_.bytes.size());
       text_.bytes.insert(text_.bytes.end(), code.begin(), code.end());
       functionRva_[f.range.rva] = {rva, f.range.size};
       image_.functions.push_back({f.name, rva, uint32_t(f.range.size), f.range.rva, !fb.base});
@@ -159,6 +148,16 @@ private:
       static const uint8_t jmp[] = {0xe9, 0, 0, 0, 0};
       text_.bytes.insert(text_.bytes.end(), std::begin(jmp), std::end(jmp));
       islands_[functionRva + r.offset] = island;
+    }
+  }
+
+  // Moves the end of .text on by `step`-byte fill until `code` placed there is safe to run
+  // (hazardousPlacement); a page holds 4096 / step places, of which a function's few hazards
+  // rule out few.
+  void placeSafely(llvm::ArrayRef<uint8_t> code, size_t step) {
+    for (size_t tries = 0; tries < kPageSize / step; ++tries) {
+      if (!decoder_->hazardousPlacement(code, text_.rva + text_.bytes.size())) return;
+      text_.bytes.resize(text_.bytes.size() + step, fillByte());
     }
   }
 
@@ -217,7 +216,7 @@ private:
     switch (b.kind) {
     case Binding::Kind::Function:
       if (std::optional<uint32_t> rva = carriedRva(pointer.target)) {
-        fixup.toBase = false;
+        fixup.space = FixupSpace::Image;
         fixup.target = *rva;
         break;
       }
@@ -225,13 +224,17 @@ private:
                                       copied));
       return;
     case Binding::Kind::Base:
-      fixup.toBase = true;
+      fixup.space = FixupSpace::Base;
       fixup.target = b.address;
       break;
     case Binding::Kind::Constant:
     case Binding::Kind::NewData:
-      fixup.toBase = false;
+      fixup.space = FixupSpace::Image;
       fixup.target = copyBlob(b.address, b.size, b.kind == Binding::Kind::NewData) + (pointer.target - b.address);
+      break;
+    case Binding::Kind::Import:  // the symbol's own address, as the dynamic loader would write it
+      fixup.space = FixupSpace::Import;
+      fixup.target = importIndex(b);
       break;
     default:
       problems_.push_back(fmt::format("the data at patched rva {:#x} holds a pointer that cannot be bound: {}", copied,
@@ -271,6 +274,11 @@ private:
       for (size_t i = 0; i < decoded[k].references.size(); ++i)
         bindOne(f, functionRva, decoded[k].references[i], fb.references[i]);
     }
+    for (const BaseReach &reach : baseReaches_)
+      if (!reachBaseThroughIsland(*reach.function, reach.reference, reach.baseTarget))
+        problems_.push_back(fmt::format("{} +{:#x}: an offset from carried data reaches data of the base, through an "
+                                        "instruction that cannot be rewritten to reach it",
+                                        reach.function->name.value_or("function"), reach.reference.offset));
     return llvm::Error::success();
   }
 
@@ -305,16 +313,67 @@ private:
                                       "beyond what the instruction can encode");
         } else if (copied && reached.kind == Kind::Base) {
           // gcc's add_sample of scenario 5 on Arm64 reaches the base's g_total at the new
-          // g_rejected + 4: in the image that offset reads the bytes after the copy.
-          problems_.push_back(where + (anchor.kind == Kind::NewData
-                                           ? ": an offset from new data reaches data of the base"
-                                           : ": an offset from copied read-only data reaches data of the base"));
+          // g_rejected + 4: in the image that offset would read the bytes after the copy.
+          baseReaches_.push_back({&f, r, reached.address});
         }
         // Else the anchor stays in the base and code reads the base's bytes at the offset, as the
         // base's own code does.
         break;  // every reference to the anchor (its ADRP and its ADD) is bound alike
       }
     }
+  }
+
+  // An access at an offset from a copied anchor that lands on data of the base (Arm64: ADD Xd, Xn,
+  // #off or LDR/STR Rt, [Xn, #off]) becomes a branch to an island that forms the base address
+  // itself: ADRP+ADD into Xd; ADRP into a loaded GPR, then the load from it; otherwise ADRP into
+  // x16 (x17 when the access uses x16) saved on the stack around the access. The island returns
+  // to the next instruction.
+  bool reachBaseThroughIsland(const Function &f, const CodeReference &r, uint64_t baseTarget) {
+    constexpr uint32_t kPushX16 = 0xf81f0ff0, kPopX16 = 0xf84107f0;  // str x16, [sp, #-16]! / ldr x16, [sp], #16
+    uint32_t site = functionRva_[f.range.rva].first + r.offset;
+    uint32_t instruction = llvm::support::endian::read32le(&text_.bytes[site - text_.rva]);
+    uint32_t rt = instruction & 0x1f;
+    bool isAdd = (instruction & 0xff800000u) == 0x91000000u;  // ADD Xd, Xn, #imm{, lsl #12}
+    bool isLoadStore = (instruction & 0x3b000000u) == 0x39000000u;  // unsigned-offset LDR/STR/PRFM
+    if ((!isAdd && !isLoadStore) || (isAdd && rt == 31)) return false;
+    bool simd = instruction >> 26 & 1;
+    uint32_t size = instruction >> 30, opc = instruction >> 22 & 3;
+    bool gprLoad = isLoadStore && !simd && opc != 0 && !(size == 3 && opc == 2) && rt != 31;
+    uint32_t scratch = isAdd || gprLoad ? rt : rt == 16 ? 17 : 16;
+    std::vector<uint32_t> island;
+    bool saves = !isAdd && !gprLoad;
+    if (saves) island.push_back(kPushX16 - 16 + scratch);
+    island.push_back(0x90000000u | scratch);  // adrp scratch, page of the base target
+    size_t low = island.size();
+    island.push_back(isAdd ? 0x91000000u | scratch << 5 | rt : (instruction & ~(0xfffu << 10) & ~(0x1fu << 5)) | scratch << 5);
+    if (saves) island.push_back(kPopX16 - 16 + scratch);
+    align(text_, 4);
+    std::vector<uint8_t> bytes(island.size() * 4);
+    for (size_t i = 0; i < island.size(); ++i) llvm::support::endian::write32le(&bytes[i * 4], island[i]);
+    placeSafely(bytes, 4);
+    uint32_t at = text_.rva + uint32_t(text_.bytes.size());
+    uint32_t back = at + uint32_t(island.size()) * 4;
+    island.push_back(branchTo(back, site + 4));
+    for (uint32_t word : island) {
+      text_.bytes.resize(text_.bytes.size() + 4);
+      llvm::support::endian::write32le(&text_.bytes[text_.bytes.size() - 4], word);
+    }
+    llvm::support::endian::write32le(&text_.bytes[site - text_.rva], branchTo(site, at));
+    PatchFixup page, offset;
+    page.site = at + (saves ? 4 : 0);
+    page.kind = FixupKind::A64AdrPage21;
+    offset.site = at + uint32_t(low) * 4;
+    offset.kind = isAdd ? FixupKind::A64AddLo12 : FixupKind::A64LdStLo12;
+    offset.scale = isAdd ? 0 : uint8_t(simd ? size | (opc >> 1) << 2 : size);
+    page.target = offset.target = baseTarget;
+    page.space = offset.space = FixupSpace::Base;
+    pending_.push_back(page);
+    pending_.push_back(offset);
+    return true;
+  }
+
+  static uint32_t branchTo(uint32_t from, uint32_t to) {
+    return 0x14000000u | (uint32_t(int32_t(to - from) / 4) & 0x3ffffffu);
   }
 
   // Both in the base, at another distance there (the base laid its variables out differently):
@@ -344,7 +403,7 @@ private:
     switch (b.kind) {
     case Binding::Kind::Local:
       if (isPcRelative(r.encoding)) return;  // the function moved whole
-      fixup.toBase = false;
+      fixup.space = FixupSpace::Image;
       fixup.target = functionRva + (r.target - f.range.rva);
       break;
     case Binding::Kind::Function: {
@@ -353,7 +412,7 @@ private:
         problems_.push_back(where + ": its target function is not in the patch");
         return;
       }
-      fixup.toBase = false;
+      fixup.space = FixupSpace::Image;
       fixup.target = *rva;
       break;
     }
@@ -363,7 +422,7 @@ private:
         // read-only data travels as a copy (it cannot differ from the base's); otherwise a
         // linker-relaxed NOP+ADR becomes ADRP+ADD again.
         if (const DataObject *o = copyableObjectAt(r.target)) {
-          fixup.toBase = false;
+          fixup.space = FixupSpace::Image;
           fixup.target = copyBlob(o->range.rva, o->range.size, false) + (r.target - o->range.rva);
           break;
         }
@@ -371,23 +430,31 @@ private:
         problems_.push_back(where + ": an ADR or literal load of base data out of its reach");
         return;
       }
-      fixup.toBase = true;
+      fixup.space = FixupSpace::Base;
       fixup.target = b.address;
       break;
     case Binding::Kind::Constant:
     case Binding::Kind::NewData: {
       bool writable = b.kind == Binding::Kind::NewData;
-      fixup.toBase = false;
+      fixup.space = FixupSpace::Image;
       fixup.target = copyBlob(b.address, b.size, writable) + (r.target - b.address);
       break;
     }
     case Binding::Kind::JumpTable: {
-      fixup.toBase = false;
+      fixup.space = FixupSpace::Image;
       fixup.target = copyJumpTable(b.address, b.size, f, functionRva) + (r.target - b.address);
       break;
     }
+    case Binding::Kind::Import: {
+      // A call or jump reaches the symbol through a stub in the image; a load of its slot (GOT,
+      // IAT) reads the stub's slot, which holds the symbol's address.
+      const Section *s = patched_.sectionAt(b.address);
+      uint32_t stub = importStub(b);
+      fixup.space = FixupSpace::Image;
+      fixup.target = s && s->permissions.execute ? stub : stub + absoluteJumpSlotOffset();
+      break;
+    }
     case Binding::Kind::Unbound:
-    case Binding::Kind::Import:  // refused before binding
       problems_.push_back(where + ": " + b.note);
       return;
     }
@@ -518,7 +585,7 @@ private:
       r.paddingBefore = uint8_t(-from);
       llvm::ArrayRef<uint8_t> expected = base_.bytesAt(bf.range.rva + from, uint64_t(to - from));
       r.expected.assign(expected.begin(), expected.end());
-      r.stubRva = addAbsoluteJump(r.patchRva, false);
+      r.stubRva = addAbsoluteJump(r.patchRva, FixupSpace::Image);
       image_.redirects.push_back(std::move(r));
     }
     return llvm::Error::success();
@@ -567,7 +634,7 @@ private:
       std::optional<uint64_t> inBase = baseCounterpart(handler, 0);
       if (!inBase)
         problems_.push_back(fmt::format("the exception handler at patched rva {:#x} has no counterpart in the base", handler));
-      else handlerStubs_[handler] = addAbsoluteJump(*inBase, true);
+      else handlerStubs_[handler] = addAbsoluteJump(*inBase, FixupSpace::Base);
     }
   }
 
@@ -604,9 +671,29 @@ private:
     return known->second;
   }
 
-  // An absolute jump in .text to `target` (an image or base RVA), through an 8-byte slot the
-  // loader fills: the stub of a redirect, or a veneer for a branch that cannot reach.
-  uint32_t addAbsoluteJump(uint64_t target, bool toBase) {
+  // The index of a new import in the image's import table (in order of first use).
+  uint32_t importIndex(const Binding &b) {
+    PatchImport import{b.symbol, b.version, b.library};
+    auto it = std::find(image_.imports.begin(), image_.imports.end(), import);
+    if (it != image_.imports.end()) return uint32_t(it - image_.imports.begin());
+    image_.imports.push_back(std::move(import));
+    return uint32_t(image_.imports.size() - 1);
+  }
+
+  // The stub in .text that jumps to a new import, through a slot the loader fills with its address.
+  uint32_t importStub(const Binding &b) {
+    uint32_t index = importIndex(b);
+    auto [it, added] = importStubs_.try_emplace(index, 0);
+    if (added) it->second = addAbsoluteJump(index, FixupSpace::Import);
+    return it->second;
+  }
+
+  uint32_t absoluteJumpSlotOffset() const { return image_.machine == Machine::X64 ? 6 : 8; }
+
+  // An absolute jump in .text to `target` (an image or base RVA, or an import), through an 8-byte
+  // slot the loader fills: the stub of a redirect or an import, or a veneer for a branch that
+  // cannot reach.
+  uint32_t addAbsoluteJump(uint64_t target, FixupSpace space) {
     align(text_, 16);
     uint32_t at = text_.rva + uint32_t(text_.bytes.size());
     if (image_.machine == Machine::X64) {
@@ -621,7 +708,7 @@ private:
     PatchFixup f;
     f.site = slot;
     f.kind = FixupKind::Data64;
-    f.toBase = toBase;
+    f.space = space;
     f.target = target;
     image_.fixups.push_back(f);
     return at;
@@ -631,11 +718,11 @@ private:
     // Veneers for branches into the base that may be out of reach once the image is mapped.
     std::map<uint64_t, uint32_t> veneers;
     for (PatchFixup &f : pending_) {
-      bool farBranch = f.toBase && (f.kind == FixupKind::A64Branch26 ||
+      bool farBranch = f.space == FixupSpace::Base && (f.kind == FixupKind::A64Branch26 ||
                                     (f.kind == FixupKind::X64Rel32 && isBranchSite(f)));
       if (!farBranch) continue;
       auto [it, added] = veneers.try_emplace(f.target, 0);
-      if (added) it->second = addAbsoluteJump(f.target, true);
+      if (added) it->second = addAbsoluteJump(f.target, FixupSpace::Base);
       f.veneer = it->second;
     }
     // Place .rodata, .data and .bss after the code, each on its own pages.
@@ -655,7 +742,7 @@ private:
       return placeholder;
     };
     for (PatchFixup &f : pending_) {
-      if (!f.toBase && f.target >= (1u << 28)) f.target = place(f.target);
+      if (f.space == FixupSpace::Image && f.target >= (1u << 28)) f.target = place(f.target);
       if (f.site >= (1u << 28)) f.site = uint32_t(place(f.site));  // pointers in copied data
       image_.fixups.push_back(f);
     }
@@ -682,7 +769,7 @@ private:
     image_.fixups.erase(std::unique(image_.fixups.begin(), image_.fixups.end(),
                                     [](const PatchFixup &a, const PatchFixup &b) {
                                       return a.site == b.site && a.kind == b.kind && a.target == b.target &&
-                                             a.toBase == b.toBase;
+                                             a.space == b.space;
                                     }),
                         image_.fixups.end());
     image_.sizes.code = text_.bytes.size();
@@ -702,9 +789,9 @@ private:
 
   // One ADRP serving several accesses must point at one page for all of them.
   llvm::Error checkSharedPages() {
-    std::map<uint32_t, std::set<std::pair<bool, uint64_t>>> pages;
+    std::map<uint32_t, std::set<std::pair<FixupSpace, uint64_t>>> pages;
     for (const PatchFixup &f : image_.fixups)
-      if (f.kind == FixupKind::A64AdrPage21) pages[f.site].insert({f.toBase, f.target & ~uint64_t(kPageSize - 1)});
+      if (f.kind == FixupKind::A64AdrPage21) pages[f.site].insert({f.space, f.target & ~uint64_t(kPageSize - 1)});
     for (auto &[site, targets] : pages)
       if (targets.size() > 1)
         return formatError("the ADRP at image rva {:#x} serves accesses that land on different pages once patched "
@@ -782,6 +869,12 @@ private:
   uint64_t bssSize_ = 0;
   std::map<uint64_t, std::pair<uint32_t, uint64_t>> functionRva_;  // patched rva -> (image rva, size)
   std::map<std::pair<uint64_t, bool>, uint32_t> blobs_;
+  struct BaseReach {
+    const Function *function;
+    CodeReference reference;
+    uint64_t baseTarget;
+  };
+  std::vector<BaseReach> baseReaches_;  // accesses from copied anchors to the base, rewritten after binding
   std::map<uint64_t, uint64_t> copyReach_;  // patched rva of a copied anchor -> end of what code reaches from it
   std::vector<JumpTableEntry> jumpTableEntries_;
   std::vector<PatchFixup> pending_, scratchFixups_;
@@ -789,6 +882,7 @@ private:
   std::map<uint64_t, uint32_t> handlerStubs_;  // PE: patched handler rva -> stub image rva
   std::map<std::pair<uint64_t, uint64_t>, bool> fillGaps_;  // base gap [begin, end) -> all padding
   std::map<uint32_t, uint32_t> islands_;                    // image rva of a short branch out -> its island
+  std::map<uint32_t, uint32_t> importStubs_;                // import index -> its stub's image rva
 };
 
 }  // namespace

@@ -328,11 +328,9 @@ Error collectDynamicRelocations(const ELF64LEObjectFile &elf, Image &image) {
       // (GOT entries); other symbolic relocations fill pointers inside data (vtables).
       bool jumpSlot = StringRef(r.typeName).ends_with("_JUMP_SLOT");
       bool gotSlot = StringRef(r.typeName).ends_with("_GLOB_DAT");
-      if (r.symbol && (jumpSlot || (gotSlot && undefinedSymbol))) {
-        uint32_t index = rela.getSymbol(false);
-        std::string version = index && index <= versions.size() ? versions[index - 1].Name : std::string();
-        image.imports.push_back({*r.symbol, "", r.rva, jumpSlot ? ImportKind::PltSlot : ImportKind::GotSlot, std::move(version)});
-      }
+      if (uint32_t index = rela.getSymbol(false); index && index <= versions.size()) r.version = versions[index - 1].Name;
+      if (r.symbol && (jumpSlot || (gotSlot && undefinedSymbol)))
+        image.imports.push_back({*r.symbol, "", r.rva, jumpSlot ? ImportKind::PltSlot : ImportKind::GotSlot, r.version});
       image.relocations.push_back(std::move(r));
     }
   }

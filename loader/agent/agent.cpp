@@ -193,8 +193,17 @@ void announceUnwindEntries(const PatchImage &image, uint64_t at, const char *lib
     if (s.name == ".eh_frame" && function) function(reinterpret_cast<const void *>(at + s.rva));
 }
 
+// A new import of the image, found as the dynamic loader finds symbols for this process: in the
+// global scope, with the version the patched build binds.
+Outcome<uint64_t> dynamicSymbol(const PatchImport &import) {
+  void *address = import.version.empty() ? dlsym(RTLD_DEFAULT, import.symbol.c_str())
+                                         : dlvsym(RTLD_DEFAULT, import.symbol.c_str(), import.version.c_str());
+  if (!address) return fail("the dynamic loader does not find it");
+  return uint64_t(address);
+}
+
 // Maps the image near the base with its fixups applied and each section's access set.
-Outcome<uint64_t> mapImage(const PatchImage &image, uint64_t base) {
+Outcome<uint64_t> mapImage(const PatchImage &image, uint64_t base, std::span<const uint64_t> imports) {
   uint64_t size = alignTo(image.imageSize, 0x10000);
   for (uint64_t hint : freeAddressesNear(readMaps("/proc/self/maps"), base, size, patchReach(image.machine))) {
     void *at = mmap(reinterpret_cast<void *>(hint), size, PROT_READ | PROT_WRITE,
@@ -205,7 +214,7 @@ Outcome<uint64_t> mapImage(const PatchImage &image, uint64_t base) {
       continue;
     }
     std::vector<uint8_t> memory = layOut(image);
-    if (Status fixed = applyFixups(image, base, hint, memory); !fixed) {
+    if (Status fixed = applyFixups(image, base, hint, imports, memory); !fixed) {
       munmap(at, size);
       return std::move(fixed).failure();
     }
@@ -273,7 +282,9 @@ Outcome<Applied> apply(const std::string &unit, const std::string &entryName, co
     if (std::memcmp(reinterpret_cast<const void *>(baseline.address + r.baseRva - r.paddingBefore), r.expected.data(),
                     r.expected.size()) != 0)
       return fail(r.name.value_or("a function"), " does not hold the bytes this patch expects: another patch or build");
-  Outcome<uint64_t> at = mapImage(image, baseline.address);
+  Outcome<std::vector<uint64_t>> imports = resolveImports(image, dynamicSymbol);
+  if (!imports) return std::move(imports).failure();
+  Outcome<uint64_t> at = mapImage(image, baseline.address, *imports);
   if (!at) return std::move(at).failure();
   std::vector<Written> writes;
   Status ready = success();

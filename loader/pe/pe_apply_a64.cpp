@@ -93,8 +93,8 @@ public:
                                  {kScratchAddress, kScratchSize}})
       if (uc_err err = uc_mem_map(uc_, address, size, UC_PROT_READ | UC_PROT_WRITE); err != UC_ERR_OK)
         return fail("cannot map emulator memory at ", hexAddress(address), ": ", uc_strerror(err));
-    std::string directory = basePath.substr(0, basePath.find_last_of('/') + 1);
-    Outcome<const Module *> base = load(directory, basePath.substr(directory.size()));
+    directory_ = basePath.substr(0, basePath.find_last_of('/') + 1);
+    Outcome<const Module *> base = load(directory_, basePath.substr(directory_.size()));
     if (!base) return std::move(base).failure();
     base_ = *base;
     return success();
@@ -104,6 +104,14 @@ public:
   uint64_t baseAddress() const override { return base_->address; }
 
   Outcome<uint64_t> exportAddress(const std::string &name) override { return exportOf(*base_, name); }
+
+  // As for the DLLs' own imports: the DLL is loaded from the base's directory (once), then its
+  // export is looked up.
+  Outcome<uint64_t> importAddress(const PatchImport &import) override {
+    Outcome<const Module *> dll = load(directory_, import.library);
+    if (!dll) return std::move(dll).failure();
+    return exportOf(**dll, import.symbol);
+  }
 
   Outcome<uint64_t> call(uint64_t function, const std::vector<uint64_t> &arguments) override {
     for (size_t i = 0; i < arguments.size(); ++i) uc_reg_write(uc_, UC_ARM64_REG_X0 + int(i), &arguments[i]);
@@ -321,6 +329,7 @@ private:
   uc_engine *uc_ = nullptr;
   std::deque<Module> modules_;  // a deque keeps each module where it was loaded
   const Module *base_ = nullptr;
+  std::string directory_;        // the base's, where its DLLs are found
   uint64_t nextModule_ = 0;      // where the next DLL or patch image goes, above the base
   uint64_t scratchNext_ = kScratchAddress;
   std::vector<ThreadLocalTemplate> threadLocals_;  // by TLS index

@@ -53,6 +53,13 @@ public:
     return fail("the base exports no ", name);
   }
 
+  Outcome<uint64_t> importAddress(const PatchImport &import) override {
+    HMODULE dll = LoadLibraryA(import.library.c_str());
+    if (!dll) return fail(lastError("LoadLibrary"));
+    if (FARPROC function = GetProcAddress(dll, import.symbol.c_str())) return uint64_t(function);
+    return fail(import.library, " exports no ", import.symbol);
+  }
+
   Outcome<uint64_t> call(uint64_t function, const std::vector<uint64_t> &arguments) override {
     // The x64 calling convention lets a caller pass more arguments than the callee reads.
     using Function = uint64_t (*)(uint64_t, uint64_t, uint64_t, uint64_t, uint64_t, uint64_t, uint64_t, uint64_t);

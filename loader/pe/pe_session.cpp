@@ -68,9 +68,13 @@ struct AppliedPatch {
   std::vector<EntryWrite> writes;
 };
 
-// Maps the image near the base with its fixups applied, checks every redirect's expected bytes,
-// then writes the redirects (steps 2 to 6; nothing is written unless every check passes).
+// Resolves the image's new imports, maps the image near the base with its fixups applied, checks
+// every redirect's expected bytes, then writes the redirects (steps 2 to 6; nothing is written
+// unless every check passes).
 Outcome<AppliedPatch> applyImage(PeProcess &process, const PatchImage &image) {
+  Outcome<std::vector<uint64_t>> imports =
+      resolveImports(image, [&](const PatchImport &import) { return process.importAddress(import); });
+  if (!imports) return std::move(imports).failure();
   Outcome<uint64_t> imageAddress = process.reserveNear(image.imageSize);
   if (!imageAddress) return std::move(imageAddress).failure();
   AppliedPatch applied{*imageAddress, {}};
@@ -79,7 +83,7 @@ Outcome<AppliedPatch> applyImage(PeProcess &process, const PatchImage &image) {
     return failure;
   };
   std::vector<uint8_t> memory = layOut(image);
-  if (Status fixed = applyFixups(image, process.baseAddress(), applied.imageAddress, memory); !fixed)
+  if (Status fixed = applyFixups(image, process.baseAddress(), applied.imageAddress, *imports, memory); !fixed)
     return refuse(std::move(fixed).failure());
   for (const PatchRedirect &redirect : image.redirects) {
     Outcome<EntryWrite> write = entryWrite(redirect, image.machine, process.baseAddress(), applied.imageAddress);

@@ -41,6 +41,8 @@ public:
   virtual Machine machine() const = 0;
   virtual uint64_t baseAddress() const = 0;
   virtual Outcome<uint64_t> exportAddress(const std::string &name) = 0;
+  // Where a symbol the patch imports is, found as the process finds its DLLs' imports.
+  virtual Outcome<uint64_t> importAddress(const PatchImport &import) = 0;
   // Calls a function with up to eight integer or pointer arguments and returns its result register.
   virtual Outcome<uint64_t> call(uint64_t function, const std::vector<uint64_t> &arguments) = 0;
   virtual uint64_t placeString(const std::string &text) = 0;  // a NUL-terminated copy calls can read

@@ -17,6 +17,9 @@
 #include <cstring>
 #include <dirent.h>
 #include <fcntl.h>
+#include <fstream>
+#include <iterator>
+#include <map>
 #include <sys/mman.h>
 #include <sys/ptrace.h>
 #include <sys/syscall.h>
@@ -281,9 +284,9 @@ public:
     return int64_t(regs.rax);
   }
 
-  // Calls `function(argument)`. The call returns to address 0, and the fault that follows hands
-  // the thread back to us.
-  Status call(uint64_t function, uint64_t argument) {
+  // Calls `function(argument)` and returns its result. The call returns to address 0, and the
+  // fault that follows hands the thread back to us.
+  Outcome<uint64_t> call(uint64_t function, uint64_t argument) {
     SavedRegisters saved(tid_);
     if (!saved.ok()) return fail("cannot read the registers of thread ", tid_, ": ", strerror(errno));
     user_regs_struct regs = saved.saved();
@@ -304,7 +307,7 @@ public:
     });
     if (!stopped) return std::move(stopped).failure();
     if (!returned) return fail("a call injected into thread ", tid_, " faulted at ", hexAddress(regs.rip));
-    return success();
+    return uint64_t(regs.rax);
   }
 
 private:
@@ -329,10 +332,83 @@ Outcome<FrameFunction> libgccFunction(const std::vector<Mapping> &maps, const st
   if (libgcc == maps.end()) return FrameFunction{};
   Outcome<std::vector<uint8_t>> library = readFileBytes(libgcc->path);
   if (!library) return std::move(library).failure();
-  Outcome<uint64_t> function = elfDynamicSymbolRva(*library, name);
+  Outcome<ElfDynamicSymbol> function = elfDynamicSymbol(*library, name);
   if (!function)
     return fail(libgcc->path, ": ", function.error(), ": the patch's unwind entries cannot be registered");
-  return FrameFunction{libgcc->start + *function};
+  return FrameFunction{libgcc->start + function->rva};
+}
+
+// An object in the target's dynamic loader link map: its file and its load bias.
+struct LinkedObject {
+  std::string path;
+  uint64_t bias = 0;
+};
+
+// The objects of the target's global scope in the dynamic loader's search order: its link map
+// (r_debug, found through the program's DT_DEBUG: the auxiliary vector gives the program
+// headers), the program first.
+Outcome<std::vector<LinkedObject>> linkMap(int pid, const ProcessMemory &memory) {
+  constexpr uint64_t kProgramHeaders = 3, kProgramHeaderCount = 5;  // AT_PHDR, AT_PHNUM
+  constexpr uint32_t kDynamic = 2, kSelf = 6;                        // PT_DYNAMIC, PT_PHDR
+  constexpr uint64_t kDebug = 21;                                    // DT_DEBUG
+  std::ifstream in(concatenate("/proc/", pid, "/auxv"), std::ios::binary);  // procfs: no size to read by
+  std::vector<uint8_t> auxv{std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+  uint64_t headers = 0, headerCount = 0;
+  for (size_t at = 0; at + 16 <= auxv.size(); at += 16) {
+    uint64_t type = readLe64(&auxv[at]), value = readLe64(&auxv[at + 8]);
+    if (type == kProgramHeaders) headers = value;
+    if (type == kProgramHeaderCount) headerCount = value;
+  }
+  std::vector<uint8_t> phdrs = memory.read(headers, headerCount * 56);
+  if (!headers || phdrs.empty()) return fail("cannot read the program headers of process ", pid);
+  uint64_t bias = 0, dynamic = 0;
+  for (size_t at = 0; at + 56 <= phdrs.size(); at += 56) {
+    uint32_t type = readLe32(&phdrs[at]);
+    if (type == kSelf) bias = headers - readLe64(&phdrs[at + 16]);
+    if (type == kDynamic) dynamic = readLe64(&phdrs[at + 16]);
+  }
+  uint64_t debug = 0;
+  for (uint64_t at = bias + dynamic, n = 0; dynamic && n < 4096; at += 16, ++n) {
+    uint64_t entry[2] = {};
+    if (!memory.read(at, entry, sizeof entry) || entry[0] == 0) break;
+    if (entry[0] == kDebug) debug = entry[1];
+  }
+  uint64_t object = 0;
+  if (!debug || !memory.read(debug + 8, &object, 8) || !object)
+    return fail("process ", pid, " has no dynamic loader link map (a static program?)");
+  std::vector<LinkedObject> objects;
+  for (size_t n = 0; object && n < 4096; ++n) {
+    uint64_t fields[4] = {};  // l_addr, l_name, l_ld, l_next
+    if (!memory.read(object, fields, sizeof fields)) return fail("cannot read the link map of process ", pid);
+    std::vector<uint8_t> name = memory.read(fields[1], 4096);
+    std::string path(name.begin(), std::find(name.begin(), name.end(), uint8_t(0)));
+    objects.push_back({objects.empty() && path.empty() ? concatenate("/proc/", pid, "/exe") : path, fields[0]});
+    object = fields[3];
+  }
+  return objects;
+}
+
+// Finds the patch's new imports in the target as its dynamic loader would: the first object of
+// the link map whose .dynsym defines the symbol (of the version the patch binds). An indirect
+// function (IFUNC, such as glibc's strspn) is resolved by calling its resolver in the target.
+Outcome<std::vector<uint64_t>> resolveInTarget(int pid, const ProcessMemory &memory, Injector &inject,
+                                               const PatchImage &image) {
+  if (image.imports.empty()) return std::vector<uint64_t>{};
+  Outcome<std::vector<LinkedObject>> objects = linkMap(pid, memory);
+  if (!objects) return std::move(objects).failure();
+  std::map<std::string, std::vector<uint8_t>> files;
+  return resolveImports(image, [&](const PatchImport &import) -> Outcome<uint64_t> {
+    for (const LinkedObject &object : *objects) {
+      auto [file, added] = files.try_emplace(object.path);
+      if (Outcome<std::vector<uint8_t>> bytes = added ? readFileBytes(object.path) : fail(""); bytes)
+        file->second = std::move(*bytes);  // the vDSO has no file: it stays empty
+      Outcome<ElfDynamicSymbol> symbol = elfDynamicSymbol(file->second, import.symbol, import.version);
+      if (!symbol) continue;
+      if (!symbol->indirect) return object.bias + symbol->rva;
+      return inject.call(object.bias + symbol->rva, 0);
+    }
+    return fail("no object of process ", pid, "'s link map defines it");
+  });
 }
 
 const PatchSection *ehFrame(const PatchImage &image) {
@@ -437,6 +513,8 @@ Outcome<AppliedImage> prepareImage(int pid, const PatchImage &image, bool checkE
   Outcome<int> tid = stopOneThread(process, pid);
   if (!tid) return std::move(tid).failure();
   Injector inject(process, *tid, *memory, maps);
+  Outcome<std::vector<uint64_t>> imports = resolveInTarget(pid, *memory, inject, image);
+  if (!imports) return std::move(imports).failure();
   // Memory near the base, so rel32 fixups and jumps reach.
   for (size_t attempt = 0; attempt < hints.size() && attempt < 16 && !applied.imageAddress; ++attempt) {
     Outcome<int64_t> r = inject.syscall(SYS_mmap, {hints[attempt], size, PROT_READ | PROT_WRITE,
@@ -454,7 +532,7 @@ Outcome<AppliedImage> prepareImage(int pid, const PatchImage &image, bool checkE
     return failure;
   };
   std::vector<uint8_t> laidOut = layOut(image);
-  if (Status fixed = applyFixups(image, applied.baseAddress, applied.imageAddress, laidOut); !fixed)
+  if (Status fixed = applyFixups(image, applied.baseAddress, applied.imageAddress, *imports, laidOut); !fixed)
     return unmapped(std::move(fixed).failure());
   if (!memory->write(applied.imageAddress, laidOut.data(), laidOut.size()))
     return unmapped(fail("cannot write the patch into process ", pid, ": ", strerror(errno)));
@@ -488,7 +566,8 @@ Outcome<AppliedImage> prepareImage(int pid, const PatchImage &image, bool checkE
   }
   // Registered before the jumps go in: a thread may throw through the new code at once.
   if (registerFrame->address)
-    if (Status registered = inject.call(registerFrame->address, applied.imageAddress + ehFrame(image)->rva); !registered)
+    if (Outcome<uint64_t> registered = inject.call(registerFrame->address, applied.imageAddress + ehFrame(image)->rva);
+        !registered)
       return unmapped(std::move(registered).failure());
   return applied;
 #endif
@@ -556,7 +635,7 @@ void discardImage(int pid, const PatchImage &image, const AppliedImage &applied)
   if (!tid) return;
   Injector inject(process, *tid, *memory, maps);
   if (deregisterFrame->address)
-    if (Status deregistered = inject.call(deregisterFrame->address, applied.imageAddress + ehFrame(image)->rva);
+    if (Outcome<uint64_t> deregistered = inject.call(deregisterFrame->address, applied.imageAddress + ehFrame(image)->rva);
         !deregistered)
       return;
   static_cast<void>(inject.syscall(SYS_munmap, {applied.imageAddress, mappedSize(applied.imageSize), 0, 0, 0, 0}));

@@ -91,18 +91,24 @@ HF_API HF_NOINLINE int checksum_text(const char *s)
     return (int)(h & 0x7fffffff);
 }
 
-/* ---- Scenario 4: changed string literal ------------------------------ */
+/* ---- Scenario 4: changed string literal ------------------------------
+ * A switch over literals: clang turns it into a table of 32-bit offsets from the table to the
+ * strings in position-independent code, gcc and the PE builds into compares or pointers. */
 HF_API HF_NOINLINE const char *status_text(int code)
 {
-    if (code == 0)
-        return "ok";
-    if (code == 1)
+    switch (code) {
+    case 0: return "ok";
+    case 1:
 #if HF_FIX == 4
         return "warning: disk almost full";
 #else
         return "warning: disk ful";
 #endif
-    return "error";
+    case 2: return "error";
+    case 3: return "busy";
+    case 4: return "offline";
+    default: return "unknown";
+    }
 }
 
 /* ---- Scenario 5: new global variable ---------------------------------

@@ -9,6 +9,7 @@ HF_API int volume_step(int cur, int delta);       /* 2  inlined helper, caller B
 HF_API int checksum_text(const char *s);          /* 3  calls a new helper       */
 HF_API const char *status_text(int code);         /* 4  string literal           */
 HF_API int add_sample(int v);                     /* 5  new global               */
+extern int g_total;                               /* 5  read by main too         */
 HF_API int mask_flags(int x);                     /* 7  shorter than a long jump */
 HF_API int next_ticket(void);                     /* 8  static local counter     */
 HF_API int op_apply(int op, int x);               /* 9  jump table               */

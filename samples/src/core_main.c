@@ -25,13 +25,15 @@ static void run_scenarios(void)
     HF_OUT("s3 checksum_text(\"a\\tb\\n\")=%d\n", checksum_text("a\tb\n"));
 
     /* 4: string literal */
-    for (int c = 0; c < 3; ++c)
+    for (int c = 0; c < 6; ++c)
         HF_OUT("s4 status_text(%d)=\"%s\"\n", c, status_text(HF_IN(c)));
 
     /* 5: new global */
     static const int samples[] = {5, -3, 4, -1, 10};
     for (unsigned k = 0; k < sizeof samples / sizeof samples[0]; ++k)
         HF_OUT("s5 add_sample(%d)=%d\n", samples[k], add_sample(HF_IN(samples[k])));
+    /* Read by unpatched code: a patch that kept its own g_total would leave this one at 0. */
+    HF_OUT("s5 g_total=%d\n", g_total);
 
     /* 7: short function */
     HF_OUT("s7 mask_flags(0x1f3)=0x%x\n", mask_flags(HF_IN(0x1f3)));

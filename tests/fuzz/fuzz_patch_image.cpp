@@ -1,6 +1,7 @@
 // Feeds arbitrary bytes to the patch-image reader of the runtime (what `hotforge inspect` and
 // every loader run on an image): the container walk, the records, and then what a loader does
-// with what it read: lay the image out, apply its fixups and compute every entry write.
+// with what it read: lay the image out, apply its fixups (imports included) and compute every
+// entry write.
 #include "hotforge/runtime/patch_format.h"
 
 #include <cstddef>
@@ -15,7 +16,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   // A loader maps imageSize bytes of a signed image; an unsigned input may claim 4 GiB.
   if (image->imageSize <= (uint32_t(1) << 24)) {
     std::vector<uint8_t> memory = hotforge::layOut(*image);
-    (void)hotforge::applyFixups(*image, kBase, kImage, memory);
+    std::vector<uint64_t> imports(image->imports.size(), kBase - 0x1000);  // as a loader resolves them
+    (void)hotforge::applyFixups(*image, kBase, kImage, imports, memory);
   }
   for (const hotforge::PatchRedirect &r : image->redirects) (void)hotforge::entryWrite(r, image->machine, kBase, kImage);
   return 0;

@@ -27,6 +27,7 @@ enum class MatchStage {
   Hash,           // a normalised body that is unique on both sides
   Structure,      // a unique structural signature (instructions, calls, branches, references)
   CallGraph,      // the n-th call of a matched pair targets an unmatched function on both sides
+  DataPointers,   // pointers at the same place of data laid out alike target unmatched functions
 };
 
 std::string_view changeKindName(ChangeKind kind);

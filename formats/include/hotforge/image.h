@@ -122,6 +122,7 @@ struct Relocation {
   std::string typeName;
   std::optional<std::string> symbol;
   int64_t addend = 0;
+  std::string version{};  // ELF: the symbol's version, empty when it has none
 };
 
 // The PE load configuration fields Hotforge relies on.

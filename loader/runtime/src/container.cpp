@@ -3,8 +3,10 @@
 // a loader needs is read, so the agent and the PE appliers carry no object-file library.
 #include "hotforge/runtime/bytes.h"
 #include "hotforge/runtime/patch_format.h"
+#include "hotforge/runtime/process_maps.h"
 
 #include <cstring>
+#include <optional>
 
 namespace hotforge {
 namespace {
@@ -126,22 +128,62 @@ bool looksLikePatchImage(std::span<const uint8_t> file) {
   return false;
 }
 
-Outcome<uint64_t> elfDynamicSymbolRva(std::span<const uint8_t> file, std::string_view name) {
-  constexpr uint32_t kDynamicSymbols = 11;
+namespace {
+
+// The names of an ELF file's symbol versions by index (.gnu.version_d), for the dynamic symbols'
+// version indices (.gnu.version). Index 0 and 1 are "local" and "global": no name.
+std::vector<std::string> versionNames(const std::vector<ContainerSection> &sections) {
+  constexpr uint32_t kVersionDefinitions = 0x6ffffffd;
+  std::vector<std::string> names;
+  for (const ContainerSection &definitions : sections) {
+    if (definitions.type != kVersionDefinitions || definitions.link >= sections.size()) continue;
+    std::span<const uint8_t> d = definitions.contents, strings = sections[definitions.link].contents;
+    for (uint64_t at = 0, count = 0; at + 20 <= d.size() && count < 0x8000; ++count) {
+      uint16_t index = readLe16(&d[at + 4]) & 0x7fff;
+      uint64_t aux = at + readLe32(&d[at + 12]), next = readLe32(&d[at + 16]);
+      if (aux + 8 <= d.size()) {
+        if (index >= names.size()) names.resize(index + 1);
+        names[index] = cString(strings, readLe32(&d[aux]));
+      }
+      if (!next) break;
+      at += next;
+    }
+  }
+  return names;
+}
+
+}  // namespace
+
+Outcome<ElfDynamicSymbol> elfDynamicSymbol(std::span<const uint8_t> file, std::string_view name,
+                                           std::string_view version) {
+  constexpr uint32_t kDynamicSymbols = 11, kVersionIndices = 0x6fffffff;
   constexpr uint64_t kSymbolSize = 24;
+  constexpr uint8_t kIndirectFunction = 10;  // STT_GNU_IFUNC
   if (file.size() < 4 || std::memcmp(file.data(), "\x7f" "ELF", 4) != 0) return fail("not an ELF file");
   Outcome<std::vector<ContainerSection>> sections = elfSections(file);
   if (!sections) return std::move(sections).failure();
-  for (const ContainerSection &symbols : *sections) {
+  std::vector<std::string> versions = versionNames(*sections);
+  std::optional<ElfDynamicSymbol> unversioned;  // a definition with no version, for a versioned request
+  for (size_t table = 0; table < sections->size(); ++table) {
+    const ContainerSection &symbols = (*sections)[table];
     if (symbols.type != kDynamicSymbols || symbols.link >= sections->size()) continue;
-    std::span<const uint8_t> strings = (*sections)[symbols.link].contents;
-    for (uint64_t at = 0; at + kSymbolSize <= symbols.contents.size(); at += kSymbolSize) {
+    std::span<const uint8_t> strings = (*sections)[symbols.link].contents, indices;
+    for (const ContainerSection &s : *sections)
+      if (s.type == kVersionIndices && s.link == table) indices = s.contents;
+    for (uint64_t at = 0, i = 0; at + kSymbolSize <= symbols.contents.size(); at += kSymbolSize, ++i) {
       const uint8_t *symbol = &symbols.contents[at];
-      uint16_t sectionIndex = readLe16(symbol + 6);
-      if (sectionIndex != 0 && cString(strings, readLe32(symbol)) == name) return readLe64(symbol + 8);
+      uint8_t info = symbol[4];
+      if (readLe16(symbol + 6) == 0 || (info >> 4) == 0 || cString(strings, readLe32(symbol)) != name) continue;
+      ElfDynamicSymbol found{readLe64(symbol + 8), (info & 0xf) == kIndirectFunction};
+      uint16_t index = 2 * i + 2 <= indices.size() ? readLe16(&indices[2 * i]) : 1;
+      bool hidden = index & 0x8000;
+      index &= 0x7fff;
+      if (version.empty() ? !hidden : index < versions.size() && versions[index] == version) return found;
+      if (!version.empty() && index <= 1) unversioned = found;
     }
   }
-  return fail("no dynamic symbol ", std::string(name));
+  if (unversioned) return *unversioned;
+  return fail("no dynamic symbol ", std::string(name), version.empty() ? "" : "@" + std::string(version));
 }
 
 Outcome<PatchImage> readPatchImage(std::span<const uint8_t> file) {

@@ -30,9 +30,36 @@ uint32_t setAdrImmediate(uint32_t instruction, int64_t value) {
 
 }  // namespace
 
-Status applyFixups(const PatchImage &image, uint64_t baseAddress, uint64_t imageAddress, std::span<uint8_t> memory) {
+std::string importDisplayName(const PatchImport &import) {
+  return "`" + import.symbol + (import.version.empty() ? "" : "@" + import.version) + "`" +
+         (import.library.empty() ? "" : " from " + import.library);
+}
+
+Outcome<std::vector<uint64_t>> resolveImports(const PatchImage &image, const ImportResolver &resolve) {
+  std::vector<uint64_t> addresses;
+  std::string missing;
+  for (const PatchImport &import : image.imports) {
+    Outcome<uint64_t> address = resolve(import);
+    if (address) addresses.push_back(*address);
+    else missing += (missing.empty() ? "" : "; ") + importDisplayName(import) + ": " + address.error();
+  }
+  if (!missing.empty()) return fail("the patch needs symbols the process cannot resolve, so nothing was written: ", missing);
+  return addresses;
+}
+
+Status applyFixups(const PatchImage &image, uint64_t baseAddress, uint64_t imageAddress,
+                   std::span<const uint64_t> importAddresses, std::span<uint8_t> memory) {
   for (const PatchFixup &f : image.fixups) {
-    uint64_t target = (f.toBase ? baseAddress : imageAddress) + f.target;
+    uint64_t target = 0;
+    switch (f.space) {
+    case FixupSpace::Image: target = imageAddress + f.target; break;
+    case FixupSpace::Base: target = baseAddress + f.target; break;
+    case FixupSpace::Import:
+      if (f.target >= importAddresses.size())
+        return fail("fixup at image rva ", hexAddress(f.site), " needs import ", f.target, ", which is not resolved");
+      target = importAddresses[f.target];
+      break;
+    }
     uint64_t site = imageAddress + f.site;
     size_t width = f.kind == FixupKind::Data64 || f.kind == FixupKind::X64Abs64 || f.kind == FixupKind::Data64PcRel ? 8 : 4;
     size_t field = f.site + (f.kind == FixupKind::X64Rel32 || f.kind == FixupKind::X64Abs64 ? f.fieldOffset : 0);

@@ -47,4 +47,13 @@ std::string_view fixupKindName(FixupKind kind) {
   return "unknown";
 }
 
+std::string_view fixupSpaceName(FixupSpace space) {
+  switch (space) {
+  case FixupSpace::Image: return "patch";
+  case FixupSpace::Base: return "base";
+  case FixupSpace::Import: return "import";
+  }
+  return "unknown";
+}
+
 }  // namespace hotforge

@@ -1,6 +1,6 @@
 // The .hotpatch record section, the same in both containers (docs/format.md):
 //   header (64 bytes), baseline identity (112 bytes), redirects (64 bytes each),
-//   fixups (24 bytes each), functions (24 bytes each), string table.
+//   fixups (24 bytes each), functions (24 bytes each), imports (12 bytes each), string table.
 #include "hotforge/runtime/bytes.h"
 #include "hotforge/runtime/patch_format.h"
 
@@ -11,7 +11,8 @@ namespace hotforge {
 namespace {
 
 constexpr char kMagic[8] = {'H', 'F', 'P', 'A', 'T', 'C', 'H', 0};
-constexpr size_t kHeaderSize = 64, kBaselineSize = 112, kRedirectSize = 64, kFixupSize = 24, kFunctionSize = 24;
+constexpr size_t kHeaderSize = 64, kBaselineSize = 112, kRedirectSize = 64, kFixupSize = 24, kFunctionSize = 24,
+                 kImportSize = 12;
 constexpr size_t kMaxBuildId = 32;
 constexpr uint32_t kNoName = 0xffffffff;
 
@@ -20,8 +21,11 @@ public:
   ByteWriter table;
   uint32_t add(const std::optional<std::string> &s) {
     if (!s) return kNoName;
+    return add(*s);
+  }
+  uint32_t add(const std::string &s) {
     uint32_t at = uint32_t(table.size());
-    table.raw(std::span<const uint8_t>(reinterpret_cast<const uint8_t *>(s->data()), s->size()));
+    table.raw(std::span<const uint8_t>(reinterpret_cast<const uint8_t *>(s.data()), s.size()));
     table.u8(0);
     return at;
   }
@@ -43,6 +47,7 @@ std::vector<uint8_t> encodeRecords(const PatchImage &image) {
   w.u32(uint32_t(image.functions.size()));
   size_t stringSizeAt = w.size();
   w.u32(0);  // string table size, patched below
+  w.u32(uint32_t(image.imports.size()));
   w.zeros(kHeaderSize - w.size());
 
   const PatchBaseline &b = image.baseline;
@@ -83,7 +88,7 @@ std::vector<uint8_t> encodeRecords(const PatchImage &image) {
     w.u8(uint8_t(f.kind));
     w.u8(f.fieldOffset);
     w.u8(f.instructionSize);
-    w.u8(uint8_t((f.toBase ? 1 : 0) | (f.scale << 4)));
+    w.u8(uint8_t(uint8_t(f.space) | (f.scale << 4)));
     w.u64(f.target);
     w.u32(f.veneer);
     w.u32(0);
@@ -94,6 +99,12 @@ std::vector<uint8_t> encodeRecords(const PatchImage &image) {
     w.u64(f.patchedRva);
     w.u32(strings.add(f.name));
     w.u32(f.added ? 1 : 0);
+  }
+  auto orNone = [&](const std::string &s) { return s.empty() ? kNoName : strings.add(s); };
+  for (const PatchImport &i : image.imports) {
+    w.u32(strings.add(i.symbol));
+    w.u32(orNone(i.version));
+    w.u32(orNone(i.library));
   }
   w.patch32(stringSizeAt, uint32_t(strings.table.size()));
   w.raw(strings.table.bytes);
@@ -114,12 +125,12 @@ Status decodeRecords(std::span<const uint8_t> r, PatchImage &image) {
   image.sequence = readLe32(&r[16]);
   image.imageSize = readLe32(&r[20]);
   uint64_t redirects = readLe32(&r[24]), fixups = readLe32(&r[28]), functions = readLe32(&r[32]),
-           stringSize = readLe32(&r[36]);
+           stringSize = readLe32(&r[36]), imports = readLe32(&r[40]);
   uint64_t stringsAt = kHeaderSize + kBaselineSize + redirects * kRedirectSize + fixups * kFixupSize +
-                       functions * kFunctionSize;
+                       functions * kFunctionSize + imports * kImportSize;
   if (stringsAt + stringSize > r.size())
-    return fail("records claim ", redirects, " redirects, ", fixups, " fixups, ", functions, " functions and ", stringSize,
-                " string bytes: more than the ", r.size(), " bytes present");
+    return fail("records claim ", redirects, " redirects, ", fixups, " fixups, ", functions, " functions, ", imports,
+                " imports and ", stringSize, " string bytes: more than the ", r.size(), " bytes present");
   std::span<const uint8_t> strings = r.subspan(stringsAt, stringSize);
   auto name = [&](uint32_t at) -> Outcome<std::optional<std::string>> {
     if (at == kNoName) return std::optional<std::string>();
@@ -169,9 +180,12 @@ Status decodeRecords(std::span<const uint8_t> r, PatchImage &image) {
     f.kind = FixupKind(p[4]);
     f.fieldOffset = p[5];
     f.instructionSize = p[6];
-    f.toBase = p[7] & 1;
+    if ((p[7] & 0xf) > uint8_t(FixupSpace::Import)) return fail("fixup ", i, " has unknown target space ", p[7] & 0xf);
+    f.space = FixupSpace(p[7] & 0xf);
     f.scale = p[7] >> 4;
     f.target = readLe64(p + 8);
+    if (f.space == FixupSpace::Import && f.target >= imports)
+      return fail("fixup ", i, " names import ", f.target, " of ", imports);
     f.veneer = readLe32(p + 16);
     image.fixups.push_back(f);
   }
@@ -185,6 +199,14 @@ Status decodeRecords(std::span<const uint8_t> r, PatchImage &image) {
     f.name = *n;
     f.added = readLe32(p + 20) & 1;
     image.functions.push_back(std::move(f));
+  }
+  for (uint64_t i = 0; i < imports; ++i, p += kImportSize) {
+    Outcome<std::optional<std::string>> symbol = name(readLe32(p)), version = name(readLe32(p + 4)),
+                                        library = name(readLe32(p + 8));
+    for (auto *n : {&symbol, &version, &library})
+      if (!*n) return std::move(*n).failure();
+    if (!*symbol || (*symbol)->empty()) return fail("import ", i, " has no symbol name");
+    image.imports.push_back({**symbol, version->value_or(""), library->value_or("")});
   }
   return success();
 }

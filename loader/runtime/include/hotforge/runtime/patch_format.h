@@ -8,6 +8,8 @@
 #include "hotforge/runtime/target.h"
 
 #include <array>
+#include <compare>
+#include <functional>
 #include <cstdint>
 #include <optional>
 #include <span>
@@ -18,7 +20,7 @@
 namespace hotforge {
 
 // Never reused: a reader refuses versions it does not know.
-constexpr uint32_t kPatchFormatVersion = 2;
+constexpr uint32_t kPatchFormatVersion = 3;
 
 // What the loader writes at the entry of a base function.
 enum class RedirectKind : uint8_t {
@@ -50,13 +52,21 @@ enum class FixupKind : uint8_t {
 };
 std::string_view fixupKindName(FixupKind kind);
 
+// What a fixup's target counts from.
+enum class FixupSpace : uint8_t {
+  Image = 0,   // an RVA in this image
+  Base = 1,    // an RVA in the running base
+  Import = 2,  // an index into PatchImage::imports: the address the symbol resolves to
+};
+std::string_view fixupSpaceName(FixupSpace space);  // "patch", "base", "import"
+
 struct PatchFixup {
   uint32_t site = 0;             // image RVA of the instruction (instruction kinds) or of the field
   FixupKind kind = FixupKind::X64Rel32;
   uint8_t fieldOffset = 0;       // x64: the field's position within the instruction
   uint8_t instructionSize = 0;   // x64: so rel32 is measured from the instruction's end
   uint8_t scale = 0;             // A64LdStLo12: log2 of the access size
-  bool toBase = true;            // target is a base RVA (else an RVA in this image)
+  FixupSpace space = FixupSpace::Base;
   uint64_t target = 0;
   uint32_t veneer = 0;           // image RVA of a veneer for a branch that cannot reach (0: none)
 };
@@ -103,6 +113,18 @@ struct PatchBaseline {
   uint32_t timeDateStamp = 0, checkSum = 0, sizeOfImage = 0;
 };
 
+// A symbol the patch uses that the base does not import: each loader resolves it in the target
+// before it writes anything, and refuses the patch naming it when it cannot.
+struct PatchImport {
+  std::string symbol;
+  std::string version;  // ELF: the symbol version the patched build binds (empty: unversioned)
+  std::string library;  // PE: the DLL that exports it (empty on ELF: the target's search order)
+  bool operator==(const PatchImport &) const = default;
+  auto operator<=>(const PatchImport &) const = default;
+};
+// "symbol@version from library", for messages.
+std::string importDisplayName(const PatchImport &import);
+
 struct PatchSizes {
   uint64_t code = 0, data = 0, metadata = 0, file = 0;
 };
@@ -117,11 +139,12 @@ struct PatchImage {
   std::vector<PatchFunction> functions;
   std::vector<PatchRedirect> redirects;
   std::vector<PatchFixup> fixups;
+  std::vector<PatchImport> imports;  // in order of first use; FixupSpace::Import fixups index it
   PatchSizes sizes;
   std::vector<uint8_t> file;  // the container, ready to write
 };
 
-// The .hotpatch record section: identity, redirects, fixups, functions.
+// The .hotpatch record section: identity, redirects, fixups, functions, imports.
 std::vector<uint8_t> encodeRecords(const PatchImage &image);
 // Fills identity, redirects, fixups and functions of `image` from a record section.
 Status decodeRecords(std::span<const uint8_t> records, PatchImage &image);
@@ -132,11 +155,17 @@ inline constexpr char kRecordSectionName[] = ".hotpatch";
 bool looksLikePatchImage(std::span<const uint8_t> file);
 Outcome<PatchImage> readPatchImage(std::span<const uint8_t> file);
 
-// Applies every fixup for a base loaded at `baseAddress` and this image at `imageAddress`, into
-// `memory` (the image's sections laid out at their RVAs, imageSize bytes). Fails when a field
-// cannot hold its value and no veneer is given.
+// The address of every import of `image`, in order, from `resolve` (a loader's way to find a
+// symbol in the target; a failure says why it is not there). Fails naming every symbol that does
+// not resolve, so a loader calls it before it writes anything.
+using ImportResolver = std::function<Outcome<uint64_t>(const PatchImport &)>;
+Outcome<std::vector<uint64_t>> resolveImports(const PatchImage &image, const ImportResolver &resolve);
+
+// Applies every fixup for a base loaded at `baseAddress` and this image at `imageAddress`, with
+// `importAddresses` from resolveImports, into `memory` (the image's sections laid out at their
+// RVAs, imageSize bytes). Fails when a field cannot hold its value and no veneer is given.
 Status applyFixups(const PatchImage &image, uint64_t baseAddress, uint64_t imageAddress,
-                        std::span<uint8_t> memory);
+                   std::span<const uint64_t> importAddresses, std::span<uint8_t> memory);
 
 // The image's sections laid out at their RVAs (imageSize bytes, zero-filled between).
 std::vector<uint8_t> layOut(const PatchImage &image);

@@ -36,9 +36,15 @@ Outcome<MappedBaseline> findBaseline(const std::vector<Mapping> &maps, const Pat
 std::vector<uint64_t> freeAddressesNear(const std::vector<Mapping> &maps, uint64_t near, uint64_t size,
                                         uint64_t reach);
 
-// The RVA of a defined dynamic symbol (.dynsym) of an ELF64 file: where a loader finds a function
-// of a library mapped into another process, such as libgcc's __register_frame.
-Outcome<uint64_t> elfDynamicSymbolRva(std::span<const uint8_t> file, std::string_view name);
+// A defined dynamic symbol (.dynsym) of an ELF64 file: where a loader finds a function of a
+// library mapped into another process, such as libgcc's __register_frame or a patch's new import.
+// With a `version`, the definition of that version (or an unversioned one); without, the default.
+struct ElfDynamicSymbol {
+  uint64_t rva = 0;
+  bool indirect = false;  // STT_GNU_IFUNC: `rva` is a resolver that returns the function's address
+};
+Outcome<ElfDynamicSymbol> elfDynamicSymbol(std::span<const uint8_t> file, std::string_view name,
+                                           std::string_view version = {});
 
 // How far from the base a patch image may lie so that its jumps and fixups reach without
 // veneers for the entry redirections: rel32 on x64, B imm26 (128 MiB) on Arm64.
