@@ -81,9 +81,9 @@ demo() {
   samples
   local hf=$build/cli/hotforge s=$samples_out work
   work=$(mktemp -d)
-  log "hotforge inspect: a gcc-built x64 ELF sample, and its stripped copy (only .dynsym and .eh_frame)"
+  log "hotforge inspect: a gcc-built x64 ELF sample, and its stripped copy (.dynsym, .eh_frame and the code)"
   "$hf" inspect "$s/elf-x64-gcc/core.base" | head -n 12
-  "$hf" inspect "$s/elf-x64-gcc/stripped/core.base" | tail -n 2
+  "$hf" inspect "$s/elf-x64-gcc/stripped/core.base" | tail -n 3
   log "hotforge diff: a bounds-check fix (scenario 1) on x64, a new helper (scenario 3) on Arm64"
   "$hf" diff "$s/elf-x64-gcc/core.base" "$s/elf-x64-gcc/core.fix1"
   "$hf" diff "$s/elf-a64-clang/core.base" "$s/elf-a64-clang/core.fix3"

@@ -59,6 +59,10 @@ void printText(const Image &image, const InspectOptions &options) {
   for (auto &[name, count] : bySource) sources += fmt::format("{}{} {}", sources.empty() ? "" : ", ", name, count);
   fmt::print("functions: {} ({} named; boundaries from {})\n", image.functions.size(), named,
              sources.empty() ? "nothing" : sources);
+  const CodeCoverage &coverage = image.coverage;
+  fmt::print("code coverage: {:.1f}% of {} executable bytes (functions {}, fill {}; {})\n", 100 * coverage.ratio(),
+             coverage.codeBytes, coverage.functionBytes, coverage.fillBytes,
+             coverage.discoveryRan ? "functions discovered from code" : "the tables cover the code");
   size_t tls = 0;
   for (const DataObject &d : image.dataObjects) tls += d.threadLocal;
   fmt::print("data objects: {} ({} thread-local), imports: {}, relocations: {}\n", image.dataObjects.size(), tls,

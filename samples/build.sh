@@ -156,6 +156,42 @@ build_mingw() { # out target program variant def
     x86_64-w64-mingw32-strip --strip-all "$dir/$stem.exe" -o "$dir/stripped/$stem.exe"
 }
 
+# core once more per target without unwind tables, as release binaries and EFI applications
+# often are: kept with its symbols (mingw: and DWARF; PE: its PDB in debug/), plus a stripped copy. Function
+# discovery from code is checked on these against the symbols (tests/formats_discovery_test.cpp).
+build_nounwind() { # out target
+    local out=$1 t=$2 dir=$1/nounwind/$2
+    mkdir -p "$dir/stripped"
+    local flags=(-O2 -fno-asynchronous-unwind-tables -fno-unwind-tables -Wall -Wextra -I"$SRC")
+    local cc=gcc extra=()
+    case $t in
+    elf-*)
+        case $t in
+        elf-x64-clang) cc=clang-19 ;;
+        elf-a64-gcc) cc=aarch64-linux-gnu-gcc ;;
+        elf-a64-clang) cc=clang-19; extra=(--target=aarch64-linux-gnu -fuse-ld=lld) ;;
+        esac
+        "$cc" "${extra[@]}" -std=gnu11 "${flags[@]}" -fPIE -pie "$SRC/core.c" "$SRC/core_main.c" -o "$dir/core"
+        llvm-strip-19 --strip-all "$dir/core" -o "$dir/stripped/core" ;;
+    mingw-*)
+        export SOURCE_DATE_EPOCH=1735689600
+        x86_64-w64-mingw32-gcc -std=gnu11 -g "${flags[@]}" "$SRC/core.c" "$SRC/core_main.c" -o "$dir/core.exe"
+        x86_64-w64-mingw32-strip --strip-all "$dir/core.exe" -o "$dir/stripped/core.exe" ;;
+    pe-*)
+        # EFI-style: no .pdata, no exports, no imports; the PDB kept apart in debug/.
+        local obj=$out/obj/nounwind/$t f
+        mkdir -p "$obj" "$dir/debug"
+        for f in core pe/efi; do
+            # shellcheck disable=SC2046
+            clang-19 $(pe_cflags "$t") -fno-asynchronous-unwind-tables -fno-unwind-tables -DHF_EFI -I"$SRC" \
+                -c "$SRC/$f.c" -o "$obj/${f#pe/}.obj"
+        done
+        lld-link-19 /nologo /machine:"$(pe_machine "$t")" /subsystem:efi_application /entry:efi_main \
+            /nodefaultlib /debug /pdb:"$dir/debug/core.pdb" /pdbaltpath:%_PDB% /Brepro \
+            /out:"$dir/stripped/core.efi" "$obj/core.obj" "$obj/efi.obj" "$out/obj/$t/tls.obj" ;;
+    esac
+}
+
 run_job() { # out target program variant
     local out=$1 t=$2 p=$3 v=$4 def=""
     cd "$SRC"   # the compile directory ends up in the debug info: keep it fixed
@@ -174,6 +210,10 @@ if [ "${1:-}" = --job ]; then
     run_job "$@"
     exit 0
 fi
+if [ "${1:-}" = --nounwind ]; then
+    build_nounwind "$2" "$3"
+    exit 0
+fi
 
 # ------------------------------------------------------------------ main --
 [ $# -eq 1 ] || { echo "usage: samples/build.sh OUTDIR" >&2; exit 2; }
@@ -190,7 +230,7 @@ done
 
 # Clean only what this script owns.
 for t in "${TARGETS[@]}"; do rm -rf "${OUT:?}/$t"; done
-rm -rf "$OUT/obj" "$OUT/expected" "$OUT/samples.json" "$OUT/run-wine.sh"
+rm -rf "$OUT/nounwind" "$OUT/obj" "$OUT/expected" "$OUT/samples.json" "$OUT/run-wine.sh"
 
 jobs_file=$OUT/obj/jobs.txt
 skipped_file=$OUT/obj/skipped.txt
@@ -222,6 +262,9 @@ wait "$pid2" || die "pe-a64 support build failed"
 ncpu=$(nproc 2>/dev/null || echo 2)
 if ! xargs -P "$ncpu" -L 1 "$SELF" --job "$OUT" <"$jobs_file"; then
     die "some binaries failed to build (see the messages above)"
+fi
+if ! printf '%s\n' "${TARGETS[@]}" | xargs -P "$ncpu" -n 1 "$SELF" --nounwind "$OUT"; then
+    die "the nounwind variant failed to build (see the messages above)"
 fi
 
 # Expected stdout of the deterministic programs, and the wine wrapper.

@@ -196,8 +196,7 @@ protected:
       return std::nullopt;
     MCInst inst;
     uint64_t size = 0;
-    if (mc_.disassembler->getInstruction(inst, size, bytes.take_front(4), veneer, nulls()) != MCDisassembler::Success ||
-        !tables_.accessScale[inst.getOpcode()])
+    if (!mc_.decode(inst, size, bytes.take_front(4), veneer) || !tables_.accessScale[inst.getOpcode()])
       return std::nullopt;
     return moved;
   }

@@ -160,6 +160,8 @@ private:
   // Decodes every function. A patched function with the name and size of a base function is
   // usually the same code moved: Program::decode tries to read its references from its fields.
   void decodeAll() {
+    base_.takeDiscoveredThunksForImports(*decoders_[0]);
+    patched_.takeDiscoveredThunksForImports(*decoders_[0]);
     // Base functions by the digest of their name key: a digest held by one function names it (two
     // names of one digest only cost the shortcut: the copy checks the bytes).
     std::vector<std::pair<uint64_t, size_t>> baseNames;
@@ -278,6 +280,8 @@ private:
         cb = base_.classify(tb, &f, &o), cp = patched_.classify(tp, &f, &o);
       }
       if (cb != cp) return;
+      // The ends of one section pair through SymbolKey::alias, whatever else is at that address.
+      if (cb == TargetClass::Writable && baseSectionEnd(true, tp) == tb) return;
       if (cb == TargetClass::Writable) writable[tb][tp] += weight;
       else if (cb == TargetClass::ReadOnly) readOnly[tb][tp] += weight;
     };
@@ -304,6 +308,17 @@ private:
     readOnlyToBase_ = elect(readOnly);
     slotToBase_ = elect(slots);
     for (auto &[to, from] : anonymousToBase_) anonymousToPatched_[from] = to;
+  }
+
+  // When `target` is also a place just past the end of a section (pastSectionEnd): the base
+  // address that is as far past the end of the base's section of that name.
+  std::optional<uint64_t> baseSectionEnd(bool patchedSide, uint64_t target) const {
+    std::optional<Program::SectionEnd> end = (patchedSide ? patched_ : base_).pastSectionEnd(target);
+    if (!end) return std::nullopt;
+    if (!patchedSide) return target;
+    for (const Section &s : base_.image.sections)
+      if (s.loaded && s.name == end->section->name) return s.rva + s.size + end->distance;
+    return std::nullopt;
   }
 
   // base -> patched -> votes
@@ -379,9 +394,12 @@ private:
       return {SymbolKey::Content, contentHashOf(patchedSide, target, p.naturalExtent(target), within), 0, 0};
     }
     case TargetClass::Writable: {
-      if (!patchedSide) return {SymbolKey::Anonymous, target, 0, 0};
+      SymbolKey key{SymbolKey::Anonymous, target, 0, 0};
+      key.alias = baseSectionEnd(patchedSide, target).value_or(0);
+      if (!patchedSide) return key;
       auto it = anonymousToBase_.find(target);
-      return {SymbolKey::Anonymous, it != anonymousToBase_.end() ? it->second : kUnmatched + target, 0, 0};
+      key.a = it != anonymousToBase_.end() ? it->second : kUnmatched + target;
+      return key;
     }
     case TargetClass::Unknown: break;
     }
@@ -425,7 +443,7 @@ private:
     case TargetClass::Stub: break;
     }
     // Nothing pairs this address: assume its section kept its layout.
-    const Section *s = p.image.sectionAt(target);
+    const Section *s = p.sectionOf(target);
     return mixHash(llvm::xxh3_64bits(s->name), target - s->rva);
   }
 

@@ -4,60 +4,14 @@
 
 #include <llvm/MC/MCExpr.h>
 #include <llvm/Support/Endian.h>
-#include <llvm/MC/MCTargetOptions.h>
-#include <llvm/MC/TargetRegistry.h>
-#include <llvm/Support/TargetSelect.h>
 #include <llvm/Support/raw_ostream.h>
 
 #include <algorithm>
 #include <map>
-#include <mutex>
 
 namespace hotforge::differ {
 
 using namespace llvm;
-
-Expected<McToolkit> McToolkit::create(const std::string &tripleName, const std::string &features) {
-  static std::once_flag initialized;
-  std::call_once(initialized, [] {
-    LLVMInitializeX86TargetInfo();
-    LLVMInitializeX86TargetMC();
-    LLVMInitializeX86Disassembler();
-    LLVMInitializeAArch64TargetInfo();
-    LLVMInitializeAArch64TargetMC();
-    LLVMInitializeAArch64Disassembler();
-  });
-  McToolkit mc;
-  mc.triple = Triple(tripleName);
-  std::string error;
-  const Target *target = TargetRegistry::lookupTarget(tripleName, error);
-  if (!target) return formatError("no LLVM target for {}: {}", tripleName, error);
-  mc.target = target;
-  mc.registers.reset(target->createMCRegInfo(tripleName));
-  MCTargetOptions options;
-  if (mc.registers) mc.asmInfo.reset(target->createMCAsmInfo(*mc.registers, tripleName, options));
-  mc.subtarget.reset(target->createMCSubtargetInfo(tripleName, "", features));
-  mc.instructions.reset(target->createMCInstrInfo());
-  if (!mc.registers || !mc.asmInfo || !mc.subtarget || !mc.instructions)
-    return formatError("LLVM MC could not be set up for {}", tripleName);
-  mc.analysis.reset(target->createMCInstrAnalysis(mc.instructions.get()));
-  mc.context = std::make_unique<MCContext>(mc.triple, mc.asmInfo.get(), mc.registers.get(), mc.subtarget.get());
-  mc.disassembler.reset(target->createMCDisassembler(*mc.subtarget, *mc.context));
-  unsigned dialect = mc.triple.isX86() ? 1 /* Intel */ : mc.asmInfo->getAssemblerDialect();
-  mc.printer.reset(target->createMCInstPrinter(mc.triple, dialect, *mc.asmInfo, *mc.instructions, *mc.registers));
-  if (!mc.analysis || !mc.disassembler || !mc.printer)
-    return formatError("LLVM MC disassembler could not be set up for {}", tripleName);
-  mc.printer->setPrintImmHex(true);
-  mc.printer->setPrintBranchImmAsAddress(true);
-  return mc;
-}
-
-llvm::StringMap<unsigned> McToolkit::opcodesNamed(llvm::function_ref<bool(llvm::StringRef)> wanted) const {
-  llvm::StringMap<unsigned> found;
-  for (unsigned op = 0; op < instructions->getNumOpcodes(); ++op)
-    if (llvm::StringRef name = instructions->getName(op); wanted(name)) found[name] = op;
-  return found;
-}
 
 void McDecoder::mixOperands(const MCInst &inst, DecodeState &state, int maskedA, int maskedB) const {
   for (unsigned i = 0; i < inst.getNumOperands(); ++i) {
@@ -110,7 +64,6 @@ CodeSummary McDecoder::decodeLoop(ArrayRef<uint8_t> code, uint64_t rva, const Re
     uint64_t size = 0;
     const MCInst *known = predecoded(offset, size);
     if (!known) {
-      decoded.clear();
       if (!decodeAt(decoded, size, code.slice(offset), rva + offset, relocations)) size = 0;
     }
     const MCInst &inst = known ? *known : decoded;
@@ -168,7 +121,7 @@ bool McDecoder::decodeAt(MCInst &inst, uint64_t &size, ArrayRef<uint8_t> bytes, 
 }
 
 bool McDecoder::disassemble(MCInst &inst, uint64_t &size, ArrayRef<uint8_t> bytes, uint64_t pc) const {
-  return mc_.disassembler->getInstruction(inst, size, bytes, pc, nulls()) == MCDisassembler::Success;
+  return mc_.decode(inst, size, bytes, pc);
 }
 
 void McDecoder::recordFrame(const MCInst &inst, uint32_t index, const Outputs &outputs) const {
@@ -222,10 +175,7 @@ std::vector<InstructionText> McDecoder::printLoop(ArrayRef<uint8_t> code, uint64
   MCInst inst;
   while (offset < code.size()) {
     uint64_t size = 0;
-    inst.clear();
-    bool ok = mc_.disassembler->getInstruction(inst, size, code.slice(offset), rva + offset, nulls()) ==
-                  MCDisassembler::Success &&
-              size > 0;
+    bool ok = mc_.decode(inst, size, code.slice(offset), rva + offset);
     if (!ok) size = std::min<uint64_t>(undecodableStep(), code.size() - offset);
     if ((ok && isLayoutNoise(inst)) || (only && counted++ < *only)) {
       offset += size;

@@ -4,40 +4,11 @@
 
 #include "hotforge/arch.h"
 
-#include <llvm/ADT/STLFunctionalExtras.h>
-#include <llvm/ADT/StringMap.h>
-#include <llvm/MC/MCAsmInfo.h>
-#include <llvm/MC/MCContext.h>
-#include <llvm/MC/MCDisassembler/MCDisassembler.h>
-#include <llvm/MC/MCInst.h>
-#include <llvm/MC/MCInstPrinter.h>
-#include <llvm/MC/MCInstrAnalysis.h>
-#include <llvm/MC/MCInstrInfo.h>
-#include <llvm/MC/MCRegisterInfo.h>
-#include <llvm/MC/MCSubtargetInfo.h>
-#include <llvm/MC/TargetRegistry.h>
-#include <llvm/TargetParser/Triple.h>
+#include "hotforge/codeflow/mc_toolkit.h"
 
 namespace hotforge::differ {
 
-struct McToolkit {
-  llvm::Triple triple;
-  const llvm::Target *target = nullptr;
-  std::unique_ptr<llvm::MCRegisterInfo> registers;
-  std::unique_ptr<llvm::MCAsmInfo> asmInfo;
-  std::unique_ptr<llvm::MCSubtargetInfo> subtarget;
-  std::unique_ptr<llvm::MCInstrInfo> instructions;
-  std::unique_ptr<llvm::MCInstrAnalysis> analysis;
-  std::unique_ptr<llvm::MCContext> context;
-  std::unique_ptr<llvm::MCDisassembler> disassembler;
-  std::unique_ptr<llvm::MCInstPrinter> printer;
-
-  static llvm::Expected<McToolkit> create(const std::string &triple, const std::string &features);
-  llvm::StringRef opcodeName(const llvm::MCInst &inst) const { return instructions->getName(inst.getOpcode()); }
-  // The opcodes whose names `wanted` accepts, by name, from one pass over the target's opcode
-  // table: a map of all ~20,000 names cost more to build than decoding a small library.
-  llvm::StringMap<unsigned> opcodesNamed(llvm::function_ref<bool(llvm::StringRef)> wanted) const;
-};
+using hotforge::McToolkit;
 
 // What an architecture hook sees and fills while one function is decoded.
 struct DecodeState {

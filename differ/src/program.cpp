@@ -24,6 +24,11 @@ bool isErratumVeneer(const Function &f) {
   return f.name && (f.name->rfind("e843419@", 0) == 0 || f.name->rfind("e835769@", 0) == 0);
 }
 
+// Unnamed, and no table saw its start: function discovery found it in the code.
+bool foundOnlyInCode(const Function &f) {
+  return !f.name && f.sourceMask == 1u << unsigned(FunctionSource::Code);
+}
+
 bool isStubSection(std::string_view name) {
   return name == ".plt" || name == ".plt.sec" || name == ".plt.got" || name == ".iplt";
 }
@@ -242,11 +247,44 @@ void Program::indexReferences() {
     for (uint64_t target : chunk.targets)
       if (target < sectionsEnd) referenced.add(target);
   }
+  dropUnreachedDiscoveries();
   findSplitParts();
 }
 
-void Program::findStubs(InstructionDecoder &decoder) {
+std::optional<uint64_t> Program::importThunkSlot(uint64_t rva, const InstructionDecoder &decoder) const {
   constexpr uint64_t kThunkBytes = 12;
+  const Section *s = image.sectionAt(rva);
+  if (!s || !s->permissions.execute) return std::nullopt;
+  llvm::ArrayRef<uint8_t> bytes = image.bytesAt(rva, std::min(kThunkBytes, s->rva + s->size - rva));
+  std::optional<uint64_t> slot = decoder.importThunkSlot(bytes, rva);
+  if (slot && (importSlots.count(*slot) || (pointers.count(*slot) && pointers.at(*slot).symbol))) return slot;
+  return std::nullopt;
+}
+
+void Program::takeDiscoveredThunksForImports(const InstructionDecoder &decoder) {
+  for (size_t i = 0; i < image.functions.size(); ++i) {
+    const Function &f = image.functions[i];
+    if (!diffable[i] || !foundOnlyInCode(f)) continue;
+    if (std::optional<uint64_t> slot = importThunkSlot(f.range.rva, decoder)) {
+      importThunks_[f.range.rva] = *slot;
+      diffable[i] = false;
+    }
+  }
+}
+
+void Program::dropUnreachedDiscoveries() {
+  std::unordered_set<uint64_t> pointedAt;
+  for (const auto &[slot, pointer] : pointers)
+    if (!pointer.symbol) pointedAt.insert(pointer.rva);
+  for (size_t i = 0; i < image.functions.size(); ++i) {
+    const Function &f = image.functions[i];
+    if (diffable[i] && foundOnlyInCode(f) && f.range.rva != image.entryRva && !referenced.contains(f.range.rva) &&
+        !pointedAt.count(f.range.rva))
+      diffable[i] = false;
+  }
+}
+
+void Program::findStubs(InstructionDecoder &decoder) {
   std::unordered_set<uint64_t> seen;
   for (size_t i = 0; i < code.size(); ++i) {
     if (!diffable[i]) continue;
@@ -258,12 +296,7 @@ void Program::findStubs(InstructionDecoder &decoder) {
         stubSlots_[r.target] = decodeStubSlot(r.target, decoder);
         continue;
       }
-      const Section *s = image.sectionAt(r.target);
-      if (!s || !s->permissions.execute) continue;
-      llvm::ArrayRef<uint8_t> bytes = image.bytesAt(r.target, std::min(kThunkBytes, s->rva + s->size - r.target));
-      std::optional<uint64_t> slot = decoder.importThunkSlot(bytes, r.target);
-      if (slot && (importSlots.count(*slot) || (pointers.count(*slot) && pointers.at(*slot).symbol)))
-        importThunks_[r.target] = *slot;
+      if (std::optional<uint64_t> slot = importThunkSlot(r.target, decoder)) importThunks_[r.target] = *slot;
     }
   }
 }
@@ -373,7 +406,7 @@ std::vector<const DataObject *>::const_iterator Program::dataAfter(uint64_t rva)
   return data.begin() + ptrdiff_t(dataStarts_.countAtOrBefore(rva));
 }
 
-bool Program::isReadOnly(uint64_t rva) const { return isReadOnly(rva, image.sectionAt(rva)); }
+bool Program::isReadOnly(uint64_t rva) const { return isReadOnly(rva, sectionOf(rva)); }
 
 bool Program::isReadOnly(uint64_t rva, const Section *section) const {
   for (const AddressRange &r : relro_)
@@ -412,9 +445,23 @@ TargetClass Program::classify(uint64_t rva, const Function **function, const Dat
     return TargetClass::DataObject;
   }
   if (isPointerSlot(rva)) return TargetClass::PointerSlot;
-  const Section *section = image.sectionAt(rva);
+  const Section *section = sectionOf(rva);
   if (!section) return TargetClass::Unknown;
   return isReadOnly(rva, section) ? TargetClass::ReadOnly : TargetClass::Writable;
+}
+
+std::optional<Program::SectionEnd> Program::pastSectionEnd(uint64_t rva) const {
+  constexpr uint64_t kAlignment = 16;
+  for (const Section &s : image.sections)
+    if (s.loaded && s.size && rva >= s.rva + s.size && rva - (s.rva + s.size) < kAlignment)
+      return SectionEnd{&s, rva - (s.rva + s.size)};
+  return std::nullopt;
+}
+
+const Section *Program::sectionOf(uint64_t rva) const {
+  if (const Section *s = image.sectionAt(rva)) return s;
+  std::optional<SectionEnd> end = pastSectionEnd(rva);
+  return end ? end->section : nullptr;
 }
 
 std::optional<uint64_t> Program::stubSlot(uint64_t rva, InstructionDecoder &decoder) const {

@@ -18,12 +18,14 @@ namespace hotforge::differ {
 struct SymbolKey {
   enum Kind : uint8_t { Intra, Function, Import, Data, Content, Anonymous, Unknown } kind = Unknown;
   uint64_t a = 0, b = 0, c = 0;
-  // Data only: the class of a second object at the same address (a linker label such as
-  // __TMC_END__ that shares its address with a variable). Either name may be the one meant.
+  // Data: the class of a second object at the same address (a linker label such as __TMC_END__
+  // that shares its address with a variable). Anonymous: the end of a section the address also
+  // is (stripped, __TMC_END__ after .data may be where .bss starts). Either may be the one meant.
   uint64_t alias = 0;
   bool operator==(const SymbolKey &o) const {
     if (kind != o.kind || b != o.b || c != o.c) return false;
-    return a == o.a || (kind == Data && (a == o.alias || alias == o.a || (alias == o.alias && alias != 0)));
+    return a == o.a || ((kind == Data || kind == Anonymous) &&
+                        (a == o.alias || alias == o.a || (alias == o.alias && alias != 0)));
   }
   bool operator!=(const SymbolKey &o) const { return !(*this == o); }
 };
@@ -134,12 +136,17 @@ struct Program {
   // neighbours and are always decoded).
   void decode(std::vector<std::unique_ptr<InstructionDecoder>> &decoders, const Program *other = nullptr,
               const std::vector<std::optional<size_t>> &movedFrom = {});
-  // After decode: fills `referenced` and `partOf`.
+  // After decode: fills `referenced` and `partOf`; an unnamed function found only from code that
+  // no code or data refers to cannot run, and is not diffed (GNU ld's branch over a stub group,
+  // erratum veneers that its ADR fix left unused).
   void indexReferences();
   // After decode: finds the stubs that calls and branches land on, with the slot each jumps
   // through: those of .plt-like sections, and the import thunks in .text (jmp [IAT]), which
   // classify() then takes for stubs too.
   void findStubs(InstructionDecoder &decoder);
+  // Before decode: an unnamed function found only from code that is an import thunk is the
+  // import, as a thunk findStubs finds is (lld-link emits one per import, called or not).
+  void takeDiscoveredThunksForImports(const InstructionDecoder &decoder);
   ReferenceList references(size_t function) const;
   // The index of the counted instruction that starts `offset` bytes into the function, if one does.
   std::optional<uint32_t> instructionAt(size_t function, uint64_t offset) const;
@@ -159,6 +166,16 @@ struct Program {
   // The named object whose range holds rva, whether or not its size was given.
   const DataObject *containingObject(uint64_t rva) const;
   bool isReadOnly(uint64_t rva) const;
+  // The section holding rva, else the one that ends at rva or just before it (its alignment
+  // padding): code takes the end of its data (crtstuff's __TMC_END__ after .data, a loop's bound).
+  const Section *sectionOf(uint64_t rva) const;
+  // The section that ends at rva or at most 15 bytes before it, whether or not the next section
+  // starts there, and how far past its end rva is.
+  struct SectionEnd {
+    const Section *section;
+    uint64_t distance;
+  };
+  std::optional<SectionEnd> pastSectionEnd(uint64_t rva) const;
   // The slot the stub at rva jumps through; found by findStubs, or decoded here.
   std::optional<uint64_t> stubSlot(uint64_t rva, InstructionDecoder &decoder) const;
   size_t functionIndex(const Function *f) const { return size_t(f - image.functions.data()); }
@@ -198,8 +215,11 @@ private:
   static constexpr size_t kFunctionsPerChunk = 256;
 
   bool copyMovedCode(size_t function, size_t from, CodeChunk &chunk);
+  void dropUnreachedDiscoveries();
   void findSplitParts();
   bool inStubSection(uint64_t rva) const;
+  // The import slot that an import thunk at rva jumps through.
+  std::optional<uint64_t> importThunkSlot(uint64_t rva, const InstructionDecoder &decoder) const;
   std::optional<uint64_t> decodeStubSlot(uint64_t rva, InstructionDecoder &decoder) const;
   bool isReadOnly(uint64_t rva, const Section *section) const;  // section: the one holding rva
   // Iterator over `data` of the first object that starts after rva.

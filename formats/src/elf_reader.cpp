@@ -341,6 +341,19 @@ class ElfReader final : public FormatReader {
 public:
   bool handles(const ObjectFile &object) const override { return object.isELF(); }
 
+  bool holdsFunctions(const Section &section) const override {
+    return !StringRef(section.name).starts_with(".plt") && section.name != ".iplt";
+  }
+
+  // R_*_RELATIVE and R_*_IRELATIVE: the addend is the address the slot receives.
+  std::vector<uint64_t> pointerTargets(const Image &image) const override {
+    std::vector<uint64_t> targets;
+    for (const Relocation &r : image.relocations)
+      if (StringRef(r.typeName).ends_with("_RELATIVE") && uint64_t(r.addend) >= image.imageBase)
+        targets.push_back(uint64_t(r.addend) - image.imageBase);
+    return targets;
+  }
+
   Error read(const ObjectFile &object, const ImageReadOptions &options, Image &image) const override {
     const auto &base = cast<ELFObjectFileBase>(object);
     if (!base.is64Bit())

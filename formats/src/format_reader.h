@@ -19,6 +19,11 @@ public:
   // Fills everything but path, identity.sha256 and the buffer, which readImage sets.
   virtual llvm::Error read(const llvm::object::ObjectFile &object, const ImageReadOptions &options,
                            Image &image) const = 0;
+  // Whether an executable section holds functions (ELF's PLT holds import stubs).
+  virtual bool holdsFunctions(const Section &section) const = 0;
+  // The targets of the pointers the loader relocates (ELF RELATIVE, PE DIR64): candidate code
+  // addresses for function discovery.
+  virtual std::vector<uint64_t> pointerTargets(const Image &image) const = 0;
 };
 
 const FormatReader &elfReader();
@@ -57,6 +62,10 @@ llvm::Error readPdb(const std::string &pdbPath, const CodeViewRecord &expected,
                     FunctionTableBuilder &functions, std::vector<DataObject> &dataObjects);
 
 std::string hexOffset(uint64_t value);
+
+// Completes image.functions from code where the tables leave executable bytes uncovered, and
+// fills image.coverage (formats/src/code_discovery.cpp, on codeflow's discovery walk).
+llvm::Error discoverFunctionsFromCode(const FormatReader &reader, Image &image);
 
 // Sorts and drops records of one object seen by several sources; with sections, gives objects
 // without a size the room up to the next object or the end of their section.

@@ -24,6 +24,7 @@ std::string_view functionSourceName(FunctionSource source) {
   case FunctionSource::Pdata: return "pdata";
   case FunctionSource::EhFrame: return "eh-frame";
   case FunctionSource::Exports: return "exports";
+  case FunctionSource::Code: return "code";
   }
   return "unknown";
 }
@@ -161,6 +162,7 @@ std::vector<Function> FunctionTableBuilder::finish(const std::vector<Section> &s
         limit = s.rva + s.size;
     if (i + 1 < out.size() && (limit == 0 || out[i + 1].range.rva < limit)) limit = out[i + 1].range.rva;
     if (limit > f.range.rva) f.range.size = limit - f.range.rva;
+    f.sizeInferred = true;
   }
   return out;
 }
@@ -243,6 +245,7 @@ Expected<Image> readImage(std::unique_ptr<MemoryBuffer> buffer, const ImageReadO
     image.identity.sha256 = sha256(
         ArrayRef<uint8_t>(reinterpret_cast<const uint8_t *>(buffer->getBufferStart()), buffer->getBufferSize()));
     image.adoptBuffer(std::move(buffer));
+    if (Error e = detail::discoverFunctionsFromCode(*reader, image)) return fail(errorText(std::move(e)));
     return image;
   }
   return fail("format '" + object->getFileFormatName() + "' is not supported (ELF64 and PE32+ are)");

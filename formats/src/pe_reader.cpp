@@ -298,6 +298,21 @@ class PeReader final : public FormatReader {
 public:
   bool handles(const ObjectFile &object) const override { return object.isCOFF(); }
 
+  bool holdsFunctions(const Section &) const override { return true; }
+
+  // IMAGE_REL_BASED_DIR64: the slot holds an address (image base included).
+  std::vector<uint64_t> pointerTargets(const Image &image) const override {
+    std::vector<uint64_t> targets;
+    for (const Relocation &r : image.relocations) {
+      if (r.type != COFF::IMAGE_REL_BASED_DIR64) continue;
+      ArrayRef<uint8_t> slot = image.bytesAt(r.rva, 8);
+      if (slot.size() != 8) continue;
+      uint64_t address = support::endian::read64le(slot.data());
+      if (address >= image.imageBase) targets.push_back(address - image.imageBase);
+    }
+    return targets;
+  }
+
   Error read(const ObjectFile &object, const ImageReadOptions &options, Image &image) const override {
     const auto &coff = cast<COFFObjectFile>(object);
     if (coff.getPE32Header())

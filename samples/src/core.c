@@ -3,7 +3,11 @@
  * freestanding DLL (pe-x64, pe-a64).  See samples/README.md for the table. */
 #include "core.h"
 
-#if defined(HF_PE_DLL)
+#if defined(HF_EFI)
+/* Scenario 10 in the EFI-style image (no imports, no exports): pe/efi.c parses. */
+int hf_efi_strtoi(const char *s, int base);
+#define HF_PARSE(s, base) hf_efi_strtoi((s), (base))
+#elif defined(HF_PE_DLL)
 /* Scenario 10 on PE: the import comes from our own tiny hfplat.dll (IAT). */
 __declspec(dllimport) int hfplat_strtoi(const char *s, int base);
 #define HF_PARSE(s, base) hfplat_strtoi((s), (base))

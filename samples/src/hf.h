@@ -6,6 +6,8 @@
  *
  * HF_PE_DLL is defined by build.sh for the freestanding clang/lld-link PE
  * targets (pe-x64, pe-a64): no libc there, scenario functions are exported.
+ * HF_EFI (with HF_PE_DLL) builds the EFI-style image of the nounwind variant:
+ * nothing exported, nothing imported.
  */
 #ifndef HF_SAMPLES_HF_H
 #define HF_SAMPLES_HF_H
@@ -26,7 +28,7 @@
 #define HF_NOINLINE
 #endif
 
-#if defined(HF_PE_DLL)
+#if defined(HF_PE_DLL) && !defined(HF_EFI)
 #define HF_API __declspec(dllexport)
 #else
 #define HF_API

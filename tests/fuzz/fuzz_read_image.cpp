@@ -1,5 +1,6 @@
 // Feeds arbitrary bytes to the image reader: ELF and PE headers, sections, symbols, .eh_frame,
-// DWARF, .pdata, exports, imports, base relocations and the load config.
+// DWARF, .pdata, exports, imports, base relocations and the load config, and function discovery,
+// which decodes whatever the executable sections hold as code.
 #include "hotforge/image.h"
 
 #include <llvm/Support/MemoryBuffer.h>

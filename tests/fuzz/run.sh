@@ -6,8 +6,10 @@ set -euo pipefail
 build=$1 samples=$2 seconds=$3 hotforge=$4
 corpus=$build/fuzz-corpus/read_image
 mkdir -p "$corpus"
+# The stripped images without unwind tables first: function discovery decodes all of their code.
 # (find || true): head closes the pipe after 200 names, and find's SIGPIPE must not end the script.
-(find "$samples" -type f \( -name '*.dll' -o -name '*.exe' -o -perm -u+x \) -size -2M || true) | head -n 200 |
+( (find "$samples/nounwind" -path '*/stripped/*' -type f || true)
+  find "$samples" -type f \( -name '*.dll' -o -name '*.exe' -o -perm -u+x \) -size -2M || true) | head -n 200 |
   while read -r f; do cp -n "$f" "$corpus/$(sha1sum "$f" | cut -c1-16)"; done
 "$build/tests/fuzz/fuzz_read_image" "$corpus" -max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 \
   -max_len=2000000 -print_final_stats=1 -artifact_prefix="$build/fuzz-"

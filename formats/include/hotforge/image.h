@@ -33,8 +33,9 @@ enum class FunctionSource : uint8_t {
   Pdata,      // PE exception directory (RUNTIME_FUNCTION)
   EhFrame,    // ELF .eh_frame FDE
   Exports,    // PE export directory (start only; size inferred)
+  Code,       // discovered from code: a call, jump or pointer target, or code in a gap (docs/formats.md)
 };
-constexpr int kFunctionSourceCount = 8;
+constexpr int kFunctionSourceCount = 9;
 std::string_view functionSourceName(FunctionSource source);
 
 struct AddressRange {
@@ -88,6 +89,7 @@ struct Function {
   uint32_t sourceMask = 0;  // every source that saw this start address (bit = FunctionSource)
   // Split parts that unwind as part of this function (PE chained .pdata entries).
   std::vector<AddressRange> parts;
+  bool sizeInferred = false;  // no source gave a size: it reaches to the next start or section end
 
   bool seenBy(FunctionSource s) const { return sourceMask & (1u << static_cast<unsigned>(s)); }
 };
@@ -131,6 +133,16 @@ struct LoadConfig {
   uint32_t hotPatchTableOffset = 0;
 };
 
+// How much of the executable sections that hold functions (ELF: all but the PLT) the function
+// table covers.
+struct CodeCoverage {
+  uint64_t codeBytes = 0;      // executable bytes in the file
+  uint64_t functionBytes = 0;  // in a function or one of its parts
+  uint64_t fillBytes = 0;      // alignment fill (nop, int3, zero words) between functions
+  bool discoveryRan = false;   // the tables left code uncovered, so functions were discovered from code
+  double ratio() const { return codeBytes ? double(functionBytes + fillBytes) / double(codeBytes) : 1.0; }
+};
+
 struct ImageReadOptions {
   std::string pdbPath;    // PE: use this PDB instead of the one the CodeView record names
   std::string debugFile;  // ELF: separate debug file
@@ -153,6 +165,7 @@ public:
   std::vector<Section> sections;
   std::vector<Segment> segments;
   std::vector<Function> functions;  // sorted by rva, starts unique
+  CodeCoverage coverage;
   std::vector<DataObject> dataObjects;  // sorted by (threadLocal, rva, name)
   std::vector<Import> imports;
   std::vector<Relocation> relocations;  // ELF dynamic relocations; PE base relocations
