@@ -1,6 +1,6 @@
 #include "output.h"
 
-#include "hotforge/error.h"
+#include "hotforge/core/error.h"
 
 #include <fmt/core.h>
 #include <llvm/Support/FileSystem.h>

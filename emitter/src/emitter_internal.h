@@ -1,9 +1,9 @@
 // Shared between the planner, the record codec and the container writers.
 #pragma once
 
-#include "hotforge/error.h"
+#include "hotforge/core/error.h"
 #include "hotforge/patch_image.h"
-#include "hotforge/runtime/bytes.h"
+#include "hotforge/core/bytes.h"
 
 #include <cstring>
 #include <map>

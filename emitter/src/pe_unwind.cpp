@@ -11,7 +11,7 @@
 #include "pe_unwind.h"
 
 #include "hotforge/arch.h"
-#include "hotforge/error.h"
+#include "hotforge/core/error.h"
 
 #include <fmt/core.h>
 #include <llvm/Object/COFF.h>

@@ -7,7 +7,7 @@
 #include "pe_file.h"
 #include "pe_session.h"
 
-#include "hotforge/runtime/bytes.h"
+#include "hotforge/core/bytes.h"
 
 #include <unicorn/unicorn.h>
 

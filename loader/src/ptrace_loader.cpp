@@ -7,9 +7,9 @@
 // sent again when we let go, and a thread whose registers we change gets them back on every path.
 #include "hotforge/loader.h"
 
-#include "hotforge/runtime/bytes.h"
-#include "hotforge/runtime/files.h"
-#include "hotforge/runtime/process_maps.h"
+#include "hotforge/core/bytes.h"
+#include "hotforge/core/files.h"
+#include "hotforge/core/process_maps.h"
 
 #include <algorithm>
 #include <cerrno>

@@ -1,8 +1,8 @@
 // packUnit: compress each image (zstd, multi-threaded mode, whose output does not depend on the
 // number of workers), write the canonical manifest, sign header and manifest, assemble the file.
-#include "hotforge/error.h"
-#include "hotforge/runtime/bytes.h"
-#include "hotforge/runtime/unit_checks.h"
+#include "hotforge/core/error.h"
+#include "hotforge/core/bytes.h"
+#include "hotforge/core/unit_checks.h"
 #include "hotforge/unit.h"
 
 #include <zstd.h>

@@ -1,7 +1,7 @@
 // Hashing, JSON files, entry names, release ids and shard specs.
 #include "release_internal.h"
 
-#include "hotforge/error.h"
+#include "hotforge/core/error.h"
 
 #include <llvm/Support/FileSystem.h>
 #include <llvm/Support/MemoryBuffer.h>

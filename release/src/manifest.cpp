@@ -1,7 +1,7 @@
 // Release manifests (JSON or TOML) and directory pairings, to a sorted plan of pairs.
 #include "release_internal.h"
 
-#include "hotforge/error.h"
+#include "hotforge/core/error.h"
 
 #include <llvm/Support/FileSystem.h>
 #include <llvm/Support/GlobPattern.h>

@@ -2,7 +2,7 @@
 // one shard 1/1), so its outputs are those of any sharded run of the same plan, byte for byte.
 #include "release_internal.h"
 
-#include "hotforge/error.h"
+#include "hotforge/core/error.h"
 #include "hotforge/report.h"
 
 #include <llvm/Support/FileSystem.h>

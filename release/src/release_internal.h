@@ -4,7 +4,7 @@
 #include "hotforge/image.h"  // sha256, hexEncode
 
 #include "hotforge/release.h"
-#include "hotforge/runtime/json_text.h"
+#include "hotforge/core/json_text.h"
 
 #include <llvm/ADT/StringRef.h>
 #include <llvm/Support/Error.h>

@@ -3,11 +3,11 @@
 #include "release_internal.h"
 
 #include "hotforge/diff.h"
-#include "hotforge/error.h"
+#include "hotforge/core/error.h"
 #include "hotforge/image.h"
 #include "hotforge/patch_image.h"
 #include "hotforge/report.h"
-#include "hotforge/runtime/files.h"
+#include "hotforge/core/files.h"
 
 #include <llvm/Support/FileSystem.h>
 #include <llvm/Support/Path.h>

@@ -6,7 +6,7 @@
 
 #include "hotforge/diff.h"
 #include "hotforge/image.h"
-#include "hotforge/runtime/patch_format.h"
+#include "hotforge/core/patch_format.h"
 
 #include <llvm/ADT/ArrayRef.h>
 #include <llvm/Support/Error.h>

@@ -3,8 +3,8 @@
 // the agent (its own process, also under qemu-user, which emulates /proc/self/maps).
 #pragma once
 
-#include "hotforge/runtime/outcome.h"
-#include "hotforge/runtime/patch_format.h"
+#include "hotforge/core/outcome.h"
+#include "hotforge/core/patch_format.h"
 
 #include <cstdint>
 #include <span>

@@ -1,6 +1,6 @@
 // Rules that packing and verifying share: entry names, what the manifest records from an entry's
 // info, hex fields and JSON nesting.
-#include "hotforge/runtime/unit_checks.h"
+#include "hotforge/core/unit_checks.h"
 
 namespace hotforge::unit_detail {
 

@@ -4,8 +4,8 @@
 // nothing but the C++ standard library.
 #pragma once
 
-#include "hotforge/runtime/outcome.h"
-#include "hotforge/runtime/target.h"
+#include "hotforge/core/outcome.h"
+#include "hotforge/core/target.h"
 
 #include <array>
 #include <compare>

@@ -1,5 +1,5 @@
 // Names of the format's enumerations, as JSON and messages show them.
-#include "hotforge/runtime/patch_format.h"
+#include "hotforge/core/patch_format.h"
 
 namespace hotforge {
 

@@ -1,7 +1,7 @@
 // Errors in every Hotforge library are llvm::Error / llvm::Expected; these build them.
 #pragma once
 
-#include "hotforge/runtime/outcome.h"
+#include "hotforge/core/outcome.h"
 
 #include <fmt/core.h>
 #include <llvm/ADT/Twine.h>
@@ -16,7 +16,7 @@ llvm::Error formatError(fmt::format_string<Args...> format, Args &&...args) {
   return makeError(fmt::format(format, std::forward<Args>(args)...));
 }
 
-// A runtime Outcome (hotforge/runtime/outcome.h) as llvm::Expected / llvm::Error.
+// A runtime Outcome (hotforge/core/outcome.h) as llvm::Expected / llvm::Error.
 template <typename T> llvm::Expected<T> lift(Outcome<T> outcome) {
   if (!outcome) return makeError(outcome.error());
   return std::move(*outcome);

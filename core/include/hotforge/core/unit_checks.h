@@ -3,7 +3,7 @@
 // verifyUnit().
 #pragma once
 
-#include "hotforge/runtime/unit_reader.h"
+#include "hotforge/core/unit_reader.h"
 
 #include <array>
 #include <cstdint>

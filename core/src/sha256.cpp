@@ -5,7 +5,7 @@
 // a `hotforge diff` of a small library. OpenSSL 3 marks them deprecated without a replacement that
 // avoids that cost.
 #define OPENSSL_SUPPRESS_DEPRECATED
-#include "hotforge/runtime/bytes.h"
+#include "hotforge/core/bytes.h"
 
 #include <openssl/sha.h>
 

@@ -1,7 +1,7 @@
 // Applying fixups: what a loader does once it knows where the base and the image are mapped.
 // Tests use it to check an image against the patched build instruction by instruction.
-#include "hotforge/runtime/bytes.h"
-#include "hotforge/runtime/patch_format.h"
+#include "hotforge/core/bytes.h"
+#include "hotforge/core/patch_format.h"
 
 namespace hotforge {
 

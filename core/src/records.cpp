@@ -1,8 +1,8 @@
 // The .hotpatch record section, the same in both containers (docs/format.md):
 //   header (64 bytes), baseline identity (112 bytes), redirects (64 bytes each),
 //   fixups (24 bytes each), functions (24 bytes each), imports (12 bytes each), string table.
-#include "hotforge/runtime/bytes.h"
-#include "hotforge/runtime/patch_format.h"
+#include "hotforge/core/bytes.h"
+#include "hotforge/core/patch_format.h"
 
 #include <algorithm>
 #include <cstring>

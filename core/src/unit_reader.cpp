@@ -1,9 +1,9 @@
 // Reading units: the header layout, the manifest, the payloads, and the signature over them.
 // Nothing is read before the offsets and sizes that lead to it are checked against the file size,
 // and nothing is allocated from a declared size before that size is checked against a limit.
-#include "hotforge/runtime/bytes.h"
-#include "hotforge/runtime/patch_format.h"
-#include "hotforge/runtime/unit_checks.h"
+#include "hotforge/core/bytes.h"
+#include "hotforge/core/patch_format.h"
+#include "hotforge/core/unit_checks.h"
 
 #include <zstd.h>
 

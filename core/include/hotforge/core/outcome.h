@@ -1,6 +1,6 @@
 // Errors in the runtime: the code that runs on target hosts and inside patched processes (the
 // agent, the PE appliers) links neither LLVM nor fmt, so a failure is a plain message. The host
-// libraries turn an Outcome into llvm::Expected with lift() (hotforge/error.h).
+// libraries turn an Outcome into llvm::Expected with lift() (hotforge/core/error.h).
 #pragma once
 
 #include <string>

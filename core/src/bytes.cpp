@@ -1,5 +1,5 @@
 // Hex text for messages and JSON.
-#include "hotforge/runtime/bytes.h"
+#include "hotforge/core/bytes.h"
 
 
 namespace hotforge {

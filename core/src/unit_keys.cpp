@@ -1,6 +1,6 @@
 // Ed25519 public keys (OpenSSL 3): reading them from PEM, fingerprints, signature checks.
-#include "hotforge/runtime/bytes.h"
-#include "hotforge/runtime/openssl_keys.h"
+#include "hotforge/core/bytes.h"
+#include "hotforge/core/openssl_keys.h"
 
 #include <openssl/err.h>
 #include <openssl/objects.h>

@@ -4,7 +4,7 @@
 // limit before anything is allocated. Shared by the CLI, the ptrace loader and the agent.
 #pragma once
 
-#include "hotforge/runtime/outcome.h"
+#include "hotforge/core/outcome.h"
 
 #include <cstdint>
 #include <span>

@@ -1,4 +1,4 @@
-#include "hotforge/runtime/files.h"
+#include "hotforge/core/files.h"
 
 #include <cerrno>
 #include <cstdio>

@@ -1,6 +1,6 @@
 // The bytes a loader writes at the entry of a changed base function (docs/format.md, "Redirects").
-#include "hotforge/runtime/bytes.h"
-#include "hotforge/runtime/patch_format.h"
+#include "hotforge/core/bytes.h"
+#include "hotforge/core/patch_format.h"
 
 #include <algorithm>
 

@@ -2,7 +2,7 @@
 // share. Only for sources that link OpenSSL themselves.
 #pragma once
 
-#include "hotforge/runtime/unit_reader.h"
+#include "hotforge/core/unit_reader.h"
 
 #include <openssl/bio.h>
 #include <openssl/evp.h>

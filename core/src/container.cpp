@@ -1,9 +1,9 @@
 // Reading a patch image back from its container: the section headers of the ELF shared object
 // or PE32+ DLL the emitter wrote, with every offset and size checked against the file. Only what
 // a loader needs is read, so the agent and the PE appliers carry no object-file library.
-#include "hotforge/runtime/bytes.h"
-#include "hotforge/runtime/patch_format.h"
-#include "hotforge/runtime/process_maps.h"
+#include "hotforge/core/bytes.h"
+#include "hotforge/core/patch_format.h"
+#include "hotforge/core/process_maps.h"
 
 #include <cstring>
 #include <optional>

@@ -1,4 +1,4 @@
-#include "hotforge/runtime/json_text.h"
+#include "hotforge/core/json_text.h"
 
 namespace hotforge {
 

@@ -1,7 +1,7 @@
-#include "hotforge/runtime/process_maps.h"
+#include "hotforge/core/process_maps.h"
 
-#include "hotforge/runtime/bytes.h"
-#include "hotforge/runtime/files.h"
+#include "hotforge/core/bytes.h"
+#include "hotforge/core/files.h"
 
 #include <algorithm>
 #include <cstdio>

@@ -5,8 +5,8 @@
 // OpenSSL 3, zstd and nlohmann-json.
 #pragma once
 
-#include "hotforge/runtime/files.h"
-#include "hotforge/runtime/outcome.h"
+#include "hotforge/core/files.h"
+#include "hotforge/core/outcome.h"
 
 #include <nlohmann/json.hpp>
 
