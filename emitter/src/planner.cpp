@@ -85,11 +85,11 @@ public:
     if (llvm::Error e = chooseRedirects()) return e;
     if (image_.format == Format::Pe) addHandlerStubs();
     if (!problems_.empty()) {
-      std::string all;
-      std::set<std::string> listed;
-      for (const std::string &p : problems_)
-        if (listed.insert(p).second) all += (all.empty() ? "" : "; ") + p;
-      return formatError("cannot build a safe patch: {}", all);
+      BuildRefusal refusal;
+      std::set<std::pair<std::string, std::string>> listed;
+      for (Refusal &r : problems_)
+        if (listed.insert({r.rule, r.reason}).second) refusal.refusals.push_back(std::move(r));
+      return llvm::make_error<RefusalError>(std::move(refusal));
     }
     if (llvm::Error e = finishSections()) return e;
     llvm::Error written = image_.format == Format::Elf
@@ -101,11 +101,21 @@ public:
 
 private:
   llvm::Error refuseRestarts() {
-    std::string reasons;
+    BuildRefusal refusal{true, {}};
     for (const Change &c : diff_.changes)
-      if (c.verdict == Verdict::NeedsRestart) reasons += fmt::format("\n  {} {}", c.rule, c.reason);
-    if (reasons.empty()) return llvm::Error::success();
-    return formatError("the changes need a restart, so no patch is built:{}", reasons);
+      if (c.verdict == Verdict::NeedsRestart) refusal.refusals.push_back({c.rule, c.name, c.reason});
+    if (refusal.refusals.empty()) return llvm::Error::success();
+    return llvm::make_error<RefusalError>(std::move(refusal));
+  }
+
+  void refuse(const char *rule, std::string reason, std::optional<std::string> name = std::nullopt) {
+    problems_.push_back({rule, std::move(name), std::move(reason)});
+  }
+  // The refusals of a part that reports them as errors (unwind data).
+  void refuse(llvm::Error error) {
+    if (std::optional<BuildRefusal> refusal = takeRefusal(error))
+      problems_.insert(problems_.end(), refusal->refusals.begin(), refusal->refusals.end());
+    else refuse(rule::kUnwindNotCarried, errorText(std::move(error)));
   }
 
   void identify() {
@@ -220,8 +230,8 @@ private:
         fixup.target = *rva;
         break;
       }
-      problems_.push_back(fmt::format("the data at patched rva {:#x} points at a function that is not in the patch",
-                                      copied));
+      refuse(rule::kDataPointsAtFunction,
+             fmt::format("the data at patched rva {:#x} points at a function that is not in the patch", copied));
       return;
     case Binding::Kind::Base:
       fixup.space = FixupSpace::Base;
@@ -237,8 +247,9 @@ private:
       fixup.target = importIndex(b);
       break;
     default:
-      problems_.push_back(fmt::format("the data at patched rva {:#x} holds a pointer that cannot be bound: {}", copied,
-                                      b.note.empty() ? std::string(bindingKindName(b.kind)) : b.note));
+      refuse(rule::kDataPointerUnbound,
+             fmt::format("the data at patched rva {:#x} holds a pointer that cannot be bound: {}", copied,
+                         b.note.empty() ? std::string(bindingKindName(b.kind)) : b.note));
       return;
     }
     pending_.push_back(fixup);
@@ -276,9 +287,11 @@ private:
     }
     for (const BaseReach &reach : baseReaches_)
       if (!reachBaseThroughIsland(*reach.function, reach.reference, reach.baseTarget))
-        problems_.push_back(fmt::format("{} +{:#x}: an offset from carried data reaches data of the base, through an "
-                                        "instruction that cannot be rewritten to reach it",
-                                        reach.function->name.value_or("function"), reach.reference.offset));
+        refuse(rule::kOffsetNotRewritable,
+               fmt::format("{} +{:#x}: an offset from carried data reaches data of the base, through an instruction "
+                           "that cannot be rewritten to reach it",
+                           reach.function->name.value_or("function"), reach.reference.offset),
+               reach.function->name);
     return llvm::Error::success();
   }
 
@@ -309,8 +322,10 @@ private:
         } else if (anchor.kind == Kind::Base && reached.kind == Kind::Base &&
                    reached.address != anchor.address + (r.target - r.offsetFrom) &&
                    !reaimOffset(f, r, reached.address - anchor.address)) {
-          problems_.push_back(where + ": an offset from an address in the base reaches data the base holds elsewhere, "
-                                      "beyond what the instruction can encode");
+          refuse(rule::kOffsetBeyondEncoding,
+                 where + ": an offset from an address in the base reaches data the base holds elsewhere, beyond what "
+                         "the instruction can encode",
+                 f.name);
         } else if (copied && reached.kind == Kind::Base) {
           // gcc's add_sample of scenario 5 on Arm64 reaches the base's g_total at the new
           // g_rejected + 4: in the image that offset would read the bytes after the copy.
@@ -409,7 +424,7 @@ private:
     case Binding::Kind::Function: {
       std::optional<uint32_t> rva = carriedRva(b.address);
       if (!rva) {
-        problems_.push_back(where + ": its target function is not in the patch");
+        refuse(rule::kFunctionNotCarried, where + ": its target function is not in the patch", f.name);
         return;
       }
       fixup.space = FixupSpace::Image;
@@ -427,7 +442,7 @@ private:
           break;
         }
         if (r.encoding == FieldEncoding::A64Adr21 && widenAdr(functionRva, r, b.address)) return;
-        problems_.push_back(where + ": an ADR or literal load of base data out of its reach");
+        refuse(rule::kOutOfReach, where + ": an ADR or literal load of base data out of its reach", f.name);
         return;
       }
       fixup.space = FixupSpace::Base;
@@ -455,14 +470,15 @@ private:
       break;
     }
     case Binding::Kind::Unbound:
-      problems_.push_back(where + ": " + b.note);
+      refuse(rule::kUnboundReference, where + ": " + b.note, f.name);
       return;
     }
     if (r.encoding == FieldEncoding::X64Rel8) {
       auto island = islands_.find(fixup.site);
       if (island == islands_.end()) {
-        problems_.push_back(where + ": a short branch out of the function is too far from the function's end for a "
-                                    "branch island");
+        refuse(rule::kShortBranchNoIsland,
+               where + ": a short branch out of the function is too far from the function's end for a branch island",
+               f.name);
         return;
       }
       size_t field = fixup.site - text_.rva + r.fieldOffset;
@@ -473,7 +489,7 @@ private:
       kind = FixupKind::X64Rel32;
     }
     if (!kind) {
-      problems_.push_back(where + ": a short branch out of the function cannot be re-aimed");
+      refuse(rule::kShortBranchNotReaimed, where + ": a short branch out of the function cannot be re-aimed", f.name);
       return;
     }
     fixup.kind = *kind;
@@ -557,17 +573,20 @@ private:
       if (base_.machine == Machine::X64) {
         r.entryOffset = code.size() >= 4 && std::equal(std::begin(kEndbr64), std::end(kEndbr64), code.begin()) ? 4 : 0;
         if (!chooseX64Entry(bf, branchFloor, r)) {
-          problems_.push_back(fmt::format(
-              "{} is {} bytes: too short for a 5-byte jump, with no 5 bytes of padding after it or within a short "
-              "jump's reach, so it cannot be redirected without overwriting the next function (needs restart)",
-              name, code.size()));
+          refuse(rule::kRedirectDoesNotFit,
+                 fmt::format("{} is {} bytes: too short for a 5-byte jump, with no 5 bytes of padding after it or "
+                             "within a short jump's reach, so it cannot be redirected without overwriting the next "
+                             "function (needs restart)",
+                             name, code.size()),
+                 r.name);
           continue;
         }
       } else {
         uint32_t first = code.size() >= 4 ? llvm::support::endian::read32le(code.data()) : 0;
         r.entryOffset = isBti(first) ? 4 : 0;
         if (code.size() < r.entryOffset + 4u) {
-          problems_.push_back(fmt::format("{} cannot take a branch at its entry: it is too short", name));
+          refuse(rule::kRedirectDoesNotFit, fmt::format("{} cannot take a branch at its entry: it is too short", name),
+                 r.name);
           continue;
         }
         r.kind = RedirectKind::A64Branch;
@@ -625,15 +644,16 @@ private:
   // reached through a stub in .text (UNWIND_INFO holds an RVA of this image).
   void addHandlerStubs() {
     llvm::Expected<PeUnwindSource> source = peUnwindSourceFor(patched_);
-    if (!source) return problems_.push_back(errorText(source.takeError()));
+    if (!source) return refuse(source.takeError());
     std::vector<CarriedCode> carried;
     for (const PatchFunction &f : image_.functions) carried.push_back({f.patchedRva, f.size, f.rva, f.name});
     llvm::Expected<std::vector<uint64_t>> handlers = peUnwindHandlers(*source, carried);
-    if (!handlers) return problems_.push_back(errorText(handlers.takeError()));
+    if (!handlers) return refuse(handlers.takeError());
     for (uint64_t handler : *handlers) {
       std::optional<uint64_t> inBase = baseCounterpart(handler, 0);
       if (!inBase)
-        problems_.push_back(fmt::format("the exception handler at patched rva {:#x} has no counterpart in the base", handler));
+        refuse(rule::kHandlerNotInBase,
+               fmt::format("the exception handler at patched rva {:#x} has no counterpart in the base", handler));
       else handlerStubs_[handler] = addAbsoluteJump(*inBase, FixupSpace::Base);
     }
   }
@@ -794,8 +814,10 @@ private:
       if (f.kind == FixupKind::A64AdrPage21) pages[f.site].insert({f.space, f.target & ~uint64_t(kPageSize - 1)});
     for (auto &[site, targets] : pages)
       if (targets.size() > 1)
-        return formatError("the ADRP at image rva {:#x} serves accesses that land on different pages once patched "
-                           "(needs restart)", site);
+        return emitter::refuse(rule::kSharedPageSplits,
+                               "the ADRP at image rva {:#x} serves accesses that land on different pages once patched "
+                               "(needs restart)",
+                               site);
     return llvm::Error::success();
   }
 
@@ -878,7 +900,7 @@ private:
   std::map<uint64_t, uint64_t> copyReach_;  // patched rva of a copied anchor -> end of what code reaches from it
   std::vector<JumpTableEntry> jumpTableEntries_;
   std::vector<PatchFixup> pending_, scratchFixups_;
-  std::vector<std::string> problems_;
+  std::vector<Refusal> problems_;
   std::map<uint64_t, uint32_t> handlerStubs_;  // PE: patched handler rva -> stub image rva
   std::map<std::pair<uint64_t, uint64_t>, bool> fillGaps_;  // base gap [begin, end) -> all padding
   std::map<uint32_t, uint32_t> islands_;                    // image rva of a short branch out -> its island

@@ -53,6 +53,12 @@ llvm::Error writeTextAtomically(const std::string &path, const std::string &text
                              0666, /*replace=*/true);
 }
 
+std::string restartLabel(const nlohmann::json &reason) {
+  if (!reason.at("rule").is_string()) return "build refused";
+  return reason.at("rule").get<std::string>() + " " +
+         (reason.at("name").is_string() ? reason.at("name").get<std::string>() : "");
+}
+
 }  // namespace release_detail
 
 std::string_view releaseGroupingName(ReleaseGrouping grouping) {

@@ -320,9 +320,14 @@ PairOutcome processPair(const ReleasePair &pair, const Context &ctx) {
     llvm::Expected<PatchImage> image = buildPatchImage(*base, *patched, *diff, buildOptions);
     out.times.build = lap.next();
     if (!image) {
+      llvm::Error error = image.takeError();
+      std::optional<BuildRefusal> refusal = takeRefusal(error);
+      if (!refusal) return failed(std::move(out), errorText(std::move(error)));
       out.result["status"] = "restart-required";
-      out.result["restart"].push_back(
-          {{"stage", "build"}, {"rule", nullptr}, {"name", nullptr}, {"reason", errorText(image.takeError())}});
+      for (nlohmann::json why : toJson(refusal->refusals)) {
+        why["stage"] = "build";
+        out.result["restart"].push_back(std::move(why));
+      }
     } else {
       out.result["status"] = "hotpatched";
       out.image = std::move(image->file);
@@ -372,11 +377,7 @@ std::string progressLine(const std::string &name, const PairOutcome &o) {
       text += ", hotpatchable";
     } else {
       std::string why;
-      for (const nlohmann::json &reason : r.at("restart"))
-        why += (why.empty() ? "" : ", ") + (reason.at("rule").is_string()
-                                                ? reason.at("rule").get<std::string>() + " " +
-                                                      (reason.at("name").is_string() ? reason.at("name").get<std::string>() : "")
-                                                : std::string("build refused"));
+      for (const nlohmann::json &reason : r.at("restart")) why += (why.empty() ? "" : ", ") + restartLabel(reason);
       text += ", NEEDS RESTART (" + why + ")";
     }
   }
