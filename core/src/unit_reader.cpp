@@ -1,6 +1,7 @@
 // Reading units: the header layout, the manifest, the payloads, and the signature over them.
 // Nothing is read before the offsets and sizes that lead to it are checked against the file size,
 // and nothing is allocated from a declared size before that size is checked against a limit.
+#include "hotforge/core/ascii.h"
 #include "hotforge/core/bytes.h"
 #include "hotforge/core/patch_format.h"
 #include "hotforge/core/unit_checks.h"
@@ -184,7 +185,7 @@ Outcome<Manifest> parseManifest(std::string_view text, uint64_t payloadSize) {
     if (!name) return std::move(name).failure();
     if (Status s = checkEntryName(*name); !s) return fail(where, ": ", s.error());
     where = "entry " + jsonQuoted(*name);
-    if (!folded.insert(foldCase(*name)).second)
+    if (!folded.insert(asciiLower(*name)).second)
       return fail("duplicate entry name ", jsonQuoted(*name), " (names must differ in more than letter case)");
     if (i > 0 && !(m.entries.back().name < *name)) return fail(where, ": entries are not sorted by name");
     if (Status s = onlyKeys(item,

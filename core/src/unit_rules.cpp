@@ -74,13 +74,6 @@ Status checkEntryName(const std::string &name) {
   return success();
 }
 
-std::string foldCase(const std::string &name) {
-  std::string out = name;
-  for (char &c : out)
-    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
-  return out;
-}
-
 Outcome<nlohmann::json> recordedFromInfo(const nlohmann::json &info) {
   nlohmann::json out = nlohmann::json::object();
   if (!info.is_object()) return fail("info must be a JSON object");

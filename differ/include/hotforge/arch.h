@@ -41,7 +41,6 @@ enum class FieldEncoding : uint8_t {
   A64AddLo12,    // ADD Xd, Xn, #:lo12:target
   A64LdStLo12,   // LDR/STR [Xn, #:lo12:target], immediate scaled by the access size
 };
-std::string_view fieldEncodingName(FieldEncoding encoding);
 
 struct CodeReference {
   uint32_t instruction = 0;  // index of the referencing instruction within the function

@@ -21,7 +21,6 @@ std::string jsonQuoted(const std::string &text);
 
 // Entry names are plain file names: see FORMAT.md ("Entry names").
 Status checkEntryName(const std::string &name);
-std::string foldCase(const std::string &name);  // ASCII lower case, for the duplicate check
 
 // What the manifest records from an entry's info: "baseline" (when info.baseline is an object),
 // "sequence" and "supersedes" (when info.sequence is a positive integer; needs a baseline).
