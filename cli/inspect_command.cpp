@@ -1,9 +1,9 @@
 // hotforge inspect: what Hotforge reads from a binary.
-#include "hotforge/runtime/container_target.h"
+#include "hotforge/core/container_target.h"
 #include "commands.h"
 #include "output.h"
 
-#include "hotforge/error.h"
+#include "hotforge/core/error.h"
 #include "hotforge/image.h"
 #include "hotforge/image_json.h"
 #include "hotforge/patch_image.h"

@@ -3,9 +3,9 @@
 // instruction as it was; each container's writer, on a sample, writes a file that its
 // container target (and no other) holds, with the image's sections and the machine's id.
 #include "hotforge/patch_image.h"
-#include "hotforge/runtime/bytes.h"
-#include "hotforge/runtime/container_target.h"
-#include "hotforge/runtime/machine_target.h"
+#include "hotforge/core/bytes.h"
+#include "hotforge/core/container_target.h"
+#include "hotforge/core/machine_target.h"
 #include "test_support.h"
 
 #include <gtest/gtest.h>

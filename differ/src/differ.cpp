@@ -2,7 +2,7 @@
 // the data, and turn the result into verdicts.
 #include "hotforge/diff.h"
 #include "constant_changes.h"
-#include "hotforge/error.h"
+#include "hotforge/core/error.h"
 #include "matcher.h"
 
 #include <fmt/core.h>

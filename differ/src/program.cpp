@@ -1,4 +1,4 @@
-#include "hotforge/runtime/container_target.h"
+#include "hotforge/core/container_target.h"
 #include "program.h"
 
 #include <llvm/ADT/bit.h>

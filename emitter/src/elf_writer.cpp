@@ -2,7 +2,7 @@
 // PT_LOAD each (sections sharing a page share one); the records, a symbol table naming every
 // carried function and every new import, and the section names follow, unloaded.
 #include "emitter_internal.h"
-#include "hotforge/runtime/machine_target.h"
+#include "hotforge/core/machine_target.h"
 
 #include <llvm/BinaryFormat/ELF.h>
 

@@ -1,9 +1,9 @@
 // Shared between the planner, the record codec and the container writers.
 #pragma once
 
-#include "hotforge/error.h"
+#include "hotforge/core/error.h"
 #include "hotforge/patch_image.h"
-#include "hotforge/runtime/bytes.h"
+#include "hotforge/core/bytes.h"
 
 #include <cstring>
 #include <map>
@@ -15,6 +15,45 @@
 namespace hotforge::emitter {
 
 constexpr uint32_t kPageSize = 0x1000;
+
+// The emitter's refusal rules (docs/diff-json.md, "Build refusals").
+namespace rule {
+// Code of the patch reaches a function it does not carry.
+inline constexpr const char *kFunctionNotCarried = "HF401";
+// Copied data points at a function the patch does not carry.
+inline constexpr const char *kDataPointsAtFunction = "HF402";
+// Copied data holds a pointer that cannot be bound.
+inline constexpr const char *kDataPointerUnbound = "HF403";
+// An offset from a base address cannot reach the base's object.
+inline constexpr const char *kOffsetBeyondEncoding = "HF404";
+// An offset from copied data cannot be rewritten to reach the base.
+inline constexpr const char *kOffsetNotRewritable = "HF405";
+// An Arm64 ADR or literal load of base data out of its reach.
+inline constexpr const char *kOutOfReach = "HF406";
+// A reference the diff left unbound.
+inline constexpr const char *kUnboundReference = "HF407";
+// An x64 short branch too far from the end for an island.
+inline constexpr const char *kShortBranchNoIsland = "HF408";
+// A short branch out of the function with no fixup kind.
+inline constexpr const char *kShortBranchNotReaimed = "HF409";
+// The function's entry cannot take the redirect.
+inline constexpr const char *kRedirectDoesNotFit = "HF410";
+// An exception handler or type the base does not have.
+inline constexpr const char *kHandlerNotInBase = "HF411";
+// A PE exception handler's data that cannot be re-aimed.
+inline constexpr const char *kHandlerDataNotReaimed = "HF412";
+// Unwind data (PE .pdata/.xdata, .eh_frame, LSDA) not carried.
+inline constexpr const char *kUnwindNotCarried = "HF413";
+// One Arm64 ADRP would have to point at two pages.
+inline constexpr const char *kSharedPageSplits = "HF414";
+}  // namespace rule
+
+// One refusal as an error (the planner gathers them all before it refuses).
+template <typename... Args>
+llvm::Error refuse(const char *ruleId, fmt::format_string<Args...> format, Args &&...args) {
+  return llvm::make_error<RefusalError>(
+      BuildRefusal{false, {{ruleId, std::nullopt, fmt::format(format, std::forward<Args>(args)...)}}});
+}
 
 // What a container writer asks of the planner while the image is laid out.
 class PlannedImage {
@@ -29,8 +68,10 @@ public:
   virtual std::optional<uint64_t> baseCounterpart(uint64_t patchedRva) = 0;
   // An absolute jump in .text to `target` (an RVA in `space`); its image RVA.
   virtual uint32_t addAbsoluteJump(uint64_t target, FixupSpace space) = 0;
-  // Refuses the patch for `reason` (the planner gathers every reason before it fails).
-  virtual void refuse(std::string reason) = 0;
+  // Refuses the patch (the planner gathers every refusal before it fails): for `rule`, or with
+  // the refusals `error` carries.
+  virtual void refuse(const char *rule, std::string reason, std::optional<std::string> name = std::nullopt) = 0;
+  virtual void refuse(llvm::Error error) = 0;
 };
 
 // One writer per container format (the emitter's side of ContainerTarget): the unwind data the

@@ -10,8 +10,8 @@
 // Arm64 packed entries need no .xdata and are copied with the new begin only.
 #include "pe_unwind.h"
 
+#include "emitter_internal.h"
 #include "hotforge/arch.h"
-#include "hotforge/error.h"
 
 #include <fmt/core.h>
 #include <llvm/Object/COFF.h>
@@ -104,10 +104,11 @@ public:
       if (!e.function) continue;
       std::string who = describe(*e.function);
       llvm::Expected<uint32_t> end = dialect_.entryEnd(table.slice(at, entrySize), source_, who);
-      if (!end) return end.takeError();
+      if (!end) return refuse(rule::kUnwindNotCarried, "{}", errorText(end.takeError()));
       e.end = *end;
       if (e.end <= e.begin || e.end - e.function->patchedRva > e.function->size)
-        return formatError("{}: its unwind entry [{:#x}, {:#x}) does not lie inside the function [{:#x}, {:#x})", who,
+        return refuse(rule::kUnwindNotCarried,
+                      "{}: its unwind entry [{:#x}, {:#x}) does not lie inside the function [{:#x}, {:#x})", who,
                            e.begin, e.end, e.function->patchedRva, e.function->patchedRva + e.function->size);
       e.newBegin = *locator_.map(e.begin);
       e.newEnd = e.newBegin + (e.end - e.begin);
@@ -118,7 +119,8 @@ public:
     std::sort(entries_.begin(), entries_.end(), [](const Entry &a, const Entry &b) { return a.newBegin < b.newBegin; });
     for (size_t i = 1; i < entries_.size(); ++i)
       if (entries_[i].newBegin < entries_[i - 1].newEnd)
-        return formatError("{}: unwind entries at patched rva {:#x} and {:#x} overlap", describe(*entries_[i].function),
+        return refuse(rule::kUnwindNotCarried,
+                      "{}: unwind entries at patched rva {:#x} and {:#x} overlap", describe(*entries_[i].function),
                            entries_[i - 1].begin, entries_[i].begin);
     // A chain must end at an entry the image has, so refusals come before the layout.
     std::set<uint32_t> begins;
@@ -191,7 +193,8 @@ public:
         if (!handler) {
           auto stub = stubs.find(*record.handler);
           if (stub == stubs.end())
-            return formatError("{}: no stub for its exception handler at patched rva {:#x}", who, *record.handler);
+            return refuse(rule::kUnwindNotCarried,
+                          "{}: no stub for its exception handler at patched rva {:#x}", who, *record.handler);
           handler = stub->second;
         }
         write32le(p + record.fixedSize - 4, *handler);
@@ -221,13 +224,14 @@ private:
     uint64_t offset = uint64_t(at) - source_.exceptionDirectoryRva;
     if (at < source_.exceptionDirectoryRva || offset % dialect_.entrySize() ||
         offset + dialect_.entrySize() > source_.exceptionDirectory.size())
-      return formatError("{}: its indirect unwind entry points at {:#x}, not at an entry of .pdata",
+      return refuse(rule::kUnwindNotCarried, "{}: its indirect unwind entry points at {:#x}, not at an entry of .pdata",
                          describe(*e.function), at);
     return read32le(&source_.exceptionDirectory[offset]);
   }
 
   static llvm::Error notCarried(const CarriedCode &function, uint32_t parent) {
-    return formatError("{}: its unwind data chains to the function at patched rva {:#x}, which the patch does not "
+    return refuse(rule::kUnwindNotCarried,
+                  "{}: its unwind data chains to the function at patched rva {:#x}, which the patch does not "
                        "carry (needs restart)", describe(function), parent);
   }
 
@@ -240,13 +244,16 @@ private:
     // The header says how long the record is; it may take a second word.
     llvm::ArrayRef<uint8_t> head = source_.bytesAt(rva, 4);
     if (head.size() == 4) head = source_.bytesAt(rva, dialect_.headerSize(head));
-    if (head.size() < 4) return formatError("{}: its unwind record at patched rva {:#x} is outside the file", who, rva);
+    if (head.size() < 4) return refuse(rule::kUnwindNotCarried,
+                                       "{}: its unwind record at patched rva {:#x} is outside the file", who, rva);
     llvm::Expected<size_t> fixed = dialect_.recordSize(head, false);
-    if (!fixed) return formatError("{}: its unwind record at patched rva {:#x}: {}", who, rva, errorText(fixed.takeError()));
+    if (!fixed) return refuse(rule::kUnwindNotCarried,
+                              "{}: its unwind record at patched rva {:#x}: {}", who, rva, errorText(fixed.takeError()));
     record.fixedSize = *fixed;
     llvm::ArrayRef<uint8_t> bytes = source_.bytesAt(rva, record.fixedSize);
     if (bytes.size() != record.fixedSize)
-      return formatError("{}: its unwind record at patched rva {:#x} is outside the file", who, rva);
+      return refuse(rule::kUnwindNotCarried,
+                    "{}: its unwind record at patched rva {:#x} is outside the file", who, rva);
     record.chained = dialect_.chained(bytes);
     bool hasHandler = dialect_.hasHandler(bytes);
     record.bytes.assign(bytes.begin(), bytes.end());
@@ -256,7 +263,8 @@ private:
       std::optional<std::string> name = source_.nameAt ? source_.nameAt(handler) : std::nullopt;
       std::optional<HandlerData> kind = name ? handlerDataFor(*name) : std::nullopt;
       if (!kind)
-        return formatError("{} has an exception handler ({} at patched rva {:#x}) whose data Hotforge cannot re-aim: "
+        return refuse(rule::kHandlerDataNotReaimed,
+                      "{} has an exception handler ({} at patched rva {:#x}) whose data Hotforge cannot re-aim: "
                            "only __C_specific_handler scope tables and __GSHandlerCheck data are understood (needs "
                            "restart)", who, name.value_or("unnamed"), handler);
       record.handlerData = *kind;
@@ -264,7 +272,7 @@ private:
       if (!dataSize) return dataSize.takeError();
       llvm::ArrayRef<uint8_t> data = source_.bytesAt(rva + record.fixedSize, *dataSize);
       if (data.size() != *dataSize)
-        return formatError("{}: the data of its exception handler is outside the file", who);
+        return refuse(rule::kUnwindNotCarried, "{}: the data of its exception handler is outside the file", who);
       record.bytes.insert(record.bytes.end(), data.begin(), data.end());
       // Check now that every RVA in it can be re-aimed, so a refusal comes before the layout.
       std::vector<uint8_t> scratch(data.begin(), data.end());
@@ -278,14 +286,15 @@ private:
     size_t size = 0;
     if (kind == HandlerData::ScopeTable || kind == HandlerData::GsCheckSeh) {
       llvm::ArrayRef<uint8_t> count = source_.bytesAt(at, 4);
-      if (count.size() != 4) return formatError("{}: its scope table is outside the file", who);
+      if (count.size() != 4) return refuse(rule::kUnwindNotCarried, "{}: its scope table is outside the file", who);
       uint32_t scopes = read32le(count.data());
-      if (scopes > kMaxScopes) return formatError("{}: its scope table claims {} scopes", who, scopes);
+      if (scopes > kMaxScopes) return refuse(rule::kUnwindNotCarried,
+                                             "{}: its scope table claims {} scopes", who, scopes);
       size = 4 + size_t(scopes) * 16;
     }
     if (kind == HandlerData::GsCheck || kind == HandlerData::GsCheckSeh) {
       llvm::ArrayRef<uint8_t> gs = source_.bytesAt(at + size, 4);
-      if (gs.size() != 4) return formatError("{}: its /GS handler data is outside the file", who);
+      if (gs.size() != 4) return refuse(rule::kUnwindNotCarried, "{}: its /GS handler data is outside the file", who);
       size += (read32le(gs.data()) & 4) ? 12 : 4;  // HasAlignment adds AlignedBaseOffset and Alignment
     }
     return size;
@@ -309,7 +318,8 @@ private:
                                                                               : inside(filter, false);
       std::optional<uint32_t> newTarget = target == 0 ? std::optional<uint32_t>(0) : inside(target, false);
       if (!newBegin || !newEnd || !newFilter || !newTarget)
-        return formatError("{}: scope {} of its exception handler names code outside the patch (try [{:#x}, {:#x}), "
+        return refuse(rule::kHandlerDataNotReaimed,
+                      "{}: scope {} of its exception handler names code outside the patch (try [{:#x}, {:#x}), "
                            "handler {:#x}, target {:#x}) (needs restart)", who, i, begin, end, filter, target);
       write32le(scope, *newBegin);
       write32le(scope + 4, *newEnd);
@@ -342,12 +352,13 @@ llvm::Expected<PeUnwindSource> peUnwindSourceFor(const Image &patched) {
   llvm::ArrayRef<uint8_t> file = patched.fileBytes();
   llvm::MemoryBufferRef buffer(llvm::StringRef(reinterpret_cast<const char *>(file.data()), file.size()), patched.path);
   llvm::Expected<std::unique_ptr<llvm::object::COFFObjectFile>> coff = llvm::object::COFFObjectFile::create(buffer);
-  if (!coff) return formatError("{}: {}", patched.path, errorText(coff.takeError()));
+  if (!coff) return refuse(rule::kUnwindNotCarried, "{}: {}", patched.path, errorText(coff.takeError()));
   if (const llvm::object::data_directory *d = (*coff)->getDataDirectory(llvm::COFF::EXCEPTION_TABLE); d && d->Size) {
     source.exceptionDirectoryRva = d->RelativeVirtualAddress;
     source.exceptionDirectory = patched.bytesAt(d->RelativeVirtualAddress, d->Size);
     if (source.exceptionDirectory.empty())
-      return formatError("{}: the exception directory at rva {:#x} is outside the file", patched.path,
+      return refuse(rule::kUnwindNotCarried,
+                    "{}: the exception directory at rva {:#x} is outside the file", patched.path,
                          uint32_t(d->RelativeVirtualAddress));
   }
   const Image *image = &patched;

@@ -3,7 +3,7 @@
 // length, the epilog scopes and unwind code words, and the exception handler RVA (X bit).
 #include "pe_unwind.h"
 
-#include "hotforge/error.h"
+#include "hotforge/core/error.h"
 
 #include <llvm/Support/Endian.h>
 

@@ -3,7 +3,7 @@
 // RUNTIME_FUNCTION or the exception handler RVA).
 #include "pe_unwind.h"
 
-#include "hotforge/error.h"
+#include "hotforge/core/error.h"
 
 #include <llvm/Support/Endian.h>
 

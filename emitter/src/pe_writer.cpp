@@ -14,7 +14,7 @@
 // loader, which finds them in the patch table (x64 REL32 / ABSOLUTE) and in .hotpatch (all).
 // Nothing depends on the clock: TimeDateStamp is derived from the content.
 #include "emitter_internal.h"
-#include "hotforge/runtime/machine_target.h"
+#include "hotforge/core/machine_target.h"
 #include "pe_unwind.h"
 
 #include <llvm/BinaryFormat/COFF.h>
@@ -493,15 +493,16 @@ public:
   // reached through a stub in .text (UNWIND_INFO holds an RVA of this image).
   void addUnwindCode(PlannedImage &plan) override {
     llvm::Expected<PeUnwindSource> source = peUnwindSourceFor(plan.patched());
-    if (!source) return plan.refuse(errorText(source.takeError()));
+    if (!source) return plan.refuse(source.takeError());
     std::vector<CarriedCode> carried;
     for (const PatchFunction &f : plan.image().functions) carried.push_back({f.patchedRva, f.size, f.rva, f.name});
     llvm::Expected<std::vector<uint64_t>> handlers = peUnwindHandlers(*source, carried);
-    if (!handlers) return plan.refuse(errorText(handlers.takeError()));
+    if (!handlers) return plan.refuse(handlers.takeError());
     for (uint64_t handler : *handlers) {
       std::optional<uint64_t> inBase = plan.baseCounterpart(handler);
       if (!inBase)
-        plan.refuse(fmt::format("the exception handler at patched rva {:#x} has no counterpart in the base", handler));
+        plan.refuse(rule::kHandlerNotInBase,
+                    fmt::format("the exception handler at patched rva {:#x} has no counterpart in the base", handler));
       else handlerStubs_[handler] = plan.addAbsoluteJump(*inBase, FixupSpace::Base);
     }
   }

@@ -3,7 +3,7 @@
 #include "emitter_internal.h"
 
 #include "hotforge/arch.h"
-#include "hotforge/runtime/machine_target.h"
+#include "hotforge/core/machine_target.h"
 
 #include <fmt/core.h>
 #include <llvm/ADT/StringExtras.h>
@@ -49,11 +49,11 @@ public:
     writer_ = containerWriter(image_.format);
     writer_->addUnwindCode(*this);
     if (!problems_.empty()) {
-      std::string all;
-      std::set<std::string> listed;
-      for (const std::string &p : problems_)
-        if (listed.insert(p).second) all += (all.empty() ? "" : "; ") + p;
-      return formatError("cannot build a safe patch: {}", all);
+      BuildRefusal refusal;
+      std::set<std::pair<std::string, std::string>> listed;
+      for (Refusal &r : problems_)
+        if (listed.insert({r.rule, r.reason}).second) refusal.refusals.push_back(std::move(r));
+      return llvm::make_error<RefusalError>(std::move(refusal));
     }
     if (llvm::Error e = finishSections()) return e;
     if (llvm::Error written = writer_->write(*this)) return written;
@@ -70,15 +70,24 @@ public:
     return carried;
   }
   std::optional<uint64_t> baseCounterpart(uint64_t patchedRva) override { return baseCounterpart(patchedRva, 0); }
-  void refuse(std::string reason) override { problems_.push_back(std::move(reason)); }
 
 private:
   llvm::Error refuseRestarts() {
-    std::string reasons;
+    BuildRefusal refusal{true, {}};
     for (const Change &c : diff_.changes)
-      if (c.verdict == Verdict::NeedsRestart) reasons += fmt::format("\n  {} {}", c.rule, c.reason);
-    if (reasons.empty()) return llvm::Error::success();
-    return formatError("the changes need a restart, so no patch is built:{}", reasons);
+      if (c.verdict == Verdict::NeedsRestart) refusal.refusals.push_back({c.rule, c.name, c.reason});
+    if (refusal.refusals.empty()) return llvm::Error::success();
+    return llvm::make_error<RefusalError>(std::move(refusal));
+  }
+
+  void refuse(const char *rule, std::string reason, std::optional<std::string> name = std::nullopt) override {
+    problems_.push_back({rule, std::move(name), std::move(reason)});
+  }
+  // The refusals of a part that reports them as errors (unwind data).
+  void refuse(llvm::Error error) override {
+    if (std::optional<BuildRefusal> refusal = takeRefusal(error))
+      problems_.insert(problems_.end(), refusal->refusals.begin(), refusal->refusals.end());
+    else refuse(rule::kUnwindNotCarried, errorText(std::move(error)));
   }
 
   void identify() {
@@ -193,8 +202,8 @@ private:
         fixup.target = *rva;
         break;
       }
-      problems_.push_back(fmt::format("the data at patched rva {:#x} points at a function that is not in the patch",
-                                      copied));
+      refuse(rule::kDataPointsAtFunction,
+             fmt::format("the data at patched rva {:#x} points at a function that is not in the patch", copied));
       return;
     case Binding::Kind::Base:
       fixup.space = FixupSpace::Base;
@@ -210,8 +219,9 @@ private:
       fixup.target = importIndex(b);
       break;
     default:
-      problems_.push_back(fmt::format("the data at patched rva {:#x} holds a pointer that cannot be bound: {}", copied,
-                                      b.note.empty() ? std::string(bindingKindName(b.kind)) : b.note));
+      refuse(rule::kDataPointerUnbound,
+             fmt::format("the data at patched rva {:#x} holds a pointer that cannot be bound: {}", copied,
+                         b.note.empty() ? std::string(bindingKindName(b.kind)) : b.note));
       return;
     }
     pending_.push_back(fixup);
@@ -249,9 +259,11 @@ private:
     }
     for (const BaseReach &reach : baseReaches_)
       if (!reachBaseThroughIsland(*reach.function, reach.reference, reach.baseTarget))
-        problems_.push_back(fmt::format("{} +{:#x}: an offset from carried data reaches data of the base, through an "
-                                        "instruction that cannot be rewritten to reach it",
-                                        reach.function->name.value_or("function"), reach.reference.offset));
+        refuse(rule::kOffsetNotRewritable,
+               fmt::format("{} +{:#x}: an offset from carried data reaches data of the base, through an instruction "
+                           "that cannot be rewritten to reach it",
+                           reach.function->name.value_or("function"), reach.reference.offset),
+               reach.function->name);
     return llvm::Error::success();
   }
 
@@ -282,8 +294,10 @@ private:
         } else if (anchor.kind == Kind::Base && reached.kind == Kind::Base &&
                    reached.address != anchor.address + (r.target - r.offsetFrom) &&
                    !reaimOffset(f, r, reached.address - anchor.address)) {
-          problems_.push_back(where + ": an offset from an address in the base reaches data the base holds elsewhere, "
-                                      "beyond what the instruction can encode");
+          refuse(rule::kOffsetBeyondEncoding,
+                 where + ": an offset from an address in the base reaches data the base holds elsewhere, beyond what "
+                         "the instruction can encode",
+                 f.name);
         } else if (copied && reached.kind == Kind::Base) {
           // gcc's add_sample of scenario 5 on Arm64 reaches the base's g_total at the new
           // g_rejected + 4: in the image that offset would read the bytes after the copy.
@@ -346,7 +360,7 @@ private:
     case Binding::Kind::Function: {
       std::optional<uint32_t> rva = carriedRva(b.address);
       if (!rva) {
-        problems_.push_back(where + ": its target function is not in the patch");
+        refuse(rule::kFunctionNotCarried, where + ": its target function is not in the patch", f.name);
         return;
       }
       fixup.space = FixupSpace::Image;
@@ -363,7 +377,7 @@ private:
           break;
         }
         if (widenToBase(functionRva, r, b.address)) return;
-        problems_.push_back(where + ": an ADR or literal load of base data out of its reach");
+        refuse(rule::kOutOfReach, where + ": an ADR or literal load of base data out of its reach", f.name);
         return;
       }
       fixup.space = FixupSpace::Base;
@@ -391,7 +405,7 @@ private:
       break;
     }
     case Binding::Kind::Unbound:
-      problems_.push_back(where + ": " + b.note);
+      refuse(rule::kUnboundReference, where + ": " + b.note, f.name);
       return;
     }
     fixup.kind = r.encoding;
@@ -399,12 +413,13 @@ private:
     if (std::optional<BranchIsland> island = target_->islandFor(r.encoding)) {
       auto at = islands_.find(fixup.site);
       if (at == islands_.end()) {
-        problems_.push_back(where + ": a short branch out of the function is too far from the function's end for a "
-                                    "branch island");
+        refuse(rule::kShortBranchNoIsland,
+               where + ": a short branch out of the function is too far from the function's end for a branch island",
+               f.name);
         return;
       }
       if (Status aimed = target_->writeField(field, textAt(fixup.site), fixup.site, at->second); !aimed)
-        return problems_.push_back(where + ": " + aimed.error());
+        return refuse(rule::kShortBranchNotReaimed, where + ": a short branch " + aimed.error(), f.name);
       fixup.site = at->second;
       fixup.kind = island->field.kind;
       fixup.fieldOffset = island->field.fieldOffset;
@@ -472,7 +487,7 @@ private:
       RedirectSite site{code, bf.range.rva, bf.range.size, internalBranchFloor(bf, code),
                         [this](uint64_t rva, uint32_t bytes) { return isFill(rva, bytes); }, name};
       if (Status chosen = target_->chooseRedirect(site, r); !chosen) {
-        problems_.push_back(chosen.error());
+        refuse(rule::kRedirectDoesNotFit, chosen.error(), r.name);
         continue;
       }
       // Its own branches into the overwritten bytes would run the jump mid-way: sound only while
@@ -633,8 +648,10 @@ private:
       if (target_->meaning(f.kind) == FieldMeaning::Page) pages[f.site].insert({f.space, f.target & ~uint64_t(kPageSize - 1)});
     for (auto &[site, targets] : pages)
       if (targets.size() > 1)
-        return formatError("the ADRP at image rva {:#x} serves accesses that land on different pages once patched "
-                           "(needs restart)", site);
+        return emitter::refuse(rule::kSharedPageSplits,
+                               "the ADRP at image rva {:#x} serves accesses that land on different pages once patched "
+                               "(needs restart)",
+                               site);
     return llvm::Error::success();
   }
 
@@ -691,7 +708,7 @@ private:
   std::map<uint64_t, uint64_t> copyReach_;  // patched rva of a copied anchor -> end of what code reaches from it
   std::vector<JumpTableEntry> jumpTableEntries_;
   std::vector<PatchFixup> pending_;
-  std::vector<std::string> problems_;
+  std::vector<Refusal> problems_;
   std::unique_ptr<ContainerWriter> writer_;
   std::map<std::pair<uint64_t, uint64_t>, bool> fillGaps_;  // base gap [begin, end) -> all padding
   std::map<uint32_t, uint32_t> islands_;                    // image rva of a short branch out -> its island

@@ -1,5 +1,5 @@
 // ELF64 little-endian reader (x86-64 and AArch64) over LLVM libObject.
-#include "hotforge/runtime/machine_target.h"
+#include "hotforge/core/machine_target.h"
 #include "format_reader.h"
 
 #include <llvm/BinaryFormat/ELF.h>

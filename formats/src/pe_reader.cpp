@@ -1,5 +1,5 @@
 // PE32+ reader (x64 and Arm64) over LLVM libObject.
-#include "hotforge/runtime/machine_target.h"
+#include "hotforge/core/machine_target.h"
 #include "format_reader.h"
 
 #include <llvm/BinaryFormat/COFF.h>

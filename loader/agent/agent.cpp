@@ -12,13 +12,13 @@
 // cannot be created (qemu-user on some kernels hangs in clone; its own helper threads also show
 // in /proc/self/task, so no thread is parked): the work runs in the SIGUSR2 handler, which is
 // only safe when the signal interrupts a system call, as in a program that waits for input.
-#include "hotforge/runtime/bytes.h"
-#include "hotforge/runtime/container_target.h"
-#include "hotforge/runtime/files.h"
-#include "hotforge/runtime/machine_target.h"
-#include "hotforge/runtime/patch_format.h"
-#include "hotforge/runtime/process_maps.h"
-#include "hotforge/runtime/unit_reader.h"
+#include "hotforge/core/bytes.h"
+#include "hotforge/core/container_target.h"
+#include "hotforge/core/files.h"
+#include "hotforge/core/machine_target.h"
+#include "hotforge/core/patch_format.h"
+#include "hotforge/core/process_maps.h"
+#include "hotforge/core/unit_reader.h"
 
 #include <algorithm>
 #include <array>

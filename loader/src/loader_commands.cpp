@@ -3,12 +3,12 @@
 #include "hotforge/loader_commands.h"
 
 #include "hotforge/loader.h"
-#include "hotforge/runtime/bytes.h"
-#include "hotforge/runtime/container_target.h"
-#include "hotforge/runtime/files.h"
-#include "hotforge/runtime/machine_target.h"
-#include "hotforge/runtime/json_text.h"
-#include "hotforge/runtime/unit_reader.h"
+#include "hotforge/core/bytes.h"
+#include "hotforge/core/container_target.h"
+#include "hotforge/core/files.h"
+#include "hotforge/core/json_text.h"
+#include "hotforge/core/machine_target.h"
+#include "hotforge/core/unit_reader.h"
 
 #include <algorithm>
 #include <cstdio>

@@ -7,11 +7,11 @@
 // sent again when we let go, and a thread whose registers we change gets them back on every path.
 #include "hotforge/loader.h"
 
-#include "hotforge/runtime/bytes.h"
-#include "hotforge/runtime/container_target.h"
-#include "hotforge/runtime/files.h"
-#include "hotforge/runtime/machine_target.h"
-#include "hotforge/runtime/process_maps.h"
+#include "hotforge/core/bytes.h"
+#include "hotforge/core/container_target.h"
+#include "hotforge/core/files.h"
+#include "hotforge/core/machine_target.h"
+#include "hotforge/core/process_maps.h"
 
 #include <algorithm>
 #include <cerrno>

@@ -4,7 +4,7 @@
 #pragma once
 
 #include "hotforge/image.h"
-#include "hotforge/runtime/machine_target.h"
+#include "hotforge/core/machine_target.h"
 
 #include <llvm/ADT/ArrayRef.h>
 
