@@ -61,10 +61,12 @@ void addBuildCommand(CLI::App &app, int &exitCode) {
     buildOptions.sequence = options->sequence;
     llvm::Expected<PatchImage> image = buildPatchImage(*base, *patched, *diff, buildOptions);
     if (!image) {
-      std::string reason = llvm::toString(image.takeError());
-      fmt::print(stderr, "hotforge: {}\n", reason);
-      exitCode = kExitNeedsRestart;
-      return;
+      llvm::Error error = image.takeError();
+      std::optional<BuildRefusal> refusal = takeRefusal(error);
+      if (!refusal) return void(exitCode = reportError(llvm::toString(std::move(error))));
+      fmt::print(stderr, "hotforge: {}\n", refusal->message());
+      if (options->json) fmt::print("{}", jsonText(nlohmann::json{{"refusals", toJson(refusal->refusals)}}));
+      return void(exitCode = kExitNeedsRestart);
     }
     std::string bytes(image->file.begin(), image->file.end());
     if (llvm::Error e = writeOutput(options->output, bytes)) return void(exitCode = reportError(llvm::toString(std::move(e))));

@@ -1,10 +1,8 @@
 #include "output.h"
 
-#include "hotforge/error.h"
+#include "hotforge/unit.h"  // writeFileAtomically
 
 #include <fmt/core.h>
-#include <llvm/Support/FileSystem.h>
-#include <llvm/Support/raw_ostream.h>
 
 #include <cstdio>
 
@@ -15,21 +13,8 @@ llvm::Error writeOutput(const std::string &path, const std::string &content) {
     std::fwrite(content.data(), 1, content.size(), stdout);
     return llvm::Error::success();
   }
-  llvm::Expected<llvm::sys::fs::TempFile> temp = llvm::sys::fs::TempFile::create(path + ".tmp-%%%%%%");
-  if (!temp) return formatError("{}: cannot create a temporary file: {}", path, errorText(temp.takeError()));
-  {
-    llvm::raw_fd_ostream out(temp->FD, /*shouldClose=*/false);
-    out << content;
-    out.flush();
-    if (out.has_error()) {
-      std::string reason = out.error().message();
-      out.clear_error();
-      llvm::consumeError(temp->discard());
-      return formatError("{}: write failed: {}", path, reason);
-    }
-  }
-  if (llvm::Error e = temp->keep(path)) return formatError("{}: {}", path, errorText(std::move(e)));
-  return llvm::Error::success();
+  return writeFileAtomically(path, llvm::ArrayRef<uint8_t>(reinterpret_cast<const uint8_t *>(content.data()), content.size()),
+                             0666, /*replace=*/true);
 }
 
 std::string printableText(std::string_view text) {

@@ -1,7 +1,7 @@
 // Writing results: to stdout, or to a file that appears whole or not at all.
 #pragma once
 
-#include "hotforge/runtime/json_text.h"
+#include "hotforge/core/json_text.h"
 
 #include <llvm/Support/Error.h>
 #include <nlohmann/json.hpp>

@@ -2,7 +2,7 @@
 #include "commands.h"
 #include "output.h"
 
-#include "hotforge/error.h"
+#include "hotforge/core/error.h"
 #include "hotforge/image.h"
 #include "hotforge/patch_image.h"
 #include "hotforge/unit.h"

@@ -2,7 +2,7 @@
 #include "commands.h"
 #include "output.h"
 
-#include "hotforge/error.h"
+#include "hotforge/core/error.h"
 #include "hotforge/release.h"
 #include "hotforge/report.h"
 #include "hotforge/unit.h"

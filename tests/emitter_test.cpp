@@ -164,7 +164,7 @@ void checkBaseReachIsland(const Built &b, const std::vector<uint8_t> &memory, ui
   differ::DecodedFunction decoded = decoder.decode(code, island, none);
   std::optional<uint64_t> reached, branchedTo;
   for (const differ::CodeReference &r : decoded.references) {
-    if (r.encoding == differ::FieldEncoding::A64AddLo12 || r.encoding == differ::FieldEncoding::A64LdStLo12)
+    if (r.encoding == FixupKind::A64AddLo12 || r.encoding == FixupKind::A64LdStLo12)
       reached = reached.value_or(r.target);
     if (r.kind == differ::ReferenceKind::Branch) branchedTo = branchedTo.value_or(r.target);
   }
@@ -250,11 +250,11 @@ void checkInstructionByInstruction(const Built &b, uint64_t baseAddress, uint64_
                              imageAddress, t.target, **decoder);
         continue;
       }
-      if (t.encoding == differ::FieldEncoding::None) continue;  // follows from another reference
+      if (t.encoding == FixupKind::None) continue;  // follows from another reference
       SCOPED_TRACE("reference at +" + std::to_string(t.offset));
       uint64_t target = o.target;
       uint64_t imageRva = target - imageAddress;
-      if (o.encoding == differ::FieldEncoding::X64Rel8 && target >= imageAddress && imageRva < image.imageSize &&
+      if (o.encoding == FixupKind::X64Rel8 && target >= imageAddress && imageRva < image.imageSize &&
           !isCarriedCode(image, uint32_t(imageRva))) {
         // A branch island: a jmp rel32 on to the real target.
         EXPECT_EQ(memory[imageRva], 0xe9);
@@ -729,16 +729,56 @@ TEST(Emitter, ARefusalListsEachReasonOnce) {
     EXPECT_GE(pointers, 3u);  // the string table and the function table
     llvm::Expected<PatchImage> refused = buildPatchImage(b.base, b.patched, b.diff, {});
     ASSERT_FALSE(bool(refused));
-    std::string error = llvm::toString(refused.takeError());
+    llvm::Error error = refused.takeError();
+    std::optional<BuildRefusal> refusal = takeRefusal(error);
+    ASSERT_TRUE(refusal) << llvm::toString(std::move(error));
+    EXPECT_FALSE(refusal->needsRestart);
     std::set<std::string> reasons;
-    size_t listed = 0;
-    for (size_t at = error.find(": ") + 2, end; at < error.size(); at = end + 2, ++listed) {
-      end = std::min(error.find("; ", at), error.size());
-      EXPECT_TRUE(reasons.insert(error.substr(at, end - at)).second) << "listed twice: " << error.substr(at, end - at);
+    for (const Refusal &r : refusal->refusals) {
+      EXPECT_TRUE(reasons.insert(r.reason).second) << "listed twice: " << r.reason;
+      EXPECT_EQ(r.rule, "HF403") << r.reason;
+      EXPECT_NE(r.reason.find("holds a pointer that cannot be bound: `free` is imported,"), std::string::npos) << r.reason;
     }
-    EXPECT_GE(listed, 1u) << error;
-    EXPECT_LT(listed, pointers) << error;
-    EXPECT_NE(error.find("holds a pointer that cannot be bound: `free` is imported,"), std::string::npos) << error;
+    EXPECT_GE(reasons.size(), 1u);
+    EXPECT_LT(reasons.size(), pointers);
+    EXPECT_NE(refusal->message().find("\n  HF403 the data at patched rva"), std::string::npos) << refusal->message();
+  }
+}
+
+// `build --json` gives every refusal as data, with its rule id, on real refused samples: the
+// diff's restarts (scenarios 6 and 31, every target) and the emitter's own (scenario 11 on mingw:
+// its exception handler's data cannot be re-aimed). Exit 3, no image.
+TEST(Emitter, BuildCommandGivesRefusalsWithRuleIds) {
+  std::vector<Sample> all = samples();
+  struct Case {
+    std::string target;
+    const char *program, *variant, *rule, *name;
+  };
+  std::vector<Case> cases;
+  for (const auto &target : samplesManifest()["targets"]) {
+    cases.push_back({target["name"], "initval", "fix6", "HF210", "g_limit"});
+    cases.push_back({target["name"], "upd", "fix31", "HF213", nullptr});
+  }
+  cases.push_back({"mingw-x64", "exc", "fix11", "HF412", nullptr});
+  for (const Case &c : cases) {
+    SCOPED_TRACE(c.target + " " + c.program + "." + c.variant);
+    const Sample *base = find(all, c.target, c.program, "base"), *fix = find(all, c.target, c.program, c.variant);
+    ASSERT_TRUE(base && fix);
+    std::string out = tempDir() + "/refused.hfpatch";
+    CommandResult r = run({hotforgeBinary(), "build", base->path, fix->path, "-o", out, "--json"});
+    EXPECT_EQ(r.exitCode, 3) << r.err;
+    EXPECT_FALSE(std::filesystem::exists(out));
+    nlohmann::json doc = nlohmann::json::parse(r.out);
+    ASSERT_TRUE(doc["refusals"].is_array() && !doc["refusals"].empty()) << r.out;
+    bool found = false;
+    for (const nlohmann::json &refusal : doc["refusals"]) {
+      EXPECT_TRUE(refusal["rule"].is_string() && refusal["reason"].is_string()) << refusal;
+      // The text on stderr lists the same refusal with its rule.
+      EXPECT_NE(r.err.find(refusal["rule"].get<std::string>() + " " + refusal["reason"].get<std::string>()),
+                std::string::npos) << r.err;
+      found = found || (refusal["rule"] == c.rule && (!c.name || refusal["name"] == c.name));
+    }
+    EXPECT_TRUE(found) << r.out;
   }
 }
 
@@ -1103,6 +1143,7 @@ TEST(Emitter, PeUnwindX64ReaimsChainsIndirectEntriesHandlersAndScopeTables) {
   std::string why = llvm::toString(refused.takeError());
   EXPECT_NE(why.find("__CxxFrameHandler4"), std::string::npos) << why;
   EXPECT_NE(why.find("needs restart"), std::string::npos) << why;
+  EXPECT_NE(why.find("\n  HF412 "), std::string::npos) << why;  // a refusal with its rule id
   f.names[0x6000] = "__C_specific_handler";
   for (emitter::CarriedCode child : {emitter::CarriedCode{0x3000, 0x40, 0x2200, "B"}, {0x4000, 0x20, 0x2300, "C"}}) {
     llvm::Expected<std::vector<uint64_t>> orphan = emitter::peUnwindHandlers(f.source(Machine::X64), {child});
@@ -1116,9 +1157,9 @@ TEST(Emitter, PeUnwindX64ReaimsChainsIndirectEntriesHandlersAndScopeTables) {
   EXPECT_NE(llvm::toString(scope.takeError()).find("scope 0"), std::string::npos);
 
   // Sizes from the header alone.
-  EXPECT_EQ(*emitter::x64UnwindInfoSize(std::vector<uint8_t>{1, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0}), 12u);
-  EXPECT_FALSE(bool(emitter::x64UnwindInfoSize(std::vector<uint8_t>{1, 0, 3, 0, 0, 0})));  // truncated
-  llvm::Expected<size_t> v3 = emitter::x64UnwindInfoSize(std::vector<uint8_t>{3, 0, 0, 0});
+  EXPECT_EQ(*emitter::x64UnwindDialect().recordSize(std::vector<uint8_t>{1, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0}, true), 12u);
+  EXPECT_FALSE(bool(emitter::x64UnwindDialect().recordSize(std::vector<uint8_t>{1, 0, 3, 0, 0, 0}, true)));  // truncated
+  llvm::Expected<size_t> v3 = emitter::x64UnwindDialect().recordSize(std::vector<uint8_t>{3, 0, 0, 0}, true);
   EXPECT_FALSE(bool(v3));
   llvm::consumeError(v3.takeError());
 }
@@ -1127,7 +1168,7 @@ TEST(Emitter, PeUnwindArm64SizesXdataFromItsHeaderAndCopiesPackedEntries) {
   auto size = [](std::vector<uint32_t> w) -> size_t {
     std::vector<uint8_t> bytes(64 * 4 + 256 * 4, 0);
     for (size_t i = 0; i < w.size(); ++i) llvm::support::endian::write32le(&bytes[i * 4], w[i]);
-    llvm::Expected<size_t> s = emitter::arm64XdataSize(bytes);
+    llvm::Expected<size_t> s = emitter::arm64UnwindDialect().recordSize(bytes, true);
     if (!s) {
       llvm::consumeError(s.takeError());
       return 0;
@@ -1139,7 +1180,7 @@ TEST(Emitter, PeUnwindArm64SizesXdataFromItsHeaderAndCopiesPackedEntries) {
   EXPECT_EQ(size({0x10 | 1u << 20 | 1u << 22 | 1u << 27}), 4u + 4 + 4 + 4);     // X: the handler RVA
   EXPECT_EQ(size({0x10, 3u | 40u << 16}), 8u + 3 * 4 + 40 * 4);                 // extended header
   EXPECT_EQ(size({0x10 | 1u << 18 | 1u << 27}), 0u);                            // version 1
-  llvm::Expected<size_t> truncated = emitter::arm64XdataSize(std::vector<uint8_t>{0x10, 0, 0, 0x18});
+  llvm::Expected<size_t> truncated = emitter::arm64UnwindDialect().recordSize(std::vector<uint8_t>{0x10, 0, 0, 0x18}, true);
   EXPECT_FALSE(bool(truncated));
   llvm::consumeError(truncated.takeError());
 

@@ -1,7 +1,7 @@
 // Delivery units: round trips, determinism, and a reader that refuses every damaged, truncated,
 // forged or malicious unit with a clear message. Malicious units are built here by hand from
 // packager/FORMAT.md and signed with the test key, so verify's own checks are what refuses them.
-#include "hotforge/error.h"
+#include "hotforge/core/error.h"
 #include "hotforge/unit.h"
 #include "test_support.h"
 

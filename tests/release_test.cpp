@@ -479,10 +479,14 @@ TEST(Release, BuildRefusalNeedsARestart) {
   std::string out = dir + "/out";
   CommandResult r = hotforge({"release", writeManifest(dir, manifest), "-o", out, "--key", privateKey()});
   EXPECT_EQ(r.exitCode, 3) << r.out << r.err;
-  EXPECT_NE(r.out.find("build refused"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("HF412 : _Z14checked_lookupi has an exception handler"), std::string::npos) << r.out;
   json summary = readSummary(out);
   ASSERT_EQ(summary["restart_required"].size(), 1u);
-  EXPECT_EQ(summary["restart_required"][0]["reasons"][0]["stage"], "build");
+  const json &why = summary["restart_required"][0]["reasons"][0];
+  EXPECT_EQ(why["stage"], "build");
+  EXPECT_EQ(why["rule"], "HF412");  // the emitter's rule id, as data
+  EXPECT_TRUE(why["name"].is_null());
+  EXPECT_EQ(why["reason"].get<std::string>().find("_Z14checked_lookupi has an exception handler"), 0u) << why;
   EXPECT_TRUE(unitFiles(out).empty());
 }
 

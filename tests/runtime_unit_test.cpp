@@ -1,7 +1,7 @@
-// The runtime's unit reader (hotforge/runtime/unit_reader.h), which the agent links instead of
+// The runtime's unit reader (hotforge/core/unit_reader.h), which the agent links instead of
 // the packager: a unit made by `hotforge build`, `keygen` and `pack` verifies through it, and a
 // tampered unit or the wrong key is refused with the message the CLI shows.
-#include "hotforge/runtime/unit_reader.h"
+#include "hotforge/core/unit_reader.h"
 #include "test_support.h"
 
 #include <gtest/gtest.h>

@@ -1,7 +1,7 @@
 #include "constant_changes.h"
 
-#include <algorithm>
-#include <cctype>
+#include "hotforge/core/ascii.h"
+
 
 namespace hotforge::differ {
 
@@ -36,12 +36,6 @@ std::optional<std::vector<ConstantChange>> constantChanges(
 
 namespace {
 
-std::string lower(std::string_view text) {
-  std::string out(text);
-  std::transform(out.begin(), out.end(), out.begin(), [](unsigned char ch) { return char(std::tolower(ch)); });
-  return out;
-}
-
 }  // namespace
 
 bool isLineReporter(std::string_view name) {
@@ -54,7 +48,7 @@ bool isLineReporter(std::string_view name) {
 }
 
 bool looksLikeAllocator(std::string_view name) {
-  std::string l = lower(name);
+  std::string l = asciiLower(name);
   for (std::string_view prefix : {"g_", "x", "xm", "_"})
     if (l.size() > prefix.size() && l.compare(0, prefix.size(), prefix) == 0 &&
         looksLikeAllocator(std::string_view(l).substr(prefix.size())))
@@ -69,7 +63,7 @@ bool looksLikeAllocator(std::string_view name) {
 bool isSourceFileName(std::string_view text) {
   size_t dot = text.rfind('.');
   if (dot == std::string_view::npos) return false;
-  std::string suffix = lower(text.substr(dot + 1));
+  std::string suffix = asciiLower(text.substr(dot + 1));
   for (std::string_view s : {"c", "h", "cc", "cpp", "cxx", "hpp", "hh", "hxx", "inc", "m", "mm"})
     if (suffix == s) return true;
   return false;

@@ -2,7 +2,7 @@
 // the data, and turn the result into verdicts.
 #include "hotforge/diff.h"
 #include "constant_changes.h"
-#include "hotforge/error.h"
+#include "hotforge/core/error.h"
 #include "matcher.h"
 
 #include <fmt/core.h>
@@ -620,7 +620,7 @@ private:
     uint32_t after = 0;
     bool sourceFile = false;
     for (const CodeReference &r : code.references) {
-      if (r.encoding == FieldEncoding::A64AdrPage21) continue;  // its use has the same target
+      if (machineTarget(p.image.machine).meaning(r.encoding) == FieldMeaning::Page) continue;  // its use has the same target
       const Function *f = nullptr;
       const DataObject *o = nullptr;
       TargetClass kind = p.classify(r.target, &f, &o);

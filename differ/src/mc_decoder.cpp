@@ -1,6 +1,6 @@
 #include "mc_decoder.h"
 
-#include "hotforge/error.h"
+#include "hotforge/core/error.h"
 
 #include <llvm/MC/MCExpr.h>
 #include <llvm/Support/Endian.h>

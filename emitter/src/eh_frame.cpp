@@ -136,9 +136,11 @@ private:
       uint64_t start = r.position();
       uint32_t length = uint32_t(r.pointer(0x03));
       if (length == 0) break;
-      if (length == 0xffffffff) return makeError(".eh_frame uses 64-bit entries, which patches do not carry yet");
+      if (length == 0xffffffff) return refuse(rule::kUnwindNotCarried,
+                                              ".eh_frame uses 64-bit entries, which patches do not carry yet");
       uint64_t end = start + 4 + length;
-      if (end > section_.size()) return formatError(".eh_frame entry at {:#x} runs past the section", start);
+      if (end > section_.size()) return refuse(rule::kUnwindNotCarried,
+                                               ".eh_frame entry at {:#x} runs past the section", start);
       uint64_t idField = r.position();
       uint32_t id = uint32_t(r.pointer(0x03));
       if (id == 0) {
@@ -163,7 +165,7 @@ private:
             }
           }
         }
-        if (!r.ok()) return formatError(".eh_frame CIE at {:#x} is malformed", start);
+        if (!r.ok()) return refuse(rule::kUnwindNotCarried, ".eh_frame CIE at {:#x} is malformed", start);
         cies_[start] = cie;
       } else {
         Fde fde;
@@ -171,7 +173,7 @@ private:
         fde.length = end - start;
         fde.cie = idField - id;
         auto cie = cies_.find(fde.cie);
-        if (cie == cies_.end()) return formatError(".eh_frame FDE at {:#x} names no CIE", start);
+        if (cie == cies_.end()) return refuse(rule::kUnwindNotCarried, ".eh_frame FDE at {:#x} names no CIE", start);
         fde.pcBeginField = r.position() - start;
         fde.pcBegin = r.pointer(cie->second.fdeEncoding);
         r.pointer(cie->second.fdeEncoding & 0x0f);
@@ -183,7 +185,7 @@ private:
             fde.hasLsda = fde.lsda != 0;
           }
         }
-        if (!r.ok()) return formatError(".eh_frame FDE at {:#x} is malformed", start);
+        if (!r.ok()) return refuse(rule::kUnwindNotCarried, ".eh_frame FDE at {:#x} is malformed", start);
         fdes_[fde.pcBegin] = fde;
       }
       r.seek(end);
@@ -208,7 +210,8 @@ private:
   // A pointer into the patched build's data that must point at the base's copy.
   llvm::Error bindToBase(uint32_t fieldRva, uint64_t patchedTarget, const char *what, bool wide = false) {
     std::optional<uint64_t> base = request_.baseCounterpart(patchedTarget);
-    if (!base) return formatError("the {} at patched rva {:#x} has no counterpart in the base", what, patchedTarget);
+    if (!base) return refuse(rule::kHandlerNotInBase,
+                             "the {} at patched rva {:#x} has no counterpart in the base", what, patchedTarget);
     PatchFixup f;
     f.site = fieldRva;
     f.kind = wide ? FixupKind::Data64PcRel : FixupKind::Data32PcRel;
@@ -221,13 +224,14 @@ private:
   llvm::Expected<uint64_t> emitCie(const Cie &cie) {
     if (auto it = emittedCies_.find(cie.offset); it != emittedCies_.end()) return it->second;
     if (!isPcRelData(cie.fdeEncoding))
-      return formatError(".eh_frame CIE at {:#x} encodes addresses as {:#x}; patches carry pc-relative ones",
+      return refuse(rule::kUnwindNotCarried,
+                    ".eh_frame CIE at {:#x} encodes addresses as {:#x}; patches carry pc-relative ones",
                          cie.offset, cie.fdeEncoding);
     uint64_t at = out_.size();
     out_.raw(section_.slice(cie.offset, cie.length));
     if (cie.personalityEncoding != kOmit) {
       if (!isPcRelData(cie.personalityEncoding))
-        return makeError("a personality routine that is not pc-relative is not carried yet");
+        return refuse(rule::kUnwindNotCarried, "a personality routine that is not pc-relative is not carried yet");
       for (unsigned i = 0; i < (isWide(cie.personalityEncoding) ? 8u : 4u); ++i) out_.bytes[at + cie.personalityField + i] = 0;
       // Indirect: the CIE points at a slot holding the routine's address (DW.ref.*), which the
       // base has too. Direct: it points at the routine itself, also in the base.
@@ -248,7 +252,8 @@ private:
     out_.patch32(at + 4, uint32_t(at + 4 - *cieAt));
     putPcRel(at + fde.pcBeginField, imageRva, cie.fdeEncoding);
     if (fde.hasLsda) {
-      if (!isPcRelData(cie.lsdaEncoding)) return makeError("an LSDA pointer that is not pc-relative is not carried yet");
+      if (!isPcRelData(cie.lsdaEncoding)) return refuse(rule::kUnwindNotCarried,
+                                                        "an LSDA pointer that is not pc-relative is not carried yet");
       llvm::Expected<uint64_t> lsdaAt = copyLsda(fde.lsda);
       if (!lsdaAt) return lsdaAt.takeError();
       putPcRel(at + fde.lsdaField, lsdaRva_ + *lsdaAt, cie.lsdaEncoding);
@@ -260,11 +265,12 @@ private:
   // table (pointers to type_info, usually through DW.ref slots) needs fixups.
   llvm::Expected<uint64_t> copyLsda(uint64_t rva) {
     const Section *s = request_.patched->sectionAt(rva);
-    if (!s) return formatError("LSDA at patched rva {:#x} is outside every section", rva);
+    if (!s) return refuse(rule::kUnwindNotCarried, "LSDA at patched rva {:#x} is outside every section", rva);
     llvm::ArrayRef<uint8_t> bytes = request_.patched->bytesAt(rva, s->rva + s->fileSize - rva);
     Reader r(bytes, rva);
     uint8_t lpStartEncoding = r.u8();
-    if (lpStartEncoding != kOmit) return makeError("an LSDA with its own landing-pad base is not carried yet");
+    if (lpStartEncoding != kOmit) return refuse(rule::kUnwindNotCarried,
+                                                "an LSDA with its own landing-pad base is not carried yet");
     uint8_t typeEncoding = r.u8();
     uint64_t typeBase = 0;
     if (typeEncoding != kOmit) {
@@ -289,21 +295,23 @@ private:
         uint64_t displacementAt = a.position();
         int64_t displacement = a.sleb();
         actionsEnd = std::max(actionsEnd, a.position());
-        if (filter < 0) return makeError("an LSDA with exception specifications is not carried yet");
+        if (filter < 0) return refuse(rule::kUnwindNotCarried,
+                                      "an LSDA with exception specifications is not carried yet");
         maxFilter = std::max(maxFilter, filter);
-        if (!a.ok()) return makeError("malformed LSDA action table");
+        if (!a.ok()) return refuse(rule::kUnwindNotCarried, "malformed LSDA action table");
         next = displacement ? uint64_t(int64_t(displacementAt) + displacement - int64_t(actionsStart) + 1) : 0;
       }
     }
-    if (!r.ok()) return formatError("malformed LSDA at patched rva {:#x}", rva);
+    if (!r.ok()) return refuse(rule::kUnwindNotCarried, "malformed LSDA at patched rva {:#x}", rva);
     uint64_t end = typeBase ? typeBase : actionsEnd;
-    if (end > bytes.size()) return formatError("LSDA at patched rva {:#x} runs past its section", rva);
+    if (end > bytes.size()) return refuse(rule::kUnwindNotCarried,
+                                          "LSDA at patched rva {:#x} runs past its section", rva);
     while (lsda_.size() % 4) lsda_.push_back(0);
     uint64_t at = lsda_.size();
     lsda_.insert(lsda_.end(), bytes.begin(), bytes.begin() + end);
     if (typeBase && maxFilter) {
       if (!isPcRelData(typeEncoding))
-        return formatError("LSDA type table encoding {:#x} is not carried yet", typeEncoding);
+        return refuse(rule::kUnwindNotCarried, "LSDA type table encoding {:#x} is not carried yet", typeEncoding);
       uint64_t width = isWide(typeEncoding) ? 8 : 4;
       for (int64_t i = 1; i <= maxFilter; ++i) {
         uint64_t entry = typeBase - width * uint64_t(i);
@@ -318,7 +326,8 @@ private:
         f.kind = width == 8 ? FixupKind::Data64PcRel : FixupKind::Data32PcRel;
         f.space = FixupSpace::Base;
         std::optional<uint64_t> base = request_.baseCounterpart(target);
-        if (!base) return formatError("a type caught by patched code (at patched rva {:#x}) is not in the base", target);
+        if (!base) return refuse(rule::kHandlerNotInBase,
+                                 "a type caught by patched code (at patched rva {:#x}) is not in the base", target);
         f.target = *base;
         fixups_.push_back(f);
       }

@@ -10,8 +10,8 @@
 // Arm64 packed entries need no .xdata and are copied with the new begin only.
 #include "pe_unwind.h"
 
+#include "emitter_internal.h"
 #include "hotforge/arch.h"
-#include "hotforge/error.h"
 
 #include <fmt/core.h>
 #include <llvm/Object/COFF.h>
@@ -27,11 +27,7 @@ using llvm::support::endian::write32le;
 
 namespace {
 
-constexpr uint8_t kUnwEHandler = 1, kUnwUHandler = 2, kUnwChainInfo = 4;
-constexpr size_t kX64EntrySize = 12, kA64EntrySize = 8;
 constexpr uint32_t kMaxScopes = 0x10000;
-
-llvm::Expected<size_t> unwindRecordSize(llvm::ArrayRef<uint8_t> record, bool x64, bool checkLength);
 
 std::string describe(const CarriedCode &c) {
   return c.name ? *c.name : fmt::format("the function at patched rva {:#x}", c.patchedRva);
@@ -78,7 +74,7 @@ struct UnwindRecord {
   uint64_t patchedRva = 0;
   size_t fixedSize = 0;  // through the handler RVA or the chained RUNTIME_FUNCTION
   std::vector<uint8_t> bytes;  // the whole record, with the handler's data
-  bool chained = false;  // x64: a RUNTIME_FUNCTION follows the codes
+  bool chained = false;  // a .pdata entry (the parent's) follows the codes
   std::optional<uint64_t> handler;  // patched RVA of the exception handler
   std::optional<HandlerData> handlerData;
   uint32_t offset = 0;  // in the new .xdata
@@ -94,11 +90,11 @@ struct Entry {
 
 class Copier {
 public:
-  Copier(const PeUnwindSource &source, llvm::ArrayRef<CarriedCode> carried) : source_(source), locator_(carried) {}
+  Copier(const PeUnwindSource &source, llvm::ArrayRef<CarriedCode> carried)
+      : source_(source), dialect_(peUnwindDialect(source.machine)), locator_(carried) {}
 
   llvm::Error collect() {
-    bool x64 = source_.machine == Machine::X64;
-    size_t entrySize = x64 ? kX64EntrySize : kA64EntrySize;
+    size_t entrySize = dialect_.entrySize();
     llvm::ArrayRef<uint8_t> table = source_.exceptionDirectory;
     for (size_t at = 0; at + entrySize <= table.size(); at += entrySize) {
       Entry e;
@@ -107,40 +103,37 @@ public:
       e.function = locator_.owner(e.begin);
       if (!e.function) continue;
       std::string who = describe(*e.function);
-      if (x64) {
-        e.end = read32le(&table[at + 4]);
-      } else {
-        llvm::Expected<uint32_t> length = arm64Length(e.unwind, who);
-        if (!length) return length.takeError();
-        e.end = e.begin + *length;
-      }
+      llvm::Expected<uint32_t> end = dialect_.entryEnd(table.slice(at, entrySize), source_, who);
+      if (!end) return refuse(rule::kUnwindNotCarried, "{}", errorText(end.takeError()));
+      e.end = *end;
       if (e.end <= e.begin || e.end - e.function->patchedRva > e.function->size)
-        return formatError("{}: its unwind entry [{:#x}, {:#x}) does not lie inside the function [{:#x}, {:#x})", who,
+        return refuse(rule::kUnwindNotCarried,
+                      "{}: its unwind entry [{:#x}, {:#x}) does not lie inside the function [{:#x}, {:#x})", who,
                            e.begin, e.end, e.function->patchedRva, e.function->patchedRva + e.function->size);
       e.newBegin = *locator_.map(e.begin);
       e.newEnd = e.newBegin + (e.end - e.begin);
       entries_.push_back(e);
-      if (x64 && (e.unwind & 1)) continue;        // indirect: points at another entry
-      if (!x64 && (e.unwind & 3) != 0) continue;  // packed: no .xdata
+      if (dialect_.unwindOf(e.unwind) != PeUnwindDialect::Unwind::Record) continue;
       if (llvm::Error err = addRecord(e.unwind, *e.function)) return err;
     }
     std::sort(entries_.begin(), entries_.end(), [](const Entry &a, const Entry &b) { return a.newBegin < b.newBegin; });
     for (size_t i = 1; i < entries_.size(); ++i)
       if (entries_[i].newBegin < entries_[i - 1].newEnd)
-        return formatError("{}: unwind entries at patched rva {:#x} and {:#x} overlap", describe(*entries_[i].function),
+        return refuse(rule::kUnwindNotCarried,
+                      "{}: unwind entries at patched rva {:#x} and {:#x} overlap", describe(*entries_[i].function),
                            entries_[i - 1].begin, entries_[i].begin);
     // A chain must end at an entry the image has, so refusals come before the layout.
     std::set<uint32_t> begins;
     for (const Entry &e : entries_) begins.insert(e.begin);
     for (const Entry &e : entries_) {
-      if (!x64 || !(e.unwind & 1)) continue;
+      if (dialect_.unwindOf(e.unwind) != PeUnwindDialect::Unwind::Indirect) continue;
       llvm::Expected<uint32_t> parent = indirectParent(e);
       if (!parent) return parent.takeError();
       if (!begins.count(*parent)) return notCarried(*e.function, *parent);
     }
     for (const auto &[rva, record] : records_)
       if (record.chained) {
-        uint32_t parent = read32le(&record.bytes[record.fixedSize - kX64EntrySize]);
+        uint32_t parent = read32le(&record.bytes[record.fixedSize - dialect_.entrySize()]);
         if (!begins.count(parent)) return notCarried(*record.function, parent);
       }
     return llvm::Error::success();
@@ -154,7 +147,6 @@ public:
   }
 
   llvm::Expected<PeUnwindTables> emit(uint32_t pdataRva, uint32_t xdataRva, const std::map<uint64_t, uint32_t> &stubs) {
-    bool x64 = source_.machine == Machine::X64;
     PeUnwindTables out;
     // .xdata: every record once, 4-aligned, in patched-address order.
     for (auto &[rva, record] : records_) {
@@ -166,13 +158,14 @@ public:
     std::map<uint32_t, size_t> entryAt;  // patched begin -> index in entries_
     for (size_t i = 0; i < entries_.size(); ++i) entryAt[entries_[i].begin] = i;
     auto newUnwind = [&](const Entry &e) -> llvm::Expected<uint32_t> {
-      if (!x64 && (e.unwind & 3) != 0) return e.unwind;
-      if (x64 && (e.unwind & 1)) {
+      PeUnwindDialect::Unwind unwind = dialect_.unwindOf(e.unwind);
+      if (unwind == PeUnwindDialect::Unwind::Packed) return e.unwind;
+      if (unwind == PeUnwindDialect::Unwind::Indirect) {
         llvm::Expected<uint32_t> parentBegin = indirectParent(e);
         if (!parentBegin) return parentBegin.takeError();
         auto parent = entryAt.find(*parentBegin);
         if (parent == entryAt.end()) return notCarried(*e.function, *parentBegin);
-        return uint32_t(pdataRva + parent->second * kX64EntrySize) | 1u;
+        return uint32_t(pdataRva + parent->second * dialect_.entrySize()) | 1u;
       }
       return xdataRva + records_.at(e.unwind).offset;
     };
@@ -187,7 +180,7 @@ public:
       uint8_t *p = &out.xdata[record.offset];
       std::string who = describe(*record.function);
       if (record.chained) {
-        uint8_t *chain = p + record.fixedSize - kX64EntrySize;
+        uint8_t *chain = p + record.fixedSize - dialect_.entrySize();
         uint32_t parentBegin = read32le(chain);
         auto parent = entryAt.find(parentBegin);
         if (parent == entryAt.end()) return notCarried(*record.function, parentBegin);
@@ -200,7 +193,8 @@ public:
         if (!handler) {
           auto stub = stubs.find(*record.handler);
           if (stub == stubs.end())
-            return formatError("{}: no stub for its exception handler at patched rva {:#x}", who, *record.handler);
+            return refuse(rule::kUnwindNotCarried,
+                          "{}: no stub for its exception handler at patched rva {:#x}", who, *record.handler);
           handler = stub->second;
         }
         write32le(p + record.fixedSize - 4, *handler);
@@ -215,7 +209,7 @@ public:
         out.pdata.insert(out.pdata.end(), word, word + 4);
       };
       put(entries_[i].newBegin);
-      if (x64) put(entries_[i].newEnd);
+      if (dialect_.entryHoldsEnd()) put(entries_[i].newEnd);
       put(unwinds[i]);
     }
     out.entries = entries_.size();
@@ -223,34 +217,22 @@ public:
   }
 
 private:
-  // The begin address of the entry an x64 indirect entry (UnwindData | 1) names, found by its
+  // The begin address of the entry an indirect entry (UnwindData | 1) names, found by its
   // position in the patched build's .pdata.
   llvm::Expected<uint32_t> indirectParent(const Entry &e) const {
     uint32_t at = e.unwind & ~1u;
     uint64_t offset = uint64_t(at) - source_.exceptionDirectoryRva;
-    if (at < source_.exceptionDirectoryRva || offset % kX64EntrySize ||
-        offset + kX64EntrySize > source_.exceptionDirectory.size())
-      return formatError("{}: its indirect unwind entry points at {:#x}, not at an entry of .pdata",
+    if (at < source_.exceptionDirectoryRva || offset % dialect_.entrySize() ||
+        offset + dialect_.entrySize() > source_.exceptionDirectory.size())
+      return refuse(rule::kUnwindNotCarried, "{}: its indirect unwind entry points at {:#x}, not at an entry of .pdata",
                          describe(*e.function), at);
     return read32le(&source_.exceptionDirectory[offset]);
   }
 
   static llvm::Error notCarried(const CarriedCode &function, uint32_t parent) {
-    return formatError("{}: its unwind data chains to the function at patched rva {:#x}, which the patch does not "
+    return refuse(rule::kUnwindNotCarried,
+                  "{}: its unwind data chains to the function at patched rva {:#x}, which the patch does not "
                        "carry (needs restart)", describe(function), parent);
-  }
-
-  llvm::Expected<uint32_t> arm64Length(uint32_t unwind, const std::string &who) {
-    switch (unwind & 3) {
-    case 1:
-    case 2: return ((unwind >> 2) & 0x7ff) * 4;
-    case 0: {
-      llvm::ArrayRef<uint8_t> header = source_.bytesAt(unwind, 4);
-      if (header.size() != 4) return formatError("{}: its .xdata record at {:#x} is outside the file", who, unwind);
-      return (read32le(header.data()) & 0x3ffff) * 4;
-    }
-    default: return formatError("{}: its .pdata entry uses the reserved unwind flag 3", who);
-    }
   }
 
   llvm::Error addRecord(uint32_t rva, const CarriedCode &function) {
@@ -259,26 +241,21 @@ private:
     UnwindRecord record;
     record.patchedRva = rva;
     record.function = &function;  // owned by locator_
-    // The header says how long the record is; an Arm64 extended header takes a second word.
+    // The header says how long the record is; it may take a second word.
     llvm::ArrayRef<uint8_t> head = source_.bytesAt(rva, 4);
-    if (head.size() == 4 && source_.machine == Machine::Arm64 && (read32le(head.data()) >> 22) == 0)
-      head = source_.bytesAt(rva, 8);
-    if (head.size() < 4) return formatError("{}: its unwind record at patched rva {:#x} is outside the file", who, rva);
-    llvm::Expected<size_t> fixed = source_.machine == Machine::X64 ? unwindRecordSize(head, true, false)
-                                                                   : unwindRecordSize(head, false, false);
-    if (!fixed) return formatError("{}: its unwind record at patched rva {:#x}: {}", who, rva, errorText(fixed.takeError()));
+    if (head.size() == 4) head = source_.bytesAt(rva, dialect_.headerSize(head));
+    if (head.size() < 4) return refuse(rule::kUnwindNotCarried,
+                                       "{}: its unwind record at patched rva {:#x} is outside the file", who, rva);
+    llvm::Expected<size_t> fixed = dialect_.recordSize(head, false);
+    if (!fixed) return refuse(rule::kUnwindNotCarried,
+                              "{}: its unwind record at patched rva {:#x}: {}", who, rva, errorText(fixed.takeError()));
     record.fixedSize = *fixed;
     llvm::ArrayRef<uint8_t> bytes = source_.bytesAt(rva, record.fixedSize);
     if (bytes.size() != record.fixedSize)
-      return formatError("{}: its unwind record at patched rva {:#x} is outside the file", who, rva);
-    bool hasHandler = false;
-    if (source_.machine == Machine::X64) {
-      uint8_t flags = bytes[0] >> 3;
-      record.chained = flags & kUnwChainInfo;
-      hasHandler = !record.chained && (flags & (kUnwEHandler | kUnwUHandler));
-    } else {
-      hasHandler = (read32le(bytes.data()) >> 20) & 1;
-    }
+      return refuse(rule::kUnwindNotCarried,
+                    "{}: its unwind record at patched rva {:#x} is outside the file", who, rva);
+    record.chained = dialect_.chained(bytes);
+    bool hasHandler = dialect_.hasHandler(bytes);
     record.bytes.assign(bytes.begin(), bytes.end());
     if (hasHandler) {
       uint32_t handler = read32le(&bytes[record.fixedSize - 4]);
@@ -286,7 +263,8 @@ private:
       std::optional<std::string> name = source_.nameAt ? source_.nameAt(handler) : std::nullopt;
       std::optional<HandlerData> kind = name ? handlerDataFor(*name) : std::nullopt;
       if (!kind)
-        return formatError("{} has an exception handler ({} at patched rva {:#x}) whose data Hotforge cannot re-aim: "
+        return refuse(rule::kHandlerDataNotReaimed,
+                      "{} has an exception handler ({} at patched rva {:#x}) whose data Hotforge cannot re-aim: "
                            "only __C_specific_handler scope tables and __GSHandlerCheck data are understood (needs "
                            "restart)", who, name.value_or("unnamed"), handler);
       record.handlerData = *kind;
@@ -294,7 +272,7 @@ private:
       if (!dataSize) return dataSize.takeError();
       llvm::ArrayRef<uint8_t> data = source_.bytesAt(rva + record.fixedSize, *dataSize);
       if (data.size() != *dataSize)
-        return formatError("{}: the data of its exception handler is outside the file", who);
+        return refuse(rule::kUnwindNotCarried, "{}: the data of its exception handler is outside the file", who);
       record.bytes.insert(record.bytes.end(), data.begin(), data.end());
       // Check now that every RVA in it can be re-aimed, so a refusal comes before the layout.
       std::vector<uint8_t> scratch(data.begin(), data.end());
@@ -308,14 +286,15 @@ private:
     size_t size = 0;
     if (kind == HandlerData::ScopeTable || kind == HandlerData::GsCheckSeh) {
       llvm::ArrayRef<uint8_t> count = source_.bytesAt(at, 4);
-      if (count.size() != 4) return formatError("{}: its scope table is outside the file", who);
+      if (count.size() != 4) return refuse(rule::kUnwindNotCarried, "{}: its scope table is outside the file", who);
       uint32_t scopes = read32le(count.data());
-      if (scopes > kMaxScopes) return formatError("{}: its scope table claims {} scopes", who, scopes);
+      if (scopes > kMaxScopes) return refuse(rule::kUnwindNotCarried,
+                                             "{}: its scope table claims {} scopes", who, scopes);
       size = 4 + size_t(scopes) * 16;
     }
     if (kind == HandlerData::GsCheck || kind == HandlerData::GsCheckSeh) {
       llvm::ArrayRef<uint8_t> gs = source_.bytesAt(at + size, 4);
-      if (gs.size() != 4) return formatError("{}: its /GS handler data is outside the file", who);
+      if (gs.size() != 4) return refuse(rule::kUnwindNotCarried, "{}: its /GS handler data is outside the file", who);
       size += (read32le(gs.data()) & 4) ? 12 : 4;  // HasAlignment adds AlignedBaseOffset and Alignment
     }
     return size;
@@ -339,7 +318,8 @@ private:
                                                                               : inside(filter, false);
       std::optional<uint32_t> newTarget = target == 0 ? std::optional<uint32_t>(0) : inside(target, false);
       if (!newBegin || !newEnd || !newFilter || !newTarget)
-        return formatError("{}: scope {} of its exception handler names code outside the patch (try [{:#x}, {:#x}), "
+        return refuse(rule::kHandlerDataNotReaimed,
+                      "{}: scope {} of its exception handler names code outside the patch (try [{:#x}, {:#x}), "
                            "handler {:#x}, target {:#x}) (needs restart)", who, i, begin, end, filter, target);
       write32le(scope, *newBegin);
       write32le(scope + 4, *newEnd);
@@ -350,6 +330,7 @@ private:
   }
 
   const PeUnwindSource &source_;
+  const PeUnwindDialect &dialect_;
   Locator locator_;
   std::vector<Entry> entries_;
   std::map<uint64_t, UnwindRecord> records_;  // by patched RVA
@@ -357,46 +338,13 @@ private:
 
 }  // namespace
 
-namespace {
-
-// The record size its header gives; `checkLength`: the buffer must hold all of it.
-llvm::Expected<size_t> unwindRecordSize(llvm::ArrayRef<uint8_t> record, bool x64, bool checkLength) {
-  size_t size = 0;
-  if (x64) {
-    if (record.size() < 4) return makeError("UNWIND_INFO is truncated (needs 4 header bytes)");
-    unsigned version = record[0] & 7, flags = record[0] >> 3;
-    if (version != 1 && version != 2) return formatError("UNWIND_INFO version {} is not 1 or 2", version);
-    size = 4 + 2 * ((size_t(record[2]) + 1) & ~size_t(1));  // codes, padded to an even count
-    if (flags & kUnwChainInfo) size += kX64EntrySize;
-    else if (flags & (kUnwEHandler | kUnwUHandler)) size += 4;
-  } else {
-    if (record.size() < 4) return makeError(".xdata record is truncated (needs a 4-byte header)");
-    uint32_t w0 = read32le(record.data());
-    if ((w0 >> 18) & 3) return formatError(".xdata record version {} is not 0", (w0 >> 18) & 3);
-    bool exception = (w0 >> 20) & 1, singleEpilog = (w0 >> 21) & 1;
-    size_t epilogs = (w0 >> 22) & 0x1f, codeWords = (w0 >> 27) & 0x1f;
-    size = 4;
-    if (epilogs == 0 && codeWords == 0) {  // extended header: a second word holds both counts
-      if (record.size() < 8) return makeError(".xdata record is truncated (needs an 8-byte extended header)");
-      uint32_t w1 = read32le(record.data() + 4);
-      epilogs = w1 & 0xffff;
-      codeWords = (w1 >> 16) & 0xff;
-      size = 8;
-    }
-    if (!singleEpilog) size += epilogs * 4;  // E: the count field is a code index and no scopes follow
-    size += codeWords * 4;
-    if (exception) size += 4;  // the exception handler RVA
+const PeUnwindDialect &peUnwindDialect(Machine machine) {
+  switch (machine) {
+  case Machine::X64: return x64UnwindDialect();
+  case Machine::Arm64: return arm64UnwindDialect();
   }
-  if (checkLength && record.size() < size)
-    return formatError("{} is truncated ({} of {} bytes)", x64 ? "UNWIND_INFO" : ".xdata record", record.size(), size);
-  return size;
+  return x64UnwindDialect();  // not reached: the switch names every machine
 }
-
-}  // namespace
-
-llvm::Expected<size_t> x64UnwindInfoSize(llvm::ArrayRef<uint8_t> info) { return unwindRecordSize(info, true, true); }
-
-llvm::Expected<size_t> arm64XdataSize(llvm::ArrayRef<uint8_t> record) { return unwindRecordSize(record, false, true); }
 
 llvm::Expected<PeUnwindSource> peUnwindSourceFor(const Image &patched) {
   PeUnwindSource source;
@@ -404,12 +352,13 @@ llvm::Expected<PeUnwindSource> peUnwindSourceFor(const Image &patched) {
   llvm::ArrayRef<uint8_t> file = patched.fileBytes();
   llvm::MemoryBufferRef buffer(llvm::StringRef(reinterpret_cast<const char *>(file.data()), file.size()), patched.path);
   llvm::Expected<std::unique_ptr<llvm::object::COFFObjectFile>> coff = llvm::object::COFFObjectFile::create(buffer);
-  if (!coff) return formatError("{}: {}", patched.path, errorText(coff.takeError()));
+  if (!coff) return refuse(rule::kUnwindNotCarried, "{}: {}", patched.path, errorText(coff.takeError()));
   if (const llvm::object::data_directory *d = (*coff)->getDataDirectory(llvm::COFF::EXCEPTION_TABLE); d && d->Size) {
     source.exceptionDirectoryRva = d->RelativeVirtualAddress;
     source.exceptionDirectory = patched.bytesAt(d->RelativeVirtualAddress, d->Size);
     if (source.exceptionDirectory.empty())
-      return formatError("{}: the exception directory at rva {:#x} is outside the file", patched.path,
+      return refuse(rule::kUnwindNotCarried,
+                    "{}: the exception directory at rva {:#x} is outside the file", patched.path,
                          uint32_t(d->RelativeVirtualAddress));
   }
   const Image *image = &patched;

@@ -2,7 +2,7 @@
 // reader file and one line in formatReaders(); nothing else in Hotforge changes.
 #pragma once
 
-#include "hotforge/error.h"
+#include "hotforge/core/error.h"
 #include "hotforge/image.h"
 
 #include <llvm/Object/ObjectFile.h>

@@ -84,10 +84,6 @@ ArrayRef<uint8_t> Image::fileBytes() const {
   return {reinterpret_cast<const uint8_t *>(buffer_->getBufferStart()), buffer_->getBufferSize()};
 }
 
-Error makeError(const Twine &message) { return createStringError(inconvertibleErrorCode(), message); }
-
-std::string errorText(Error error) { return toString(std::move(error)); }
-
 namespace detail {
 
 std::string hexOffset(uint64_t value) {

@@ -7,12 +7,12 @@
 #include "pe_file.h"
 #include "pe_session.h"
 
-#include "hotforge/runtime/bytes.h"
+#include "hotforge/core/ascii.h"
+#include "hotforge/core/bytes.h"
 
 #include <unicorn/unicorn.h>
 
 #include <algorithm>
-#include <cctype>
 #include <deque>
 
 namespace hotforge::pe {
@@ -32,11 +32,6 @@ constexpr uint64_t kModuleAlignment = 0x10000;
 constexpr uint64_t kPageSize = 0x1000;  // Windows' page; Unicorn's own may be smaller (1 KiB on Arm)
 constexpr uint64_t kInstructionLimit = 10'000'000;  // per call: a runaway call is an error, not a hang
 constexpr uint64_t kReach = 0x100000000;            // ADRP: ±4 GiB
-
-std::string lowerCase(std::string text) {
-  std::transform(text.begin(), text.end(), text.begin(), [](unsigned char c) { return char(std::tolower(c)); });
-  return text;
-}
 
 // A module's bytes as mapped (RVA = offset); reads past the end give 0 and set `overrun`.
 struct MappedBytes {
@@ -220,10 +215,10 @@ private:
   // Maps a DLL and, first, every DLL it imports from (loaded once each, by file name).
   Outcome<const Module *> load(const std::string &directory, const std::string &fileName) {
     for (const Module &m : modules_)
-      if (m.name == lowerCase(fileName)) return &m;
+      if (m.name == asciiLower(fileName)) return &m;
     // A module is listed once its imports are resolved, so one that imports itself, directly or
     // not, would recurse without end.
-    if (std::find(loading_.begin(), loading_.end(), lowerCase(fileName)) != loading_.end())
+    if (std::find(loading_.begin(), loading_.end(), asciiLower(fileName)) != loading_.end())
       return fail(fileName, " imports itself (through ", loading_.back(), "), which this emulator does not load");
     Outcome<std::vector<uint8_t>> read = readWholeFile(directory + fileName);
     if (!read) return std::move(read).failure();
@@ -233,7 +228,7 @@ private:
     if (pe->machine != kMachineArm64) return fail(fileName, " is not an Arm64 DLL");
     if (pe->entryRva) return fail(fileName, " has a DllMain, which this emulator does not run");
     // The base goes where it prefers to be; the DLLs it imports and the patch image go above it.
-    Module module{lowerCase(fileName), nextModule_ ? nextModule_ : pe->imageBase, *pe, {}};
+    Module module{asciiLower(fileName), nextModule_ ? nextModule_ : pe->imageBase, *pe, {}};
     MappedBytes &m = module.memory;
     m.bytes.assign(alignTo(pe->sizeOfImage, kPageSize), 0);
     std::copy_n(file.begin(), std::min<size_t>({pe->sizeOfHeaders, file.size(), m.bytes.size()}), m.bytes.begin());

@@ -5,7 +5,7 @@
 // the runtime's standard-library-only sources.
 #include "pe_session.h"
 
-#include "hotforge/runtime/bytes.h"
+#include "hotforge/core/bytes.h"
 
 #include <windows.h>
 #include <bcrypt.h>

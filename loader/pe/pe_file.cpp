@@ -1,6 +1,6 @@
 #include "pe_file.h"
 
-#include "hotforge/runtime/bytes.h"
+#include "hotforge/core/bytes.h"
 
 #include <cstring>
 #include <fstream>

@@ -3,7 +3,7 @@
 // appliers' one file reader. Standard library only, so the mingw-built applier shares it.
 #pragma once
 
-#include "hotforge/runtime/outcome.h"
+#include "hotforge/core/outcome.h"
 
 #include <array>
 #include <cstdint>

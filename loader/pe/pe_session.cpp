@@ -2,7 +2,7 @@
 
 #include "pe_file.h"
 
-#include "hotforge/runtime/bytes.h"
+#include "hotforge/core/bytes.h"
 
 #include <cstdio>
 #include <cstdlib>

@@ -4,7 +4,7 @@
 // (pe_apply_x64.cpp) or in an emulator (pe_apply_a64.cpp). Standard library only.
 #pragma once
 
-#include "hotforge/runtime/patch_format.h"
+#include "hotforge/core/patch_format.h"
 
 #include <array>
 #include <cstdint>

@@ -2,9 +2,9 @@
 // can write, each record written durably before the process changes (docs/loader.md, "Records").
 #include "hotforge/loader.h"
 
-#include "hotforge/runtime/bytes.h"
-#include "hotforge/runtime/files.h"
-#include "hotforge/runtime/json_text.h"
+#include "hotforge/core/bytes.h"
+#include "hotforge/core/files.h"
+#include "hotforge/core/json_text.h"
 
 #include <charconv>
 #include <cerrno>

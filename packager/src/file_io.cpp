@@ -1,6 +1,6 @@
 // Writing files that appear whole or not at all: the runtime's writer, for LLVM-side callers.
-#include "hotforge/error.h"
-#include "hotforge/runtime/files.h"
+#include "hotforge/core/error.h"
+#include "hotforge/core/files.h"
 #include "hotforge/unit.h"
 
 #include <fcntl.h>

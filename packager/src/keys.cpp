@@ -1,7 +1,7 @@
 // Ed25519 private keys and signers (OpenSSL 3), and key generation. Public keys are read by the
-// runtime (hotforge/runtime/unit_reader.h).
-#include "hotforge/error.h"
-#include "hotforge/runtime/openssl_keys.h"
+// runtime (hotforge/core/unit_reader.h).
+#include "hotforge/core/error.h"
+#include "hotforge/core/openssl_keys.h"
 #include "hotforge/unit.h"
 
 #include <openssl/crypto.h>

@@ -1,7 +1,7 @@
 // Showing a unit without a key: what `hotforge inspect UNIT` prints. The description comes from an
 // unverified manifest, so every field is read defensively and the output says it is unverified.
-#include "hotforge/error.h"
-#include "hotforge/runtime/unit_checks.h"
+#include "hotforge/core/error.h"
+#include "hotforge/core/unit_checks.h"
 #include "hotforge/unit.h"
 
 #include <fmt/core.h>

@@ -1,8 +1,9 @@
 // packUnit: compress each image (zstd, multi-threaded mode, whose output does not depend on the
 // number of workers), write the canonical manifest, sign header and manifest, assemble the file.
-#include "hotforge/error.h"
-#include "hotforge/runtime/bytes.h"
-#include "hotforge/runtime/unit_checks.h"
+#include "hotforge/core/error.h"
+#include "hotforge/core/ascii.h"
+#include "hotforge/core/bytes.h"
+#include "hotforge/core/unit_checks.h"
 #include "hotforge/unit.h"
 
 #include <zstd.h>
@@ -103,7 +104,7 @@ llvm::Expected<std::vector<uint8_t>> packUnit(const std::vector<UnitEntry> &inpu
   std::set<std::string> folded, baselines;
   for (size_t i = 0; i < entries.size(); ++i) {
     const UnitEntry &e = *entries[i];
-    if (!folded.insert(foldCase(e.name)).second)
+    if (!folded.insert(asciiLower(e.name)).second)
       return formatError("duplicate entry name {} (names must differ in more than letter case)", jsonQuoted(e.name));
     Outcome<nlohmann::json> r = recordedFromInfo(e.info);
     if (!r) return formatError("image {}: {}", jsonQuoted(e.name), r.error());

@@ -1,7 +1,7 @@
 // Hashing, JSON files, entry names, release ids and shard specs.
 #include "release_internal.h"
 
-#include "hotforge/error.h"
+#include "hotforge/core/error.h"
 
 #include <llvm/Support/FileSystem.h>
 #include <llvm/Support/MemoryBuffer.h>
@@ -51,6 +51,12 @@ llvm::Expected<nlohmann::json> readJsonFile(const std::string &path) {
 llvm::Error writeTextAtomically(const std::string &path, const std::string &text) {
   return writeFileAtomically(path, llvm::ArrayRef<uint8_t>(reinterpret_cast<const uint8_t *>(text.data()), text.size()),
                              0666, /*replace=*/true);
+}
+
+std::string restartLabel(const nlohmann::json &reason) {
+  if (!reason.at("rule").is_string()) return "build refused";
+  return reason.at("rule").get<std::string>() + " " +
+         (reason.at("name").is_string() ? reason.at("name").get<std::string>() : "");
 }
 
 }  // namespace release_detail

@@ -1,7 +1,8 @@
 // Release manifests (JSON or TOML) and directory pairings, to a sorted plan of pairs.
 #include "release_internal.h"
 
-#include "hotforge/error.h"
+#include "hotforge/core/ascii.h"
+#include "hotforge/core/error.h"
 
 #include <llvm/Support/FileSystem.h>
 #include <llvm/Support/GlobPattern.h>
@@ -17,12 +18,6 @@
 namespace hotforge {
 namespace release_detail {
 namespace {
-
-std::string foldCase(std::string text) {
-  for (char &c : text)
-    if (c >= 'A' && c <= 'Z') c = static_cast<char>(c - 'A' + 'a');
-  return text;
-}
 
 // "./lib//foo.so" -> "lib/foo.so"; ".." anywhere is refused.
 llvm::Expected<std::string> normalizeName(llvm::StringRef raw) {
@@ -116,7 +111,7 @@ void finishPairs(ReleasePlan &plan) {
     if (p.entry.size() > 255 && p.problem.empty())
       p.problem = fmt::format("its entry name is {} bytes long, above the 255 a unit allows; use a shorter pair name",
                               p.entry.size());
-    byEntry[foldCase(p.entry)].push_back(i);
+    byEntry[asciiLower(p.entry)].push_back(i);
   }
   for (auto &[folded, indices] : byEntry) {
     if (indices.size() < 2) continue;

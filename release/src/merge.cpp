@@ -2,7 +2,7 @@
 // one shard 1/1), so its outputs are those of any sharded run of the same plan, byte for byte.
 #include "release_internal.h"
 
-#include "hotforge/error.h"
+#include "hotforge/core/error.h"
 #include "hotforge/report.h"
 
 #include <llvm/Support/FileSystem.h>
@@ -153,10 +153,8 @@ json addStages(json total, const json &more) {
   return total;
 }
 
-llvm::Expected<ReleaseResult> merge(const std::vector<ReleaseShard> &shards, const ReleasePackOptions &options) {
-  Clock::time_point start = Clock::now();
-  if (shards.empty()) return makeError("no shards to merge");
-  if (!options.signer) return makeError("merging a release needs a signer");
+// The shards by index, each once, all of one plan and one split, none missing.
+llvm::Expected<std::map<unsigned, const ReleaseShard *>> shardsByIndex(const std::vector<ReleaseShard> &shards) {
   const json &header = shards.front().record;
   std::string plan = header.at("plan").get<std::string>();
   unsigned count = header.at("shard").at("count").get<unsigned>();
@@ -179,9 +177,15 @@ llvm::Expected<ReleaseResult> merge(const std::vector<ReleaseShard> &shards, con
   for (unsigned i = 1; i <= count; ++i)
     if (!byIndex.count(i)) missing += fmt::format("{}{}/{}", missing.empty() ? "" : ", ", i, count);
   if (!missing.empty()) return formatError("shard(s) {} missing: merge needs every shard's output", missing);
+  return byIndex;
+}
 
+// Every pair's result in plan order, each from the shard it belongs to (`owner`).
+llvm::Expected<std::vector<json>> resultsInPlanOrder(const json &header,
+                                                     const std::map<unsigned, const ReleaseShard *> &byIndex,
+                                                     std::map<std::string, const ReleaseShard *> &owner) {
+  unsigned count = header.at("shard").at("count").get<unsigned>();
   std::map<std::string, const json *> results;
-  std::map<std::string, const ReleaseShard *> owner;
   for (const auto &[index, s] : byIndex)
     for (const json &r : s->record.at("results")) {
       if (!validResult(r)) return formatError("shard {}/{}: a result is malformed", index, count);
@@ -201,73 +205,54 @@ llvm::Expected<ReleaseResult> merge(const std::vector<ReleaseShard> &shards, con
     records.push_back(*it->second);
   }
   if (records.size() != results.size()) return makeError("the shards hold results for pairs the plan does not have");
+  return records;
+}
 
-  // Units: hotpatched pairs grouped, each unit from its full, sorted list of entries.
-  ReleaseGrouping grouping = groupingFrom(header.at("grouping").get<std::string>());
-  std::string release = header.at("release").get<std::string>();
-  std::map<std::string, std::vector<json *>> groups;  // unit file -> records
-  for (json &r : records) {
-    r["unit"] = nullptr;
-    if (r.at("status") != "hotpatched") continue;
-    std::string file = unitFile(release, unitGroup(grouping, r.at("format").get<std::string>(), r.at("machine").get<std::string>()));
-    r["unit"] = file;
-    groups[file].push_back(&r);
+// One unit from its members' images, sorted by entry name; its summary record goes to `units`.
+llvm::Error packGroup(const json &header, const std::string &file, const std::vector<json *> &members,
+                      const std::map<std::string, const ReleaseShard *> &owner, const ReleasePackOptions &options,
+                      ReleaseGrouping grouping, json &units, ReleaseResult &result) {
+  std::vector<UnitEntry> entries;
+  uint64_t imagesSize = 0;
+  json entryNames = json::array();
+  for (json *r : members) {
+    std::string name = r->at("name").get<std::string>(), entry = r->at("entry").get<std::string>();
+    auto image = owner.at(name)->images.find(entry);
+    if (image == owner.at(name)->images.end()) return formatError("pair {}: its image {} is missing", name, entry);
+    UnitEntry e;
+    e.name = entry;
+    e.bytes = image->second;
+    e.info = entryInfo(header, *r);
+    // What `hotforge pack` records for a hotpatch image, so units from either look alike.
+    e.info["file"] = entry;
+    e.info["size"] = e.bytes.size();
+    e.info["kind"] = "hotpatch-image";
+    imagesSize += e.bytes.size();
+    entries.push_back(std::move(e));
   }
-  ReleaseResult result;
-  for (const json &r : records) {
-    if (!r.value("page", json()).is_string()) continue;
-    std::string name = r.at("name").get<std::string>(), entry = r.at("entry").get<std::string>();
-    auto page = owner.at(name)->pages.find(entry);
-    if (page == owner.at(name)->pages.end()) return formatError("pair {}: its review page is missing", name);
-    result.pages[entry] = page->second;
-  }
-  json units = json::array();
-  Clock::time_point packStart = Clock::now();
-  for (auto &[file, members] : groups) {
-    std::vector<UnitEntry> entries;
-    uint64_t imagesSize = 0;
-    json entryNames = json::array();
-    for (json *r : members) {
-      std::string name = r->at("name").get<std::string>(), entry = r->at("entry").get<std::string>();
-      auto image = owner.at(name)->images.find(entry);
-      if (image == owner.at(name)->images.end()) return formatError("pair {}: its image {} is missing", name, entry);
-      UnitEntry e;
-      e.name = entry;
-      e.bytes = image->second;
-      e.info = entryInfo(header, *r);
-      // What `hotforge pack` records for a hotpatch image, so units from either look alike.
-      e.info["file"] = entry;
-      e.info["size"] = e.bytes.size();
-      e.info["kind"] = "hotpatch-image";
-      imagesSize += e.bytes.size();
-      entries.push_back(std::move(e));
-    }
-    std::sort(entries.begin(), entries.end(), [](const UnitEntry &a, const UnitEntry &b) { return a.name < b.name; });
-    for (const UnitEntry &e : entries) entryNames.push_back(e.name);
-    PackOptions pack;
-    pack.release = release;
-    pack.level = options.level;
-    pack.created = options.created;
-    pack.threads = options.threads;
-    pack.signer = options.signer;
-    llvm::Expected<std::vector<uint8_t>> bytes = packUnit(entries, pack);
-    if (!bytes) return formatError("{}: {}", file, errorText(bytes.takeError()));
-    units.push_back({{"file", file},
-                     {"group", unitGroup(grouping, members.front()->at("format").get<std::string>(),
-                                         members.front()->at("machine").get<std::string>())},
-                     {"entries", entryNames},
-                     {"images_size", imagesSize},
-                     {"size", bytes->size()},
-                     {"sha256", hexEncode(sha256(*bytes))}});
-    result.units.push_back({file, std::move(*bytes)});
-  }
-  double packSeconds = std::chrono::duration<double>(Clock::now() - packStart).count();
-  for (const std::string &file : possibleUnits(release, grouping))
-    if (!groups.count(file)) result.staleUnits.push_back(file);
+  std::sort(entries.begin(), entries.end(), [](const UnitEntry &a, const UnitEntry &b) { return a.name < b.name; });
+  for (const UnitEntry &e : entries) entryNames.push_back(e.name);
+  PackOptions pack;
+  pack.release = header.at("release").get<std::string>();
+  pack.level = options.level;
+  pack.created = options.created;
+  pack.threads = options.threads;
+  pack.signer = options.signer;
+  llvm::Expected<std::vector<uint8_t>> bytes = packUnit(entries, pack);
+  if (!bytes) return formatError("{}: {}", file, errorText(bytes.takeError()));
+  units.push_back({{"file", file},
+                   {"group", unitGroup(grouping, members.front()->at("format").get<std::string>(),
+                                       members.front()->at("machine").get<std::string>())},
+                   {"entries", entryNames},
+                   {"images_size", imagesSize},
+                   {"size", bytes->size()},
+                   {"sha256", hexEncode(sha256(*bytes))}});
+  result.units.push_back({file, std::move(*bytes)});
+  return llvm::Error::success();
+}
 
-  result.summary = buildSummary(header, records, units, options.created,
-                                json(options.signer->publicKey().fingerprint()), result.exitCode);
-
+// times.json of the merged release: the shards' stage times summed, plus the pack and the merge.
+json mergedTimes(const std::map<unsigned, const ReleaseShard *> &byIndex, double packSeconds, Clock::time_point start) {
   json stages = json::object(), shardTimes = json::array(), pairTimes = json::object(), notes = json::array();
   for (const auto &[index, s] : byIndex) {
     const json &t = s->record.value("times", json::object());
@@ -278,12 +263,55 @@ llvm::Expected<ReleaseResult> merge(const std::vector<ReleaseShard> &shards, con
     for (const json &n : s->record.value("notes", json::array())) notes.push_back(n);
   }
   stages["pack"] = packSeconds;
-  result.times = {{"schema", kTimesSchema},
-                  {"merge", std::chrono::duration<double>(Clock::now() - start).count()},
-                  {"stages", stages},
-                  {"shards", shardTimes},
-                  {"pairs", pairTimes},
-                  {"notes", notes}};
+  return {{"schema", kTimesSchema},
+          {"merge", std::chrono::duration<double>(Clock::now() - start).count()},
+          {"stages", stages},
+          {"shards", shardTimes},
+          {"pairs", pairTimes},
+          {"notes", notes}};
+}
+
+llvm::Expected<ReleaseResult> merge(const std::vector<ReleaseShard> &shards, const ReleasePackOptions &options) {
+  Clock::time_point start = Clock::now();
+  if (shards.empty()) return makeError("no shards to merge");
+  if (!options.signer) return makeError("merging a release needs a signer");
+  const json &header = shards.front().record;
+  llvm::Expected<std::map<unsigned, const ReleaseShard *>> byIndex = shardsByIndex(shards);
+  if (!byIndex) return byIndex.takeError();
+  std::map<std::string, const ReleaseShard *> owner;
+  llvm::Expected<std::vector<json>> records = resultsInPlanOrder(header, *byIndex, owner);
+  if (!records) return records.takeError();
+
+  // Units: hotpatched pairs grouped, each unit from its full, sorted list of entries.
+  ReleaseGrouping grouping = groupingFrom(header.at("grouping").get<std::string>());
+  std::string release = header.at("release").get<std::string>();
+  std::map<std::string, std::vector<json *>> groups;  // unit file -> records
+  for (json &r : *records) {
+    r["unit"] = nullptr;
+    if (r.at("status") != "hotpatched") continue;
+    std::string file = unitFile(release, unitGroup(grouping, r.at("format").get<std::string>(), r.at("machine").get<std::string>()));
+    r["unit"] = file;
+    groups[file].push_back(&r);
+  }
+  ReleaseResult result;
+  for (const json &r : *records) {
+    if (!r.value("page", json()).is_string()) continue;
+    std::string name = r.at("name").get<std::string>(), entry = r.at("entry").get<std::string>();
+    auto page = owner.at(name)->pages.find(entry);
+    if (page == owner.at(name)->pages.end()) return formatError("pair {}: its review page is missing", name);
+    result.pages[entry] = page->second;
+  }
+  json units = json::array();
+  Clock::time_point packStart = Clock::now();
+  for (auto &[file, members] : groups)
+    if (llvm::Error e = packGroup(header, file, members, owner, options, grouping, units, result)) return e;
+  double packSeconds = std::chrono::duration<double>(Clock::now() - packStart).count();
+  for (const std::string &file : possibleUnits(release, grouping))
+    if (!groups.count(file)) result.staleUnits.push_back(file);
+
+  result.summary = buildSummary(header, *records, units, options.created,
+                                json(options.signer->publicKey().fingerprint()), result.exitCode);
+  result.times = mergedTimes(*byIndex, packSeconds, start);
   return result;
 }
 
@@ -415,11 +443,7 @@ std::string releaseSummaryText(const ReleaseResult &result) {
     for (const json &r : s.at("restart_required")) {
       out += "  " + r.at("name").get<std::string>() + "\n";
       for (const json &why : r.at("reasons")) {
-        std::string what = why.at("rule").is_string()
-                               ? why.at("rule").get<std::string>() + " " +
-                                     (why.at("name").is_string() ? why.at("name").get<std::string>() : "")
-                               : std::string("build refused");
-        out += fmt::format("    {}: {}\n", what, why.at("reason").get<std::string>());
+        out += fmt::format("    {}: {}\n", restartLabel(why), why.at("reason").get<std::string>());
       }
     }
   }

@@ -4,7 +4,7 @@
 #include "hotforge/image.h"  // sha256, hexEncode
 
 #include "hotforge/release.h"
-#include "hotforge/runtime/json_text.h"
+#include "hotforge/core/json_text.h"
 
 #include <llvm/ADT/StringRef.h>
 #include <llvm/Support/Error.h>
@@ -50,6 +50,10 @@ llvm::Error writeTextAtomically(const std::string &path, const std::string &text
 llvm::Expected<ReleasePlan> planFromDocument(const nlohmann::json &doc, const std::string &manifestPath);
 // TOML text to JSON (the manifest only uses tables, arrays, strings, integers and booleans).
 llvm::Expected<nlohmann::json> tomlToJson(llvm::StringRef text, const std::string &path);
+
+// A restart reason of a pair's result as the text reports name it: `RULE NAME` (NAME empty when
+// null); "build refused" for a build refusal recorded without a rule (by releases before rule ids).
+std::string restartLabel(const nlohmann::json &reason);
 
 // Whether a pair's result (from a cache file or a shard record) has every field the merge and the
 // summary read, with the right types.

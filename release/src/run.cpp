@@ -1,13 +1,14 @@
 // One shard of a release: every pair of the slice is hashed, looked up in the cache, read, diffed
 // and built on a small pool of worker threads; the results land in a shard record.
+#include "hotforge/core/container_target.h"
 #include "release_internal.h"
 
 #include "hotforge/diff.h"
-#include "hotforge/error.h"
+#include "hotforge/core/error.h"
 #include "hotforge/image.h"
 #include "hotforge/patch_image.h"
 #include "hotforge/report.h"
-#include "hotforge/runtime/files.h"
+#include "hotforge/core/files.h"
 
 #include <llvm/Support/FileSystem.h>
 #include <llvm/Support/Path.h>
@@ -69,7 +70,7 @@ std::string displayName(const std::optional<std::string> &name, const std::optio
 
 nlohmann::json identityJson(const Image &base) {
   nlohmann::json id = {{"sha256", hexEncode(base.identity.sha256)}};
-  if (base.format == Format::Elf) {
+  if (containerTarget(base.format).identifiedByBuildId()) {
     id["build_id"] = base.identity.buildId.empty() ? nlohmann::json(nullptr) : nlohmann::json(hexEncode(base.identity.buildId));
   } else {
     id["time_date_stamp"] = base.identity.timeDateStamp;
@@ -320,9 +321,14 @@ PairOutcome processPair(const ReleasePair &pair, const Context &ctx) {
     llvm::Expected<PatchImage> image = buildPatchImage(*base, *patched, *diff, buildOptions);
     out.times.build = lap.next();
     if (!image) {
+      llvm::Error error = image.takeError();
+      std::optional<BuildRefusal> refusal = takeRefusal(error);
+      if (!refusal) return failed(std::move(out), errorText(std::move(error)));
       out.result["status"] = "restart-required";
-      out.result["restart"].push_back(
-          {{"stage", "build"}, {"rule", nullptr}, {"name", nullptr}, {"reason", errorText(image.takeError())}});
+      for (nlohmann::json why : toJson(refusal->refusals)) {
+        why["stage"] = "build";
+        out.result["restart"].push_back(std::move(why));
+      }
     } else {
       out.result["status"] = "hotpatched";
       out.image = std::move(image->file);
@@ -372,11 +378,7 @@ std::string progressLine(const std::string &name, const PairOutcome &o) {
       text += ", hotpatchable";
     } else {
       std::string why;
-      for (const nlohmann::json &reason : r.at("restart"))
-        why += (why.empty() ? "" : ", ") + (reason.at("rule").is_string()
-                                                ? reason.at("rule").get<std::string>() + " " +
-                                                      (reason.at("name").is_string() ? reason.at("name").get<std::string>() : "")
-                                                : std::string("build refused"));
+      for (const nlohmann::json &reason : r.at("restart")) why += (why.empty() ? "" : ", ") + restartLabel(reason);
       text += ", NEEDS RESTART (" + why + ")";
     }
   }

@@ -2,7 +2,7 @@
 // shape the JSON manifest has, so one validator checks both.
 #include "release_internal.h"
 
-#include "hotforge/error.h"
+#include "hotforge/core/error.h"
 
 #if HOTFORGE_HAVE_TOMLPLUSPLUS
 #define TOML_HEADER_ONLY 1

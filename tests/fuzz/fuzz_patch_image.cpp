@@ -2,7 +2,7 @@
 // every loader run on an image): the container walk, the records, and then what a loader does
 // with what it read: lay the image out, apply its fixups (imports included) and compute every
 // entry write.
-#include "hotforge/runtime/patch_format.h"
+#include "hotforge/core/patch_format.h"
 
 #include <cstddef>
 #include <cstdint>

@@ -4,7 +4,7 @@
 //
 // With HOTFORGE_FUZZ_UNIT_SEEDS=DIR the target first writes valid units signed with the fixed
 // test key into DIR, as a seed corpus (tests/fuzz/run.sh does this).
-#include "hotforge/runtime/unit_checks.h"
+#include "hotforge/core/unit_checks.h"
 #include "hotforge/unit.h"
 
 #include <cstdio>

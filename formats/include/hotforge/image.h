@@ -3,9 +3,9 @@
 // and never on the raw format, so a new format only has to fill an Image.
 #pragma once
 
-#include "hotforge/runtime/bytes.h"   // hexEncode, sha256
-#include "hotforge/runtime/files.h"   // size limits
-#include "hotforge/runtime/target.h"  // Format, Machine, Permissions
+#include "hotforge/core/bytes.h"   // hexEncode, sha256
+#include "hotforge/core/files.h"   // size limits
+#include "hotforge/core/target.h"  // Format, Machine, Permissions
 
 #include <llvm/ADT/ArrayRef.h>
 #include <llvm/Support/Error.h>
@@ -157,8 +157,8 @@ public:
   Image &operator=(Image &&) noexcept = default;
 
   std::string path;
-  Format format = Format::Elf;
-  Machine machine = Machine::X64;
+  Format format{};
+  Machine machine{};
   uint64_t imageBase = 0;  // preferred load address; ELF: lowest PT_LOAD address
   uint64_t entryRva = 0;   // 0 when the image has no entry point
   Identity identity;
@@ -195,7 +195,7 @@ llvm::Expected<Image> readImage(std::unique_ptr<llvm::MemoryBuffer> buffer,
                                 const ImageReadOptions &options = {});
 
 // A whole regular file of at most `maxSize` bytes, for LLVM's readers: a FIFO, a device or a
-// directory is refused at once (hotforge/runtime/files.h).
+// directory is refused at once (hotforge/core/files.h).
 llvm::Expected<std::unique_ptr<llvm::MemoryBuffer>> readFileBuffer(const std::string &path,
                                                                    uint64_t maxSize = kMaxBinaryFileSize);
 

@@ -9,8 +9,8 @@
 // at any step leaves either the unpatched process or a patched one with a record revert can use.
 #pragma once
 
-#include "hotforge/runtime/outcome.h"
-#include "hotforge/runtime/patch_format.h"
+#include "hotforge/core/outcome.h"
+#include "hotforge/core/patch_format.h"
 
 #include <nlohmann/json.hpp>
 

@@ -4,10 +4,10 @@
 // packUnit() is deterministic: the same entries, options and key give a byte-identical unit.
 // inspectUnit() shows a unit without a key and says that what it shows is unverified.
 // Reading and verifying (verifyUnit, public keys, readFileBytes) is the runtime's
-// (hotforge/runtime/unit_reader.h), shared with the agent; call it through lift().
+// (hotforge/core/unit_reader.h), shared with the agent; call it through lift().
 #pragma once
 
-#include "hotforge/runtime/unit_reader.h"
+#include "hotforge/core/unit_reader.h"
 
 #include <llvm/ADT/ArrayRef.h>
 #include <llvm/Support/Error.h>

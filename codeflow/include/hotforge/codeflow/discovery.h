@@ -5,7 +5,7 @@
 // of containers: the reader (formats/) gives it regions and starts and takes the extents back.
 #pragma once
 
-#include "hotforge/runtime/target.h"  // Machine
+#include "hotforge/core/target.h"  // Machine
 
 #include <llvm/ADT/ArrayRef.h>
 #include <llvm/Support/Error.h>

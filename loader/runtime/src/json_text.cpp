@@ -1,9 +1,0 @@
-#include "hotforge/runtime/json_text.h"
-
-namespace hotforge {
-
-std::string jsonText(const nlohmann::json &doc) {
-  return doc.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
-}
-
-}  // namespace hotforge
