@@ -1,4 +1,5 @@
 // hotforge inspect: what Hotforge reads from a binary.
+#include "hotforge/core/container_target.h"
 #include "commands.h"
 #include "output.h"
 
@@ -30,7 +31,7 @@ void printText(const Image &image, const InspectOptions &options) {
   fmt::print("{}: {} {}, image base {:#x}, entry rva {:#x}\n", image.path, formatName(image.format),
              machineName(image.machine), image.imageBase, image.entryRva);
   fmt::print("  sha256      {}\n", hexEncode(id.sha256));
-  if (image.format == Format::Elf) {
+  if (containerTarget(image.format).identifiedByBuildId()) {
     fmt::print("  build-id    {}\n", id.buildId.empty() ? "(none)" : hexEncode(id.buildId));
   } else {
     fmt::print("  timestamp   {:#010x}  checksum {:#010x}  size of image {:#x}\n", id.timeDateStamp, id.checkSum,
@@ -91,7 +92,7 @@ void printPatchImage(const PatchImage &p, const std::string &path) {
              formatName(p.format), machineName(p.machine), p.sequence, p.imageSize);
   fmt::print("  baseline   {} sha256 {}\n", b.fileName, hexEncode(b.sha256));
   if (!b.buildId.empty()) fmt::print("             build-id {}\n", hexEncode(b.buildId));
-  if (p.format == Format::Pe)
+  if (!containerTarget(p.format).identifiedByBuildId())
     fmt::print("             timestamp {:#010x} checksum {:#010x}\n", b.timeDateStamp, b.checkSum);
   fmt::print("redirects ({}):\n", p.redirects.size());
   for (const PatchRedirect &r : p.redirects)

@@ -352,7 +352,7 @@ TEST(Differ, EveryAdrpOfRealArm64LibrariesIsFollowed) {
       if (!f.range.size || !s || !s->permissions.execute || s->name.rfind(".plt", 0) == 0) continue;
       differ::DecodedFunction d = (*decoder)->decode(image.bytesAt(f.range.rva, f.range.size), f.range.rva, {});
       for (const differ::CodeReference &r : d.references) {
-        adrps += r.encoding == differ::FieldEncoding::A64AdrPage21;
+        adrps += r.encoding == FixupKind::A64AdrPage21;
         unfollowed += r.kind == differ::ReferenceKind::Page;
       }
     }

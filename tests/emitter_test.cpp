@@ -164,7 +164,7 @@ void checkBaseReachIsland(const Built &b, const std::vector<uint8_t> &memory, ui
   differ::DecodedFunction decoded = decoder.decode(code, island, none);
   std::optional<uint64_t> reached, branchedTo;
   for (const differ::CodeReference &r : decoded.references) {
-    if (r.encoding == differ::FieldEncoding::A64AddLo12 || r.encoding == differ::FieldEncoding::A64LdStLo12)
+    if (r.encoding == FixupKind::A64AddLo12 || r.encoding == FixupKind::A64LdStLo12)
       reached = reached.value_or(r.target);
     if (r.kind == differ::ReferenceKind::Branch) branchedTo = branchedTo.value_or(r.target);
   }
@@ -250,11 +250,11 @@ void checkInstructionByInstruction(const Built &b, uint64_t baseAddress, uint64_
                              imageAddress, t.target, **decoder);
         continue;
       }
-      if (t.encoding == differ::FieldEncoding::None) continue;  // follows from another reference
+      if (t.encoding == FixupKind::None) continue;  // follows from another reference
       SCOPED_TRACE("reference at +" + std::to_string(t.offset));
       uint64_t target = o.target;
       uint64_t imageRva = target - imageAddress;
-      if (o.encoding == differ::FieldEncoding::X64Rel8 && target >= imageAddress && imageRva < image.imageSize &&
+      if (o.encoding == FixupKind::X64Rel8 && target >= imageAddress && imageRva < image.imageSize &&
           !isCarriedCode(image, uint32_t(imageRva))) {
         // A branch island: a jmp rel32 on to the real target.
         EXPECT_EQ(memory[imageRva], 0xe9);
@@ -1157,9 +1157,9 @@ TEST(Emitter, PeUnwindX64ReaimsChainsIndirectEntriesHandlersAndScopeTables) {
   EXPECT_NE(llvm::toString(scope.takeError()).find("scope 0"), std::string::npos);
 
   // Sizes from the header alone.
-  EXPECT_EQ(*emitter::x64UnwindInfoSize(std::vector<uint8_t>{1, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0}), 12u);
-  EXPECT_FALSE(bool(emitter::x64UnwindInfoSize(std::vector<uint8_t>{1, 0, 3, 0, 0, 0})));  // truncated
-  llvm::Expected<size_t> v3 = emitter::x64UnwindInfoSize(std::vector<uint8_t>{3, 0, 0, 0});
+  EXPECT_EQ(*emitter::x64UnwindDialect().recordSize(std::vector<uint8_t>{1, 0, 3, 0, 0, 0, 0, 0, 0, 0, 0, 0}, true), 12u);
+  EXPECT_FALSE(bool(emitter::x64UnwindDialect().recordSize(std::vector<uint8_t>{1, 0, 3, 0, 0, 0}, true)));  // truncated
+  llvm::Expected<size_t> v3 = emitter::x64UnwindDialect().recordSize(std::vector<uint8_t>{3, 0, 0, 0}, true);
   EXPECT_FALSE(bool(v3));
   llvm::consumeError(v3.takeError());
 }
@@ -1168,7 +1168,7 @@ TEST(Emitter, PeUnwindArm64SizesXdataFromItsHeaderAndCopiesPackedEntries) {
   auto size = [](std::vector<uint32_t> w) -> size_t {
     std::vector<uint8_t> bytes(64 * 4 + 256 * 4, 0);
     for (size_t i = 0; i < w.size(); ++i) llvm::support::endian::write32le(&bytes[i * 4], w[i]);
-    llvm::Expected<size_t> s = emitter::arm64XdataSize(bytes);
+    llvm::Expected<size_t> s = emitter::arm64UnwindDialect().recordSize(bytes, true);
     if (!s) {
       llvm::consumeError(s.takeError());
       return 0;
@@ -1180,7 +1180,7 @@ TEST(Emitter, PeUnwindArm64SizesXdataFromItsHeaderAndCopiesPackedEntries) {
   EXPECT_EQ(size({0x10 | 1u << 20 | 1u << 22 | 1u << 27}), 4u + 4 + 4 + 4);     // X: the handler RVA
   EXPECT_EQ(size({0x10, 3u | 40u << 16}), 8u + 3 * 4 + 40 * 4);                 // extended header
   EXPECT_EQ(size({0x10 | 1u << 18 | 1u << 27}), 0u);                            // version 1
-  llvm::Expected<size_t> truncated = emitter::arm64XdataSize(std::vector<uint8_t>{0x10, 0, 0, 0x18});
+  llvm::Expected<size_t> truncated = emitter::arm64UnwindDialect().recordSize(std::vector<uint8_t>{0x10, 0, 0, 0x18}, true);
   EXPECT_FALSE(bool(truncated));
   llvm::consumeError(truncated.takeError());
 

@@ -3,6 +3,7 @@
 // traps. BR is a jump-table dispatch, except through x16/x17 (IP0/IP1), which veneers and PLT
 // stubs use to leave the function.
 #include "flow_decoder.h"
+#include "hotforge/codeflow/arm64_opcodes.h"
 
 #include <unordered_map>
 
@@ -13,18 +14,7 @@ using namespace llvm;
 
 class Arm64Flow final : public FlowDecoder {
 public:
-  explicit Arm64Flow(McToolkit mc) : mc_(std::move(mc)) {
-    StringMap<unsigned> byName = mc_.opcodesNamed([](StringRef name) {
-      return name == "HINT" || name == "UDF" || name == "BRK" || name == "HLT" || name == "ADR" || name == "ADRP" ||
-             name == "ADDXri";
-    });
-    hint_ = byName["HINT"];
-    udf_ = byName["UDF"];
-    brk_ = byName["BRK"];
-    hlt_ = byName["HLT"];
-    adr_ = byName["ADR"];
-    adrp_ = byName["ADRP"];
-    addImmediate_ = byName["ADDXri"];
+  explicit Arm64Flow(McToolkit mc) : mc_(std::move(mc)), opcodes_(mc_) {
     for (unsigned reg = 1; reg < mc_.registers->getNumRegs(); ++reg) {
       StringRef name = mc_.registers->getName(reg);
       if (name == "X16" || name == "X17") veneerRegisters_.push_back(reg);
@@ -46,9 +36,9 @@ public:
     auto immediate = [&](unsigned i) { return i < inst_.getNumOperands() && inst_.getOperand(i).isImm() ? inst_.getOperand(i).getImm() : -1; };
     uint64_t target = 0;
     bool direct = mc_.analysis->evaluateBranch(inst_, rva, 4, target);
-    if (op == hint_ && immediate(0) == 0) out.kind = FlowKind::Fill;
-    else if (op == udf_) out.kind = immediate(0) == 0 ? FlowKind::Pad : FlowKind::Trap;
-    else if (op == brk_ || op == hlt_) out.kind = FlowKind::Trap;
+    if (op == opcodes_.hint && immediate(0) == 0) out.kind = FlowKind::Fill;
+    else if (op == opcodes_.udf) out.kind = immediate(0) == 0 ? FlowKind::Pad : FlowKind::Trap;
+    else if (op == opcodes_.brk || op == opcodes_.hlt) out.kind = FlowKind::Trap;
     else if (desc.isCall()) out.kind = FlowKind::Call;
     else if (desc.isReturn()) out.kind = FlowKind::Return;
     else if (desc.isBranch() && direct) out.kind = desc.isConditionalBranch() ? FlowKind::ConditionalJump : FlowKind::Jump;
@@ -71,13 +61,13 @@ private:
     unsigned op = inst_.getOpcode();
     if (inst_.getNumOperands() < 2 || !inst_.getOperand(0).isReg()) return;
     unsigned defined = inst_.getOperand(0).getReg();
-    if ((op == adr_ || op == adrp_) && inst_.getOperand(1).isImm()) {
+    if ((op == opcodes_.adr || op == opcodes_.adrp) && inst_.getOperand(1).isImm()) {
       int64_t imm = inst_.getOperand(1).getImm();
-      if (op == adr_) out.codeAddress = rva + uint64_t(imm);
+      if (op == opcodes_.adr) out.codeAddress = rva + uint64_t(imm);
       else pages_[defined] = (rva & ~uint64_t(0xfff)) + uint64_t(imm) * 4096;
       return;
     }
-    if (op == addImmediate_ && inst_.getNumOperands() >= 4 && inst_.getOperand(1).isReg() && inst_.getOperand(2).isImm()) {
+    if (op == opcodes_.addImmediate && inst_.getNumOperands() >= 4 && inst_.getOperand(1).isReg() && inst_.getOperand(2).isImm()) {
       auto page = pages_.find(inst_.getOperand(1).getReg());
       if (page != pages_.end())
         out.codeAddress = page->second + (uint64_t(inst_.getOperand(2).getImm()) << inst_.getOperand(3).getImm());
@@ -87,7 +77,7 @@ private:
 
   McToolkit mc_;
   MCInst inst_;
-  unsigned hint_ = 0, udf_ = 0, brk_ = 0, hlt_ = 0, adr_ = 0, adrp_ = 0, addImmediate_ = 0;
+  Arm64Opcodes opcodes_;
   std::vector<unsigned> veneerRegisters_;
   std::unordered_map<unsigned, uint64_t> pages_;  // registers holding an ADRP page
 };
@@ -98,14 +88,6 @@ Expected<std::unique_ptr<FlowDecoder>> createArm64Flow() {
   Expected<McToolkit> mc = McToolkit::create("aarch64-unknown-unknown", "+all");
   if (!mc) return mc.takeError();
   return std::make_unique<Arm64Flow>(std::move(*mc));
-}
-
-Expected<std::unique_ptr<FlowDecoder>> createFlowDecoder(Machine machine) {
-  switch (machine) {
-  case Machine::X64: return createX64Flow();
-  case Machine::Arm64: return createArm64Flow();
-  }
-  return createX64Flow();
 }
 
 }  // namespace hotforge::codeflow

@@ -1,6 +1,7 @@
 // Applying fixups: what a loader does once it knows where the base and the image are mapped.
 // Tests use it to check an image against the patched build instruction by instruction.
 #include "hotforge/core/bytes.h"
+#include "hotforge/core/machine_target.h"
 #include "hotforge/core/patch_format.h"
 
 namespace hotforge {
@@ -11,24 +12,6 @@ std::vector<uint8_t> layOut(const PatchImage &image) {
     if (s.rva + s.bytes.size() <= memory.size()) std::copy(s.bytes.begin(), s.bytes.end(), memory.begin() + s.rva);
   return memory;
 }
-
-namespace {
-
-bool fitsSigned(int64_t value, unsigned bits) {
-  return value >= -(int64_t(1) << (bits - 1)) && value < (int64_t(1) << (bits - 1));
-}
-
-uint32_t setBits(uint32_t instruction, unsigned low, unsigned width, uint64_t value) {
-  uint32_t mask = ((1u << width) - 1) << low;
-  return (instruction & ~mask) | ((uint32_t(value) << low) & mask);
-}
-
-uint32_t setAdrImmediate(uint32_t instruction, int64_t value) {
-  instruction = setBits(instruction, 29, 2, uint64_t(value) & 3);
-  return setBits(instruction, 5, 19, uint64_t(value >> 2));
-}
-
-}  // namespace
 
 std::string importDisplayName(const PatchImport &import) {
   return "`" + import.symbol + (import.version.empty() ? "" : "@" + import.version) + "`" +
@@ -49,6 +32,7 @@ Outcome<std::vector<uint64_t>> resolveImports(const PatchImage &image, const Imp
 
 Status applyFixups(const PatchImage &image, uint64_t baseAddress, uint64_t imageAddress,
                    std::span<const uint64_t> importAddresses, std::span<uint8_t> memory) {
+  const MachineTarget &codec = machineTarget(image.machine);
   for (const PatchFixup &f : image.fixups) {
     uint64_t target = 0;
     switch (f.space) {
@@ -61,69 +45,38 @@ Status applyFixups(const PatchImage &image, uint64_t baseAddress, uint64_t image
       break;
     }
     uint64_t site = imageAddress + f.site;
-    size_t width = f.kind == FixupKind::Data64 || f.kind == FixupKind::X64Abs64 || f.kind == FixupKind::Data64PcRel ? 8 : 4;
-    size_t field = f.site + (f.kind == FixupKind::X64Rel32 || f.kind == FixupKind::X64Abs64 ? f.fieldOffset : 0);
-    if (field + width > memory.size())
-      return fail("fixup at image rva ", hexAddress(f.site), " lies outside the image (", memory.size(), " bytes)");
-    uint8_t *at = &memory[field];
-    auto reach = [&](int64_t distance, unsigned bits, unsigned shift) -> Outcome<int64_t> {
-      if ((distance & ((int64_t(1) << shift) - 1)) == 0 && fitsSigned(distance >> shift, bits)) return distance >> shift;
-      if (f.veneer) {
-        int64_t viaVeneer = int64_t(imageAddress + f.veneer - site);
-        if (fitsSigned(viaVeneer >> shift, bits)) return viaVeneer >> shift;
-      }
-      return fail("fixup ", fixupKindName(f.kind), " at image rva ", hexAddress(f.site), " cannot reach its target (",
-                  hexAddress(uint64_t(distance)), " bytes away)");
+    auto refuse = [&](const std::string &why) {
+      return fail("fixup ", fixupKindName(f.kind), " at image rva ", hexAddress(f.site), " ", why);
     };
-    uint32_t instruction = width == 4 ? readLe32(at) : 0;
+    auto dataField = [&](size_t width) -> uint8_t * {
+      return f.site + width <= memory.size() ? &memory[f.site] : nullptr;
+    };
     switch (f.kind) {
-    case FixupKind::X64Rel32: {
-      Outcome<int64_t> v = reach(int64_t(target - (site + f.instructionSize)), 32, 0);
-      if (!v) return std::move(v).failure();
-      if (f.veneer && *v != int64_t(target - (site + f.instructionSize)))
-        *v = int64_t(imageAddress + f.veneer - (site + f.instructionSize));
-      writeLe32(at, uint32_t(*v));
+    case FixupKind::Data64:
+    case FixupKind::Data64PcRel:
+      if (uint8_t *at = dataField(8)) writeLe64(at, f.kind == FixupKind::Data64 ? target : target - site);
+      else return refuse("lies outside the image (" + std::to_string(memory.size()) + " bytes)");
       break;
-    }
-    case FixupKind::X64Abs64:
-    case FixupKind::Data64: writeLe64(at, target); break;
-    case FixupKind::Data64PcRel: writeLe64(at, target - site); break;
     case FixupKind::Data32PcRel: {
+      uint8_t *at = dataField(4);
+      if (!at) return refuse("lies outside the image (" + std::to_string(memory.size()) + " bytes)");
       int64_t v = int64_t(target - site);
-      if (!fitsSigned(v, 32)) return fail("data fixup at image rva ", hexAddress(f.site), " cannot reach its target");
+      if (v < INT32_MIN || v > INT32_MAX) return refuse("cannot reach its target");
       writeLe32(at, uint32_t(v));
       break;
     }
-    case FixupKind::A64Branch26:
-    case FixupKind::A64Branch19:
-    case FixupKind::A64Branch14:
-    case FixupKind::A64Literal19: {
-      unsigned bits = f.kind == FixupKind::A64Branch26 ? 26 : f.kind == FixupKind::A64Branch14 ? 14 : 19;
-      Outcome<int64_t> v = reach(int64_t(target - site), bits, 2);
-      if (!v) return std::move(v).failure();
-      writeLe32(at, bits == 26 ? setBits(instruction, 0, 26, uint64_t(*v)) : setBits(instruction, 5, bits, uint64_t(*v)));
-      break;
-    }
-    case FixupKind::A64Adr21: {
-      Outcome<int64_t> v = reach(int64_t(target - site), 21, 0);
-      if (!v) return std::move(v).failure();
-      writeLe32(at, setAdrImmediate(instruction, *v));
-      break;
-    }
-    case FixupKind::A64AdrPage21: {
-      int64_t pages = (int64_t(target & ~uint64_t(0xfff)) - int64_t(site & ~uint64_t(0xfff))) >> 12;
-      if (!fitsSigned(pages, 21))
-        return fail("ADRP at image rva ", hexAddress(f.site), " cannot reach its target (more than 4 GiB away)");
-      writeLe32(at, setAdrImmediate(instruction, pages));
-      break;
-    }
-    case FixupKind::A64AddLo12: writeLe32(at, setBits(instruction, 10, 12, target & 0xfff)); break;
-    case FixupKind::A64LdStLo12: {
-      if (target & ((uint64_t(1) << f.scale) - 1))
-        return fail("load/store at image rva ", hexAddress(f.site), ": target ", hexAddress(target),
-                    " is not aligned to its access size");
-      writeLe32(at, setBits(instruction, 10, 12, (target & 0xfff) >> f.scale));
-      break;
+    default: {
+      // An instruction field: the machine's codec writes it, through the veneer when the target
+      // is out of the field's reach.
+      InstructionField field{f.kind, f.fieldOffset, f.instructionSize, f.scale};
+      std::optional<FieldBits> bits = codec.fieldBits(field);
+      if (!bits) return refuse(std::string("is not an instruction field of ") + std::string(codec.name()));
+      if (f.site + uint64_t(bits->end) > memory.size())
+        return refuse("lies outside the image (" + std::to_string(memory.size()) + " bytes)");
+      std::span<uint8_t> instruction = memory.subspan(f.site, bits->end);
+      Status written = codec.writeField(field, instruction, site, target);
+      if (!written && f.veneer) written = codec.writeField(field, instruction, site, imageAddress + f.veneer);
+      if (!written) return refuse(written.error());
     }
     }
   }

@@ -3,9 +3,6 @@
 
 namespace hotforge {
 
-std::string_view formatName(Format format) { return format == Format::Elf ? "elf" : "pe"; }
-std::string_view machineName(Machine machine) { return machine == Machine::X64 ? "x64" : "arm64"; }
-
 std::string_view redirectKindName(RedirectKind kind) {
   switch (kind) {
   case RedirectKind::X64Jump32: return "x64-jmp-rel32";
@@ -30,6 +27,8 @@ unsigned redirectSize(RedirectKind kind) {
 
 std::string_view fixupKindName(FixupKind kind) {
   switch (kind) {
+  case FixupKind::None: return "none";
+  case FixupKind::X64Rel8: return "x64-rel8";
   case FixupKind::X64Rel32: return "x64-rel32";
   case FixupKind::X64Abs64: return "x64-abs64";
   case FixupKind::A64Branch26: return "a64-branch26";

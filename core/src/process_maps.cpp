@@ -66,6 +66,4 @@ std::vector<uint64_t> freeAddressesNear(const std::vector<Mapping> &maps, uint64
   return addresses;
 }
 
-uint64_t patchReach(Machine machine) { return machine == Machine::X64 ? uint64_t(1) << 30 : uint64_t(120) << 20; }
-
 }  // namespace hotforge

@@ -2,6 +2,8 @@
 //   header (64 bytes), baseline identity (112 bytes), redirects (64 bytes each),
 //   fixups (24 bytes each), functions (24 bytes each), imports (12 bytes each), string table.
 #include "hotforge/core/bytes.h"
+#include "hotforge/core/container_target.h"
+#include "hotforge/core/machine_target.h"
 #include "hotforge/core/patch_format.h"
 
 #include <algorithm>
@@ -38,8 +40,8 @@ std::vector<uint8_t> encodeRecords(const PatchImage &image) {
   ByteWriter w;
   w.raw(std::span<const uint8_t>(reinterpret_cast<const uint8_t *>(kMagic), 8));
   w.u32(kPatchFormatVersion);
-  w.u16(image.format == Format::Elf ? 1 : 2);
-  w.u16(image.machine == Machine::X64 ? 1 : 2);
+  w.u16(containerTarget(image.format).recordCode());
+  w.u16(machineTarget(image.machine).recordCode());
   w.u32(image.sequence);
   w.u32(image.imageSize);
   w.u32(uint32_t(image.redirects.size()));
@@ -118,10 +120,11 @@ Status decodeRecords(std::span<const uint8_t> r, PatchImage &image) {
   if (version != kPatchFormatVersion)
     return fail("patch format version ", version, " is not supported (this hotforge reads ", kPatchFormatVersion, ")");
   uint16_t format = readLe16(&r[12]), machine = readLe16(&r[14]);
-  if ((format != 1 && format != 2) || (machine != 1 && machine != 2))
-    return fail("offset 0xc: unknown format ", format, " or machine ", machine);
-  image.format = format == 1 ? Format::Elf : Format::Pe;
-  image.machine = machine == 1 ? Machine::X64 : Machine::Arm64;
+  std::optional<Format> knownFormat = findFormat([&](const ContainerTarget &c) { return c.recordCode() == format; });
+  std::optional<Machine> knownMachine = findMachine([&](const MachineTarget &t) { return t.recordCode() == machine; });
+  if (!knownFormat || !knownMachine) return fail("offset 0xc: unknown format ", format, " or machine ", machine);
+  image.format = *knownFormat;
+  image.machine = *knownMachine;
   image.sequence = readLe32(&r[16]);
   image.imageSize = readLe32(&r[20]);
   uint64_t redirects = readLe32(&r[24]), fixups = readLe32(&r[28]), functions = readLe32(&r[32]),

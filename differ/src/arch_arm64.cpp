@@ -3,6 +3,8 @@
 // its basic blocks, through `mov` copies).
 #include "mc_decoder.h"
 
+#include "hotforge/codeflow/arm64_opcodes.h"
+
 #include <llvm/ADT/DenseMap.h>
 #include <llvm/ADT/StringSet.h>
 #include <llvm/ADT/bit.h>
@@ -25,29 +27,29 @@ bool isBtiHint(int64_t imm) { return imm == 32 || imm == 34 || imm == 36 || imm 
 
 // What the decoder needs from LLVM's AArch64 opcode and register tables. Finding it reads all
 // opcode names: done once per process, not per decoder.
-struct Arm64Tables {
-  explicit Arm64Tables(const McToolkit &mc) {
+struct Arm64Tables : Arm64Opcodes {
+  explicit Arm64Tables(const McToolkit &mc) : Arm64Opcodes(mc) {
     // Unsigned-offset loads and stores scale their 12-bit immediate by the access size.
     static const std::pair<const char *, unsigned> scaled[] = {
         {"LDRBBui", 1}, {"LDRHHui", 2}, {"LDRWui", 4}, {"LDRXui", 8}, {"LDRSBWui", 1}, {"LDRSBXui", 1},
         {"LDRSHWui", 2}, {"LDRSHXui", 2}, {"LDRSWui", 4}, {"LDRBui", 1}, {"LDRHui", 2}, {"LDRSui", 4},
         {"LDRDui", 8}, {"LDRQui", 16}, {"STRBBui", 1}, {"STRHHui", 2}, {"STRWui", 4}, {"STRXui", 8},
         {"STRBui", 1}, {"STRHui", 2}, {"STRSui", 4}, {"STRDui", 8}, {"STRQui", 16}, {"PRFMui", 8}};
-    static const std::pair<const char *, FieldEncoding> pcRelative[] = {
-        {"B", FieldEncoding::A64Branch26},      {"BL", FieldEncoding::A64Branch26},
-        {"Bcc", FieldEncoding::A64Branch19},    {"BCcc", FieldEncoding::A64Branch19},
-        {"CBZW", FieldEncoding::A64Branch19},   {"CBZX", FieldEncoding::A64Branch19},
-        {"CBNZW", FieldEncoding::A64Branch19},  {"CBNZX", FieldEncoding::A64Branch19},
-        {"TBZW", FieldEncoding::A64Branch14},   {"TBZX", FieldEncoding::A64Branch14},
-        {"TBNZW", FieldEncoding::A64Branch14},  {"TBNZX", FieldEncoding::A64Branch14},
-        {"ADR", FieldEncoding::A64Adr21},       {"LDRWl", FieldEncoding::A64Literal19},
-        {"LDRXl", FieldEncoding::A64Literal19}, {"LDRSl", FieldEncoding::A64Literal19},
-        {"LDRDl", FieldEncoding::A64Literal19}, {"LDRQl", FieldEncoding::A64Literal19},
-        {"LDRSWl", FieldEncoding::A64Literal19}, {"PRFMl", FieldEncoding::A64Literal19}};
+    static const std::pair<const char *, FixupKind> pcRelative[] = {
+        {"B", FixupKind::A64Branch26},      {"BL", FixupKind::A64Branch26},
+        {"Bcc", FixupKind::A64Branch19},    {"BCcc", FixupKind::A64Branch19},
+        {"CBZW", FixupKind::A64Branch19},   {"CBZX", FixupKind::A64Branch19},
+        {"CBNZW", FixupKind::A64Branch19},  {"CBNZX", FixupKind::A64Branch19},
+        {"TBZW", FixupKind::A64Branch14},   {"TBZX", FixupKind::A64Branch14},
+        {"TBNZW", FixupKind::A64Branch14},  {"TBNZX", FixupKind::A64Branch14},
+        {"ADR", FixupKind::A64Adr21},       {"LDRWl", FixupKind::A64Literal19},
+        {"LDRXl", FixupKind::A64Literal19}, {"LDRSl", FixupKind::A64Literal19},
+        {"LDRDl", FixupKind::A64Literal19}, {"LDRQl", FixupKind::A64Literal19},
+        {"LDRSWl", FixupKind::A64Literal19}, {"PRFMl", FixupKind::A64Literal19}};
     static const std::pair<const char *, unsigned> pairs[] = {
         {"LDPWi", 4}, {"LDPXi", 8}, {"LDPSWi", 4}, {"LDPSi", 4}, {"LDPDi", 8}, {"LDPQi", 16},
         {"STPWi", 4}, {"STPXi", 8}, {"STPSi", 4}, {"STPDi", 8}, {"STPQi", 16}};
-    StringSet<> wanted{"HINT", "ADR", "ADRP", "ADDXri", "ORRXrs", "STRXui", "LDRXui"};
+    StringSet<> wanted;
     for (auto [name, scale] : scaled) wanted.insert(name);
     for (auto [name, encoding] : pcRelative) wanted.insert(name);
     for (auto [name, scale] : pairs) wanted.insert(name);
@@ -79,13 +81,6 @@ struct Arm64Tables {
       if (name == "SP" || name == "WSP" || name == "FP" || name == "X29") notFieldBases.insert(reg);
       if (name == "FP" || name == "X29") framePointer = reg;
     }
-    hint = byName["HINT"];
-    adr = byName["ADR"];
-    adrp = byName["ADRP"];
-    addImmediate = byName["ADDXri"];
-    orrShifted = byName["ORRXrs"];
-    storeX = byName["STRXui"];
-    loadX = byName["LDRXui"];
     for (unsigned reg = 1; reg < mc.registers->getNumRegs(); ++reg)
       if (mc.registers->getName(reg) == StringRef("XZR")) zeroRegister = reg;
   }
@@ -95,9 +90,8 @@ struct Arm64Tables {
   std::vector<bool> hasPcRelative;   // by opcode: it has a PC-relative operand
   std::unordered_map<unsigned, unsigned> pairScale;  // opcode -> access size
   std::unordered_set<unsigned> unscaled, notFieldBases;  // LDUR/STUR opcodes; sp and x29
-  unsigned hint = 0, adr = 0, adrp = 0, addImmediate = 0, orrShifted = 0, zeroRegister = 0, storeX = 0, loadX = 0,
-           framePointer = 0;
-  std::unordered_map<unsigned, FieldEncoding> pcRelativeEncoding;
+  unsigned zeroRegister = 0, framePointer = 0;
+  std::unordered_map<unsigned, FixupKind> pcRelativeEncoding;
 };
 
 class Arm64Decoder final : public McDecoder {
@@ -165,8 +159,8 @@ protected:
              br = support::endian::read32le(&code[8]);
     // adrp x16, page; ldr x16, [x16, #imm]; br x16
     if ((adrp & 0x9f00001f) != 0x90000010 || (ldr & 0xffc003ff) != 0xf9400210 || br != 0xd61f0200) return std::nullopt;
-    int64_t pages = SignExtend64<21>(((adrp >> 29) & 3) | ((adrp >> 3) & 0x1ffffc));
-    return (rva & ~uint64_t(0xfff)) + uint64_t(pages) * 4096 + ((ldr >> 10) & 0xfff) * 8;
+    return codec_.readField({FixupKind::A64AdrPage21}, code, rva) +
+           codec_.readField({FixupKind::A64LdStLo12, 0, 0, 3}, code.drop_front(4), rva + 4);
   }
 
   // GNU ld's other fix for erratum 843419 (see isErratumAdr): the load or store after such an ADRP
@@ -188,11 +182,14 @@ protected:
   std::optional<uint32_t> outOfLineInstruction(uint64_t pc, uint32_t word, const Image &image) const override {
     constexpr uint32_t kBranchMask = 0xfc000000, kBranch = 0x14000000;
     if ((word & kBranchMask) != kBranch) return std::nullopt;
-    uint64_t veneer = pc + uint64_t(SignExtend64<26>(word & 0x03ffffff) * 4);
+    constexpr InstructionField kBranchField{FixupKind::A64Branch26};
+    uint8_t branch[4];
+    support::endian::write32le(branch, word);
+    uint64_t veneer = codec_.readField(kBranchField, branch, pc);
     ArrayRef<uint8_t> bytes = image.bytesAt(veneer, 8);
     if (bytes.size() != 8) return std::nullopt;
     uint32_t moved = support::endian::read32le(&bytes[0]), back = support::endian::read32le(&bytes[4]);
-    if ((back & kBranchMask) != kBranch || veneer + 4 + uint64_t(SignExtend64<26>(back & 0x03ffffff) * 4) != pc + 4)
+    if ((back & kBranchMask) != kBranch || codec_.readField(kBranchField, bytes.drop_front(4), veneer + 4) != pc + 4)
       return std::nullopt;
     MCInst inst;
     uint64_t size = 0;
@@ -356,7 +353,7 @@ protected:
       bool exact = page.isAdr || use;
       state.references.push_back({.instruction = instruction, .kind = exact ? ReferenceKind::Memory : ReferenceKind::Page,
                                   .size = 4, .target = use.value_or(page.page), .offset = page.offset,
-                                  .encoding = page.isAdr ? FieldEncoding::A64Adr21 : FieldEncoding::A64AdrPage21});
+                                  .encoding = page.isAdr ? FixupKind::A64Adr21 : FixupKind::A64AdrPage21});
     }
   }
 
@@ -384,7 +381,7 @@ protected:
                            : desc.isBranch() ? ReferenceKind::Branch
                                              : ReferenceKind::Memory;
       auto encoding = tables_.pcRelativeEncoding.find(inst.getOpcode());
-      state.add(index, kind, effect.target, encoding != tables_.pcRelativeEncoding.end() ? encoding->second : FieldEncoding::None);
+      state.add(index, kind, effect.target, encoding != tables_.pcRelativeEncoding.end() ? encoding->second : FixupKind::None);
       return;
     }
     case Effect::Consumer:
@@ -392,7 +389,7 @@ protected:
       if (effect.producer.isPage && effect.producer.reloadedFrom) reloadedUses_[effect.producer.reloadedFrom].insert(effect.target);
       if (!effect.producer.isPage) {
         // An offset from an address an earlier ADD formed: follows from that reference.
-        state.add(index, ReferenceKind::Memory, effect.target, FieldEncoding::None);
+        state.add(index, ReferenceKind::Memory, effect.target, FixupKind::None);
         state.references.back().offsetFrom = effect.producer.value;
         return;
       }
@@ -403,10 +400,10 @@ protected:
         consumedPages_.insert(producer);
         state.references.push_back({.instruction = producer, .kind = ReferenceKind::Memory, .size = 4,
                                     .target = effect.target, .offset = offset,
-                                    .encoding = FieldEncoding::A64AdrPage21});
+                                    .encoding = FixupKind::A64AdrPage21});
       }
       state.add(index, ReferenceKind::Memory, effect.target,
-                effect.scale ? FieldEncoding::A64LdStLo12 : FieldEncoding::A64AddLo12, 0,
+                effect.scale ? FixupKind::A64LdStLo12 : FixupKind::A64AddLo12, 0,
                 effect.scale ? uint8_t(llvm::countr_zero(effect.scale)) : 0);
       return;
     }
@@ -621,6 +618,7 @@ private:
   }
 
   const Arm64Tables &tables_;
+  const MachineTarget &codec_ = machineTarget(Machine::Arm64);
   // disassemble()'s words already decoded: index into decodedInstructions_, or -1 when undecodable.
   static constexpr size_t kDecodedWordsKept = size_t(1) << 17;  // about 10 MiB at most
   // DenseMap's own hash of a uint32_t (x * 37) leaves instruction words in long probe chains.

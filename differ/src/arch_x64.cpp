@@ -107,7 +107,7 @@ protected:
       mixOperands(inst, state, 0);
       bool rel8 = inst.getOpcode() == tables_.shortJmp || inst.getOpcode() == tables_.shortJcc;
       state.add(index, desc.isCall() ? ReferenceKind::Call : ReferenceKind::Branch, target,
-                rel8 ? FieldEncoding::X64Rel8 : FieldEncoding::X64Rel32, uint8_t(size - (rel8 ? 1 : 4)));
+                rel8 ? FixupKind::X64Rel8 : FixupKind::X64Rel32, uint8_t(size - (rel8 ? 1 : 4)));
       return;
     }
     state.hash = mixHash(state.hash, inst.getOpcode());
@@ -123,7 +123,7 @@ protected:
           absolute = int(i);
           // movabs: the 8-byte immediate ends the instruction.
           state.add(index, ReferenceKind::Absolute, uint64_t(op.getImm()) - state.relocations.imageBase,
-                    FieldEncoding::X64Abs64, uint8_t(size - 8));
+                    FixupKind::X64Abs64, uint8_t(size - 8));
         }
       }
     }
@@ -131,7 +131,7 @@ protected:
     if (displacement >= 0) {
       if (std::optional<uint64_t> address =
               mc_.analysis->evaluateMemoryOperandAddress(inst, mc_.subtarget.get(), pc, size))
-        state.add(index, ReferenceKind::Memory, *address, FieldEncoding::X64Rel32,
+        state.add(index, ReferenceKind::Memory, *address, FixupKind::X64Rel32,
                   displacementOffset(inst, displacement, size, state.bytes));
     }
   }

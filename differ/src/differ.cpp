@@ -620,7 +620,7 @@ private:
     uint32_t after = 0;
     bool sourceFile = false;
     for (const CodeReference &r : code.references) {
-      if (r.encoding == FieldEncoding::A64AdrPage21) continue;  // its use has the same target
+      if (machineTarget(p.image.machine).meaning(r.encoding) == FieldMeaning::Page) continue;  // its use has the same target
       const Function *f = nullptr;
       const DataObject *o = nullptr;
       TargetClass kind = p.classify(r.target, &f, &o);

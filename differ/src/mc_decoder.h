@@ -21,7 +21,7 @@ struct DecodeState {
   const uint8_t *bytes = nullptr;  // its encoding
 
   // A reference of the instruction being analysed.
-  void add(uint32_t index, ReferenceKind kind, uint64_t target, FieldEncoding encoding, uint8_t fieldOffset = 0,
+  void add(uint32_t index, ReferenceKind kind, uint64_t target, FixupKind encoding, uint8_t fieldOffset = 0,
            uint8_t scale = 0) {
     references.push_back({.instruction = index, .kind = kind, .size = size, .fieldOffset = fieldOffset,
                           .scale = scale, .target = target, .offset = offset, .encoding = encoding});

@@ -1,3 +1,4 @@
+#include "hotforge/core/container_target.h"
 #include "program.h"
 
 #include <llvm/ADT/bit.h>
@@ -169,7 +170,7 @@ Program::Program(const Image &img) : image(img) {
   for (const Relocation &r : image.relocations) {
     if (r.symbol) {
       pointers[r.rva] = {&*r.symbol, 0};
-    } else if (image.format == Format::Elf) {
+    } else if (containerTarget(image.format).relocationsCarryAddends()) {
       if (llvm::StringRef(r.typeName).ends_with("RELATIVE") && uint64_t(r.addend) >= image.imageBase)
         pointers[r.rva] = {nullptr, uint64_t(r.addend) - image.imageBase};
     } else if (llvm::ArrayRef<uint8_t> bytes = image.bytesAt(r.rva, 8); bytes.size() == 8) {
@@ -310,7 +311,7 @@ bool Program::copyMovedCode(size_t p, size_t b, CodeChunk &chunk) {
   ReferenceList fromReferences = copiedFrom_->references(b);
   uint32_t compared = 0;
   for (const CodeReference &r : fromReferences) {
-    std::optional<FieldSpan> span = fieldSpan(r);
+    std::optional<FieldSpan> span = fieldSpan(machineTarget(image.machine), r);
     if (!span || span->begin < compared || span->end > baseBytes.size()) return false;
     if (!std::equal(baseBytes.begin() + compared, baseBytes.begin() + span->begin, patchedBytes.begin() + compared))
       return false;
@@ -328,7 +329,7 @@ bool Program::copyMovedCode(size_t p, size_t b, CodeChunk &chunk) {
   f.firstReference = uint32_t(chunk.targets.size());
   f.referenceCount = from.referenceCount;
   for (const CodeReference &r : fromReferences)
-    chunk.targets.push_back(retarget(r, patchedBytes, fp.range.rva, relocations.imageBase));
+    chunk.targets.push_back(retarget(machineTarget(image.machine), r, patchedBytes, fp.range.rva, relocations.imageBase));
   return true;
 }
 
@@ -611,6 +612,7 @@ uint64_t Program::contentHash(uint64_t rva, uint64_t size, const Function *withi
   // Pointers start at relocations (and, on PE, at aligned words): walk the sorted relocations
   // alongside, and hash the plain bytes between pointers as runs.
   const std::vector<uint64_t> &relocated = relocations.rvas;
+  const ContainerTarget &container = containerTarget(image.format);
   auto nextRelocation = std::lower_bound(relocated.begin(), relocated.end(), rva);
   uint64_t runBegin = 0;
   auto endRun = [&](uint64_t end) {
@@ -625,7 +627,7 @@ uint64_t Program::contentHash(uint64_t rva, uint64_t size, const Function *withi
           pointer = slot->second.symbol ? llvm::xxh3_64bits(*slot->second.symbol) : pointerClass(slot->second.rva);
       // Images linked without base relocations still hold absolute pointers: on PE, an aligned
       // word that points into the image is taken for one.
-      if (!pointer && image.format == Format::Pe && (rva + offset) % 8 == 0) {
+      if (!pointer && !container.relocationsCarryAddends() && (rva + offset) % 8 == 0) {
         uint64_t value = llvm::support::endian::read64le(bytes.data() + offset);
         if (value >= image.imageBase && value - image.imageBase < image.identity.sizeOfImage)
           pointer = pointerClass(value - image.imageBase);
@@ -642,7 +644,7 @@ uint64_t Program::contentHash(uint64_t rva, uint64_t size, const Function *withi
     auto later = nextRelocation;
     while (later != relocated.end() && *later <= rva + offset) ++later;
     uint64_t next = later == relocated.end() ? size : std::min(size, *later - rva);
-    if (image.format == Format::Pe) next = std::min(next, (rva + offset) / 8 * 8 + 8 - rva);
+    if (!container.relocationsCarryAddends()) next = std::min(next, (rva + offset) / 8 * 8 + 8 - rva);
     offset = next;
   }
   endRun(size);

@@ -7,6 +7,10 @@
 
 #include <cstring>
 #include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
 
 namespace hotforge::emitter {
 
@@ -50,6 +54,43 @@ llvm::Error refuse(const char *ruleId, fmt::format_string<Args...> format, Args 
   return llvm::make_error<RefusalError>(
       BuildRefusal{false, {{ruleId, std::nullopt, fmt::format(format, std::forward<Args>(args)...)}}});
 }
+
+// What a container writer asks of the planner while the image is laid out.
+class PlannedImage {
+public:
+  virtual ~PlannedImage() = default;
+  virtual const Image &base() const = 0;
+  virtual const Image &patched() const = 0;
+  virtual PatchImage &image() = 0;
+  // Patched rva -> image rva of every carried function.
+  virtual std::vector<std::pair<uint64_t, uint64_t>> carriedFunctions() const = 0;
+  // Where the base holds what the patched build holds at `patchedRva`.
+  virtual std::optional<uint64_t> baseCounterpart(uint64_t patchedRva) = 0;
+  // An absolute jump in .text to `target` (an RVA in `space`); its image RVA.
+  virtual uint32_t addAbsoluteJump(uint64_t target, FixupSpace space) = 0;
+  // Refuses the patch (the planner gathers every refusal before it fails): a RefusalError, or any
+  // other error, refused as unwind data that cannot be carried.
+  virtual void refuse(llvm::Error refusal) = 0;
+};
+
+// One writer per container format (the emitter's side of ContainerTarget): the unwind data the
+// container carries for the new code, and the file. Made by containerWriter(), the one switch
+// over Format in the emitter.
+class ContainerWriter {
+public:
+  virtual ~ContainerWriter() = default;
+  // Once the code is bound: code in .text the unwind data needs (PE: stubs to exception
+  // handlers that stay in the base).
+  virtual void addUnwindCode(PlannedImage &plan) = 0;
+  // Once the planner's sections are placed, from `rva` on: sections the unwind data needs (ELF:
+  // .eh_frame and the LSDAs).
+  virtual llvm::Error addUnwindSections(PlannedImage &plan, uint32_t rva) = 0;
+  // Fills image.file (and image.sizes.file).
+  virtual llvm::Error write(PlannedImage &plan) = 0;
+};
+std::unique_ptr<ContainerWriter> containerWriter(Format format);
+std::unique_ptr<ContainerWriter> elfWriter();
+std::unique_ptr<ContainerWriter> peWriter();
 
 // Container writers: fill image.file (and image.sizes.file) from the sections and records.
 llvm::Error writeElfContainer(PatchImage &image);

@@ -27,11 +27,7 @@ using llvm::support::endian::write32le;
 
 namespace {
 
-constexpr uint8_t kUnwEHandler = 1, kUnwUHandler = 2, kUnwChainInfo = 4;
-constexpr size_t kX64EntrySize = 12, kA64EntrySize = 8;
 constexpr uint32_t kMaxScopes = 0x10000;
-
-llvm::Expected<size_t> unwindRecordSize(llvm::ArrayRef<uint8_t> record, bool x64, bool checkLength);
 
 std::string describe(const CarriedCode &c) {
   return c.name ? *c.name : fmt::format("the function at patched rva {:#x}", c.patchedRva);
@@ -78,7 +74,7 @@ struct UnwindRecord {
   uint64_t patchedRva = 0;
   size_t fixedSize = 0;  // through the handler RVA or the chained RUNTIME_FUNCTION
   std::vector<uint8_t> bytes;  // the whole record, with the handler's data
-  bool chained = false;  // x64: a RUNTIME_FUNCTION follows the codes
+  bool chained = false;  // a .pdata entry (the parent's) follows the codes
   std::optional<uint64_t> handler;  // patched RVA of the exception handler
   std::optional<HandlerData> handlerData;
   uint32_t offset = 0;  // in the new .xdata
@@ -94,11 +90,11 @@ struct Entry {
 
 class Copier {
 public:
-  Copier(const PeUnwindSource &source, llvm::ArrayRef<CarriedCode> carried) : source_(source), locator_(carried) {}
+  Copier(const PeUnwindSource &source, llvm::ArrayRef<CarriedCode> carried)
+      : source_(source), dialect_(peUnwindDialect(source.machine)), locator_(carried) {}
 
   llvm::Error collect() {
-    bool x64 = source_.machine == Machine::X64;
-    size_t entrySize = x64 ? kX64EntrySize : kA64EntrySize;
+    size_t entrySize = dialect_.entrySize();
     llvm::ArrayRef<uint8_t> table = source_.exceptionDirectory;
     for (size_t at = 0; at + entrySize <= table.size(); at += entrySize) {
       Entry e;
@@ -107,13 +103,9 @@ public:
       e.function = locator_.owner(e.begin);
       if (!e.function) continue;
       std::string who = describe(*e.function);
-      if (x64) {
-        e.end = read32le(&table[at + 4]);
-      } else {
-        llvm::Expected<uint32_t> length = arm64Length(e.unwind, who);
-        if (!length) return length.takeError();
-        e.end = e.begin + *length;
-      }
+      llvm::Expected<uint32_t> end = dialect_.entryEnd(table.slice(at, entrySize), source_, who);
+      if (!end) return end.takeError();
+      e.end = *end;
       if (e.end <= e.begin || e.end - e.function->patchedRva > e.function->size)
         return refuse(rule::kUnwindNotCarried,
                       "{}: its unwind entry [{:#x}, {:#x}) does not lie inside the function [{:#x}, {:#x})", who,
@@ -121,8 +113,7 @@ public:
       e.newBegin = *locator_.map(e.begin);
       e.newEnd = e.newBegin + (e.end - e.begin);
       entries_.push_back(e);
-      if (x64 && (e.unwind & 1)) continue;        // indirect: points at another entry
-      if (!x64 && (e.unwind & 3) != 0) continue;  // packed: no .xdata
+      if (dialect_.unwindOf(e.unwind) != PeUnwindDialect::Unwind::Record) continue;
       if (llvm::Error err = addRecord(e.unwind, *e.function)) return err;
     }
     std::sort(entries_.begin(), entries_.end(), [](const Entry &a, const Entry &b) { return a.newBegin < b.newBegin; });
@@ -135,14 +126,14 @@ public:
     std::set<uint32_t> begins;
     for (const Entry &e : entries_) begins.insert(e.begin);
     for (const Entry &e : entries_) {
-      if (!x64 || !(e.unwind & 1)) continue;
+      if (dialect_.unwindOf(e.unwind) != PeUnwindDialect::Unwind::Indirect) continue;
       llvm::Expected<uint32_t> parent = indirectParent(e);
       if (!parent) return parent.takeError();
       if (!begins.count(*parent)) return notCarried(*e.function, *parent);
     }
     for (const auto &[rva, record] : records_)
       if (record.chained) {
-        uint32_t parent = read32le(&record.bytes[record.fixedSize - kX64EntrySize]);
+        uint32_t parent = read32le(&record.bytes[record.fixedSize - dialect_.entrySize()]);
         if (!begins.count(parent)) return notCarried(*record.function, parent);
       }
     return llvm::Error::success();
@@ -156,7 +147,6 @@ public:
   }
 
   llvm::Expected<PeUnwindTables> emit(uint32_t pdataRva, uint32_t xdataRva, const std::map<uint64_t, uint32_t> &stubs) {
-    bool x64 = source_.machine == Machine::X64;
     PeUnwindTables out;
     // .xdata: every record once, 4-aligned, in patched-address order.
     for (auto &[rva, record] : records_) {
@@ -168,13 +158,14 @@ public:
     std::map<uint32_t, size_t> entryAt;  // patched begin -> index in entries_
     for (size_t i = 0; i < entries_.size(); ++i) entryAt[entries_[i].begin] = i;
     auto newUnwind = [&](const Entry &e) -> llvm::Expected<uint32_t> {
-      if (!x64 && (e.unwind & 3) != 0) return e.unwind;
-      if (x64 && (e.unwind & 1)) {
+      PeUnwindDialect::Unwind unwind = dialect_.unwindOf(e.unwind);
+      if (unwind == PeUnwindDialect::Unwind::Packed) return e.unwind;
+      if (unwind == PeUnwindDialect::Unwind::Indirect) {
         llvm::Expected<uint32_t> parentBegin = indirectParent(e);
         if (!parentBegin) return parentBegin.takeError();
         auto parent = entryAt.find(*parentBegin);
         if (parent == entryAt.end()) return notCarried(*e.function, *parentBegin);
-        return uint32_t(pdataRva + parent->second * kX64EntrySize) | 1u;
+        return uint32_t(pdataRva + parent->second * dialect_.entrySize()) | 1u;
       }
       return xdataRva + records_.at(e.unwind).offset;
     };
@@ -189,7 +180,7 @@ public:
       uint8_t *p = &out.xdata[record.offset];
       std::string who = describe(*record.function);
       if (record.chained) {
-        uint8_t *chain = p + record.fixedSize - kX64EntrySize;
+        uint8_t *chain = p + record.fixedSize - dialect_.entrySize();
         uint32_t parentBegin = read32le(chain);
         auto parent = entryAt.find(parentBegin);
         if (parent == entryAt.end()) return notCarried(*record.function, parentBegin);
@@ -218,7 +209,7 @@ public:
         out.pdata.insert(out.pdata.end(), word, word + 4);
       };
       put(entries_[i].newBegin);
-      if (x64) put(entries_[i].newEnd);
+      if (dialect_.entryHoldsEnd()) put(entries_[i].newEnd);
       put(unwinds[i]);
     }
     out.entries = entries_.size();
@@ -226,13 +217,13 @@ public:
   }
 
 private:
-  // The begin address of the entry an x64 indirect entry (UnwindData | 1) names, found by its
+  // The begin address of the entry an indirect entry (UnwindData | 1) names, found by its
   // position in the patched build's .pdata.
   llvm::Expected<uint32_t> indirectParent(const Entry &e) const {
     uint32_t at = e.unwind & ~1u;
     uint64_t offset = uint64_t(at) - source_.exceptionDirectoryRva;
-    if (at < source_.exceptionDirectoryRva || offset % kX64EntrySize ||
-        offset + kX64EntrySize > source_.exceptionDirectory.size())
+    if (at < source_.exceptionDirectoryRva || offset % dialect_.entrySize() ||
+        offset + dialect_.entrySize() > source_.exceptionDirectory.size())
       return refuse(rule::kUnwindNotCarried, "{}: its indirect unwind entry points at {:#x}, not at an entry of .pdata",
                          describe(*e.function), at);
     return read32le(&source_.exceptionDirectory[offset]);
@@ -244,34 +235,18 @@ private:
                        "carry (needs restart)", describe(function), parent);
   }
 
-  llvm::Expected<uint32_t> arm64Length(uint32_t unwind, const std::string &who) {
-    switch (unwind & 3) {
-    case 1:
-    case 2: return ((unwind >> 2) & 0x7ff) * 4;
-    case 0: {
-      llvm::ArrayRef<uint8_t> header = source_.bytesAt(unwind, 4);
-      if (header.size() != 4) return refuse(rule::kUnwindNotCarried,
-                                            "{}: its .xdata record at {:#x} is outside the file", who, unwind);
-      return (read32le(header.data()) & 0x3ffff) * 4;
-    }
-    default: return refuse(rule::kUnwindNotCarried, "{}: its .pdata entry uses the reserved unwind flag 3", who);
-    }
-  }
-
   llvm::Error addRecord(uint32_t rva, const CarriedCode &function) {
     if (records_.count(rva)) return llvm::Error::success();
     std::string who = describe(function);
     UnwindRecord record;
     record.patchedRva = rva;
     record.function = &function;  // owned by locator_
-    // The header says how long the record is; an Arm64 extended header takes a second word.
+    // The header says how long the record is; it may take a second word.
     llvm::ArrayRef<uint8_t> head = source_.bytesAt(rva, 4);
-    if (head.size() == 4 && source_.machine == Machine::Arm64 && (read32le(head.data()) >> 22) == 0)
-      head = source_.bytesAt(rva, 8);
+    if (head.size() == 4) head = source_.bytesAt(rva, dialect_.headerSize(head));
     if (head.size() < 4) return refuse(rule::kUnwindNotCarried,
                                        "{}: its unwind record at patched rva {:#x} is outside the file", who, rva);
-    llvm::Expected<size_t> fixed = source_.machine == Machine::X64 ? unwindRecordSize(head, true, false)
-                                                                   : unwindRecordSize(head, false, false);
+    llvm::Expected<size_t> fixed = dialect_.recordSize(head, false);
     if (!fixed) return refuse(rule::kUnwindNotCarried,
                               "{}: its unwind record at patched rva {:#x}: {}", who, rva, errorText(fixed.takeError()));
     record.fixedSize = *fixed;
@@ -279,14 +254,8 @@ private:
     if (bytes.size() != record.fixedSize)
       return refuse(rule::kUnwindNotCarried,
                     "{}: its unwind record at patched rva {:#x} is outside the file", who, rva);
-    bool hasHandler = false;
-    if (source_.machine == Machine::X64) {
-      uint8_t flags = bytes[0] >> 3;
-      record.chained = flags & kUnwChainInfo;
-      hasHandler = !record.chained && (flags & (kUnwEHandler | kUnwUHandler));
-    } else {
-      hasHandler = (read32le(bytes.data()) >> 20) & 1;
-    }
+    record.chained = dialect_.chained(bytes);
+    bool hasHandler = dialect_.hasHandler(bytes);
     record.bytes.assign(bytes.begin(), bytes.end());
     if (hasHandler) {
       uint32_t handler = read32le(&bytes[record.fixedSize - 4]);
@@ -361,6 +330,7 @@ private:
   }
 
   const PeUnwindSource &source_;
+  const PeUnwindDialect &dialect_;
   Locator locator_;
   std::vector<Entry> entries_;
   std::map<uint64_t, UnwindRecord> records_;  // by patched RVA
@@ -368,46 +338,13 @@ private:
 
 }  // namespace
 
-namespace {
-
-// The record size its header gives; `checkLength`: the buffer must hold all of it.
-llvm::Expected<size_t> unwindRecordSize(llvm::ArrayRef<uint8_t> record, bool x64, bool checkLength) {
-  size_t size = 0;
-  if (x64) {
-    if (record.size() < 4) return makeError("UNWIND_INFO is truncated (needs 4 header bytes)");
-    unsigned version = record[0] & 7, flags = record[0] >> 3;
-    if (version != 1 && version != 2) return formatError("UNWIND_INFO version {} is not 1 or 2", version);
-    size = 4 + 2 * ((size_t(record[2]) + 1) & ~size_t(1));  // codes, padded to an even count
-    if (flags & kUnwChainInfo) size += kX64EntrySize;
-    else if (flags & (kUnwEHandler | kUnwUHandler)) size += 4;
-  } else {
-    if (record.size() < 4) return makeError(".xdata record is truncated (needs a 4-byte header)");
-    uint32_t w0 = read32le(record.data());
-    if ((w0 >> 18) & 3) return formatError(".xdata record version {} is not 0", (w0 >> 18) & 3);
-    bool exception = (w0 >> 20) & 1, singleEpilog = (w0 >> 21) & 1;
-    size_t epilogs = (w0 >> 22) & 0x1f, codeWords = (w0 >> 27) & 0x1f;
-    size = 4;
-    if (epilogs == 0 && codeWords == 0) {  // extended header: a second word holds both counts
-      if (record.size() < 8) return makeError(".xdata record is truncated (needs an 8-byte extended header)");
-      uint32_t w1 = read32le(record.data() + 4);
-      epilogs = w1 & 0xffff;
-      codeWords = (w1 >> 16) & 0xff;
-      size = 8;
-    }
-    if (!singleEpilog) size += epilogs * 4;  // E: the count field is a code index and no scopes follow
-    size += codeWords * 4;
-    if (exception) size += 4;  // the exception handler RVA
+const PeUnwindDialect &peUnwindDialect(Machine machine) {
+  switch (machine) {
+  case Machine::X64: return x64UnwindDialect();
+  case Machine::Arm64: return arm64UnwindDialect();
   }
-  if (checkLength && record.size() < size)
-    return formatError("{} is truncated ({} of {} bytes)", x64 ? "UNWIND_INFO" : ".xdata record", record.size(), size);
-  return size;
+  return x64UnwindDialect();  // not reached: the switch names every machine
 }
-
-}  // namespace
-
-llvm::Expected<size_t> x64UnwindInfoSize(llvm::ArrayRef<uint8_t> info) { return unwindRecordSize(info, true, true); }
-
-llvm::Expected<size_t> arm64XdataSize(llvm::ArrayRef<uint8_t> record) { return unwindRecordSize(record, false, true); }
 
 llvm::Expected<PeUnwindSource> peUnwindSourceFor(const Image &patched) {
   PeUnwindSource source;

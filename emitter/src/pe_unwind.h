@@ -26,7 +26,7 @@ struct CarriedCode {
 
 // The patched build, as the unwind copier reads it.
 struct PeUnwindSource {
-  Machine machine = Machine::X64;
+  Machine machine{};
   llvm::ArrayRef<uint8_t> exceptionDirectory;  // the patched build's .pdata entries
   uint64_t exceptionDirectoryRva = 0;          // where they are (x64 indirect entries point into them)
   // The patched build's bytes at [rva, rva+size), empty when they are not all in the file.
@@ -57,13 +57,34 @@ llvm::Expected<PeUnwindTables> buildPeUnwind(const PeUnwindSource &source, llvm:
                                              uint32_t pdataRva, uint32_t xdataRva,
                                              const std::map<uint64_t, uint32_t> &handlerStubs);
 
-// The size in bytes of the Arm64 .xdata record that starts with `record`, up to and including
-// the exception handler RVA when there is one (the handler's data follows, in its own format).
-// Fails when the record is truncated or uses an unknown version.
-llvm::Expected<size_t> arm64XdataSize(llvm::ArrayRef<uint8_t> record);
-
-// The same for an x64 UNWIND_INFO: header, unwind codes (padded to an even count), and the
-// chained RUNTIME_FUNCTION or the exception handler RVA.
-llvm::Expected<size_t> x64UnwindInfoSize(llvm::ArrayRef<uint8_t> info);
+// How one machine lays out PE unwind data: its .pdata entries and its unwind records (x64
+// RUNTIME_FUNCTION + UNWIND_INFO, Arm64 .pdata + .xdata). One per machine, from
+// peUnwindDialect(), the one switch over Machine here.
+class PeUnwindDialect {
+public:
+  virtual ~PeUnwindDialect() = default;
+  virtual size_t entrySize() const = 0;
+  virtual bool entryHoldsEnd() const = 0;
+  // The end of the code a .pdata entry covers (its record gives the length when the entry does not).
+  virtual llvm::Expected<uint32_t> entryEnd(llvm::ArrayRef<uint8_t> entry, const PeUnwindSource &source,
+                                            const std::string &who) const = 0;
+  // What an entry's UnwindData field names: a record, another entry (x64: UnwindData | 1), or
+  // nothing, the unwinding being packed into the entry (Arm64: flag 1 or 2).
+  enum class Unwind { Record, Indirect, Packed };
+  virtual Unwind unwindOf(uint32_t unwindData) const = 0;
+  // How many bytes at a record's start tell its size, from its first 4.
+  virtual size_t headerSize(llvm::ArrayRef<uint8_t> first) const = 0;
+  // The record size its header gives, up to and including the exception handler RVA or the
+  // chained entry; `checkLength`: the buffer must hold all of it. Fails on truncated headers and
+  // unknown versions.
+  virtual llvm::Expected<size_t> recordSize(llvm::ArrayRef<uint8_t> record, bool checkLength) const = 0;
+  // The record ends in its parent's .pdata entry (x64 UNW_FLAG_CHAININFO).
+  virtual bool chained(llvm::ArrayRef<uint8_t> record) const = 0;
+  // The record ends in an exception handler RVA, followed by the handler's data.
+  virtual bool hasHandler(llvm::ArrayRef<uint8_t> record) const = 0;
+};
+const PeUnwindDialect &peUnwindDialect(Machine machine);
+const PeUnwindDialect &x64UnwindDialect();
+const PeUnwindDialect &arm64UnwindDialect();
 
 }  // namespace hotforge::emitter

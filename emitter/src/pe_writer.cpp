@@ -14,6 +14,7 @@
 // loader, which finds them in the patch table (x64 REL32 / ABSOLUTE) and in .hotpatch (all).
 // Nothing depends on the clock: TimeDateStamp is derived from the content.
 #include "emitter_internal.h"
+#include "hotforge/core/machine_target.h"
 #include "pe_unwind.h"
 
 #include <llvm/BinaryFormat/COFF.h>
@@ -41,7 +42,7 @@ constexpr uint32_t kLoadConfigSize = 0x140, kHotPatchTableOffsetField = 0xF0;
 // expected first bytes of each base function; version 4 adds nothing this image needs.
 constexpr uint32_t kHotPatchInfoVersion = 3, kHotPatchInfoSize = 7 * 4, kHotPatchBaseSize = 8 * 4;
 constexpr uint32_t kHotPatchHashesSize = 32 + 20;
-constexpr uint32_t kBaseCanRollBack = 0x2, kBaseMachineArm64 = 0x8, kBaseMachineAmd64 = 0x10;
+constexpr uint32_t kBaseCanRollBack = 0x2;
 constexpr uint32_t kRecordInverse = 0x80000000, kRecordFunction = 0x1C000, kRecordAbsolute = 0x2C000,
                    kRecordRel32 = 0x3C000;
 constexpr uint32_t kMaxEntriesPerRecord = 0xFFF;  // 12-bit count
@@ -104,21 +105,27 @@ std::vector<uint8_t> hotPatchMetadata(const PatchImage &image, const Image &base
     uint32_t expected = first.size() == 4 ? llvm::support::endian::read32le(first.data()) : 0;
     functions.push_back({r.baseRva, r.patchRva, expected});
   }
+  const MachineTarget &codec = machineTarget(image.machine);
   for (const PatchFixup &f : image.fixups) {
     if (f.space != FixupSpace::Base) continue;
     uint32_t target = uint32_t(f.target);
-    switch (f.kind) {
-    case FixupKind::X64Rel32: {
+    if (f.kind == FixupKind::Data64) {
+      absolute.push_back({f.site, target, 0});
+      continue;
+    }
+    // The table holds whole little-endian fields only: 32-bit distances and 64-bit addresses.
+    // Fields of a few bits (Arm64) and PC-relative data are only in .hotpatch.
+    InstructionField field{f.kind, f.fieldOffset, f.instructionSize, f.scale};
+    std::optional<FieldBits> bits = codec.fieldBits(field);
+    if (!bits || bits->mask) continue;
+    uint32_t at = f.site + bits->begin, width = bits->end - bits->begin;
+    FieldMeaning meaning = codec.meaning(f.kind);
+    if (meaning == FieldMeaning::Absolute && width == 8) absolute.push_back({at, target, 0});
+    if (meaning == FieldMeaning::Distance && width == 4) {
       // REL32 is measured from the end of its field; ours from the end of the instruction, which
       // is later when an immediate follows the field: aim the target as much lower.
-      uint32_t field = f.site + f.fieldOffset;
-      uint32_t tail = f.instructionSize > f.fieldOffset + 4u ? f.instructionSize - f.fieldOffset - 4u : 0u;
-      rel32.push_back({field, target - tail, 0});
-      break;
-    }
-    case FixupKind::X64Abs64: absolute.push_back({f.site + f.fieldOffset, target, 0}); break;
-    case FixupKind::Data64: absolute.push_back({f.site, target, 0}); break;
-    default: break;  // Arm64 instruction fields and PC-relative data: only in .hotpatch
+      uint32_t tail = f.instructionSize > bits->end ? f.instructionSize - bits->end : 0u;
+      rel32.push_back({at, target - tail, 0});
     }
   }
   putRecords(table, kRecordFunction, std::move(functions));
@@ -139,7 +146,7 @@ std::vector<uint8_t> hotPatchMetadata(const PatchImage &image, const Image &base
   blob.u32(baseAt);
   // IMAGE_HOT_PATCH_BASE
   blob.u32(image.sequence);
-  blob.u32(kBaseCanRollBack | (image.machine == Machine::X64 ? kBaseMachineAmd64 : kBaseMachineArm64));
+  blob.u32(kBaseCanRollBack | machineTarget(image.machine).hotPatchBaseMachine());
   blob.u32(image.baseline.timeDateStamp);
   blob.u32(image.baseline.checkSum);
   blob.u32(hashesAt);
@@ -236,12 +243,15 @@ llvm::Expected<std::vector<uint32_t>> resolveInternalFixups(PatchImage &image) {
   local.machine = image.machine;
   local.imageSize = image.imageSize;
   local.sections = image.sections;
+  const MachineTarget &codec = machineTarget(image.machine);
   std::vector<uint32_t> relocated;
   for (const PatchFixup &f : image.fixups) {
     if (f.space != FixupSpace::Image) continue;
     local.fixups.push_back(f);
     if (f.kind == FixupKind::Data64) relocated.push_back(f.site);
-    if (f.kind == FixupKind::X64Abs64) relocated.push_back(f.site + f.fieldOffset);
+    InstructionField field{f.kind, f.fieldOffset, f.instructionSize, f.scale};
+    if (codec.meaning(f.kind) == FieldMeaning::Absolute)
+      if (std::optional<FieldBits> bits = codec.fieldBits(field)) relocated.push_back(f.site + bits->begin);
   }
   std::vector<uint8_t> memory = layOut(local);
   if (llvm::Error e = lift(applyFixups(local, 0, kImageBase, {}, memory))) return e;
@@ -250,10 +260,13 @@ llvm::Expected<std::vector<uint32_t>> resolveInternalFixups(PatchImage &image) {
   return relocated;
 }
 
-}  // namespace
+// Where the data directories point.
+struct Directories {
+  uint32_t metadataRva = 0, importsRva = 0, importsSize = 0, addressTableRva = 0, addressTableSize = 0;
+  uint32_t pdataRva = 0, pdataSize = 0, relocRva = 0, relocSize = 0;
+};
 
-llvm::Error writePeContainer(PatchImage &image, const PeContainerInput &input) {
-  if (!input.base || !input.patched) return makeError("internal: the PE writer needs the base and the patched build");
+llvm::Error checkPlannedSections(PatchImage &image) {
   if (image.sections.empty() || image.sections.front().name != ".text" || image.sections.front().rva != kPageSize)
     return makeError("internal: the planner's .text is not at rva 0x1000");
   for (PatchSection &s : image.sections)
@@ -261,11 +274,14 @@ llvm::Error writePeContainer(PatchImage &image, const PeContainerInput &input) {
   for (const PatchSection &s : image.sections)
     if (s.rva + uint64_t(s.bytes.size()) > image.imageSize || s.memorySize < s.bytes.size())
       return formatError("internal: section {} at rva {:#x} does not fit the image", s.name, s.rva);
+  return llvm::Error::success();
+}
 
-  llvm::Expected<std::vector<uint32_t>> relocated = resolveInternalFixups(image);
-  if (!relocated) return relocated.takeError();
-
-  // Metadata sections after the planner's, each on its own pages.
+// The metadata sections after the planner's, each on its own pages: the hot-patch metadata, the
+// imports, the unwind tables and the base relocations of `relocated`. Advances image.imageSize.
+llvm::Expected<Directories> addMetadataSections(PatchImage &image, const PeContainerInput &input,
+                                                std::vector<uint32_t> relocated) {
+  Directories d;
   uint32_t next = image.imageSize;
   auto addSection = [&](const char *name, std::vector<uint8_t> bytes) {
     PatchSection s{name, next, std::move(bytes), 0, {true, false, false}};
@@ -275,15 +291,14 @@ llvm::Error writePeContainer(PatchImage &image, const PeContainerInput &input) {
     image.sections.push_back(std::move(s));
     return image.sections.back().rva;
   };
-  uint32_t metadataRva = next;
-  addSection(".rdata", hotPatchMetadata(image, *input.base, metadataRva));
-  uint32_t importsRva = 0, importsSize = 0, addressTableRva = 0, addressTableSize = 0;
+  d.metadataRva = next;
+  addSection(".rdata", hotPatchMetadata(image, *input.base, d.metadataRva));
   if (!image.imports.empty()) {
     ImportDirectory imports = importDirectory(image.imports, next);
-    importsSize = uint32_t(imports.bytes.size());
-    importsRva = addSection(".idata", std::move(imports.bytes));
-    addressTableRva = importsRva + imports.addressTableOffset;
-    addressTableSize = imports.addressTableSize;
+    d.importsSize = uint32_t(imports.bytes.size());
+    d.importsRva = addSection(".idata", std::move(imports.bytes));
+    d.addressTableRva = d.importsRva + imports.addressTableOffset;
+    d.addressTableSize = imports.addressTableSize;
   }
 
   llvm::Expected<PeUnwindSource> source = peUnwindSourceFor(*input.patched);
@@ -293,25 +308,24 @@ llvm::Error writePeContainer(PatchImage &image, const PeContainerInput &input) {
   // First with provisional RVAs for the sizes, then where the tables land.
   llvm::Expected<PeUnwindTables> sizing = buildPeUnwind(*source, carried, 0, 0, input.handlerStubs);
   if (!sizing) return sizing.takeError();
-  uint32_t xdataRva = next, pdataRva = sizing->xdata.empty() ? next : uint32_t(alignTo(next + sizing->xdata.size(), kPageSize));
-  llvm::Expected<PeUnwindTables> unwind = buildPeUnwind(*source, carried, pdataRva, xdataRva, input.handlerStubs);
+  uint32_t xdataRva = next;
+  d.pdataRva = sizing->xdata.empty() ? next : uint32_t(alignTo(next + sizing->xdata.size(), kPageSize));
+  llvm::Expected<PeUnwindTables> unwind = buildPeUnwind(*source, carried, d.pdataRva, xdataRva, input.handlerStubs);
   if (!unwind) return unwind.takeError();
-  uint32_t pdataSize = uint32_t(unwind->pdata.size()), relocRva = 0, relocSize = 0;
+  d.pdataSize = uint32_t(unwind->pdata.size());
   if (!unwind->xdata.empty()) addSection(".xdata", std::move(unwind->xdata));
   if (!unwind->pdata.empty()) addSection(".pdata", std::move(unwind->pdata));
-  if (!relocated->empty()) {
-    std::vector<uint8_t> relocations = baseRelocations(std::move(*relocated));
-    relocSize = uint32_t(relocations.size());
-    relocRva = addSection(".reloc", std::move(relocations));
+  if (!relocated.empty()) {
+    std::vector<uint8_t> relocations = baseRelocations(std::move(relocated));
+    d.relocSize = uint32_t(relocations.size());
+    d.relocRva = addSection(".reloc", std::move(relocations));
   }
+  image.imageSize = next;
+  return d;
+}
 
-  // The records last; they name the image size, which covers them.
-  uint32_t recordsRva = next;
-  size_t recordsSize = encodeRecords(image).size();
-  image.imageSize = uint32_t(alignTo(recordsRva + recordsSize, kPageSize));
-  std::vector<uint8_t> records = encodeRecords(image);
-  image.sizes.metadata += records.size();
-
+// The sections as the file lays them out, the records last.
+std::vector<OutSection> outSections(const PatchImage &image, llvm::ArrayRef<uint8_t> records, uint32_t recordsRva) {
   std::vector<OutSection> out;
   for (const PatchSection &s : image.sections) {
     uint32_t characteristics = characteristicsOf(s);
@@ -325,37 +339,17 @@ llvm::Error writePeContainer(PatchImage &image, const PeContainerInput &input) {
     if (alignTo(out[i].rva + uint64_t(std::max<uint32_t>(out[i].virtualSize, 1)), kPageSize) < out[i + 1].rva)
       out[i].virtualSize = out[i + 1].rva - out[i].rva;
   for (OutSection &s : out) s.virtualSize = std::max<uint32_t>(s.virtualSize, 1);
+  return out;
+}
 
-  // File layout: headers, then each section's raw data, then the COFF string table that holds
-  // the name ".hotpatch" (longer than the 8 bytes a section header holds).
-  uint32_t headersSize = uint32_t(alignTo(kDosHeaderSize + 4 + kCoffHeaderSize + kOptionalHeaderSize +
-                                              kSectionHeaderSize * out.size(), kFileAlignment));
-  if (headersSize > kPageSize) return makeError("internal: too many sections for the PE headers");
-  uint32_t fileAt = headersSize;
-  for (OutSection &s : out) {
-    if (s.bytes.empty()) continue;
-    s.fileOffset = fileAt;
-    s.rawSize = uint32_t(alignTo(s.bytes.size(), kFileAlignment));
-    fileAt += s.rawSize;
-  }
-  uint32_t stringTableAt = fileAt;
+// Where the headers leave fields to patch once the whole file is written.
+struct HeaderFields {
+  size_t timeDateStampAt = 0, checkSumAt = 0;
+};
 
-  ByteWriter w;
-  // DOS header: only the magic and the offset of the PE header.
-  w.u16(0x5a4d);
-  w.zeros(0x3c - 2);
-  w.u32(kDosHeaderSize);
-  w.raw(llvm::ArrayRef<uint8_t>(reinterpret_cast<const uint8_t *>("PE\0\0"), 4));
-  // COFF file header
-  w.u16(image.machine == Machine::X64 ? llvm::COFF::IMAGE_FILE_MACHINE_AMD64 : llvm::COFF::IMAGE_FILE_MACHINE_ARM64);
-  w.u16(uint16_t(out.size()));
-  size_t timeDateStampAt = w.size();
-  w.u32(0);  // TimeDateStamp: from the content, below
-  w.u32(stringTableAt);  // PointerToSymbolTable: no symbols, only the string table
-  w.u32(0);
-  w.u16(uint16_t(kOptionalHeaderSize));
-  w.u16(llvm::COFF::IMAGE_FILE_EXECUTABLE_IMAGE | llvm::COFF::IMAGE_FILE_LARGE_ADDRESS_AWARE | llvm::COFF::IMAGE_FILE_DLL);
-  // Optional header (PE32+)
+// The PE32+ optional header, its data directories included.
+void putOptionalHeader(ByteWriter &w, const PatchImage &image, const std::vector<OutSection> &out,
+                       uint32_t headersSize, const Directories &d, HeaderFields &fields) {
   uint32_t codeSize = 0, initializedSize = 0, uninitializedSize = 0;
   for (const OutSection &s : out) {
     if (s.characteristics & kScnCode) codeSize += s.rawSize;
@@ -382,8 +376,8 @@ llvm::Error writePeContainer(PatchImage &image, const PeContainerInput &input) {
   w.u32(0);  // Win32VersionValue
   w.u32(image.imageSize);
   w.u32(headersSize);
-  size_t checkSumAt = w.size();
-  w.u32(0);  // CheckSum, below
+  fields.checkSumAt = w.size();
+  w.u32(0);  // CheckSum, once the file is written
   w.u16(llvm::COFF::IMAGE_SUBSYSTEM_WINDOWS_GUI);
   w.u16(llvm::COFF::IMAGE_DLL_CHARACTERISTICS_HIGH_ENTROPY_VA | llvm::COFF::IMAGE_DLL_CHARACTERISTICS_DYNAMIC_BASE |
         llvm::COFF::IMAGE_DLL_CHARACTERISTICS_NX_COMPAT);
@@ -393,17 +387,37 @@ llvm::Error writePeContainer(PatchImage &image, const PeContainerInput &input) {
   w.u64(0x1000);
   w.u32(0);  // LoaderFlags
   w.u32(kDataDirectories);
-  for (uint32_t d = 0; d < kDataDirectories; ++d) {
+  for (uint32_t directory = 0; directory < kDataDirectories; ++directory) {
     uint32_t rva = 0, size = 0;
-    if (d == llvm::COFF::EXCEPTION_TABLE && pdataSize) rva = pdataRva, size = pdataSize;
-    if (d == llvm::COFF::BASE_RELOCATION_TABLE && relocSize) rva = relocRva, size = relocSize;
-    if (d == llvm::COFF::LOAD_CONFIG_TABLE) rva = metadataRva, size = kLoadConfigSize;
-    if (d == llvm::COFF::IMPORT_TABLE && importsSize) rva = importsRva, size = importsSize;
-    if (d == llvm::COFF::IAT && addressTableSize) rva = addressTableRva, size = addressTableSize;
+    if (directory == llvm::COFF::EXCEPTION_TABLE && d.pdataSize) rva = d.pdataRva, size = d.pdataSize;
+    if (directory == llvm::COFF::BASE_RELOCATION_TABLE && d.relocSize) rva = d.relocRva, size = d.relocSize;
+    if (directory == llvm::COFF::LOAD_CONFIG_TABLE) rva = d.metadataRva, size = kLoadConfigSize;
+    if (directory == llvm::COFF::IMPORT_TABLE && d.importsSize) rva = d.importsRva, size = d.importsSize;
+    if (directory == llvm::COFF::IAT && d.addressTableSize) rva = d.addressTableRva, size = d.addressTableSize;
     w.u32(rva);
     w.u32(size);
   }
-  // Section headers
+}
+
+// DOS header, COFF header, optional header and section headers, padded to `headersSize`.
+HeaderFields putHeaders(ByteWriter &w, const PatchImage &image, const std::vector<OutSection> &out,
+                        uint32_t headersSize, uint32_t stringTableAt, const Directories &d) {
+  HeaderFields fields;
+  // DOS header: only the magic and the offset of the PE header.
+  w.u16(0x5a4d);
+  w.zeros(0x3c - 2);
+  w.u32(kDosHeaderSize);
+  w.raw(llvm::ArrayRef<uint8_t>(reinterpret_cast<const uint8_t *>("PE\0\0"), 4));
+  // COFF file header
+  w.u16(machineTarget(image.machine).coffMachine());
+  w.u16(uint16_t(out.size()));
+  fields.timeDateStampAt = w.size();
+  w.u32(0);  // TimeDateStamp: from the content, once the file is written
+  w.u32(stringTableAt);  // PointerToSymbolTable: no symbols, only the string table
+  w.u32(0);
+  w.u16(uint16_t(kOptionalHeaderSize));
+  w.u16(llvm::COFF::IMAGE_FILE_EXECUTABLE_IMAGE | llvm::COFF::IMAGE_FILE_LARGE_ADDRESS_AWARE | llvm::COFF::IMAGE_FILE_DLL);
+  putOptionalHeader(w, image, out, headersSize, d, fields);
   for (const OutSection &s : out) {
     char name[8] = {};
     std::string text = s.name.size() <= 8 ? s.name : "/4";  // ".hotpatch": offset 4 of the string table
@@ -417,6 +431,41 @@ llvm::Error writePeContainer(PatchImage &image, const PeContainerInput &input) {
     w.u32(s.characteristics);
   }
   w.zeros(headersSize - w.size());
+  return fields;
+}
+
+}  // namespace
+
+llvm::Error writePeContainer(PatchImage &image, const PeContainerInput &input) {
+  if (!input.base || !input.patched) return makeError("internal: the PE writer needs the base and the patched build");
+  if (llvm::Error e = checkPlannedSections(image)) return e;
+  llvm::Expected<std::vector<uint32_t>> relocated = resolveInternalFixups(image);
+  if (!relocated) return relocated.takeError();
+  llvm::Expected<Directories> directories = addMetadataSections(image, input, std::move(*relocated));
+  if (!directories) return directories.takeError();
+
+  // The records last; they name the image size, which covers them.
+  uint32_t recordsRva = image.imageSize;
+  size_t recordsSize = encodeRecords(image).size();
+  image.imageSize = uint32_t(alignTo(recordsRva + recordsSize, kPageSize));
+  std::vector<uint8_t> records = encodeRecords(image);
+  image.sizes.metadata += records.size();
+  std::vector<OutSection> out = outSections(image, records, recordsRva);
+
+  // File layout: headers, then each section's raw data, then the COFF string table that holds
+  // the name ".hotpatch" (longer than the 8 bytes a section header holds).
+  uint32_t headersSize = uint32_t(alignTo(kDosHeaderSize + 4 + kCoffHeaderSize + kOptionalHeaderSize +
+                                              kSectionHeaderSize * out.size(), kFileAlignment));
+  if (headersSize > kPageSize) return makeError("internal: too many sections for the PE headers");
+  uint32_t fileAt = headersSize;
+  for (OutSection &s : out) {
+    if (s.bytes.empty()) continue;
+    s.fileOffset = fileAt;
+    s.rawSize = uint32_t(alignTo(s.bytes.size(), kFileAlignment));
+    fileAt += s.rawSize;
+  }
+  ByteWriter w;
+  HeaderFields fields = putHeaders(w, image, out, headersSize, fileAt, *directories);
   for (const OutSection &s : out) {
     if (s.bytes.empty()) continue;
     w.raw(s.bytes);
@@ -428,12 +477,48 @@ llvm::Error writePeContainer(PatchImage &image, const PeContainerInput &input) {
 
   // TimeDateStamp from the content (as lld's /Brepro does), then the checksum over everything.
   std::array<uint8_t, 32> digest = llvm::SHA256::hash(w.bytes);
-  w.patch32(timeDateStampAt, llvm::support::endian::read32le(digest.data()));
-  w.patch32(checkSumAt, peCheckSum(w.bytes, checkSumAt));
+  w.patch32(fields.timeDateStampAt, llvm::support::endian::read32le(digest.data()));
+  w.patch32(fields.checkSumAt, peCheckSum(w.bytes, fields.checkSumAt));
 
   image.file = std::move(w.bytes);
   image.sizes.file = image.file.size();
   return llvm::Error::success();
 }
+
+namespace {
+
+class PeWriter final : public ContainerWriter {
+public:
+  // An exception handler that the carried unwind data names and that stays in the base is
+  // reached through a stub in .text (UNWIND_INFO holds an RVA of this image).
+  void addUnwindCode(PlannedImage &plan) override {
+    llvm::Expected<PeUnwindSource> source = peUnwindSourceFor(plan.patched());
+    if (!source) return plan.refuse(source.takeError());
+    std::vector<CarriedCode> carried;
+    for (const PatchFunction &f : plan.image().functions) carried.push_back({f.patchedRva, f.size, f.rva, f.name});
+    llvm::Expected<std::vector<uint64_t>> handlers = peUnwindHandlers(*source, carried);
+    if (!handlers) return plan.refuse(handlers.takeError());
+    for (uint64_t handler : *handlers) {
+      std::optional<uint64_t> inBase = plan.baseCounterpart(handler);
+      if (!inBase)
+        plan.refuse(emitter::refuse(rule::kHandlerNotInBase,
+                                    "the exception handler at patched rva {:#x} has no counterpart in the base", handler));
+      else handlerStubs_[handler] = plan.addAbsoluteJump(*inBase, FixupSpace::Base);
+    }
+  }
+
+  llvm::Error addUnwindSections(PlannedImage &, uint32_t) override { return llvm::Error::success(); }
+
+  llvm::Error write(PlannedImage &plan) override {
+    return writePeContainer(plan.image(), {&plan.base(), &plan.patched(), std::move(handlerStubs_)});
+  }
+
+private:
+  std::map<uint64_t, uint32_t> handlerStubs_;  // patched handler rva -> stub image rva
+};
+
+}  // namespace
+
+std::unique_ptr<ContainerWriter> peWriter() { return std::make_unique<PeWriter>(); }
 
 }  // namespace hotforge::emitter

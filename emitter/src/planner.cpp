@@ -1,9 +1,9 @@
 // buildPatchImage: lays out the carried code and data, turns every binding into a fixup, chooses
 // each redirection, and hands the result to the container writer of the base's format.
 #include "emitter_internal.h"
-#include "pe_unwind.h"
 
 #include "hotforge/arch.h"
+#include "hotforge/core/machine_target.h"
 
 #include <fmt/core.h>
 #include <llvm/ADT/StringExtras.h>
@@ -20,46 +20,8 @@ namespace emitter {
 namespace {
 
 using differ::CodeReference;
-using differ::FieldEncoding;
 
-std::optional<FixupKind> fixupKindFor(FieldEncoding encoding) {
-  switch (encoding) {
-  case FieldEncoding::X64Rel32: return FixupKind::X64Rel32;
-  case FieldEncoding::X64Abs64: return FixupKind::X64Abs64;
-  case FieldEncoding::A64Branch26: return FixupKind::A64Branch26;
-  case FieldEncoding::A64Branch19: return FixupKind::A64Branch19;
-  case FieldEncoding::A64Branch14: return FixupKind::A64Branch14;
-  case FieldEncoding::A64Literal19: return FixupKind::A64Literal19;
-  case FieldEncoding::A64Adr21: return FixupKind::A64Adr21;
-  case FieldEncoding::A64AdrPage21: return FixupKind::A64AdrPage21;
-  case FieldEncoding::A64AddLo12: return FixupKind::A64AddLo12;
-  case FieldEncoding::A64LdStLo12: return FixupKind::A64LdStLo12;
-  case FieldEncoding::X64Rel8:
-  case FieldEncoding::None: break;
-  }
-  return std::nullopt;
-}
-
-// Encodings whose value is a distance within the instruction stream: a reference inside the
-// same function keeps its value when the function moves whole.
-bool isPcRelative(FieldEncoding encoding) {
-  switch (encoding) {
-  case FieldEncoding::X64Rel8:
-  case FieldEncoding::X64Rel32:
-  case FieldEncoding::A64Branch26:
-  case FieldEncoding::A64Branch19:
-  case FieldEncoding::A64Branch14:
-  case FieldEncoding::A64Literal19:
-  case FieldEncoding::A64Adr21: return true;
-  default: return false;
-  }
-}
-
-constexpr uint8_t kEndbr64[] = {0xf3, 0x0f, 0x1e, 0xfa};
-
-bool isBti(uint32_t instruction) { return (instruction & 0xffffff3f) == 0xd503241f; }
-
-class Planner {
+class Planner final : public PlannedImage {
 public:
   Planner(const Image &base, const Image &patched, const Diff &diff, const BuildOptions &options)
       : base_(base), patched_(patched), diff_(diff), options_(options) {}
@@ -71,6 +33,7 @@ public:
     llvm::Expected<std::unique_ptr<differ::InstructionDecoder>> decoder = differ::createInstructionDecoder(base_.machine);
     if (!decoder) return decoder.takeError();
     decoder_ = std::move(*decoder);
+    target_ = &machineTarget(base_.machine);
     relocations_.imageBase = patched_.imageBase;
     relocations_.image = &patched_;
     for (const Relocation &r : patched_.relocations) relocations_.rvas.push_back(r.rva);
@@ -83,7 +46,8 @@ public:
     layOutCode();
     if (llvm::Error e = bindReferences()) return e;
     if (llvm::Error e = chooseRedirects()) return e;
-    if (image_.format == Format::Pe) addHandlerStubs();
+    writer_ = containerWriter(image_.format);
+    writer_->addUnwindCode(*this);
     if (!problems_.empty()) {
       BuildRefusal refusal;
       std::set<std::pair<std::string, std::string>> listed;
@@ -92,11 +56,24 @@ public:
       return llvm::make_error<RefusalError>(std::move(refusal));
     }
     if (llvm::Error e = finishSections()) return e;
-    llvm::Error written = image_.format == Format::Elf
-                              ? writeElfContainer(image_)
-                              : writePeContainer(image_, {&base_, &patched_, std::move(handlerStubs_)});
-    if (written) return written;
+    if (llvm::Error written = writer_->write(*this)) return written;
     return std::move(image_);  // a member: not moved implicitly
+  }
+
+  // What the container writer asks.
+  const Image &base() const override { return base_; }
+  const Image &patched() const override { return patched_; }
+  PatchImage &image() override { return image_; }
+  std::vector<std::pair<uint64_t, uint64_t>> carriedFunctions() const override {
+    std::vector<std::pair<uint64_t, uint64_t>> carried;
+    for (auto &[patchedRva, placed] : functionRva_) carried.push_back({patchedRva, placed.first});
+    return carried;
+  }
+  std::optional<uint64_t> baseCounterpart(uint64_t patchedRva) override { return baseCounterpart(patchedRva, 0); }
+  void refuse(llvm::Error error) override {
+    if (std::optional<BuildRefusal> refusal = takeRefusal(error))
+      problems_.insert(problems_.end(), refusal->refusals.begin(), refusal->refusals.end());
+    else refuse(rule::kUnwindNotCarried, errorText(std::move(error)));
   }
 
 private:
@@ -110,12 +87,6 @@ private:
 
   void refuse(const char *rule, std::string reason, std::optional<std::string> name = std::nullopt) {
     problems_.push_back({rule, std::move(name), std::move(reason)});
-  }
-  // The refusals of a part that reports them as errors (unwind data).
-  void refuse(llvm::Error error) {
-    if (std::optional<BuildRefusal> refusal = takeRefusal(error))
-      problems_.insert(problems_.end(), refusal->refusals.begin(), refusal->refusals.end());
-    else refuse(rule::kUnwindNotCarried, errorText(std::move(error)));
   }
 
   void identify() {
@@ -152,12 +123,12 @@ private:
   void addBranchIslands(const Function &f, uint32_t functionRva, llvm::ArrayRef<uint8_t> code) {
     differ::DecodedFunction decoded = decoder_->decode(code, f.range.rva, relocations_);
     for (const CodeReference &r : decoded.references) {
-      if (r.encoding != FieldEncoding::X64Rel8 || f.range.contains(r.target)) continue;
-      uint32_t island = text_.rva + uint32_t(text_.bytes.size());
-      if (island - (functionRva + r.offset + r.size) > uint32_t(INT8_MAX)) continue;  // bindOne refuses it
-      static const uint8_t jmp[] = {0xe9, 0, 0, 0, 0};
-      text_.bytes.insert(text_.bytes.end(), std::begin(jmp), std::end(jmp));
-      islands_[functionRva + r.offset] = island;
+      std::optional<BranchIsland> island = target_->islandFor(r.encoding);
+      if (!island || f.range.contains(r.target)) continue;
+      uint32_t at = text_.rva + uint32_t(text_.bytes.size());
+      if (at - (functionRva + r.offset + r.size) > uint32_t(INT8_MAX)) continue;  // bindOne refuses it
+      text_.bytes.insert(text_.bytes.end(), island->bytes.begin(), island->bytes.end());
+      islands_[functionRva + r.offset] = at;
     }
   }
 
@@ -305,9 +276,9 @@ private:
                         const std::vector<Binding> &bindings) {
     for (size_t i = 0; i < references.size(); ++i) {
       const CodeReference &r = references[i];
-      if (r.encoding != FieldEncoding::None || !r.offsetFrom) continue;
+      if (r.encoding != FixupKind::None || !r.offsetFrom) continue;
       for (size_t j = 0; j < references.size(); ++j) {
-        if (references[j].encoding == FieldEncoding::None || references[j].target != r.offsetFrom) continue;
+        if (references[j].encoding == FixupKind::None || references[j].target != r.offsetFrom) continue;
         const Binding &anchor = bindings[j], &reached = bindings[i];
         using Kind = Binding::Kind;
         bool copied = anchor.kind == Kind::Constant || anchor.kind == Kind::NewData;
@@ -338,78 +309,42 @@ private:
     }
   }
 
-  // An access at an offset from a copied anchor that lands on data of the base (Arm64: ADD Xd, Xn,
-  // #off or LDR/STR Rt, [Xn, #off]) becomes a branch to an island that forms the base address
-  // itself: ADRP+ADD into Xd; ADRP into a loaded GPR, then the load from it; otherwise ADRP into
-  // x16 (x17 when the access uses x16) saved on the stack around the access. The island returns
-  // to the next instruction.
+  // An access at an offset from a copied anchor that lands on data of the base becomes a jump to
+  // an island that forms the base address itself, does the access and jumps back.
   bool reachBaseThroughIsland(const Function &f, const CodeReference &r, uint64_t baseTarget) {
-    constexpr uint32_t kPushX16 = 0xf81f0ff0, kPopX16 = 0xf84107f0;  // str x16, [sp, #-16]! / ldr x16, [sp], #16
     uint32_t site = functionRva_[f.range.rva].first + r.offset;
-    uint32_t instruction = llvm::support::endian::read32le(&text_.bytes[site - text_.rva]);
-    uint32_t rt = instruction & 0x1f;
-    bool isAdd = (instruction & 0xff800000u) == 0x91000000u;  // ADD Xd, Xn, #imm{, lsl #12}
-    bool isLoadStore = (instruction & 0x3b000000u) == 0x39000000u;  // unsigned-offset LDR/STR/PRFM
-    if ((!isAdd && !isLoadStore) || (isAdd && rt == 31)) return false;
-    bool simd = instruction >> 26 & 1;
-    uint32_t size = instruction >> 30, opc = instruction >> 22 & 3;
-    bool gprLoad = isLoadStore && !simd && opc != 0 && !(size == 3 && opc == 2) && rt != 31;
-    uint32_t scratch = isAdd || gprLoad ? rt : rt == 16 ? 17 : 16;
-    std::vector<uint32_t> island;
-    bool saves = !isAdd && !gprLoad;
-    if (saves) island.push_back(kPushX16 - 16 + scratch);
-    island.push_back(0x90000000u | scratch);  // adrp scratch, page of the base target
-    size_t low = island.size();
-    island.push_back(isAdd ? 0x91000000u | scratch << 5 | rt : (instruction & ~(0xfffu << 10) & ~(0x1fu << 5)) | scratch << 5);
-    if (saves) island.push_back(kPopX16 - 16 + scratch);
-    align(text_, 4);
-    std::vector<uint8_t> bytes(island.size() * 4);
-    for (size_t i = 0; i < island.size(); ++i) llvm::support::endian::write32le(&bytes[i * 4], island[i]);
-    placeSafely(bytes, 4);
-    uint32_t at = text_.rva + uint32_t(text_.bytes.size());
-    uint32_t back = at + uint32_t(island.size()) * 4;
-    island.push_back(branchTo(back, site + 4));
-    for (uint32_t word : island) {
-      text_.bytes.resize(text_.bytes.size() + 4);
-      llvm::support::endian::write32le(&text_.bytes[text_.bytes.size() - 4], word);
+    std::optional<AccessIsland> island = target_->accessIsland(textAt(site));
+    if (!island) return false;
+    BranchIsland jump = target_->directJump();
+    align(text_, jump.bytes.size());
+    placeSafely(island->code, jump.bytes.size());
+    uint32_t at = text_.rva + uint32_t(text_.bytes.size()), back = at + uint32_t(island->code.size());
+    text_.bytes.insert(text_.bytes.end(), island->code.begin(), island->code.end());
+    text_.bytes.insert(text_.bytes.end(), jump.bytes.begin(), jump.bytes.end());
+    if (!target_->writeField(jump.field, textAt(back), back, site + island->resume)) return false;
+    std::copy(jump.bytes.begin(), jump.bytes.end(), textAt(site).begin());
+    if (!target_->writeField(jump.field, textAt(site), site, at)) return false;
+    for (const auto &[offset, field] : island->fields) {
+      PatchFixup fixup;
+      fixup.site = at + offset;
+      fixup.kind = field.kind;
+      fixup.scale = field.scale;
+      fixup.target = baseTarget;
+      fixup.space = FixupSpace::Base;
+      pending_.push_back(fixup);
     }
-    llvm::support::endian::write32le(&text_.bytes[site - text_.rva], branchTo(site, at));
-    PatchFixup page, offset;
-    page.site = at + (saves ? 4 : 0);
-    page.kind = FixupKind::A64AdrPage21;
-    offset.site = at + uint32_t(low) * 4;
-    offset.kind = isAdd ? FixupKind::A64AddLo12 : FixupKind::A64LdStLo12;
-    offset.scale = isAdd ? 0 : uint8_t(simd ? size | (opc >> 1) << 2 : size);
-    page.target = offset.target = baseTarget;
-    page.space = offset.space = FixupSpace::Base;
-    pending_.push_back(page);
-    pending_.push_back(offset);
     return true;
-  }
-
-  static uint32_t branchTo(uint32_t from, uint32_t to) {
-    return 0x14000000u | (uint32_t(int32_t(to - from) / 4) & 0x3ffffffu);
   }
 
   // Both in the base, at another distance there (the base laid its variables out differently):
-  // the copied ADD or LDR/STR gets the base's distance in its unsigned 12-bit immediate, scaled as
-  // the instruction scales it.
+  // the copied instruction gets the base's distance.
   bool reaimOffset(const Function &f, const CodeReference &r, uint64_t distance) {
-    size_t at = functionRva_[f.range.rva].first - text_.rva + r.offset;
-    uint32_t instruction = llvm::support::endian::read32le(&text_.bytes[at]);
-    uint64_t immediate = (instruction >> 10) & 0xfff, patchedDistance = r.target - r.offsetFrom;
-    if (immediate == 0 || patchedDistance % immediate != 0) return false;
-    uint64_t scale = patchedDistance / immediate;
-    if (distance % scale != 0 || distance / scale > 0xfff) return false;
-    instruction = (instruction & ~(0xfffu << 10)) | uint32_t(distance / scale) << 10;
-    llvm::support::endian::write32le(&text_.bytes[at], instruction);
-    return true;
+    return target_->reaimOffset(textAt(functionRva_[f.range.rva].first + r.offset), r.target - r.offsetFrom, distance);
   }
 
   void bindOne(const Function &f, uint32_t functionRva, const CodeReference &r, const Binding &b) {
     std::string where = fmt::format("{} +{:#x}", f.name.value_or(fmt::format("function at {:#x}", f.range.rva)), r.offset);
-    std::optional<FixupKind> kind = fixupKindFor(r.encoding);
-    if (r.encoding == FieldEncoding::None) return;  // follows from another reference
+    if (r.encoding == FixupKind::None) return;  // follows from another reference
     PatchFixup fixup;
     fixup.site = functionRva + r.offset;
     fixup.fieldOffset = r.fieldOffset;
@@ -417,7 +352,7 @@ private:
     fixup.scale = r.scale;
     switch (b.kind) {
     case Binding::Kind::Local:
-      if (isPcRelative(r.encoding)) return;  // the function moved whole
+      if (target_->meaning(r.encoding) == FieldMeaning::Distance) return;  // the function moved whole
       fixup.space = FixupSpace::Image;
       fixup.target = functionRva + (r.target - f.range.rva);
       break;
@@ -432,16 +367,15 @@ private:
       break;
     }
     case Binding::Kind::Base:
-      if (r.encoding == FieldEncoding::A64Adr21 || r.encoding == FieldEncoding::A64Literal19) {
-        // These reach only +-1 MiB, too little to find the base from a mapped image. Plain
-        // read-only data travels as a copy (it cannot differ from the base's); otherwise a
-        // linker-relaxed NOP+ADR becomes ADRP+ADD again.
+      if (!target_->reachesBase(r.encoding)) {
+        // Too short a reach to find the base from a mapped image. Plain read-only data travels as
+        // a copy (it cannot differ from the base's); otherwise the machine may widen the reference.
         if (const DataObject *o = copyableObjectAt(r.target)) {
           fixup.space = FixupSpace::Image;
           fixup.target = copyBlob(o->range.rva, o->range.size, false) + (r.target - o->range.rva);
           break;
         }
-        if (r.encoding == FieldEncoding::A64Adr21 && widenAdr(functionRva, r, b.address)) return;
+        if (widenToBase(functionRva, r, b.address)) return;
         refuse(rule::kOutOfReach, where + ": an ADR or literal load of base data out of its reach", f.name);
         return;
       }
@@ -473,57 +407,37 @@ private:
       refuse(rule::kUnboundReference, where + ": " + b.note, f.name);
       return;
     }
-    if (r.encoding == FieldEncoding::X64Rel8) {
-      auto island = islands_.find(fixup.site);
-      if (island == islands_.end()) {
+    fixup.kind = r.encoding;
+    InstructionField field{r.encoding, r.fieldOffset, r.size, r.scale};
+    if (std::optional<BranchIsland> island = target_->islandFor(r.encoding)) {
+      auto at = islands_.find(fixup.site);
+      if (at == islands_.end()) {
         refuse(rule::kShortBranchNoIsland,
                where + ": a short branch out of the function is too far from the function's end for a branch island",
                f.name);
         return;
       }
-      size_t field = fixup.site - text_.rva + r.fieldOffset;
-      text_.bytes[field] = uint8_t(int8_t(island->second - (fixup.site + r.size)));
-      fixup.site = island->second;
-      fixup.fieldOffset = 1;
-      fixup.instructionSize = 5;
-      kind = FixupKind::X64Rel32;
+      if (Status aimed = target_->writeField(field, textAt(fixup.site), fixup.site, at->second); !aimed)
+        return refuse(rule::kShortBranchNotReaimed, where + ": " + aimed.error(), f.name);
+      fixup.site = at->second;
+      fixup.kind = island->field.kind;
+      fixup.fieldOffset = island->field.fieldOffset;
+      fixup.instructionSize = island->field.instructionSize;
     }
-    if (!kind) {
-      refuse(rule::kShortBranchNotReaimed, where + ": a short branch out of the function cannot be re-aimed", f.name);
-      return;
-    }
-    fixup.kind = *kind;
-    if (fixup.kind == FixupKind::A64AdrPage21) {
-      // An ADR that GNU ld wrote for an ADRP (Cortex-A53 erratum 843419) is aimed at a page like
-      // an ADRP: it becomes the ADRP again (bit 31), which reaches the base from anywhere.
-      uint8_t *word = &text_.bytes[fixup.site - text_.rva];
-      llvm::support::endian::write32le(word, llvm::support::endian::read32le(word) | 0x80000000u);
-    }
+    target_->adoptField(field, textAt(fixup.site));
     pending_.push_back(fixup);
   }
 
-  // The linker relaxes ADRP+ADD into NOP+ADR when the target is near; the base is not near the
-  // image, so turn the pair back into ADRP+ADD aimed at the base.
-  bool widenAdr(uint32_t functionRva, const CodeReference &r, uint64_t baseTarget) {
-    constexpr uint32_t kNop = 0xd503201f;
-    if (r.offset < 4) return false;
-    size_t at = functionRva - text_.rva + r.offset;
-    uint32_t previous = llvm::support::endian::read32le(&text_.bytes[at - 4]);
-    uint32_t adr = llvm::support::endian::read32le(&text_.bytes[at]);
-    if (previous != kNop) return false;
-    uint32_t rd = adr & 0x1f;
-    llvm::support::endian::write32le(&text_.bytes[at - 4], 0x90000000u | rd);                // adrp xd, page
-    llvm::support::endian::write32le(&text_.bytes[at], 0x91000000u | (rd << 5) | rd);       // add xd, xd, #lo12
-    PatchFixup page, low;
-    page.site = functionRva + r.offset - 4;
-    page.kind = FixupKind::A64AdrPage21;
-    page.target = baseTarget;
-    low.site = functionRva + r.offset;
-    low.kind = FixupKind::A64AddLo12;
-    low.target = baseTarget;
-    pending_.push_back(page);
-    pending_.push_back(low);
-    return true;
+  bool widenToBase(uint32_t functionRva, const CodeReference &r, uint64_t baseTarget) {
+    auto fields = target_->widen(textAt(functionRva), r.offset, {r.encoding, r.fieldOffset, r.size, r.scale});
+    for (const auto &[offset, field] : fields) {
+      PatchFixup f;
+      f.site = functionRva + offset;
+      f.kind = field.kind;
+      f.target = baseTarget;
+      pending_.push_back(f);
+    }
+    return !fields.empty();
   }
 
   // A read-only object without relocated pointers: a copy of it is as good as the base's.
@@ -569,33 +483,15 @@ private:
       r.patchRva = functionRva_[pf.range.rva].first;
       llvm::ArrayRef<uint8_t> code = base_.bytesAt(bf.range.rva, bf.range.size);
       std::string name = r.name.value_or(fmt::format("the function at base rva {:#x}", bf.range.rva));
-      uint64_t branchFloor = internalBranchFloor(bf, code);
-      if (base_.machine == Machine::X64) {
-        r.entryOffset = code.size() >= 4 && std::equal(std::begin(kEndbr64), std::end(kEndbr64), code.begin()) ? 4 : 0;
-        if (!chooseX64Entry(bf, branchFloor, r)) {
-          refuse(rule::kRedirectDoesNotFit,
-                 fmt::format("{} is {} bytes: too short for a 5-byte jump, with no 5 bytes of padding after it or "
-                             "within a short jump's reach, so it cannot be redirected without overwriting the next "
-                             "function (needs restart)",
-                             name, code.size()),
-                 r.name);
-          continue;
-        }
-      } else {
-        uint32_t first = code.size() >= 4 ? llvm::support::endian::read32le(code.data()) : 0;
-        r.entryOffset = isBti(first) ? 4 : 0;
-        if (code.size() < r.entryOffset + 4u) {
-          refuse(rule::kRedirectDoesNotFit, fmt::format("{} cannot take a branch at its entry: it is too short", name),
-                 r.name);
-          continue;
-        }
-        r.kind = RedirectKind::A64Branch;
-        r.overwrittenOffset = r.entryOffset;
-        r.overwrittenSize = 4;
+      RedirectSite site{code, bf.range.rva, bf.range.size, internalBranchFloor(bf, code),
+                        [this](uint64_t rva, uint32_t bytes) { return isFill(rva, bytes); }, name};
+      if (Status chosen = target_->chooseRedirect(site, r); !chosen) {
+        refuse(rule::kRedirectDoesNotFit, chosen.error(), r.name);
+        continue;
       }
       // Its own branches into the overwritten bytes would run the jump mid-way: sound only while
       // no thread is inside the function, which the loader then waits for.
-      r.quiescent = branchFloor < r.entryOffset + redirectSize(r.kind);
+      r.quiescent = site.branchFloor < r.entryOffset + redirectSize(r.kind);
       // `expected` covers the overwritten bytes and the function's first 16 (to tell builds apart).
       int64_t from = std::min<int64_t>(0, r.overwrittenOffset);
       int64_t to = std::max<int64_t>(r.overwrittenOffset + int64_t(r.overwrittenSize),
@@ -608,54 +504,6 @@ private:
       image_.redirects.push_back(std::move(r));
     }
     return llvm::Error::success();
-  }
-
-  // x64: E9 rel32 at the entry when the function, with the fill after it, has 5 bytes; else EB
-  // rel8 to an E9 in the nearest fill within its reach whose span with the entry `expected` can
-  // hold. The short jump wins where the function's own branches land in the E9's bytes but not in
-  // the EB's: it then needs no quiescence.
-  bool chooseX64Entry(const Function &f, uint64_t branchFloor, PatchRedirect &r) {
-    int64_t entry = r.entryOffset, size = int64_t(f.range.size);
-    bool jumpFits = size >= entry + 5 || (size > entry && isFill(f.range.end(), uint32_t(entry + 5 - size)));
-    std::optional<int64_t> shortJump;
-    if (size >= entry + 2 && (!jumpFits || (branchFloor < uint64_t(entry + 5) && branchFloor >= uint64_t(entry + 2))))
-      for (int64_t jump = entry + 2 - 128; jump <= entry + 2 + 127; ++jump) {
-        int64_t from = std::min(jump, entry), to = std::max(jump + 5, entry + 2);
-        bool apart = jump + 5 <= entry || jump >= entry + 2;
-        if (!apart || to - std::min<int64_t>(from, 0) > int64_t(kMaxExpectedBytes) || int64_t(f.range.rva) + jump < 0) continue;
-        if (shortJump && std::abs(jump - entry) >= std::abs(*shortJump - entry)) continue;
-        if (isFill(f.range.rva + jump, 5)) shortJump = jump;
-      }
-    if (shortJump) {
-      r.kind = RedirectKind::X64ShortJump;
-      r.jumpOffset = int32_t(*shortJump);
-      r.overwrittenOffset = int32_t(std::min(*shortJump, entry));
-      r.overwrittenSize = uint32_t(std::max(*shortJump + 5, entry + 2) - r.overwrittenOffset);
-      return true;
-    }
-    if (!jumpFits) return false;
-    r.kind = RedirectKind::X64Jump32;
-    r.overwrittenOffset = int32_t(entry);
-    r.overwrittenSize = 5;
-    return true;
-  }
-
-  // PE: an exception handler that the carried unwind data names and that stays in the base is
-  // reached through a stub in .text (UNWIND_INFO holds an RVA of this image).
-  void addHandlerStubs() {
-    llvm::Expected<PeUnwindSource> source = peUnwindSourceFor(patched_);
-    if (!source) return refuse(source.takeError());
-    std::vector<CarriedCode> carried;
-    for (const PatchFunction &f : image_.functions) carried.push_back({f.patchedRva, f.size, f.rva, f.name});
-    llvm::Expected<std::vector<uint64_t>> handlers = peUnwindHandlers(*source, carried);
-    if (!handlers) return refuse(handlers.takeError());
-    for (uint64_t handler : *handlers) {
-      std::optional<uint64_t> inBase = baseCounterpart(handler, 0);
-      if (!inBase)
-        refuse(rule::kHandlerNotInBase,
-               fmt::format("the exception handler at patched rva {:#x} has no counterpart in the base", handler));
-      else handlerStubs_[handler] = addAbsoluteJump(*inBase, FixupSpace::Base);
-    }
   }
 
   // The lowest offset inside the function that its own branches jump to (after the entry).
@@ -708,21 +556,15 @@ private:
     return it->second;
   }
 
-  uint32_t absoluteJumpSlotOffset() const { return image_.machine == Machine::X64 ? 6 : 8; }
+  uint32_t absoluteJumpSlotOffset() const { return uint32_t(target_->absoluteJump().size()); }
 
   // An absolute jump in .text to `target` (an image or base RVA, or an import), through an 8-byte
   // slot the loader fills: the stub of a redirect or an import, or a veneer for a branch that
   // cannot reach.
-  uint32_t addAbsoluteJump(uint64_t target, FixupSpace space) {
+  uint32_t addAbsoluteJump(uint64_t target, FixupSpace space) override {
     align(text_, 16);
     uint32_t at = text_.rva + uint32_t(text_.bytes.size());
-    if (image_.machine == Machine::X64) {
-      static const uint8_t jmp[] = {0xff, 0x25, 0, 0, 0, 0};  // jmp [rip+0]
-      text_.bytes.insert(text_.bytes.end(), std::begin(jmp), std::end(jmp));
-    } else {
-      static const uint8_t ldrBr[] = {0x50, 0x00, 0x00, 0x58, 0x00, 0x02, 0x1f, 0xd6};  // ldr x16, #8; br x16
-      text_.bytes.insert(text_.bytes.end(), std::begin(ldrBr), std::end(ldrBr));
-    }
+    text_.bytes.insert(text_.bytes.end(), target_->absoluteJump().begin(), target_->absoluteJump().end());
     uint32_t slot = text_.rva + uint32_t(text_.bytes.size());
     text_.bytes.resize(text_.bytes.size() + 8);
     PatchFixup f;
@@ -738,9 +580,9 @@ private:
     // Veneers for branches into the base that may be out of reach once the image is mapped.
     std::map<uint64_t, uint32_t> veneers;
     for (PatchFixup &f : pending_) {
-      bool farBranch = f.space == FixupSpace::Base && (f.kind == FixupKind::A64Branch26 ||
-                                    (f.kind == FixupKind::X64Rel32 && isBranchSite(f)));
-      if (!farBranch) continue;
+      InstructionField field{f.kind, f.fieldOffset, f.instructionSize, f.scale};
+      if (f.space != FixupSpace::Base || !target_->fieldBits(field) || !target_->wantsVeneer(field, textAt(f.site)))
+        continue;
       auto [it, added] = veneers.try_emplace(f.target, 0);
       if (added) it->second = addAbsoluteJump(f.target, FixupSpace::Base);
       f.veneer = it->second;
@@ -777,9 +619,7 @@ private:
     if (!rodata_.bytes.empty()) image_.sections.push_back(rodata_);
     if (!data_.bytes.empty()) image_.sections.push_back(data_);
     if (bss.memorySize) image_.sections.push_back(bss);
-    if (image_.format == Format::Elf) {
-      if (llvm::Error e = addEhFrame(next)) return e;
-    }
+    if (llvm::Error e = writer_->addUnwindSections(*this, next)) return e;
     image_.imageSize = 0;
     for (const PatchSection &s : image_.sections)
       image_.imageSize = std::max<uint32_t>(image_.imageSize, uint32_t(alignTo(s.rva + s.memorySize, kPageSize)));
@@ -797,54 +637,20 @@ private:
     return llvm::Error::success();
   }
 
-  bool isBranchSite(const PatchFixup &f) const {
-    // x64 rel32 branches and calls end in their field; RIP-relative operands may not, and are
-    // data accesses, which a veneer cannot serve.
-    if (f.fieldOffset + 4 != f.instructionSize) return false;
-    uint32_t offset = f.site - text_.rva;
-    uint8_t opcode = text_.bytes[offset + f.fieldOffset - 1];
-    return opcode == 0xe8 || opcode == 0xe9 || (f.fieldOffset >= 2 && text_.bytes[offset + f.fieldOffset - 2] == 0x0f &&
-                                                 (opcode & 0xf0) == 0x80);
-  }
+  // The carried code from image rva `rva` to the end of .text.
+  std::span<uint8_t> textAt(uint32_t rva) { return std::span<uint8_t>(text_.bytes).subspan(rva - text_.rva); }
 
   // One ADRP serving several accesses must point at one page for all of them.
   llvm::Error checkSharedPages() {
     std::map<uint32_t, std::set<std::pair<FixupSpace, uint64_t>>> pages;
     for (const PatchFixup &f : image_.fixups)
-      if (f.kind == FixupKind::A64AdrPage21) pages[f.site].insert({f.space, f.target & ~uint64_t(kPageSize - 1)});
+      if (target_->meaning(f.kind) == FieldMeaning::Page) pages[f.site].insert({f.space, f.target & ~uint64_t(kPageSize - 1)});
     for (auto &[site, targets] : pages)
       if (targets.size() > 1)
         return emitter::refuse(rule::kSharedPageSplits,
                                "the ADRP at image rva {:#x} serves accesses that land on different pages once patched "
                                "(needs restart)",
                                site);
-    return llvm::Error::success();
-  }
-
-  llvm::Error addEhFrame(uint32_t rva) {
-    EhFrameRequest request;
-    request.patched = &patched_;
-    for (auto &[patchedRva, placed] : functionRva_) request.functions.push_back({patchedRva, placed.first});
-    request.baseCounterpart = [this](uint64_t patchedRva) { return baseCounterpart(patchedRva, 0); };
-    std::vector<uint8_t> lsda;
-    uint32_t lsdaRva = rva + kPageSize * 16;  // provisional; fixed below once .eh_frame's size is known
-    llvm::Expected<std::vector<uint8_t>> first = buildEhFrame(request, rva, lsdaRva, lsda, scratchFixups_);
-    if (!first) return first.takeError();
-    lsdaRva = uint32_t(alignTo(rva + first->size(), 16));
-    scratchFixups_.clear();
-    lsda.clear();
-    llvm::Expected<std::vector<uint8_t>> frames = buildEhFrame(request, rva, lsdaRva, lsda, image_.fixups);
-    if (!frames) return frames.takeError();
-    if (frames->empty()) return llvm::Error::success();
-    PatchSection eh{".eh_frame", rva, std::move(*frames), 0, {true, false, false}};
-    eh.memorySize = uint32_t(eh.bytes.size());
-    image_.sizes.metadata += eh.bytes.size() + lsda.size();
-    image_.sections.push_back(std::move(eh));
-    if (!lsda.empty()) {
-      PatchSection table{".gcc_except_table", lsdaRva, std::move(lsda), 0, {true, false, false}};
-      table.memorySize = uint32_t(table.bytes.size());
-      image_.sections.push_back(std::move(table));
-    }
     return llvm::Error::success();
   }
 
@@ -885,6 +691,7 @@ private:
   const Diff &diff_;
   BuildOptions options_;
   std::unique_ptr<differ::InstructionDecoder> decoder_;
+  const MachineTarget *target_ = nullptr;
   differ::RelocationIndex relocations_;
   PatchImage image_;
   PatchSection text_, rodata_, data_;
@@ -899,9 +706,9 @@ private:
   std::vector<BaseReach> baseReaches_;  // accesses from copied anchors to the base, rewritten after binding
   std::map<uint64_t, uint64_t> copyReach_;  // patched rva of a copied anchor -> end of what code reaches from it
   std::vector<JumpTableEntry> jumpTableEntries_;
-  std::vector<PatchFixup> pending_, scratchFixups_;
+  std::vector<PatchFixup> pending_;
   std::vector<Refusal> problems_;
-  std::map<uint64_t, uint32_t> handlerStubs_;  // PE: patched handler rva -> stub image rva
+  std::unique_ptr<ContainerWriter> writer_;
   std::map<std::pair<uint64_t, uint64_t>, bool> fillGaps_;  // base gap [begin, end) -> all padding
   std::map<uint32_t, uint32_t> islands_;                    // image rva of a short branch out -> its island
   std::map<uint32_t, uint32_t> importStubs_;                // import index -> its stub's image rva

@@ -5,6 +5,7 @@
 
 #include "hotforge/codeflow/discovery.h"
 
+#include <map>
 #include <algorithm>
 
 namespace hotforge::detail {
@@ -15,8 +16,8 @@ namespace {
 
 // One flow decoder per machine and thread: setting up LLVM MC costs more than a small image.
 Expected<codeflow::FlowDecoder *> flowDecoder(Machine machine) {
-  thread_local std::unique_ptr<codeflow::FlowDecoder> decoders[2];
-  std::unique_ptr<codeflow::FlowDecoder> &decoder = decoders[machine == Machine::Arm64];
+  thread_local std::map<Machine, std::unique_ptr<codeflow::FlowDecoder>> decoders;
+  std::unique_ptr<codeflow::FlowDecoder> &decoder = decoders[machine];
   if (!decoder) {
     Expected<std::unique_ptr<codeflow::FlowDecoder>> created = codeflow::createFlowDecoder(machine);
     if (!created) return created.takeError();

@@ -1,4 +1,5 @@
 // ELF64 little-endian reader (x86-64 and AArch64) over LLVM libObject.
+#include "hotforge/core/machine_target.h"
 #include "format_reader.h"
 
 #include <llvm/BinaryFormat/ELF.h>
@@ -361,13 +362,12 @@ public:
     const auto *elf = dyn_cast<ELF64LEObjectFile>(&object);
     if (!elf) return makeError("big-endian ELF is not supported; Hotforge reads little-endian x86-64 and AArch64");
     image.format = Format::Elf;
-    switch (base.getEMachine()) {
-    case ELF::EM_X86_64: image.machine = Machine::X64; break;
-    case ELF::EM_AARCH64: image.machine = Machine::Arm64; break;
-    default:
+    std::optional<Machine> machine =
+        findMachine([&](const MachineTarget &t) { return t.elfMachine() == base.getEMachine(); });
+    if (!machine)
       return makeError("ELF machine " + std::to_string(base.getEMachine()) +
                        " is not supported (x86-64 and AArch64 are)");
-    }
+    image.machine = *machine;
     const ELFFile<ELF64LE> &file = elf->getELFFile();
     if (file.getHeader().e_type != ELF::ET_EXEC && file.getHeader().e_type != ELF::ET_DYN)
       return makeError("ELF type " + std::to_string(file.getHeader().e_type) +

@@ -1,3 +1,4 @@
+#include "hotforge/core/container_target.h"
 #include "hotforge/image_json.h"
 
 namespace hotforge {
@@ -15,7 +16,7 @@ json rangeJson(const AddressRange &range) { return {{"rva", range.rva}, {"size",
 json identityJson(const Image &image) {
   const Identity &id = image.identity;
   json out = {{"sha256", hexEncode(id.sha256)}};
-  if (image.format == Format::Elf) {
+  if (containerTarget(image.format).identifiedByBuildId()) {
     out["build_id"] = id.buildId.empty() ? json(nullptr) : json(hexEncode(id.buildId));
   } else {
     out["time_date_stamp"] = id.timeDateStamp;

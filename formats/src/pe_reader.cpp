@@ -1,4 +1,5 @@
 // PE32+ reader (x64 and Arm64) over LLVM libObject.
+#include "hotforge/core/machine_target.h"
 #include "format_reader.h"
 
 #include <llvm/BinaryFormat/COFF.h>
@@ -320,15 +321,13 @@ public:
     const pe32plus_header *header = coff.getPE32PlusHeader();
     if (!header) return makeError("a COFF object file, not a linked PE image");
     image.format = Format::Pe;
-    switch (coff.getMachine()) {
-    case COFF::IMAGE_FILE_MACHINE_AMD64: image.machine = Machine::X64; break;
-    case COFF::IMAGE_FILE_MACHINE_ARM64: image.machine = Machine::Arm64; break;
-    case COFF::IMAGE_FILE_MACHINE_ARM64EC:
-    case COFF::IMAGE_FILE_MACHINE_ARM64X:
+    if (coff.getMachine() == COFF::IMAGE_FILE_MACHINE_ARM64EC || coff.getMachine() == COFF::IMAGE_FILE_MACHINE_ARM64X)
       return makeError("hybrid ARM64EC/ARM64X (CHPE) images cannot be hotpatched");
-    default:
+    std::optional<Machine> machine =
+        findMachine([&](const MachineTarget &t) { return t.coffMachine() == coff.getMachine(); });
+    if (!machine)
       return makeError("PE machine " + hexOffset(coff.getMachine()) + " is not supported (x64 and Arm64 are)");
-    }
+    image.machine = *machine;
     image.imageBase = header->ImageBase;
     image.entryRva = header->AddressOfEntryPoint;
     image.identity.timeDateStamp = coff.getTimeDateStamp();

@@ -13,7 +13,9 @@
 // in /proc/self/task, so no thread is parked): the work runs in the SIGUSR2 handler, which is
 // only safe when the signal interrupts a system call, as in a program that waits for input.
 #include "hotforge/core/bytes.h"
+#include "hotforge/core/container_target.h"
 #include "hotforge/core/files.h"
+#include "hotforge/core/machine_target.h"
 #include "hotforge/core/patch_format.h"
 #include "hotforge/core/process_maps.h"
 #include "hotforge/core/unit_reader.h"
@@ -65,13 +67,6 @@ ThreadSpot interruptedAt(const void *context) {
 #error "the agent knows the program counter of x86-64 and AArch64 only"
 #endif
 }
-
-constexpr Machine kHostMachine =
-#if defined(__x86_64__)
-    Machine::X64;
-#else
-    Machine::Arm64;
-#endif
 
 int parkSignal() { return SIGRTMIN + 4; }
 
@@ -205,7 +200,7 @@ Outcome<uint64_t> dynamicSymbol(const PatchImport &import) {
 // Maps the image near the base with its fixups applied and each section's access set.
 Outcome<uint64_t> mapImage(const PatchImage &image, uint64_t base, std::span<const uint64_t> imports) {
   uint64_t size = alignTo(image.imageSize, 0x10000);
-  for (uint64_t hint : freeAddressesNear(readMaps("/proc/self/maps"), base, size, patchReach(image.machine))) {
+  for (uint64_t hint : freeAddressesNear(readMaps("/proc/self/maps"), base, size, machineTarget(image.machine).patchReach())) {
     void *at = mmap(reinterpret_cast<void *>(hint), size, PROT_READ | PROT_WRITE,
                     MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
     if (at == MAP_FAILED) continue;
@@ -381,7 +376,7 @@ std::map<std::array<uint8_t, 32>, Candidate> wantedImages(const std::string &dir
         say("refused " + path + ": " + entry.name + ": " + image.error());
         continue;
       }
-      if (image->format != Format::Elf || image->machine != kHostMachine) continue;
+      if (image->format != hostFormat() || image->machine != hostMachine()) continue;
       Outcome<MappedBaseline> baseline = findBaseline(maps, *image, "this process");
       if (!baseline) continue;  // an image for another program of the release
       auto known = wanted.find(image->baseline.sha256);

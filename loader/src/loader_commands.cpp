@@ -4,7 +4,9 @@
 
 #include "hotforge/loader.h"
 #include "hotforge/core/bytes.h"
+#include "hotforge/core/container_target.h"
 #include "hotforge/core/files.h"
+#include "hotforge/core/machine_target.h"
 #include "hotforge/core/json_text.h"
 #include "hotforge/core/unit_reader.h"
 
@@ -165,7 +167,7 @@ int applyUnit(const ApplyCommandOptions &options) {
     Outcome<PatchImage> image = readPatchImage(entry.bytes);
     if (!image) return reportError(options.unit + ": " + entry.name + ": " + image.error());
     // A release unit also carries images for other formats and machines: they fit other hosts.
-    if (unit->entries.size() > 1 && (image->format != Format::Elf || image->machine != Machine::X64)) continue;
+    if (unit->entries.size() > 1 && (image->format != hostFormat() || image->machine != hostMachine())) continue;
     std::string baseline = hexEncode(image->baseline.sha256);
     // A later sequence for the same baseline replaces the earlier one; an earlier one is refused.
     auto previous = std::find_if(record->applied.begin(), record->applied.end(),

@@ -8,7 +8,9 @@
 #include "hotforge/loader.h"
 
 #include "hotforge/core/bytes.h"
+#include "hotforge/core/container_target.h"
 #include "hotforge/core/files.h"
+#include "hotforge/core/machine_target.h"
 #include "hotforge/core/process_maps.h"
 
 #include <algorithm>
@@ -487,9 +489,9 @@ Outcome<AppliedImage> prepareImage(int pid, const PatchImage &image, bool checkE
 #if !defined(__x86_64__)
   return notHere();
 #else
-  if (image.format != Format::Elf || image.machine != Machine::X64)
-    return fail("this loader applies ELF x64 images; the image is ", formatName(image.format), " ",
-                machineName(image.machine));
+  if (image.format != hostFormat() || image.machine != hostMachine())
+    return fail("this loader applies ", formatName(hostFormat()), " ", machineName(hostMachine()), " images; the image is ",
+                formatName(image.format), " ", machineName(image.machine));
   if (kill(pid, 0) != 0) return fail("process ", pid, " does not exist");
   std::vector<Mapping> maps = readMaps(concatenate("/proc/", pid, "/maps"));
   Outcome<MappedBaseline> baseline = findBaseline(maps, image, concatenate("process ", pid));
@@ -507,7 +509,7 @@ Outcome<AppliedImage> prepareImage(int pid, const PatchImage &image, bool checkE
   Outcome<FrameFunction> registerFrame = ehFrame(image) ? libgccFunction(maps, "__register_frame") : FrameFunction{};
   if (!registerFrame) return std::move(registerFrame).failure();
   uint64_t size = mappedSize(image.imageSize);
-  std::vector<uint64_t> hints = freeAddressesNear(maps, applied.baseAddress, size, patchReach(image.machine));
+  std::vector<uint64_t> hints = freeAddressesNear(maps, applied.baseAddress, size, machineTarget(image.machine).patchReach());
 
   TracedProcess process(pid);
   Outcome<int> tid = stopOneThread(process, pid);

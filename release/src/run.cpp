@@ -1,5 +1,6 @@
 // One shard of a release: every pair of the slice is hashed, looked up in the cache, read, diffed
 // and built on a small pool of worker threads; the results land in a shard record.
+#include "hotforge/core/container_target.h"
 #include "release_internal.h"
 
 #include "hotforge/diff.h"
@@ -69,7 +70,7 @@ std::string displayName(const std::optional<std::string> &name, const std::optio
 
 nlohmann::json identityJson(const Image &base) {
   nlohmann::json id = {{"sha256", hexEncode(base.identity.sha256)}};
-  if (base.format == Format::Elf) {
+  if (containerTarget(base.format).identifiedByBuildId()) {
     id["build_id"] = base.identity.buildId.empty() ? nlohmann::json(nullptr) : nlohmann::json(hexEncode(base.identity.buildId));
   } else {
     id["time_date_stamp"] = base.identity.timeDateStamp;

@@ -4,6 +4,7 @@
 #pragma once
 
 #include "hotforge/image.h"
+#include "hotforge/core/machine_target.h"
 
 #include <llvm/ADT/ArrayRef.h>
 
@@ -26,22 +27,6 @@ enum class ReferenceKind : uint8_t {
   Absolute,   // a pointer-sized immediate covered by a relocation
 };
 
-// How the address is encoded in the instruction, so the emitter can re-aim it.
-enum class FieldEncoding : uint8_t {
-  None,          // nothing to rewrite: the address follows from another reference (an ADD's result)
-  X64Rel8,       // 8-bit displacement from the end of the instruction
-  X64Rel32,      // 32-bit displacement from the end of the instruction (branches, RIP-relative)
-  X64Abs64,      // absolute pointer-sized immediate (covered by a relocation)
-  A64Branch26,   // B, BL
-  A64Branch19,   // B.cond, CBZ, CBNZ
-  A64Branch14,   // TBZ, TBNZ
-  A64Literal19,  // LDR (literal)
-  A64Adr21,      // ADR
-  A64AdrPage21,  // ADRP: the 4 KiB page of the target
-  A64AddLo12,    // ADD Xd, Xn, #:lo12:target
-  A64LdStLo12,   // LDR/STR [Xn, #:lo12:target], immediate scaled by the access size
-};
-
 struct CodeReference {
   uint32_t instruction = 0;  // index of the referencing instruction within the function
   ReferenceKind kind = ReferenceKind::Memory;
@@ -50,7 +35,7 @@ struct CodeReference {
   uint8_t scale = 0;         // A64LdStLo12: log2 of the access size
   uint64_t target = 0;       // RVA, or an address when decoding code at its run-time address
   uint32_t offset = 0;       // byte offset of the instruction within the function
-  FieldEncoding encoding = FieldEncoding::None;
+  FixupKind encoding = FixupKind::None;
   // A reference with no encoding that adds an offset to an address an earlier reference formed
   // (Arm64: ADD or LDR/STR from a register an ADRP+ADD set, as section anchors do): that address.
   // The emitter keeps the two the same distance apart. 0: none.
@@ -158,10 +143,10 @@ struct FieldSpan {
   uint32_t mask = 0;
 };
 // For references whose target follows from their own field alone (not ADRP pairs).
-std::optional<FieldSpan> fieldSpan(const CodeReference &reference);
+std::optional<FieldSpan> fieldSpan(const MachineTarget &target, const CodeReference &reference);
 // The target the same reference has in `function` placed at `functionRva`.
-uint64_t retarget(const CodeReference &reference, llvm::ArrayRef<uint8_t> function, uint64_t functionRva,
-                  uint64_t imageBase);
+uint64_t retarget(const MachineTarget &target, const CodeReference &reference, llvm::ArrayRef<uint8_t> function,
+                  uint64_t functionRva, uint64_t imageBase);
 
 // A decoder is not thread-safe; each worker thread creates its own.
 llvm::Expected<std::unique_ptr<InstructionDecoder>> createInstructionDecoder(Machine machine);

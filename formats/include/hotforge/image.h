@@ -157,8 +157,8 @@ public:
   Image &operator=(Image &&) noexcept = default;
 
   std::string path;
-  Format format = Format::Elf;
-  Machine machine = Machine::X64;
+  Format format{};
+  Machine machine{};
   uint64_t imageBase = 0;  // preferred load address; ELF: lowest PT_LOAD address
   uint64_t entryRva = 0;   // 0 when the image has no entry point
   Identity identity;

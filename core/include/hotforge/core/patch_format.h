@@ -33,9 +33,11 @@ enum class RedirectKind : uint8_t {
 std::string_view redirectKindName(RedirectKind kind);
 unsigned redirectSize(RedirectKind kind);
 
-// How a fixup field is written. The instruction kinds are the differ's FieldEncoding values; the
-// data kinds are for pointers in copied data and unwind tables.
+// How an address is encoded: the instruction fields the differ finds (each machine's codec reads
+// and writes them, machine_target.h) and the data kinds, for pointers in copied data and unwind
+// tables. Records hold every kind but None and X64Rel8.
 enum class FixupKind : uint8_t {
+  None = 0,          // nothing to rewrite: the address follows from another reference (an ADD's result)
   X64Rel32 = 1,      // instruction field: target - end of instruction
   X64Abs64 = 2,      // instruction field: absolute address
   A64Branch26 = 3,
@@ -49,6 +51,7 @@ enum class FixupKind : uint8_t {
   Data64 = 11,       // 8-byte absolute address in data
   Data32PcRel = 12,  // 4-byte target - site in data (.eh_frame, exception tables)
   Data64PcRel = 13,  // 8-byte target - site in data
+  X64Rel8 = 14,      // jmp/jcc rel8: the emitter re-aims one that leaves its function through an island
 };
 std::string_view fixupKindName(FixupKind kind);
 
@@ -130,8 +133,8 @@ struct PatchSizes {
 };
 
 struct PatchImage {
-  Format format = Format::Elf;
-  Machine machine = Machine::X64;
+  Format format{};
+  Machine machine{};
   PatchBaseline baseline;
   uint32_t sequence = 1;
   uint32_t imageSize = 0;  // bytes to map, page aligned

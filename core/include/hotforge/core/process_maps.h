@@ -46,8 +46,4 @@ struct ElfDynamicSymbol {
 Outcome<ElfDynamicSymbol> elfDynamicSymbol(std::span<const uint8_t> file, std::string_view name,
                                            std::string_view version = {});
 
-// How far from the base a patch image may lie so that its jumps and fixups reach without
-// veneers for the entry redirections: rel32 on x64, B imm26 (128 MiB) on Arm64.
-uint64_t patchReach(Machine machine);
-
 }  // namespace hotforge
