@@ -206,6 +206,7 @@ void Program::decode(std::vector<std::unique_ptr<InstructionDecoder>> &decoders,
   // Each worker fills its own scratch chunk, then the chunk gets an exact copy: vectors that grew
   // in small steps on two threads would leave the heap fragmented.
   std::vector<CodeChunk> scratch(decoders.size());
+  std::vector<std::vector<CodeReference>> decoded(decoders.size());
   parallelFor(chunks_.size(), unsigned(decoders.size()), [&](unsigned worker, size_t c) {
     CodeChunk &work = scratch[worker];
     work.references.clear();
@@ -222,9 +223,11 @@ void Program::decode(std::vector<std::unique_ptr<InstructionDecoder>> &decoders,
       f.firstReference = uint32_t(work.references.size());
       f.firstStartWord = uint32_t(work.starts.size());
       work.starts.resize(work.starts.size() + (bytes.size() + 63) / 64);
+      decoded[worker].clear();
       static_cast<CodeSummary &>(f) =
-          decoders[worker]->decodeInto(bytes, function.range.rva, relocations, work.references,
+          decoders[worker]->decodeInto(bytes, function.range.rva, relocations, decoded[worker],
                                        llvm::MutableArrayRef<uint64_t>(work.starts).drop_front(f.firstStartWord));
+      for (const CodeReference &r : decoded[worker]) work.references.emplace_back(r);
       f.referenceCount = uint32_t(work.references.size() - f.firstReference);
       uint32_t before = 0;
       for (size_t w = f.firstStartWord; w < work.starts.size(); ++w) {
@@ -233,6 +236,11 @@ void Program::decode(std::vector<std::unique_ptr<InstructionDecoder>> &decoders,
       }
     }
     chunks_[c] = work;
+    // Decoding walks the code once, in order: the file pages behind it need not stay resident.
+    if (c % kChunksBetweenReleases == kChunksBetweenReleases - 1) {
+      image.releaseFilePages();
+      if (other) other->image.releaseFilePages();
+    }
   }, 1);
 }
 
@@ -242,8 +250,8 @@ void Program::indexReferences() {
   for (const Section &s : image.sections)
     if (s.loaded) sectionsEnd = std::max(sectionsEnd, s.rva + s.size);
   for (const CodeChunk &chunk : chunks_) {
-    for (const CodeReference &r : chunk.references)
-      if (r.target < sectionsEnd) referenced.add(r.target);
+    for (const PackedReference &r : chunk.references)
+      if (r.target() < sectionsEnd) referenced.add(r.target());
     for (uint64_t target : chunk.targets)
       if (target < sectionsEnd) referenced.add(target);
   }
