@@ -60,7 +60,9 @@ pair() {  # pair NAME BASE PATCHED: inspect BASE, then diff the pair with hotfor
   coverage "$name.inspect"
   measure "$name.hotforge-diff" "$hf" diff "$base" "$patched" --json -o "$work/$name.diff.json"
   hotforge_ok "$name.hotforge-diff"
-  measure "$name.zstd-patch-from" zstd -q -f --patch-from="$base" "$patched" -o "$work/$name.zst"
+  # From stdin: zstd refuses a file that is also its dictionary (the chromium self-diff).
+  measure "$name.zstd-patch-from" sh -c 'exec zstd -q -f --patch-from="$1" --stream-size="$(stat -c %s "$2")" -o "$3" <"$2"' \
+    zstd "$base" "$patched" "$work/$name.zst"
   measure "$name.xdelta3" xdelta3 -e -f -s "$base" "$patched" "$work/$name.xdelta3"
   rm -f "$work/$name.bsdiff.result"
   if [ "$(stat -c %s "$base")" -le "$bsdiff_max" ]; then

@@ -14,6 +14,7 @@
 #include <map>
 #include <set>
 #include <thread>
+#include <malloc.h>
 #include <unordered_map>
 
 namespace hotforge {
@@ -136,6 +137,7 @@ public:
     voteAnonymousData();
     base_.image.releaseFilePages();  // the constants were read; what follows reads changed code
     patched_.image.releaseFilePages();
+    malloc_trim(0);  // and the voting's maps are gone: give their pages back before the comparison
     Diff diff;
     diff.log = matching_.log;
     compareFunctions(diff);
@@ -493,6 +495,8 @@ private:
     return uint32_t(n);
   }
 
+  static constexpr size_t kPairsBetweenReleases = 4096;
+
   void compareFunctions(Diff &diff) {
     diff.pairs.reserve(matching_.pairs);
     for (size_t b = 0; b < base_.code.size(); ++b)
@@ -501,6 +505,7 @@ private:
     // Only pairs that differ have findings: most of a large library's pairs do not.
     std::vector<std::unique_ptr<ConstantFindings>> findings(diff.pairs.size());
     parallelFor(diff.pairs.size(), threads_, [&](unsigned worker, size_t i) {
+      releaseFilePagesEvery(kPairsBetweenReleases, i, base_.image, &patched_.image);  // constants read to compare
       DecodedPair decoded;
       differences[i] = firstDifference(diff.pairs[i].base, diff.pairs[i].patched, *decoders_[worker], decoded);
       if (differences[i])

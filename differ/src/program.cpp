@@ -123,6 +123,12 @@ std::optional<uint64_t> AddressSet::firstBetween(uint64_t after, uint64_t before
   return std::nullopt;
 }
 
+void releaseFilePagesEvery(size_t steps, size_t step, const Image &image, const Image *other) {
+  if (step % steps != steps - 1) return;
+  image.releaseFilePages();
+  if (other) other->releaseFilePages();
+}
+
 void parallelFor(size_t count, unsigned threads, const std::function<void(unsigned, size_t)> &fn, size_t grain) {
   if (threads <= 1 || count < 2 * grain) {
     for (size_t i = 0; i < count; ++i) fn(0, i);
@@ -237,10 +243,7 @@ void Program::decode(std::vector<std::unique_ptr<InstructionDecoder>> &decoders,
     }
     chunks_[c] = work;
     // Decoding walks the code once, in order: the file pages behind it need not stay resident.
-    if (c % kChunksBetweenReleases == kChunksBetweenReleases - 1) {
-      image.releaseFilePages();
-      if (other) other->image.releaseFilePages();
-    }
+    releaseFilePagesEvery(kChunksBetweenReleases, c, image, other ? &other->image : nullptr);
   }, 1);
 }
 
@@ -255,6 +258,10 @@ void Program::indexReferences() {
     for (uint64_t target : chunk.targets)
       if (target < sectionsEnd) referenced.add(target);
   }
+  for (size_t i = 0; i < code.size(); ++i)
+    if (code[i].copiedFrom != FunctionCode::kOwnCode && code[i].firstReference == FunctionCode::kSameTargets)
+      for (const CodeReference &r : references(i))
+        if (r.target < sectionsEnd) referenced.add(r.target);
   dropUnreachedDiscoveries();
   findSplitParts();
 }
@@ -295,6 +302,7 @@ void Program::dropUnreachedDiscoveries() {
 void Program::findStubs(InstructionDecoder &decoder) {
   std::unordered_set<uint64_t> seen;
   for (size_t i = 0; i < code.size(); ++i) {
+    releaseFilePagesEvery(kChunksBetweenReleases * kFunctionsPerChunk, i, image, nullptr);  // reads at call targets
     if (!diffable[i]) continue;
     for (const CodeReference &r : references(i)) {
       if ((r.kind != ReferenceKind::Call && r.kind != ReferenceKind::Branch) || landsInItself(i, r.target) ||
@@ -333,8 +341,13 @@ bool Program::copyMovedCode(size_t p, size_t b, CodeChunk &chunk) {
   FunctionCode &f = code[p];
   static_cast<CodeSummary &>(f) = from;
   f.copiedFrom = uint32_t(b);
-  f.firstReference = uint32_t(chunk.targets.size());
   f.referenceCount = from.referenceCount;
+  // A function that neither moved nor changed (most of a security update) refers where the other does.
+  if (fb.range.rva == fp.range.rva && std::equal(baseBytes.begin(), baseBytes.end(), patchedBytes.begin())) {
+    f.firstReference = FunctionCode::kSameTargets;
+    return true;
+  }
+  f.firstReference = uint32_t(chunk.targets.size());
   for (const CodeReference &r : fromReferences)
     chunk.targets.push_back(retarget(r, patchedBytes, fp.range.rva, relocations.imageBase));
   return true;
@@ -347,7 +360,8 @@ ReferenceList Program::references(size_t function) const {
     return {chunk.references.data() + f.firstReference, nullptr, f.referenceCount};
   const FunctionCode &source = copiedFrom_->code[f.copiedFrom];
   const CodeChunk &sourceChunk = copiedFrom_->chunks_[f.copiedFrom / kFunctionsPerChunk];
-  return {sourceChunk.references.data() + source.firstReference, chunk.targets.data() + f.firstReference,
+  return {sourceChunk.references.data() + source.firstReference,
+          f.firstReference == FunctionCode::kSameTargets ? nullptr : chunk.targets.data() + f.firstReference,
           f.referenceCount};
 }
 

@@ -77,6 +77,8 @@ private:
 // the other build's function moved shares that one's references and keeps only its own targets.
 struct FunctionCode : CodeSummary {
   static constexpr uint32_t kOwnCode = ~0u;
+  // firstReference of a copy at the same address with the same bytes: its targets are the other's.
+  static constexpr uint32_t kSameTargets = ~0u;
   uint32_t firstReference = 0, referenceCount = 0;  // in the chunk's references, or its targets when copied
   uint32_t firstStartWord = 0;                      // in the chunk's instruction-start words
   uint32_t copiedFrom = kOwnCode;                   // the other build's function whose code this is
@@ -269,6 +271,9 @@ private:
 std::string_view normalizeFunctionName(std::string_view name, bool &coldPart);
 // Static locals get numbered (counter.0, counter.3) by position: strip that number.
 std::string_view normalizeDataName(std::string_view name);
+
+// Image::releaseFilePages of one or two images at every `steps`-th step of a pass over the code.
+void releaseFilePagesEvery(size_t steps, size_t step, const Image &image, const Image *other);
 
 // Runs fn(worker, index) for index in [0, count) on `threads` workers, which take `grain`
 // consecutive indexes at a time; fewer than two grains run on the calling thread.
