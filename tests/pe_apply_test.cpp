@@ -60,6 +60,8 @@ const std::map<int, ScenarioCalls> &scenarioCalls() {
       // Tables of pointers the image copies: to strings, to base functions and to a new one.
       {50, stateless({"upd_level_name:0:str", "upd_level_name:2:str", "upd_level_name:3:str", "upd_level_name:7:str",
                       "upd_apply_op:0,4", "upd_apply_op:1,5", "upd_apply_op:2,3"})},
+      // A handler that only a table points at: the redirect at its entry catches the indirect call.
+      {51, stateless({"upd_dispatch:0,4", "upd_dispatch:2,0", "upd_dispatch:2,7", "upd_on_close:-5"})},
   };
   return calls;
 }

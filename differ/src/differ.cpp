@@ -384,7 +384,7 @@ private:
     }
     case TargetClass::PointerSlot: {
       if (p.isTableSlot(target))
-        return {SymbolKey::Content, contentHashOf(patchedSide, target, p.tableExtent(target), nullptr), 0, 0};
+        return {SymbolKey::Content, contentHashOf(patchedSide, target, p.tableContentExtent(target), nullptr), 0, 0};
       const PointerTarget &pointer = p.pointers.at(target);
       // The same symbol whichever slot kind holds it (JUMP_SLOT, GLOB_DAT of an import or of the
       // library's own export): the loader fills both with the same address.
@@ -1235,14 +1235,15 @@ private:
     }
     case TargetClass::PointerSlot: {
       if (patched_.isTableSlot(target)) {
-        // The base's table when it holds the same (pointers compared by what they point at),
-        // else a copy whose pointers are bound one by one.
-        uint64_t size = patched_.tableExtent(target);
+        // The base's table when it holds the same (pointers compared by what they point at) and
+        // reaches at least as far (zeros after the content), else a copy whose pointers are bound
+        // one by one.
+        uint64_t size = patched_.tableExtent(target), content = patched_.tableContentExtent(target);
         std::optional<uint64_t> b;
         if (auto it = slotToBase_.find(target); it != slotToBase_.end()) b = it->second;
         if (!b) b = nearbyCounterpart(target);
-        if (b && base_.isTableSlot(*b) && base_.tableExtent(*b) == size &&
-            contentHashOf(false, *b, size, nullptr) == contentHashOf(true, target, size, nullptr))
+        if (b && base_.isTableSlot(*b) && base_.tableExtent(*b) >= size && base_.tableContentExtent(*b) == content &&
+            contentHashOf(false, *b, content, nullptr) == contentHashOf(true, target, content, nullptr))
           return {Kind::Base, *b, 0, {}};
         return {Kind::Constant, target, size, {}};
       }

@@ -137,9 +137,10 @@ size_t propagateThroughCalls(const Program &base, const Program &patched, Matchi
 }
 
 // Function pointers at the same place of data laid out alike on both sides (a writable or RELRO
-// section at the same address with the same size, as most security updates leave them): the
-// unmatched functions they point at pair when each is pointed at only with the other (a rebuilt
-// static callback of a vtable, which nothing calls directly). A new name is no candidate.
+// section of the same name and size, as most security updates leave them; it may have moved as a
+// whole, as lld places data right after the code that grew): the unmatched functions they point
+// at pair when each is pointed at only with the other (a rebuilt static callback of a vtable,
+// which nothing calls directly). A new name is no candidate.
 size_t matchThroughDataPointers(const Program &base, const Program &patched, Matching &m,
                                 const std::vector<bool> &newNames) {
   auto unmatchedEntry = [](const Program &p, const std::vector<std::optional<size_t>> &matched,
@@ -154,12 +155,12 @@ size_t matchThroughDataPointers(const Program &base, const Program &patched, Mat
   for (const Section &bs : base.image.sections) {
     if (!bs.loaded || !bs.permissions.write) continue;
     auto same = std::find_if(patched.image.sections.begin(), patched.image.sections.end(), [&](const Section &ps) {
-      return ps.name == bs.name && ps.rva == bs.rva && ps.size == bs.size && ps.permissions.write;
+      return ps.name == bs.name && ps.size == bs.size && ps.permissions.write;
     });
     if (same == patched.image.sections.end()) continue;
     for (const auto &[slot, pointer] : base.pointers) {
       if (slot < bs.rva || slot >= bs.rva + bs.size || pointer.symbol) continue;
-      auto other = patched.pointers.find(slot);
+      auto other = patched.pointers.find(slot - bs.rva + same->rva);
       if (other == patched.pointers.end() || other->second.symbol) continue;
       std::optional<size_t> b = unmatchedEntry(base, m.baseToPatched, pointer.rva);
       std::optional<size_t> p = unmatchedEntry(patched, m.patchedToBase, other->second.rva);

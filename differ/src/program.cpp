@@ -35,6 +35,7 @@ bool isStubSection(std::string_view name) {
 
 constexpr uint64_t kStringScanLimit = 4096;
 constexpr uint64_t kConstantExtentLimit = 64;
+constexpr uint64_t kPointerSlotSize = 8;  // both machines are 64-bit
 
 }  // namespace
 
@@ -508,7 +509,7 @@ std::optional<uint64_t> Program::decodeStubSlot(uint64_t rva, InstructionDecoder
 bool Program::isTableSlot(uint64_t rva) const {
   const Section *section = image.sectionAt(rva);
   return isPointerSlot(rva) && section && isReadOnly(rva, section) && !llvm::StringRef(section->name).starts_with(".got") &&
-         tableExtent(rva) > 8;
+         tableExtent(rva) > kPointerSlotSize;
 }
 
 uint64_t Program::tableExtent(uint64_t rva) const {
@@ -519,6 +520,15 @@ uint64_t Program::tableExtent(uint64_t rva) const {
   auto object = dataAfter(rva);
   if (object != data.end() && (*object)->range.rva < end) end = (*object)->range.rva;
   return end - rva;
+}
+
+uint64_t Program::tableContentExtent(uint64_t rva) const {
+  uint64_t size = tableExtent(rva), word = kPointerSlotSize;
+  llvm::ArrayRef<uint8_t> bytes = image.bytesAt(rva, size);
+  while (size >= word && size <= bytes.size() && !isPointerSlot(rva + size - word) &&
+         std::all_of(bytes.begin() + ptrdiff_t(size - word), bytes.begin() + ptrdiff_t(size), [](uint8_t b) { return b == 0; }))
+    size -= word;
+  return size;
 }
 
 std::optional<uint64_t> Program::cStringSize(uint64_t rva) const {

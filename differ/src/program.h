@@ -216,6 +216,9 @@ struct Program {
   // Read-only data that holds relocated pointers (a table whose length the code alone knows):
   // up to the next address code refers to, the next data object or the end of its section.
   uint64_t tableExtent(uint64_t rva) const;
+  // The part of that extent its content decides: without the trailing pointer-size words that are
+  // zero and hold no pointer (alignment padding, which another build may lay out otherwise).
+  uint64_t tableContentExtent(uint64_t rva) const;
   // How many 32-bit entries from `rva` on, read as offsets from `rva`, land inside `within` (an
   // x64 switch table): 0 or 1 means it is no such table.
   uint64_t relativeTableEntries(uint64_t rva, const Function &within) const;

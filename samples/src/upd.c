@@ -1,4 +1,4 @@
-/* upd.c - the `upd` sample: scenarios 30-33 and 50, shapes real security updates have.
+/* upd.c - the `upd` sample: scenarios 30-33, 50 and 51, shapes real security updates have.
  *
  * 30: an edit above a function moves its __LINE__ (only the line number passed to the error
  *     reporter differs): a line-number-only change, left out of the patch by default.
@@ -10,7 +10,10 @@
  * 33: PE: the import is called without dllimport, so the linker puts `jmp [IAT]` thunks into
  *     .text; a fix that grows .text moves them, which is no change of their callers.
  * 50: fixes that look up new read-only tables of pointers (to string literals, to existing and
- *     to new functions): the copied tables need a fixup per pointer. */
+ *     to new functions): the copied tables need a fixup per pointer.
+ * 51: the fixed function is a callback that nothing calls directly: only a table of handlers
+ *     points at it (as vtables and ops structs do). Stripped, nothing but that table's slot
+ *     tells which base function it replaces. */
 #include "hf.h"
 #include "upd.h"
 
@@ -216,4 +219,45 @@ HF_API HF_NOINLINE int upd_apply_op(int op, int v)
         return upd_op_double(v);
     return op == 1 ? upd_op_negate(v) : -1;
 #endif
+}
+
+/* ---- scenario 51 ------------------------------------------------------------------------ */
+HF_API HF_NOINLINE int upd_on_open(int v)
+{
+    return v > 100 ? 100 : v + 1;
+}
+
+HF_API HF_NOINLINE int upd_on_data(int v)
+{
+    return v > 100 ? 200 : v * 2;
+}
+
+/* The fix's store to this counter keeps any compiler from turning its branch into a select,
+ * which would leave the handler's shape as it was. Every variant has it, as a common symbol:
+ * gcc lays out the globals it reaches through a section anchor in the order it first uses them,
+ * and the linker places common ones after those, so the fix moves no other variable. */
+__attribute__((common)) int upd_empty_closes;
+
+HF_API HF_NOINLINE int upd_on_close(int v)
+{
+#if HF_FIX == 51
+    if (v <= 0) { /* the fix: an empty stream closes at 0, not at -1, and is counted */
+        ++upd_empty_closes;
+        return 0;
+    }
+#endif
+    return v > 100 ? 99 : v - 1;
+}
+
+/* Reached only through this table, writable as C ops tables often are (.data, with ELF RELATIVE or
+ * PE DIR64 relocations). Global, so no compiler proves it constant, and alone in its
+ * section: next to scenario 50's table, gcc Arm64 would reach both through one section anchor,
+ * and lld relaxes ADRP+ADD into NOP+ADR only for an address at no offset from its section. */
+int (*upd_handlers[])(int) = {upd_on_open, upd_on_data, upd_on_close};
+
+HF_API HF_NOINLINE int upd_dispatch(int event, int v)
+{
+    if (event < 0 || event >= 3)
+        return -1;
+    return upd_handlers[event](v);
 }

@@ -1,4 +1,4 @@
-/* upd.h - scenario functions of the `upd` sample (scenarios 30-33, 50): what real security updates
+/* upd.h - scenario functions of the `upd` sample (scenarios 30-33, 50, 51): what real security updates
  * look like to the differ. */
 #ifndef HF_SAMPLES_UPD_H
 #define HF_SAMPLES_UPD_H
@@ -22,5 +22,9 @@ HF_API int upd_op_double(int v);                           /* 50 an existing tab
 HF_API int upd_op_negate(int v);                           /* 50 an existing table entry        */
 HF_API const char *upd_level_name(int level);              /* 50 a new table of strings         */
 HF_API int upd_apply_op(int op, int v);                    /* 50 a new table of functions       */
+HF_API int upd_on_open(int v);                             /* 51 a handler, unchanged           */
+HF_API int upd_on_data(int v);                             /* 51 a handler, unchanged           */
+HF_API int upd_on_close(int v);                            /* 51 the fixed handler, no callers  */
+HF_API int upd_dispatch(int event, int v);                 /* 51 calls through the table        */
 
 #endif

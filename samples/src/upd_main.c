@@ -1,4 +1,4 @@
-/* upd_main.c - driver for the `upd` sample (scenarios 30-33, 50). */
+/* upd_main.c - driver for the `upd` sample (scenarios 30-33, 50, 51). */
 #define _GNU_SOURCE 1 /* dl_iterate_phdr, for hf_serve.h */
 #include "upd.h"
 #include "hf_out.h"
@@ -22,6 +22,9 @@ static void run_scenarios(void)
     HF_OUT("s50 upd_level_name(2)=%s\n", upd_level_name(HF_IN(2)));
     HF_OUT("s50 upd_apply_op(1,5)=%d\n", upd_apply_op(HF_IN(1), HF_IN(5)));
     HF_OUT("s50 upd_apply_op(2,3)=%d\n", upd_apply_op(HF_IN(2), HF_IN(3)));
+    HF_OUT("s51 upd_dispatch(0,4)=%d\n", upd_dispatch(HF_IN(0), HF_IN(4)));
+    HF_OUT("s51 upd_dispatch(2,0)=%d\n", upd_dispatch(HF_IN(2), HF_IN(0)));
+    HF_OUT("s51 upd_dispatch(2,7)=%d\n", upd_dispatch(HF_IN(2), HF_IN(7)));
 }
 
 int main(int argc, char **argv)
