@@ -9,8 +9,9 @@
 #     and a self-diff, with >= 95% of the executable code covered by functions.
 # Packages are fetched with `apt-get download` into CACHE_DIR/PACKAGE/VERSION (default
 # /work/debcache if it exists, else BUILD_DIR/debcache) and unpacked next to the .deb.
-# bsdiff is skipped above HOTFORGE_BENCH_BSDIFF_MAX bytes per input (default 64 MiB: it needs about
-# 17x the input in memory and minutes per 50 MiB) and capped at HOTFORGE_BENCH_BSDIFF_TIMEOUT s.
+# Every pair also runs through xdelta3 and bsdiff; bsdiff is skipped above HOTFORGE_BENCH_BSDIFF_MAX
+# bytes per input (default 128 MiB: it needs about 9x the input in memory and takes 15 min on
+# chromium) and capped at HOTFORGE_BENCH_BSDIFF_TIMEOUT s. It ends with one table of the figures.
 # Exit status 1 when a hotforge command fails; missed targets are reported, not fatal.
 set -euo pipefail
 
@@ -19,7 +20,7 @@ cache=${2:-}
 [ -n "$cache" ] || { if [ -d /work/debcache ]; then cache=/work/debcache; else cache=$build/debcache; fi; }
 hf=$build/cli/hotforge
 work=$build/debian-bench
-bsdiff_max=${HOTFORGE_BENCH_BSDIFF_MAX:-67108864}
+bsdiff_max=${HOTFORGE_BENCH_BSDIFF_MAX:-134217728}
 bsdiff_timeout=${HOTFORGE_BENCH_BSDIFF_TIMEOUT:-900}
 mkdir -p "$work"
 
@@ -48,40 +49,27 @@ hotforge_ok() { local s; s=$(cut -d' ' -f3 "$work/$1.result"); [ "$s" = 0 ] || [
 
 coverage() { grep '^code coverage' "$work/$1.out" | sed 's/^/  /' || true; }
 
-pair() {  # pair NAME BASE PATCHED
+delta_tools="zstd-patch-from xdelta3 bsdiff"
+
+pair() {  # pair NAME BASE PATCHED: inspect BASE, then diff the pair with hotforge and the delta tools
   local name=$1 base=$2 patched=$3
-  local size=$(($(stat -c %s "$base") + $(stat -c %s "$patched")))
   echo "== $name: $(basename "$base"), $(($(stat -c %s "$base") / 1048576)) MiB -> $(($(stat -c %s "$patched") / 1048576)) MiB"
-  measure "$name.inspect-base" "$hf" inspect "$base"
-  hotforge_ok "$name.inspect-base"
-  coverage "$name.inspect-base"
+  echo "$base $patched" >"$work/$name.inputs"
+  measure "$name.inspect" "$hf" inspect "$base"
+  hotforge_ok "$name.inspect"
+  coverage "$name.inspect"
   measure "$name.hotforge-diff" "$hf" diff "$base" "$patched" --json -o "$work/$name.diff.json"
   hotforge_ok "$name.hotforge-diff"
-  measure "$name.zstd-patch-from" zstd -q -f --patch-from="$base" "$patched" -o "$work/$name.zst"
+  # From stdin: zstd refuses a file that is also its dictionary (the chromium self-diff).
+  measure "$name.zstd-patch-from" sh -c 'exec zstd -q -f --patch-from="$1" --stream-size="$(stat -c %s "$2")" -o "$3" <"$2"' \
+    zstd "$base" "$patched" "$work/$name.zst"
+  measure "$name.xdelta3" xdelta3 -e -f -s "$base" "$patched" "$work/$name.xdelta3"
+  rm -f "$work/$name.bsdiff.result"
   if [ "$(stat -c %s "$base")" -le "$bsdiff_max" ]; then
     measure "$name.bsdiff" timeout "$bsdiff_timeout" bsdiff "$base" "$patched" "$work/$name.bsdiff"
   else
     echo "  $name.bsdiff: skipped, the input is above HOTFORGE_BENCH_BSDIFF_MAX ($bsdiff_max bytes)"
   fi
-  python3 - "$work" "$name" "$size" <<'PY'
-import json, sys
-work, name, size = sys.argv[1], sys.argv[2], int(sys.argv[3])
-def result(tool):
-    seconds, kib, status = open(f"{work}/{name}.{tool}.result").read().split()
-    return float(seconds), int(kib) * 1024
-hf_t, hf_m = result("hotforge-diff")
-z_t, z_m = result("zstd-patch-from")
-budget = 2 * size + 100 * 2**20
-try:
-    summary = json.load(open(f"{work}/{name}.diff.json"))
-except OSError:
-    summary = {}
-counts = {k: len(v) for k, v in summary.items() if isinstance(v, list)}
-print(f"  hotforge diff {hf_t:.2f}s = {hf_t / max(z_t, 0.01):.2f}x zstd --patch-from ({z_t:.2f}s; target <= 3x: "
-      f"{'met' if hf_t <= 3 * z_t else 'MISSED'}); peak {hf_m / 2**20:.0f} MiB of a {budget / 2**20:.0f} MiB budget "
-      f"({'met' if hf_m <= budget else 'MISSED'}); zstd peak {z_m / 2**20:.0f} MiB")
-print(f"  diff lists: {counts}")
-PY
 }
 
 echo "== debian_bench: hotforge $hf, $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), cache $cache"
@@ -91,12 +79,37 @@ pair webkit "$(fetch libwebkit2gtk-4.1-0 2.50.6-1~deb12u1 $lib/libwebkit2gtk-4.1
 pair libnode "$(fetch libnode108 18.20.4+dfsg-1~deb12u2 $lib/libnode.so.108)" \
   "$(fetch libnode108 18.20.4+dfsg-1~deb12u3 $lib/libnode.so.108)"
 chromium=$(fetch chromium 156.0.8078.114-1~deb12u1 usr/lib/chromium/chromium)
-echo "== chromium: $(($(stat -c %s "$chromium") / 1048576)) MiB, inspect and self-diff"
-measure chromium.inspect "$hf" inspect "$chromium"
-hotforge_ok chromium.inspect
-coverage chromium.inspect
-measure chromium.self-diff "$hf" diff "$chromium" "$chromium" --json -o "$work/chromium.diff.json"
-hotforge_ok chromium.self-diff
-measure chromium.zstd-patch-from zstd -q -f --patch-from="$chromium" "$chromium" -o "$work/chromium.zst"
-echo "  chromium.bsdiff: skipped, the input is above HOTFORGE_BENCH_BSDIFF_MAX ($bsdiff_max bytes)"
+pair chromium "$chromium" "$chromium"
+
+# The table: per pair the inputs, each tool's time and peak RSS, and the issue's two ratios.
+python3 - "$work" webkit libnode chromium <<'PY'
+import json, os, sys
+work, names = sys.argv[1], sys.argv[2:]
+def result(name, tool):
+    try:
+        seconds, kib, status = open(f"{work}/{name}.{tool}.result").read().split()
+    except OSError:
+        return None
+    return float(seconds), int(kib) / 1024, int(status)
+def cell(r):
+    if r is None:
+        return "skipped"
+    return f"{r[0]:.2f} s, {r[1]:.0f} MiB" + ("" if r[2] in (0, 3) else f" (exit {r[2]})")
+print("\n| pair | inputs MiB | hotforge diff | zstd --patch-from | xdelta3 | bsdiff | diff / zstd time | peak / budget |")
+print("|---|---|---|---|---|---|---|---|")
+for name in names:
+    base, patched = open(f"{work}/{name}.inputs").read().split()
+    sizes = [os.path.getsize(base) / 2**20, os.path.getsize(patched) / 2**20]
+    budget = 2 * sum(sizes) + 100
+    diff, zstd = result(name, "hotforge-diff"), result(name, "zstd-patch-from")
+    try:
+        summary = json.load(open(f"{work}/{name}.diff.json"))["summary"]
+        counts = f" ({summary['matched']} matched, {summary['changed']} changed)"
+    except (OSError, KeyError, ValueError):
+        counts = ""
+    ratio = f"{diff[0] / max(zstd[0], 0.01):.2f}x" + (" (<= 3x)" if diff[0] <= 3 * zstd[0] else " (over 3x)")
+    memory = f"{diff[1]:.0f} / {budget:.0f} MiB" + (" (within)" if diff[1] <= budget else " (over)")
+    print(f"| {name}{counts} | {sizes[0]:.1f} + {sizes[1]:.1f} | {cell(diff)} | {cell(zstd)} | "
+          f"{cell(result(name, 'xdelta3'))} | {cell(result(name, 'bsdiff'))} | {ratio} | {memory} |")
+PY
 exit "$failed"

@@ -14,6 +14,7 @@
 #include <map>
 #include <set>
 #include <thread>
+#include <malloc.h>
 #include <unordered_map>
 
 namespace hotforge {
@@ -134,6 +135,9 @@ public:
     matchData();
     hashConstants();
     voteAnonymousData();
+    base_.image.releaseFilePages();  // the constants were read; what follows reads changed code
+    patched_.image.releaseFilePages();
+    malloc_trim(0);  // and the voting's maps are gone: give their pages back before the comparison
     Diff diff;
     diff.log = matching_.log;
     compareFunctions(diff);
@@ -184,6 +188,7 @@ private:
       Program &p = side ? patched_ : base_;
       p.indexReferences();
       p.findStubs(*decoders_[worker]);
+      p.image.releaseFilePages();  // later stages read only the changed code and some data
     }, 1);
   }
 
@@ -490,21 +495,26 @@ private:
     return uint32_t(n);
   }
 
+  static constexpr size_t kPairsBetweenReleases = 4096;
+
   void compareFunctions(Diff &diff) {
     diff.pairs.reserve(matching_.pairs);
     for (size_t b = 0; b < base_.code.size(); ++b)
       if (matching_.baseToPatched[b]) diff.pairs.push_back({b, *matching_.baseToPatched[b], matching_.info[b], false});
     std::vector<std::optional<uint32_t>> differences(diff.pairs.size());
-    std::vector<ConstantFindings> findings(diff.pairs.size());
+    // Only pairs that differ have findings: most of a large library's pairs do not.
+    std::vector<std::unique_ptr<ConstantFindings>> findings(diff.pairs.size());
     parallelFor(diff.pairs.size(), threads_, [&](unsigned worker, size_t i) {
+      releaseFilePagesEvery(kPairsBetweenReleases, i, base_.image, &patched_.image);  // constants read to compare
       DecodedPair decoded;
       differences[i] = firstDifference(diff.pairs[i].base, diff.pairs[i].patched, *decoders_[worker], decoded);
       if (differences[i])
-        findings[i] = findConstantChanges(diff.pairs[i].base, diff.pairs[i].patched, decoded, *decoders_[worker]);
+        findings[i] = std::make_unique<ConstantFindings>(
+            findConstantChanges(diff.pairs[i].base, diff.pairs[i].patched, decoded, *decoders_[worker]));
     });
     std::vector<size_t> lineOnly;
     for (size_t i = 0; i < diff.pairs.size(); ++i)
-      if (findings[i].lineNumbersOnly && !options_.carryLineChanges) {
+      if (findings[i] && findings[i]->lineNumbersOnly && !options_.carryLineChanges) {
         differences[i].reset();
         lineOnly.push_back(i);
       }
@@ -539,7 +549,7 @@ private:
       c.match = diff.pairs[i].match;
       c.reason = fmt::format("{} differs only in the line numbers it passes to an error reporter ({}): left out "
                              "of the patch (--carry-line-changes carries it)",
-                             displayName(c.name), findings[i].lineNumbers);
+                             displayName(c.name), findings[i]->lineNumbers);
       diff.changes.push_back(std::move(c));
     }
     noteLayoutChanges(diff, findings);
@@ -671,10 +681,12 @@ private:
   // The footprint of a structure whose layout changed, without types: field offsets (memory
   // displacements from the same register) moved by the same delta in several functions that
   // otherwise did not change. Sizes handed to allocators that changed with them are named too.
-  void noteLayoutChanges(Diff &diff, const std::vector<ConstantFindings> &findings) {
+  void noteLayoutChanges(Diff &diff, const std::vector<std::unique_ptr<ConstantFindings>> &findings) {
+    static const std::vector<ConstantChange> kNoDisplacements;
+    static const std::vector<ConstantFindings::Allocation> kNoAllocations;
     std::map<int64_t, std::map<size_t, std::set<int64_t>>> byDelta;  // delta -> pair -> base offsets
     for (size_t i = 0; i < findings.size(); ++i)
-      for (const ConstantChange &c : findings[i].displacements)
+      for (const ConstantChange &c : findings[i] ? findings[i]->displacements : kNoDisplacements)
         if (c.base >= 0 && c.patched >= 0) byDelta[c.patched - c.base][i].insert(c.base);
     constexpr size_t kSeveralFunctions = 2;
     std::set<int64_t> deltas;  // of the footprints found
@@ -701,7 +713,7 @@ private:
     }
     // A size alone may be a buffer a fix enlarged: only one that grew by a footprint's delta counts.
     for (size_t i = 0; i < findings.size(); ++i)
-      for (const ConstantFindings::Allocation &a : findings[i].allocations) {
+      for (const ConstantFindings::Allocation &a : findings[i] ? findings[i]->allocations : kNoAllocations) {
         int64_t change = 0;
         for (size_t k = 0; k < a.base.size() && k < a.patched.size(); ++k) change += a.patched[k] - a.base[k];
         if (a.base.size() != a.patched.size() || !deltas.count(change)) continue;

@@ -125,6 +125,12 @@ std::optional<uint64_t> AddressSet::firstBetween(uint64_t after, uint64_t before
   return std::nullopt;
 }
 
+void releaseFilePagesEvery(size_t steps, size_t step, const Image &image, const Image *other) {
+  if (step % steps != steps - 1) return;
+  image.releaseFilePages();
+  if (other) other->releaseFilePages();
+}
+
 void parallelFor(size_t count, unsigned threads, const std::function<void(unsigned, size_t)> &fn, size_t grain) {
   if (threads <= 1 || count < 2 * grain) {
     for (size_t i = 0; i < count; ++i) fn(0, i);
@@ -208,6 +214,7 @@ void Program::decode(std::vector<std::unique_ptr<InstructionDecoder>> &decoders,
   // Each worker fills its own scratch chunk, then the chunk gets an exact copy: vectors that grew
   // in small steps on two threads would leave the heap fragmented.
   std::vector<CodeChunk> scratch(decoders.size());
+  std::vector<std::vector<CodeReference>> decoded(decoders.size());
   parallelFor(chunks_.size(), unsigned(decoders.size()), [&](unsigned worker, size_t c) {
     CodeChunk &work = scratch[worker];
     work.references.clear();
@@ -224,9 +231,11 @@ void Program::decode(std::vector<std::unique_ptr<InstructionDecoder>> &decoders,
       f.firstReference = uint32_t(work.references.size());
       f.firstStartWord = uint32_t(work.starts.size());
       work.starts.resize(work.starts.size() + (bytes.size() + 63) / 64);
+      decoded[worker].clear();
       static_cast<CodeSummary &>(f) =
-          decoders[worker]->decodeInto(bytes, function.range.rva, relocations, work.references,
+          decoders[worker]->decodeInto(bytes, function.range.rva, relocations, decoded[worker],
                                        llvm::MutableArrayRef<uint64_t>(work.starts).drop_front(f.firstStartWord));
+      for (const CodeReference &r : decoded[worker]) work.references.emplace_back(r);
       f.referenceCount = uint32_t(work.references.size() - f.firstReference);
       uint32_t before = 0;
       for (size_t w = f.firstStartWord; w < work.starts.size(); ++w) {
@@ -235,6 +244,8 @@ void Program::decode(std::vector<std::unique_ptr<InstructionDecoder>> &decoders,
       }
     }
     chunks_[c] = work;
+    // Decoding walks the code once, in order: the file pages behind it need not stay resident.
+    releaseFilePagesEvery(kChunksBetweenReleases, c, image, other ? &other->image : nullptr);
   }, 1);
 }
 
@@ -244,11 +255,15 @@ void Program::indexReferences() {
   for (const Section &s : image.sections)
     if (s.loaded) sectionsEnd = std::max(sectionsEnd, s.rva + s.size);
   for (const CodeChunk &chunk : chunks_) {
-    for (const CodeReference &r : chunk.references)
-      if (r.target < sectionsEnd) referenced.add(r.target);
+    for (const PackedReference &r : chunk.references)
+      if (r.target() < sectionsEnd) referenced.add(r.target());
     for (uint64_t target : chunk.targets)
       if (target < sectionsEnd) referenced.add(target);
   }
+  for (size_t i = 0; i < code.size(); ++i)
+    if (code[i].copiedFrom != FunctionCode::kOwnCode && code[i].firstReference == FunctionCode::kSameTargets)
+      for (const CodeReference &r : references(i))
+        if (r.target < sectionsEnd) referenced.add(r.target);
   dropUnreachedDiscoveries();
   findSplitParts();
 }
@@ -289,6 +304,7 @@ void Program::dropUnreachedDiscoveries() {
 void Program::findStubs(InstructionDecoder &decoder) {
   std::unordered_set<uint64_t> seen;
   for (size_t i = 0; i < code.size(); ++i) {
+    releaseFilePagesEvery(kChunksBetweenReleases * kFunctionsPerChunk, i, image, nullptr);  // reads at call targets
     if (!diffable[i]) continue;
     for (const CodeReference &r : references(i)) {
       if ((r.kind != ReferenceKind::Call && r.kind != ReferenceKind::Branch) || landsInItself(i, r.target) ||
@@ -327,8 +343,13 @@ bool Program::copyMovedCode(size_t p, size_t b, CodeChunk &chunk) {
   FunctionCode &f = code[p];
   static_cast<CodeSummary &>(f) = from;
   f.copiedFrom = uint32_t(b);
-  f.firstReference = uint32_t(chunk.targets.size());
   f.referenceCount = from.referenceCount;
+  // A function that neither moved nor changed (most of a security update) refers where the other does.
+  if (fb.range.rva == fp.range.rva && std::equal(baseBytes.begin(), baseBytes.end(), patchedBytes.begin())) {
+    f.firstReference = FunctionCode::kSameTargets;
+    return true;
+  }
+  f.firstReference = uint32_t(chunk.targets.size());
   for (const CodeReference &r : fromReferences)
     chunk.targets.push_back(retarget(machineTarget(image.machine), r, patchedBytes, fp.range.rva, relocations.imageBase));
   return true;
@@ -341,7 +362,8 @@ ReferenceList Program::references(size_t function) const {
     return {chunk.references.data() + f.firstReference, nullptr, f.referenceCount};
   const FunctionCode &source = copiedFrom_->code[f.copiedFrom];
   const CodeChunk &sourceChunk = copiedFrom_->chunks_[f.copiedFrom / kFunctionsPerChunk];
-  return {sourceChunk.references.data() + source.firstReference, chunk.targets.data() + f.firstReference,
+  return {sourceChunk.references.data() + source.firstReference,
+          f.firstReference == FunctionCode::kSameTargets ? nullptr : chunk.targets.data() + f.firstReference,
           f.referenceCount};
 }
 

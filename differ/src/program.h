@@ -77,20 +77,47 @@ private:
 // the other build's function moved shares that one's references and keeps only its own targets.
 struct FunctionCode : CodeSummary {
   static constexpr uint32_t kOwnCode = ~0u;
+  // firstReference of a copy at the same address with the same bytes: its targets are the other's.
+  static constexpr uint32_t kSameTargets = ~0u;
   uint32_t firstReference = 0, referenceCount = 0;  // in the chunk's references, or its targets when copied
   uint32_t firstStartWord = 0;                      // in the chunk's instruction-start words
   uint32_t copiedFrom = kOwnCode;                   // the other build's function whose code this is
+};
+
+// A CodeReference as a Program keeps it: 24 bytes instead of 40 (a large library has millions).
+// Instructions are at most 15 bytes; offsetFrom is kept as its distance below the target, which
+// is the immediate offset of an Arm64 load, store or ADD from the address an ADD formed.
+class PackedReference {
+public:
+  explicit PackedReference(const CodeReference &r)
+      : target_(r.target), offset_(r.offset), instruction_(r.instruction),
+        offsetFromDistance_(r.offsetFrom ? int32_t(r.target - r.offsetFrom) : 0), kind_(uint32_t(r.kind)),
+        encoding_(uint32_t(r.encoding)), size_(r.size), fieldOffset_(r.fieldOffset), scale_(r.scale),
+        hasOffsetFrom_(r.offsetFrom != 0) {}
+  uint64_t target() const { return target_; }
+  CodeReference unpacked() const {
+    return {.instruction = instruction_, .kind = ReferenceKind(kind_), .size = uint8_t(size_),
+            .fieldOffset = uint8_t(fieldOffset_), .scale = uint8_t(scale_), .target = target_, .offset = offset_,
+            .encoding = FieldEncoding(encoding_),
+            .offsetFrom = hasOffsetFrom_ ? target_ - uint64_t(int64_t(offsetFromDistance_)) : 0};
+  }
+
+private:
+  uint64_t target_;
+  uint32_t offset_, instruction_;
+  int32_t offsetFromDistance_;
+  uint32_t kind_ : 3, encoding_ : 4, size_ : 5, fieldOffset_ : 5, scale_ : 3, hasOffsetFrom_ : 1;
 };
 
 // A function's references: a view that puts a moved function's own targets into the references it
 // shares with the other build.
 class ReferenceList {
 public:
-  ReferenceList(const CodeReference *references, const uint64_t *targets, size_t size)
+  ReferenceList(const PackedReference *references, const uint64_t *targets, size_t size)
       : references_(references), targets_(targets), size_(size) {}
   size_t size() const { return size_; }
   CodeReference operator[](size_t i) const {
-    CodeReference r = references_[i];
+    CodeReference r = references_[i].unpacked();
     if (targets_) r.target = targets_[i];
     return r;
   }
@@ -105,7 +132,7 @@ public:
   Iterator end() const { return {this, size_}; }
 
 private:
-  const CodeReference *references_;
+  const PackedReference *references_;
   const uint64_t *targets_;  // null: the references' own targets
   size_t size_;
 };
@@ -210,12 +237,13 @@ struct Program {
 private:
   // The decoded code of consecutive functions, decoded by one worker.
   struct CodeChunk {
-    std::vector<CodeReference> references;
+    std::vector<PackedReference> references;
     std::vector<uint64_t> targets;       // of the references of copied functions
     std::vector<uint64_t> starts;        // one bit per code byte: a counted instruction starts there
     std::vector<uint32_t> startsBefore;  // per word of `starts`: instructions in the function's earlier words
   };
   static constexpr size_t kFunctionsPerChunk = 256;
+  static constexpr size_t kChunksBetweenReleases = 16;  // Image::releaseFilePages while decoding
 
   bool copyMovedCode(size_t function, size_t from, CodeChunk &chunk);
   void dropUnreachedDiscoveries();
@@ -246,6 +274,9 @@ private:
 std::string_view normalizeFunctionName(std::string_view name, bool &coldPart);
 // Static locals get numbered (counter.0, counter.3) by position: strip that number.
 std::string_view normalizeDataName(std::string_view name);
+
+// Image::releaseFilePages of one or two images at every `steps`-th step of a pass over the code.
+void releaseFilePagesEvery(size_t steps, size_t step, const Image &image, const Image *other);
 
 // Runs fn(worker, index) for index in [0, count) on `threads` workers, which take `grain`
 // consecutive indexes at a time; fewer than two grains run on the calling thread.

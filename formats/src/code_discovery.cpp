@@ -60,6 +60,7 @@ uint64_t bytesWithin(const std::vector<std::pair<uint64_t, uint64_t>> &intervals
 void mergeDiscovered(const codeflow::DiscoveryResult &result, std::vector<Function> &functions) {
   constexpr uint32_t kCodeBit = 1u << unsigned(FunctionSource::Code);
   size_t known = functions.size();
+  functions.reserve(known + result.functions.size());  // no doubling: a large binary has 10^5 functions
   for (const codeflow::DiscoveredFunction &d : result.functions) {
     auto it = std::lower_bound(functions.begin(), functions.begin() + ptrdiff_t(known), d.rva,
                                [](const Function &f, uint64_t rva) { return f.range.rva < rva; });

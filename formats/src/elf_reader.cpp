@@ -285,8 +285,18 @@ Error collectDynamicRelocations(const ELF64LEObjectFile &elf, Image &image) {
   const ELFFile<ELF64LE> &file = elf.getELFFile();
   Expected<ArrayRef<ELF64LE::Shdr>> sections = file.sections();
   if (!sections) return sections.takeError();
+  auto dynamicRelas = [](const ELF64LE::Shdr &section) {
+    return section.sh_type == ELF::SHT_RELA && (section.sh_flags & ELF::SHF_ALLOC);
+  };
+  // Exactly as many as there are: a large library has hundreds of thousands.
+  size_t count = 0;
+  for (const ELF64LE::Shdr &section : *sections)
+    if (dynamicRelas(section))
+      if (Expected<ELF64LE::RelaRange> relas = file.relas(section)) count += relas->size();
+      else consumeError(relas.takeError());
+  image.relocations.reserve(count);
   for (const ELF64LE::Shdr &section : *sections) {
-    if (section.sh_type != ELF::SHT_RELA || !(section.sh_flags & ELF::SHF_ALLOC)) continue;
+    if (!dynamicRelas(section)) continue;
     Expected<ELF64LE::RelaRange> relas = file.relas(section);
     if (!relas) return relas.takeError();
     const ELF64LE::Shdr *symbolTable = nullptr;
@@ -311,9 +321,7 @@ Error collectDynamicRelocations(const ELF64LEObjectFile &elf, Image &image) {
       r.rva = rela.r_offset >= image.imageBase ? rela.r_offset - image.imageBase : 0;
       r.type = rela.getType(false);
       r.addend = rela.r_addend;
-      SmallString<32> typeName;
-      file.getRelocationTypeName(r.type, typeName);
-      r.typeName = typeName.str().str();
+      r.typeName = file.getRelocationTypeName(r.type);
       bool undefinedSymbol = false;
       if (symbolTable && rela.getSymbol(false)) {
         Expected<const ELF64LE::Sym *> symbol = file.getRelocationSymbol(rela, symbolTable);

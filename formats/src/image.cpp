@@ -10,6 +10,9 @@
 
 #include <algorithm>
 
+#include <sys/mman.h>
+#include <unistd.h>
+
 namespace hotforge {
 
 using namespace llvm;
@@ -82,6 +85,16 @@ const Function *Image::functionAt(uint64_t rva) const {
 ArrayRef<uint8_t> Image::fileBytes() const {
   if (!buffer_) return {};
   return {reinterpret_cast<const uint8_t *>(buffer_->getBufferStart()), buffer_->getBufferSize()};
+}
+
+void Image::releaseFilePages() const {
+  // Only a read-only file mapping can be dropped: anonymous memory would come back as zeros.
+  // (MemoryBuffer::dontNeedIfMmap uses posix_madvise, which glibc ignores for DONTNEED.)
+  if (!buffer_ || buffer_->getBufferKind() != MemoryBuffer::MemoryBuffer_MMap) return;
+  uintptr_t page = uintptr_t(sysconf(_SC_PAGESIZE));
+  uintptr_t begin = reinterpret_cast<uintptr_t>(buffer_->getBufferStart()) & ~(page - 1);
+  uintptr_t end = reinterpret_cast<uintptr_t>(buffer_->getBufferEnd());
+  madvise(reinterpret_cast<void *>(begin), end - begin, MADV_DONTNEED);
 }
 
 namespace detail {
@@ -242,6 +255,7 @@ Expected<Image> readImage(std::unique_ptr<MemoryBuffer> buffer, const ImageReadO
         ArrayRef<uint8_t>(reinterpret_cast<const uint8_t *>(buffer->getBufferStart()), buffer->getBufferSize()));
     image.adoptBuffer(std::move(buffer));
     if (Error e = detail::discoverFunctionsFromCode(*reader, image)) return fail(errorText(std::move(e)));
+    image.releaseFilePages();
     return image;
   }
   return fail("format '" + object->getFileFormatName() + "' is not supported (ELF64 and PE32+ are)");

@@ -8,6 +8,7 @@
 #include <llvm/Support/FileSystem.h>
 #include <llvm/Support/Path.h>
 
+#include <array>
 #include <cstring>
 
 namespace hotforge::detail {
@@ -220,15 +221,18 @@ Error readCodeView(const COFFObjectFile &coff, Image &image) {
   return Error::success();
 }
 
-std::string baseRelocationTypeName(uint8_t type) {
-  switch (type) {
-  case COFF::IMAGE_REL_BASED_ABSOLUTE: return "IMAGE_REL_BASED_ABSOLUTE";
-  case COFF::IMAGE_REL_BASED_HIGH: return "IMAGE_REL_BASED_HIGH";
-  case COFF::IMAGE_REL_BASED_LOW: return "IMAGE_REL_BASED_LOW";
-  case COFF::IMAGE_REL_BASED_HIGHLOW: return "IMAGE_REL_BASED_HIGHLOW";
-  case COFF::IMAGE_REL_BASED_DIR64: return "IMAGE_REL_BASED_DIR64";
-  default: return "IMAGE_REL_BASED_" + std::to_string(type);
-  }
+std::string_view baseRelocationTypeName(uint8_t type) {
+  static const std::array<std::string, 16> names = [] {
+    std::array<std::string, 16> all;
+    for (unsigned t = 0; t < all.size(); ++t) all[t] = "IMAGE_REL_BASED_" + std::to_string(t);
+    all[COFF::IMAGE_REL_BASED_ABSOLUTE] = "IMAGE_REL_BASED_ABSOLUTE";
+    all[COFF::IMAGE_REL_BASED_HIGH] = "IMAGE_REL_BASED_HIGH";
+    all[COFF::IMAGE_REL_BASED_LOW] = "IMAGE_REL_BASED_LOW";
+    all[COFF::IMAGE_REL_BASED_HIGHLOW] = "IMAGE_REL_BASED_HIGHLOW";
+    all[COFF::IMAGE_REL_BASED_DIR64] = "IMAGE_REL_BASED_DIR64";
+    return all;
+  }();
+  return names[type & 15];
 }
 
 // Base relocations, read from the directory's bytes: LLVM's iterator trusts the block sizes it

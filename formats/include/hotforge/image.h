@@ -119,7 +119,7 @@ struct Import {
 struct Relocation {
   uint64_t rva = 0;
   uint32_t type = 0;
-  std::string typeName;
+  std::string_view typeName;  // a static string: images hold hundreds of thousands of relocations
   std::optional<std::string> symbol;
   int64_t addend = 0;
   std::string version{};  // ELF: the symbol's version, empty when it has none
@@ -179,6 +179,11 @@ public:
   const Section *sectionAt(uint64_t rva) const;
   const Function *functionAt(uint64_t rva) const;  // the function whose range holds rva
   llvm::ArrayRef<uint8_t> fileBytes() const;
+  // Gives the pages of a memory-mapped file that were read back to the kernel: they are clean
+  // copies of the file and are read again when touched. Called after passes over the whole file
+  // (hashing, decoding), it keeps resident memory to what the diff still holds. No effect on
+  // bytes that are not mapped from a file.
+  void releaseFilePages() const;
 
   void adoptBuffer(std::unique_ptr<llvm::MemoryBuffer> buffer) { buffer_ = std::move(buffer); }
 
