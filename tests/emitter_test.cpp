@@ -764,7 +764,7 @@ TEST(Emitter, BuildCommandGivesRefusalsWithRuleIds) {
     SCOPED_TRACE(c.target + " " + c.program + "." + c.variant);
     const Sample *base = find(all, c.target, c.program, "base"), *fix = find(all, c.target, c.program, c.variant);
     ASSERT_TRUE(base && fix);
-    std::string out = tempDir() + "/refused.hfpatch";
+    std::string out = tempDir() + "/refused-with-rules.hfpatch";
     CommandResult r = run({hotforgeBinary(), "build", base->path, fix->path, "-o", out, "--json"});
     EXPECT_EQ(r.exitCode, 3) << r.err;
     EXPECT_FALSE(std::filesystem::exists(out));

@@ -80,7 +80,7 @@ TEST(Discovery, EfiStylePeAgreesWithItsPdb) {
   for (std::string target : {"pe-x64", "pe-a64"}) {
     SCOPED_TRACE(target);
     std::string efi = nounwindDir(target) + "/stripped/core.efi";
-    Image reference = loadImage(efi, {.pdbPath = nounwindDir(target) + "/debug/core.pdb"});
+    Image reference = loadImage(efi, {.pdbPath = nounwindDir(target) + "/debug/core.pdb", .debugFile = {}, .debugDir = {}});
     Image stripped = loadImage(efi);
     EXPECT_TRUE(stripped.debugInfoPath.empty());
     EXPECT_TRUE(stripped.coverage.discoveryRan);

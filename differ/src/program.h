@@ -98,7 +98,7 @@ public:
   CodeReference unpacked() const {
     return {.instruction = instruction_, .kind = ReferenceKind(kind_), .size = uint8_t(size_),
             .fieldOffset = uint8_t(fieldOffset_), .scale = uint8_t(scale_), .target = target_, .offset = offset_,
-            .encoding = FieldEncoding(encoding_),
+            .encoding = FixupKind(encoding_),
             .offsetFrom = hasOffsetFrom_ ? target_ - uint64_t(int64_t(offsetFromDistance_)) : 0};
   }
 
@@ -107,6 +107,7 @@ private:
   uint32_t offset_, instruction_;
   int32_t offsetFromDistance_;
   uint32_t kind_ : 3, encoding_ : 4, size_ : 5, fieldOffset_ : 5, scale_ : 3, hasOffsetFrom_ : 1;
+  static_assert(uint32_t(FixupKind::X64Rel8) < 16, "encoding_ holds every FixupKind in 4 bits");
 };
 
 // A function's references: a view that puts a moved function's own targets into the references it
