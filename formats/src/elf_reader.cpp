@@ -290,10 +290,13 @@ Error collectDynamicRelocations(const ELF64LEObjectFile &elf, Image &image) {
   };
   // Exactly as many as there are: a large library has hundreds of thousands.
   size_t count = 0;
-  for (const ELF64LE::Shdr &section : *sections)
-    if (dynamicRelas(section))
-      if (Expected<ELF64LE::RelaRange> relas = file.relas(section)) count += relas->size();
-      else consumeError(relas.takeError());
+  for (const ELF64LE::Shdr &section : *sections) {
+    if (!dynamicRelas(section)) continue;
+    if (Expected<ELF64LE::RelaRange> relas = file.relas(section))
+      count += relas->size();
+    else
+      consumeError(relas.takeError());
+  }
   image.relocations.reserve(count);
   for (const ELF64LE::Shdr &section : *sections) {
     if (!dynamicRelas(section)) continue;
