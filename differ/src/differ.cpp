@@ -987,24 +987,38 @@ private:
         }
         fb.references.push_back(std::move(b));
       }
-      copyAnchorsWithWhatTheyReach(patched_.references(p), fb.references);
+      bindWhatAnchorsReach(patched_.references(p), fb.references);
       diff.bindings.push_back(std::move(fb));
     }
     bindCarriedData(diff);
   }
 
-  // Code that reaches copied constants at an offset from an address it formed for a constant the
-  // base keeps (gcc Arm64 section anchors: the block's first object, then a new table behind it)
-  // would read the base's bytes there: the anchor is copied too, as far as the code reaches from
-  // it, so the offsets land in the copy as in the patched build.
-  void copyAnchorsWithWhatTheyReach(const ReferenceList &references, std::vector<Binding> &bindings) const {
+  // What code reaches at an offset from an address it formed (gcc Arm64 section anchors: the
+  // block's first object, then others at offsets, often after an index) lands wherever that
+  // address is. From an anchor the base keeps, data with the same content at the same distance in
+  // the base is the base's (an index's element 0 is no object start that data pairing knows).
+  // Copied constants reached from a constant the base keeps (a new table behind it) would be read
+  // from the base's bytes: that anchor is copied too, as far as the code reaches from it, so the
+  // offsets land in the copy as in the patched build.
+  void bindWhatAnchorsReach(const ReferenceList &references, std::vector<Binding> &bindings) const {
     using Kind = Binding::Kind;
+    std::map<uint64_t, uint64_t> anchorInBase;  // anchor (patched RVA) -> its base RVA
+    for (size_t j = 0; j < references.size(); ++j)
+      if (CodeReference r = references[j]; r.encoding != FixupKind::None && bindings[j].kind == Kind::Base)
+        anchorInBase.try_emplace(r.target, bindings[j].address);
     std::map<uint64_t, uint64_t> reachFromAnchor;  // anchor (patched RVA) -> end of what is reached
     for (size_t i = 0; i < references.size(); ++i) {
       CodeReference r = references[i];
-      const Binding &reached = bindings[i];
-      if (r.offsetFrom && reached.kind == Kind::Constant && reached.address >= r.offsetFrom &&
-          patched_.isReadOnly(r.offsetFrom)) {
+      Binding &reached = bindings[i];
+      if (!r.offsetFrom || (reached.kind != Kind::Constant && reached.kind != Kind::NewData)) continue;
+      if (auto anchor = anchorInBase.find(r.offsetFrom); anchor != anchorInBase.end() && reached.address >= r.offsetFrom) {
+        uint64_t inBase = anchor->second + (reached.address - r.offsetFrom);
+        if (contentHashOf(false, inBase, reached.size, nullptr) == contentHashOf(true, reached.address, reached.size, nullptr)) {
+          reached = {Kind::Base, inBase + (r.target - reached.address), 0, {}};
+          continue;
+        }
+      }
+      if (reached.kind == Kind::Constant && reached.address >= r.offsetFrom && patched_.isReadOnly(r.offsetFrom)) {
         uint64_t &end = reachFromAnchor[r.offsetFrom];
         end = std::max(end, reached.address + reached.size);
       }
@@ -1082,7 +1096,7 @@ private:
           return {0, {Kind::Unbound, slot, 0, fmt::format("a pointer into imported `{}` (+{:#x})", *symbol, r->second->addend)}};
         Binding b{Kind::Import, slot, 0, {}};
         b.symbol = *symbol;
-        b.version = r->second->version;
+        b.version = std::string(r->second->version);
         return {0, std::move(b)};
       }
       target = definition->second + uint64_t(r->second->addend);

@@ -176,7 +176,7 @@ Program::Program(const Image &img) : image(img) {
   relocations = relocationIndex(image);
   for (const Relocation &r : image.relocations) {
     if (r.symbol) {
-      pointers[r.rva] = {&*r.symbol, 0};
+      pointers[r.rva] = {r.symbol, 0};
     } else if (containerTarget(image.format).relocationsCarryAddends()) {
       if (llvm::StringRef(r.typeName).ends_with("RELATIVE") && uint64_t(r.addend) >= image.imageBase)
         pointers[r.rva] = {nullptr, uint64_t(r.addend) - image.imageBase};

@@ -332,7 +332,7 @@ Error collectDynamicRelocations(const ELF64LEObjectFile &elf, Image &image) {
         if (*symbol) {
           Expected<StringRef> name = (*symbol)->getName(strings);
           if (!name) return name.takeError();
-          if (!name->empty()) r.symbol = name->str();
+          if (!name->empty()) r.symbol = image.keepRelocationName(*name);
           undefinedSymbol = (*symbol)->st_shndx == ELF::SHN_UNDEF;
         }
       }
@@ -340,9 +340,11 @@ Error collectDynamicRelocations(const ELF64LEObjectFile &elf, Image &image) {
       // (GOT entries); other symbolic relocations fill pointers inside data (vtables).
       bool jumpSlot = StringRef(r.typeName).ends_with("_JUMP_SLOT");
       bool gotSlot = StringRef(r.typeName).ends_with("_GLOB_DAT");
-      if (uint32_t index = rela.getSymbol(false); index && index <= versions.size()) r.version = versions[index - 1].Name;
+      if (uint32_t index = rela.getSymbol(false); index && index <= versions.size() && !versions[index - 1].Name.empty())
+        r.version = *image.keepRelocationName(versions[index - 1].Name);
       if (r.symbol && (jumpSlot || (gotSlot && undefinedSymbol)))
-        image.imports.push_back({*r.symbol, "", r.rva, jumpSlot ? ImportKind::PltSlot : ImportKind::GotSlot, r.version});
+        image.imports.push_back(
+            {*r.symbol, "", r.rva, jumpSlot ? ImportKind::PltSlot : ImportKind::GotSlot, std::string(r.version)});
       image.relocations.push_back(std::move(r));
     }
   }

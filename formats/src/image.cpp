@@ -64,6 +64,10 @@ const Section *Image::sectionAt(uint64_t rva) const {
   return nullptr;
 }
 
+const std::string *Image::keepRelocationName(std::string_view name) {
+  return &*relocationNames_.emplace(name).first;
+}
+
 ArrayRef<uint8_t> Image::bytesAt(uint64_t rva, uint64_t size) const {
   const Section *s = sectionAt(rva);
   if (!s || !buffer_) return {};

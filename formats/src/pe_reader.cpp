@@ -253,7 +253,7 @@ Error readBaseRelocations(const COFFObjectFile &coff, Image &image) {
       uint16_t value = support::endian::read16le(table->data() + entry);
       uint8_t type = uint8_t(value >> 12);
       if (type == COFF::IMAGE_REL_BASED_ABSOLUTE) continue;  // padding entries
-      image.relocations.push_back({uint64_t(page) + (value & 0xfff), type, baseRelocationTypeName(type), std::nullopt, 0});
+      image.relocations.push_back({uint64_t(page) + (value & 0xfff), type, baseRelocationTypeName(type), nullptr, 0});
     }
     at += blockSize;
   }

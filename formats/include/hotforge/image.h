@@ -17,6 +17,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <unordered_set>
 #include <vector>
 
 namespace hotforge {
@@ -116,13 +117,14 @@ struct Import {
   std::string version{};  // ELF: the symbol's version (GLIBC_2.2.5), empty when it has none
 };
 
+// Images hold hundreds of thousands of relocations: 64 bytes each, their strings kept elsewhere.
 struct Relocation {
   uint64_t rva = 0;
   uint32_t type = 0;
-  std::string_view typeName;  // a static string: images hold hundreds of thousands of relocations
-  std::optional<std::string> symbol;
+  std::string_view typeName;  // a static string
+  const std::string *symbol = nullptr;  // the symbol's name, kept once by the Image; null: none
   int64_t addend = 0;
-  std::string version{};  // ELF: the symbol's version, empty when it has none
+  std::string_view version{};  // ELF: the symbol's version, kept by the Image; empty when it has none
 };
 
 // The PE load configuration fields Hotforge relies on.
@@ -186,9 +188,12 @@ public:
   void releaseFilePages() const;
 
   void adoptBuffer(std::unique_ptr<llvm::MemoryBuffer> buffer) { buffer_ = std::move(buffer); }
+  // The one copy of a name that relocations refer to; it lives as long as the Image (moves too).
+  const std::string *keepRelocationName(std::string_view name);
 
 private:
   std::unique_ptr<llvm::MemoryBuffer> buffer_;
+  std::unordered_set<std::string> relocationNames_;  // node-based: the strings stay put
 };
 
 // Reads an ELF64 or PE32+ image for x64 or Arm64. Errors name the file and, where the format
