@@ -99,7 +99,7 @@ std::string preview(const Image &image, uint64_t rva, uint64_t size) {
   return hexEncode(bytes.take_front(16)) + (bytes.size() > 16 ? "..." : "");
 }
 
-constexpr uint64_t kTrimAboveInputs = 64ull << 20;
+constexpr uint64_t kTrimAboveInputs = 16ull << 20;  // the CLI's huge-page heap stops there too
 
 uint64_t loadedBytes(const Image &image) {
   uint64_t bytes = 0;
