@@ -90,18 +90,21 @@ def timed(command, **kwargs):
 
 
 def measured(command, repeat):
-    """Best wall time of REPEAT runs of COMMAND (output discarded), that run's peak RSS in MiB, and
-    the exit status. The peak comes from wait4 on the command itself, not from the children total."""
-    best = None
+    """Best wall time of REPEAT runs of COMMAND (output discarded), that run's peak RSS in MiB, the
+    exit status, and the best user+sys CPU time of the runs (on a shared machine the CPU time moves
+    less with the load than the wall time). The peak and the CPU time come from wait4 on the command
+    itself, not from the children total."""
+    best, cpu = None, None
     for _ in range(repeat):
         start = time.monotonic()
         process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         _, status, usage = os.wait4(process.pid, 0)
         process.returncode = os.waitstatus_to_exitcode(status)
         seconds = time.monotonic() - start
+        cpu = min(cpu or float("inf"), usage.ru_utime + usage.ru_stime)
         if best is None or seconds < best[0]:
             best = (seconds, usage.ru_maxrss / 1024, process.returncode)
-    return best
+    return (*best, cpu)
 
 
 def run_diff(hotforge, base, patched, out):
@@ -148,8 +151,8 @@ def run_deltas(base, patched, out, repeat):
         command = {"zstd": ["zstd", "-q", "-f", f"--patch-from={base}", str(patched), "-o", str(output)],
                    "xdelta3": ["xdelta3", "-e", "-f", "-s", str(base), str(patched), str(output)],
                    "bsdiff": ["bsdiff", str(base), str(patched), str(output)]}[tool]
-        seconds, peak, status = measured(command, repeat)
-        row[tool] = {"seconds": round(seconds, 4), "peak_mib": round(peak, 1),
+        seconds, peak, status, cpu = measured(command, repeat)
+        row[tool] = {"seconds": round(seconds, 4), "cpu_seconds": round(cpu, 4), "peak_mib": round(peak, 1),
                      "bytes": output.stat().st_size if status == 0 else None}
     return row
 
@@ -157,9 +160,10 @@ def run_deltas(base, patched, out, repeat):
 def run_speed(hotforge, base, patched, repeat):
     """hotforge diff timed as the delta tools are, with the issue's budget: at most 3x zstd's time,
     at most a tenth of bsdiff's, peak memory at most twice the inputs plus 100 MiB."""
-    seconds, peak, status = measured([hotforge, "diff", "--json", str(base), str(patched)], repeat)
+    seconds, peak, status, cpu = measured([hotforge, "diff", "--json", str(base), str(patched)], repeat)
     inputs = (base.stat().st_size + patched.stat().st_size) / 1048576
-    return {"diff_seconds": round(seconds, 4), "diff_peak_mib": round(peak, 1), "diff_exit": status,
+    return {"diff_seconds": round(seconds, 4), "diff_cpu_seconds": round(cpu, 4), "diff_peak_mib": round(peak, 1),
+            "diff_exit": status,
             "memory_budget_mib": round(2 * inputs + 100, 1)}
 
 
@@ -258,7 +262,7 @@ def print_row(row, header):
     print("| " + " | ".join(cells) + " |", flush=True)
 
 
-SPEED_COLUMNS = ("library", "arch", "MiB", "hotforge diff", "peak MiB (budget)", "zstd --patch-from", "xdelta3",
+SPEED_COLUMNS = ("library", "arch", "MiB", "hotforge diff", "diff CPU", "peak MiB (budget)", "zstd --patch-from", "xdelta3",
                  "bsdiff", "diff / zstd", "bsdiff / diff")
 
 
@@ -272,7 +276,7 @@ def print_speed_row(row, header):
         print("|" + "---|" * len(SPEED_COLUMNS))
     over_zstd, under_bsdiff = speed_ratios(row)
     cells = (row["library"], row["arch"], f"{row['bytes'] / 1048576:.2f}", f"{row['diff_seconds']:.3f}s",
-             f"{row['diff_peak_mib']:.0f} ({row['memory_budget_mib']:.0f})",
+             f"{row['diff_cpu_seconds']:.3f}s", f"{row['diff_peak_mib']:.0f} ({row['memory_budget_mib']:.0f})",
              *(f"{row[t]['seconds']:.3f}s {row[t]['peak_mib']:.0f}MiB" for t in DELTA_TOOLS),
              f"{over_zstd:.1f}x", f"{under_bsdiff:.1f}x")
     print("| " + " | ".join(cells) + " |", flush=True)
@@ -283,8 +287,11 @@ def print_speed_summary(rows):
               row["diff_peak_mib"] <= row["memory_budget_mib"]]
     total = {tool: sum(row[tool]["seconds"] for row in rows) for tool in DELTA_TOOLS}
     diff_total = sum(row["diff_seconds"] for row in rows)
+    diff_cpu = sum(row["diff_cpu_seconds"] for row in rows)
     print(f"\n{len(rows)} changed libraries; {len(within)} within the budget (<= 3x zstd, <= 1/10 bsdiff, memory); "
-          f"totals: hotforge diff {diff_total:.2f}s, " + ", ".join(f"{t} {total[t]:.2f}s" for t in DELTA_TOOLS))
+          f"totals: hotforge diff {diff_total:.2f}s ({diff_cpu:.2f}s CPU), " +
+          ", ".join(f"{t} {total[t]:.2f}s" for t in DELTA_TOOLS) +
+          "; load average at the end: " + " ".join(f"{load:.2f}" for load in os.getloadavg()))
 
 
 if __name__ == "__main__":

@@ -123,27 +123,26 @@ protected:
       return McDecoder::disassemble(inst, size, bytes, pc);
     if (auto known = decodedWords_.find(word); known != decodedWords_.end()) {
       if (known->second < 0) return false;
-      const DecodedWord &kept = decodedInstructions_[size_t(known->second)];
+      const MCOperand *kept = &decodedWordOperands_[size_t(known->second)];
+      uint64_t header = uint64_t(kept->getImm());
       inst.clear();
-      inst.setOpcode(kept.opcode);
-      inst.setFlags(kept.flags);
-      for (uint32_t i = 0; i < kept.operandCount; ++i) inst.addOperand(decodedOperands_[kept.firstOperand + i]);
+      inst.setOpcode(unsigned(header >> 32));
+      inst.setFlags(0);
+      for (uint32_t i = 1; i <= uint32_t(header); ++i) inst.addOperand(kept[i]);
       size = 4;
       return true;
     }
     bool decoded = McDecoder::disassemble(inst, size, bytes.take_front(4), pc) && size == 4;
-    if (decodedInstructions_.size() < kDecodedWordsKept) {
-      // Reserved whole, but only what is used gets pages: growing them step by step copied them
-      // and faulted in every larger buffer.
-      if (decodedInstructions_.capacity() == 0) {
-        decodedInstructions_.reserve(kDecodedWordsKept);
-        decodedOperands_.reserve(kDecodedWordsKept * 4);
-      }
-      decodedWords_[word] = decoded ? int32_t(decodedInstructions_.size()) : -1;
+    // (An instruction with flags, which Arm64 does not set, is decoded every time.)
+    if (decodedWords_.size() < kDecodedWordsKept && (!decoded || inst.getFlags() == 0)) {
+      // Reserved whole, but only what is used gets pages: growing it step by step copied it and
+      // faulted in every larger buffer.
+      if (decodedWordOperands_.capacity() == 0) decodedWordOperands_.reserve(kDecodedWordsKept * 5);
+      decodedWords_[word] = decoded ? int32_t(decodedWordOperands_.size()) : -1;
       if (decoded) {
-        decodedInstructions_.push_back({inst.getOpcode(), inst.getFlags(), uint32_t(decodedOperands_.size()),
-                                        uint32_t(inst.getNumOperands())});
-        decodedOperands_.append(inst.begin(), inst.end());
+        decodedWordOperands_.push_back(
+            MCOperand::createImm(int64_t((uint64_t(inst.getOpcode()) << 32) | inst.getNumOperands())));
+        decodedWordOperands_.append(inst.begin(), inst.end());
       }
     }
     return decoded;
@@ -642,19 +641,16 @@ private:
 
   const Arm64Tables &tables_;
   const MachineTarget &codec_ = machineTarget(Machine::Arm64);
-  // disassemble()'s words already decoded: index into decodedInstructions_, or -1 when undecodable.
+  // disassemble()'s words already decoded: index into decodedWordOperands_, or -1 when undecodable.
   static constexpr size_t kDecodedWordsKept = size_t(1) << 17;  // about 10 MiB at most
   // DenseMap's own hash of a uint32_t (x * 37) leaves instruction words in long probe chains.
   struct WordKey : DenseMapInfo<uint32_t> {
     static unsigned getHashValue(uint32_t word) { return unsigned((uint64_t(word) * 0x9e3779b97f4a7c15ull) >> 32); }
   };
   mutable DenseMap<uint32_t, int32_t, WordKey> decodedWords_;
-  struct DecodedWord {  // an MCInst without its inline room for operands: a third of the size
-    unsigned opcode = 0, flags = 0;
-    uint32_t firstOperand = 0, operandCount = 0;  // in decodedOperands_
-  };
-  mutable std::vector<DecodedWord> decodedInstructions_;
-  mutable SmallVector<MCOperand, 0> decodedOperands_;
+  // Per decoded word, an immediate holding opcode << 32 | operand count, then the operands: a hit
+  // reads one place after the map (a separate header array cost a third cache miss per word).
+  mutable SmallVector<MCOperand, 0> decodedWordOperands_;
   Known known_;
   std::vector<Known> blockEntries_;     // per block: what is known on entry
   std::vector<int32_t> blockEntryAt_;   // per 4-byte word: the block starting there, or -1

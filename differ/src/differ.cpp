@@ -99,6 +99,15 @@ std::string preview(const Image &image, uint64_t rva, uint64_t size) {
   return hexEncode(bytes.take_front(16)) + (bytes.size() > 16 ? "..." : "");
 }
 
+constexpr uint64_t kTrimAboveInputs = 16ull << 20;  // the CLI's huge-page heap stops there too
+
+uint64_t loadedBytes(const Image &image) {
+  uint64_t bytes = 0;
+  for (const Section &s : image.sections)
+    if (s.loaded) bytes += s.fileSize;
+  return bytes;
+}
+
 unsigned workerCount(const DiffOptions &options) {
   return options.threads ? options.threads : std::max(1u, std::thread::hardware_concurrency());
 }
@@ -137,7 +146,9 @@ public:
     voteAnonymousData();
     base_.image.releaseFilePages();  // the constants were read; what follows reads changed code
     patched_.image.releaseFilePages();
-    malloc_trim(0);  // and the voting's maps are gone: give their pages back before the comparison
+    // and the voting's maps are gone: give their pages back before the comparison, when the inputs
+    // are large against the memory budget's 100 MiB (else they would only be faulted in again).
+    if (loadedBytes(base_.image) + loadedBytes(patched_.image) > kTrimAboveInputs) malloc_trim(0);
     Diff diff;
     diff.log = matching_.log;
     compareFunctions(diff);
