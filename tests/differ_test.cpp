@@ -111,6 +111,7 @@ void expectCarriedCodeAsDecoded(const Image &b, const Image &p, const Diff &d) {
       EXPECT_EQ(bound.field.scale, r.scale);
       EXPECT_EQ(bound.target, r.target);
       EXPECT_EQ(bound.offsetFrom, r.offsetFrom);
+      EXPECT_EQ(bound.indexed, r.indexed);
     }
     std::vector<std::pair<uint32_t, uint32_t>> outOfLine, carried;
     for (uint32_t offset : decoded.instructionOffsets)
@@ -253,7 +254,10 @@ TEST(Differ, StrippedBuildsGiveTheSameChangedFunctions) {
       std::set<uint64_t> seen = changedRvas(stripped);
       // Scenario 50: stripped, the functions that only the new table reaches (no call, no name)
       // are taken for split-off parts of the changed caller, and carried along.
-      if (scenario.number == 50) std::erase_if(seen, [&](uint64_t rva) { return !expected.count(rva); });
+      // Scenario 52 on gcc Arm64: the new table is reached only at an offset from the unchanged one,
+      // so stripped, nothing tells where the unchanged one ends: its reader is carried too.
+      if (scenario.number == 50 || (scenario.number == 52 && target == "elf-a64-gcc"))
+        std::erase_if(seen, [&](uint64_t rva) { return !expected.count(rva); });
       EXPECT_EQ(seen, expected);
       EXPECT_EQ(stripped.needsRestart(), full.needsRestart());
       // Scenario 51's fixed handler has no name and no caller in a stripped ELF build: only the

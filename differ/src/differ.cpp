@@ -986,8 +986,9 @@ private:
           diff.changes.push_back(std::move(c));
         }
         fb.references.push_back({r.offset, {r.encoding, r.fieldOffset, r.size, r.scale}, r.target, r.offsetFrom,
-                                 std::move(b)});
+                                 r.indexed, std::move(b)});
       }
+      copyAnchorsWithWhatTheyReach(fb.references);
       fb.outOfLine = outOfLineInstructions(p, decoder);
       if (fb.base && !fb.splitPart) {
         fb.baseBranchFloor = internalBranchFloor(*fb.base);
@@ -1050,6 +1051,27 @@ private:
       at = end;
     }
     return fill;
+  }
+
+  // Code that reaches copied constants at an offset from an address it formed for a constant the
+  // base keeps (gcc Arm64 section anchors: the block's first object, then a new table behind it)
+  // would read the base's bytes there: the anchor is copied too, as far as the code reaches from
+  // it, so the offsets land in the copy as in the patched build.
+  void copyAnchorsWithWhatTheyReach(std::vector<BoundReference> &references) const {
+    using Kind = Binding::Kind;
+    std::map<uint64_t, uint64_t> reachFromAnchor;  // anchor (patched RVA) -> end of what is reached
+    for (const BoundReference &r : references) {
+      const Binding &reached = r.binding;
+      if (r.offsetFrom && reached.kind == Kind::Constant && reached.address >= r.offsetFrom &&
+          patched_.isReadOnly(r.offsetFrom)) {
+        uint64_t &end = reachFromAnchor[r.offsetFrom];
+        end = std::max(end, reached.address + reached.size);
+      }
+    }
+    for (const auto &[anchor, end] : reachFromAnchor)
+      for (BoundReference &r : references)
+        if (r.field.kind != FixupKind::None && r.target == anchor && r.binding.kind == Kind::Base)
+          r.binding = {Kind::Constant, anchor, std::max(end, anchor + patched_.naturalExtent(anchor)) - anchor, {}};
   }
 
   // Every relocated pointer in the data the patch copies, and in the data those pointers make it

@@ -98,6 +98,9 @@ struct BoundReference {
   // anchors: ADRP+ADD of the anchor, then ADD or LDR/STR #off): the emitter keeps the two the
   // same distance apart. 0: none.
   uint64_t offsetFrom = 0;
+  // With offsetFrom: an index was added to that address in a register before the offset, so the
+  // access lands at target plus the index (target is where index 0 lands).
+  bool indexed = false;
   Binding binding;
 };
 
