@@ -5,6 +5,7 @@
 #include "test_support.h"
 
 #include <gtest/gtest.h>
+#include <llvm/Support/Endian.h>
 
 #include <algorithm>
 #include <functional>
@@ -86,6 +87,59 @@ size_t forEachScenario(const std::function<void(const std::string &, const Scena
   return count;
 }
 
+// What the Diff hands the emitter for each carried function is what decoding the function gives:
+// every reference with its field, target and offsetFrom, the out-of-line instructions, and for a
+// redirected function its base's branch floor and the fill around it.
+void expectCarriedCodeAsDecoded(const Image &b, const Image &p, const Diff &d) {
+  auto decoder = differ::createInstructionDecoder(p.machine);
+  ASSERT_TRUE(bool(decoder)) << llvm::toString(decoder.takeError());
+  differ::RelocationIndex relocations = differ::relocationIndex(p), none;
+  for (const FunctionBindings &fb : d.bindings) {
+    const Function &f = p.functions[fb.patched];
+    SCOPED_TRACE(f.name.value_or("unnamed"));
+    differ::DecodedFunction decoded =
+        (*decoder)->decode(p.bytesAt(f.range.rva, f.range.size), f.range.rva, relocations, true);
+    ASSERT_EQ(fb.references.size(), decoded.references.size());
+    for (size_t i = 0; i < decoded.references.size(); ++i) {
+      const differ::CodeReference &r = decoded.references[i];
+      const BoundReference &bound = fb.references[i];
+      SCOPED_TRACE("reference at +" + std::to_string(r.offset));
+      EXPECT_EQ(bound.offset, r.offset);
+      EXPECT_EQ(bound.field.kind, r.encoding);
+      EXPECT_EQ(bound.field.fieldOffset, r.fieldOffset);
+      EXPECT_EQ(bound.field.instructionSize, r.size);
+      EXPECT_EQ(bound.field.scale, r.scale);
+      EXPECT_EQ(bound.target, r.target);
+      EXPECT_EQ(bound.offsetFrom, r.offsetFrom);
+      EXPECT_EQ(bound.indexed, r.indexed);
+    }
+    std::vector<std::pair<uint32_t, uint32_t>> outOfLine, carried;
+    for (uint32_t offset : decoded.instructionOffsets)
+      if (offset + 4 <= f.range.size)
+        if (auto word = (*decoder)->outOfLineInstruction(
+                f.range.rva + offset, llvm::support::endian::read32le(p.bytesAt(f.range.rva + offset, 4).data()), p))
+          outOfLine.push_back({offset, *word});
+    for (const OutOfLineInstruction &moved : fb.outOfLine) carried.push_back({moved.offset, moved.word});
+    EXPECT_EQ(carried, outOfLine);
+    if (!fb.base || fb.splitPart) continue;
+    const Function &bf = b.functions[*fb.base];
+    uint64_t floor = UINT64_MAX;
+    for (const differ::CodeReference &r :
+         (*decoder)->decode(b.bytesAt(bf.range.rva, bf.range.size), bf.range.rva, none).references)
+      if ((r.kind == differ::ReferenceKind::Branch || r.kind == differ::ReferenceKind::Memory) &&
+          bf.range.contains(r.target))
+        floor = std::min(floor, r.target - bf.range.rva);
+    EXPECT_EQ(fb.baseBranchFloor, floor);
+    for (const AddressRange &run : fb.baseFill) {
+      SCOPED_TRACE("fill at " + std::to_string(run.rva));
+      EXPECT_GT(run.size, 0u);
+      for (uint64_t at = run.rva; at < run.end(); ++at) EXPECT_EQ(b.functionAt(at), nullptr);
+      differ::DecodedFunction fill = (*decoder)->decode(b.bytesAt(run.rva, run.size), run.rva, none);
+      EXPECT_TRUE(fill.complete && fill.instructions == 0);
+    }
+  }
+}
+
 TEST(Differ, EveryScenarioGivesItsExpectedChangesOnEveryTarget) {
   size_t checked = forEachScenario([](const std::string &target, const Scenario &scenario, const Sample &baseSample,
                                       const Sample &patchedSample) {
@@ -93,6 +147,7 @@ TEST(Differ, EveryScenarioGivesItsExpectedChangesOnEveryTarget) {
       SCOPED_TRACE(target + " scenario " + std::to_string(scenario.number) + " " + patched->path);
       Image b = loadImage(base->path), p = loadImage(patched->path);
       Diff d = diff(b, p);
+      expectCarriedCodeAsDecoded(b, p, d);
       nlohmann::json e = scenario.expected;  // with what differs on this target
       if (e.contains("per_target") && e["per_target"].contains(target)) e.update(e["per_target"][target]);
       EXPECT_EQ(namesOf(d, ChangeKind::Changed), strings(e["changed"]));
@@ -132,8 +187,9 @@ TEST(Differ, EveryScenarioGivesItsExpectedChangesOnEveryTarget) {
         }
       EXPECT_EQ(newImports, e.value("new_imports", 0u));
       for (const FunctionBindings &fb : d.bindings)
-        for (const Binding &b : fb.references)
-          if (b.kind == Binding::Kind::Import) EXPECT_NE(b.symbol.find("strspn"), std::string::npos) << b.symbol;
+        for (const BoundReference &r : fb.references)
+          if (r.binding.kind == Binding::Kind::Import)
+            EXPECT_NE(r.binding.symbol.find("strspn"), std::string::npos) << r.binding.symbol;
       if (e["verdict"] == "hotpatchable")
         for (const Change &c : d.changes) EXPECT_EQ(c.verdict, Verdict::Hotpatchable) << c.reason;
       for (const Change &c : d.changes) {
@@ -451,9 +507,9 @@ int other(int x) { return helper(x) - 1; }
       EXPECT_EQ(namesOf(d, ChangeKind::Changed), std::set<std::string>{"api"});
       for (const Change &c : d.changes) EXPECT_EQ(c.verdict, Verdict::Hotpatchable) << c.reason;
       ASSERT_EQ(d.bindings.size(), 1u);
-      for (const Binding &binding : d.bindings[0].references)
-        EXPECT_TRUE(binding.kind == Binding::Kind::Base || binding.kind == Binding::Kind::Local)
-            << bindingKindName(binding.kind) << " " << binding.note;
+      for (const BoundReference &r : d.bindings[0].references)
+        EXPECT_TRUE(r.binding.kind == Binding::Kind::Base || r.binding.kind == Binding::Kind::Local)
+            << bindingKindName(r.binding.kind) << " " << r.binding.note;
     }
   }
 }

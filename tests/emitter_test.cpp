@@ -240,7 +240,7 @@ void checkInstructionByInstruction(const Built &b, uint64_t baseAddress, uint64_
       while (skip < widened.size() && ours.references[i + skip].instruction == widened[skip]) {
         // ADRP+ADD aimed at the base counterpart of what the ADR aimed at.
         const differ::CodeReference &adrp = ours.references[i + skip];
-        EXPECT_EQ(adrp.target - baseAddress, fb->references[i].address);
+        EXPECT_EQ(adrp.target - baseAddress, fb->references[i].binding.address);
         ++skip;
       }
       const differ::CodeReference &o = ours.references[i + skip], &t = theirs.references[i];
@@ -267,7 +267,7 @@ void checkInstructionByInstruction(const Built &b, uint64_t baseAddress, uint64_
         target = llvm::support::endian::read64le(&memory[slot]);
         imageRva = target - imageAddress;
       }
-      const Binding &binding = fb->references[i];
+      const Binding &binding = fb->references[i].binding;
       if (target >= imageAddress && imageRva < image.imageSize) {
         auto g = byImageRva.upper_bound(uint32_t(imageRva));
         ASSERT_NE(g, byImageRva.begin());
@@ -439,15 +439,16 @@ TEST(Emitter, ShortFunctionsLoopHeadsAndShortTailJumpsAreRedirected) {
   EXPECT_EQ(islands, (std::set<std::string>{"elf-x64-clang", "elf-x64-gcc", "mingw-x64"}));
 }
 
-// X64ShortJump, live. gcc's entry_triple (4 bytes, 12 bytes of NOPs after it, 11 before it) with
-// some fill handed to functions the test adds to the base's function list: the redirect becomes a
-// 2-byte jump to an E9 in the fill before the entry, or in the fill further after it. Applied with
-// ptrace to the running base, each must switch the process to the patched values and back.
+// X64ShortJump, live. gcc's entry_triple (4 bytes, 12 bytes of NOPs after it, 11 before it): the
+// diff hands the emitter that fill, and the emitter works from the diff alone. With some of the
+// fill taken out of the diff, the redirect becomes a 2-byte jump to an E9 in the fill before the
+// entry, or in the fill further after it. Applied with ptrace to the running base, each must
+// switch the process to the patched values and back.
 TEST(Emitter, ShortJumpIntoNearbyFillAppliesLive) {
   std::string basePath = samplePath("elf-x64-gcc", "entry", "base");
   std::string patchedPath = samplePath("elf-x64-gcc", "entry", "fix40");
   struct Case {
-    std::vector<std::pair<int64_t, int64_t>> owned;  // [begin, end) relative to the entry
+    std::vector<std::pair<int64_t, int64_t>> owned;  // [begin, end) relative to the entry, sorted
     int32_t jumpOffset;
   };
   for (const Case &c : {Case{{{4, 16}}, -5}, Case{{{-11, 0}, {4, 6}}, 6}}) {
@@ -456,26 +457,28 @@ TEST(Emitter, ShortJumpIntoNearbyFillAppliesLive) {
     llvm::Expected<Diff> diff = diffImages(b.base, b.patched);
     ASSERT_TRUE(bool(diff)) << llvm::toString(diff.takeError());
     b.diff = std::move(*diff);
-    const Function *triple = nullptr;
-    for (const Function &f : b.base.functions)
-      if (f.name == "entry_triple") triple = &f;
-    ASSERT_NE(triple, nullptr);
-    ASSERT_EQ(triple->range.size, 4u);
-    uint64_t entry = triple->range.rva;
-    for (auto [begin, end] : c.owned) {
-      Function filler;
-      filler.range = {entry + begin, uint64_t(end - begin)};
-      filler.name = "filler";
-      b.base.functions.push_back(filler);
-    }
-    std::vector<uint64_t> rvaOf;  // the diff names base functions by index: renumber them
-    for (const Function &f : b.base.functions) rvaOf.push_back(f.range.rva);
-    std::sort(b.base.functions.begin(), b.base.functions.end(),
-              [](const Function &x, const Function &y) { return x.range.rva < y.range.rva; });
-    auto renumbered = [&](size_t index) { return size_t(b.base.functionAt(rvaOf[index]) - b.base.functions.data()); };
-    for (FunctionPair &pair : b.diff.pairs) pair.base = renumbered(pair.base);
+    FunctionBindings *triple = nullptr;
     for (FunctionBindings &fb : b.diff.bindings)
-      if (fb.base) fb.base = renumbered(*fb.base);
+      if (fb.base && b.base.functions[*fb.base].name == "entry_triple") triple = &fb;
+    ASSERT_NE(triple, nullptr);
+    const AddressRange &range = b.base.functions[*triple->base].range;
+    ASSERT_EQ(range.size, 4u);
+    uint64_t entry = range.rva;
+    std::set<std::pair<uint64_t, uint64_t>> runs;
+    for (const AddressRange &run : triple->baseFill) runs.insert({run.rva, run.size});
+    EXPECT_TRUE(runs.count({entry - 11, 11})) << "the NOPs before the entry";
+    EXPECT_TRUE(runs.count({entry + 4, 12})) << "the NOPs after the function";
+    std::vector<AddressRange> fill;  // the diff's fill without the owned bytes
+    for (const AddressRange &run : triple->baseFill) {
+      uint64_t at = run.rva;
+      for (auto [begin, end] : c.owned) {
+        if (entry + end <= at || entry + begin >= run.end()) continue;
+        if (entry + begin > at) fill.push_back({at, entry + begin - at});
+        at = std::max(at, entry + end);
+      }
+      if (at < run.end()) fill.push_back({at, run.end() - at});
+    }
+    triple->baseFill = fill;
     llvm::Expected<PatchImage> image = buildPatchImage(b.base, b.patched, b.diff);
     ASSERT_TRUE(bool(image)) << llvm::toString(image.takeError());
     ASSERT_EQ(image->redirects.size(), 1u);
@@ -1033,7 +1036,13 @@ TEST(Emitter, PePatchTableSplitsEvery4095EntriesAndMirrorsFixupsIntoTheBase) {
   rel32.instructionSize = 7;
   rel32.target = 0x3000;
   image.fixups = {pointer, rel32};
-  llvm::Error e = emitter::writePeContainer(image, {&b.base, &b.patched, {}});
+  std::vector<emitter::CarriedCode> carried;
+  for (const PatchFunction &f : image.functions) carried.push_back({f.patchedRva, f.size, f.rva, f.name});
+  llvm::Expected<emitter::PeUnwindSource> source = emitter::peUnwindSourceFor(b.patched);
+  ASSERT_TRUE(bool(source)) << llvm::toString(source.takeError());
+  llvm::Expected<std::unique_ptr<emitter::PeUnwindCopy>> unwind = emitter::readPeUnwind(std::move(*source), carried);
+  ASSERT_TRUE(bool(unwind)) << llvm::toString(unwind.takeError());
+  llvm::Error e = emitter::writePeContainer(image, {&b.base, unwind->get(), {}});
   ASSERT_FALSE(bool(e)) << llvm::toString(std::move(e));
   std::optional<PeView> pe = PeView::parse(image.file);
   ASSERT_TRUE(pe.has_value());
@@ -1117,11 +1126,10 @@ TEST(Emitter, PeUnwindX64ReaimsChainsIndirectEntriesHandlersAndScopeTables) {
   f.names[0x6000] = "__C_specific_handler";
   std::vector<emitter::CarriedCode> carried = {
       {0x1000, 0x100, 0x2000, "A"}, {0x3000, 0x40, 0x2200, "B"}, {0x4000, 0x20, 0x2300, "C"}};
-  emitter::PeUnwindSource source = f.source(Machine::X64);
-  llvm::Expected<std::vector<uint64_t>> handlers = emitter::peUnwindHandlers(source, carried);
-  ASSERT_TRUE(bool(handlers)) << llvm::toString(handlers.takeError());
-  EXPECT_EQ(*handlers, std::vector<uint64_t>{0x6000});
-  llvm::Expected<emitter::PeUnwindTables> t = emitter::buildPeUnwind(source, carried, 0x5000, 0x4000, {{0x6000, 0x2400}});
+  llvm::Expected<std::unique_ptr<emitter::PeUnwindCopy>> unwind = emitter::readPeUnwind(f.source(Machine::X64), carried);
+  ASSERT_TRUE(bool(unwind)) << llvm::toString(unwind.takeError());
+  EXPECT_EQ((*unwind)->handlersOutside(), std::vector<uint64_t>{0x6000});
+  llvm::Expected<emitter::PeUnwindTables> t = (*unwind)->emit(0x5000, 0x4000, {{0x6000, 0x2400}});
   ASSERT_TRUE(bool(t)) << llvm::toString(t.takeError());
   EXPECT_EQ(t->entries, 3u);
   EXPECT_EQ(words(t->pdata), (std::vector<uint32_t>{0x2000, 0x2100, 0x4000,  //
@@ -1138,7 +1146,7 @@ TEST(Emitter, PeUnwindX64ReaimsChainsIndirectEntriesHandlersAndScopeTables) {
 
   // Refused, with the reason: a handler whose data is private, a parent the patch does not carry.
   f.names[0x6000] = "__CxxFrameHandler4";
-  llvm::Expected<std::vector<uint64_t>> refused = emitter::peUnwindHandlers(f.source(Machine::X64), carried);
+  llvm::Expected<std::unique_ptr<emitter::PeUnwindCopy>> refused = emitter::readPeUnwind(f.source(Machine::X64), carried);
   ASSERT_FALSE(bool(refused));
   std::string why = llvm::toString(refused.takeError());
   EXPECT_NE(why.find("__CxxFrameHandler4"), std::string::npos) << why;
@@ -1146,13 +1154,13 @@ TEST(Emitter, PeUnwindX64ReaimsChainsIndirectEntriesHandlersAndScopeTables) {
   EXPECT_NE(why.find("\n  HF412 "), std::string::npos) << why;  // a refusal with its rule id
   f.names[0x6000] = "__C_specific_handler";
   for (emitter::CarriedCode child : {emitter::CarriedCode{0x3000, 0x40, 0x2200, "B"}, {0x4000, 0x20, 0x2300, "C"}}) {
-    llvm::Expected<std::vector<uint64_t>> orphan = emitter::peUnwindHandlers(f.source(Machine::X64), {child});
+    llvm::Expected<std::unique_ptr<emitter::PeUnwindCopy>> orphan = emitter::readPeUnwind(f.source(Machine::X64), {child});
     ASSERT_FALSE(bool(orphan));
     EXPECT_NE(llvm::toString(orphan.takeError()).find("does not carry"), std::string::npos);
   }
   // A scope whose code stays behind cannot be re-aimed.
   f.put(0x9000, {1u | 1u << 3 | 0x04u << 8 | 2u << 16, 0x00003204, 0x6000, 1, 0x1010, 0x1050, 0x7000, 0x1060});
-  llvm::Expected<std::vector<uint64_t>> scope = emitter::peUnwindHandlers(f.source(Machine::X64), carried);
+  llvm::Expected<std::unique_ptr<emitter::PeUnwindCopy>> scope = emitter::readPeUnwind(f.source(Machine::X64), carried);
   ASSERT_FALSE(bool(scope));
   EXPECT_NE(llvm::toString(scope.takeError()).find("scope 0"), std::string::npos);
 
@@ -1192,14 +1200,15 @@ TEST(Emitter, PeUnwindArm64SizesXdataFromItsHeaderAndCopiesPackedEntries) {
   f.put(0x9000, {0x40 | 1u << 20 | 1u << 22 | 1u << 27, 0x00000030, 0xe4e3e2e1, 0x6000, /*GS data*/ 0x58});
   f.names[0x6000] = "__GSHandlerCheck";
   std::vector<emitter::CarriedCode> carried = {{0x1000, 0x40, 0x5000, "A"}, {0x2000, 0x100, 0x5100, "B"}};
-  llvm::Expected<emitter::PeUnwindTables> t =
-      emitter::buildPeUnwind(f.source(Machine::Arm64), carried, 0x8000, 0x7000, {{0x6000, 0x5400}});
+  llvm::Expected<std::unique_ptr<emitter::PeUnwindCopy>> unwind = emitter::readPeUnwind(f.source(Machine::Arm64), carried);
+  ASSERT_TRUE(bool(unwind)) << llvm::toString(unwind.takeError());
+  llvm::Expected<emitter::PeUnwindTables> t = (*unwind)->emit(0x8000, 0x7000, {{0x6000, 0x5400}});
   ASSERT_TRUE(bool(t)) << llvm::toString(t.takeError());
   EXPECT_EQ(words(t->pdata), (std::vector<uint32_t>{0x5000, 1u | 16u << 2 | 0x00abc000u, 0x5100, 0x7000}));
   EXPECT_EQ(words(t->xdata), (std::vector<uint32_t>{0x40 | 1u << 20 | 1u << 22 | 1u << 27, 0x30, 0xe4e3e2e1, 0x5400, 0x58}));
   // An entry longer than its function is refused.
-  llvm::Expected<emitter::PeUnwindTables> tooLong =
-      emitter::buildPeUnwind(f.source(Machine::Arm64), {{0x1000, 0x20, 0x5000, "A"}}, 0x8000, 0x7000, {});
+  llvm::Expected<std::unique_ptr<emitter::PeUnwindCopy>> tooLong =
+      emitter::readPeUnwind(f.source(Machine::Arm64), {{0x1000, 0x20, 0x5000, "A"}});
   ASSERT_FALSE(bool(tooLong));
   EXPECT_NE(llvm::toString(tooLong.takeError()).find("does not lie inside"), std::string::npos);
 }

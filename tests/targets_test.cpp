@@ -10,7 +10,9 @@
 
 #include <gtest/gtest.h>
 
+#include <map>
 #include <string>
+#include <tuple>
 #include <vector>
 
 namespace hotforge::test {
@@ -28,6 +30,16 @@ struct FieldCase {
 std::vector<uint8_t> word(uint32_t value) {
   std::vector<uint8_t> bytes(4);
   writeLe32(bytes.data(), value);
+  return bytes;
+}
+
+// The little-endian bytes of `words`.
+std::vector<uint8_t> words(std::initializer_list<uint32_t> values) {
+  std::vector<uint8_t> bytes;
+  for (uint32_t value : values) {
+    std::vector<uint8_t> w = word(value);
+    bytes.insert(bytes.end(), w.begin(), w.end());
+  }
   return bytes;
 }
 
@@ -182,6 +194,84 @@ TEST(MachineTargetRedirects, BranchFallsBackToTheStubWhenTheFunctionIsOutOfReach
 }
 
 // The writer of each container, on core.base -> core.fix1 of one sample per container and machine.
+// Erratum 843419: an ADRP (or an ADR, or a NOP before an ADR, that may become one) in the last
+// two words of a page is a hazard on Arm64; x64 has none.
+TEST(MachineTargetPlacement, AdrpInTheLastTwoWordsOfAPageIsHazardousOnArm64Only) {
+  const MachineTarget &arm64 = machineTarget(Machine::Arm64), &x64 = machineTarget(Machine::X64);
+  constexpr uint32_t kAdrp = 0x90000010, kAdr = 0x10000010, kNop = 0xd503201f, kAdd = 0x91000210;
+  std::vector<uint8_t> code = words({kAdd, kAdrp, kAdd});
+  EXPECT_TRUE(arm64.hazardousPlacement(code, 0x1ff4));   // the ADRP at 0x1ff8
+  EXPECT_TRUE(arm64.hazardousPlacement(code, 0x1ff8));   // at 0x1ffc
+  EXPECT_FALSE(arm64.hazardousPlacement(code, 0x1ff0));  // at 0x1ff4
+  EXPECT_FALSE(arm64.hazardousPlacement(code, 0x1ffc));  // at 0x2000
+  std::vector<uint8_t> nopAdr = words({kNop, kAdr});
+  EXPECT_TRUE(arm64.hazardousPlacement(nopAdr, 0x3ffc));   // the NOP at 0xffc
+  EXPECT_FALSE(arm64.hazardousPlacement(word(kNop), 0x3ffc));
+  EXPECT_FALSE(x64.hazardousPlacement(code, 0x1ff4));
+}
+
+// Import thunks: x64 `jmp [rip+slot]`, Arm64 `adrp x16; ldr x16, [x16, #lo12]; br x16`.
+TEST(MachineTargetThunks, ImportThunksGiveTheirSlot) {
+  const MachineTarget &x64 = machineTarget(Machine::X64), &arm64 = machineTarget(Machine::Arm64);
+  std::vector<uint8_t> jmp = {0xff, 0x25, 0, 0, 0, 0};
+  writeLe32(&jmp[2], uint32_t(-0x20));
+  EXPECT_EQ(x64.importThunkSlot(jmp, 0x5000), uint64_t(0x5000 + 6 - 0x20));
+  EXPECT_EQ(x64.importThunkSlot(std::span(jmp).first(5), 0x5000), std::nullopt);
+  std::vector<uint8_t> thunk = words({0x90000010, 0xf9400210, 0xd61f0200});
+  constexpr uint64_t kThunk = 0x140001000, kSlot = 0x140223458;
+  ASSERT_TRUE(bool(arm64.writeField({FixupKind::A64AdrPage21}, thunk, kThunk, kSlot)));
+  ASSERT_TRUE(bool(arm64.writeField({FixupKind::A64LdStLo12, 0, 0, 3}, std::span(thunk).subspan(4), kThunk + 4, kSlot)));
+  EXPECT_EQ(arm64.importThunkSlot(thunk, kThunk), kSlot);
+  thunk[8] ^= 1;  // no longer br x16
+  EXPECT_EQ(arm64.importThunkSlot(thunk, kThunk), std::nullopt);
+  EXPECT_EQ(x64.importThunkSlot(thunk, kThunk), std::nullopt);
+}
+
+// .pdata entries: x64 RUNTIME_FUNCTION with direct, chained and indirect unwind data, Arm64
+// packed and .xdata lengths; bad entries fail with their number.
+TEST(MachineTargetPdata, EntriesGiveTheirCodeAndTheEntryTheyUnwindWith) {
+  std::map<uint32_t, std::vector<uint8_t>> memory;
+  RvaReader bytesAt = [&](uint32_t rva, uint32_t size, const char *what) -> Outcome<std::span<const uint8_t>> {
+    auto it = memory.upper_bound(rva);
+    if (it == memory.begin() || (--it, rva - it->first + size > it->second.size()))
+      return fail(what, " at ", hexAddress(rva), " is missing");
+    return std::span<const uint8_t>(it->second).subspan(rva - it->first, size);
+  };
+  auto entry = [](std::initializer_list<uint32_t> values) { return words(values); };
+  const MachineTarget &x64 = machineTarget(Machine::X64), &arm64 = machineTarget(Machine::Arm64);
+  EXPECT_EQ(x64.pdataEntrySize(), 12u);
+  EXPECT_EQ(arm64.pdataEntrySize(), 8u);
+  memory[0x9000] = entry({1u | 2u << 16, 0});                           // UNWIND_INFO, 2 codes, no chain
+  memory[0x9100] = entry({1u | 4u << 3 | 2u << 16, 0, 0x1000, 0x1100, 0x9000});  // chained to 0x1000
+  memory[0x8000] = entry({0x1000, 0x1100, 0x9000});                    // the RUNTIME_FUNCTION of 0x1000
+  Outcome<PdataEntry> own = x64.readPdataEntry(entry({0x1000, 0x1100, 0x9000}), 0, bytesAt);
+  ASSERT_TRUE(own) << own.error();
+  EXPECT_EQ(std::tuple(own->begin, own->end, own->parent), std::tuple(0x1000u, 0x1100ull, 0x1000u));
+  Outcome<PdataEntry> chained = x64.readPdataEntry(entry({0x3000, 0x3040, 0x9100}), 1, bytesAt);
+  ASSERT_TRUE(chained) << chained.error();
+  EXPECT_EQ(chained->parent, 0x1000u);
+  Outcome<PdataEntry> indirect = x64.readPdataEntry(entry({0x4000, 0x4020, 0x8000 | 1}), 2, bytesAt);
+  ASSERT_TRUE(indirect) << indirect.error();
+  EXPECT_EQ(indirect->parent, 0x1000u);
+  Outcome<PdataEntry> backwards = x64.readPdataEntry(entry({0x5000, 0x5000, 0x9000}), 3, bytesAt);
+  ASSERT_FALSE(backwards);
+  EXPECT_EQ(backwards.error(), ".pdata entry 3 has end 0x5000 <= begin 0x5000");
+  Outcome<PdataEntry> missing = x64.readPdataEntry(entry({0x5000, 0x5010, 0x9200}), 4, bytesAt);
+  ASSERT_FALSE(missing);
+  EXPECT_EQ(missing.error(), "UNWIND_INFO at 0x9200 is missing");
+
+  memory[0x7000] = entry({40});  // .xdata: 40 instructions
+  Outcome<PdataEntry> packed = arm64.readPdataEntry(entry({0x1000, 1u | 16u << 2}), 0, bytesAt);
+  ASSERT_TRUE(packed) << packed.error();
+  EXPECT_EQ(std::tuple(packed->begin, packed->end, packed->parent), std::tuple(0x1000u, 0x1040ull, 0x1000u));
+  Outcome<PdataEntry> xdata = arm64.readPdataEntry(entry({0x2000, 0x7000}), 1, bytesAt);
+  ASSERT_TRUE(xdata) << xdata.error();
+  EXPECT_EQ(xdata->end, 0x2000u + 40 * 4);
+  Outcome<PdataEntry> reserved = arm64.readPdataEntry(entry({0x3000, 3}), 2, bytesAt);
+  ASSERT_FALSE(reserved);
+  EXPECT_EQ(reserved.error(), ".pdata entry 2 uses reserved unwind flag 3");
+}
+
 TEST(ContainerWriters, WriteWhatTheirContainerTargetReadsBack) {
   for (const char *directory : {"elf-x64-gcc", "elf-a64-clang", "pe-x64", "pe-a64"}) {
     SCOPED_TRACE(directory);

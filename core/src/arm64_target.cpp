@@ -199,6 +199,50 @@ public:
     return f.kind == FixupKind::A64Branch26;
   }
 
+  // .pdata {Begin, UnwindData}. The low two bits of UnwindData say whether it is packed (1:
+  // function, 2: fragment without prologue) with the length in bits 2..12, or the RVA of an .xdata
+  // record whose first word holds the length in bits 0..17. Lengths count instructions.
+  size_t pdataEntrySize() const override { return 8; }
+  Outcome<PdataEntry> readPdataEntry(std::span<const uint8_t> entry, size_t index,
+                                     const RvaReader &bytesAt) const override {
+    uint32_t begin = readLe32(&entry[0]), unwind = readLe32(&entry[4]);
+    uint32_t instructions = 0;
+    switch (unwind & 3) {
+    case 0: {
+      Outcome<std::span<const uint8_t>> xdata = bytesAt(unwind, 4, ".xdata record");
+      if (!xdata) return std::move(xdata).failure();
+      instructions = readLe32(xdata->data()) & 0x3ffff;
+      break;
+    }
+    case 1:
+    case 2: instructions = (unwind >> 2) & 0x7ff; break;
+    default: return fail(".pdata entry ", index, " uses reserved unwind flag 3");
+    }
+    return PdataEntry{begin, begin + uint64_t(instructions) * 4, begin};
+  }
+
+  std::optional<uint64_t> importThunkSlot(std::span<const uint8_t> code, uint64_t rva) const override {
+    if (code.size() < 12) return std::nullopt;
+    uint32_t adrp = readLe32(&code[0]), ldr = readLe32(&code[4]), br = readLe32(&code[8]);
+    // adrp x16, page; ldr x16, [x16, #imm]; br x16
+    if ((adrp & 0x9f00001f) != 0x90000010 || (ldr & 0xffc003ff) != 0xf9400210 || br != 0xd61f0200) return std::nullopt;
+    return readField({FixupKind::A64AdrPage21}, code, rva) +
+           readField({FixupKind::A64LdStLo12, 0, 0, 3}, code.subspan(4), rva + 4);
+  }
+
+  bool hazardousPlacement(std::span<const uint8_t> code, uint64_t rva) const override {
+    constexpr uint32_t kAdrOrAdrpMask = 0x1f000000, kAdrOrAdrp = 0x10000000, kNop = 0xd503201f;
+    auto isAdrOrAdrp = [&](uint64_t offset) {
+      return offset + 4 <= code.size() && (readLe32(code.data() + offset) & kAdrOrAdrpMask) == kAdrOrAdrp;
+    };
+    for (uint64_t offset = 0; offset + 4 <= code.size(); offset += 4) {
+      uint64_t inPage = (rva + offset) & 0xfff;
+      if (inPage != 0xff8 && inPage != 0xffc) continue;
+      if (isAdrOrAdrp(offset) || (readLe32(code.data() + offset) == kNop && isAdrOrAdrp(offset + 4))) return true;
+    }
+    return false;
+  }
+
   Status chooseRedirect(const RedirectSite &site, PatchRedirect &r) const override {
     uint32_t first = site.code.size() >= 4 ? readLe32(site.code.data()) : 0;
     r.entryOffset = isBti(first) ? 4 : 0;

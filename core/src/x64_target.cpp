@@ -97,6 +97,40 @@ public:
            (f.fieldOffset >= 2 && instruction[f.fieldOffset - 2] == 0x0f && (opcode & 0xf0) == 0x80);
   }
 
+  // RUNTIME_FUNCTION {Begin, End, UnwindInfo}. An entry whose UNWIND_INFO is chained describes a
+  // part of the function it chains to (hot/cold splitting, shrink-wrapping).
+  size_t pdataEntrySize() const override { return 12; }
+  Outcome<PdataEntry> readPdataEntry(std::span<const uint8_t> entry, size_t index,
+                                     const RvaReader &bytesAt) const override {
+    constexpr uint8_t kUnwindFlagChainInfo = 0x4;
+    uint32_t begin = readLe32(&entry[0]), end = readLe32(&entry[4]), unwind = readLe32(&entry[8]);
+    if (end <= begin) return fail(".pdata entry ", index, " has end ", hexAddress(end), " <= begin ", hexAddress(begin));
+    uint32_t parent = begin;
+    if (unwind & 1) {
+      // The low bit marks an indirect entry: UnwindData is the RVA of the parent RUNTIME_FUNCTION.
+      Outcome<std::span<const uint8_t>> rf = bytesAt(unwind & ~1u, 12, "chained RUNTIME_FUNCTION");
+      if (!rf) return std::move(rf).failure();
+      parent = readLe32(rf->data());
+    } else {
+      Outcome<std::span<const uint8_t>> header = bytesAt(unwind, 4, "UNWIND_INFO");
+      if (!header) return std::move(header).failure();
+      if (((*header)[0] >> 3) & kUnwindFlagChainInfo) {
+        uint32_t codes = (*header)[2];
+        uint32_t chained = unwind + 4 + ((codes + 1) & ~1u) * 2;
+        Outcome<std::span<const uint8_t>> rf = bytesAt(chained, 12, "chained RUNTIME_FUNCTION");
+        if (!rf) return std::move(rf).failure();
+        parent = readLe32(rf->data());
+      }
+    }
+    return PdataEntry{begin, end, parent};
+  }
+
+  std::optional<uint64_t> importThunkSlot(std::span<const uint8_t> code, uint64_t rva) const override {
+    if (code.size() < 6 || code[0] != 0xff || code[1] != 0x25) return std::nullopt;  // jmp [rip+disp32]
+    return rva + 6 + uint64_t(int64_t(int32_t(readLe32(&code[2]))));
+  }
+  bool hazardousPlacement(std::span<const uint8_t>, uint64_t) const override { return false; }
+
   Status chooseRedirect(const RedirectSite &site, PatchRedirect &r) const override {
     r.entryOffset = site.code.size() >= 4 && std::equal(std::begin(kEndbr64), std::end(kEndbr64), site.code.begin()) ? 4 : 0;
     if (chooseEntry(site, r)) return success();

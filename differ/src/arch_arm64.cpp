@@ -159,31 +159,11 @@ protected:
   }
 
   std::optional<uint64_t> importThunkSlot(ArrayRef<uint8_t> code, uint64_t rva) const override {
-    if (code.size() < 12) return std::nullopt;
-    uint32_t adrp = support::endian::read32le(&code[0]), ldr = support::endian::read32le(&code[4]),
-             br = support::endian::read32le(&code[8]);
-    // adrp x16, page; ldr x16, [x16, #imm]; br x16
-    if ((adrp & 0x9f00001f) != 0x90000010 || (ldr & 0xffc003ff) != 0xf9400210 || br != 0xd61f0200) return std::nullopt;
-    return codec_.readField({FixupKind::A64AdrPage21}, code, rva) +
-           codec_.readField({FixupKind::A64LdStLo12, 0, 0, 3}, code.drop_front(4), rva + 4);
+    return codec_.importThunkSlot(code, rva);
   }
 
   // GNU ld's other fix for erratum 843419 (see isErratumAdr): the load or store after such an ADRP
   // moves to a veneer, `ldr/str ...; b back`, and `b veneer` takes its place.
-  bool hazardousPlacement(ArrayRef<uint8_t> code, uint64_t rva) const override {
-    constexpr uint32_t kAdrOrAdrpMask = 0x1f000000, kAdrOrAdrp = 0x10000000, kNop = 0xd503201f;
-    auto isAdrOrAdrp = [&](uint64_t offset) {
-      return offset + 4 <= code.size() && (support::endian::read32le(code.data() + offset) & kAdrOrAdrpMask) == kAdrOrAdrp;
-    };
-    for (uint64_t offset = 0; offset + 4 <= code.size(); offset += 4) {
-      uint64_t inPage = (rva + offset) & 0xfff;
-      if (inPage != 0xff8 && inPage != 0xffc) continue;
-      if (isAdrOrAdrp(offset) || (support::endian::read32le(code.data() + offset) == kNop && isAdrOrAdrp(offset + 4)))
-        return true;
-    }
-    return false;
-  }
-
   std::optional<uint32_t> outOfLineInstruction(uint64_t pc, uint32_t word, const Image &image) const override {
     constexpr uint32_t kBranchMask = 0xfc000000, kBranch = 0x14000000;
     if ((word & kBranchMask) != kBranch) return std::nullopt;

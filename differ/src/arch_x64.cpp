@@ -60,8 +60,7 @@ protected:
   uint64_t printAddress(uint64_t pc, uint64_t size) const override { return pc + size; }
 
   std::optional<uint64_t> importThunkSlot(ArrayRef<uint8_t> code, uint64_t rva) const override {
-    if (code.size() < 6 || code[0] != 0xff || code[1] != 0x25) return std::nullopt;  // jmp [rip+disp32]
-    return rva + 6 + uint64_t(int64_t(int32_t(llvm::support::endian::read32le(&code[2]))));
+    return machineTarget(Machine::X64).importThunkSlot(code, rva);
   }
 
   // A memory operand is base, scale, index, displacement, segment; fs:/gs: (TLS) and absolute

@@ -996,12 +996,72 @@ private:
                                  describeAddress(patched_.image, r.target), b.note);
           diff.changes.push_back(std::move(c));
         }
-        fb.references.push_back(std::move(b));
+        fb.references.push_back({r.offset, {r.encoding, r.fieldOffset, r.size, r.scale}, r.target, r.offsetFrom,
+                                 r.indexed, std::move(b)});
       }
-      bindWhatAnchorsReach(patched_.references(p), fb.references);
+      bindWhatAnchorsReach(fb.references);
+      fb.outOfLine = outOfLineInstructions(p, decoder);
+      if (fb.base && !fb.splitPart) {
+        fb.baseBranchFloor = internalBranchFloor(*fb.base);
+        fb.baseFill = fillNear(base_.image.functions[*fb.base], decoder);
+      }
       diff.bindings.push_back(std::move(fb));
     }
     bindCarriedData(diff);
+  }
+
+  // The instructions of patched function p that the linker moved out of line, as its decoding
+  // read them.
+  std::vector<OutOfLineInstruction> outOfLineInstructions(size_t p, const InstructionDecoder &decoder) const {
+    std::vector<OutOfLineInstruction> moved;
+    const Function &f = patched_.image.functions[p];
+    llvm::ArrayRef<uint8_t> code = patched_.image.bytesAt(f.range.rva, f.range.size);
+    for (uint32_t offset = 0; offset + 4 <= code.size(); ++offset)
+      if (patched_.instructionAt(p, offset))
+        if (std::optional<uint32_t> word = decoder.outOfLineInstruction(
+                f.range.rva + offset, llvm::support::endian::read32le(&code[offset]), patched_.image))
+          moved.push_back({offset, *word});
+    return moved;
+  }
+
+  // The lowest offset inside base function b that its own branches (and addresses it takes) reach.
+  uint64_t internalBranchFloor(size_t b) const {
+    const AddressRange &range = base_.image.functions[b].range;
+    uint64_t floor = UINT64_MAX;
+    for (const CodeReference &r : base_.references(b))
+      if ((r.kind == ReferenceKind::Branch || r.kind == ReferenceKind::Memory) && range.contains(r.target))
+        floor = std::min(floor, r.target - range.rva);
+    return floor;
+  }
+
+  // The gaps between functions near base function f that decode to padding only (the decoder's
+  // layout noise): see FunctionBindings::baseFill.
+  std::vector<AddressRange> fillNear(const Function &f, InstructionDecoder &decoder) const {
+    constexpr uint64_t kReach = 256;
+    std::vector<AddressRange> fill;
+    const Image &image = base_.image;
+    const Section *section = image.sectionAt(f.range.rva);
+    if (!section || !section->permissions.execute) return fill;
+    uint64_t sectionEnd = section->rva + section->size;
+    uint64_t from = std::max(section->rva, f.range.rva - std::min(f.range.rva, kReach));
+    uint64_t to = std::min(sectionEnd, f.range.end() + kReach);
+    uint64_t lowest = std::max(section->rva, from - std::min(from, kReach)), highest = std::min(sectionEnd, to + kReach);
+    RelocationIndex none;
+    for (uint64_t at = from; at < to;) {
+      if (const Function *owner = image.functionAt(at)) {
+        at = owner->range.end();
+        continue;
+      }
+      uint64_t begin = at, end = at;
+      while (begin > lowest && !image.functionAt(begin - 1)) --begin;
+      while (end < highest && !image.functionAt(end)) ++end;
+      llvm::ArrayRef<uint8_t> gap = image.bytesAt(begin, end - begin);
+      DecodedFunction decoded = decoder.decode(gap, begin, none);
+      if (gap.size() == end - begin && decoded.complete && decoded.instructions == 0)
+        fill.push_back({begin, end - begin});
+      at = end;
+    }
+    return fill;
   }
 
   // What code reaches at an offset from an address it formed (gcc Arm64 section anchors: the
@@ -1011,16 +1071,14 @@ private:
   // Copied constants reached from a constant the base keeps (a new table behind it) would be read
   // from the base's bytes: that anchor is copied too, as far as the code reaches from it, so the
   // offsets land in the copy as in the patched build.
-  void bindWhatAnchorsReach(const ReferenceList &references, std::vector<Binding> &bindings) const {
+  void bindWhatAnchorsReach(std::vector<BoundReference> &references) const {
     using Kind = Binding::Kind;
     std::map<uint64_t, uint64_t> anchorInBase;  // anchor (patched RVA) -> its base RVA
-    for (size_t j = 0; j < references.size(); ++j)
-      if (CodeReference r = references[j]; r.encoding != FixupKind::None && bindings[j].kind == Kind::Base)
-        anchorInBase.try_emplace(r.target, bindings[j].address);
+    for (const BoundReference &r : references)
+      if (r.field.kind != FixupKind::None && r.binding.kind == Kind::Base) anchorInBase.try_emplace(r.target, r.binding.address);
     std::map<uint64_t, uint64_t> reachFromAnchor;  // anchor (patched RVA) -> end of what is reached
-    for (size_t i = 0; i < references.size(); ++i) {
-      CodeReference r = references[i];
-      Binding &reached = bindings[i];
+    for (BoundReference &r : references) {
+      Binding &reached = r.binding;
       if (!r.offsetFrom || (reached.kind != Kind::Constant && reached.kind != Kind::NewData)) continue;
       if (auto anchor = anchorInBase.find(r.offsetFrom); anchor != anchorInBase.end() && reached.address >= r.offsetFrom) {
         uint64_t inBase = anchor->second + (reached.address - r.offsetFrom);
@@ -1035,10 +1093,9 @@ private:
       }
     }
     for (const auto &[anchor, end] : reachFromAnchor)
-      for (size_t j = 0; j < references.size(); ++j)
-        if (CodeReference r = references[j]; r.encoding != FixupKind::None && r.target == anchor &&
-                                             bindings[j].kind == Kind::Base)
-          bindings[j] = {Kind::Constant, anchor, std::max(end, anchor + patched_.naturalExtent(anchor)) - anchor, {}};
+      for (BoundReference &r : references)
+        if (r.field.kind != FixupKind::None && r.target == anchor && r.binding.kind == Kind::Base)
+          r.binding = {Kind::Constant, anchor, std::max(end, anchor + patched_.naturalExtent(anchor)) - anchor, {}};
   }
 
   // Every relocated pointer in the data the patch copies, and in the data those pointers make it
@@ -1052,7 +1109,7 @@ private:
         work.push_back({b.address, b.size});
     };
     for (const FunctionBindings &fb : diff.bindings)
-      for (const Binding &b : fb.references) copies(b);
+      for (const BoundReference &r : fb.references) copies(r.binding);
     if (work.empty()) return;
     std::map<uint64_t, const Relocation *> symbolic;  // symbol + addend pointers, by slot
     for (const Relocation &r : patched_.image.relocations)

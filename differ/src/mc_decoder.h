@@ -76,7 +76,6 @@ protected:
   bool decodeAt(llvm::MCInst &inst, uint64_t &size, llvm::ArrayRef<uint8_t> bytes, uint64_t pc,
                 const RelocationIndex &relocations) const;
   std::optional<uint32_t> outOfLineInstruction(uint64_t, uint32_t, const Image &) const override { return std::nullopt; }
-  bool hazardousPlacement(llvm::ArrayRef<uint8_t>, uint64_t) const override { return false; }
 
   // Shared hashing of plain operands: registers and immediates, skipping `masked`.
   void mixOperands(const llvm::MCInst &inst, DecodeState &state, int maskedA = -1, int maskedB = -1) const;

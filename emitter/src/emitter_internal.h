@@ -97,10 +97,12 @@ std::unique_ptr<ContainerWriter> peWriter();
 
 // Container writers: fill image.file (and image.sizes.file) from the sections and records.
 llvm::Error writeElfContainer(PatchImage &image);
-// The PE writer also needs the builds: the base for its hashes and first bytes, the patched build
-// for the unwind data of the carried functions.
+class PeUnwindCopy;
+// The PE writer also needs the base, for its hashes and first bytes, and the unwind data of the
+// carried functions (pe_unwind.h).
 struct PeContainerInput {
-  const Image *base = nullptr, *patched = nullptr;
+  const Image *base = nullptr;
+  PeUnwindCopy *unwind = nullptr;
   std::map<uint64_t, uint32_t> handlerStubs;  // patched RVA of an exception handler -> its stub in .text
 };
 llvm::Error writePeContainer(PatchImage &image, const PeContainerInput &input);

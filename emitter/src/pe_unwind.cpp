@@ -11,7 +11,7 @@
 #include "pe_unwind.h"
 
 #include "emitter_internal.h"
-#include "hotforge/arch.h"
+#include "hotforge/core/machine_target.h"
 
 #include <fmt/core.h>
 #include <llvm/Object/COFF.h>
@@ -88,10 +88,10 @@ struct Entry {
   const CarriedCode *function = nullptr;
 };
 
-class Copier {
+class Copier final : public PeUnwindCopy {
 public:
-  Copier(const PeUnwindSource &source, llvm::ArrayRef<CarriedCode> carried)
-      : source_(source), dialect_(peUnwindDialect(source.machine)), locator_(carried) {}
+  Copier(PeUnwindSource source, llvm::ArrayRef<CarriedCode> carried)
+      : source_(std::move(source)), dialect_(peUnwindDialect(source_.machine)), locator_(carried) {}
 
   llvm::Error collect() {
     size_t entrySize = dialect_.entrySize();
@@ -139,14 +139,15 @@ public:
     return llvm::Error::success();
   }
 
-  std::vector<uint64_t> handlersOutside() const {
+  std::vector<uint64_t> handlersOutside() const override {
     std::set<uint64_t> out;
     for (const auto &[rva, record] : records_)
       if (record.handler && !locator_.map(*record.handler)) out.insert(*record.handler);
     return {out.begin(), out.end()};
   }
 
-  llvm::Expected<PeUnwindTables> emit(uint32_t pdataRva, uint32_t xdataRva, const std::map<uint64_t, uint32_t> &stubs) {
+  llvm::Expected<PeUnwindTables> emit(uint32_t pdataRva, uint32_t xdataRva,
+                                      const std::map<uint64_t, uint32_t> &stubs) override {
     PeUnwindTables out;
     // .xdata: every record once, 4-aligned, in patched-address order.
     for (auto &[rva, record] : records_) {
@@ -329,7 +330,7 @@ private:
     return llvm::Error::success();
   }
 
-  const PeUnwindSource &source_;
+  PeUnwindSource source_;
   const PeUnwindDialect &dialect_;
   Locator locator_;
   std::vector<Entry> entries_;
@@ -363,13 +364,11 @@ llvm::Expected<PeUnwindSource> peUnwindSourceFor(const Image &patched) {
   }
   const Image *image = &patched;
   source.bytesAt = [image](uint64_t rva, uint64_t size) { return image->bytesAt(rva, size); };
-  llvm::Expected<std::unique_ptr<differ::InstructionDecoder>> decoder = differ::createInstructionDecoder(patched.machine);
-  if (!decoder) return decoder.takeError();
-  std::shared_ptr<differ::InstructionDecoder> thunks = std::move(*decoder);
-  source.nameAt = [image, thunks](uint64_t rva) -> std::optional<std::string> {
+  const MachineTarget *target = &machineTarget(patched.machine);
+  source.nameAt = [image, target](uint64_t rva) -> std::optional<std::string> {
     if (const Function *f = image->functionAt(rva); f && f->range.rva == rva && f->name) return f->name;
     constexpr uint64_t kThunkBytes = 12;
-    if (std::optional<uint64_t> slot = thunks->importThunkSlot(image->bytesAt(rva, kThunkBytes), rva))
+    if (std::optional<uint64_t> slot = target->importThunkSlot(image->bytesAt(rva, kThunkBytes), rva))
       for (const Import &i : image->imports)
         if (i.slotRva == *slot) return i.name;
     return std::nullopt;
@@ -377,19 +376,10 @@ llvm::Expected<PeUnwindSource> peUnwindSourceFor(const Image &patched) {
   return source;
 }
 
-llvm::Expected<std::vector<uint64_t>> peUnwindHandlers(const PeUnwindSource &source,
-                                                       llvm::ArrayRef<CarriedCode> carried) {
-  Copier copier(source, carried);
-  if (llvm::Error e = copier.collect()) return e;
-  return copier.handlersOutside();
-}
-
-llvm::Expected<PeUnwindTables> buildPeUnwind(const PeUnwindSource &source, llvm::ArrayRef<CarriedCode> carried,
-                                             uint32_t pdataRva, uint32_t xdataRva,
-                                             const std::map<uint64_t, uint32_t> &handlerStubs) {
-  Copier copier(source, carried);
-  if (llvm::Error e = copier.collect()) return e;
-  return copier.emit(pdataRva, xdataRva, handlerStubs);
+llvm::Expected<std::unique_ptr<PeUnwindCopy>> readPeUnwind(PeUnwindSource source, std::vector<CarriedCode> carried) {
+  auto copier = std::make_unique<Copier>(std::move(source), carried);
+  if (llvm::Error e = copier->collect()) return e;
+  return copier;
 }
 
 }  // namespace hotforge::emitter

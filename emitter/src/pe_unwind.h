@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <functional>
 #include <map>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -39,23 +40,28 @@ struct PeUnwindSource {
 // Reads the exception directory, names and bytes from a patched PE image.
 llvm::Expected<PeUnwindSource> peUnwindSourceFor(const Image &patched);
 
-// The exception handlers (patched RVAs) that the unwind data of the carried functions names and
-// that lie outside the carried code: each needs a stub in the image that jumps to the base's
-// handler. Fails, with the function and the reason, for unwind data the copier cannot re-aim.
-llvm::Expected<std::vector<uint64_t>> peUnwindHandlers(const PeUnwindSource &source,
-                                                       llvm::ArrayRef<CarriedCode> carried);
-
 struct PeUnwindTables {
   std::vector<uint8_t> pdata;  // sorted by begin address; placed at pdataRva
   std::vector<uint8_t> xdata;  // UNWIND_INFO (x64) / .xdata records (Arm64); placed at xdataRva
   size_t entries = 0;          // RUNTIME_FUNCTION entries in pdata
 };
 
-// Copies the unwind entries of every carried function. `handlerStubs` maps each handler that
-// peUnwindHandlers returned to the image RVA of its stub.
-llvm::Expected<PeUnwindTables> buildPeUnwind(const PeUnwindSource &source, llvm::ArrayRef<CarriedCode> carried,
-                                             uint32_t pdataRva, uint32_t xdataRva,
-                                             const std::map<uint64_t, uint32_t> &handlerStubs);
+// The unwind entries and records of the carried functions, read once from the patched build.
+class PeUnwindCopy {
+public:
+  virtual ~PeUnwindCopy() = default;
+  // The exception handlers (patched RVAs) that the unwind data names and that lie outside the
+  // carried code: each needs a stub in the image that jumps to the base's handler.
+  virtual std::vector<uint64_t> handlersOutside() const = 0;
+  // The tables for the image; `handlerStubs` maps each handler of handlersOutside() to the image
+  // RVA of its stub.
+  virtual llvm::Expected<PeUnwindTables> emit(uint32_t pdataRva, uint32_t xdataRva,
+                                              const std::map<uint64_t, uint32_t> &handlerStubs) = 0;
+};
+
+// Reads the unwind data of every carried function. Fails, with the function and the reason, for
+// unwind data the copier cannot re-aim.
+llvm::Expected<std::unique_ptr<PeUnwindCopy>> readPeUnwind(PeUnwindSource source, std::vector<CarriedCode> carried);
 
 // How one machine lays out PE unwind data: its .pdata entries and its unwind records (x64
 // RUNTIME_FUNCTION + UNWIND_INFO, Arm64 .pdata + .xdata). One per machine, from

@@ -301,16 +301,12 @@ llvm::Expected<Directories> addMetadataSections(PatchImage &image, const PeConta
     d.addressTableSize = imports.addressTableSize;
   }
 
-  llvm::Expected<PeUnwindSource> source = peUnwindSourceFor(*input.patched);
-  if (!source) return source.takeError();
-  std::vector<CarriedCode> carried;
-  for (const PatchFunction &f : image.functions) carried.push_back({f.patchedRva, f.size, f.rva, f.name});
   // First with provisional RVAs for the sizes, then where the tables land.
-  llvm::Expected<PeUnwindTables> sizing = buildPeUnwind(*source, carried, 0, 0, input.handlerStubs);
+  llvm::Expected<PeUnwindTables> sizing = input.unwind->emit(0, 0, input.handlerStubs);
   if (!sizing) return sizing.takeError();
   uint32_t xdataRva = next;
   d.pdataRva = sizing->xdata.empty() ? next : uint32_t(alignTo(next + sizing->xdata.size(), kPageSize));
-  llvm::Expected<PeUnwindTables> unwind = buildPeUnwind(*source, carried, d.pdataRva, xdataRva, input.handlerStubs);
+  llvm::Expected<PeUnwindTables> unwind = input.unwind->emit(d.pdataRva, xdataRva, input.handlerStubs);
   if (!unwind) return unwind.takeError();
   d.pdataSize = uint32_t(unwind->pdata.size());
   if (!unwind->xdata.empty()) addSection(".xdata", std::move(unwind->xdata));
@@ -437,7 +433,7 @@ HeaderFields putHeaders(ByteWriter &w, const PatchImage &image, const std::vecto
 }  // namespace
 
 llvm::Error writePeContainer(PatchImage &image, const PeContainerInput &input) {
-  if (!input.base || !input.patched) return makeError("internal: the PE writer needs the base and the patched build");
+  if (!input.base || !input.unwind) return makeError("internal: the PE writer needs the base and the unwind data");
   if (llvm::Error e = checkPlannedSections(image)) return e;
   llvm::Expected<std::vector<uint32_t>> relocated = resolveInternalFixups(image);
   if (!relocated) return relocated.takeError();
@@ -496,9 +492,10 @@ public:
     if (!source) return plan.refuse(source.takeError());
     std::vector<CarriedCode> carried;
     for (const PatchFunction &f : plan.image().functions) carried.push_back({f.patchedRva, f.size, f.rva, f.name});
-    llvm::Expected<std::vector<uint64_t>> handlers = peUnwindHandlers(*source, carried);
-    if (!handlers) return plan.refuse(handlers.takeError());
-    for (uint64_t handler : *handlers) {
+    llvm::Expected<std::unique_ptr<PeUnwindCopy>> unwind = readPeUnwind(std::move(*source), std::move(carried));
+    if (!unwind) return plan.refuse(unwind.takeError());
+    unwind_ = std::move(*unwind);
+    for (uint64_t handler : unwind_->handlersOutside()) {
       std::optional<uint64_t> inBase = plan.baseCounterpart(handler);
       if (!inBase)
         plan.refuse(rule::kHandlerNotInBase,
@@ -510,10 +507,11 @@ public:
   llvm::Error addUnwindSections(PlannedImage &, uint32_t) override { return llvm::Error::success(); }
 
   llvm::Error write(PlannedImage &plan) override {
-    return writePeContainer(plan.image(), {&plan.base(), &plan.patched(), std::move(handlerStubs_)});
+    return writePeContainer(plan.image(), {&plan.base(), unwind_.get(), std::move(handlerStubs_)});
   }
 
 private:
+  std::unique_ptr<PeUnwindCopy> unwind_;        // read once, by addUnwindCode
   std::map<uint64_t, uint32_t> handlerStubs_;  // patched handler rva -> stub image rva
 };
 

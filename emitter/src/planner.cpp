@@ -2,7 +2,6 @@
 // each redirection, and hands the result to the container writer of the base's format.
 #include "emitter_internal.h"
 
-#include "hotforge/arch.h"
 #include "hotforge/core/machine_target.h"
 
 #include <fmt/core.h>
@@ -19,8 +18,6 @@ namespace hotforge {
 namespace emitter {
 namespace {
 
-using differ::CodeReference;
-
 class Planner final : public PlannedImage {
 public:
   Planner(const Image &base, const Image &patched, const Diff &diff, const BuildOptions &options)
@@ -30,21 +27,16 @@ public:
     if (llvm::Error e = refuseRestarts()) return e;
     if (base_.format != patched_.format || base_.machine != patched_.machine)
       return makeError("the base and the patched build differ in format or machine");
-    llvm::Expected<std::unique_ptr<differ::InstructionDecoder>> decoder = differ::createInstructionDecoder(base_.machine);
-    if (!decoder) return decoder.takeError();
-    decoder_ = std::move(*decoder);
     target_ = &machineTarget(base_.machine);
-    relocations_.imageBase = patched_.imageBase;
-    relocations_.image = &patched_;
-    for (const Relocation &r : patched_.relocations) relocations_.rvas.push_back(r.rva);
-    std::sort(relocations_.rvas.begin(), relocations_.rvas.end());
+    for (const Relocation &r : patched_.relocations) relocated_.push_back(r.rva);
+    std::sort(relocated_.begin(), relocated_.end());
 
     image_.format = base_.format;
     image_.machine = base_.machine;
     image_.sequence = options_.sequence;
     identify();
     layOutCode();
-    if (llvm::Error e = bindReferences()) return e;
+    bindReferences();
     if (llvm::Error e = chooseRedirects()) return e;
     writer_ = containerWriter(image_.format);
     writer_->addUnwindCode(*this);
@@ -114,20 +106,19 @@ private:
       text_.bytes.insert(text_.bytes.end(), code.begin(), code.end());
       functionRva_[f.range.rva] = {rva, f.range.size};
       image_.functions.push_back({f.name, rva, uint32_t(f.range.size), f.range.rva, !fb.base});
-      addBranchIslands(f, rva, code);
+      addBranchIslands(f, rva, fb.references);
     }
   }
 
   // A short branch out of a carried function (gcc's jmp rel8 tail call to a neighbour) cannot
   // reach its target from the image: it is re-aimed at an island right after the function, a
   // jmp rel32 that a fixup aims at the target (as lld's range-extension thunks). bindOne fills it.
-  void addBranchIslands(const Function &f, uint32_t functionRva, llvm::ArrayRef<uint8_t> code) {
-    differ::DecodedFunction decoded = decoder_->decode(code, f.range.rva, relocations_);
-    for (const CodeReference &r : decoded.references) {
-      std::optional<BranchIsland> island = target_->islandFor(r.encoding);
+  void addBranchIslands(const Function &f, uint32_t functionRva, const std::vector<BoundReference> &references) {
+    for (const BoundReference &r : references) {
+      std::optional<BranchIsland> island = target_->islandFor(r.field.kind);
       if (!island || f.range.contains(r.target)) continue;
       uint32_t at = text_.rva + uint32_t(text_.bytes.size());
-      if (at - (functionRva + r.offset + r.size) > uint32_t(INT8_MAX)) continue;  // bindOne refuses it
+      if (at - (functionRva + r.offset + r.field.instructionSize) > uint32_t(INT8_MAX)) continue;  // bindOne refuses it
       text_.bytes.insert(text_.bytes.end(), island->bytes.begin(), island->bytes.end());
       islands_[functionRva + r.offset] = at;
     }
@@ -138,7 +129,7 @@ private:
   // rule out few.
   void placeSafely(llvm::ArrayRef<uint8_t> code, size_t step) {
     for (size_t tries = 0; tries < kPageSize / step; ++tries) {
-      if (!decoder_->hazardousPlacement(code, text_.rva + text_.bytes.size())) return;
+      if (!target_->hazardousPlacement(code, text_.rva + text_.bytes.size())) return;
       text_.bytes.resize(text_.bytes.size() + step, fillByte());
     }
   }
@@ -227,46 +218,29 @@ private:
     pending_.push_back(fixup);
   }
 
-  llvm::Error bindReferences() {
+  void bindReferences() {
     rodata_.name = ".rodata";
     rodata_.permissions = {true, false, false};
     data_.name = ".data";
     data_.permissions = {true, true, false};
-    std::vector<differ::DecodedFunction> decoded;
+    for (const FunctionBindings &fb : diff_.bindings) keepOffsetsApart(patched_.functions[fb.patched], fb.references);
     for (const FunctionBindings &fb : diff_.bindings) {
       const Function &f = patched_.functions[fb.patched];
-      decoded.push_back(decoder_->decode(patched_.bytesAt(f.range.rva, f.range.size), f.range.rva, relocations_, true));
-      if (decoded.back().references.size() != fb.references.size())
-        return formatError("internal: {} decodes to {} references, the diff bound {}", f.name.value_or("function"),
-                           decoded.back().references.size(), fb.references.size());
-      keepOffsetsApart(f, decoded.back().references, fb.references);
-    }
-    for (size_t k = 0; k < diff_.bindings.size(); ++k) {
-      const FunctionBindings &fb = diff_.bindings[k];
-      const Function &f = patched_.functions[fb.patched];
       uint32_t functionRva = functionRva_[f.range.rva].first;
-      // A branch to an instruction the linker moved out of line carries that instruction instead
-      // (its veneer's way back would lead into the base); the differ decoded it so.
-      for (uint32_t offset : decoded[k].instructionOffsets) {
-        if (offset + 4 > f.range.size) break;
-        uint8_t *word = &text_.bytes[functionRva - text_.rva + offset];
-        if (std::optional<uint32_t> moved = decoder_->outOfLineInstruction(
-                f.range.rva + offset, llvm::support::endian::read32le(word), patched_))
-          llvm::support::endian::write32le(word, *moved);
-      }
-      for (size_t i = 0; i < decoded[k].references.size(); ++i)
-        bindOne(f, functionRva, decoded[k].references[i], fb.references[i]);
+      for (const OutOfLineInstruction &moved : fb.outOfLine)
+        llvm::support::endian::write32le(&text_.bytes[functionRva - text_.rva + moved.offset], moved.word);
+      for (const BoundReference &r : fb.references) bindOne(f, functionRva, r);
     }
     for (const IslandReach &reach : islandReaches_)
-      if (!reachThroughIsland(*reach.function, reach.reference, reach.reached))
+      if (!reachThroughIsland(*reach.function, *reach.reference))
         refuse(rule::kOffsetNotRewritable,
                fmt::format("{} +{:#x}: an offset from an address of {} reaches {}, through an instruction that cannot "
                            "be rewritten to reach it",
-                           reach.function->name.value_or("function"), reach.reference.offset,
-                           reach.reached.kind == Binding::Kind::Base ? "carried data" : "the base",
-                           reach.reached.kind == Binding::Kind::Base ? "data of the base" : "data the patch carries"),
+                           reach.function->name.value_or("function"), reach.reference->offset,
+                           reach.reference->binding.kind == Binding::Kind::Base ? "carried data" : "the base",
+                           reach.reference->binding.kind == Binding::Kind::Base ? "data of the base"
+                                                                                : "data the patch carries"),
                reach.function->name);
-    return llvm::Error::success();
   }
 
   // Code that adds an offset to an address it formed (Arm64 section anchors: ADRP+ADD of the
@@ -278,14 +252,12 @@ private:
   // an island that forms the reached address itself (the differ copies read-only anchors with
   // what they reach, so this is for variables); after an index in a register it cannot, and is
   // refused.
-  void keepOffsetsApart(const Function &f, const std::vector<CodeReference> &references,
-                        const std::vector<Binding> &bindings) {
-    for (size_t i = 0; i < references.size(); ++i) {
-      const CodeReference &r = references[i];
-      if (r.encoding != FixupKind::None || !r.offsetFrom) continue;
-      for (size_t j = 0; j < references.size(); ++j) {
-        if (references[j].encoding == FixupKind::None || references[j].target != r.offsetFrom) continue;
-        const Binding &anchor = bindings[j], &reached = bindings[i];
+  void keepOffsetsApart(const Function &f, const std::vector<BoundReference> &references) {
+    for (const BoundReference &r : references) {
+      if (r.field.kind != FixupKind::None || !r.offsetFrom) continue;
+      for (const BoundReference &former : references) {
+        if (former.field.kind == FixupKind::None || former.target != r.offsetFrom) continue;
+        const Binding &anchor = former.binding, &reached = r.binding;
         using Kind = Binding::Kind;
         bool copied = anchor.kind == Kind::Constant || anchor.kind == Kind::NewData;
         if ((anchor.kind == reached.kind && anchor.address == reached.address) || anchor.kind == Kind::Unbound ||
@@ -313,7 +285,7 @@ private:
                            "address (one in the base, the other in the patch)",
                    f.name);
           else
-            islandReaches_.push_back({&f, r, reached});
+            islandReaches_.push_back({&f, &r});
         }
         // Else the anchor and what it reaches stay in the base: code reads the base's bytes at the
         // offset, as the base's own code does.
@@ -325,7 +297,8 @@ private:
   // An access at an offset from an anchor that lands on data kept elsewhere (the base's, or a
   // copy in the image) becomes a jump to an island that forms that address itself, does the
   // access and jumps back.
-  bool reachThroughIsland(const Function &f, const CodeReference &r, const Binding &reached) {
+  bool reachThroughIsland(const Function &f, const BoundReference &r) {
+    const Binding &reached = r.binding;
     uint32_t site = functionRva_[f.range.rva].first + r.offset;
     std::optional<AccessIsland> island = target_->accessIsland(textAt(site));
     if (!island) return false;
@@ -358,21 +331,23 @@ private:
 
   // Both in the base, at another distance there (the base laid its variables out differently):
   // the copied instruction gets the base's distance.
-  bool reaimOffset(const Function &f, const CodeReference &r, uint64_t distance) {
+  bool reaimOffset(const Function &f, const BoundReference &r, uint64_t distance) {
     return target_->reaimOffset(textAt(functionRva_[f.range.rva].first + r.offset), r.target - r.offsetFrom, distance);
   }
 
-  void bindOne(const Function &f, uint32_t functionRva, const CodeReference &r, const Binding &b) {
+  void bindOne(const Function &f, uint32_t functionRva, const BoundReference &r) {
     std::string where = fmt::format("{} +{:#x}", f.name.value_or(fmt::format("function at {:#x}", f.range.rva)), r.offset);
-    if (r.encoding == FixupKind::None) return;  // follows from another reference
+    const InstructionField &field = r.field;
+    if (field.kind == FixupKind::None) return;  // follows from another reference
+    const Binding &b = r.binding;
     PatchFixup fixup;
     fixup.site = functionRva + r.offset;
-    fixup.fieldOffset = r.fieldOffset;
-    fixup.instructionSize = r.size;
-    fixup.scale = r.scale;
+    fixup.fieldOffset = field.fieldOffset;
+    fixup.instructionSize = field.instructionSize;
+    fixup.scale = field.scale;
     switch (b.kind) {
     case Binding::Kind::Local:
-      if (target_->meaning(r.encoding) == FieldMeaning::Distance) return;  // the function moved whole
+      if (target_->meaning(field.kind) == FieldMeaning::Distance) return;  // the function moved whole
       fixup.space = FixupSpace::Image;
       fixup.target = functionRva + (r.target - f.range.rva);
       break;
@@ -387,7 +362,7 @@ private:
       break;
     }
     case Binding::Kind::Base:
-      if (!target_->reachesBase(r.encoding)) {
+      if (!target_->reachesBase(field.kind)) {
         // Too short a reach to find the base from a mapped image. Plain read-only data travels as
         // a copy (it cannot differ from the base's); otherwise the machine may widen the reference.
         if (const DataObject *o = copyableObjectAt(r.target)) {
@@ -427,9 +402,8 @@ private:
       refuse(rule::kUnboundReference, where + ": " + b.note, f.name);
       return;
     }
-    fixup.kind = r.encoding;
-    InstructionField field{r.encoding, r.fieldOffset, r.size, r.scale};
-    if (std::optional<BranchIsland> island = target_->islandFor(r.encoding)) {
+    fixup.kind = field.kind;
+    if (std::optional<BranchIsland> island = target_->islandFor(field.kind)) {
       auto at = islands_.find(fixup.site);
       if (at == islands_.end()) {
         refuse(rule::kShortBranchNoIsland,
@@ -448,8 +422,8 @@ private:
     pending_.push_back(fixup);
   }
 
-  bool widenToBase(uint32_t functionRva, const CodeReference &r, uint64_t baseTarget) {
-    auto fields = target_->widen(textAt(functionRva), r.offset, {r.encoding, r.fieldOffset, r.size, r.scale});
+  bool widenToBase(uint32_t functionRva, const BoundReference &r, uint64_t baseTarget) {
+    auto fields = target_->widen(textAt(functionRva), r.offset, r.field);
     for (const auto &[offset, field] : fields) {
       PatchFixup f;
       f.site = functionRva + offset;
@@ -466,8 +440,8 @@ private:
     if (!s || s->permissions.write) return nullptr;
     for (const DataObject &d : patched_.dataObjects)
       if (!d.threadLocal && d.sizeKnown && d.range.contains(rva)) {
-        auto r = std::lower_bound(relocations_.rvas.begin(), relocations_.rvas.end(), d.range.rva);
-        return r != relocations_.rvas.end() && *r < d.range.end() ? nullptr : &d;
+        auto r = std::lower_bound(relocated_.begin(), relocated_.end(), d.range.rva);
+        return r != relocated_.end() && *r < d.range.end() ? nullptr : &d;
       }
     return nullptr;
   }
@@ -503,8 +477,8 @@ private:
       r.patchRva = functionRva_[pf.range.rva].first;
       llvm::ArrayRef<uint8_t> code = base_.bytesAt(bf.range.rva, bf.range.size);
       std::string name = r.name.value_or(fmt::format("the function at base rva {:#x}", bf.range.rva));
-      RedirectSite site{code, bf.range.rva, bf.range.size, internalBranchFloor(bf, code),
-                        [this](uint64_t rva, uint32_t bytes) { return isFill(rva, bytes); }, name};
+      RedirectSite site{code, bf.range.rva, bf.range.size, fb.baseBranchFloor,
+                        [&fb](uint64_t rva, uint32_t bytes) { return isFill(fb.baseFill, rva, bytes); }, name};
       if (Status chosen = target_->chooseRedirect(site, r); !chosen) {
         refuse(rule::kRedirectDoesNotFit, chosen.error(), r.name);
         continue;
@@ -526,37 +500,10 @@ private:
     return llvm::Error::success();
   }
 
-  // The lowest offset inside the function that its own branches jump to (after the entry).
-  uint64_t internalBranchFloor(const Function &f, llvm::ArrayRef<uint8_t> code) {
-    differ::RelocationIndex none;
-    differ::DecodedFunction decoded = decoder_->decode(code, f.range.rva, none);
-    uint64_t floor = UINT64_MAX;
-    for (const CodeReference &r : decoded.references)
-      if ((r.kind == differ::ReferenceKind::Branch || r.kind == differ::ReferenceKind::Memory) &&
-          f.range.contains(r.target))
-        floor = std::min(floor, r.target - f.range.rva);
-    return floor;
-  }
-
-  // Whether the `bytes` bytes at `rva` are fill that no function owns: the whole gap between
-  // functions that holds them decodes to padding only (int3, nops; the decoder's layout noise).
-  bool isFill(uint64_t rva, uint32_t bytes) {
-    constexpr uint64_t kMaxGap = 256;
-    const Section *section = base_.sectionAt(rva);
-    if (!section || !section->permissions.execute || rva + bytes > section->rva + section->size) return false;
-    for (uint64_t at = rva; at < rva + bytes; ++at)
-      if (base_.functionAt(at)) return false;
-    uint64_t begin = rva, end = rva + bytes;
-    while (begin > section->rva && rva - begin < kMaxGap && !base_.functionAt(begin - 1)) --begin;
-    while (end < section->rva + section->size && end - rva < kMaxGap && !base_.functionAt(end)) ++end;
-    auto [known, added] = fillGaps_.try_emplace({begin, end}, false);
-    if (added) {
-      differ::RelocationIndex none;
-      llvm::ArrayRef<uint8_t> gap = base_.bytesAt(begin, end - begin);
-      differ::DecodedFunction decoded = decoder_->decode(gap, begin, none);
-      known->second = gap.size() == end - begin && decoded.complete && decoded.instructions == 0;
-    }
-    return known->second;
+  // Whether the `bytes` bytes at base rva `rva` lie in the fill the diff found near a function.
+  static bool isFill(const std::vector<AddressRange> &fill, uint64_t rva, uint32_t bytes) {
+    return std::any_of(fill.begin(), fill.end(),
+                       [&](const AddressRange &run) { return rva >= run.rva && rva + bytes <= run.end(); });
   }
 
   // The index of a new import in the image's import table (in order of first use).
@@ -710,9 +657,8 @@ private:
   const Image &base_, &patched_;
   const Diff &diff_;
   BuildOptions options_;
-  std::unique_ptr<differ::InstructionDecoder> decoder_;
   const MachineTarget *target_ = nullptr;
-  differ::RelocationIndex relocations_;
+  std::vector<uint64_t> relocated_;  // RVAs of the patched build's relocations, sorted
   PatchImage image_;
   PatchSection text_, rodata_, data_;
   uint64_t bssSize_ = 0;
@@ -720,8 +666,7 @@ private:
   std::map<std::pair<uint64_t, bool>, uint32_t> blobs_;
   struct IslandReach {
     const Function *function;
-    CodeReference reference;
-    Binding reached;
+    const BoundReference *reference;  // its binding: what it reaches
   };
   std::vector<IslandReach> islandReaches_;  // accesses from anchors to data kept apart, rewritten after binding
   std::map<uint64_t, uint64_t> copyReach_;  // patched rva of a copied anchor -> end of what code reaches from it
@@ -729,7 +674,6 @@ private:
   std::vector<PatchFixup> pending_;
   std::vector<Refusal> problems_;
   std::unique_ptr<ContainerWriter> writer_;
-  std::map<std::pair<uint64_t, uint64_t>, bool> fillGaps_;  // base gap [begin, end) -> all padding
   std::map<uint32_t, uint32_t> islands_;                    // image rva of a short branch out -> its island
   std::map<uint32_t, uint32_t> importStubs_;                // import index -> its stub's image rva
 };

@@ -31,41 +31,29 @@ Expected<ArrayRef<uint8_t>> bytesAtRva(const COFFObjectFile &coff, uint32_t rva,
   return bytes;
 }
 
-constexpr uint8_t kUnwindFlagChainInfo = 0x4;
-
-// x64 .pdata: RUNTIME_FUNCTION {Begin, End, UnwindInfo}. An entry whose UNWIND_INFO is chained
-// describes a part of the function it chains to (hot/cold splitting, shrink-wrapping), so it is
-// folded into that function rather than listed as one of its own.
-Error readPdataX64(const COFFObjectFile &coff, ArrayRef<uint8_t> table, FunctionTableBuilder &functions) {
-  struct Entry {
-    uint32_t begin, end, parent;
+// The functions of the exception directory (.pdata), whose entries the machine target reads. An
+// entry chained to another describes a part of that entry's function, so it is folded into that
+// function rather than listed as one of its own.
+Error readExceptionDirectory(const COFFObjectFile &coff, Machine machine, FunctionTableBuilder &functions) {
+  const data_directory *directory = coff.getDataDirectory(COFF::EXCEPTION_TABLE);
+  if (!directory || !directory->Size) return Error::success();
+  Expected<ArrayRef<uint8_t>> table =
+      bytesAtRva(coff, directory->RelativeVirtualAddress, directory->Size, "exception directory (.pdata)");
+  if (!table) return table.takeError();
+  const MachineTarget &target = machineTarget(machine);
+  RvaReader bytesAt = [&coff](uint32_t rva, uint32_t size, const char *what) -> Outcome<std::span<const uint8_t>> {
+    Expected<ArrayRef<uint8_t>> bytes = bytesAtRva(coff, rva, size, what);
+    if (!bytes) return Failure{errorText(bytes.takeError())};
+    return std::span<const uint8_t>(*bytes);
   };
-  std::vector<Entry> entries;
+  std::vector<PdataEntry> entries;
   std::map<uint32_t, uint32_t> parentOf;
-  for (size_t i = 0; i + 12 <= table.size(); i += 12) {
-    uint32_t begin = read32le(table.data() + i), end = read32le(table.data() + i + 4);
-    uint32_t unwind = read32le(table.data() + i + 8);
-    if (end <= begin) return makeError(".pdata entry " + std::to_string(i / 12) + " has end " + hexOffset(end) +
-                                       " <= begin " + hexOffset(begin));
-    uint32_t parent = begin;
-    if (unwind & 1) {
-      // The low bit marks an indirect entry: UnwindData is the RVA of the parent RUNTIME_FUNCTION.
-      Expected<ArrayRef<uint8_t>> rf = bytesAtRva(coff, unwind & ~1u, 12, "chained RUNTIME_FUNCTION");
-      if (!rf) return rf.takeError();
-      parent = read32le(rf->data());
-    } else {
-      Expected<ArrayRef<uint8_t>> header = bytesAtRva(coff, unwind, 4, "UNWIND_INFO");
-      if (!header) return header.takeError();
-      if (((*header)[0] >> 3) & kUnwindFlagChainInfo) {
-        uint32_t codes = (*header)[2];
-        uint32_t chained = unwind + 4 + ((codes + 1) & ~1u) * 2;
-        Expected<ArrayRef<uint8_t>> rf = bytesAtRva(coff, chained, 12, "chained RUNTIME_FUNCTION");
-        if (!rf) return rf.takeError();
-        parent = read32le(rf->data());
-      }
-    }
-    entries.push_back({begin, end, parent});
-    parentOf[begin] = parent;
+  size_t entrySize = target.pdataEntrySize();
+  for (size_t i = 0; i + entrySize <= table->size(); i += entrySize) {
+    Outcome<PdataEntry> entry = target.readPdataEntry(table->slice(i, entrySize), i / entrySize, bytesAt);
+    if (!entry) return makeError(entry.error());
+    entries.push_back(*entry);
+    parentOf[entry->begin] = entry->parent;
   }
   auto root = [&](uint32_t begin) {
     for (int depth = 0; depth < 32; ++depth) {
@@ -75,44 +63,11 @@ Error readPdataX64(const COFFObjectFile &coff, ArrayRef<uint8_t> table, Function
     }
     return begin;
   };
-  for (const Entry &e : entries)
+  for (const PdataEntry &e : entries)
     if (e.parent == e.begin) functions.add(e.begin, e.end - e.begin, std::nullopt, FunctionSource::Pdata);
-  for (const Entry &e : entries)
+  for (const PdataEntry &e : entries)
     if (e.parent != e.begin) functions.addPart(root(e.begin), {e.begin, e.end - e.begin});
   return Error::success();
-}
-
-// Arm64 .pdata: {Begin, UnwindData}. The low two bits of UnwindData say whether it is packed
-// (1: function, 2: fragment without prologue) with the length in bits 2..12, or the RVA of an
-// .xdata record whose first word holds the length in bits 0..17. Lengths count instructions.
-Error readPdataArm64(const COFFObjectFile &coff, ArrayRef<uint8_t> table, FunctionTableBuilder &functions) {
-  for (size_t i = 0; i + 8 <= table.size(); i += 8) {
-    uint32_t begin = read32le(table.data() + i), unwind = read32le(table.data() + i + 4);
-    uint32_t instructions = 0;
-    switch (unwind & 3) {
-    case 0: {
-      Expected<ArrayRef<uint8_t>> xdata = bytesAtRva(coff, unwind, 4, ".xdata record");
-      if (!xdata) return xdata.takeError();
-      instructions = read32le(xdata->data()) & 0x3ffff;
-      break;
-    }
-    case 1:
-    case 2: instructions = (unwind >> 2) & 0x7ff; break;
-    default:
-      return makeError(".pdata entry " + std::to_string(i / 8) + " uses reserved unwind flag 3");
-    }
-    functions.add(begin, uint64_t(instructions) * 4, std::nullopt, FunctionSource::Pdata);
-  }
-  return Error::success();
-}
-
-Error readExceptionDirectory(const COFFObjectFile &coff, Machine machine, FunctionTableBuilder &functions) {
-  const data_directory *directory = coff.getDataDirectory(COFF::EXCEPTION_TABLE);
-  if (!directory || !directory->Size) return Error::success();
-  Expected<ArrayRef<uint8_t>> table =
-      bytesAtRva(coff, directory->RelativeVirtualAddress, directory->Size, "exception directory (.pdata)");
-  if (!table) return table.takeError();
-  return machine == Machine::X64 ? readPdataX64(coff, *table, functions) : readPdataArm64(coff, *table, functions);
 }
 
 Error readExports(const COFFObjectFile &coff, FunctionTableBuilder &functions, std::vector<DataObject> &data,

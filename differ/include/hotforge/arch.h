@@ -118,19 +118,14 @@ public:
   // Counted instruction `index` (same indexing as DecodedFunction) with its text, or nothing past
   // the end; only that one is printed.
   virtual std::optional<InstructionText> instructionAt(llvm::ArrayRef<uint8_t> code, uint64_t rva, uint32_t index) = 0;
-  // When `code` (at `rva`) starts with an import thunk, the slot it jumps through: x64
-  // `jmp [rip+slot]`, Arm64 `adrp x16, slot; ldr x16, [x16, :lo12:slot]; br x16` (the stubs
-  // lld-link and link.exe put into .text for imports called without dllimport).
+  // When `code` (at `rva`) starts with an import thunk, the slot it jumps through
+  // (MachineTarget::importThunkSlot).
   virtual std::optional<uint64_t> importThunkSlot(llvm::ArrayRef<uint8_t> code, uint64_t rva) const = 0;
   // When the instruction at `pc` (encoded `word`) branches to a linker veneer that holds one
   // instruction of the function out of line and returns right after the branch (Arm64: GNU ld's
   // Cortex-A53 erratum 843419 fix), the encoding of that instruction. Decoding reads the branch as
   // that instruction; the emitter carries that instruction in the branch's place.
   virtual std::optional<uint32_t> outOfLineInstruction(uint64_t pc, uint32_t word, const Image &image) const = 0;
-  // Whether `code` placed at `rva` puts an instruction where the CPU may execute it wrongly, so
-  // the emitter places it elsewhere (Arm64: an ADRP, or an ADR or NOP+ADR the emitter may turn
-  // into one, at page offset 0xff8 or 0xffc, Cortex-A53 erratum 843419).
-  virtual bool hazardousPlacement(llvm::ArrayRef<uint8_t> code, uint64_t rva) const = 0;
   // Same, with every address operand the decoder resolves printed as its name (`call png_free`,
   // `lea rdi, [rip + table+0x8]`), so that code which only moved prints the same on both sides.
   // Targets the namer has no name for keep their number.

@@ -3,6 +3,7 @@
 // are compared symbolically, so code that merely moved is not a change.
 #pragma once
 
+#include "hotforge/core/machine_target.h"
 #include "hotforge/image.h"
 
 #include <llvm/Support/Error.h>
@@ -86,13 +87,45 @@ struct Binding {
 };
 std::string_view bindingKindName(Binding::Kind kind);
 
-// Bindings of one function the patch carries, parallel to the references the architecture's
-// decoder reports for it.
+// One reference of carried code as the emitter writes it (as Zucchini's reference readers hand
+// references to a generic writer): where its address lives in the function's bytes, what it
+// reaches in the patched build, and where that must be once the patch is loaded.
+struct BoundReference {
+  uint32_t offset = 0;     // of its instruction, from the function's start
+  InstructionField field;  // kind None: no field of its own (it adds an offset to `offsetFrom`)
+  uint64_t target = 0;     // patched RVA
+  // The address an earlier reference formed that this one adds an offset to (Arm64 section
+  // anchors: ADRP+ADD of the anchor, then ADD or LDR/STR #off): the emitter keeps the two the
+  // same distance apart. 0: none.
+  uint64_t offsetFrom = 0;
+  // With offsetFrom: an index was added to that address in a register before the offset, so the
+  // access lands at target plus the index (target is where index 0 lands).
+  bool indexed = false;
+  Binding binding;
+};
+
+// An instruction the linker moved out of line (Arm64, GNU ld's erratum 843419 fix: `b veneer`
+// where the veneer holds the instruction and branches back): the patch carries the instruction
+// in the branch's place, as the differ read it, since the veneer's way back leads into the base.
+struct OutOfLineInstruction {
+  uint32_t offset = 0;  // of the branch, from the function's start
+  uint32_t word = 0;    // the instruction it stands for
+};
+
+// Everything the emitter needs of one function the patch carries; it decodes no code itself.
 struct FunctionBindings {
   size_t patched = 0;  // index into the patched Image's functions
   std::optional<size_t> base;  // its base counterpart, for changed functions
   bool splitPart = false;      // a part (.cold) entered only from its function: never redirected
-  std::vector<Binding> references;
+  std::vector<BoundReference> references;  // in instruction order
+  std::vector<OutOfLineInstruction> outOfLine;
+  // For a function whose base counterpart is redirected (`base` set, not a split part): the
+  // lowest offset after the entry that the base function's own branches reach (UINT64_MAX: none),
+  // and the fill near it in the base, where a redirect may put a jump: byte ranges of its code
+  // section that no function owns and that hold padding only (int3, nops), within 256 bytes of
+  // it (a run that crosses that edge is taken whole up to 256 bytes further).
+  uint64_t baseBranchFloor = UINT64_MAX;
+  std::vector<AddressRange> baseFill;
 };
 
 struct DiffSummary {

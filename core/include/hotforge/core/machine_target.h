@@ -70,6 +70,17 @@ struct RedirectSite {
   std::string name;  // for refusals
 };
 
+// One entry of a PE exception directory (.pdata) as a reader lists functions: the code
+// [begin, end) it covers and the begin of the entry it unwinds as part of (its own begin unless
+// it is chained to another).
+struct PdataEntry {
+  uint32_t begin = 0;
+  uint64_t end = 0;
+  uint32_t parent = 0;
+};
+// The image's bytes at [rva, rva + size), or why not (the message names them `what`).
+using RvaReader = std::function<Outcome<std::span<const uint8_t>>(uint32_t rva, uint32_t size, const char *what)>;
+
 class MachineTarget {
 public:
   virtual ~MachineTarget() = default;
@@ -82,6 +93,12 @@ public:
   virtual uint32_t hotPatchBaseMachine() const = 0;  // IMAGE_HOT_PATCH_BASE machine flag
   // How near the base a loader maps an image, so that direct branches and the fixups reach.
   virtual uint64_t patchReach() const = 0;
+
+  // The PE exception directory (.pdata): the size of an entry, and what entry number `index`
+  // (its bytes) covers; its unwind data is read through `bytesAt`.
+  virtual size_t pdataEntrySize() const = 0;
+  virtual Outcome<PdataEntry> readPdataEntry(std::span<const uint8_t> entry, size_t index,
+                                             const RvaReader &bytesAt) const = 0;
 
   // The field codec: the one place that knows how each field kind is laid out.
   virtual FieldMeaning meaning(FixupKind kind) const = 0;
@@ -123,6 +140,14 @@ public:
   // Whether a branch with `field` to the base may be out of reach once the image is mapped, so
   // it gets a veneer (an absolute jump) to fall back on.
   virtual bool wantsVeneer(const InstructionField &field, std::span<const uint8_t> instruction) const = 0;
+  // When `code` (at `rva`) starts with an import thunk, the slot it jumps through: x64
+  // `jmp [rip+slot]`, Arm64 `adrp x16, slot; ldr x16, [x16, :lo12:slot]; br x16` (the stubs
+  // lld-link and link.exe put into .text for imports called without dllimport).
+  virtual std::optional<uint64_t> importThunkSlot(std::span<const uint8_t> code, uint64_t rva) const = 0;
+  // Whether `code` placed at `rva` puts an instruction where the CPU may execute it wrongly, so
+  // the emitter places it elsewhere (Arm64: an ADRP, or an ADR or NOP+ADR the emitter may turn
+  // into one, at page offset 0xff8 or 0xffc, Cortex-A53 erratum 843419).
+  virtual bool hazardousPlacement(std::span<const uint8_t> code, uint64_t rva) const = 0;
 
   // The redirect for a base function's entry (kind, entry offset, overwritten bytes), or why it
   // cannot take one.
