@@ -25,7 +25,7 @@ program_scenarios() {
     initval) echo "6" ;;
     exc) echo "11" ;;
     live) echo "14" ;;
-    upd) echo "30 31 32 33 50 51" ;;
+    upd) echo "30 31 32 33 50 51 52" ;;
     entry) echo "40 41 42" ;;
     *) die "unknown program $1" ;;
     esac

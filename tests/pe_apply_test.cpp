@@ -62,6 +62,8 @@ const std::map<int, ScenarioCalls> &scenarioCalls() {
                       "upd_apply_op:0,4", "upd_apply_op:1,5", "upd_apply_op:2,3"})},
       // A handler that only a table points at: the redirect at its entry catches the indirect call.
       {51, stateless({"upd_dispatch:0,4", "upd_dispatch:2,0", "upd_dispatch:2,7", "upd_on_close:-5"})},
+      // A new read-only table: the image copies it (with the base's neighbour on gcc Arm64 ELF).
+      {52, stateless({"upd_band_limit:0", "upd_band_limit:1", "upd_band_limit:2", "upd_band_limit:3", "upd_weight:2"})},
   };
   return calls;
 }

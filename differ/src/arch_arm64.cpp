@@ -53,6 +53,7 @@ struct Arm64Tables : Arm64Opcodes {
     for (auto [name, scale] : scaled) wanted.insert(name);
     for (auto [name, encoding] : pcRelative) wanted.insert(name);
     for (auto [name, scale] : pairs) wanted.insert(name);
+    for (const char *name : kAddRegister) wanted.insert(name);
     auto isUnscaled = [](StringRef name) { return (name.starts_with("LDUR") || name.starts_with("STUR")) && name.ends_with("i"); };
     StringMap<unsigned> byName = mc.opcodesNamed([&](StringRef name) { return wanted.contains(name) || isUnscaled(name); });
     accessScale.assign(mc.instructions->getNumOpcodes(), 0);
@@ -76,6 +77,8 @@ struct Arm64Tables : Arm64Opcodes {
       if (auto it = byName.find(name); it != byName.end()) pairScale[it->second] = scale;
     for (const auto &entry : byName)
       if (isUnscaled(entry.getKey())) unscaled.insert(entry.getValue());
+    for (const char *name : kAddRegister)
+      if (auto it = byName.find(name); it != byName.end()) addRegister.insert(it->second);
     for (unsigned reg = 1; reg < mc.registers->getNumRegs(); ++reg) {
       StringRef name = mc.registers->getName(reg);
       if (name == "SP" || name == "WSP" || name == "FP" || name == "X29") notFieldBases.insert(reg);
@@ -90,6 +93,9 @@ struct Arm64Tables : Arm64Opcodes {
   std::vector<bool> hasPcRelative;   // by opcode: it has a PC-relative operand
   std::unordered_map<unsigned, unsigned> pairScale;  // opcode -> access size
   std::unordered_set<unsigned> unscaled, notFieldBases;  // LDUR/STUR opcodes; sp and x29
+  // ADD Xd, Xn, Xm{, shift} and ADD Xd, Xn, Wm{, extend}: an index added to an address.
+  static constexpr const char *kAddRegister[] = {"ADDXrs", "ADDXrx", "ADDXrx64"};
+  std::unordered_set<unsigned> addRegister;
   unsigned zeroRegister = 0, framePointer = 0;
   std::unordered_map<unsigned, FixupKind> pcRelativeEncoding;
 };
@@ -391,6 +397,7 @@ protected:
         // An offset from an address an earlier ADD formed: follows from that reference.
         state.add(index, ReferenceKind::Memory, effect.target, FixupKind::None);
         state.references.back().offsetFrom = effect.producer.value;
+        state.references.back().indexed = effect.producer.indexed;
         return;
       }
       // Every ADRP that can reach here is re-aimed at this consumer's target too (one reference
@@ -426,6 +433,7 @@ private:
     SmallVector<std::pair<uint32_t, uint32_t>, 2> producers = {};
     bool conflict = false;  // ways into a block disagree: not known, and stays so
     unsigned reloadedFrom = 0;  // a page: the stack slot it was last reloaded from, if any
+    bool indexed = false;  // an address plus an index held in a register: value is index 0's
   };
   // Register (or stack slot) -> the address it holds, sorted by key. It holds a handful of
   // entries and the data flow copies it at every block: a small vector, not a tree of nodes.
@@ -510,11 +518,25 @@ private:
         uint64_t imm = uint64_t(inst.getOperand(2).getImm());
         uint64_t target = isAdd ? base->second.value + (imm << (inst.getNumOperands() > 3 ? inst.getOperand(3).getImm() : 0))
                                 : base->second.value + imm * scale;
-        Effect effect{Effect::Consumer, 2, target, base->second, isAdd ? 0 : scale};
+        // An offset after an index stays in the shape: only the address it is added to moves.
+        bool indexed = base->second.indexed;
+        Effect effect{Effect::Consumer, indexed ? -1 : 2, target, base->second, isAdd ? 0 : scale};
         killDefinitions(inst, desc, known);
-        if (isAdd) known[inst.getOperand(0).getReg()] = {target, false, {}};
+        if (isAdd) known[inst.getOperand(0).getReg()] = {target, false, {}, false, 0, indexed};
         return effect;
       }
+    }
+    // ADD Xd, Xn, index: Xd holds Xn's address plus an index. gcc reaches the objects of a
+    // section anchor's block so (&anchor + index, then a load at the object's offset).
+    if (tables_.addRegister.count(inst.getOpcode()) && inst.getNumOperands() >= 3 && inst.getOperand(1).isReg() &&
+        inst.getOperand(2).isReg()) {
+      std::optional<KnownAddress> indexed;
+      if (auto base = known.find(inst.getOperand(1).getReg());
+          base != known.end() && !base->second.conflict && !base->second.isPage)
+        indexed = KnownAddress{base->second.value, false, {}, false, 0, true};
+      killDefinitions(inst, desc, known);
+      if (indexed) known[inst.getOperand(0).getReg()] = *indexed;
+      return {};
     }
     // A page spilled to the stack (str Xt, [sp|x29, #imm]) and reloaded (ldr Xt, [sp|x29, #imm]).
     if ((inst.getOpcode() == tables_.storeX || inst.getOpcode() == tables_.loadX) && inst.getNumOperands() == 3 &&
@@ -576,7 +598,8 @@ private:
         if (!mine.isPage) conflict(mine);
         continue;
       }
-      if (theirs->second.conflict || theirs->second.value != mine.value || theirs->second.isPage != mine.isPage) {
+      if (theirs->second.conflict || theirs->second.value != mine.value || theirs->second.isPage != mine.isPage ||
+          theirs->second.indexed != mine.indexed) {
         conflict(mine);
         continue;
       }

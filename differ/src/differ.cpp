@@ -987,9 +987,33 @@ private:
         }
         fb.references.push_back(std::move(b));
       }
+      copyAnchorsWithWhatTheyReach(patched_.references(p), fb.references);
       diff.bindings.push_back(std::move(fb));
     }
     bindCarriedData(diff);
+  }
+
+  // Code that reaches copied constants at an offset from an address it formed for a constant the
+  // base keeps (gcc Arm64 section anchors: the block's first object, then a new table behind it)
+  // would read the base's bytes there: the anchor is copied too, as far as the code reaches from
+  // it, so the offsets land in the copy as in the patched build.
+  void copyAnchorsWithWhatTheyReach(const ReferenceList &references, std::vector<Binding> &bindings) const {
+    using Kind = Binding::Kind;
+    std::map<uint64_t, uint64_t> reachFromAnchor;  // anchor (patched RVA) -> end of what is reached
+    for (size_t i = 0; i < references.size(); ++i) {
+      CodeReference r = references[i];
+      const Binding &reached = bindings[i];
+      if (r.offsetFrom && reached.kind == Kind::Constant && reached.address >= r.offsetFrom &&
+          patched_.isReadOnly(r.offsetFrom)) {
+        uint64_t &end = reachFromAnchor[r.offsetFrom];
+        end = std::max(end, reached.address + reached.size);
+      }
+    }
+    for (const auto &[anchor, end] : reachFromAnchor)
+      for (size_t j = 0; j < references.size(); ++j)
+        if (CodeReference r = references[j]; r.encoding != FixupKind::None && r.target == anchor &&
+                                             bindings[j].kind == Kind::Base)
+          bindings[j] = {Kind::Constant, anchor, std::max(end, anchor + patched_.naturalExtent(anchor)) - anchor, {}};
   }
 
   // Every relocated pointer in the data the patch copies, and in the data those pointers make it

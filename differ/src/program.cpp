@@ -254,16 +254,14 @@ void Program::indexReferences() {
   uint64_t sectionsEnd = 0;
   for (const Section &s : image.sections)
     if (s.loaded) sectionsEnd = std::max(sectionsEnd, s.rva + s.size);
-  for (const CodeChunk &chunk : chunks_) {
+  // An indexed access's target is where index 0 lands, no start of anything.
+  for (const CodeChunk &chunk : chunks_)
     for (const PackedReference &r : chunk.references)
-      if (r.target() < sectionsEnd) referenced.add(r.target());
-    for (uint64_t target : chunk.targets)
-      if (target < sectionsEnd) referenced.add(target);
-  }
+      if (r.target() < sectionsEnd && !r.indexed()) referenced.add(r.target());
   for (size_t i = 0; i < code.size(); ++i)
-    if (code[i].copiedFrom != FunctionCode::kOwnCode && code[i].firstReference == FunctionCode::kSameTargets)
+    if (code[i].copiedFrom != FunctionCode::kOwnCode)
       for (const CodeReference &r : references(i))
-        if (r.target < sectionsEnd) referenced.add(r.target);
+        if (r.target < sectionsEnd && !r.indexed) referenced.add(r.target);
   dropUnreachedDiscoveries();
   findSplitParts();
 }

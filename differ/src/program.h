@@ -93,20 +93,21 @@ public:
       : target_(r.target), offset_(r.offset), instruction_(r.instruction),
         offsetFromDistance_(r.offsetFrom ? int32_t(r.target - r.offsetFrom) : 0), kind_(uint32_t(r.kind)),
         encoding_(uint32_t(r.encoding)), size_(r.size), fieldOffset_(r.fieldOffset), scale_(r.scale),
-        hasOffsetFrom_(r.offsetFrom != 0) {}
+        hasOffsetFrom_(r.offsetFrom != 0), indexed_(r.indexed) {}
   uint64_t target() const { return target_; }
+  bool indexed() const { return indexed_; }
   CodeReference unpacked() const {
     return {.instruction = instruction_, .kind = ReferenceKind(kind_), .size = uint8_t(size_),
             .fieldOffset = uint8_t(fieldOffset_), .scale = uint8_t(scale_), .target = target_, .offset = offset_,
             .encoding = FixupKind(encoding_),
-            .offsetFrom = hasOffsetFrom_ ? target_ - uint64_t(int64_t(offsetFromDistance_)) : 0};
+            .offsetFrom = hasOffsetFrom_ ? target_ - uint64_t(int64_t(offsetFromDistance_)) : 0, .indexed = indexed_ != 0};
   }
 
 private:
   uint64_t target_;
   uint32_t offset_, instruction_;
   int32_t offsetFromDistance_;
-  uint32_t kind_ : 3, encoding_ : 4, size_ : 5, fieldOffset_ : 5, scale_ : 3, hasOffsetFrom_ : 1;
+  uint32_t kind_ : 3, encoding_ : 4, size_ : 5, fieldOffset_ : 5, scale_ : 3, hasOffsetFrom_ : 1, indexed_ : 1;
   static_assert(uint32_t(FixupKind::X64Rel8) < 16, "encoding_ holds every FixupKind in 4 bits");
 };
 

@@ -46,6 +46,8 @@ inline constexpr const char *kHandlerDataNotReaimed = "HF412";
 inline constexpr const char *kUnwindNotCarried = "HF413";
 // One Arm64 ADRP would have to point at two pages.
 inline constexpr const char *kSharedPageSplits = "HF414";
+// An indexed access from an anchor lands on data kept apart from the anchor.
+inline constexpr const char *kIndexedOffsetSplits = "HF415";
 }  // namespace rule
 
 // One refusal as an error (the planner gathers them all before it refuses).

@@ -257,12 +257,14 @@ private:
       for (size_t i = 0; i < decoded[k].references.size(); ++i)
         bindOne(f, functionRva, decoded[k].references[i], fb.references[i]);
     }
-    for (const BaseReach &reach : baseReaches_)
-      if (!reachBaseThroughIsland(*reach.function, reach.reference, reach.baseTarget))
+    for (const IslandReach &reach : islandReaches_)
+      if (!reachThroughIsland(*reach.function, reach.reference, reach.reached))
         refuse(rule::kOffsetNotRewritable,
-               fmt::format("{} +{:#x}: an offset from carried data reaches data of the base, through an instruction "
-                           "that cannot be rewritten to reach it",
-                           reach.function->name.value_or("function"), reach.reference.offset),
+               fmt::format("{} +{:#x}: an offset from an address of {} reaches {}, through an instruction that cannot "
+                           "be rewritten to reach it",
+                           reach.function->name.value_or("function"), reach.reference.offset,
+                           reach.reached.kind == Binding::Kind::Base ? "carried data" : "the base",
+                           reach.reached.kind == Binding::Kind::Base ? "data of the base" : "data the patch carries"),
                reach.function->name);
     return llvm::Error::success();
   }
@@ -271,8 +273,11 @@ private:
   // anchor, then ADD #off) reaches the object at that offset with no fixup of its own: it lands
   // wherever the anchor was placed. So a copied anchor is copied together with every object
   // reached from it (copyReach_); an anchor left in the base whose reached object the base holds
-  // at another distance gets that distance in the instruction (reaimOffset); copied constants
-  // from which code reaches data of the base are refused.
+  // at another distance gets that distance in the instruction (reaimOffset). An access from a
+  // copied anchor to data of the base, or from an anchor of the base to copied data, goes through
+  // an island that forms the reached address itself (the differ copies read-only anchors with
+  // what they reach, so this is for variables); after an index in a register it cannot, and is
+  // refused.
   void keepOffsetsApart(const Function &f, const std::vector<CodeReference> &references,
                         const std::vector<Binding> &bindings) {
     for (size_t i = 0; i < references.size(); ++i) {
@@ -298,21 +303,29 @@ private:
                  where + ": an offset from an address in the base reaches data the base holds elsewhere, beyond what "
                          "the instruction can encode",
                  f.name);
-        } else if (copied && reached.kind == Kind::Base) {
+        } else if ((copied && reached.kind == Kind::Base) ||
+                   (anchor.kind == Kind::Base && (reached.kind == Kind::Constant || reached.kind == Kind::NewData))) {
           // gcc's add_sample of scenario 5 on Arm64 reaches the base's g_total at the new
           // g_rejected + 4: in the image that offset would read the bytes after the copy.
-          baseReaches_.push_back({&f, r, reached.address});
+          if (r.indexed)
+            refuse(rule::kIndexedOffsetSplits,
+                   where + ": an access at an offset from an address plus an index lands on data kept apart from that "
+                           "address (one in the base, the other in the patch)",
+                   f.name);
+          else
+            islandReaches_.push_back({&f, r, reached});
         }
-        // Else the anchor stays in the base and code reads the base's bytes at the offset, as the
-        // base's own code does.
+        // Else the anchor and what it reaches stay in the base: code reads the base's bytes at the
+        // offset, as the base's own code does.
         break;  // every reference to the anchor (its ADRP and its ADD) is bound alike
       }
     }
   }
 
-  // An access at an offset from a copied anchor that lands on data of the base becomes a jump to
-  // an island that forms the base address itself, does the access and jumps back.
-  bool reachBaseThroughIsland(const Function &f, const CodeReference &r, uint64_t baseTarget) {
+  // An access at an offset from an anchor that lands on data kept elsewhere (the base's, or a
+  // copy in the image) becomes a jump to an island that forms that address itself, does the
+  // access and jumps back.
+  bool reachThroughIsland(const Function &f, const CodeReference &r, const Binding &reached) {
     uint32_t site = functionRva_[f.range.rva].first + r.offset;
     std::optional<AccessIsland> island = target_->accessIsland(textAt(site));
     if (!island) return false;
@@ -330,8 +343,14 @@ private:
       fixup.site = at + offset;
       fixup.kind = field.kind;
       fixup.scale = field.scale;
-      fixup.target = baseTarget;
-      fixup.space = FixupSpace::Base;
+      if (reached.kind == Binding::Kind::Base) {
+        fixup.target = reached.address;
+        fixup.space = FixupSpace::Base;
+      } else {
+        fixup.target = copyBlob(reached.address, reached.size, reached.kind == Binding::Kind::NewData) +
+                       uint32_t(r.target - reached.address);
+        fixup.space = FixupSpace::Image;
+      }
       pending_.push_back(fixup);
     }
     return true;
@@ -699,12 +718,12 @@ private:
   uint64_t bssSize_ = 0;
   std::map<uint64_t, std::pair<uint32_t, uint64_t>> functionRva_;  // patched rva -> (image rva, size)
   std::map<std::pair<uint64_t, bool>, uint32_t> blobs_;
-  struct BaseReach {
+  struct IslandReach {
     const Function *function;
     CodeReference reference;
-    uint64_t baseTarget;
+    Binding reached;
   };
-  std::vector<BaseReach> baseReaches_;  // accesses from copied anchors to the base, rewritten after binding
+  std::vector<IslandReach> islandReaches_;  // accesses from anchors to data kept apart, rewritten after binding
   std::map<uint64_t, uint64_t> copyReach_;  // patched rva of a copied anchor -> end of what code reaches from it
   std::vector<JumpTableEntry> jumpTableEntries_;
   std::vector<PatchFixup> pending_;

@@ -13,7 +13,10 @@
  *     to new functions): the copied tables need a fixup per pointer.
  * 51: the fixed function is a callback that nothing calls directly: only a table of handlers
  *     points at it (as vtables and ops structs do). Stripped, nothing but that table's slot
- *     tells which base function it replaces. */
+ *     tells which base function it replaces.
+ * 52: a fix that looks up a new read-only table placed right after an existing one: gcc Arm64
+ *     reaches both through one section anchor, the new one at an offset from the old one's
+ *     address after indexing it in a register. */
 #include "hf.h"
 #include "upd.h"
 
@@ -260,4 +263,33 @@ HF_API HF_NOINLINE int upd_dispatch(int event, int v)
     if (event < 0 || event >= 3)
         return -1;
     return upd_handlers[event](v);
+}
+
+/* ---- scenario 52 ------------------------------------------------------------------------ */
+/* Read-only and unchanged in every variant. Static, so gcc Arm64 reaches it through the
+ * translation unit's .rodata section anchor, of which it is the first object. Its last byte is
+ * not zero: an unnamed constant's extent leaves out zeros before an aligned neighbour, and the
+ * neighbour differs between variants (docs/differ.md). */
+static const short upd_weights[] = {3, 5, 7, -11};
+
+HF_API HF_NOINLINE int upd_weight(int i)
+{
+    return i < 0 || i >= 4 ? 0 : upd_weights[i];
+}
+
+#if HF_FIX == 52
+/* Laid out after upd_weights in the same anchor block: gcc forms &upd_weights, adds the index
+ * in a register and loads at +10, the offset of upd_bands[0].hi from the anchor. */
+static const struct { short lo, hi; } upd_bands[] = {{0, 9}, {10, 99}, {100, 999}};
+#endif
+
+HF_API HF_NOINLINE int upd_band_limit(int band)
+{
+#if HF_FIX == 52
+    if (band < 0 || band >= 3)
+        return -1;
+    return upd_bands[band].hi;
+#else
+    return band == 0 ? 9 : -1;
+#endif
 }

@@ -26,5 +26,7 @@ HF_API int upd_on_open(int v);                             /* 51 a handler, unch
 HF_API int upd_on_data(int v);                             /* 51 a handler, unchanged           */
 HF_API int upd_on_close(int v);                            /* 51 the fixed handler, no callers  */
 HF_API int upd_dispatch(int event, int v);                 /* 51 calls through the table        */
+HF_API int upd_weight(int i);                              /* 52 reads the existing table       */
+HF_API int upd_band_limit(int band);                       /* 52 reads the new table            */
 
 #endif

@@ -25,6 +25,9 @@ static void run_scenarios(void)
     HF_OUT("s51 upd_dispatch(0,4)=%d\n", upd_dispatch(HF_IN(0), HF_IN(4)));
     HF_OUT("s51 upd_dispatch(2,0)=%d\n", upd_dispatch(HF_IN(2), HF_IN(0)));
     HF_OUT("s51 upd_dispatch(2,7)=%d\n", upd_dispatch(HF_IN(2), HF_IN(7)));
+    HF_OUT("s52 upd_weight(2)=%d\n", upd_weight(HF_IN(2)));
+    HF_OUT("s52 upd_band_limit(0)=%d\n", upd_band_limit(HF_IN(0)));
+    HF_OUT("s52 upd_band_limit(2)=%d\n", upd_band_limit(HF_IN(2)));
 }
 
 int main(int argc, char **argv)

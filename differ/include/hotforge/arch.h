@@ -40,6 +40,9 @@ struct CodeReference {
   // (Arm64: ADD or LDR/STR from a register an ADRP+ADD set, as section anchors do): that address.
   // The emitter keeps the two the same distance apart. 0: none.
   uint64_t offsetFrom = 0;
+  // With offsetFrom: an index was added to that address in a register before the offset, so the
+  // access lands at target plus the index (target is where index 0 lands).
+  bool indexed = false;
 };
 
 // One function reduced to what "unchanged" means: the shape (opcodes and every operand that does
