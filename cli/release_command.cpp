@@ -51,8 +51,7 @@ public:
       std::fflush(stderr);
       return;
     }
-    bool notable = p.line.find("FAILED") != std::string::npos || p.line.find("NEEDS RESTART") != std::string::npos;
-    if (notable) fmt::print(stderr, "\r\033[K{} {}\n", counter, printableText(p.line));
+    if (p.notable) fmt::print(stderr, "\r\033[K{} {}\n", counter, printableText(p.line));
     unsigned width = 80;
     struct winsize ws {};
     if (ioctl(STDERR_FILENO, TIOCGWINSZ, &ws) == 0 && ws.ws_col > 20) width = ws.ws_col;

@@ -106,6 +106,41 @@ TEST(Loader, RefusalsLeaveTheProcessRunningUnchanged) {
   EXPECT_EQ(seen.find_first_not_of('B'), std::string::npos) << seen;
 }
 
+// A unit with images for several programs (as `release` packs them): apply takes the image whose
+// baseline the process runs and skips the others, by the kind of the refusal, not its text.
+TEST(Loader, AReleaseUnitAppliesTheImageThatFitsAndSkipsTheOthers) {
+  const std::string base = sample("elf-x64-gcc", "base");
+  Unit fits = makeUnit(base, sample("elf-x64-gcc", "fix14"), "release-unit");
+  Unit clang = makeUnit(sample("elf-x64-clang", "base"), sample("elf-x64-clang", "fix14"), "release-unit-clang");
+  std::string dir = tempDir(), key = dir + "/release-unit-key.pem";
+  std::string both = dir + "/release-unit-both.hfu", neither = dir + "/release-unit-neither.hfu";
+  std::string coreClang = dir + "/release-unit-core-clang.hfpatch";
+  ASSERT_EQ(hotforge({"build", samplePath("elf-x64-clang", "core", "base"), samplePath("elf-x64-clang", "core", "fix1"),
+                      "-o", coreClang}).exitCode, 0);
+  ASSERT_EQ(hotforge({"pack", dir + "/release-unit-clang.hfpatch", dir + "/release-unit.hfpatch", "-o", both, "--key", key})
+                .exitCode, 0);
+  ASSERT_EQ(hotforge({"pack", dir + "/release-unit-clang.hfpatch", coreClang, "-o", neither, "--key", key}).exitCode, 0);
+  setenv("HOTFORGE_STATE_DIR", (tempDir() + "/state-release-unit").c_str(), 1);
+  Running live(base, {"100000", "1", "2"}, tempDir() + "/release-unit.out");
+  live.waitForLines(20);
+  std::string pid = std::to_string(live.pid());
+
+  CommandResult r = hotforge({"apply", "--pid", pid, neither, "--pubkey", fits.publicKey});
+  EXPECT_EQ(r.exitCode, 1);
+  EXPECT_EQ(r.err, "hotforge: error: no image of " + neither + " fits a binary that process " + pid + " runs\n");
+  r = hotforge({"apply", "--pid", pid, both, "--pubkey", fits.publicKey});
+  ASSERT_EQ(r.exitCode, 0) << r.err;
+  EXPECT_EQ(std::count(r.out.begin(), r.out.end(), '\n'), 1) << r.out;
+  EXPECT_NE(r.out.find("applied release-unit.hfpatch (sequence 1) to process " + pid), std::string::npos) << r.out;
+  nlohmann::json status = nlohmann::json::parse(hotforge({"status", "--pid", pid, "--json"}).out);
+  ASSERT_EQ(status["applied"].size(), 1u) << status.dump();
+  EXPECT_EQ(status["applied"][0]["entry"], "release-unit.hfpatch");
+  live.waitForLines(40);
+  EXPECT_NE(live.verdicts().find('P'), std::string::npos) << "the patched function never ran";
+  ASSERT_EQ(hotforge({"revert", "--pid", pid}).exitCode, 0);
+  ASSERT_TRUE(live.alive());
+}
+
 TEST(Loader, LaterSequenceReplacesTheEarlierOneAndAnEarlierOneIsRefused) {
   const std::string base = sample("elf-x64-gcc", "base"), patched = sample("elf-x64-gcc", "fix14");
   Unit first = makeUnit(base, patched, "sequence-1");

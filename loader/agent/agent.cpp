@@ -12,6 +12,7 @@
 // cannot be created (qemu-user on some kernels hangs in clone; its own helper threads also show
 // in /proc/self/task, so no thread is parked): the work runs in the SIGUSR2 handler, which is
 // only safe when the signal interrupts a system call, as in a program that waits for input.
+#include "hotforge/linux_backend.h"
 #include "hotforge/core/bytes.h"
 #include "hotforge/core/container_target.h"
 #include "hotforge/core/files.h"
@@ -110,209 +111,151 @@ std::vector<int> otherThreads() {
   return tids;
 }
 
-class StoppedWorld {
+// The applier core's backend for this process: memory read and written in place, threads parked
+// in the lot, the image mapped with mmap, and libgcc's frame functions and imports found with
+// dlsym as the dynamic loader finds them. `interrupted`: where the calling thread was interrupted
+// in in-signal mode (pc 0 otherwise); it counts as a stopped thread.
+class InProcessBackend final : public LinuxBackend {
 public:
-  ~StoppedWorld() {
-    lot.released.store(true);
-    auto deadline = Clock::now() + std::chrono::seconds(1);
-    while (lot.left.load() < lot.arrived.load() && Clock::now() < deadline) std::this_thread::yield();
-  }
-
-  // `interrupted`: where the calling thread was interrupted in in-signal mode, or pc 0.
-  Status stop(const ThreadSpot &interrupted) {
-    lot.taken = lot.arrived = lot.left = 0;
-    lot.released = false;
-    spots_.clear();
+  explicit InProcessBackend(const ThreadSpot &interrupted) : interrupted_(interrupted), maps_(readMaps("/proc/self/maps")) {
     spots_.reserve(kMaxThreads + 1);  // no allocation once threads are parked (one may hold malloc's lock)
-    if (interrupted.pc) spots_.push_back(interrupted);
-    if (singleThreaded) return success();
-    std::vector<int> signalled;
-    // Threads may start meanwhile: signal until the set is stable.
-    for (int round = 0; round < 16; ++round) {
-      bool added = false;
-      for (int tid : otherThreads()) {
-        if (std::count(signalled.begin(), signalled.end(), tid)) continue;
-        if (syscall(SYS_tgkill, getpid(), tid, parkSignal()) == 0) signalled.push_back(tid), added = true;
-      }
-      if (!added) break;
-    }
-    auto deadline = Clock::now() + std::chrono::seconds(1);
-    while (lot.arrived.load() < int(signalled.size()))
-      if (Clock::now() > deadline) return fail(signalled.size() - lot.arrived.load(), " thread(s) did not stop");
-      else std::this_thread::yield();
-    for (int i = 0; i < std::min(lot.arrived.load(), kMaxThreads); ++i)
-      spots_.push_back({lot.pcs[i].load(), lot.sps[i].load(), lot.tids[i].load()});
+  }
+  ~InProcessBackend() override { resumeAll(); }
+
+  std::string processName() const override { return "this process"; }
+  bool read(uint64_t address, std::span<uint8_t> out) override {
+    std::memcpy(out.data(), reinterpret_cast<const void *>(address), out.size());
+    return true;
+  }
+  Status writeCode(uint64_t address, std::span<const uint8_t> bytes) override {
+    uint64_t page = uint64_t(sysconf(_SC_PAGESIZE));
+    uint64_t begin = address & ~(page - 1), end = alignTo(address + bytes.size(), page);
+    if (mprotect(reinterpret_cast<void *>(begin), end - begin, PROT_READ | PROT_WRITE | PROT_EXEC) != 0)
+      return fail("cannot make the code at ", hexAddress(address), " writable: ", strerror(errno));
+    std::memcpy(reinterpret_cast<void *>(address), bytes.data(), bytes.size());
+    __builtin___clear_cache(reinterpret_cast<char *>(address), reinterpret_cast<char *>(address + bytes.size()));
+    mprotect(reinterpret_cast<void *>(begin), end - begin, PROT_READ | PROT_EXEC);
     return success();
   }
 
-  const std::vector<ThreadSpot> &interruptedAt() const { return spots_; }
+  std::vector<int> threads() override { return singleThreaded ? std::vector<int>{} : otherThreads(); }
+  Outcome<bool> requestStop(int tid) override {
+    startStopping();
+    if (syscall(SYS_tgkill, getpid(), tid, parkSignal()) != 0) return false;
+    ++requested_;
+    return true;
+  }
+  Status awaitStops() override {
+    startStopping();
+    auto deadline = Clock::now() + std::chrono::seconds(1);
+    while (lot.arrived.load() < requested_)
+      if (Clock::now() > deadline) return fail(requested_ - lot.arrived.load(), " thread(s) did not stop");
+      else std::this_thread::yield();
+    spots_.clear();
+    if (interrupted_.pc) spots_.push_back({interrupted_.tid, interrupted_.pc, interrupted_.sp});
+    for (int i = 0; i < std::min(lot.arrived.load(), kMaxThreads); ++i)
+      spots_.push_back({lot.tids[i].load(), lot.pcs[i].load(), lot.sps[i].load()});
+    return success();
+  }
+  std::span<const StoppedThread> stoppedThreads() override { return spots_; }
+  // A parked thread's stack in place, up to the end of the stack's mapping (at most 1 MiB).
+  std::span<const uint64_t> stackWords(const StoppedThread &thread) override {
+    auto m = std::find_if(maps_.begin(), maps_.end(), [&](const Mapping &m) { return thread.sp >= m.start && thread.sp < m.end; });
+    if (m == maps_.end() || m->permissions.find('r') == std::string::npos) return {};
+    uint64_t begin = thread.sp & ~uint64_t(7), end = std::min(m->end, begin + (uint64_t(1) << 20));
+    return {reinterpret_cast<const uint64_t *>(begin), size_t((end - begin) / 8)};
+  }
+  void resumeAll() override {
+    lot.released.store(true);
+    auto deadline = Clock::now() + std::chrono::seconds(1);
+    while (lot.left.load() < lot.arrived.load() && Clock::now() < deadline) std::this_thread::yield();
+    resumed_ = true;
+  }
+
+  // A new import of the image, found as the dynamic loader finds symbols for this process: in the
+  // global scope, with the version the patched build binds.
+  Outcome<uint64_t> resolveImport(const PatchImport &import) override {
+    void *address = import.version.empty() ? dlsym(RTLD_DEFAULT, import.symbol.c_str())
+                                           : dlvsym(RTLD_DEFAULT, import.symbol.c_str(), import.version.c_str());
+    if (!address) return fail("the dynamic loader does not find it");
+    return uint64_t(address);
+  }
+
+protected:
+  std::vector<Mapping> maps() override { return readMaps("/proc/self/maps"); }
+  Outcome<bool> mapAt(uint64_t address, uint64_t size) override {
+    void *at = mmap(reinterpret_cast<void *>(address), size, PROT_READ | PROT_WRITE,
+                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+    if (at == MAP_FAILED) return false;
+    if (uint64_t(at) != address) munmap(at, size);  // a kernel that ignores MAP_FIXED_NOREPLACE put it elsewhere
+    return uint64_t(at) == address;
+  }
+  Outcome<int> protect(uint64_t address, uint64_t size, Permissions permissions) override {
+    int access = PROT_READ | (permissions.write ? PROT_WRITE : 0) | (permissions.execute ? PROT_EXEC : 0);
+    if (mprotect(reinterpret_cast<void *>(address), size, access) != 0) return errno;
+    if (permissions.execute)
+      __builtin___clear_cache(reinterpret_cast<char *>(address), reinterpret_cast<char *>(address + size));
+    return 0;
+  }
+  void unmap(uint64_t address, uint64_t size) override { munmap(reinterpret_cast<void *>(address), size); }
+  Status writeMemory(uint64_t address, std::span<const uint8_t> bytes) override {
+    std::memcpy(reinterpret_cast<void *>(address), bytes.data(), bytes.size());
+    return success();
+  }
+  Outcome<uint64_t> frameFunction(const char *name) override { return uint64_t(dlsym(RTLD_DEFAULT, name)); }
+  Status callFrameFunction(uint64_t function, uint64_t frame) override {
+    reinterpret_cast<void (*)(const void *)>(function)(reinterpret_cast<const void *>(frame));
+    return success();
+  }
 
 private:
-  std::vector<ThreadSpot> spots_;
-};
+  // The lot is reset when a stop begins, not when the threads are released: one that has not left
+  // it yet would stay parked.
+  void startStopping() {
+    if (!resumed_) return;
+    lot.taken = lot.arrived = lot.left = 0;
+    lot.released = false;
+    requested_ = 0;
+    resumed_ = false;
+  }
 
-// ---- writing code ----
-Status writeCode(uint64_t address, const std::vector<uint8_t> &bytes) {
-  uint64_t page = uint64_t(sysconf(_SC_PAGESIZE));
-  uint64_t begin = address & ~(page - 1), end = alignTo(address + bytes.size(), page);
-  if (mprotect(reinterpret_cast<void *>(begin), end - begin, PROT_READ | PROT_WRITE | PROT_EXEC) != 0)
-    return fail("cannot make the code at ", hexAddress(address), " writable: ", strerror(errno));
-  std::memcpy(reinterpret_cast<void *>(address), bytes.data(), bytes.size());
-  __builtin___clear_cache(reinterpret_cast<char *>(address), reinterpret_cast<char *>(address + bytes.size()));
-  mprotect(reinterpret_cast<void *>(begin), end - begin, PROT_READ | PROT_EXEC);
-  return success();
-}
-
-struct Written {
-  uint64_t address = 0;
-  std::vector<uint8_t> original, patched;
-  PatchRedirect redirect;   // where no thread may be when the bytes change
-  uint64_t baseAddress = 0;
+  ThreadSpot interrupted_;
+  std::vector<Mapping> maps_;
+  std::vector<StoppedThread> spots_;
+  int requested_ = 0;
+  bool resumed_ = true;
 };
 
 struct Applied {
   std::string unit, entry;
   std::array<uint8_t, 32> baseline{};
   uint32_t sequence = 0;
-  std::vector<Written> writes;
+  std::vector<EntryChange> changes;
 };
-
-// Patched code that throws needs its unwind entries known to the unwinder, and the image is not
-// an object dl_iterate_phdr reports: its .eh_frame is registered with libgcc's __register_frame,
-// as JIT compilers do, and deregistered if the image is unmapped again. Without libgcc_s (plain
-// C) nothing can throw through it.
-void announceUnwindEntries(const PatchImage &image, uint64_t at, const char *libgccFunction) {
-  using FrameFunction = void (*)(const void *);
-  auto function = reinterpret_cast<FrameFunction>(dlsym(RTLD_DEFAULT, libgccFunction));
-  for (const PatchSection &s : image.sections)
-    if (s.name == ".eh_frame" && function) function(reinterpret_cast<const void *>(at + s.rva));
-}
-
-// A new import of the image, found as the dynamic loader finds symbols for this process: in the
-// global scope, with the version the patched build binds.
-Outcome<uint64_t> dynamicSymbol(const PatchImport &import) {
-  void *address = import.version.empty() ? dlsym(RTLD_DEFAULT, import.symbol.c_str())
-                                         : dlvsym(RTLD_DEFAULT, import.symbol.c_str(), import.version.c_str());
-  if (!address) return fail("the dynamic loader does not find it");
-  return uint64_t(address);
-}
-
-// Maps the image near the base with its fixups applied and each section's access set.
-Outcome<uint64_t> mapImage(const PatchImage &image, uint64_t base, std::span<const uint64_t> imports) {
-  uint64_t size = alignTo(image.imageSize, 0x10000);
-  for (uint64_t hint : freeAddressesNear(readMaps("/proc/self/maps"), base, size, machineTarget(image.machine).patchReach())) {
-    void *at = mmap(reinterpret_cast<void *>(hint), size, PROT_READ | PROT_WRITE,
-                    MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
-    if (at == MAP_FAILED) continue;
-    if (uint64_t(at) != hint) {  // a kernel that ignores MAP_FIXED_NOREPLACE put it elsewhere
-      munmap(at, size);
-      continue;
-    }
-    std::vector<uint8_t> memory = layOut(image);
-    if (Status fixed = applyFixups(image, base, hint, imports, memory); !fixed) {
-      munmap(at, size);
-      return std::move(fixed).failure();
-    }
-    std::memcpy(at, memory.data(), memory.size());
-    mprotect(at, size, PROT_READ);
-    for (const PatchSection &s : image.sections) {
-      uint64_t begin = hint + (s.rva & ~uint64_t(0xfff)), end = hint + alignTo(uint64_t(s.rva) + s.memorySize, 0x1000);
-      int access = PROT_READ | (s.permissions.write ? PROT_WRITE : 0) | (s.permissions.execute ? PROT_EXEC : 0);
-      if (end > begin) mprotect(reinterpret_cast<void *>(begin), end - begin, access);
-      if (s.permissions.execute) __builtin___clear_cache(reinterpret_cast<char *>(begin), reinterpret_cast<char *>(end));
-    }
-    return hint;
-  }
-  return fail("found no free memory within reach of the base for the patch");
-}
-
-// A parked thread's stack in place, from its stack pointer to the end of the stack's mapping (at
-// most 1 MiB): where return addresses are, for quiescent redirects. `maps` is empty when none is.
-std::span<const uint64_t> stackOf(const std::vector<Mapping> &maps, uint64_t stackPointer) {
-  auto m = std::find_if(maps.begin(), maps.end(), [&](const Mapping &m) { return stackPointer >= m.start && stackPointer < m.end; });
-  if (m == maps.end() || m->permissions.find('r') == std::string::npos) return {};
-  uint64_t begin = stackPointer & ~uint64_t(7), end = std::min(m->end, begin + (uint64_t(1) << 20));
-  return {reinterpret_cast<const uint64_t *>(begin), size_t((end - begin) / 8)};
-}
-
-constexpr auto kPatience = std::chrono::seconds(2);
-
-// Writes `writes` (each over bytes that must be `expected` now) with every other thread parked
-// outside them; retries while a thread is in the way.
-Status writeWhileStopped(const std::vector<Written> &writes, const ThreadSpot &interrupted, bool restoring,
-                         std::chrono::microseconds &pause) {
-  auto deadline = Clock::now() + kPatience;
-  bool stacksMatter = std::any_of(writes.begin(), writes.end(), [](const Written &w) { return w.redirect.quiescent; });
-  std::vector<Mapping> maps = stacksMatter ? readMaps("/proc/self/maps") : std::vector<Mapping>{};
-  for (unsigned attempt = 1;; ++attempt) {
-    std::string busy;
-    {
-      auto stoppedAt = Clock::now();
-      StoppedWorld world;
-      if (Status stopped = world.stop(interrupted); !stopped) return stopped;
-      for (const Written &w : writes) {
-        const std::vector<uint8_t> &now = restoring ? w.patched : w.original;
-        if (std::memcmp(reinterpret_cast<const void *>(w.address), now.data(), now.size()) != 0)
-          return fail("the bytes at ", hexAddress(w.address), " are not what this patch expects: another patch or build");
-        for (const ThreadSpot &t : world.interruptedAt())
-          if (busy.empty())
-            if (std::string why = threadInTheWay(w.redirect, w.baseAddress, t.pc, stackOf(maps, t.sp), false); !why.empty())
-              busy = "thread " + std::to_string(t.tid) + " " + why;
-      }
-      if (busy.empty()) {
-        for (const Written &w : writes)
-          if (Status written = writeCode(w.address, restoring ? w.original : w.patched); !written) return written;
-        pause = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - stoppedAt);
-        return success();
-      }
-    }
-    if (Clock::now() > deadline) return fail("gave up after ", attempt, " attempts: ", busy);
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-}
 
 Outcome<Applied> apply(const std::string &unit, const std::string &entryName, const PatchImage &image,
                        const MappedBaseline &baseline, const ThreadSpot &interrupted) {
-  for (const PatchRedirect &r : image.redirects)
-    if (std::memcmp(reinterpret_cast<const void *>(baseline.address + r.baseRva - r.paddingBefore), r.expected.data(),
-                    r.expected.size()) != 0)
-      return fail(r.name.value_or("a function"), " does not hold the bytes this patch expects: another patch or build");
-  Outcome<std::vector<uint64_t>> imports = resolveImports(image, dynamicSymbol);
-  if (!imports) return std::move(imports).failure();
-  Outcome<uint64_t> at = mapImage(image, baseline.address, *imports);
-  if (!at) return std::move(at).failure();
-  std::vector<Written> writes;
-  Status ready = success();
-  for (const PatchRedirect &r : image.redirects) {
-    Outcome<EntryWrite> w = entryWrite(r, image.machine, baseline.address, *at);
-    if (!w) {
-      ready = std::move(w).failure();
-      break;
-    }
-    const auto *from = reinterpret_cast<const uint8_t *>(w->address);
-    writes.push_back({w->address, std::vector<uint8_t>(from, from + w->bytes.size()), w->bytes, r, baseline.address});
-  }
-  // Registered before the jumps go in: a thread may throw through the new code at once.
-  if (ready) announceUnwindEntries(image, *at, "__register_frame");
-  std::chrono::microseconds pause{0};
-  if (ready) ready = writeWhileStopped(writes, interrupted, false, pause);
-  if (!ready) {
-    announceUnwindEntries(image, *at, "__deregister_frame");
-    munmap(reinterpret_cast<void *>(*at), alignTo(image.imageSize, 0x10000));
-    return std::move(ready).failure();
+  InProcessBackend backend(interrupted);
+  Outcome<PreparedImage> prepared = stageImage(backend, image, baseline.address, /*checkEntries=*/true);
+  if (!prepared) return std::move(prepared).failure();
+  StopReport report;
+  if (Status written = writeEntries(backend, prepared->changes, EntryDirection::In, {}, report); !written) {
+    backend.release(image, prepared->address, /*installed=*/true);
+    return std::move(written).failure();
   }
   say("applied " + entryName + " of " + unit + " (sequence " + std::to_string(image.sequence) + "): " +
-      std::to_string(writes.size()) + " functions redirected, image at " + hexAddress(*at) + ", threads paused " +
-      std::to_string(pause.count()) + " us");
-  return Applied{unit, entryName, image.baseline.sha256, image.sequence, std::move(writes)};
+      std::to_string(prepared->changes.size()) + " functions redirected, image at " + hexAddress(prepared->address) +
+      ", threads paused " + std::to_string(report.pause.count()) + " us");
+  return Applied{unit, entryName, image.baseline.sha256, image.sequence, std::move(prepared->changes)};
 }
 
 // The image stays mapped after a revert: a thread may still be running in it.
 Status revert(const Applied &a, const ThreadSpot &interrupted) {
-  std::chrono::microseconds pause{0};
-  if (Status done = writeWhileStopped(a.writes, interrupted, true, pause); !done) return done;
+  InProcessBackend backend(interrupted);
+  StopReport report;
+  if (Status done = writeEntries(backend, a.changes, EntryDirection::Out, {}, report); !done) return done;
   say("reverted " + a.entry + " of " + a.unit + " (sequence " + std::to_string(a.sequence) + "), threads paused " +
-      std::to_string(pause.count()) + " us");
+      std::to_string(report.pause.count()) + " us");
   return success();
 }
 
@@ -415,7 +358,9 @@ void update(const ThreadSpot &interrupted) {
     bool present = std::any_of(applied.begin(), applied.end(), [&](const Applied &a) { return a.baseline == baseline; });
     if (present) continue;
     auto highest = highestApplied.find(baseline);
-    if (highest != highestApplied.end() && c.image.sequence < highest->second) {
+    std::optional<uint32_t> before;
+    if (highest != highestApplied.end()) before = highest->second;
+    if (sequenceStep(std::nullopt, before, c.image.sequence) == SequenceStep::LowerThanBefore) {
       say("refused " + c.entry + " of " + c.unit + ": sequence " + std::to_string(c.image.sequence) +
           " is lower than sequence " + std::to_string(highest->second) + " applied before");
       continue;

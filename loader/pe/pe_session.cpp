@@ -2,7 +2,9 @@
 
 #include "pe_file.h"
 
+#include "hotforge/applier.h"
 #include "hotforge/core/bytes.h"
+#include "hotforge/core/container_target.h"
 
 #include <cstdio>
 #include <cstdlib>
@@ -48,9 +50,11 @@ std::string quoted(const std::string &text) {
 // The image fits this base: format, machine and the identity the records carry (docs/format.md,
 // "What a loader does", step 1).
 Status checkBaseline(const PatchImage &image, Machine machine, std::span<const uint8_t> baseFile) {
-  if (image.format != Format::Pe || image.machine != machine)
-    return fail("the image is for ", formatName(image.format), " ", machineName(image.machine), ", the base is pe ",
-                machineName(machine));
+  std::optional<Format> baseFormat = findFormat([&](const ContainerTarget &c) { return c.holds(baseFile); });
+  if (!baseFormat) return fail("the base is not a file of any known container");
+  if (image.format != *baseFormat || image.machine != machine)
+    return fail("the image is for ", formatName(image.format), " ", machineName(image.machine), ", the base is ",
+                formatName(*baseFormat), " ", machineName(machine));
   Outcome<PeFile> base = readPeFile(baseFile);
   if (!base) return std::move(base).failure();
   const PatchBaseline &want = image.baseline;
@@ -63,53 +67,57 @@ Status checkBaseline(const PatchImage &image, Machine machine, std::span<const u
   return success();
 }
 
-struct AppliedPatch {
-  uint64_t imageAddress = 0;
-  std::vector<EntryWrite> writes;
+// The applier core's backend for a PeProcess. No call runs while the redirects are written
+// (calls run between the phases), so there is no thread to stop: each redirect is one plain
+// write, no thread is inside the overwritten bytes, and quiescent redirects hold too.
+class PeBackend final : public ApplierBackend {
+public:
+  explicit PeBackend(PeProcess &process) : process_(process) {}
+
+  std::string processName() const override { return "the base's process"; }
+  bool read(uint64_t address, std::span<uint8_t> out) override {
+    process_.read(address, out);
+    return true;
+  }
+  Status writeCode(uint64_t address, std::span<const uint8_t> bytes) override { return process_.writeCode(address, bytes); }
+  std::vector<int> threads() override { return {}; }
+  Outcome<bool> requestStop(int) override { return false; }
+  Status awaitStops() override { return success(); }
+  std::span<const StoppedThread> stoppedThreads() override { return {}; }
+  std::span<const uint64_t> stackWords(const StoppedThread &) override { return {}; }
+  void resumeAll() override {}
+  // Each applier knows its own reach (x64: 2 GiB above the base; Arm64: 4 GiB).
+  Outcome<uint64_t> reserveNear(uint64_t, uint64_t size, uint64_t) override { return process_.reserveNear(uint32_t(size)); }
+  Status install(const PatchImage &image, uint64_t address, std::span<const uint8_t> laidOut) override {
+    return process_.installImage(image, address, laidOut);
+  }
+  void release(const PatchImage &image, uint64_t address, bool) override { process_.releaseImage(image, address); }
+  Outcome<uint64_t> resolveImport(const PatchImport &import) override { return process_.importAddress(import); }
+
+private:
+  PeProcess &process_;
 };
 
-// Resolves the image's new imports, maps the image near the base with its fixups applied, checks
-// every redirect's expected bytes, then writes the redirects (steps 2 to 6; nothing is written
+// Checks every redirect's expected bytes, resolves the image's new imports, maps the image near
+// the base with its fixups applied, then writes the redirects (steps 2 to 6; nothing is written
 // unless every check passes).
-Outcome<AppliedPatch> applyImage(PeProcess &process, const PatchImage &image) {
-  Outcome<std::vector<uint64_t>> imports =
-      resolveImports(image, [&](const PatchImport &import) { return process.importAddress(import); });
-  if (!imports) return std::move(imports).failure();
-  Outcome<uint64_t> imageAddress = process.reserveNear(image.imageSize);
-  if (!imageAddress) return std::move(imageAddress).failure();
-  AppliedPatch applied{*imageAddress, {}};
-  auto refuse = [&](Failure failure) -> Outcome<AppliedPatch> {
-    process.releaseImage(image, applied.imageAddress);
-    return failure;
-  };
-  std::vector<uint8_t> memory = layOut(image);
-  if (Status fixed = applyFixups(image, process.baseAddress(), applied.imageAddress, *imports, memory); !fixed)
-    return refuse(std::move(fixed).failure());
-  for (const PatchRedirect &redirect : image.redirects) {
-    Outcome<EntryWrite> write = entryWrite(redirect, image.machine, process.baseAddress(), applied.imageAddress);
-    if (!write) return refuse(std::move(write).failure());
-    std::vector<uint8_t> found(redirect.expected.size());
-    process.read(write->expectedAddress, found);
-    if (found != redirect.expected)
-      return refuse(fail(redirect.name.value_or("a function"), " at ", hexAddress(write->expectedAddress), " holds ",
-                         hexEncode(found), ", the image expects ", hexEncode(redirect.expected)));
-    applied.writes.push_back(std::move(*write));
+Outcome<PreparedImage> applyImage(PeProcess &process, const PatchImage &image) {
+  PeBackend backend(process);
+  Outcome<PreparedImage> prepared = stageImage(backend, image, process.baseAddress(), /*checkEntries=*/true);
+  if (!prepared) return std::move(prepared).failure();
+  StopReport report;
+  if (Status written = writeEntries(backend, prepared->changes, EntryDirection::In, {}, report); !written) {
+    backend.release(image, prepared->address, /*installed=*/true);
+    return std::move(written).failure();
   }
-  if (Status installed = process.installImage(image, applied.imageAddress, memory); !installed)
-    return refuse(std::move(installed).failure());
-  // No call runs while the redirects are written (calls run between the phases), so each is one
-  // plain write, no thread is inside the overwritten bytes, and quiescent redirects hold too; a
-  // loader patching running threads must land an X64ShortJump's E9 before its EB.
-  for (const EntryWrite &write : applied.writes)
-    if (Status written = process.writeCode(write.address, write.bytes); !written) return std::move(written).failure();
-  return applied;
+  return prepared;
 }
 
-Status revertImage(PeProcess &process, const PatchImage &image, const AppliedPatch &applied) {
-  for (size_t i = 0; i < image.redirects.size(); ++i)
-    if (Status restored = process.writeCode(applied.writes[i].expectedAddress, image.redirects[i].expected); !restored)
-      return restored;
-  process.releaseImage(image, applied.imageAddress);
+Status revertImage(PeProcess &process, const PatchImage &image, const PreparedImage &applied) {
+  PeBackend backend(process);
+  StopReport report;
+  if (Status restored = writeEntries(backend, applied.changes, EntryDirection::Out, {}, report); !restored) return restored;
+  backend.release(image, applied.address, /*installed=*/true);
   return success();
 }
 
@@ -213,10 +221,10 @@ int runApplier(int argc, char **argv, const ProcessOpener &open) {
   if (Status fits = checkBaseline(*image, process.machine(), *baseFile); !fits) return failed(fits.error());
 
   if (Status ran = runCalls(process, calls, "before "); !ran) return failed(ran.error());
-  Outcome<AppliedPatch> applied = applyImage(process, *image);
+  Outcome<PreparedImage> applied = applyImage(process, *image);
   if (!applied) return failed("applying " + imagePath + ": " + applied.error());
   std::fprintf(stderr, "applied %s at %s (base at %s): %zu redirects, %zu fixups\n", imagePath.c_str(),
-               hexAddress(applied->imageAddress).c_str(), hexAddress(process.baseAddress()).c_str(),
+               hexAddress(applied->address).c_str(), hexAddress(process.baseAddress()).c_str(),
                image->redirects.size(), image->fixups.size());
   if (Status ran = runCalls(process, calls, "patched "); !ran) return failed(ran.error());
   if (Status reverted = revertImage(process, *image, *applied); !reverted) return failed("reverting: " + reverted.error());

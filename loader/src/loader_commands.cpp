@@ -173,19 +173,20 @@ int applyUnit(const ApplyCommandOptions &options) {
     auto previous = std::find_if(record->applied.begin(), record->applied.end(),
                                  [&](const AppliedImage &a) { return a.baselineSha256 == baseline; });
     std::optional<size_t> replaced;
-    if (previous != record->applied.end()) {
-      if (previous->sequence >= image->sequence)
-        return reportError(concatenate(entry.name, ": sequence ", image->sequence, " is not newer than sequence ",
-                                       previous->sequence, " already applied to process ", options.pid));
-      replaced = size_t(previous - record->applied.begin());
-    }
+    std::optional<uint32_t> appliedSequence;
+    if (previous != record->applied.end()) appliedSequence = previous->sequence;
+    SequenceStep step = sequenceStep(appliedSequence, std::nullopt, image->sequence);
+    if (step == SequenceStep::NotNewer)
+      return reportError(concatenate(entry.name, ": sequence ", image->sequence, " is not newer than sequence ",
+                                     *appliedSequence, " already applied to process ", options.pid));
+    if (step == SequenceStep::Replace) replaced = size_t(previous - record->applied.begin());
     // Prepared (mapped) while an earlier sequence still runs; its entries are checked once it is out.
-    Outcome<AppliedImage> prepared = prepareImage(options.pid, *image, /*checkEntries=*/!replaced);
+    Preparation preparation = prepareImage(options.pid, *image, /*checkEntries=*/!replaced);
+    Outcome<AppliedImage> &prepared = preparation.applied;
     if (!prepared) {
-      const std::string &reason = prepared.error();
       // Images of other binaries in a release unit are not an error: they fit other processes.
-      if (unit->entries.size() > 1 && reason.find("does not run the baseline") != std::string::npos) continue;
-      return reportError(entry.name + ": " + reason);
+      if (unit->entries.size() > 1 && preparation.failure == PrepareFailure::BaselineNotMapped) continue;
+      return reportError(entry.name + ": " + prepared.error());
     }
     prepared->unit = options.unit;
     prepared->entry = entry.name;

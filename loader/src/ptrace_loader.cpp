@@ -1,12 +1,14 @@
 // Applying a hotpatch image to a running x86-64 Linux process from the outside, with ptrace. An
 // mmap is run inside one stopped thread to get memory near the base, the image is written there
 // with its fixups applied for that address; then every thread is stopped only to check the entries
-// and write the jumps. /proc/PID/mem writes reach read-only code pages of a traced process.
+// and write the jumps. /proc/PID/mem writes reach read-only code pages of a traced process. The
+// steps themselves are the applier core's (hotforge/applier.h); this file is its ptrace backend.
 //
 // Nothing the target should see is lost: a signal that arrives while we hold a thread is kept and
 // sent again when we let go, and a thread whose registers we change gets them back on every path.
 #include "hotforge/loader.h"
 
+#include "hotforge/linux_backend.h"
 #include "hotforge/core/bytes.h"
 #include "hotforge/core/container_target.h"
 #include "hotforge/core/files.h"
@@ -73,31 +75,19 @@ public:
     threads_.push_back(Thread{tid, false, false, {}});
     return true;
   }
-  Status seizeAll() {
-    for (int tid : threadsOf(pid_))
-      if (Outcome<bool> s = seize(tid); !s) return std::move(s).failure();
-    if (threads_.empty()) return fail("process ", pid_, " has vanished");
-    return success();
+  // Asks a thread to stop (seized first when new); false when it is gone.
+  Outcome<bool> interrupt(int tid) {
+    Outcome<bool> seized = seize(tid);
+    if (!seized || !*seized) return seized;
+    Thread *t = find(tid);
+    if (!t->stopped && !t->gone) ptrace(PTRACE_INTERRUPT, tid, nullptr, nullptr);
+    return !t->gone;
   }
-
-  // Stops every thread: all are interrupted at once, then waited for, and threads that started
-  // meanwhile are seized and stopped too, until the set is stable.
-  Status stopAll() {
-    for (int round = 0; round < 64; ++round) {
-      for (Thread &t : threads_)
-        if (!t.stopped && !t.gone) ptrace(PTRACE_INTERRUPT, t.tid, nullptr, nullptr);
-      for (Thread &t : threads_)
-        if (!t.stopped && !t.gone)
-          if (Status s = waitForStop(t); !s) return std::move(s).failure();
-      bool added = false;
-      for (int tid : threadsOf(pid_)) {
-        if (find(tid)) continue;
-        Outcome<bool> s = seize(tid);
-        if (!s) return std::move(s).failure();
-        added |= *s;
-      }
-      if (!added) break;
-    }
+  // Waits for every interrupted thread's stop.
+  Status awaitStops() {
+    for (Thread &t : threads_)
+      if (!t.stopped && !t.gone)
+        if (Status s = waitForStop(t); !s) return std::move(s).failure();
     if (std::none_of(threads_.begin(), threads_.end(), [](const Thread &t) { return !t.gone; }))
       return fail("process ", pid_, " has vanished");
     return success();
@@ -319,25 +309,19 @@ private:
   const std::vector<Mapping> &maps_;
 };
 
-// Patched code that throws needs its unwind entries known to the unwinder, and the image is not
-// an object dl_iterate_phdr reports: its .eh_frame is registered with libgcc's __register_frame,
-// as JIT compilers do (and deregistered with __deregister_frame when a failed apply unmaps it).
-// Programs without libgcc_s (plain C) cannot throw, so there is nothing to do. The function's
-// address is found (in libgcc's .dynsym) before any thread stops: reading libgcc is the slow part.
-struct FrameFunction {
-  uint64_t address = 0;  // 0: no libgcc_s, nothing to register
-};
-Outcome<FrameFunction> libgccFunction(const std::vector<Mapping> &maps, const std::string &name) {
+// libgcc's __register_frame or __deregister_frame (linux_backend.h), found in libgcc's .dynsym
+// before any thread stops: reading libgcc is the slow part. 0 without libgcc_s.
+Outcome<uint64_t> libgccFunction(const std::vector<Mapping> &maps, const std::string &name) {
   auto libgcc = std::find_if(maps.begin(), maps.end(), [](const Mapping &m) {
     return m.offset == 0 && m.path.find("/libgcc_s.so") != std::string::npos;
   });
-  if (libgcc == maps.end()) return FrameFunction{};
+  if (libgcc == maps.end()) return uint64_t(0);
   Outcome<std::vector<uint8_t>> library = readFileBytes(libgcc->path);
   if (!library) return std::move(library).failure();
   Outcome<ElfDynamicSymbol> function = elfDynamicSymbol(*library, name);
   if (!function)
     return fail(libgcc->path, ": ", function.error(), ": the patch's unwind entries cannot be registered");
-  return FrameFunction{libgcc->start + function->rva};
+  return libgcc->start + function->rva;
 }
 
 // An object in the target's dynamic loader link map: its file and its load bias.
@@ -390,51 +374,6 @@ Outcome<std::vector<LinkedObject>> linkMap(int pid, const ProcessMemory &memory)
   return objects;
 }
 
-// Finds the patch's new imports in the target as its dynamic loader would: the first object of
-// the link map whose .dynsym defines the symbol (of the version the patch binds). An indirect
-// function (IFUNC, such as glibc's strspn) is resolved by calling its resolver in the target.
-Outcome<std::vector<uint64_t>> resolveInTarget(int pid, const ProcessMemory &memory, Injector &inject,
-                                               const PatchImage &image) {
-  if (image.imports.empty()) return std::vector<uint64_t>{};
-  Outcome<std::vector<LinkedObject>> objects = linkMap(pid, memory);
-  if (!objects) return std::move(objects).failure();
-  std::map<std::string, std::vector<uint8_t>> files;
-  return resolveImports(image, [&](const PatchImport &import) -> Outcome<uint64_t> {
-    for (const LinkedObject &object : *objects) {
-      auto [file, added] = files.try_emplace(object.path);
-      if (Outcome<std::vector<uint8_t>> bytes = added ? readFileBytes(object.path) : fail(""); bytes)
-        file->second = std::move(*bytes);  // the vDSO has no file: it stays empty
-      Outcome<ElfDynamicSymbol> symbol = elfDynamicSymbol(file->second, import.symbol, import.version);
-      if (!symbol) continue;
-      if (!symbol->indirect) return object.bias + symbol->rva;
-      return inject.call(object.bias + symbol->rva, 0);
-    }
-    return fail("no object of process ", pid, "'s link map defines it");
-  });
-}
-
-const PatchSection *ehFrame(const PatchImage &image) {
-  auto it = std::find_if(image.sections.begin(), image.sections.end(),
-                         [](const PatchSection &s) { return s.name == ".eh_frame"; });
-  return it == image.sections.end() ? nullptr : &*it;
-}
-
-uint64_t mappedSize(uint64_t imageSize) { return alignTo(imageSize, 0x10000); }
-
-// The first thread to inject into: the main thread, or any other if it has exited.
-Outcome<int> stopOneThread(TracedProcess &process, int pid) {
-  std::vector<int> tids = threadsOf(pid);
-  std::stable_partition(tids.begin(), tids.end(), [&](int tid) { return tid == pid; });
-  for (int tid : tids) {
-    Outcome<bool> seized = process.seize(tid);
-    if (!seized) return std::move(seized).failure();
-    if (!*seized) continue;
-    if (Status stopped = process.stop(tid); !stopped) continue;
-    return tid;
-  }
-  return fail("process ", pid, " has vanished");
-}
-
 // The words of a stopped thread's stack, from its stack pointer to the end of the stack's mapping
 // (at most 1 MiB): where return addresses are, for the strict consistency check.
 std::vector<uint64_t> stackWords(const ProcessMemory &memory, const std::vector<Mapping> &maps, uint64_t stackPointer) {
@@ -447,32 +386,170 @@ std::vector<uint64_t> stackWords(const ProcessMemory &memory, const std::vector<
   return words;
 }
 
-// Why the threads stopped now are in the way of writing `image`'s jumps (empty: none is). Stacks
-// are read where `maps` are given (strict, or a quiescent redirect).
-std::vector<std::string> threadsInTheWay(const TracedProcess &process, const ProcessMemory &memory,
-                                         const std::vector<Mapping> &maps, const PatchImage &image,
-                                         uint64_t baseAddress, bool strict) {
-  std::vector<std::string> busy;
-  for (int tid : process.stopped()) {
-    user_regs_struct regs{};
-    if (ptrace(PTRACE_GETREGS, tid, nullptr, &regs) != 0) continue;
-    std::vector<uint64_t> stack = maps.empty() ? std::vector<uint64_t>{} : stackWords(memory, maps, regs.rsp);
-    for (const PatchRedirect &r : image.redirects)
-      if (std::string why = threadInTheWay(r, baseAddress, regs.rip, stack, strict); !why.empty())
-        busy.push_back(concatenate("thread ", tid, " ", why));
+// The applier core's backend for another process. Threads are seized and stopped with
+// PTRACE_INTERRUPT; system calls and calls run injected into one stopped thread (the main thread,
+// or any other if it has exited), stopped the first time one is needed; the held signals are sent
+// again and every thread is let go when the backend goes.
+class PtraceBackend final : public LinuxBackend {
+public:
+  PtraceBackend(int pid, ProcessMemory memory, std::vector<Mapping> maps, const DeferredSignals *signals = nullptr)
+      : pid_(pid), memory_(std::move(memory)), maps_(std::move(maps)), signals_(signals), process_(pid) {}
+
+  // libgcc's frame functions are looked up before any thread stops.
+  Status findFrameFunctions(const PatchImage &image, bool deregister) {
+    if (!ehFrameSection(image)) return success();
+    Outcome<uint64_t> found = libgccFunction(maps_, deregister ? "__deregister_frame" : "__register_frame");
+    if (!found) return std::move(found).failure();
+    frameFunctions_[deregister] = *found;
+    return success();
   }
-  return busy;
+
+  std::string processName() const override { return concatenate("process ", pid_); }
+  bool read(uint64_t address, std::span<uint8_t> out) override { return memory_.read(address, out.data(), out.size()); }
+  Status writeCode(uint64_t address, std::span<const uint8_t> bytes) override {
+    // Each jump is one write; x86 keeps instruction fetch coherent with stores.
+    if (!memory_.write(address, bytes.data(), bytes.size()))
+      return fail("cannot write the jump at ", hexAddress(address), ": ", strerror(errno));
+    return success();
+  }
+
+  std::vector<int> threads() override { return threadsOf(pid_); }
+  Outcome<bool> requestStop(int tid) override { return process_.interrupt(tid); }
+  Status awaitStops() override { return process_.awaitStops(); }
+  std::span<const StoppedThread> stoppedThreads() override {
+    stopped_.clear();
+    for (int tid : process_.stopped()) {
+      user_regs_struct regs{};
+      if (ptrace(PTRACE_GETREGS, tid, nullptr, &regs) == 0) stopped_.push_back({tid, regs.rip, regs.rsp});
+    }
+    return stopped_;
+  }
+  std::span<const uint64_t> stackWords(const StoppedThread &thread) override {
+    stack_ = hotforge::stackWords(memory_, maps_, thread.sp);
+    return stack_;
+  }
+  void resumeAll() override { process_.resumeAll(); }
+  void letGo() override { process_.release(); }
+  bool interrupted() const override { return signals_ && signals_->interrupted(); }
+
+  // Finds the patch's new imports in the target as its dynamic loader would: the first object of
+  // the link map whose .dynsym defines the symbol (of the version the patch binds). An indirect
+  // function (IFUNC, such as glibc's strspn) is resolved by calling its resolver in the target.
+  Outcome<uint64_t> resolveImport(const PatchImport &import) override {
+    if (!linked_) {
+      Outcome<std::vector<LinkedObject>> objects = linkMap(pid_, memory_);
+      if (!objects) return std::move(objects).failure();
+      linked_ = std::move(*objects);
+    }
+    for (const LinkedObject &object : *linked_) {
+      auto [file, added] = files_.try_emplace(object.path);
+      if (Outcome<std::vector<uint8_t>> bytes = added ? readFileBytes(object.path) : fail(""); bytes)
+        file->second = std::move(*bytes);  // the vDSO has no file: it stays empty
+      Outcome<ElfDynamicSymbol> symbol = elfDynamicSymbol(file->second, import.symbol, import.version);
+      if (!symbol) continue;
+      if (!symbol->indirect) return object.bias + symbol->rva;
+      Outcome<Injector *> inject = injector();
+      if (!inject) return std::move(inject).failure();
+      return (*inject)->call(object.bias + symbol->rva, 0);
+    }
+    return fail("no object of process ", pid_, "'s link map defines it");
+  }
+
+protected:
+  std::vector<Mapping> maps() override { return maps_; }
+  Outcome<bool> mapAt(uint64_t address, uint64_t size) override {
+    Outcome<int64_t> r = syscall(SYS_mmap, {address, size, PROT_READ | PROT_WRITE,
+                                            MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, uint64_t(-1), 0});
+    if (!r) return std::move(r).failure();
+    if (*r > 0 && uint64_t(*r) != address) unmap(uint64_t(*r), size);
+    return *r > 0 && uint64_t(*r) == address;
+  }
+  Outcome<int> protect(uint64_t address, uint64_t size, Permissions permissions) override {
+    int protection = PROT_READ | (permissions.write ? PROT_WRITE : 0) | (permissions.execute ? PROT_EXEC : 0);
+    Outcome<int64_t> r = syscall(SYS_mprotect, {address, size, uint64_t(protection), 0, 0, 0});
+    if (!r) return std::move(r).failure();
+    return int(-*r);
+  }
+  void unmap(uint64_t address, uint64_t size) override {
+    static_cast<void>(syscall(SYS_munmap, {address, size, 0, 0, 0, 0}));
+  }
+  Status writeMemory(uint64_t address, std::span<const uint8_t> bytes) override {
+    if (!memory_.write(address, bytes.data(), bytes.size()))
+      return fail("cannot write the patch into process ", pid_, ": ", strerror(errno));
+    return success();
+  }
+  Outcome<uint64_t> frameFunction(const char *name) override {
+    return frameFunctions_[std::string_view(name) == "__deregister_frame"];
+  }
+  Status callFrameFunction(uint64_t function, uint64_t frame) override {
+    Outcome<Injector *> inject = injector();
+    if (!inject) return std::move(inject).failure();
+    if (Outcome<uint64_t> called = (*inject)->call(function, frame); !called) return std::move(called).failure();
+    return success();
+  }
+
+private:
+  Outcome<Injector *> injector() {
+    if (injector_) return &*injector_;
+    std::vector<int> tids = threadsOf(pid_);
+    std::stable_partition(tids.begin(), tids.end(), [&](int tid) { return tid == pid_; });
+    for (int tid : tids) {
+      Outcome<bool> seized = process_.seize(tid);
+      if (!seized) return std::move(seized).failure();
+      if (!*seized) continue;
+      if (Status stopped = process_.stop(tid); !stopped) continue;
+      return &injector_.emplace(process_, tid, memory_, maps_);
+    }
+    return fail("process ", pid_, " has vanished");
+  }
+  Outcome<int64_t> syscall(long number, std::array<uint64_t, 6> args) {
+    Outcome<Injector *> inject = injector();
+    if (!inject) return std::move(inject).failure();
+    return (*inject)->syscall(number, args);
+  }
+
+  int pid_;
+  ProcessMemory memory_;
+  std::vector<Mapping> maps_;
+  const DeferredSignals *signals_;
+  TracedProcess process_;
+  std::optional<Injector> injector_;
+  uint64_t frameFunctions_[2] = {0, 0};  // __register_frame, __deregister_frame
+  std::optional<std::vector<LinkedObject>> linked_;
+  std::map<std::string, std::vector<uint8_t>> files_;
+  std::vector<StoppedThread> stopped_;
+  std::vector<uint64_t> stack_;
+};
+
+std::vector<Mapping> mapsOf(int pid) { return readMaps(concatenate("/proc/", pid, "/maps")); }
+
+// A backend for process `pid`, its memory open; `maps` when it maps or reads stacks.
+Outcome<std::unique_ptr<PtraceBackend>> backendFor(int pid, std::vector<Mapping> maps = {},
+                                                   const DeferredSignals *signals = nullptr) {
+  Outcome<ProcessMemory> memory = openMemory(pid);
+  if (!memory) return std::move(memory).failure();
+  return std::make_unique<PtraceBackend>(pid, std::move(*memory), std::move(maps), signals);
 }
 
-Status expectedBytesThere(const ProcessMemory &memory, const PatchImage &image, uint64_t baseAddress) {
-  for (const PatchRedirect &r : image.redirects) {
-    uint64_t from = baseAddress + r.baseRva - r.paddingBefore;
-    std::vector<uint8_t> found = memory.read(from, r.expected.size());
-    if (found != r.expected)
-      return fail(r.name.value_or("a function"), " at ", hexAddress(from), " does not hold the bytes this patch expects (",
-                  hexEncode(found), " instead of ", hexEncode(r.expected), "): another patch or another build");
-  }
-  return success();
+// Maps the image into process `pid`, whose baseline is at `baseline` (prepareImage).
+Outcome<AppliedImage> prepareOn(int pid, std::vector<Mapping> maps, const MappedBaseline &baseline,
+                                const PatchImage &image, bool checkEntries) {
+  Outcome<std::unique_ptr<PtraceBackend>> backend = backendFor(pid, std::move(maps));
+  if (!backend) return std::move(backend).failure();
+  if (checkEntries)
+    if (Status s = checkExpectedBytes(**backend, image, baseline.address); !s) return std::move(s).failure();
+  if (Status found = (*backend)->findFrameFunctions(image, /*deregister=*/false); !found) return std::move(found).failure();
+  Outcome<PreparedImage> prepared = stageImage(**backend, image, baseline.address, /*checkEntries=*/false);
+  if (!prepared) return std::move(prepared).failure();
+  AppliedImage applied;
+  applied.baselinePath = baseline.path;
+  applied.baseAddress = baseline.address;
+  applied.imageSize = image.imageSize;
+  applied.sequence = image.sequence;
+  applied.baselineSha256 = hexEncode(image.baseline.sha256);
+  applied.imageAddress = prepared->address;
+  applied.redirects = std::move(prepared->changes);
+  return applied;
 }
 
 #else
@@ -485,93 +562,21 @@ Status notHere() {
 
 }  // namespace
 
-Outcome<AppliedImage> prepareImage(int pid, const PatchImage &image, bool checkEntries) {
+Preparation prepareImage(int pid, const PatchImage &image, bool checkEntries) {
 #if !defined(__x86_64__)
-  return notHere();
+  return {notHere(), PrepareFailure::Error};
 #else
   if (image.format != hostFormat() || image.machine != hostMachine())
-    return fail("this loader applies ", formatName(hostFormat()), " ", machineName(hostMachine()), " images; the image is ",
-                formatName(image.format), " ", machineName(image.machine));
-  if (kill(pid, 0) != 0) return fail("process ", pid, " does not exist");
-  std::vector<Mapping> maps = readMaps(concatenate("/proc/", pid, "/maps"));
+    return {fail("this loader applies ", formatName(hostFormat()), " ", machineName(hostMachine()), " images; the image is ",
+                 formatName(image.format), " ", machineName(image.machine)),
+            PrepareFailure::Error};
+  if (kill(pid, 0) != 0) return {fail("process ", pid, " does not exist"), PrepareFailure::Error};
+  std::vector<Mapping> maps = mapsOf(pid);
   Outcome<MappedBaseline> baseline = findBaseline(maps, image, concatenate("process ", pid));
-  if (!baseline) return std::move(baseline).failure();
-  Outcome<ProcessMemory> memory = openMemory(pid);
-  if (!memory) return std::move(memory).failure();
-  if (checkEntries)
-    if (Status s = expectedBytesThere(*memory, image, baseline->address); !s) return std::move(s).failure();
-  AppliedImage applied;
-  applied.baselinePath = baseline->path;
-  applied.baseAddress = baseline->address;
-  applied.imageSize = image.imageSize;
-  applied.sequence = image.sequence;
-  applied.baselineSha256 = hexEncode(image.baseline.sha256);
-  Outcome<FrameFunction> registerFrame = ehFrame(image) ? libgccFunction(maps, "__register_frame") : FrameFunction{};
-  if (!registerFrame) return std::move(registerFrame).failure();
-  uint64_t size = mappedSize(image.imageSize);
-  std::vector<uint64_t> hints = freeAddressesNear(maps, applied.baseAddress, size, machineTarget(image.machine).patchReach());
-
-  TracedProcess process(pid);
-  Outcome<int> tid = stopOneThread(process, pid);
-  if (!tid) return std::move(tid).failure();
-  Injector inject(process, *tid, *memory, maps);
-  Outcome<std::vector<uint64_t>> imports = resolveInTarget(pid, *memory, inject, image);
-  if (!imports) return std::move(imports).failure();
-  // Memory near the base, so rel32 fixups and jumps reach.
-  for (size_t attempt = 0; attempt < hints.size() && attempt < 16 && !applied.imageAddress; ++attempt) {
-    Outcome<int64_t> r = inject.syscall(SYS_mmap, {hints[attempt], size, PROT_READ | PROT_WRITE,
-                                                          MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE,
-                                                          uint64_t(-1), 0});
-    if (!r) return std::move(r).failure();
-    if (*r > 0 && uint64_t(*r) == hints[attempt]) applied.imageAddress = uint64_t(*r);
-    else if (*r > 0) static_cast<void>(inject.syscall(SYS_munmap, {uint64_t(*r), size, 0, 0, 0, 0}));
-  }
-  if (!applied.imageAddress) return fail("found no free memory within reach of the base for the patch");
-  // Until the unwind entries are registered a failure unmaps the image again: the process is
-  // left as it was.
-  auto unmapped = [&](Failure failure) -> Failure {
-    static_cast<void>(inject.syscall(SYS_munmap, {applied.imageAddress, size, 0, 0, 0, 0}));
-    return failure;
-  };
-  std::vector<uint8_t> laidOut = layOut(image);
-  if (Status fixed = applyFixups(image, applied.baseAddress, applied.imageAddress, *imports, laidOut); !fixed)
-    return unmapped(std::move(fixed).failure());
-  if (!memory->write(applied.imageAddress, laidOut.data(), laidOut.size()))
-    return unmapped(fail("cannot write the patch into process ", pid, ": ", strerror(errno)));
-  // Written: the whole mapping becomes read-only, then each section gets only the access it
-  // needs (code is never writable).
-  Outcome<int64_t> sealed = inject.syscall(SYS_mprotect, {applied.imageAddress, size, PROT_READ, 0, 0, 0});
-  if (!sealed) return unmapped(std::move(sealed).failure());
-  for (const PatchSection &section : image.sections) {
-    uint64_t begin = applied.imageAddress + (section.rva & ~uint64_t(0xfff));
-    uint64_t end = applied.imageAddress + alignTo(uint64_t(section.rva) + section.memorySize, 0x1000);
-    if (end <= begin) continue;
-    int protection = PROT_READ | (section.permissions.write ? PROT_WRITE : 0) | (section.permissions.execute ? PROT_EXEC : 0);
-    Outcome<int64_t> r = inject.syscall(SYS_mprotect, {begin, end - begin, uint64_t(protection), 0, 0, 0});
-    if (!r) return unmapped(std::move(r).failure());
-    if (*r != 0)
-      return unmapped(fail("cannot protect the patch's ", section.name, " in process ", pid, " (error ", -*r, ")"));
-  }
-  for (const PatchRedirect &r : image.redirects) {
-    Outcome<EntryWrite> w = entryWrite(r, image.machine, applied.baseAddress, applied.imageAddress);
-    if (!w) return unmapped(std::move(w).failure());
-    AppliedRedirect redirect;
-    redirect.name = r.name.value_or("");
-    redirect.address = w->address;
-    // The base's bytes there, from what the image expects (the entry may hold an earlier patch now).
-    uint64_t offset = w->address - w->expectedAddress;
-    if (w->address < w->expectedAddress || offset + w->bytes.size() > r.expected.size())
-      return unmapped(fail(redirect.name, ": the image's expected bytes do not cover its jump"));
-    redirect.original.assign(r.expected.begin() + offset, r.expected.begin() + offset + w->bytes.size());
-    redirect.written = std::move(w->bytes);
-    applied.redirects.push_back(std::move(redirect));
-  }
-  // Registered before the jumps go in: a thread may throw through the new code at once.
-  if (registerFrame->address)
-    if (Outcome<uint64_t> registered = inject.call(registerFrame->address, applied.imageAddress + ehFrame(image)->rva);
-        !registered)
-      return unmapped(std::move(registered).failure());
-  return applied;
+  if (!baseline) return {std::move(baseline).failure(), PrepareFailure::BaselineNotMapped};
+  Outcome<AppliedImage> applied = prepareOn(pid, std::move(maps), *baseline, image, checkEntries);
+  PrepareFailure failure = applied ? PrepareFailure::None : PrepareFailure::Error;
+  return {std::move(applied), failure};
 #endif
 }
 
@@ -579,68 +584,27 @@ Status commitImage(int pid, const PatchImage &image, AppliedImage &applied, cons
 #if !defined(__x86_64__)
   return notHere();
 #else
-  Outcome<ProcessMemory> memory = openMemory(pid);
-  if (!memory) return std::move(memory).failure();
   // Everything that can be is done before the threads stop: the stop is check and write only.
   // Quiescent redirects (their loops return to the entry) need the stacks as strict does.
   bool stacksMatter = options.strict || std::any_of(image.redirects.begin(), image.redirects.end(),
                                                     [](const PatchRedirect &r) { return r.quiescent; });
-  std::vector<Mapping> stacks = stacksMatter ? readMaps(concatenate("/proc/", pid, "/maps")) : std::vector<Mapping>{};
-  TracedProcess process(pid);
-  if (Status s = process.seizeAll(); !s) return std::move(s).failure();
-  auto deadline = Clock::now() + options.patience;
-  while (true) {
-    ++applied.attempts;
-    auto stoppedAt = Clock::now();
-    if (Status s = process.stopAll(); !s) return std::move(s).failure();
-    applied.stopping = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - stoppedAt);
-    if (Status s = expectedBytesThere(*memory, image, applied.baseAddress); !s) return std::move(s).failure();
-    for (const AppliedRedirect &r : applied.redirects)
-      if (memory->read(r.address, r.original.size()) != r.original)
-        return fail(r.name, " at ", hexAddress(r.address), " changed while the patch was prepared");
-    std::vector<std::string> busy = threadsInTheWay(process, *memory, stacks, image, applied.baseAddress, options.strict);
-    if (busy.empty()) {
-      // The jumps go in last, each one write; x86 keeps instruction fetch coherent with stores.
-      for (const AppliedRedirect &r : applied.redirects)
-        if (!memory->write(r.address, r.written.data(), r.written.size())) {
-          std::string reason = strerror(errno);
-          for (const AppliedRedirect &back : applied.redirects) memory->write(back.address, back.original.data(), back.original.size());
-          return fail("cannot write the jump at ", hexAddress(r.address), ": ", reason);
-        }
-      process.release();
-      applied.pause = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - stoppedAt);
-      return success();
-    }
-    process.resumeAll();
-    if (options.signals && options.signals->interrupted())
-      return fail("interrupted after ", applied.attempts, " attempts while threads were in the way; nothing applied");
-    if (Clock::now() >= deadline) {
-      std::string all;
-      for (const std::string &b : busy) all += (all.empty() ? "" : "; ") + b;
-      return fail("gave up after ", applied.attempts, " attempts: ", all);
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
+  Outcome<std::unique_ptr<PtraceBackend>> backend =
+      backendFor(pid, stacksMatter ? mapsOf(pid) : std::vector<Mapping>{}, options.signals);
+  if (!backend) return std::move(backend).failure();
+  StopReport report;
+  Status written = writeEntries(**backend, applied.redirects, EntryDirection::In, {options.patience, options.strict}, report);
+  applied.attempts = report.attempts;
+  applied.stopping = report.stopping;
+  applied.pause = report.pause;
+  return written;
 #endif
 }
 
 void discardImage(int pid, const PatchImage &image, const AppliedImage &applied) {
 #if defined(__x86_64__)
-  Outcome<ProcessMemory> memory = openMemory(pid);
-  if (!memory) return;
-  std::vector<Mapping> maps = readMaps(concatenate("/proc/", pid, "/maps"));
-  Outcome<FrameFunction> deregisterFrame =
-      ehFrame(image) ? libgccFunction(maps, "__deregister_frame") : FrameFunction{};
-  if (!deregisterFrame) return;  // registered: it stays mapped
-  TracedProcess process(pid);
-  Outcome<int> tid = stopOneThread(process, pid);
-  if (!tid) return;
-  Injector inject(process, *tid, *memory, maps);
-  if (deregisterFrame->address)
-    if (Outcome<uint64_t> deregistered = inject.call(deregisterFrame->address, applied.imageAddress + ehFrame(image)->rva);
-        !deregistered)
-      return;
-  static_cast<void>(inject.syscall(SYS_munmap, {applied.imageAddress, mappedSize(applied.imageSize), 0, 0, 0, 0}));
+  Outcome<std::unique_ptr<PtraceBackend>> backend = backendFor(pid, mapsOf(pid));
+  if (!backend || !(*backend)->findFrameFunctions(image, /*deregister=*/true)) return;  // registered: it stays mapped
+  (*backend)->release(image, applied.imageAddress, /*installed=*/true);
 #else
   (void)pid, (void)image, (void)applied;
 #endif
@@ -650,17 +614,9 @@ Outcome<std::optional<bool>> entriesWritten(int pid, const std::vector<AppliedRe
 #if !defined(__x86_64__)
   return notHere();
 #else
-  Outcome<ProcessMemory> memory = openMemory(pid);
-  if (!memory) return std::move(memory).failure();
-  size_t written = 0, original = 0;
-  for (const AppliedRedirect &r : redirects) {
-    std::vector<uint8_t> now = memory->read(r.address, r.written.size());
-    written += now == r.written;
-    original += now == r.original;
-  }
-  if (written == redirects.size()) return std::optional<bool>(true);
-  if (original == redirects.size()) return std::optional<bool>(false);
-  return std::optional<bool>();
+  Outcome<std::unique_ptr<PtraceBackend>> backend = backendFor(pid);
+  if (!backend) return std::move(backend).failure();
+  return entriesWritten(**backend, redirects);
 #endif
 }
 
@@ -689,27 +645,10 @@ Status rewriteEntries(int pid, const std::vector<AppliedRedirect> &redirects, bo
   return notHere();
 #else
   if (kill(pid, 0) != 0) return fail("process ", pid, " does not exist");
-  Outcome<ProcessMemory> memory = openMemory(pid);
-  if (!memory) return std::move(memory).failure();
-  TracedProcess process(pid);
-  if (Status s = process.seizeAll(); !s) return std::move(s).failure();
-  if (Status s = process.stopAll(); !s) return std::move(s).failure();
-  std::vector<const AppliedRedirect *> pending;
-  for (const AppliedRedirect &r : redirects) {
-    const std::vector<uint8_t> &from = toOriginal ? r.written : r.original, &to = toOriginal ? r.original : r.written;
-    std::vector<uint8_t> now = memory->read(r.address, r.written.size());
-    if (now == to) continue;
-    if (now != from)
-      return fail("the jump at ", hexAddress(r.address), " (", r.name, ") was changed by someone else (it holds ",
-                  hexEncode(now), "); nothing written");
-    pending.push_back(&r);
-  }
-  for (const AppliedRedirect *r : pending) {
-    const std::vector<uint8_t> &to = toOriginal ? r->original : r->written;
-    if (!memory->write(r->address, to.data(), to.size()))
-      return fail("cannot write ", hexAddress(r->address), ": ", strerror(errno));
-  }
-  return success();
+  Outcome<std::unique_ptr<PtraceBackend>> backend = backendFor(pid);
+  if (!backend) return std::move(backend).failure();
+  StopReport report;
+  return writeEntries(**backend, redirects, toOriginal ? EntryDirection::Out : EntryDirection::In, {}, report);
 #endif
 }
 

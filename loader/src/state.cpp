@@ -73,7 +73,6 @@ constexpr size_t kMaxRedirectBytes = 64;
 Outcome<AppliedRedirect> parseRedirect(const nlohmann::json &json, const std::string &where) {
   if (!json.is_object()) return fail(where, ": not an object");
   Fields f(json, where);
-  AppliedRedirect r;
   Outcome<std::string> name = f.text("name");
   Outcome<uint64_t> address = f.number("address");
   Outcome<std::vector<uint8_t>> original = f.hex("original", kMaxRedirectBytes);
@@ -84,7 +83,12 @@ Outcome<AppliedRedirect> parseRedirect(const nlohmann::json &json, const std::st
   if (!written) return std::move(written).failure();
   if (original->size() != written->size())
     return fail(where, ": \"original\" and \"written\" differ in length");
-  return AppliedRedirect{*name, *address, std::move(*original), std::move(*written)};
+  AppliedRedirect r;
+  r.name = std::move(*name);
+  r.address = *address;
+  r.original = std::move(*original);
+  r.written = std::move(*written);
+  return r;
 }
 
 Outcome<AppliedImage> parseApplied(const nlohmann::json &json, const std::string &where) {

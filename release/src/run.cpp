@@ -361,6 +361,12 @@ PairOutcome processPair(const ReleasePair &pair, const Context &ctx) {
   return out;
 }
 
+// A pair that failed or needs a restart: its progress line is kept above a progress bar.
+bool notableOutcome(const PairOutcome &o) {
+  std::string status = o.result.value("status", "");
+  return status != "unchanged" && status != "hotpatched";
+}
+
 std::string progressLine(const std::string &name, const PairOutcome &o) {
   const nlohmann::json &r = o.result;
   std::string status = r.value("status", "");
@@ -455,7 +461,8 @@ llvm::Expected<ReleaseShard> runReleaseShard(const ReleasePlan &plan, const Rele
       std::lock_guard<std::mutex> lock(progressMutex);
       ++done;
       if (options.progress)
-        options.progress({done, mine.size(), plan.pairs[i].name, progressLine(plan.pairs[i].name, outcomes[i])});
+        options.progress({done, mine.size(), plan.pairs[i].name, progressLine(plan.pairs[i].name, outcomes[i]),
+                          notableOutcome(outcomes[i])});
     }
   };
   std::vector<std::thread> pool;

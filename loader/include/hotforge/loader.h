@@ -7,8 +7,10 @@
 // is stopped, the caller writes a record of what will change (StateDirectory), commitImage stops
 // every thread only to check and write the jumps, and the caller completes the record. A failure
 // at any step leaves either the unpatched process or a patched one with a record revert can use.
+// The steps are the applier core's (hotforge/applier.h); this loader is its ptrace backend.
 #pragma once
 
+#include "hotforge/applier.h"
 #include "hotforge/core/outcome.h"
 #include "hotforge/core/patch_format.h"
 
@@ -36,11 +38,8 @@ struct ApplyOptions {
   const DeferredSignals *signals = nullptr;  // a held SIGINT or SIGTERM ends the retries
 };
 
-struct AppliedRedirect {
-  std::string name;
-  uint64_t address = 0;  // where the jump was written
-  std::vector<uint8_t> original, written;
-};
+// One jump of an applied image (the record keeps name, address, original and written bytes).
+using AppliedRedirect = EntryChange;
 
 // One image applied to a process: its record in the state directory.
 struct AppliedImage {
@@ -56,12 +55,20 @@ struct AppliedImage {
   unsigned attempts = 0;               // stops until no thread was in the way
 };
 
+// Why prepareImage did not prepare an image. Callers decide on this, never on the message: an
+// image whose baseline the process does not run fits another program of a release unit.
+enum class PrepareFailure { None, BaselineNotMapped, Error };
+struct Preparation {
+  Outcome<AppliedImage> applied;
+  PrepareFailure failure = PrepareFailure::None;
+};
+
 // Finds the image's baseline among the files mapped into `pid` (by SHA-256), checks the entries
 // hold the bytes the image expects, and, with one thread stopped, maps the image near the base
 // with its fixups applied, seals it and registers its unwind entries. The process's code is not
 // changed; the result says what commitImage will write. Without `checkEntries` the entries may
 // hold an earlier patch now (it is taken out before commitImage, which checks them).
-Outcome<AppliedImage> prepareImage(int pid, const PatchImage &image, bool checkEntries = true);
+Preparation prepareImage(int pid, const PatchImage &image, bool checkEntries = true);
 // Stops every thread, checks the entries (expected bytes, no thread in the way, retrying for
 // options.patience), writes the jumps and resumes. Fills pause and attempts.
 Status commitImage(int pid, const PatchImage &image, AppliedImage &applied, const ApplyOptions &options);

@@ -87,6 +87,7 @@ struct ReleaseProgress {
   size_t done = 0, total = 0;
   std::string name;
   std::string line;  // "lib/foo.so: 3 changed, hotpatchable"
+  bool notable = false;  // the pair failed or needs a restart
 };
 
 struct ReleaseRunOptions {
