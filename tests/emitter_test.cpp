@@ -14,6 +14,7 @@
 #include <llvm/Support/Endian.h>
 #include <llvm/Support/SHA1.h>
 
+#include <algorithm>
 #include <array>
 #include <cstring>
 #include <filesystem>
@@ -746,6 +747,63 @@ TEST(Emitter, ARefusalListsEachReasonOnce) {
     EXPECT_LT(reasons.size(), pointers);
     EXPECT_NE(refusal->message().find("\n  HF403 the data at patched rva"), std::string::npos) << refusal->message();
   }
+}
+
+// Scenario 52 on gcc Arm64: upd_band_limit forms &upd_weights (ADRP+ADD), adds the index in a
+// register and loads at +10, in the new upd_bands. The differ copies the unchanged upd_weights
+// with the new table, so the offset lands in the copy. Had the anchor stayed in the base (a
+// writable one cannot be copied), the access would go through an island to the copy; after an
+// index no island can carry it, and the build refuses (HF415) instead of reading the base.
+TEST(Emitter, AnAnchorOfTheBaseReachingCopiedDataIsCopiedIslandedOrRefused) {
+  Built b = build(samplePath("elf-a64-gcc", "upd", "base"), samplePath("elf-a64-gcc", "upd", "fix52"));
+  ASSERT_TRUE(b.image) << b.error;
+  FunctionBindings *fb = nullptr;
+  for (FunctionBindings &candidate : b.diff.bindings)
+    if (b.patched.functions[candidate.patched].name == std::optional<std::string>("upd_band_limit")) fb = &candidate;
+  ASSERT_NE(fb, nullptr);
+  auto indexed = std::find_if(fb->references.begin(), fb->references.end(),
+                              [](const BoundReference &r) { return r.indexed && r.offsetFrom; });
+  ASSERT_NE(indexed, fb->references.end()) << "the load after the index add is followed";
+  EXPECT_EQ(indexed->target - indexed->offsetFrom, 10u);
+  std::vector<BoundReference *> anchor;
+  for (BoundReference &r : fb->references)
+    if (r.field.kind != FixupKind::None && r.target == indexed->offsetFrom) anchor.push_back(&r);
+  ASSERT_EQ(anchor.size(), 2u) << "its ADRP and its ADD";
+  for (const BoundReference *r : anchor) {
+    EXPECT_EQ(r->binding.kind, Binding::Kind::Constant) << "the unchanged anchor is copied with the new table";
+    EXPECT_GE(r->binding.address + r->binding.size, indexed->binding.address + indexed->binding.size);
+  }
+
+  // As if the anchor were a variable the base keeps, and the new table new data.
+  const DataObject *weights = nullptr;
+  for (const DataObject &d : b.base.dataObjects)
+    if (d.name == "upd_weights") weights = &d;
+  ASSERT_NE(weights, nullptr);
+  for (BoundReference *r : anchor) r->binding = {Binding::Kind::Base, weights->range.rva, 0, {}};
+  indexed->binding.kind = Binding::Kind::NewData;
+  llvm::Expected<PatchImage> refused = buildPatchImage(b.base, b.patched, b.diff, {});
+  ASSERT_FALSE(bool(refused));
+  llvm::Error error = refused.takeError();
+  std::optional<BuildRefusal> refusal = takeRefusal(error);
+  ASSERT_TRUE(refusal) << llvm::toString(std::move(error));
+  ASSERT_EQ(refusal->refusals.size(), 1u);
+  EXPECT_EQ(refusal->refusals[0].rule, "HF415") << refusal->refusals[0].reason;
+
+  // Without the index, the load goes through an island that forms the copy's address.
+  indexed->indexed = false;
+  llvm::Expected<PatchImage> islanded = buildPatchImage(b.base, b.patched, b.diff, {});
+  ASSERT_TRUE(bool(islanded)) << llvm::toString(islanded.takeError());
+  auto function = std::find_if(islanded->functions.begin(), islanded->functions.end(),
+                               [](const PatchFunction &f) { return f.name == std::optional<std::string>("upd_band_limit"); });
+  ASSERT_NE(function, islanded->functions.end());
+  uint32_t load = function->rva + indexed->offset;
+  const PatchSection &text = islanded->sections.front();
+  uint32_t word = llvm::support::endian::read32le(&text.bytes[load - text.rva]);
+  EXPECT_EQ(word & 0xfc000000u, 0x14000000u) << "the load became a B to its island";
+  bool islandFormsTheCopy = std::any_of(islanded->fixups.begin(), islanded->fixups.end(), [&](const PatchFixup &f) {
+    return f.kind == FixupKind::A64AdrPage21 && f.space == FixupSpace::Image && f.site >= function->rva + function->size;
+  });
+  EXPECT_TRUE(islandFormsTheCopy);
 }
 
 // `build --json` gives every refusal as data, with its rule id, on real refused samples: the

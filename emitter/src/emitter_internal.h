@@ -26,7 +26,7 @@ inline constexpr const char *kDataPointsAtFunction = "HF402";
 inline constexpr const char *kDataPointerUnbound = "HF403";
 // An offset from a base address cannot reach the base's object.
 inline constexpr const char *kOffsetBeyondEncoding = "HF404";
-// An offset from copied data cannot be rewritten to reach the base.
+// An offset from an anchor cannot be rewritten to reach data kept apart from it.
 inline constexpr const char *kOffsetNotRewritable = "HF405";
 // An Arm64 ADR or literal load of base data out of its reach.
 inline constexpr const char *kOutOfReach = "HF406";

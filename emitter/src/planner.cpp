@@ -231,16 +231,16 @@ private:
         llvm::support::endian::write32le(&text_.bytes[functionRva - text_.rva + moved.offset], moved.word);
       for (const BoundReference &r : fb.references) bindOne(f, functionRva, r);
     }
-    for (const IslandReach &reach : islandReaches_)
-      if (!reachThroughIsland(*reach.function, *reach.reference))
-        refuse(rule::kOffsetNotRewritable,
-               fmt::format("{} +{:#x}: an offset from an address of {} reaches {}, through an instruction that cannot "
-                           "be rewritten to reach it",
-                           reach.function->name.value_or("function"), reach.reference->offset,
-                           reach.reference->binding.kind == Binding::Kind::Base ? "carried data" : "the base",
-                           reach.reference->binding.kind == Binding::Kind::Base ? "data of the base"
-                                                                                : "data the patch carries"),
-               reach.function->name);
+    for (const IslandReach &reach : islandReaches_) {
+      if (reachThroughIsland(*reach.function, *reach.reference)) continue;
+      bool toBase = reach.reference->binding.kind == Binding::Kind::Base;
+      refuse(rule::kOffsetNotRewritable,
+             fmt::format("{} +{:#x}: an offset from an address of {} reaches {}, through an instruction that cannot "
+                         "be rewritten to reach it",
+                         reach.function->name.value_or("function"), reach.reference->offset,
+                         toBase ? "carried data" : "the base", toBase ? "data of the base" : "data the patch carries"),
+             reach.function->name);
+    }
   }
 
   // Code that adds an offset to an address it formed (Arm64 section anchors: ADRP+ADD of the
