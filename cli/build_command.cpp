@@ -40,6 +40,7 @@ void addBuildCommand(CLI::App &app, int &exitCode) {
       ->check(CLI::Range(1u, 0xffffffffu));
   command->add_flag("--json", options->json, "print the image's records as JSON (docs/format.md)");
   command->callback([options, &exitCode] {
+    PhaseTrace trace(options->pair.timeTrace);
     auto [base, patched] = readBoth(options->pair);
     if (!base) {
       llvm::consumeError(patched.takeError());
@@ -78,6 +79,7 @@ void addBuildCommand(CLI::App &app, int &exitCode) {
                  options->output, image->functions.size(), image->redirects.size(), image->fixups.size(),
                  image->sizes.code, image->sizes.data, image->sizes.metadata, image->sizes.file);
     }
+    if (llvm::Error e = trace.write()) return void(exitCode = reportError(llvm::toString(std::move(e))));
     exitCode = kExitOk;
   });
 }

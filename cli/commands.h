@@ -33,9 +33,23 @@ struct BuildPair {
   std::string base, patched;
   ImageReadOptions baseRead, patchedRead;
   bool carryLineChanges = false;  // DiffOptions::carryLineChanges
+  std::string timeTrace;           // --time-trace: where to write a Chrome trace of the phases
 };
 // Adds the positional BASE PATCHED and --pdb-base, --pdb-patched, --debug-dir, --carry-line-changes.
 void addBuildPairOptions(CLI::App &command, BuildPair &pair);
+// Records the phases of one command (reading, each differ step, building) from construction when
+// --time-trace names a file, and writes them there as a Chrome trace on write().
+class PhaseTrace {
+public:
+  explicit PhaseTrace(std::string path);
+  ~PhaseTrace();
+  PhaseTrace(const PhaseTrace &) = delete;
+  PhaseTrace &operator=(const PhaseTrace &) = delete;
+  llvm::Error write();
+
+private:
+  std::string path_;
+};
 // Reads both builds at the same time (one thread each).
 std::pair<llvm::Expected<Image>, llvm::Expected<Image>> readBoth(const BuildPair &pair);
 

@@ -59,6 +59,7 @@ void addDiffCommand(CLI::App &app, int &exitCode) {
                       "(one self-contained HTML file)");
   command->add_option("-j,--jobs", options->threads, "worker threads (default: one per core)");
   command->callback([options, &exitCode] {
+    PhaseTrace trace(options->pair.timeTrace);
     auto [base, patched] = readBoth(options->pair);
     if (!base) {
       exitCode = reportError(llvm::toString(base.takeError()));
@@ -94,6 +95,7 @@ void addDiffCommand(CLI::App &app, int &exitCode) {
       exitCode = reportError(llvm::toString(std::move(e)));
       return;
     }
+    if (llvm::Error e = trace.write()) return void(exitCode = reportError(llvm::toString(std::move(e))));
     exitCode = diff->needsRestart() ? kExitNeedsRestart : kExitOk;
   });
 }

@@ -1,7 +1,11 @@
 #include "commands.h"
+#include "output.h"
 
 #include <fmt/core.h>
+#include <llvm/ADT/SmallString.h>
 #include <llvm/Support/Signals.h>
+#include <llvm/Support/TimeProfiler.h>
+#include <llvm/Support/raw_ostream.h>
 
 #include <cstdio>
 #include <filesystem>
@@ -24,6 +28,25 @@ void addBuildPairOptions(CLI::App &command, BuildPair &pair) {
                      "ELF: directory with separate debug files (.build-id/xx/yyyy.debug or .gnu_debuglink names)");
   command.add_flag("--carry-line-changes", pair.carryLineChanges,
                    "patch functions whose only change is a line number passed to an error reporter (HF103) too");
+  command.add_option("--time-trace", pair.timeTrace,
+                     "write how long each phase took (reading, decoding, matching, comparing, building) to this "
+                     "file as a Chrome trace: open it in chrome://tracing or ui.perfetto.dev");
+}
+
+PhaseTrace::PhaseTrace(std::string path) : path_(std::move(path)) {
+  if (!path_.empty()) llvm::timeTraceProfilerInitialize(/*TimeTraceGranularity=*/0, "hotforge");
+}
+
+PhaseTrace::~PhaseTrace() {
+  if (!path_.empty()) llvm::timeTraceProfilerCleanup();
+}
+
+llvm::Error PhaseTrace::write() {
+  if (path_.empty()) return llvm::Error::success();
+  llvm::SmallString<0> text;
+  llvm::raw_svector_ostream stream(text);
+  llvm::timeTraceProfilerWrite(stream);
+  return writeOutput(path_, std::string(text.str()));
 }
 
 namespace {

@@ -8,6 +8,7 @@
 #include <fmt/core.h>
 #include <fmt/format.h>
 #include <llvm/Support/Endian.h>
+#include <llvm/Support/TimeProfiler.h>
 #include <llvm/Support/xxhash.h>
 
 #include <algorithm>
@@ -114,6 +115,7 @@ unsigned workerCount(const DiffOptions &options) {
 
 // Both sides' Programs at once: each indexes a whole image.
 std::pair<Program, Program> buildPrograms(const Image &base, const Image &patched, unsigned threads) {
+  llvm::TimeTraceScope scope("index both programs");
   if (threads < 2) return {Program(base), Program(patched)};
   std::optional<Program> other;
   std::thread builder([&] { other.emplace(patched); });
@@ -133,17 +135,17 @@ public:
                          formatName(base_.image.format), machineName(base_.image.machine), patched_.image.path,
                          formatName(patched_.image.format), machineName(patched_.image.machine));
     if (llvm::Error e = createDecoders()) return e;
-    decodeAll();
-    matching_ = matchFunctions(base_, patched_);
+    phase("decode", [&] { decodeAll(); });
+    phase("match functions", [&] { matching_ = matchFunctions(base_, patched_); });
     size_t baseCount = std::count(base_.diffable.begin(), base_.diffable.end(), true);
     size_t patchedCount = std::count(patched_.diffable.begin(), patched_.diffable.end(), true);
     size_t larger = std::max(baseCount, patchedCount);
     if (larger && double(matching_.pairs) < options_.minimumMatchedShare * double(larger))
       return formatError("{} and {} look like unrelated programs: only {} of {} functions match", base_.image.path,
                          patched_.image.path, matching_.pairs, larger);
-    matchData();
-    hashConstants();
-    voteAnonymousData();
+    phase("match data", [&] { matchData(); });
+    phase("hash constants", [&] { hashConstants(); });
+    phase("vote anonymous data", [&] { voteAnonymousData(); });
     base_.image.releaseFilePages();  // the constants were read; what follows reads changed code
     patched_.image.releaseFilePages();
     // and the voting's maps are gone: give their pages back before the comparison, when the inputs
@@ -151,14 +153,20 @@ public:
     if (loadedBytes(base_.image) + loadedBytes(patched_.image) > kTrimAboveInputs) malloc_trim(0);
     Diff diff;
     diff.log = matching_.log;
-    compareFunctions(diff);
-    collectData(diff);
-    bindPatchCode(diff);
-    finish(diff);
+    phase("compare functions", [&] { compareFunctions(diff); });
+    phase("collect data", [&] { collectData(diff); });
+    phase("bind patch code", [&] { bindPatchCode(diff); });
+    phase("finish", [&] { finish(diff); });
     return diff;
   }
 
 private:
+  // One step of run(), timed when the caller asked for a time trace (hotforge --time-trace).
+  template <class Step> static void phase(llvm::StringLiteral name, Step &&step) {
+    llvm::TimeTraceScope scope(name);
+    step();
+  }
+
   Differ(std::pair<Program, Program> programs, const DiffOptions &options)
       : base_(std::move(programs.first)), patched_(std::move(programs.second)), options_(options),
         threads_(workerCount(options)) {}
@@ -172,35 +180,74 @@ private:
     return llvm::Error::success();
   }
 
-  // Decodes every function. A patched function with the name and size of a base function is
-  // usually the same code moved: Program::decode tries to read its references from its fields.
+  // Decodes every function. A patched function that is probably a base function moved (below) is
+  // tried first as that function's code at another address: Program::decode reads its references
+  // from its fields when every other byte is the same.
   void decodeAll() {
     base_.takeDiscoveredThunksForImports(*decoders_[0]);
     patched_.takeDiscoveredThunksForImports(*decoders_[0]);
-    // Base functions by the digest of their name key: a digest held by one function names it (two
-    // names of one digest only cost the shortcut: the copy checks the bytes).
-    std::vector<std::pair<uint64_t, size_t>> baseNames;
-    for (size_t i = 0; i < base_.image.functions.size(); ++i)
-      if (base_.diffable[i] && !base_.nameKeys[i].empty()) baseNames.push_back({base_.nameDigests[i], i});
-    std::sort(baseNames.begin(), baseNames.end());
-    std::vector<std::optional<size_t>> movedFrom(patched_.image.functions.size());
-    for (size_t i = 0; i < movedFrom.size(); ++i) {
-      if (!patched_.diffable[i] || patched_.nameKeys[i].empty()) continue;
-      auto byDigest = [](const auto &a, const auto &b) { return a.first < b.first; };
-      auto [first, last] = std::equal_range(baseNames.begin(), baseNames.end(),
-                                            std::pair(patched_.nameDigests[i], size_t(0)), byDigest);
-      if (last - first == 1 &&
-          base_.image.functions[first->second].range.size == patched_.image.functions[i].range.size)
-        movedFrom[i] = first->second;
-    }
-    base_.decode(decoders_);
-    patched_.decode(decoders_, &base_, movedFrom);
+    std::vector<std::optional<size_t>> movedFrom = likelyMoves();
+    phase("decode base", [&] { base_.decode(decoders_); });
+    phase("decode patched", [&] { patched_.decode(decoders_, &base_, movedFrom); });
+    llvm::TimeTraceScope scope("index references and find stubs");
     parallelFor(2, threads_, [&](unsigned worker, size_t side) {
       Program &p = side ? patched_ : base_;
       p.indexReferences();
       p.findStubs(*decoders_[worker]);
       p.image.releaseFilePages();  // later stages read only the changed code and some data
     }, 1);
+  }
+
+  // For each patched function, the base function it probably is, moved: the one base function of
+  // its name and size; else, among functions no name pairs (a stripped build's), the one at the
+  // same place in the order of the two function tables, which a rebuild keeps. A guess costs only
+  // a comparison of bytes: the copy checks that all but the reference fields are the same.
+  std::vector<std::optional<size_t>> likelyMoves() const {
+    const std::vector<Function> &baseFunctions = base_.image.functions, &patchedFunctions = patched_.image.functions;
+    // Base functions by the digest of their name key: a digest held by one function names it (two
+    // names of one digest only cost the shortcut).
+    std::vector<std::pair<uint64_t, size_t>> baseNames;
+    for (size_t i = 0; i < baseFunctions.size(); ++i)
+      if (base_.diffable[i] && !base_.nameKeys[i].empty()) baseNames.push_back({base_.nameDigests[i], i});
+    std::sort(baseNames.begin(), baseNames.end());
+    std::vector<std::optional<size_t>> movedFrom(patchedFunctions.size());
+    std::vector<bool> claimed(baseFunctions.size(), false);
+    for (size_t i = 0; i < movedFrom.size(); ++i) {
+      if (!patched_.diffable[i] || patched_.nameKeys[i].empty()) continue;
+      auto byDigest = [](const auto &a, const auto &b) { return a.first < b.first; };
+      auto [first, last] = std::equal_range(baseNames.begin(), baseNames.end(),
+                                            std::pair(patched_.nameDigests[i], size_t(0)), byDigest);
+      if (last - first == 1 && baseFunctions[first->second].range.size == patchedFunctions[i].range.size) {
+        movedFrom[i] = first->second;
+        claimed[first->second] = true;
+      }
+    }
+    std::vector<size_t> bs, ps;  // the rest, in address order
+    for (size_t i = 0; i < baseFunctions.size(); ++i)
+      if (base_.diffable[i] && !claimed[i]) bs.push_back(i);
+    for (size_t i = 0; i < patchedFunctions.size(); ++i)
+      if (patched_.diffable[i] && !movedFrom[i]) ps.push_back(i);
+    auto size = [&](const std::vector<size_t> &list, const std::vector<Function> &functions, size_t k) {
+      return k < list.size() ? functions[list[k]].range.size : ~uint64_t(0) - (&list == &bs);
+    };
+    // Where the two orders agree again after a change: two functions of equal sizes in a row.
+    auto agree = [&](size_t b, size_t p) {
+      return size(bs, baseFunctions, b) == size(ps, patchedFunctions, p) &&
+             size(bs, baseFunctions, b + 1) == size(ps, patchedFunctions, p + 1);
+    };
+    constexpr size_t kResyncWindow = 64;
+    for (size_t b = 0, p = 0; b < bs.size() && p < ps.size();) {
+      if (baseFunctions[bs[b]].range.size == patchedFunctions[ps[p]].range.size) {
+        movedFrom[ps[p++]] = bs[b++];
+        continue;
+      }
+      size_t skip = 1;
+      while (skip <= kResyncWindow && !agree(b + skip, p) && !agree(b, p + skip)) ++skip;
+      if (skip > kResyncWindow) ++b, ++p;  // a function that changed size in place
+      else if (agree(b + skip, p)) b += skip;  // functions only the base has
+      else p += skip;                          // functions only the patched build has
+    }
+    return movedFrom;
   }
 
   // Named objects pair by their normalised name when it is unique on both sides.
@@ -1149,11 +1196,10 @@ private:
   Diff::DataPointer bindPointer(uint64_t slot, const std::map<uint64_t, const Relocation *> &symbolic,
                                 const std::unordered_map<std::string_view, uint64_t> &defined) {
     using Kind = Binding::Kind;
-    auto pointer = patched_.pointers.find(slot);
-    if (pointer == patched_.pointers.end())
-      return {0, {Kind::Unbound, slot, 0, "a relocated field that is no pointer"}};
-    uint64_t target = pointer->second.rva;
-    if (const std::string *symbol = pointer->second.symbol) {
+    const PointerTarget *pointer = patched_.pointers.find(slot);
+    if (!pointer) return {0, {Kind::Unbound, slot, 0, "a relocated field that is no pointer"}};
+    uint64_t target = pointer->rva;
+    if (const std::string *symbol = pointer->symbol) {
       // A symbol the build defines itself is bound where the patched build has it; one it imports
       // is resolved by name when the patch loads, as the dynamic loader fills this pointer.
       auto r = symbolic.find(slot);
@@ -1186,15 +1232,16 @@ private:
       DecodedFunction stubs = decoders_[0]->decode(base_.image.bytesAt(begin, end - begin), begin, base_.relocations);
       for (const CodeReference &r : stubs.references)
         if (r.kind == ReferenceKind::Memory)
-          if (auto it = base_.pointers.find(r.target); it != base_.pointers.end() && it->second.symbol)
-            baseStubs_.try_emplace(symbolKey({}, *it->second.symbol), begin + r.offset);
+          if (const PointerTarget *pointer = base_.pointers.find(r.target); pointer && pointer->symbol)
+            baseStubs_.try_emplace(symbolKey({}, *pointer->symbol), begin + r.offset);
     }
     for (auto &[thunk, slot] : base_.importThunks())
       if (auto it = base_.importSlots.find(slot); it != base_.importSlots.end())
         baseStubs_.try_emplace(symbolKey(it->second->library, it->second->name), thunk);
-    for (auto &[slot, pointer] : base_.pointers) {
-      if (pointer.symbol) baseSymbolSlots_.try_emplace(*pointer.symbol, slot);
-      else basePointeeSlots_.try_emplace(pointer.rva, slot);
+    for (size_t i = 0; i < base_.pointers.size(); ++i) {  // the first slot by address of each
+      const PointerTarget &pointer = base_.pointers.pointer(i);
+      if (pointer.symbol) baseSymbolSlots_.try_emplace(*pointer.symbol, base_.pointers.rva(i));
+      else basePointeeSlots_.try_emplace(pointer.rva, base_.pointers.rva(i));
     }
     for (auto &[slot, import] : base_.importSlots) baseImportSlots_.try_emplace(symbolKey(import->library, import->name), slot);
     for (size_t b = 0; b < base_.image.functions.size(); ++b)
@@ -1225,7 +1272,7 @@ private:
   // A slot the dynamic loader fills with no pointer (an Arm64 TLS descriptor, libssh's
   // R_AARCH64_TLSDESC): the base's only slot with the same relocation (type, symbol, addend).
   std::optional<uint64_t> baseRelocatedSlot(uint64_t target) const {
-    if (patched_.pointers.count(target)) return std::nullopt;
+    if (patched_.pointers.contains(target)) return std::nullopt;
     auto mine = std::find_if(patched_.image.relocations.begin(), patched_.image.relocations.end(),
                              [&](const Relocation &r) { return r.rva == target; });
     if (mine == patched_.image.relocations.end()) return std::nullopt;
@@ -1317,11 +1364,11 @@ private:
         // An import thunk (PE): the base's thunk of the same import, or a new import.
         return bindSymbol(target, true, import->second->name, import->second);
       }
-      auto pointer = slot ? patched_.pointers.find(*slot) : patched_.pointers.end();
-      if (pointer == patched_.pointers.end() || !pointer->second.symbol)
+      const PointerTarget *pointer = slot ? patched_.pointers.find(*slot) : nullptr;
+      if (!pointer || !pointer->symbol)
         return {Kind::Unbound, target, 0, "a stub whose import could not be read"};
       auto import = patched_.importSlots.find(*slot);
-      return bindSymbol(target, true, *pointer->second.symbol,
+      return bindSymbol(target, true, *pointer->symbol,
                         import != patched_.importSlots.end() ? import->second : nullptr);
     }
     case TargetClass::ImportSlot: {

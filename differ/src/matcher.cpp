@@ -158,12 +158,13 @@ size_t matchThroughDataPointers(const Program &base, const Program &patched, Mat
       return ps.name == bs.name && ps.size == bs.size && ps.permissions.write;
     });
     if (same == patched.image.sections.end()) continue;
-    for (const auto &[slot, pointer] : base.pointers) {
-      if (slot < bs.rva || slot >= bs.rva + bs.size || pointer.symbol) continue;
-      auto other = patched.pointers.find(slot - bs.rva + same->rva);
-      if (other == patched.pointers.end() || other->second.symbol) continue;
+    auto [first, last] = base.pointers.within(bs.rva, bs.rva + bs.size);
+    for (size_t k = first; k < last; ++k) {
+      const PointerTarget &pointer = base.pointers.pointer(k);
+      const PointerTarget *other = patched.pointers.find(base.pointers.rva(k) - bs.rva + same->rva);
+      if (pointer.symbol || !other || other->symbol) continue;
       std::optional<size_t> b = unmatchedEntry(base, m.baseToPatched, pointer.rva);
-      std::optional<size_t> p = unmatchedEntry(patched, m.patchedToBase, other->second.rva);
+      std::optional<size_t> p = unmatchedEntry(patched, m.patchedToBase, other->rva);
       if (!b || !p || newNames[*p]) continue;
       std::string_view bn = base.nameKeys[*b], pn = patched.nameKeys[*p];
       if (!bn.empty() && !pn.empty() && bn != pn) continue;

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cassert>
 #include <cctype>
 #include <thread>
 #include <unordered_set>
@@ -95,6 +96,34 @@ size_t StartIndex::countAtOrBefore(uint64_t rva) const {
   return size_t(std::upper_bound(begin, end, rva) - starts_.begin());
 }
 
+PointerSlots::PointerSlots(std::vector<Slot> slots) {
+  std::stable_sort(slots.begin(), slots.end(), [](const Slot &a, const Slot &b) { return a.rva < b.rva; });
+  std::vector<uint64_t> rvas;
+  rvas.reserve(slots.size());
+  pointers_.reserve(slots.size());
+  for (size_t i = 0; i < slots.size(); ++i) {
+    if (i + 1 < slots.size() && slots[i + 1].rva == slots[i].rva) continue;  // the later one counts
+    rvas.push_back(slots[i].rva);
+    pointers_.push_back(slots[i].pointer);
+  }
+  index_ = StartIndex(std::move(rvas));
+}
+
+const PointerTarget *PointerSlots::find(uint64_t rva) const {
+  size_t count = index_.countAtOrBefore(rva);
+  return count && index_.starts()[count - 1] == rva ? &pointers_[count - 1] : nullptr;
+}
+
+const PointerTarget &PointerSlots::at(uint64_t rva) const {
+  const PointerTarget *pointer = find(rva);
+  assert(pointer && "PointerSlots::at: no slot there");
+  return *pointer;
+}
+
+std::pair<size_t, size_t> PointerSlots::within(uint64_t begin, uint64_t end) const {
+  return {begin ? index_.countAtOrBefore(begin - 1) : 0, end ? index_.countAtOrBefore(end - 1) : 0};
+}
+
 void AddressSet::add(uint64_t address) {
   auto [entry, added] = blockIndex_.try_emplace(address >> kBlockShift, uint32_t(blocks_.size()));
   if (added) blocks_.emplace_back();
@@ -174,18 +203,20 @@ Program::Program(const Image &img) : image(img) {
   for (const Segment &s : image.segments)
     if (s.type == "GNU_RELRO") relro_.push_back({s.rva, s.memorySize});
   relocations = relocationIndex(image);
+  std::vector<PointerSlots::Slot> slots;
+  slots.reserve(image.relocations.size());
   for (const Relocation &r : image.relocations) {
     if (r.symbol) {
-      pointers[r.rva] = {r.symbol, 0};
+      slots.push_back({r.rva, {r.symbol, 0}});
     } else if (containerTarget(image.format).relocationsCarryAddends()) {
       if (llvm::StringRef(r.typeName).ends_with("RELATIVE") && uint64_t(r.addend) >= image.imageBase)
-        pointers[r.rva] = {nullptr, uint64_t(r.addend) - image.imageBase};
+        slots.push_back({r.rva, {nullptr, uint64_t(r.addend) - image.imageBase}});
     } else if (llvm::ArrayRef<uint8_t> bytes = image.bytesAt(r.rva, 8); bytes.size() == 8) {
       uint64_t value = llvm::support::endian::read64le(bytes.data());
-      if (value >= image.imageBase) pointers[r.rva] = {nullptr, value - image.imageBase};
+      if (value >= image.imageBase) slots.push_back({r.rva, {nullptr, value - image.imageBase}});
     }
   }
-  for (const auto &[slot, pointer] : pointers) pointerSlots_.add(slot);
+  pointers = PointerSlots(std::move(slots));
   for (const Import &i : image.imports) importSlots[i.slotRva] = &i;
   dataSlots_.assign(image.dataObjects.size(), 0);
   std::vector<uint64_t> dataStarts;
@@ -272,7 +303,9 @@ std::optional<uint64_t> Program::importThunkSlot(uint64_t rva, const Instruction
   if (!s || !s->permissions.execute) return std::nullopt;
   llvm::ArrayRef<uint8_t> bytes = image.bytesAt(rva, std::min(kThunkBytes, s->rva + s->size - rva));
   std::optional<uint64_t> slot = decoder.importThunkSlot(bytes, rva);
-  if (slot && (importSlots.count(*slot) || (pointers.count(*slot) && pointers.at(*slot).symbol))) return slot;
+  if (!slot) return std::nullopt;
+  if (const PointerTarget *pointer = pointers.find(*slot); importSlots.count(*slot) || (pointer && pointer->symbol))
+    return slot;
   return std::nullopt;
 }
 
@@ -289,8 +322,8 @@ void Program::takeDiscoveredThunksForImports(const InstructionDecoder &decoder) 
 
 void Program::dropUnreachedDiscoveries() {
   std::unordered_set<uint64_t> pointedAt;
-  for (const auto &[slot, pointer] : pointers)
-    if (!pointer.symbol) pointedAt.insert(pointer.rva);
+  for (size_t i = 0; i < pointers.size(); ++i)
+    if (!pointers.pointer(i).symbol) pointedAt.insert(pointers.pointer(i).rva);
   for (size_t i = 0; i < image.functions.size(); ++i) {
     const Function &f = image.functions[i];
     if (diffable[i] && foundOnlyInCode(f) && f.range.rva != image.entryRva && !referenced.contains(f.range.rva) &&
@@ -591,7 +624,7 @@ uint64_t Program::naturalExtent(uint64_t rva) const {
   if (end % 16 == 0) {
     uint64_t keep = rva + 1;
     auto relocated = std::lower_bound(relocations.rvas.begin(), relocations.rvas.end(), end);
-    if (relocated != relocations.rvas.begin() && *std::prev(relocated) >= rva && pointers.count(*std::prev(relocated)))
+    if (relocated != relocations.rvas.begin() && *std::prev(relocated) >= rva && pointers.contains(*std::prev(relocated)))
       keep = std::min(end, *std::prev(relocated) + 8);
     llvm::ArrayRef<uint8_t> content = image.bytesAt(rva, end - rva);
     while (content.size() > 1 && content.back() == 0 && end - 1 >= keep) content = content.drop_back(), --end;
@@ -653,8 +686,8 @@ uint64_t Program::contentHash(uint64_t rva, uint64_t size, const Function *withi
     std::optional<uint64_t> pointer;
     if (offset + 8 <= size) {
       if (nextRelocation != relocated.end() && *nextRelocation == rva + offset)
-        if (auto slot = pointers.find(rva + offset); slot != pointers.end())
-          pointer = slot->second.symbol ? llvm::xxh3_64bits(*slot->second.symbol) : pointerClass(slot->second.rva);
+        if (const PointerTarget *slot = pointers.find(rva + offset))
+          pointer = slot->symbol ? llvm::xxh3_64bits(*slot->symbol) : pointerClass(slot->rva);
       // Images linked without base relocations still hold absolute pointers: on PE, an aligned
       // word that points into the image is taken for one.
       if (!pointer && !container.relocationsCarryAddends() && (rva + offset) % 8 == 0) {

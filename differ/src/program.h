@@ -47,12 +47,38 @@ public:
   explicit StartIndex(std::vector<uint64_t> sortedStarts);
   // How many starts are at or before rva (the position std::upper_bound gives).
   size_t countAtOrBefore(uint64_t rva) const;
+  const std::vector<uint64_t> &starts() const { return starts_; }
 
 private:
   std::vector<uint64_t> starts_;
   std::vector<uint32_t> bucketBegin_;  // per bucket of 2^shift_ bytes from first_: starts before it
   uint64_t first_ = 0;
   unsigned shift_ = 0;
+};
+
+// The pointer slots of an image by address (a large library has a million): sorted arrays with
+// a coarse index, a third of the memory of a hash map, and visited in address order.
+class PointerSlots {
+public:
+  struct Slot {
+    uint64_t rva;
+    PointerTarget pointer;
+  };
+  PointerSlots() = default;
+  // Slots in any order; of two at one address the later one counts, as relocations apply in order.
+  explicit PointerSlots(std::vector<Slot> slots);
+  const PointerTarget *find(uint64_t rva) const;
+  bool contains(uint64_t rva) const { return find(rva) != nullptr; }
+  const PointerTarget &at(uint64_t rva) const;  // a slot that is there
+  size_t size() const { return pointers_.size(); }
+  uint64_t rva(size_t i) const { return index_.starts()[i]; }
+  const PointerTarget &pointer(size_t i) const { return pointers_[i]; }
+  // The positions of the slots in [begin, end).
+  std::pair<size_t, size_t> within(uint64_t begin, uint64_t end) const;
+
+private:
+  StartIndex index_;                     // the slots' addresses
+  std::vector<PointerTarget> pointers_;  // parallel to them
 };
 
 // A set of addresses, as one bit per byte in blocks of 1 KiB of addresses that exist only where
@@ -152,7 +178,7 @@ struct Program {
   // branches into (stripped .cold parts). Named parts are told by their names.
   std::vector<std::optional<uint32_t>> partOf;
   RelocationIndex relocations;
-  std::unordered_map<uint64_t, PointerTarget> pointers;
+  PointerSlots pointers;
   std::unordered_map<uint64_t, const Import *> importSlots;
   std::vector<const DataObject *> data;   // non-TLS objects by rva
   std::vector<std::string_view> dataKeys; // parallel to data: normalised name
@@ -184,7 +210,7 @@ struct Program {
   // Whether classify(rva) gives the function itself, answered without lookups: most branches of a
   // function stay inside it.
   bool landsInItself(size_t function, uint64_t rva) const;
-  bool isPointerSlot(uint64_t rva) const { return pointerSlots_.contains(rva); }  // a key of `pointers`
+  bool isPointerSlot(uint64_t rva) const { return pointers.contains(rva); }
   // A relocated pointer that starts a read-only table code indexes (a switch's table of string
   // pointers, which clang-cl and gcc put in .rdata and .data.rel.ro without a name), rather than
   // a lone slot code loads an address from (a .got entry, mingw's .refptr): more than one slot's
@@ -263,7 +289,6 @@ private:
   StartIndex functionStarts_;  // of image.functions
   StartIndex dataStarts_;      // of data
   std::vector<bool> dataStartsInside_;  // per function: a data object starts inside it, after its entry
-  AddressSet pointerSlots_;             // the keys of `pointers`
   std::vector<std::pair<uint64_t, uint64_t>> stubRanges_;  // .plt-like sections
   std::map<uint64_t, uint64_t> importThunks_;  // thunk -> the import slot it jumps through
   std::unordered_map<uint64_t, std::optional<uint64_t>> stubSlots_;  // .plt-like stub -> its slot

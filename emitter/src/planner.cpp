@@ -8,6 +8,7 @@
 #include <llvm/ADT/StringExtras.h>
 #include <llvm/Support/Endian.h>
 #include <llvm/Support/Path.h>
+#include <llvm/Support/TimeProfiler.h>
 
 #include <algorithm>
 #include <map>
@@ -683,6 +684,7 @@ private:
 
 llvm::Expected<PatchImage> buildPatchImage(const Image &base, const Image &patched, const Diff &diff,
                                            const BuildOptions &options) {
+  llvm::TimeTraceScope scope("build patch image");
   return emitter::Planner(base, patched, diff, options).run();
 }
 

@@ -7,6 +7,7 @@
 #include <llvm/Object/ELFObjectFile.h>
 #include <llvm/Support/Endian.h>
 #include <llvm/Support/FileSystem.h>
+#include <llvm/Support/TimeProfiler.h>
 
 #include <algorithm>
 
@@ -254,7 +255,11 @@ Expected<Image> readImage(std::unique_ptr<MemoryBuffer> buffer, const ImageReadO
     if (!reader->handles(*object)) continue;
     Image image;
     image.path = name;
-    if (Error e = reader->read(*object, options, image)) return fail(errorText(std::move(e)));
+    {
+      llvm::TimeTraceScope scope("read image", name);
+      if (Error e = reader->read(*object, options, image)) return fail(errorText(std::move(e)));
+    }
+    llvm::TimeTraceScope scope("identify and discover", name);
     image.identity.sha256 = sha256(
         ArrayRef<uint8_t>(reinterpret_cast<const uint8_t *>(buffer->getBufferStart()), buffer->getBufferSize()));
     image.adoptBuffer(std::move(buffer));
