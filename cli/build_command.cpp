@@ -69,6 +69,7 @@ void addBuildCommand(CLI::App &app, int &exitCode) {
       if (options->json) fmt::print("{}", jsonText(nlohmann::json{{"refusals", toJson(refusal->refusals)}}));
       return void(exitCode = kExitNeedsRestart);
     }
+    if (llvm::Error e = trace.write()) return void(exitCode = reportError(llvm::toString(std::move(e))));
     std::string bytes(image->file.begin(), image->file.end());
     if (llvm::Error e = writeOutput(options->output, bytes)) return void(exitCode = reportError(llvm::toString(std::move(e))));
     if (options->json) {
@@ -79,7 +80,6 @@ void addBuildCommand(CLI::App &app, int &exitCode) {
                  options->output, image->functions.size(), image->redirects.size(), image->fixups.size(),
                  image->sizes.code, image->sizes.data, image->sizes.metadata, image->sizes.file);
     }
-    if (llvm::Error e = trace.write()) return void(exitCode = reportError(llvm::toString(std::move(e))));
     exitCode = kExitOk;
   });
 }

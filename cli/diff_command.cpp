@@ -78,6 +78,7 @@ void addDiffCommand(CLI::App &app, int &exitCode) {
       exitCode = reportError(llvm::toString(diff.takeError()));
       return;
     }
+    if (llvm::Error e = trace.write()) return void(exitCode = reportError(llvm::toString(std::move(e))));
     std::string report =
         options->json ? jsonText(toJson(*diff, *base, *patched)) : renderText(*diff, *base, *patched);
     if (!options->html.empty()) {
@@ -95,7 +96,6 @@ void addDiffCommand(CLI::App &app, int &exitCode) {
       exitCode = reportError(llvm::toString(std::move(e)));
       return;
     }
-    if (llvm::Error e = trace.write()) return void(exitCode = reportError(llvm::toString(std::move(e))));
     exitCode = diff->needsRestart() ? kExitNeedsRestart : kExitOk;
   });
 }

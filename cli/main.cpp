@@ -88,7 +88,12 @@ std::pair<llvm::Expected<Image>, llvm::Expected<Image>> readBoth(const BuildPair
   ImageReadOptions patchedRead = pair.patchedRead;
   patchedRead.debugDir = pair.baseRead.debugDir;
   std::optional<llvm::Expected<Image>> other;
-  std::thread reader([&] { other.emplace(readImage(pair.patched, patchedRead)); });
+  bool traced = llvm::timeTraceProfilerEnabled();  // --time-trace: the reader's phases too
+  std::thread reader([&] {
+    if (traced) llvm::timeTraceProfilerInitialize(/*TimeTraceGranularity=*/0, "hotforge");
+    other.emplace(readImage(pair.patched, patchedRead));
+    if (traced) llvm::timeTraceProfilerFinishThread();
+  });
   llvm::Expected<Image> first = readImage(pair.base, pair.baseRead);
   reader.join();
   return {std::move(first), std::move(*other)};

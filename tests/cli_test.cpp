@@ -5,7 +5,9 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <map>
 #include <random>
+#include <set>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -91,6 +93,40 @@ TEST(Cli, DiffWritesTheReviewPage) {
   r = hotforge({"diff", path("base"), path("fix6"), "--html", missing});
   expectOneLineError(r, missing, "cannot create a temporary file");
   EXPECT_FALSE(std::filesystem::exists(dir + "/no-such-dir"));
+}
+
+// diff --time-trace: a Chrome trace with each phase of both threads that read, and of the differ;
+// the report is as without it.
+TEST(Cli, DiffWritesATimeTraceOfItsPhases) {
+  std::vector<Sample> all = samples("elf-x64-gcc");
+  auto path = [&](const std::string &variant) {
+    for (const Sample &s : all)
+      if (s.program == "initval" && s.variant == variant) return s.path;
+    return std::string("(no initval." + variant + ")");
+  };
+  std::string dir = tempDir(), trace = dir + "/trace.json";
+  CommandResult plain = hotforge({"diff", path("base"), path("fix6")});
+  CommandResult r = hotforge({"diff", path("base"), path("fix6"), "--time-trace", trace});
+  EXPECT_EQ(r.exitCode, 3) << r.err;
+  EXPECT_EQ(r.out, plain.out);
+  nlohmann::json doc = nlohmann::json::parse(readFile(trace));
+  std::map<std::string, int> phases;
+  std::set<int64_t> readers;
+  for (const nlohmann::json &event : doc["traceEvents"]) {
+    if (event.value("ph", "") != "X") continue;
+    EXPECT_GE(event["dur"].get<double>(), 0);
+    ++phases[event["name"].get<std::string>()];
+    if (event["name"] == "read image") readers.insert(event["tid"].get<int64_t>());
+  }
+  EXPECT_EQ(phases["read image"], 2);
+  EXPECT_EQ(readers.size(), 2u);  // one per thread that read
+  for (const char *phase : {"decode base", "decode patched", "match functions", "vote anonymous data",
+                            "compare functions", "bind patch code"})
+    EXPECT_EQ(phases[phase], 1) << phase;
+
+  std::string missing = dir + "/no-such-dir/trace.json";
+  r = hotforge({"diff", path("base"), path("fix6"), "--time-trace", missing});
+  expectOneLineError(r, missing, "cannot create a temporary file");
 }
 
 TEST(Cli, UsageErrorsExitTwo) {

@@ -153,6 +153,9 @@ public:
     if (loadedBytes(base_.image) + loadedBytes(patched_.image) > kTrimAboveInputs) malloc_trim(0);
     Diff diff;
     diff.log = matching_.log;
+    // What pointers in constants point at is settled from here on (matching, data pairs, votes).
+    for (const Program *p : {&base_, &patched_})
+      readOnlyContent_[p == &patched_] = AddressMemo(std::min(kMaxMemoEntries, 2 * p->code.size()));
     phase("compare functions", [&] { compareFunctions(diff); });
     phase("collect data", [&] { collectData(diff); });
     phase("bind patch code", [&] { bindPatchCode(diff); });
@@ -315,7 +318,7 @@ private:
   uint64_t objectContent(bool patchedSide, const DataObject *d) const {
     const Program &p = patchedSide ? patched_ : base_;
     uint64_t size = d->sizeKnown || !p.isReadOnly(d->range.rva) ? d->range.size : p.naturalExtent(d->range.rva);
-    return contentHashOf(patchedSide, d->range.rva, size, nullptr);
+    return contentHashOf(patchedSide, d->range.rva, size);
   }
 
   // Data without a name (stripped builds) pairs through the code that uses it, as kpatch pairs
@@ -442,7 +445,7 @@ private:
     }
     case TargetClass::PointerSlot: {
       if (p.isTableSlot(target))
-        return {SymbolKey::Content, contentHashOf(patchedSide, target, p.tableContentExtent(target), nullptr), 0, 0};
+        return {SymbolKey::Content, contentHashOf(patchedSide, target, p.tableContentExtent(target)), 0, 0};
       const PointerTarget &pointer = p.pointers.at(target);
       // The same symbol whichever slot kind holds it (JUMP_SLOT, GLOB_DAT of an import or of the
       // library's own export): the loader fills both with the same address.
@@ -453,8 +456,9 @@ private:
       return inner;
     }
     case TargetClass::ReadOnly: {
-      const Function *within = &p.image.functions[function];
-      return {SymbolKey::Content, contentHashOf(patchedSide, target, p.naturalExtent(target), within), 0, 0};
+      if (std::optional<uint64_t> table = p.switchTableHash(target, p.image.functions[function]))
+        return {SymbolKey::Content, *table, 0, 0};
+      return {SymbolKey::Content, readOnlyContent(patchedSide, target), 0, 0};
     }
     case TargetClass::Writable: {
       SymbolKey key{SymbolKey::Anonymous, target, 0, 0};
@@ -470,10 +474,19 @@ private:
     return {SymbolKey::Unknown, target, 0, 0};
   }
 
-  uint64_t contentHashOf(bool patchedSide, uint64_t rva, uint64_t size, const Function *within, int depth = 0) const {
+  uint64_t contentHashOf(bool patchedSide, uint64_t rva, uint64_t size, int depth = 0) const {
     const Program &p = patchedSide ? patched_ : base_;
-    return p.contentHash(rva, size, within,
-                         [&](uint64_t target) { return pointerClass(patchedSide, target, depth + 1); });
+    return p.contentHash(rva, size, [&](uint64_t target) { return pointerClass(patchedSide, target, depth + 1); });
+  }
+
+  // The content of the unnamed constant at rva, which many functions may read: kept once known.
+  uint64_t readOnlyContent(bool patchedSide, uint64_t rva) {
+    AddressMemo &memo = readOnlyContent_[patchedSide];
+    if (std::optional<uint64_t> known = memo.find(rva)) return *known;
+    const Program &p = patchedSide ? patched_ : base_;
+    uint64_t content = contentHashOf(patchedSide, rva, p.naturalExtent(rva));
+    memo.insert(rva, content);
+    return content;
   }
 
   // What a pointer stored in data points at. Unnamed constants are compared by content, whose
@@ -490,14 +503,14 @@ private:
       // Pointers in data point into objects (a vtable + 16) more often than code does.
       if (const DataObject *inside = p.containingObject(target))
         return mixHash(dataClass(patchedSide, inside) ^ 0xda7a, target - inside->range.rva);
-      if (depth < 2) return contentHashOf(patchedSide, target, p.naturalExtent(target), nullptr, depth);
+      if (depth < 2) return contentHashOf(patchedSide, target, p.naturalExtent(target), depth);
       return llvm::xxh3_64bits(p.image.bytesAt(target, p.naturalExtent(target)));
     case TargetClass::Writable:
       if (patchedSide)
         if (auto it = anonymousToBase_.find(target); it != anonymousToBase_.end()) return it->second;
       if (!patchedSide && anonymousToPatched_.count(target)) return target;
       // Unpaired: what it holds (its pointers by what they point at), as for read-only data.
-      if (depth < 2) return mixHash(0x3a7ab1e, contentHashOf(patchedSide, target, p.naturalExtent(target), nullptr, depth));
+      if (depth < 2) return mixHash(0x3a7ab1e, contentHashOf(patchedSide, target, p.naturalExtent(target), depth));
       break;
     case TargetClass::PointerSlot:
       if (const PointerTarget &slot = p.pointers.at(target); slot.symbol) return llvm::xxh3_64bits(*slot.symbol);
@@ -553,8 +566,6 @@ private:
     return uint32_t(n);
   }
 
-  static constexpr size_t kPairsBetweenReleases = 4096;
-
   void compareFunctions(Diff &diff) {
     diff.pairs.reserve(matching_.pairs);
     for (size_t b = 0; b < base_.code.size(); ++b)
@@ -563,7 +574,6 @@ private:
     // Only pairs that differ have findings: most of a large library's pairs do not.
     std::vector<std::unique_ptr<ConstantFindings>> findings(diff.pairs.size());
     parallelFor(diff.pairs.size(), threads_, [&](unsigned worker, size_t i) {
-      releaseFilePagesEvery(kPairsBetweenReleases, i, base_.image, &patched_.image);  // constants read to compare
       DecodedPair decoded;
       differences[i] = firstDifference(diff.pairs[i].base, diff.pairs[i].patched, *decoders_[worker], decoded);
       if (differences[i])
@@ -939,7 +949,7 @@ private:
     for (auto &[from, to] : anonymousToPatched_) {
       uint64_t size = std::min(base_.naturalExtent(from), patched_.naturalExtent(to));
       if (!size || linkerManaged(base_, from) ||
-          contentHashOf(false, from, size, nullptr) == contentHashOf(true, to, size, nullptr))
+          contentHashOf(false, from, size) == contentHashOf(true, to, size))
         continue;
       Change c;
       c.kind = ChangeKind::Data;
@@ -1129,7 +1139,7 @@ private:
       if (!r.offsetFrom || (reached.kind != Kind::Constant && reached.kind != Kind::NewData)) continue;
       if (auto anchor = anchorInBase.find(r.offsetFrom); anchor != anchorInBase.end() && reached.address >= r.offsetFrom) {
         uint64_t inBase = anchor->second + (reached.address - r.offsetFrom);
-        if (contentHashOf(false, inBase, reached.size, nullptr) == contentHashOf(true, reached.address, reached.size, nullptr)) {
+        if (contentHashOf(false, inBase, reached.size) == contentHashOf(true, reached.address, reached.size)) {
           reached = {Kind::Base, inBase + (r.target - reached.address), 0, {}};
           continue;
         }
@@ -1256,14 +1266,14 @@ private:
   std::optional<uint64_t> nearbyCounterpart(uint64_t target) const {
     const Section *section = patched_.image.sectionAt(target);
     if (!section) return std::nullopt;
-    uint64_t size = patched_.naturalExtent(target), content = contentHashOf(true, target, size, nullptr);
+    uint64_t size = patched_.naturalExtent(target), content = contentHashOf(true, target, size);
     auto after = anchors_.upper_bound(target);
     for (auto anchor : {after == anchors_.begin() ? anchors_.end() : std::prev(after), after}) {
       if (anchor == anchors_.end() || patched_.image.sectionAt(anchor->first) != section) continue;
       uint64_t candidate = anchor->second + (target - anchor->first);
       const Section *baseSection = base_.image.sectionAt(candidate);
       if (baseSection && baseSection->name == section->name && base_.naturalExtent(candidate) == size &&
-          contentHashOf(false, candidate, size, nullptr) == content)
+          contentHashOf(false, candidate, size) == content)
         return candidate;
     }
     return std::nullopt;
@@ -1396,7 +1406,7 @@ private:
         if (auto it = slotToBase_.find(target); it != slotToBase_.end()) b = it->second;
         if (!b) b = nearbyCounterpart(target);
         if (b && base_.isTableSlot(*b) && base_.tableExtent(*b) >= size && base_.tableContentExtent(*b) == content &&
-            contentHashOf(false, *b, content, nullptr) == contentHashOf(true, target, content, nullptr))
+            contentHashOf(false, *b, content) == contentHashOf(true, target, content))
           return {Kind::Base, *b, 0, {}};
         return {Kind::Constant, target, size, {}};
       }
@@ -1427,7 +1437,7 @@ private:
       bool table = pointer != relocated.end() && *pointer < target + size;
       if (auto it = readOnlyToBase_.find(target); it != readOnlyToBase_.end() && table &&
           size == base_.naturalExtent(it->second) &&
-          contentHashOf(false, it->second, size, nullptr) == contentHashOf(true, target, size, nullptr))
+          contentHashOf(false, it->second, size) == contentHashOf(true, target, size))
         return {Kind::Base, it->second, 0, {}};
       // A copy of a table must hold all of it, however far the code indexes.
       return {Kind::Constant, target, table ? patched_.tableExtent(target) : size, {}};
@@ -1475,6 +1485,8 @@ private:
   std::vector<std::optional<size_t>> baseDataToPatched_, patchedDataToBase_;
   std::vector<uint64_t> baseDataContent_, patchedDataContent_;
   std::map<uint64_t, uint64_t> anonymousToBase_, anonymousToPatched_;
+  static constexpr size_t kMaxMemoEntries = size_t(1) << 20;
+  std::array<AddressMemo, 2> readOnlyContent_;  // base, patched: readOnlyContent by address
   std::map<uint64_t, uint64_t> readOnlyToBase_, slotToBase_;  // patched -> base, paired by voteAnonymousData
   std::set<uint64_t> reportedConstants_;
   std::set<std::string> reportedImports_;  // symbolKey of each new import listed as HF301

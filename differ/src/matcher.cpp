@@ -1,9 +1,11 @@
 #include "matcher.h"
 
 #include <fmt/core.h>
+#include <llvm/Support/TimeProfiler.h>
 
 #include <algorithm>
 #include <map>
+#include <span>
 #include <set>
 
 namespace hotforge::differ {
@@ -101,40 +103,75 @@ size_t matchLayoutGaps(const Program &base, const Program &patched, Matching &m,
   return found;
 }
 
+// The functions each function calls, in call order (none where a call lands elsewhere), read
+// once: the propagation below goes over them in rounds.
+class CallLists {
+public:
+  explicit CallLists(const Program &p) {
+    begin_.reserve(p.code.size() + 1);
+    for (size_t f = 0; f < p.code.size(); ++f) {
+      begin_.push_back(uint32_t(callees_.size()));
+      for (const CodeReference &r : p.references(f))
+        if (r.kind == ReferenceKind::Call) callees_.push_back(callTarget(p, r).value_or(kNone));
+    }
+    begin_.push_back(uint32_t(callees_.size()));
+  }
+  std::span<const size_t> of(size_t f) const { return {callees_.data() + begin_[f], callees_.data() + begin_[f + 1]}; }
+  static constexpr size_t kNone = ~size_t(0);
+
+private:
+  std::vector<uint32_t> begin_;
+  std::vector<size_t> callees_;
+};
+
 // The n-th call of a matched pair lands in an unmatched function on both sides: those match. A
 // function with a new name only through a pair whose bodies are the same but for addresses (the
 // caller did not change, so its n-th call is the same call).
-size_t propagateThroughCalls(const Program &base, const Program &patched, Matching &m, const std::vector<bool> &newNames) {
-  size_t total = 0;
-  std::vector<std::optional<size_t>> bt, pt;  // call targets of one pair
-  for (int round = 0; round < 16; ++round) {
-    size_t found = 0;
-    for (size_t b = 0; b < base.code.size(); ++b) {
-      if (!m.baseToPatched[b]) continue;
-      size_t p = *m.baseToPatched[b];
-      ReferenceList br = base.references(b), pr = patched.references(p);
-      bt.clear();
-      pt.clear();
-      for (const CodeReference &r : br)
-        if (r.kind == ReferenceKind::Call) bt.push_back(callTarget(base, r));
-      for (const CodeReference &r : pr)
-        if (r.kind == ReferenceKind::Call) pt.push_back(callTarget(patched, r));
-      if (bt.size() != pt.size()) continue;
-      bool unchangedCaller = base.code[b].shape == patched.code[p].shape;
-      for (size_t i = 0; i < bt.size(); ++i) {
-        if (!bt[i] || !pt[i] || m.baseToPatched[*bt[i]] || m.patchedToBase[*pt[i]]) continue;
-        if (newNames[*pt[i]] && !unchangedCaller) continue;
-        std::string_view bn = base.nameKeys[*bt[i]], pn = patched.nameKeys[*pt[i]];
-        if (!bn.empty() && !pn.empty() && bn != pn) continue;
-        m.pair(*bt[i], *pt[i], {MatchStage::CallGraph, 0.8});
-        ++found;
-      }
+class CallPropagation {
+public:
+  CallPropagation(const Program &base, const Program &patched, const std::vector<bool> &newNames)
+      : base_(base), patched_(patched), newNames_(newNames), baseCalls_(base), patchedCalls_(patched),
+        spent_(base.code.size(), false) {}
+
+  size_t run(Matching &m) {
+    llvm::TimeTraceScope scope("propagate through calls");
+    size_t total = 0;
+    for (int round = 0; round < 16; ++round) {
+      size_t found = 0;
+      for (size_t b = 0; b < base_.code.size(); ++b)
+        if (m.baseToPatched[b] && !spent_[b]) found += pairCallees(m, b, *m.baseToPatched[b]);
+      total += found;
+      if (!found) break;
     }
-    total += found;
-    if (!found) break;
+    return total;
   }
-  return total;
-}
+
+private:
+  // Pairs what the calls of one pair can pair. Afterwards each of its calls is paired or cannot
+  // pair (paired callees stay paired, the other conditions do not change): the pair is spent.
+  size_t pairCallees(Matching &m, size_t b, size_t p) {
+    spent_[b] = true;
+    std::span<const size_t> bt = baseCalls_.of(b), pt = patchedCalls_.of(p);
+    if (bt.size() != pt.size()) return 0;
+    bool unchangedCaller = base_.code[b].shape == patched_.code[p].shape;
+    size_t found = 0;
+    for (size_t i = 0; i < bt.size(); ++i) {
+      if (bt[i] == CallLists::kNone || pt[i] == CallLists::kNone || m.baseToPatched[bt[i]] || m.patchedToBase[pt[i]])
+        continue;
+      if (newNames_[pt[i]] && !unchangedCaller) continue;
+      std::string_view bn = base_.nameKeys[bt[i]], pn = patched_.nameKeys[pt[i]];
+      if (!bn.empty() && !pn.empty() && bn != pn) continue;
+      m.pair(bt[i], pt[i], {MatchStage::CallGraph, 0.8});
+      ++found;
+    }
+    return found;
+  }
+
+  const Program &base_, &patched_;
+  const std::vector<bool> &newNames_;
+  CallLists baseCalls_, patchedCalls_;
+  std::vector<bool> spent_;  // per base function
+};
 
 // Function pointers at the same place of data laid out alike on both sides (a writable or RELRO
 // section of the same name and size, as most security updates leave them; it may have moved as a
@@ -246,9 +283,10 @@ Matching matchFunctions(const Program &base, const Program &patched) {
     return shapeKey(p, i);
   };
   size_t byHash = matchKeys(base, patched, m, substantialShapeKey, {MatchStage::Hash, 0.95});
-  size_t byCalls = propagateThroughCalls(base, patched, m, fresh);
+  CallPropagation calls(base, patched, fresh);
+  size_t byCalls = calls.run(m);
   size_t byData = matchThroughDataPointers(base, patched, m, fresh);
-  if (byData) byCalls += propagateThroughCalls(base, patched, m, fresh);
+  if (byData) byCalls += calls.run(m);
   auto signature = [](const Program &p, size_t i) -> std::optional<uint64_t> {
     const FunctionCode &d = p.code[i];
     if (d.instructions < 4) return std::nullopt;  // too little to tell functions apart
@@ -258,7 +296,7 @@ Matching matchFunctions(const Program &base, const Program &patched) {
   // Identical bodies left over (copies of one helper): in address order.
   byHash += matchKeys(base, patched, m, shapeKey, {MatchStage::Hash, 0.95}, MatchInfo{MatchStage::Hash, 0.8}, &fresh);
   byStructure += matchLayoutGaps(base, patched, m, fresh);
-  byCalls += propagateThroughCalls(base, patched, m, fresh);
+  byCalls += calls.run(m);
 
   m.log.push_back(fmt::format("name: {} pairs", byName));
   m.log.push_back(fmt::format("debug-identity: {} pairs", byDebug));

@@ -124,6 +124,38 @@ std::pair<size_t, size_t> PointerSlots::within(uint64_t begin, uint64_t end) con
   return {begin ? index_.countAtOrBefore(begin - 1) : 0, end ? index_.countAtOrBefore(end - 1) : 0};
 }
 
+AddressMemo::AddressMemo(size_t capacity) {
+  if (!capacity) return;
+  size_t entries = llvm::bit_ceil(capacity);
+  entries_ = std::make_unique<Entry[]>(entries);
+  mask_ = entries - 1;
+}
+
+std::optional<uint64_t> AddressMemo::find(uint64_t address) const {
+  if (!entries_) return std::nullopt;
+  uint64_t key = address + 1;
+  for (size_t i = 0, at = mixHash(address, 0) & mask_; i < kProbes; ++i, at = (at + 1) & mask_) {
+    uint64_t seen = entries_[at].key.load(std::memory_order_acquire);
+    if (seen == key) return entries_[at].value;
+    if (seen == kFree) return std::nullopt;
+  }
+  return std::nullopt;
+}
+
+void AddressMemo::insert(uint64_t address, uint64_t value) {
+  if (!entries_) return;
+  uint64_t key = address + 1;
+  for (size_t i = 0, at = mixHash(address, 0) & mask_; i < kProbes; ++i, at = (at + 1) & mask_) {
+    uint64_t expected = kFree;
+    if (entries_[at].key.compare_exchange_strong(expected, kClaimed, std::memory_order_acquire)) {
+      entries_[at].value = value;
+      entries_[at].key.store(key, std::memory_order_release);
+      return;
+    }
+    if (expected == key) return;  // another worker got there first, with the same value
+  }
+}
+
 void AddressSet::add(uint64_t address) {
   auto [entry, added] = blockIndex_.try_emplace(address >> kBlockShift, uint32_t(blocks_.size()));
   if (added) blocks_.emplace_back();
@@ -240,6 +272,7 @@ void Program::decode(std::vector<std::unique_ptr<InstructionDecoder>> &decoders,
                      const std::vector<std::optional<size_t>> &movedFrom) {
   size_t n = image.functions.size();
   code.assign(n, {});
+  entryThunkSlots_.assign(n, 0);
   copiedFrom_ = other;
   chunks_.assign((n + kFunctionsPerChunk - 1) / kFunctionsPerChunk, {});
   // Each worker fills its own scratch chunk, then the chunk gets an exact copy: vectors that grew
@@ -255,6 +288,7 @@ void Program::decode(std::vector<std::unique_ptr<InstructionDecoder>> &decoders,
     size_t begin = c * kFunctionsPerChunk, end = std::min(n, begin + kFunctionsPerChunk);
     for (size_t i = begin; i < end; ++i) {
       if (!diffable[i]) continue;
+      entryThunkSlots_[i] = importThunkSlot(image.functions[i].range.rva, *decoders[worker]).value_or(0);
       if (other && movedFrom[i] && copyMovedCode(i, *movedFrom[i], work)) continue;
       const Function &function = image.functions[i];
       llvm::ArrayRef<uint8_t> bytes = image.bytesAt(function.range.rva, function.range.size);
@@ -333,21 +367,26 @@ void Program::dropUnreachedDiscoveries() {
 }
 
 void Program::findStubs(InstructionDecoder &decoder) {
-  std::unordered_set<uint64_t> seen;
+  std::unordered_set<uint64_t> seen;  // targets that start no decoded function, read once
   for (size_t i = 0; i < code.size(); ++i) {
-    releaseFilePagesEvery(kChunksBetweenReleases * kFunctionsPerChunk, i, image, nullptr);  // reads at call targets
     if (!diffable[i]) continue;
     for (const CodeReference &r : references(i)) {
-      if ((r.kind != ReferenceKind::Call && r.kind != ReferenceKind::Branch) || landsInItself(i, r.target) ||
-          !seen.insert(r.target).second)
-        continue;
+      if ((r.kind != ReferenceKind::Call && r.kind != ReferenceKind::Branch) || landsInItself(i, r.target)) continue;
       if (inStubSection(r.target)) {
-        stubSlots_[r.target] = decodeStubSlot(r.target, decoder);
+        if (!stubSlots_.count(r.target)) stubSlots_[r.target] = decodeStubSlot(r.target, decoder);
         continue;
       }
-      if (std::optional<uint64_t> slot = importThunkSlot(r.target, decoder)) importThunks_[r.target] = *slot;
+      std::optional<uint64_t> slot;
+      const Function *f = functionAt(r.target);
+      if (f && f->range.rva == r.target && diffable[functionIndex(f)]) {
+        if (uint64_t entrySlot = entryThunkSlots_[functionIndex(f)]) slot = entrySlot;
+      } else if (seen.insert(r.target).second) {
+        slot = importThunkSlot(r.target, decoder);
+      }
+      if (slot) importThunks_[r.target] = *slot;
     }
   }
+  entryThunkSlots_ = {};
 }
 
 bool Program::copyMovedCode(size_t p, size_t b, CodeChunk &chunk) {
@@ -586,12 +625,14 @@ std::optional<Program::RelativeStringTable> Program::relativeStringTable(uint64_
     llvm::ArrayRef<uint8_t> word = image.bytesAt(rva + table.entries * 4, 4);
     if (word.size() != 4) break;
     uint64_t target = rva + int64_t(int32_t(llvm::support::endian::read32le(word.data())));
-    llvm::ArrayRef<uint8_t> before = image.bytesAt(target - 1, 1);
-    std::optional<uint64_t> size = cStringSize(target);
     // A string of its own (after a NUL, as a string section lays them out), outside the table.
-    if (image.sectionAt(target) != section || target == section->rva || before.size() != 1 || before[0] != 0 || !size ||
+    if (target <= section->rva || target - section->rva >= section->size ||
         (target >= rva && target < rva + (table.entries + 1) * 4))
       break;
+    llvm::ArrayRef<uint8_t> before = image.bytesAt(target - 1, 1);
+    if (before.size() != 1 || before[0] != 0) break;
+    std::optional<uint64_t> size = cStringSize(target);
+    if (!size) break;
     strings.push_back({target, *size});
   }
   while (!strings.empty() && strings.back().first >= rva && strings.back().first < rva + strings.size() * 4) {
@@ -641,24 +682,23 @@ uint64_t Program::relativeTableEntries(uint64_t rva, const Function &within) con
   }
 }
 
-uint64_t Program::contentHash(uint64_t rva, uint64_t size, const Function *within,
-                              const std::function<uint64_t(uint64_t)> &pointerClass) const {
-  // A table of 32-bit offsets from its own start into the function that uses it (x64 switch
-  // tables) moves with the function: compare the instruction each entry selects.
-  if (within) {
-    size_t function = functionIndex(within);
-    uint64_t hash = 0x7ab1e5, entries = 0;
-    for (uint64_t offset = 0;; offset += 4) {
-      llvm::ArrayRef<uint8_t> word = image.bytesAt(rva + offset, 4);
-      if (word.size() != 4) break;
-      uint64_t target = rva + int64_t(int32_t(llvm::support::endian::read32le(word.data())));
-      if (!within->range.contains(target)) break;
-      std::optional<uint32_t> instruction = instructionAt(function, target - within->range.rva);
-      hash = mixHash(hash, instruction ? uint64_t(*instruction) : (1ull << 40) + target - within->range.rva);
-      ++entries;
-    }
-    if (entries >= 2) return hash;  // the table's extent is where its entries end, not `size`
+std::optional<uint64_t> Program::switchTableHash(uint64_t rva, const Function &within) const {
+  size_t function = functionIndex(&within);
+  uint64_t hash = 0x7ab1e5, entries = 0;
+  for (uint64_t offset = 0;; offset += 4) {
+    llvm::ArrayRef<uint8_t> word = image.bytesAt(rva + offset, 4);
+    if (word.size() != 4) break;
+    uint64_t target = rva + int64_t(int32_t(llvm::support::endian::read32le(word.data())));
+    if (!within.range.contains(target)) break;
+    std::optional<uint32_t> instruction = instructionAt(function, target - within.range.rva);
+    hash = mixHash(hash, instruction ? uint64_t(*instruction) : (1ull << 40) + target - within.range.rva);
+    ++entries;
   }
+  if (entries >= 2) return hash;  // the table's extent is where its entries end
+  return std::nullopt;
+}
+
+uint64_t Program::contentHash(uint64_t rva, uint64_t size, const std::function<uint64_t(uint64_t)> &pointerClass) const {
   // clang's lookup table of a switch that returns strings, in position-independent code: 32-bit
   // offsets from its start to the strings. The strings move as the build changes; compare them.
   if (std::optional<RelativeStringTable> table = relativeStringTable(rva)) {

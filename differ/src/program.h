@@ -8,8 +8,10 @@
 #include <llvm/ADT/DenseMap.h>
 
 #include <array>
+#include <atomic>
 #include <functional>
 #include <map>
+#include <memory>
 #include <unordered_map>
 
 namespace hotforge::differ {
@@ -79,6 +81,26 @@ public:
 private:
   StartIndex index_;                     // the slots' addresses
   std::vector<PointerTarget> pointers_;  // parallel to them
+};
+
+// Values of a pure function of an address, shared by worker threads without a lock: open
+// addressing over atomics. An entry is claimed, written, then published; a reader that finds it
+// unpublished, or a writer that finds no free entry near, computes the value itself.
+class AddressMemo {
+public:
+  explicit AddressMemo(size_t capacity = 0);
+  std::optional<uint64_t> find(uint64_t address) const;
+  void insert(uint64_t address, uint64_t value);
+
+private:
+  static constexpr uint64_t kFree = 0, kClaimed = ~uint64_t(0);
+  static constexpr size_t kProbes = 16;
+  struct Entry {
+    std::atomic<uint64_t> key{kFree};  // address + 1 once published
+    uint64_t value = 0;
+  };
+  std::unique_ptr<Entry[]> entries_;
+  size_t mask_ = 0;
 };
 
 // A set of addresses, as one bit per byte in blocks of 1 KiB of addresses that exist only where
@@ -237,9 +259,12 @@ struct Program {
   size_t dataIndex(const DataObject *d) const { return dataSlots_[size_t(d - image.dataObjects.data())]; }
 
   // Content of `size` bytes at `rva`, with relocated pointers replaced by pointerClass(what they
-  // point at) and relative jump-table entries into `within` replaced by instruction indexes.
-  uint64_t contentHash(uint64_t rva, uint64_t size, const Function *within,
-                       const std::function<uint64_t(uint64_t)> &pointerClass) const;
+  // point at).
+  uint64_t contentHash(uint64_t rva, uint64_t size, const std::function<uint64_t(uint64_t)> &pointerClass) const;
+  // A table at rva of 32-bit offsets from its own start into `within` (an x64 switch table moves
+  // with its function): the instruction each entry selects; nothing when fewer than two entries
+  // land in the function.
+  std::optional<uint64_t> switchTableHash(uint64_t rva, const Function &within) const;
   uint64_t naturalExtent(uint64_t rva) const;
   // Read-only data that holds relocated pointers (a table whose length the code alone knows):
   // up to the next address code refers to, the next data object or the end of its section.
@@ -291,6 +316,9 @@ private:
   std::vector<bool> dataStartsInside_;  // per function: a data object starts inside it, after its entry
   std::vector<std::pair<uint64_t, uint64_t>> stubRanges_;  // .plt-like sections
   std::map<uint64_t, uint64_t> importThunks_;  // thunk -> the import slot it jumps through
+  // Per function, from decode to findStubs: the import slot it jumps through when it is a thunk
+  // (0 when not), so that findStubs need not read the code at every call target again.
+  std::vector<uint64_t> entryThunkSlots_;
   std::unordered_map<uint64_t, std::optional<uint64_t>> stubSlots_;  // .plt-like stub -> its slot
   std::vector<size_t> dataSlots_;  // per image data object: its index in `data`
   std::vector<AddressRange> relro_;  // read-only after relocation (ELF PT_GNU_RELRO)
