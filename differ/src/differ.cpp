@@ -1251,8 +1251,10 @@ private:
     for (size_t i = 0; i < base_.pointers.size(); ++i) {  // the first slot by address of each
       const PointerTarget &pointer = base_.pointers.pointer(i);
       if (pointer.symbol) baseSymbolSlots_.try_emplace(*pointer.symbol, base_.pointers.rva(i));
-      else basePointeeSlots_.try_emplace(pointer.rva, base_.pointers.rva(i));
+      else basePointeeSlots_.push_back({pointer.rva, base_.pointers.rva(i)});
     }
+    std::stable_sort(basePointeeSlots_.begin(), basePointeeSlots_.end(),
+                     [](const auto &a, const auto &b) { return a.first < b.first; });
     for (auto &[slot, import] : base_.importSlots) baseImportSlots_.try_emplace(symbolKey(import->library, import->name), slot);
     for (size_t b = 0; b < base_.image.functions.size(); ++b)
       if (base_.diffable[b] && base_.image.functions[b].name)
@@ -1281,14 +1283,24 @@ private:
 
   // A slot the dynamic loader fills with no pointer (an Arm64 TLS descriptor, libssh's
   // R_AARCH64_TLSDESC): the base's only slot with the same relocation (type, symbol, addend).
+  // The first base slot, by address, that points at `pointee` (no symbol).
+  std::optional<uint64_t> baseSlotPointingAt(uint64_t pointee) const {
+    auto it = std::lower_bound(basePointeeSlots_.begin(), basePointeeSlots_.end(), pointee,
+                               [](const auto &entry, uint64_t key) { return entry.first < key; });
+    if (it == basePointeeSlots_.end() || it->first != pointee) return std::nullopt;
+    return it->second;
+  }
+
   std::optional<uint64_t> baseRelocatedSlot(uint64_t target) const {
-    if (patched_.pointers.contains(target)) return std::nullopt;
+    const std::vector<uint64_t> &relocated = patched_.relocations.rvas;
+    if (patched_.pointers.contains(target) || !std::binary_search(relocated.begin(), relocated.end(), target))
+      return std::nullopt;
     auto mine = std::find_if(patched_.image.relocations.begin(), patched_.image.relocations.end(),
                              [&](const Relocation &r) { return r.rva == target; });
     if (mine == patched_.image.relocations.end()) return std::nullopt;
     std::optional<uint64_t> found;
     for (const Relocation &r : base_.image.relocations)
-      if (r.type == mine->type && r.symbol == mine->symbol && r.addend == mine->addend) {
+      if (r.type == mine->type && sameSymbol(r, *mine) && r.addend == mine->addend) {
         if (found) return std::nullopt;  // ambiguous
         found = r.rva;
       }
@@ -1415,7 +1427,7 @@ private:
       if (auto it = slotToBase_.find(target); it != slotToBase_.end()) return {Kind::Base, it->second, 0, {}};
       if (std::optional<uint64_t> b = nearbyCounterpart(target)) return {Kind::Base, *b, 0, {}};
       if (std::optional<uint64_t> pointee = baseCounterpart(pointer.rva))
-        if (auto it = basePointeeSlots_.find(*pointee); it != basePointeeSlots_.end()) return {Kind::Base, it->second, 0, {}};
+        if (std::optional<uint64_t> slot = baseSlotPointingAt(*pointee)) return {Kind::Base, *slot, 0, {}};
       // A new read-only table that starts with a pointer (its symbol stripped): copied whole.
       if (patched_.isReadOnly(target)) return {Kind::Constant, target, patched_.tableExtent(target), {}};
       return {Kind::Unbound, target, 0, "a pointer slot with no counterpart in the base"};
@@ -1492,7 +1504,7 @@ private:
   std::set<std::string> reportedImports_;  // symbolKey of each new import listed as HF301
   std::vector<bool> carried_;  // per patched function: the patch carries it
   std::map<std::string, uint64_t> baseStubs_, baseSymbolSlots_, baseImportSlots_, baseFunctionNames_;
-  std::map<uint64_t, uint64_t> basePointeeSlots_;
+  std::vector<std::pair<uint64_t, uint64_t>> basePointeeSlots_;  // (pointee, slot), by pointee, then slot
   std::map<uint64_t, uint64_t> anchors_;  // patched -> base of every data pair: where nearbyCounterpart measures from
 };
 

@@ -641,7 +641,7 @@ private:
       std::optional<uint64_t> pointee;
       if (!r.symbol) pointee = baseCounterpart(uint64_t(r.addend) - patched_.imageBase, depth + 1);
       for (const Relocation &b : base_.relocations) {
-        if (r.symbol ? b.symbol == r.symbol && b.type == r.type
+        if (r.symbol ? sameSymbol(b, r) && b.type == r.type
                      : pointee && !b.symbol && uint64_t(b.addend) - base_.imageBase == *pointee)
           return b.rva;
       }

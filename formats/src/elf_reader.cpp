@@ -298,26 +298,45 @@ Error collectDynamicRelocations(const ELF64LEObjectFile &elf, Image &image) {
       consumeError(relas.takeError());
   }
   image.relocations.reserve(count);
+  // What relocations need of a symbol, read once per symbol of the table they link to: a large
+  // library has hundreds of thousands of relocations and tens of thousands of symbols.
+  struct SymbolFacts {
+    bool read = false, undefined = false;
+    const std::string *name = nullptr;  // null: no name
+    std::string_view version;
+  };
+  const ELF64LE::Shdr *symbolTable = nullptr;
+  StringRef strings;
+  std::vector<VersionEntry> versions;  // of the .dynsym entries from index 1 on (none without .gnu.version)
+  std::vector<SymbolFacts> symbols;    // by symbol index
   for (const ELF64LE::Shdr &section : *sections) {
     if (!dynamicRelas(section)) continue;
     Expected<ELF64LE::RelaRange> relas = file.relas(section);
     if (!relas) return relas.takeError();
-    const ELF64LE::Shdr *symbolTable = nullptr;
-    StringRef strings;
+    const ELF64LE::Shdr *table = nullptr;
     if (section.sh_link) {
-      Expected<const ELF64LE::Shdr *> table = file.getSection(section.sh_link);
-      if (!table) return table.takeError();
-      symbolTable = *table;
-      Expected<StringRef> names = file.getStringTableForSymtab(*symbolTable);
-      if (!names) return names.takeError();
-      strings = *names;
+      Expected<const ELF64LE::Shdr *> linked = file.getSection(section.sh_link);
+      if (!linked) return linked.takeError();
+      table = *linked;
     }
-    // Versions of the .dynsym entries from index 1 on (none without .gnu.version).
-    std::vector<VersionEntry> versions;
-    if (symbolTable && symbolTable->sh_type == ELF::SHT_DYNSYM) {
-      Expected<std::vector<VersionEntry>> read = elf.readDynsymVersions();
-      if (!read) return read.takeError();
-      versions = std::move(*read);
+    if (table != symbolTable) {
+      symbolTable = table;
+      strings = {};
+      versions.clear();
+      symbols.clear();
+      if (table) {
+        Expected<StringRef> names = file.getStringTableForSymtab(*table);
+        if (!names) return names.takeError();
+        strings = *names;
+        Expected<ELF64LE::SymRange> all = file.symbols(table);  // within the file
+        if (!all) return all.takeError();
+        symbols.resize(all->size());
+      }
+      if (table && table->sh_type == ELF::SHT_DYNSYM) {
+        Expected<std::vector<VersionEntry>> read = elf.readDynsymVersions();
+        if (!read) return read.takeError();
+        versions = std::move(*read);
+      }
     }
     for (const ELF64LE::Rela &rela : *relas) {
       Relocation r;
@@ -326,22 +345,30 @@ Error collectDynamicRelocations(const ELF64LEObjectFile &elf, Image &image) {
       r.addend = rela.r_addend;
       r.typeName = file.getRelocationTypeName(r.type);
       bool undefinedSymbol = false;
-      if (symbolTable && rela.getSymbol(false)) {
-        Expected<const ELF64LE::Sym *> symbol = file.getRelocationSymbol(rela, symbolTable);
-        if (!symbol) return symbol.takeError();
-        if (*symbol) {
-          Expected<StringRef> name = (*symbol)->getName(strings);
-          if (!name) return name.takeError();
-          if (!name->empty()) r.symbol = image.keepRelocationName(*name);
-          undefinedSymbol = (*symbol)->st_shndx == ELF::SHN_UNDEF;
+      if (uint32_t index = rela.getSymbol(false); symbolTable && index) {
+        SymbolFacts outside;  // past the table: getRelocationSymbol says what is wrong
+        SymbolFacts &facts = index < symbols.size() ? symbols[index] : outside;
+        if (!facts.read) {
+          Expected<const ELF64LE::Sym *> symbol = file.getRelocationSymbol(rela, symbolTable);
+          if (!symbol) return symbol.takeError();
+          if (*symbol) {
+            Expected<StringRef> name = (*symbol)->getName(strings);
+            if (!name) return name.takeError();
+            if (!name->empty()) facts.name = image.keepRelocationName(*name);
+            facts.undefined = (*symbol)->st_shndx == ELF::SHN_UNDEF;
+          }
+          if (index <= versions.size() && !versions[index - 1].Name.empty())
+            facts.version = *image.keepRelocationName(versions[index - 1].Name);
+          facts.read = true;
         }
+        r.symbol = facts.name;
+        undefinedSymbol = facts.undefined;
+        r.version = facts.version;
       }
       // On every ELF machine the type names end in _JUMP_SLOT (lazily bound calls) and _GLOB_DAT
       // (GOT entries); other symbolic relocations fill pointers inside data (vtables).
       bool jumpSlot = StringRef(r.typeName).ends_with("_JUMP_SLOT");
       bool gotSlot = StringRef(r.typeName).ends_with("_GLOB_DAT");
-      if (uint32_t index = rela.getSymbol(false); index && index <= versions.size() && !versions[index - 1].Name.empty())
-        r.version = *image.keepRelocationName(versions[index - 1].Name);
       if (r.symbol && (jumpSlot || (gotSlot && undefinedSymbol)))
         image.imports.push_back(
             {*r.symbol, "", r.rva, jumpSlot ? ImportKind::PltSlot : ImportKind::GotSlot, std::string(r.version)});

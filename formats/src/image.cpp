@@ -66,6 +66,7 @@ const Section *Image::sectionAt(uint64_t rva) const {
 }
 
 const std::string *Image::keepRelocationName(std::string_view name) {
+  if (auto kept = relocationNames_.find(name); kept != relocationNames_.end()) return &*kept;
   return &*relocationNames_.emplace(name).first;
 }
 

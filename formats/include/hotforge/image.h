@@ -127,6 +127,12 @@ struct Relocation {
   std::string_view version{};  // ELF: the symbol's version, kept by the Image; empty when it has none
 };
 
+// Whether two relocations, of one build or of two, name the same symbol (or both none): their
+// names are kept by their own Images, so it compares what they point at.
+inline bool sameSymbol(const Relocation &a, const Relocation &b) {
+  return a.symbol == b.symbol || (a.symbol && b.symbol && *a.symbol == *b.symbol);
+}
+
 // The PE load configuration fields Hotforge relies on.
 struct LoadConfig {
   uint32_t size = 0;
@@ -193,7 +199,12 @@ public:
 
 private:
   std::unique_ptr<llvm::MemoryBuffer> buffer_;
-  std::unordered_set<std::string> relocationNames_;  // node-based: the strings stay put
+  // Node-based, so the strings stay put; found by string_view without building a string.
+  struct NameHash {
+    using is_transparent = void;
+    size_t operator()(std::string_view name) const { return std::hash<std::string_view>{}(name); }
+  };
+  std::unordered_set<std::string, NameHash, std::equal_to<>> relocationNames_;
 };
 
 // Reads an ELF64 or PE32+ image for x64 or Arm64. Errors name the file and, where the format
