@@ -395,27 +395,37 @@ bool Program::copyMovedCode(size_t p, size_t b, CodeChunk &chunk) {
   llvm::ArrayRef<uint8_t> baseBytes = copiedFrom_->image.bytesAt(fb.range.rva, fb.range.size);
   llvm::ArrayRef<uint8_t> patchedBytes = image.bytesAt(fp.range.rva, fp.range.size);
   if (baseBytes.size() != patchedBytes.size() || baseBytes.empty() || !from.complete) return false;
+  // A function that neither moved nor changed (most of a security update) decodes as the other
+  // does, whatever its references are (an Arm64 ADRP pair too): it refers where the other does.
+  auto relocatedWithin = [&](const RelocationIndex &index) {
+    auto first = std::lower_bound(index.rvas.begin(), index.rvas.end(), fp.range.rva);
+    auto last = std::lower_bound(first, index.rvas.end(), fp.range.end());
+    return llvm::ArrayRef<uint64_t>(index.rvas).slice(size_t(first - index.rvas.begin()), size_t(last - first));
+  };
+  bool inPlace = fb.range.rva == fp.range.rva && std::equal(baseBytes.begin(), baseBytes.end(), patchedBytes.begin()) &&
+                 relocatedWithin(relocations) == relocatedWithin(copiedFrom_->relocations);
   ReferenceList fromReferences = copiedFrom_->references(b);
-  uint32_t compared = 0;
-  for (const CodeReference &r : fromReferences) {
-    std::optional<FieldSpan> span = fieldSpan(machineTarget(image.machine), r);
-    if (!span || span->begin < compared || span->end > baseBytes.size()) return false;
-    if (!std::equal(baseBytes.begin() + compared, baseBytes.begin() + span->begin, patchedBytes.begin() + compared))
-      return false;
-    if (span->mask) {
-      uint32_t wb = llvm::support::endian::read32le(&baseBytes[span->begin]);
-      uint32_t wp = llvm::support::endian::read32le(&patchedBytes[span->begin]);
-      if ((wb & ~span->mask) != (wp & ~span->mask)) return false;
+  if (!inPlace) {
+    uint32_t compared = 0;
+    for (const CodeReference &r : fromReferences) {
+      std::optional<FieldSpan> span = fieldSpan(machineTarget(image.machine), r);
+      if (!span || span->begin < compared || span->end > baseBytes.size()) return false;
+      if (!std::equal(baseBytes.begin() + compared, baseBytes.begin() + span->begin, patchedBytes.begin() + compared))
+        return false;
+      if (span->mask) {
+        uint32_t wb = llvm::support::endian::read32le(&baseBytes[span->begin]);
+        uint32_t wp = llvm::support::endian::read32le(&patchedBytes[span->begin]);
+        if ((wb & ~span->mask) != (wp & ~span->mask)) return false;
+      }
+      compared = span->end;
     }
-    compared = span->end;
+    if (!std::equal(baseBytes.begin() + compared, baseBytes.end(), patchedBytes.begin() + compared)) return false;
   }
-  if (!std::equal(baseBytes.begin() + compared, baseBytes.end(), patchedBytes.begin() + compared)) return false;
   FunctionCode &f = code[p];
   static_cast<CodeSummary &>(f) = from;
   f.copiedFrom = uint32_t(b);
   f.referenceCount = from.referenceCount;
-  // A function that neither moved nor changed (most of a security update) refers where the other does.
-  if (fb.range.rva == fp.range.rva && std::equal(baseBytes.begin(), baseBytes.end(), patchedBytes.begin())) {
+  if (inPlace) {
     f.firstReference = FunctionCode::kSameTargets;
     return true;
   }

@@ -60,9 +60,27 @@ std::string guidString(const std::array<uint8_t, 16> &g) {
 }
 
 const Section *Image::sectionAt(uint64_t rva) const {
+  if (!sectionIndex_.empty()) {
+    auto after = std::upper_bound(sectionIndex_.begin(), sectionIndex_.end(), rva,
+                                  [](uint64_t address, const SectionSpan &span) { return address < span.begin; });
+    if (after == sectionIndex_.begin() || rva >= std::prev(after)->end) return nullptr;
+    return &sections[std::prev(after)->index];
+  }
   for (const Section &s : sections)
     if (s.loaded && rva >= s.rva && rva - s.rva < s.size) return &s;
   return nullptr;
+}
+
+void Image::indexSections() {
+  sectionIndex_.clear();
+  std::vector<SectionSpan> spans;
+  for (size_t i = 0; i < sections.size(); ++i)
+    if (sections[i].loaded && sections[i].size && sections[i].rva + sections[i].size > sections[i].rva)
+      spans.push_back({sections[i].rva, sections[i].rva + sections[i].size, i});
+  std::sort(spans.begin(), spans.end(), [](const SectionSpan &a, const SectionSpan &b) { return a.begin < b.begin; });
+  for (size_t i = 1; i < spans.size(); ++i)
+    if (spans[i].begin < spans[i - 1].end) return;  // overlapping: which one comes first in `sections` decides
+  sectionIndex_ = std::move(spans);
 }
 
 const std::string *Image::keepRelocationName(std::string_view name) {
@@ -259,6 +277,7 @@ Expected<Image> readImage(std::unique_ptr<MemoryBuffer> buffer, const ImageReadO
     {
       llvm::TimeTraceScope scope("read image", name);
       if (Error e = reader->read(*object, options, image)) return fail(errorText(std::move(e)));
+      image.indexSections();
     }
     llvm::TimeTraceScope scope("identify and discover", name);
     image.identity.sha256 = sha256(

@@ -194,11 +194,20 @@ public:
   void releaseFilePages() const;
 
   void adoptBuffer(std::unique_ptr<llvm::MemoryBuffer> buffer) { buffer_ = std::move(buffer); }
+  // Once the sections are read: sectionAt then searches a sorted table (a diff asks millions of
+  // times) instead of walking every section; sections changed later need another call.
+  void indexSections();
   // The one copy of a name that relocations refer to; it lives as long as the Image (moves too).
   const std::string *keepRelocationName(std::string_view name);
 
 private:
   std::unique_ptr<llvm::MemoryBuffer> buffer_;
+  struct SectionSpan {
+    uint64_t begin, end;
+    size_t index;  // in `sections`
+  };
+  // The loaded sections by address, when none overlap (else empty: sectionAt walks them in order).
+  std::vector<SectionSpan> sectionIndex_;
   // Node-based, so the strings stay put; found by string_view without building a string.
   struct NameHash {
     using is_transparent = void;
