@@ -73,15 +73,19 @@ struct Arm64Tables : Arm64Opcodes {
       if ((name.consume_front("X") || name.consume_front("W")) && !name.getAsInteger(10, number) && number <= 18)
         callerSaved[reg] = true;
     }
+    pairScale.assign(mc.instructions->getNumOpcodes(), 0);
     for (auto [name, scale] : pairs)
-      if (auto it = byName.find(name); it != byName.end()) pairScale[it->second] = scale;
+      if (auto it = byName.find(name); it != byName.end()) pairScale[it->second] = uint8_t(scale);
+    unscaled.assign(mc.instructions->getNumOpcodes(), false);
     for (const auto &entry : byName)
-      if (isUnscaled(entry.getKey())) unscaled.insert(entry.getValue());
+      if (isUnscaled(entry.getKey())) unscaled[entry.getValue()] = true;
+    addRegister.assign(mc.instructions->getNumOpcodes(), false);
     for (const char *name : kAddRegister)
-      if (auto it = byName.find(name); it != byName.end()) addRegister.insert(it->second);
+      if (auto it = byName.find(name); it != byName.end()) addRegister[it->second] = true;
+    notFieldBases.assign(mc.registers->getNumRegs(), false);
     for (unsigned reg = 1; reg < mc.registers->getNumRegs(); ++reg) {
       StringRef name = mc.registers->getName(reg);
-      if (name == "SP" || name == "WSP" || name == "FP" || name == "X29") notFieldBases.insert(reg);
+      if (name == "SP" || name == "WSP" || name == "FP" || name == "X29") notFieldBases[reg] = true;
       if (name == "FP" || name == "X29") framePointer = reg;
     }
     for (unsigned reg = 1; reg < mc.registers->getNumRegs(); ++reg)
@@ -91,11 +95,12 @@ struct Arm64Tables : Arm64Opcodes {
   std::vector<bool> callerSaved;  // per register
   std::vector<uint8_t> accessScale;  // by opcode: the access size of an unsigned-offset load or store, else 0
   std::vector<bool> hasPcRelative;   // by opcode: it has a PC-relative operand
-  std::unordered_map<unsigned, unsigned> pairScale;  // opcode -> access size
-  std::unordered_set<unsigned> unscaled, notFieldBases;  // LDUR/STUR opcodes; sp and x29
+  std::vector<uint8_t> pairScale;  // by opcode: the access size of an LDP/STP with a signed offset, else 0
+  std::vector<bool> unscaled;      // by opcode: LDUR/STUR
+  std::vector<bool> notFieldBases;        // by register: sp and x29
   // ADD Xd, Xn, Xm{, shift} and ADD Xd, Xn, Wm{, extend}: an index added to an address.
   static constexpr const char *kAddRegister[] = {"ADDXrs", "ADDXrx", "ADDXrx64"};
-  std::unordered_set<unsigned> addRegister;
+  std::vector<bool> addRegister;  // by opcode
   unsigned zeroRegister = 0, framePointer = 0;
   std::unordered_map<unsigned, FixupKind> pcRelativeEncoding;
 };
@@ -188,10 +193,10 @@ protected:
   std::optional<unsigned> displacementScale(const MCInst &inst, unsigned operand) const override {
     unsigned scale = 0, base = 1;
     if (unsigned access = tables_.accessScale[inst.getOpcode()]) scale = access;
-    else if (tables_.unscaled.count(inst.getOpcode())) scale = 1;
-    else if (auto pair = tables_.pairScale.find(inst.getOpcode()); pair != tables_.pairScale.end()) scale = pair->second, base = 2;
+    else if (tables_.unscaled[inst.getOpcode()]) scale = 1;
+    else if (unsigned pair = tables_.pairScale[inst.getOpcode()]) scale = pair, base = 2;
     if (!scale || operand != base + 1 || inst.getNumOperands() <= operand || !inst.getOperand(base).isReg() ||
-        tables_.notFieldBases.count(inst.getOperand(base).getReg()))
+        tables_.notFieldBases[inst.getOperand(base).getReg()])
       return std::nullopt;
     return scale;
   }
@@ -216,13 +221,14 @@ protected:
     blockEntries_.clear();
     blockEntryAt_.clear();
     predecoded_.clear();
-    predecodedAt_.assign(code.size() / 4, -1);
+    predecodedAt_.clear();
     // ADR and ADRP are the words with bits 28-24 = 10000: without one there is nothing to
     // follow, and the function needs no decoding here.
     bool hasAddress = false;
     for (uint64_t offset = 0; offset + 4 <= code.size() && !hasAddress; offset += 4)
       hasAddress = (support::endian::read32le(code.data() + offset) & 0x1f000000) == 0x10000000;
     if (!hasAddress) return;
+    predecodedAt_.assign(code.size() / 4, -1);
     std::vector<Decoded> &insts = predecoded_;
     uint32_t index = 0;
     bool sawAddress = false;
@@ -507,7 +513,7 @@ private:
     }
     // ADD Xd, Xn, index: Xd holds Xn's address plus an index. gcc reaches the objects of a
     // section anchor's block so (&anchor + index, then a load at the object's offset).
-    if (tables_.addRegister.count(inst.getOpcode()) && inst.getNumOperands() >= 3 && inst.getOperand(1).isReg() &&
+    if (tables_.addRegister[inst.getOpcode()] && inst.getNumOperands() >= 3 && inst.getOperand(1).isReg() &&
         inst.getOperand(2).isReg()) {
       std::optional<KnownAddress> indexed;
       if (auto base = known.find(inst.getOperand(1).getReg());
@@ -519,7 +525,7 @@ private:
     }
     // A page spilled to the stack (str Xt, [sp|x29, #imm]) and reloaded (ldr Xt, [sp|x29, #imm]).
     if ((inst.getOpcode() == tables_.storeX || inst.getOpcode() == tables_.loadX) && inst.getNumOperands() == 3 &&
-        inst.getOperand(1).isReg() && tables_.notFieldBases.count(inst.getOperand(1).getReg()) && inst.getOperand(2).isImm()) {
+        inst.getOperand(1).isReg() && tables_.notFieldBases[inst.getOperand(1).getReg()] && inst.getOperand(2).isImm()) {
       unsigned slot = kStackSlots + (inst.getOperand(1).getReg() == tables_.framePointer ? 1u << 16 : 0) +
                       unsigned(inst.getOperand(2).getImm() & 0xffff);
       unsigned reg = inst.getOperand(0).getReg();
@@ -603,6 +609,7 @@ private:
   }
 
   void killDefinitions(const MCInst &inst, const MCInstrDesc &desc, Known &known) const {
+    if (known.begin() == known.end()) return;
     for (unsigned i = 0; i < desc.getNumDefs() && i < inst.getNumOperands(); ++i) {
       if (!inst.getOperand(i).isReg()) continue;
       unsigned reg = inst.getOperand(i).getReg();
