@@ -155,7 +155,7 @@ public:
     diff.log = matching_.log;
     // What pointers in constants point at is settled from here on (matching, data pairs, votes).
     for (const Program *p : {&base_, &patched_})
-      readOnlyContent_[p == &patched_] = AddressMemo(std::min(kMaxMemoEntries, 2 * p->code.size()));
+      naturalContent_[p == &patched_] = AddressMemo(std::min(kMaxMemoEntries, 4 * p->code.size()));
     phase("compare functions", [&] { compareFunctions(diff); });
     phase("collect data", [&] { collectData(diff); });
     phase("bind patch code", [&] { bindPatchCode(diff); });
@@ -458,7 +458,7 @@ private:
     case TargetClass::ReadOnly: {
       if (std::optional<uint64_t> table = p.switchTableHash(target, p.image.functions[function]))
         return {SymbolKey::Content, *table, 0, 0};
-      return {SymbolKey::Content, readOnlyContent(patchedSide, target), 0, 0};
+      return {SymbolKey::Content, naturalContent(patchedSide, target), 0, 0};
     }
     case TargetClass::Writable: {
       SymbolKey key{SymbolKey::Anonymous, target, 0, 0};
@@ -479,13 +479,15 @@ private:
     return p.contentHash(rva, size, [&](uint64_t target) { return pointerClass(patchedSide, target, depth + 1); });
   }
 
-  // The content of the unnamed constant at rva, which many functions may read: kept once known.
-  uint64_t readOnlyContent(bool patchedSide, uint64_t rva) {
-    AddressMemo &memo = readOnlyContent_[patchedSide];
-    if (std::optional<uint64_t> known = memo.find(rva)) return *known;
+  // The content of the unnamed constant at rva, as read from code (depth 0) or from a pointer in
+  // another constant (depth 1), which many may read: kept once known.
+  uint64_t naturalContent(bool patchedSide, uint64_t rva, int depth = 0) const {
+    AddressMemo &memo = naturalContent_[patchedSide];
+    uint64_t key = rva << 1 | uint64_t(depth);
+    if (std::optional<uint64_t> known = memo.find(key)) return *known;
     const Program &p = patchedSide ? patched_ : base_;
-    uint64_t content = contentHashOf(patchedSide, rva, p.naturalExtent(rva));
-    memo.insert(rva, content);
+    uint64_t content = contentHashOf(patchedSide, rva, p.naturalExtent(rva), depth);
+    memo.insert(key, content);
     return content;
   }
 
@@ -503,14 +505,14 @@ private:
       // Pointers in data point into objects (a vtable + 16) more often than code does.
       if (const DataObject *inside = p.containingObject(target))
         return mixHash(dataClass(patchedSide, inside) ^ 0xda7a, target - inside->range.rva);
-      if (depth < 2) return contentHashOf(patchedSide, target, p.naturalExtent(target), depth);
+      if (depth < 2) return naturalContent(patchedSide, target, depth);
       return llvm::xxh3_64bits(p.image.bytesAt(target, p.naturalExtent(target)));
     case TargetClass::Writable:
       if (patchedSide)
         if (auto it = anonymousToBase_.find(target); it != anonymousToBase_.end()) return it->second;
       if (!patchedSide && anonymousToPatched_.count(target)) return target;
       // Unpaired: what it holds (its pointers by what they point at), as for read-only data.
-      if (depth < 2) return mixHash(0x3a7ab1e, contentHashOf(patchedSide, target, p.naturalExtent(target), depth));
+      if (depth < 2) return mixHash(0x3a7ab1e, naturalContent(patchedSide, target, depth));
       break;
     case TargetClass::PointerSlot:
       if (const PointerTarget &slot = p.pointers.at(target); slot.symbol) return llvm::xxh3_64bits(*slot.symbol);
@@ -1498,7 +1500,7 @@ private:
   std::vector<uint64_t> baseDataContent_, patchedDataContent_;
   std::map<uint64_t, uint64_t> anonymousToBase_, anonymousToPatched_;
   static constexpr size_t kMaxMemoEntries = size_t(1) << 20;
-  std::array<AddressMemo, 2> readOnlyContent_;  // base, patched: readOnlyContent by address
+  mutable std::array<AddressMemo, 2> naturalContent_;  // base, patched: naturalContent by address and depth
   std::map<uint64_t, uint64_t> readOnlyToBase_, slotToBase_;  // patched -> base, paired by voteAnonymousData
   std::set<uint64_t> reportedConstants_;
   std::set<std::string> reportedImports_;  // symbolKey of each new import listed as HF301

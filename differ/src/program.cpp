@@ -355,15 +355,23 @@ void Program::takeDiscoveredThunksForImports(const InstructionDecoder &decoder) 
 }
 
 void Program::dropUnreachedDiscoveries() {
-  std::unordered_set<uint64_t> pointedAt;
-  for (size_t i = 0; i < pointers.size(); ++i)
-    if (!pointers.pointer(i).symbol) pointedAt.insert(pointers.pointer(i).rva);
+  std::vector<size_t> unreached;  // by address: found only in code, and no code refers to them
   for (size_t i = 0; i < image.functions.size(); ++i) {
     const Function &f = image.functions[i];
-    if (diffable[i] && foundOnlyInCode(f) && f.range.rva != image.entryRva && !referenced.contains(f.range.rva) &&
-        !pointedAt.count(f.range.rva))
-      diffable[i] = false;
+    if (diffable[i] && foundOnlyInCode(f) && f.range.rva != image.entryRva && !referenced.contains(f.range.rva))
+      unreached.push_back(i);
   }
+  if (unreached.empty()) return;
+  std::vector<bool> pointedAt(unreached.size(), false);  // ... unless data points at them
+  auto byAddress = [&](size_t i, uint64_t rva) { return image.functions[i].range.rva < rva; };
+  for (size_t k = 0; k < pointers.size(); ++k) {
+    if (pointers.pointer(k).symbol) continue;
+    uint64_t rva = pointers.pointer(k).rva;
+    auto at = std::lower_bound(unreached.begin(), unreached.end(), rva, byAddress);
+    if (at != unreached.end() && image.functions[*at].range.rva == rva) pointedAt[size_t(at - unreached.begin())] = true;
+  }
+  for (size_t k = 0; k < unreached.size(); ++k)
+    if (!pointedAt[k]) diffable[unreached[k]] = false;
 }
 
 void Program::findStubs(InstructionDecoder &decoder) {
@@ -464,26 +472,26 @@ std::optional<uint32_t> Program::instructionAt(size_t function, uint64_t offset)
 // An unnamed function that no code calls and that exactly one other function branches into.
 void Program::findSplitParts() {
   partOf.assign(code.size(), std::nullopt);
-  // Only unnamed functions can be such parts: references elsewhere need no lookup.
-  std::unordered_map<uint64_t, size_t> unnamedStarts;
-  for (size_t t = 0; t < code.size(); ++t)
-    if (diffable[t] && nameKeys[t].empty()) unnamedStarts.emplace(image.functions[t].range.rva, t);
-  if (unnamedStarts.empty()) return;
+  // Only unnamed functions can be such parts: without one there is nothing to look for.
+  auto unnamed = [&](size_t t) { return diffable[t] && nameKeys[t].empty(); };
+  bool any = false;
+  for (size_t t = 0; t < code.size() && !any; ++t) any = unnamed(t);
+  if (!any) return;
   constexpr uint32_t kNone = ~0u, kSeveral = ~0u - 1;
   std::vector<uint32_t> enteredFrom(code.size(), kNone);
   std::vector<bool> called(code.size(), false);
   for (size_t f = 0; f < code.size(); ++f) {
     for (const CodeReference &r : references(f)) {
-      auto target = unnamedStarts.find(r.target);
-      if (target == unnamedStarts.end()) continue;
-      size_t t = target->second;
+      if (r.kind != ReferenceKind::Call && r.kind != ReferenceKind::Branch) continue;
+      size_t count = functionStarts_.countAtOrBefore(r.target);
+      if (!count || image.functions[count - 1].range.rva != r.target || !unnamed(count - 1)) continue;
+      size_t t = count - 1;
       if (r.kind == ReferenceKind::Call) called[t] = true;
-      else if (r.kind == ReferenceKind::Branch && t != f && enteredFrom[t] != uint32_t(f))
-        enteredFrom[t] = enteredFrom[t] == kNone ? uint32_t(f) : kSeveral;
+      else if (t != f && enteredFrom[t] != uint32_t(f)) enteredFrom[t] = enteredFrom[t] == kNone ? uint32_t(f) : kSeveral;
     }
   }
-  for (auto [start, t] : unnamedStarts)
-    if (!called[t] && enteredFrom[t] != kNone && enteredFrom[t] != kSeveral) partOf[t] = enteredFrom[t];
+  for (size_t t = 0; t < code.size(); ++t)
+    if (unnamed(t) && !called[t] && enteredFrom[t] != kNone && enteredFrom[t] != kSeveral) partOf[t] = enteredFrom[t];
 }
 
 bool Program::landsInItself(size_t function, uint64_t rva) const {
