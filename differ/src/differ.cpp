@@ -1189,7 +1189,7 @@ private:
         Diff::DataPointer pointer = bindPointer(*slot, symbolic, defined);
         copies(pointer.binding);
         const Binding &b = pointer.binding;
-        if (b.kind == Kind::Import && !baseSymbolSlots_.count(b.symbol) &&
+        if (b.kind == Kind::Import && !baseSymbolSlots_.count(std::string_view(b.symbol)) &&
             reportedImports_.insert(symbolKey(b.library, b.symbol)).second) {
           Change c;
           c.kind = ChangeKind::Data;
@@ -1250,13 +1250,9 @@ private:
     for (auto &[thunk, slot] : base_.importThunks())
       if (auto it = base_.importSlots.find(slot); it != base_.importSlots.end())
         baseStubs_.try_emplace(symbolKey(it->second->library, it->second->name), thunk);
-    for (size_t i = 0; i < base_.pointers.size(); ++i) {  // the first slot by address of each
-      const PointerTarget &pointer = base_.pointers.pointer(i);
-      if (pointer.symbol) baseSymbolSlots_.try_emplace(*pointer.symbol, base_.pointers.rva(i));
-      else basePointeeSlots_.push_back({pointer.rva, base_.pointers.rva(i)});
-    }
-    std::stable_sort(basePointeeSlots_.begin(), basePointeeSlots_.end(),
-                     [](const auto &a, const auto &b) { return a.first < b.first; });
+    for (size_t i = 0; i < base_.pointers.size(); ++i)  // the first slot by address of each
+      if (const std::string *symbol = base_.pointers.pointer(i).symbol)
+        baseSymbolSlots_.try_emplace(*symbol, base_.pointers.rva(i));
     for (auto &[slot, import] : base_.importSlots) baseImportSlots_.try_emplace(symbolKey(import->library, import->name), slot);
     for (size_t b = 0; b < base_.image.functions.size(); ++b)
       if (base_.diffable[b] && base_.image.functions[b].name)
@@ -1285,8 +1281,16 @@ private:
 
   // A slot the dynamic loader fills with no pointer (an Arm64 TLS descriptor, libssh's
   // R_AARCH64_TLSDESC): the base's only slot with the same relocation (type, symbol, addend).
-  // The first base slot, by address, that points at `pointee` (no symbol).
-  std::optional<uint64_t> baseSlotPointingAt(uint64_t pointee) const {
+  // The first base slot, by address, that points at `pointee` (no symbol). The index is made at
+  // the first question: most patches never ask.
+  std::optional<uint64_t> baseSlotPointingAt(uint64_t pointee) {
+    if (!basePointeeSlotsMade_) {
+      basePointeeSlotsMade_ = true;
+      for (size_t i = 0; i < base_.pointers.size(); ++i)
+        if (!base_.pointers.pointer(i).symbol)
+          basePointeeSlots_.push_back({base_.pointers.pointer(i).rva, base_.pointers.rva(i)});
+      std::sort(basePointeeSlots_.begin(), basePointeeSlots_.end());
+    }
     auto it = std::lower_bound(basePointeeSlots_.begin(), basePointeeSlots_.end(), pointee,
                                [](const auto &entry, uint64_t key) { return entry.first < key; });
     if (it == basePointeeSlots_.end() || it->first != pointee) return std::nullopt;
@@ -1505,8 +1509,12 @@ private:
   std::set<uint64_t> reportedConstants_;
   std::set<std::string> reportedImports_;  // symbolKey of each new import listed as HF301
   std::vector<bool> carried_;  // per patched function: the patch carries it
-  std::map<std::string, uint64_t> baseStubs_, baseSymbolSlots_, baseImportSlots_, baseFunctionNames_;
+  std::map<std::string, uint64_t> baseStubs_, baseImportSlots_;
+  // Names the base Image holds (its relocations' symbols, its functions' names): tens of
+  // thousands in a C++ library, not copied.
+  std::unordered_map<std::string_view, uint64_t> baseSymbolSlots_, baseFunctionNames_;
   std::vector<std::pair<uint64_t, uint64_t>> basePointeeSlots_;  // (pointee, slot), by pointee, then slot
+  bool basePointeeSlotsMade_ = false;
   std::map<uint64_t, uint64_t> anchors_;  // patched -> base of every data pair: where nearbyCounterpart measures from
 };
 
