@@ -68,14 +68,16 @@ TEST(Cli, HelpAndVersion) {
   EXPECT_EQ(r.out.rfind("hotforge ", 0), 0u);
 }
 
+// The elf-x64-gcc build of the initval sample's `variant` (base, fix6, ...).
+std::string initvalSample(const std::string &variant) {
+  for (const Sample &s : samples("elf-x64-gcc"))
+    if (s.program == "initval" && s.variant == variant) return s.path;
+  return "(no initval." + variant + ")";
+}
+
 // diff --html: the review page next to the usual report, written atomically.
 TEST(Cli, DiffWritesTheReviewPage) {
-  std::vector<Sample> all = samples("elf-x64-gcc");
-  auto path = [&](const std::string &variant) {
-    for (const Sample &s : all)
-      if (s.program == "initval" && s.variant == variant) return s.path;
-    return std::string("(no initval." + variant + ")");
-  };
+  auto path = initvalSample;
   std::string dir = tempDir(), page = dir + "/initval.html";
   CommandResult r = hotforge({"diff", path("base"), path("fix6"), "--html", page});
   EXPECT_EQ(r.exitCode, 3) << r.err;  // the exit code and the text report are as without --html
@@ -98,12 +100,7 @@ TEST(Cli, DiffWritesTheReviewPage) {
 // diff --time-trace: a Chrome trace with each phase of both threads that read, and of the differ;
 // the report is as without it.
 TEST(Cli, DiffWritesATimeTraceOfItsPhases) {
-  std::vector<Sample> all = samples("elf-x64-gcc");
-  auto path = [&](const std::string &variant) {
-    for (const Sample &s : all)
-      if (s.program == "initval" && s.variant == variant) return s.path;
-    return std::string("(no initval." + variant + ")");
-  };
+  auto path = initvalSample;
   std::string dir = tempDir(), trace = dir + "/trace.json";
   CommandResult plain = hotforge({"diff", path("base"), path("fix6")});
   CommandResult r = hotforge({"diff", path("base"), path("fix6"), "--time-trace", trace});
