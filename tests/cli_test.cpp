@@ -235,6 +235,38 @@ TEST(Cli, DamagedBinariesNeverCrash) {
   }
 }
 
+// A dynamic relocation that names a symbol past the end of .dynsym (a crafted file): the reader
+// caches what it read per symbol of the table, and one past it must still be refused with the
+// file's name, by `inspect` and by `diff`, which then writes neither its report nor its trace.
+TEST(Cli, ARelocationPastItsSymbolTableIsRefused) {
+  std::string bytes = readFile(initvalSample("base"));
+  auto at = [&](size_t offset, size_t size) {
+    uint64_t value = 0;
+    for (size_t i = 0; i < size; ++i) value |= uint64_t(uint8_t(bytes.at(offset + i))) << (8 * i);
+    return value;
+  };
+  uint64_t sectionHeaders = at(0x28, 8), headerSize = at(0x3a, 2), headers = at(0x3c, 2);
+  bool crafted = false;
+  for (uint64_t i = 0; i < headers && !crafted; ++i) {
+    size_t header = sectionHeaders + i * headerSize;
+    if (at(header + 4, 4) != 4) continue;  // SHT_RELA
+    for (uint64_t entry = at(header + 0x18, 8), end = entry + at(header + 0x20, 8); entry < end && !crafted; entry += 24) {
+      if (!(at(entry + 8, 8) >> 32)) continue;  // no symbol
+      uint64_t info = (uint64_t(0xfffff) << 32) | (at(entry + 8, 8) & 0xffffffff);
+      for (size_t k = 0; k < 8; ++k) bytes[entry + 8 + k] = char(info >> (8 * k));
+      crafted = true;
+    }
+  }
+  ASSERT_TRUE(crafted);
+  std::string dir = tempDir(), path = dir + "/crafted", report = dir + "/diff.json", trace = dir + "/trace.json";
+  writeFile(path, bytes);
+  expectOneLineError(hotforge({"inspect", path}), path, "past the end");
+  expectOneLineError(hotforge({"diff", path, initvalSample("base"), "-o", report, "--time-trace", trace}), path,
+                     "past the end");
+  EXPECT_FALSE(std::filesystem::exists(report));
+  EXPECT_FALSE(std::filesystem::exists(trace));
+}
+
 // Inputs that are not regular files are refused at once: a FIFO with no writer used to block
 // every command forever, /dev/zero to be read until memory ran out.
 TEST(Cli, FifosAndDevicesAreRefusedAtOnce) {

@@ -190,6 +190,60 @@ TEST(ElfReader, IdentitySectionsAndImportsMatchTools) {
   }
 }
 
+// sectionAt finds each loaded section from its first to its last byte, and nothing just outside
+// the loaded ones (it searches a sorted table once reading ends).
+TEST(ElfReader, SectionAtFindsEveryLoadedSection) {
+  for (const Sample &sample : samples("elf-")) {
+    SCOPED_TRACE(sample.path);
+    Image image = loadImage(sample.path);
+    size_t loaded = 0;
+    for (const Section &s : image.sections) {
+      if (!s.loaded || !s.size) continue;
+      ++loaded;
+      EXPECT_EQ(image.sectionAt(s.rva), &s) << s.name;
+      EXPECT_EQ(image.sectionAt(s.rva + s.size - 1), &s) << s.name;
+      for (uint64_t outside : {s.rva - 1, s.rva + s.size}) {
+        const Section *found = image.sectionAt(outside);
+        if (found) EXPECT_TRUE(found->loaded && outside - found->rva < found->size) << s.name;
+      }
+    }
+    EXPECT_GT(loaded, 5u);
+    EXPECT_EQ(image.sectionAt(~uint64_t(0)), nullptr);
+  }
+}
+
+// Each Image keeps its relocations' names itself, so the same symbol in two builds is two
+// strings: sameSymbol compares them by name.
+TEST(ElfReader, RelocationsOfTwoBuildsNameTheSameSymbolByName) {
+  std::vector<Sample> all = samples("elf-x64-gcc");
+  auto path = [&](const std::string &variant) {
+    for (const Sample &s : all)
+      if (s.program == "initval" && s.variant == variant) return s.path;
+    return std::string("(no initval." + variant + ")");
+  };
+  Image base = loadImage(path("base")), patched = loadImage(path("fix6"));
+  auto named = [](const Image &image, std::string_view type) -> const Relocation * {
+    for (const Relocation &r : image.relocations)
+      if (r.symbol && r.typeName.ends_with(type)) return &r;
+    return nullptr;
+  };
+  const Relocation *b = named(base, "_JUMP_SLOT"), *p = nullptr;
+  ASSERT_NE(b, nullptr);
+  for (const Relocation &r : patched.relocations)
+    if (r.symbol && *r.symbol == *b->symbol) p = &r;
+  ASSERT_NE(p, nullptr) << *b->symbol;
+  EXPECT_NE(b->symbol, p->symbol);  // kept by each Image
+  EXPECT_TRUE(sameSymbol(*b, *p));
+  const Relocation *other = nullptr;
+  for (const Relocation &r : patched.relocations)
+    if (r.symbol && *r.symbol != *b->symbol) other = &r;
+  ASSERT_NE(other, nullptr);
+  EXPECT_FALSE(sameSymbol(*b, *other));
+  Relocation none;
+  EXPECT_FALSE(sameSymbol(*b, none));
+  EXPECT_TRUE(sameSymbol(none, Relocation{}));
+}
+
 TEST(ElfReader, DataObjectsIncludeGlobalsAndThreadLocals) {
   for (const Sample &sample : samples("elf-")) {
     SCOPED_TRACE(sample.path);

@@ -95,9 +95,9 @@ struct Arm64Tables : Arm64Opcodes {
   std::vector<bool> callerSaved;  // per register
   std::vector<uint8_t> accessScale;  // by opcode: the access size of an unsigned-offset load or store, else 0
   std::vector<bool> hasPcRelative;   // by opcode: it has a PC-relative operand
-  std::vector<uint8_t> pairScale;  // by opcode: the access size of an LDP/STP with a signed offset, else 0
-  std::vector<bool> unscaled;      // by opcode: LDUR/STUR
-  std::vector<bool> notFieldBases;        // by register: sp and x29
+  std::vector<uint8_t> pairScale;   // by opcode: the access size of an LDP/STP with a signed offset, else 0
+  std::vector<bool> unscaled;       // by opcode: LDUR/STUR
+  std::vector<bool> notFieldBases;  // by register: sp and x29
   // ADD Xd, Xn, Xm{, shift} and ADD Xd, Xn, Wm{, extend}: an index added to an address.
   static constexpr const char *kAddRegister[] = {"ADDXrs", "ADDXrx", "ADDXrx64"};
   std::vector<bool> addRegister;  // by opcode

@@ -230,17 +230,16 @@ private:
       if (base_.diffable[i] && !claimed[i]) bs.push_back(i);
     for (size_t i = 0; i < patchedFunctions.size(); ++i)
       if (patched_.diffable[i] && !movedFrom[i]) ps.push_back(i);
-    auto size = [&](const std::vector<size_t> &list, const std::vector<Function> &functions, size_t k) {
-      return k < list.size() ? functions[list[k]].range.size : ~uint64_t(0) - (&list == &bs);
+    auto sameSize = [&](size_t b, size_t p) {
+      return baseFunctions[bs[b]].range.size == patchedFunctions[ps[p]].range.size;
     };
     // Where the two orders agree again after a change: two functions of equal sizes in a row.
     auto agree = [&](size_t b, size_t p) {
-      return size(bs, baseFunctions, b) == size(ps, patchedFunctions, p) &&
-             size(bs, baseFunctions, b + 1) == size(ps, patchedFunctions, p + 1);
+      return b + 1 < bs.size() && p + 1 < ps.size() && sameSize(b, p) && sameSize(b + 1, p + 1);
     };
     constexpr size_t kResyncWindow = 64;
     for (size_t b = 0, p = 0; b < bs.size() && p < ps.size();) {
-      if (baseFunctions[bs[b]].range.size == patchedFunctions[ps[p]].range.size) {
+      if (sameSize(b, p)) {
         movedFrom[ps[p++]] = bs[b++];
         continue;
       }
@@ -483,11 +482,12 @@ private:
   // another constant (depth 1), which many may read: kept once known.
   uint64_t naturalContent(bool patchedSide, uint64_t rva, int depth = 0) const {
     AddressMemo &memo = naturalContent_[patchedSide];
-    uint64_t key = rva << 1 | uint64_t(depth);
-    if (std::optional<uint64_t> known = memo.find(key)) return *known;
+    uint64_t key = rva << 1 | uint64_t(depth);  // addresses past 2^63 (a crafted file) are never kept
+    bool kept = rva >> 63 == 0;
+    if (std::optional<uint64_t> known = kept ? memo.find(key) : std::nullopt) return *known;
     const Program &p = patchedSide ? patched_ : base_;
     uint64_t content = contentHashOf(patchedSide, rva, p.naturalExtent(rva), depth);
-    memo.insert(key, content);
+    if (kept) memo.insert(key, content);
     return content;
   }
 
@@ -1279,8 +1279,6 @@ private:
     return std::nullopt;
   }
 
-  // A slot the dynamic loader fills with no pointer (an Arm64 TLS descriptor, libssh's
-  // R_AARCH64_TLSDESC): the base's only slot with the same relocation (type, symbol, addend).
   // The first base slot, by address, that points at `pointee` (no symbol). The index is made at
   // the first question: most patches never ask.
   std::optional<uint64_t> baseSlotPointingAt(uint64_t pointee) {
@@ -1297,6 +1295,8 @@ private:
     return it->second;
   }
 
+  // A slot the dynamic loader fills with no pointer (an Arm64 TLS descriptor, libssh's
+  // R_AARCH64_TLSDESC): the base's only slot with the same relocation (type, symbol, addend).
   std::optional<uint64_t> baseRelocatedSlot(uint64_t target) const {
     const std::vector<uint64_t> &relocated = patched_.relocations.rvas;
     if (patched_.pointers.contains(target) || !std::binary_search(relocated.begin(), relocated.end(), target))

@@ -112,16 +112,19 @@ public:
     for (size_t f = 0; f < p.code.size(); ++f) {
       begin_.push_back(uint32_t(callees_.size()));
       for (const CodeReference &r : p.references(f))
-        if (r.kind == ReferenceKind::Call) callees_.push_back(callTarget(p, r).value_or(kNone));
+        if (r.kind == ReferenceKind::Call) {
+          std::optional<size_t> callee = callTarget(p, r);
+          callees_.push_back(callee ? uint32_t(*callee) : kNone);
+        }
     }
     begin_.push_back(uint32_t(callees_.size()));
   }
-  std::span<const size_t> of(size_t f) const { return {callees_.data() + begin_[f], callees_.data() + begin_[f + 1]}; }
-  static constexpr size_t kNone = ~size_t(0);
+  std::span<const uint32_t> of(size_t f) const { return {callees_.data() + begin_[f], callees_.data() + begin_[f + 1]}; }
+  static constexpr uint32_t kNone = ~uint32_t(0);
 
 private:
   std::vector<uint32_t> begin_;
-  std::vector<size_t> callees_;
+  std::vector<uint32_t> callees_;  // function indexes, or kNone
 };
 
 // The n-th call of a matched pair lands in an unmatched function on both sides: those match. A
@@ -151,7 +154,7 @@ private:
   // pair (paired callees stay paired, the other conditions do not change): the pair is spent.
   size_t pairCallees(Matching &m, size_t b, size_t p) {
     spent_[b] = true;
-    std::span<const size_t> bt = baseCalls_.of(b), pt = patchedCalls_.of(p);
+    std::span<const uint32_t> bt = baseCalls_.of(b), pt = patchedCalls_.of(p);
     if (bt.size() != pt.size()) return 0;
     bool unchangedCaller = base_.code[b].shape == patched_.code[p].shape;
     size_t found = 0;

@@ -132,7 +132,7 @@ AddressMemo::AddressMemo(size_t capacity) {
 }
 
 std::optional<uint64_t> AddressMemo::find(uint64_t address) const {
-  if (!entries_) return std::nullopt;
+  if (!entries_ || address + 1 == kClaimed) return std::nullopt;
   uint64_t key = address + 1;
   for (size_t i = 0, at = mixHash(address, 0) & mask_; i < kProbes; ++i, at = (at + 1) & mask_) {
     uint64_t seen = entries_[at].key.load(std::memory_order_acquire);
@@ -143,7 +143,7 @@ std::optional<uint64_t> AddressMemo::find(uint64_t address) const {
 }
 
 void AddressMemo::insert(uint64_t address, uint64_t value) {
-  if (!entries_) return;
+  if (!entries_ || address + 1 == kClaimed) return;
   uint64_t key = address + 1;
   for (size_t i = 0, at = mixHash(address, 0) & mask_; i < kProbes; ++i, at = (at + 1) & mask_) {
     uint64_t expected = kFree;

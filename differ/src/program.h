@@ -85,7 +85,8 @@ private:
 
 // Values of a pure function of an address, shared by worker threads without a lock: open
 // addressing over atomics. An entry is claimed, written, then published; a reader that finds it
-// unpublished, or a writer that finds no free entry near, computes the value itself.
+// unpublished, or a writer that finds no free entry near, computes the value itself. The address
+// ~0 is never kept (its key would read as claimed).
 class AddressMemo {
 public:
   explicit AddressMemo(size_t capacity = 0);
